@@ -1,0 +1,32 @@
+//! The command envelope: what the gateway appends to the command stream.
+
+use crate::ids::{OpId, OrgId, ProjectId, VmId};
+use crate::tenancy::TenancyCommand;
+use crate::vm::VmCommand;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// An accepted request, addressed to the worker that must carry it out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandEnvelope {
+    /// The operation id clients poll; also the JetStream message id, so a
+    /// retried publish is deduplicated by the server.
+    pub op: OpId,
+    pub org: OrgId,
+    pub project: ProjectId,
+    /// Who asked: `admin` or an `key_…` id. Kept for the audit trail.
+    pub actor: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub issued_at: OffsetDateTime,
+    pub command: Command,
+}
+
+/// Commands, grouped by the consumer that executes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "target", rename_all = "snake_case")]
+pub enum Command {
+    /// Executed by the worker of the VM's host.
+    Vm { vm: VmId, command: VmCommand },
+    /// Executed by any worker.
+    Tenancy { command: TenancyCommand },
+}

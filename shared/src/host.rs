@@ -1,0 +1,88 @@
+//! Hosts: machines that run a worker and its hypervisor driver.
+
+use crate::ids::HostId;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+/// What a worker announces about its machine when it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostInfo {
+    pub name: String,
+    /// The hypervisor driver: `sim`, `qemu`, ...
+    pub driver: String,
+    /// Driver detail a user should see, e.g. the accelerator and why it was chosen.
+    #[serde(default)]
+    pub driver_detail: Option<String>,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub disk_gb: u64,
+}
+
+/// Host events. Liveness is not an event: heartbeats go to a key-value bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HostEvent {
+    /// A worker announced (or re-announced with changes) its host.
+    Registered { info: HostInfo },
+}
+
+impl HostEvent {
+    /// The snake_case event type used in schemas and the SSE feed.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Registered { .. } => "host_registered",
+        }
+    }
+}
+
+/// A host as the read side keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    pub id: HostId,
+    pub info: HostInfo,
+    #[serde(with = "time::serde::rfc3339")]
+    pub registered_at: OffsetDateTime,
+}
+
+/// Resources a VM takes from its host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Resources {
+    pub vcpus: u64,
+    pub memory_mib: u64,
+    pub disk_gb: u64,
+}
+
+impl Resources {
+    /// Whether `want` fits in `total` next to `used`. vCPUs may not exceed the
+    /// host's count for one VM but are overcommitted across VMs, as every
+    /// hypervisor does; memory and disk are not overcommitted.
+    pub fn fits(total: &HostInfo, used: &Resources, want: &Resources) -> bool {
+        want.vcpus <= u64::from(total.cpus)
+            && used.memory_mib + want.memory_mib <= total.memory_mib
+            && used.disk_gb + want.disk_gb <= total.disk_gb
+    }
+}
+
+impl std::ops::AddAssign for Resources {
+    fn add_assign(&mut self, o: Self) {
+        self.vcpus += o.vcpus;
+        self.memory_mib += o.memory_mib;
+        self.disk_gb += o.disk_gb;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fits_checks_memory_disk_and_per_vm_cpus() {
+        let host = HostInfo { name: "h".into(), driver: "sim".into(), driver_detail: None, cpus: 4, memory_mib: 1024, disk_gb: 100 };
+        let used = Resources { vcpus: 16, memory_mib: 512, disk_gb: 50 };
+        assert!(Resources::fits(&host, &used, &Resources { vcpus: 4, memory_mib: 512, disk_gb: 50 }));
+        assert!(!Resources::fits(&host, &used, &Resources { vcpus: 5, memory_mib: 1, disk_gb: 1 }));
+        assert!(!Resources::fits(&host, &used, &Resources { vcpus: 1, memory_mib: 513, disk_gb: 1 }));
+        assert!(!Resources::fits(&host, &used, &Resources { vcpus: 1, memory_mib: 1, disk_gb: 51 }));
+    }
+}

@@ -1,0 +1,170 @@
+//! Typed identifiers: a type prefix and a ULID (`vm_01jd…`).
+//!
+//! The prefix makes an id self-describing in logs, URLs and NATS subjects, and
+//! the ULID sorts by creation time, which list views rely on for stable order.
+//! Ids are valid NATS subject tokens (no `.`, `*`, `>` or whitespace).
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::str::FromStr;
+use ulid::Ulid;
+
+/// Why a string is not an id of the expected kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("expected an id starting with `{expected}_`")]
+    WrongPrefix { expected: &'static str },
+    #[error("`{0}` is not a valid ULID")]
+    BadUlid(String),
+}
+
+macro_rules! typed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub Ulid);
+
+        impl $name {
+            /// The type prefix, without the underscore.
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A fresh id; ULIDs made in the same millisecond still differ.
+            pub fn new() -> Self {
+                Self(Ulid::new())
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}_{}", $prefix, self.0.to_string().to_ascii_lowercase())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(self, f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                let rest = s
+                    .strip_prefix($prefix)
+                    .and_then(|r| r.strip_prefix('_'))
+                    .ok_or(IdError::WrongPrefix { expected: $prefix })?;
+                Ulid::from_string(rest).map(Self).map_err(|_| IdError::BadUlid(rest.to_owned()))
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .pattern(Some(concat!("^", $prefix, "_[0-9a-hjkmnp-tv-z]{26}$")))
+                    .examples([serde_json::json!(concat!($prefix, "_01jdx3v9k6m2w8q4r5t7y9z0ab"))])
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+    };
+}
+
+typed_id!(
+    /// A virtual machine.
+    VmId, "vm");
+typed_id!(
+    /// One accepted command and everything it caused; clients poll it.
+    OpId, "op");
+typed_id!(
+    /// A tenant: the unit of isolation between customers.
+    OrgId, "org");
+typed_id!(
+    /// A grouping of resources inside an org.
+    ProjectId, "prj");
+typed_id!(
+    /// An API key; the secret itself is never stored.
+    ApiKeyId, "key");
+typed_id!(
+    /// A hypervisor host running one worker.
+    HostId, "host");
+typed_id!(
+    /// A block volume that can outlive the VMs it is attached to.
+    VolumeId, "vol");
+typed_id!(
+    /// A bootable image.
+    ImageId, "img");
+typed_id!(
+    /// One event in the event stream.
+    EventId, "evt");
+
+impl OrgId {
+    /// The `default` org, which always exists; the admin token acts in it when no org is given.
+    pub const DEFAULT: OrgId = OrgId(Ulid::nil());
+}
+
+impl ProjectId {
+    /// The `default` project of every org, which always exists.
+    pub const DEFAULT: ProjectId = ProjectId(Ulid::nil());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_display_parse() {
+        let id = VmId::new();
+        let s = id.to_string();
+        assert!(s.starts_with("vm_"));
+        assert_eq!(s.len(), 3 + 26);
+        assert_eq!(s.parse::<VmId>().unwrap(), id);
+        assert_eq!(s.to_ascii_uppercase().replacen("VM_", "vm_", 1).parse::<VmId>().unwrap(), id);
+    }
+
+    #[test]
+    fn rejects_wrong_prefix_and_garbage() {
+        let op = OpId::new().to_string();
+        assert_eq!(op.parse::<VmId>(), Err(IdError::WrongPrefix { expected: "vm" }));
+        assert!(matches!("vm_nope".parse::<VmId>(), Err(IdError::BadUlid(_))));
+        assert!("vm".parse::<VmId>().is_err());
+        assert!("vmx01jdx3v9k6m2w8q4r5t7y9z0ab".parse::<VmId>().is_err());
+        assert!("".parse::<VmId>().is_err());
+    }
+
+    #[test]
+    fn serde_as_string() {
+        let id = HostId::new();
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{id}\""));
+        assert_eq!(serde_json::from_str::<HostId>(&json).unwrap(), id);
+        let packed = rmp_serde::to_vec(&id).unwrap();
+        assert_eq!(rmp_serde::from_slice::<HostId>(&packed).unwrap(), id);
+    }
+
+    #[test]
+    fn defaults_are_stable() {
+        assert_eq!(OrgId::DEFAULT.to_string(), "org_00000000000000000000000000");
+        assert_eq!(ProjectId::DEFAULT.to_string(), "prj_00000000000000000000000000");
+    }
+}

@@ -1,0 +1,18 @@
+//! vmplane's domain: pure types and functions, no I/O.
+//!
+//! Everything that changes state is a command decided into events
+//! ([`vm::decide`], [`tenancy::decide`]) and folded back into state
+//! ([`vm::evolve`]). The services crates do the I/O around these.
+
+pub mod command;
+pub mod event;
+pub mod host;
+pub mod ids;
+pub mod spec;
+pub mod subjects;
+pub mod tenancy;
+pub mod vm;
+
+pub use command::{Command, CommandEnvelope};
+pub use event::{Envelope, Event};
+pub use ids::{ApiKeyId, EventId, HostId, ImageId, OpId, OrgId, ProjectId, VmId, VolumeId};

@@ -1,0 +1,483 @@
+//! What a VM is asked to be.
+//!
+//! [`VmSpec`] is the union of what the five seed APIs let a caller ask for;
+//! each API dialect translates its request onto it. Validation lives here so
+//! every dialect rejects the same things the same way.
+
+use crate::ids::{ImageId, VolumeId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use utoipa::ToSchema;
+
+/// The image a VM boots when the request names none.
+pub const DEFAULT_IMAGE: &str = "debian-minimal";
+/// Upper bounds that keep a single request from describing an absurd machine;
+/// the host's real capacity is checked at placement.
+pub const MAX_VCPUS: u32 = 256;
+/// See [`MAX_VCPUS`].
+pub const MAX_MEMORY_MIB: u64 = 4 * 1024 * 1024;
+/// See [`MAX_VCPUS`].
+pub const MAX_DISK_GB: u32 = 64 * 1024;
+
+/// A VM's requested shape and configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VmSpec {
+    /// DNS label (RFC 1123), at most 63 characters.
+    pub name: String,
+    /// Image slug or `img_` id the root disk is created from.
+    pub image: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Extra memory that can be hot-plugged later, in MiB (0 = none).
+    #[serde(default)]
+    pub hotplug_memory_mib: u64,
+    /// Root disk size in GB when the root disk is created from the image.
+    pub disk_gb: u32,
+    /// Boot from an existing volume instead of creating a root disk from the image.
+    #[serde(default)]
+    pub root_volume: Option<VolumeId>,
+    /// Whether deleting the VM deletes its root disk.
+    #[serde(default = "yes")]
+    pub delete_root_disk: bool,
+    /// Data disks created with the VM and owned by it.
+    #[serde(default)]
+    pub data_disks: Vec<DataDisk>,
+    /// Existing volumes attached at boot.
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    /// cloud-init user data (`#!` script or `#cloud-config`).
+    #[serde(default)]
+    pub user_data: Option<String>,
+    /// Environment variables exported to user-data scripts.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Extra kernel command line arguments.
+    #[serde(default)]
+    pub boot_args: Option<String>,
+    #[serde(default)]
+    pub network: NetworkSpec,
+    #[serde(default)]
+    pub port_forwards: Vec<PortForward>,
+    #[serde(default)]
+    pub exposed_ports: Vec<ExposedPort>,
+    #[serde(default)]
+    pub gpu: Option<GpuSpec>,
+    #[serde(default)]
+    pub plan: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl VmSpec {
+    /// A spec with every documented default and the given name.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            image: DEFAULT_IMAGE.to_owned(),
+            vcpus: 1,
+            memory_mib: 512,
+            hotplug_memory_mib: 0,
+            disk_gb: 10,
+            root_volume: None,
+            delete_root_disk: true,
+            data_disks: Vec::new(),
+            volumes: Vec::new(),
+            ssh_keys: Vec::new(),
+            user_data: None,
+            env: BTreeMap::new(),
+            boot_args: None,
+            network: NetworkSpec::default(),
+            port_forwards: Vec::new(),
+            exposed_ports: Vec::new(),
+            gpu: None,
+            plan: None,
+            region: None,
+            template: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Every rule a spec must satisfy, checked without any I/O.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !is_dns_label(&self.name) {
+            return Err(SpecError::new("name", "must be a DNS label: 1-63 of a-z, 0-9 and '-', not starting or ending with '-'"));
+        }
+        if self.image.is_empty() || self.image.len() > 128 || !self.image.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
+            return Err(SpecError::new("image", "must be an image slug or id of at most 128 characters"));
+        }
+        if self.image.starts_with("img_") && self.image.parse::<ImageId>().is_err() {
+            return Err(SpecError::new("image", "is not a valid image id"));
+        }
+        if !(1..=MAX_VCPUS).contains(&self.vcpus) {
+            return Err(SpecError::new("vcpus", format!("must be between 1 and {MAX_VCPUS}")));
+        }
+        if !(64..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(SpecError::new("memory_mib", format!("must be between 64 and {MAX_MEMORY_MIB}")));
+        }
+        if self.hotplug_memory_mib > MAX_MEMORY_MIB {
+            return Err(SpecError::new("hotplug_memory_mib", format!("must be at most {MAX_MEMORY_MIB}")));
+        }
+        if !(1..=MAX_DISK_GB).contains(&self.disk_gb) {
+            return Err(SpecError::new("disk_gb", format!("must be between 1 and {MAX_DISK_GB}")));
+        }
+        if self.data_disks.len() > 8 {
+            return Err(SpecError::new("data_disks", "at most 8"));
+        }
+        for d in &self.data_disks {
+            if !is_dns_label(&d.name) || !(1..=MAX_DISK_GB).contains(&d.size_gb) {
+                return Err(SpecError::new("data_disks", format!("each needs a DNS-label name and a size between 1 and {MAX_DISK_GB} GB")));
+            }
+        }
+        if self.volumes.len() > 16 {
+            return Err(SpecError::new("volumes", "at most 16"));
+        }
+        for v in &self.volumes {
+            v.validate()?;
+        }
+        if self.ssh_keys.len() > 10 {
+            return Err(SpecError::new("ssh_keys", "at most 10"));
+        }
+        for key in &self.ssh_keys {
+            if !is_ssh_public_key(key) {
+                return Err(SpecError::new("ssh_keys", "each must be an OpenSSH public key (ssh-ed25519, ssh-rsa or ecdsa-sha2-*)"));
+            }
+        }
+        if self.user_data.as_ref().is_some_and(|u| u.len() > 64 * 1024) {
+            return Err(SpecError::new("user_data", "must be at most 64 KiB"));
+        }
+        if self.env.len() > 64 || self.env.keys().any(|k| !is_env_name(k)) {
+            return Err(SpecError::new("env", "at most 64 variables with names of A-Z, a-z, 0-9 and '_' not starting with a digit"));
+        }
+        if self.boot_args.as_ref().is_some_and(|a| a.len() > 1024 || a.contains('\n')) {
+            return Err(SpecError::new("boot_args", "must be one line of at most 1024 characters"));
+        }
+        self.network.validate()?;
+        if self.port_forwards.len() > 32 {
+            return Err(SpecError::new("port_forwards", "at most 32"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for pf in &self.port_forwards {
+            if pf.guest_port == 0 || pf.host_port == Some(0) {
+                return Err(SpecError::new("port_forwards", "ports must be between 1 and 65535"));
+            }
+            if !seen.insert((pf.guest_port, pf.protocol)) {
+                return Err(SpecError::new("port_forwards", "duplicate guest port and protocol"));
+            }
+        }
+        if self.exposed_ports.len() > 10 {
+            return Err(SpecError::new("exposed_ports", "at most 10"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &self.exposed_ports {
+            if p.port == 0 || !seen.insert((p.port, p.protocol)) {
+                return Err(SpecError::new("exposed_ports", "ports must be 1-65535 without duplicates"));
+            }
+        }
+        if let Some(gpu) = &self.gpu {
+            if gpu.count == 0 || gpu.count > 16 || gpu.model.as_ref().is_some_and(|m| m.is_empty() || m.len() > 64) {
+                return Err(SpecError::new("gpu", "count must be 1-16 and model at most 64 characters"));
+            }
+        }
+        for (field, value) in [("plan", &self.plan), ("region", &self.region), ("template", &self.template)] {
+            if value.as_ref().is_some_and(|v| v.is_empty() || v.len() > 64) {
+                return Err(SpecError::new(field, "must be 1-64 characters"));
+            }
+        }
+        if self.labels.len() > 64 || self.labels.iter().any(|(k, v)| k.is_empty() || k.len() > 63 || v.len() > 255) {
+            return Err(SpecError::new("labels", "at most 64 labels, keys 1-63 and values up to 255 characters"));
+        }
+        Ok(())
+    }
+}
+
+/// A spec field that breaks a rule; maps to HTTP 422.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct SpecError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl SpecError {
+    fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self { field, reason: reason.into() }
+    }
+}
+
+/// RFC 1123 label: what a hostname component may be.
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn is_env_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty() && b.len() <= 128 && !b[0].is_ascii_digit() && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+fn is_ssh_public_key(s: &str) -> bool {
+    let mut parts = s.split_ascii_whitespace();
+    let (Some(kind), Some(body)) = (parts.next(), parts.next()) else { return false };
+    let kind_ok = kind == "ssh-ed25519" || kind == "ssh-rsa" || kind.starts_with("ecdsa-sha2-");
+    kind_ok
+        && s.len() <= 4096
+        && !s.contains('\n')
+        && body.len() >= 16
+        && body.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/' || c == b'=')
+}
+
+/// A data disk created with, and deleted with, its VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DataDisk {
+    pub name: String,
+    pub size_gb: u32,
+    #[serde(default)]
+    pub kind: DiskKind,
+}
+
+/// How a disk is presented to the guest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskKind {
+    /// A raw block device.
+    Block,
+    /// Formatted and mounted by the guest agent.
+    #[default]
+    Filesystem,
+}
+
+/// A volume attached to a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VolumeMount {
+    pub volume_id: VolumeId,
+    /// Absolute path in the guest.
+    pub mount_path: String,
+    #[serde(default)]
+    pub readonly: bool,
+    /// A per-VM writable overlay over a read-only volume.
+    #[serde(default)]
+    pub overlay: bool,
+    /// Overlay size in MiB, required when `overlay` is true.
+    #[serde(default)]
+    pub overlay_size_mib: Option<u64>,
+}
+
+impl VolumeMount {
+    /// Rules shared by attach-at-create and live attach.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let p = &self.mount_path;
+        if !p.starts_with('/') || p == "/" || p.len() > 255 || p.split('/').any(|c| c == "..") || p.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(SpecError::new("mount_path", "must be an absolute path other than /, without spaces or '..'"));
+        }
+        if self.overlay && !self.readonly {
+            return Err(SpecError::new("overlay", "requires readonly=true"));
+        }
+        if self.overlay != self.overlay_size_mib.is_some() {
+            return Err(SpecError::new("overlay_size_mib", "is required with overlay=true and only then"));
+        }
+        Ok(())
+    }
+}
+
+/// How the VM is networked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkSpec {
+    pub enabled: bool,
+    pub mode: NetworkMode,
+    /// Requested address in bridge mode; allocated from the bridge CIDR when absent.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = Ipv4)]
+    pub guest_ip: Option<Ipv4Addr>,
+    /// Requested MAC; generated when absent.
+    #[serde(default)]
+    pub guest_mac: Option<String>,
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        Self { enabled: true, mode: NetworkMode::User, guest_ip: None, guest_mac: None }
+    }
+}
+
+impl NetworkSpec {
+    fn validate(&self) -> Result<(), SpecError> {
+        if let Some(mac) = &self.guest_mac {
+            let octets: Vec<&str> = mac.split(':').collect();
+            let ok = octets.len() == 6 && octets.iter().all(|o| o.len() == 2 && o.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !ok {
+                return Err(SpecError::new("guest_mac", "must look like 02:fc:00:00:00:0a"));
+            }
+            if u8::from_str_radix(octets[0], 16).is_ok_and(|first| first & 1 == 1) {
+                return Err(SpecError::new("guest_mac", "must be a unicast address"));
+            }
+        }
+        if self.guest_ip.is_some() && self.mode != NetworkMode::Bridge {
+            return Err(SpecError::new("guest_ip", "can only be chosen in bridge mode"));
+        }
+        Ok(())
+    }
+}
+
+/// Network attachment kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// User-mode networking with host port forwards; needs no privileges.
+    #[default]
+    User,
+    /// A tap device on an operator-configured bridge.
+    Bridge,
+}
+
+/// Transport protocol of a forwarded or exposed port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+/// A host port forwarded to a guest port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PortForward {
+    pub guest_port: u16,
+    /// Allocated from the host's range when absent.
+    #[serde(default)]
+    pub host_port: Option<u16>,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// A guest port reachable on the VM's public address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExposedPort {
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// GPUs passed through to the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GpuSpec {
+    pub count: u32,
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl user@host";
+
+    #[test]
+    fn defaults_validate() {
+        VmSpec::named("web-1").validate().unwrap();
+    }
+
+    #[test]
+    fn names_are_dns_labels() {
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(64)] {
+            assert_eq!(VmSpec::named(bad).validate().unwrap_err().field, "name", "{bad:?}");
+        }
+        for good in ["a", "a-b", "0", &"a".repeat(63)] {
+            VmSpec::named(good).validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn bounds() {
+        let mut s = VmSpec::named("x");
+        s.vcpus = 0;
+        assert_eq!(s.validate().unwrap_err().field, "vcpus");
+        s.vcpus = MAX_VCPUS + 1;
+        assert_eq!(s.validate().unwrap_err().field, "vcpus");
+        let mut s = VmSpec::named("x");
+        s.memory_mib = 1;
+        assert_eq!(s.validate().unwrap_err().field, "memory_mib");
+        let mut s = VmSpec::named("x");
+        s.disk_gb = 0;
+        assert_eq!(s.validate().unwrap_err().field, "disk_gb");
+    }
+
+    #[test]
+    fn ssh_keys() {
+        let mut s = VmSpec::named("x");
+        s.ssh_keys = vec![KEY.into()];
+        s.validate().unwrap();
+        s.ssh_keys = vec!["ssh-ed25519".into()];
+        assert_eq!(s.validate().unwrap_err().field, "ssh_keys");
+        s.ssh_keys = vec![format!("{KEY}\nssh-rsa AAAA")];
+        assert_eq!(s.validate().unwrap_err().field, "ssh_keys");
+    }
+
+    #[test]
+    fn port_forwards() {
+        let mut s = VmSpec::named("x");
+        s.port_forwards = vec![PortForward { guest_port: 80, host_port: None, protocol: Protocol::Tcp }];
+        s.validate().unwrap();
+        s.port_forwards.push(PortForward { guest_port: 80, host_port: Some(8080), protocol: Protocol::Tcp });
+        assert_eq!(s.validate().unwrap_err().field, "port_forwards");
+        s.port_forwards[1].protocol = Protocol::Udp;
+        s.validate().unwrap();
+        s.port_forwards[1].host_port = Some(0);
+        assert_eq!(s.validate().unwrap_err().field, "port_forwards");
+    }
+
+    #[test]
+    fn volume_mounts() {
+        let ok = VolumeMount { volume_id: VolumeId::new(), mount_path: "/mnt/data".into(), readonly: false, overlay: false, overlay_size_mib: None };
+        ok.validate().unwrap();
+        for path in ["mnt", "/", "/a/../b", "/a b"] {
+            let v = VolumeMount { mount_path: path.into(), ..ok.clone() };
+            assert_eq!(v.validate().unwrap_err().field, "mount_path", "{path}");
+        }
+        let v = VolumeMount { overlay: true, overlay_size_mib: Some(64), ..ok.clone() };
+        assert_eq!(v.validate().unwrap_err().field, "overlay");
+        let v = VolumeMount { overlay: true, readonly: true, ..ok.clone() };
+        assert_eq!(v.validate().unwrap_err().field, "overlay_size_mib");
+        VolumeMount { overlay: true, readonly: true, overlay_size_mib: Some(64), ..ok }.validate().unwrap();
+    }
+
+    #[test]
+    fn network() {
+        let mut s = VmSpec::named("x");
+        s.network.guest_mac = Some("02:fc:00:00:00:0a".into());
+        s.validate().unwrap();
+        s.network.guest_mac = Some("03:fc:00:00:00:0a".into());
+        assert_eq!(s.validate().unwrap_err().field, "guest_mac");
+        s.network.guest_mac = Some("zz".into());
+        assert_eq!(s.validate().unwrap_err().field, "guest_mac");
+        let mut s = VmSpec::named("x");
+        s.network.guest_ip = Some(Ipv4Addr::new(172, 16, 0, 10));
+        assert_eq!(s.validate().unwrap_err().field, "guest_ip");
+        s.network.mode = NetworkMode::Bridge;
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn env_and_labels() {
+        let mut s = VmSpec::named("x");
+        s.env.insert("1BAD".into(), "v".into());
+        assert_eq!(s.validate().unwrap_err().field, "env");
+        let mut s = VmSpec::named("x");
+        s.labels.insert(String::new(), "v".into());
+        assert_eq!(s.validate().unwrap_err().field, "labels");
+    }
+}

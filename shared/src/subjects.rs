@@ -1,0 +1,77 @@
+//! The NATS subject scheme. Outside event subscribers bind to these names, so
+//! they are a public contract (documented in `schemas/subjects.md`).
+//!
+//! ```text
+//! vmplane.evt.<org_id>.vm.<vm_id>          VM events
+//! vmplane.evt.<org_id>.tenancy.<id>        org / project / API key events
+//! vmplane.evt.system.host.<host_id>        host events
+//! vmplane.cmd.host.<host_id>.<vm_id>       VM commands, to the worker of that host
+//! vmplane.cmd.tenancy.<org_id>             tenancy commands, to any worker
+//! ```
+
+use crate::ids::{HostId, OrgId, VmId};
+
+/// The event stream's name.
+pub const EVENT_STREAM: &str = "VMPLANE_EVENTS";
+/// Every event subject.
+pub const EVENTS_ALL: &str = "vmplane.evt.>";
+/// The command stream's name.
+pub const COMMAND_STREAM: &str = "VMPLANE_COMMANDS";
+/// Every command subject.
+pub const COMMANDS_ALL: &str = "vmplane.cmd.>";
+/// Tenancy commands, any org.
+pub const TENANCY_COMMANDS: &str = "vmplane.cmd.tenancy.*";
+/// Key-value bucket holding each host's last heartbeat.
+pub const HEARTBEAT_BUCKET: &str = "vmplane_heartbeats";
+/// Key-value bucket holding idempotency records (24 h).
+pub const IDEMPOTENCY_BUCKET: &str = "vmplane_idempotency";
+
+/// Events of one VM: the optimistic-concurrency unit.
+pub fn vm_events(org: OrgId, vm: VmId) -> String {
+    format!("vmplane.evt.{org}.vm.{vm}")
+}
+
+/// Events of one tenancy aggregate (org, project or key).
+pub fn tenancy_events(org: OrgId, id: &str) -> String {
+    format!("vmplane.evt.{org}.tenancy.{id}")
+}
+
+/// Events of one host.
+pub fn host_events(host: HostId) -> String {
+    format!("vmplane.evt.system.host.{host}")
+}
+
+/// Every event an org may see.
+pub fn org_events(org: OrgId) -> String {
+    format!("vmplane.evt.{org}.>")
+}
+
+/// Commands for VMs placed on `host`.
+pub fn host_commands(host: HostId) -> String {
+    format!("vmplane.cmd.host.{host}.*")
+}
+
+/// One VM command.
+pub fn vm_command(host: HostId, vm: VmId) -> String {
+    format!("vmplane.cmd.host.{host}.{vm}")
+}
+
+/// One tenancy command.
+pub fn tenancy_command(org: OrgId) -> String {
+    format!("vmplane.cmd.tenancy.{org}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_well_formed_tokens() {
+        let (org, vm, host) = (OrgId::new(), VmId::new(), HostId::new());
+        for s in [vm_events(org, vm), tenancy_events(org, &org.to_string()), host_events(host), vm_command(host, vm), tenancy_command(org)] {
+            assert!(s.split('.').all(|t| !t.is_empty() && !t.contains(['*', '>', ' '])), "{s}");
+        }
+        assert!(vm_events(org, vm).starts_with(org_events(org).trim_end_matches('>')));
+        assert!(vm_command(host, vm).starts_with(host_commands(host).trim_end_matches('*')));
+    }
+}

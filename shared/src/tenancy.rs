@@ -1,0 +1,153 @@
+//! Orgs, projects and API keys: who may see and do what.
+//!
+//! The `default` org and project always exist and are never created by an
+//! event; everything else is folded from events like any other aggregate.
+
+use crate::ids::{ApiKeyId, OrgId, ProjectId};
+use crate::spec::is_dns_label;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+/// Commands on tenancy aggregates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TenancyCommand {
+    CreateOrg { id: OrgId, name: String },
+    CreateProject { id: ProjectId, org: OrgId, name: String },
+    /// `secret_sha256` is the hex SHA-256 of the secret; the secret itself never leaves the gateway's response.
+    CreateApiKey { id: ApiKeyId, org: OrgId, name: String, secret_sha256: String },
+}
+
+/// Events of tenancy aggregates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TenancyEvent {
+    OrgCreated { id: OrgId, name: String },
+    ProjectCreated { id: ProjectId, org: OrgId, name: String },
+    ApiKeyCreated { id: ApiKeyId, org: OrgId, name: String, secret_sha256: String },
+}
+
+impl TenancyEvent {
+    /// The snake_case event type used in schemas and the SSE feed.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::OrgCreated { .. } => "org_created",
+            Self::ProjectCreated { .. } => "project_created",
+            Self::ApiKeyCreated { .. } => "api_key_created",
+        }
+    }
+}
+
+/// An org as the read side keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Org {
+    pub id: OrgId,
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A project as the read side keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    pub id: ProjectId,
+    pub org: OrgId,
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// An API key as the read side keeps it: only the hash of its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: ApiKeyId,
+    pub org: OrgId,
+    pub name: String,
+    pub secret_sha256: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// The `default` org, synthesised rather than stored.
+pub fn default_org() -> Org {
+    Org { id: OrgId::DEFAULT, name: "default".into(), created_at: OffsetDateTime::UNIX_EPOCH }
+}
+
+/// The `default` project of `org`, synthesised rather than stored.
+pub fn default_project(org: OrgId) -> Project {
+    Project { id: ProjectId::DEFAULT, org, name: "default".into(), created_at: OffsetDateTime::UNIX_EPOCH }
+}
+
+/// Why a tenancy command is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenancyError {
+    #[error("name must be a DNS label of at most 63 characters")]
+    BadName,
+    #[error("org not found")]
+    OrgNotFound,
+    #[error("already exists")]
+    AlreadyExists,
+}
+
+/// Decide a tenancy command. `exists` tells whether the target id is already
+/// taken and `org_exists` whether the owning org exists (the caller looks both
+/// up in its state; this function stays pure).
+pub fn decide(cmd: &TenancyCommand, exists: bool, org_exists: bool) -> Result<TenancyEvent, TenancyError> {
+    if exists {
+        return Err(TenancyError::AlreadyExists);
+    }
+    match cmd {
+        TenancyCommand::CreateOrg { id, name } => {
+            if !is_dns_label(name) {
+                return Err(TenancyError::BadName);
+            }
+            Ok(TenancyEvent::OrgCreated { id: *id, name: name.clone() })
+        }
+        TenancyCommand::CreateProject { id, org, name } => {
+            if !is_dns_label(name) {
+                return Err(TenancyError::BadName);
+            }
+            if !org_exists {
+                return Err(TenancyError::OrgNotFound);
+            }
+            Ok(TenancyEvent::ProjectCreated { id: *id, org: *org, name: name.clone() })
+        }
+        TenancyCommand::CreateApiKey { id, org, name, secret_sha256 } => {
+            if name.is_empty() || name.len() > 63 {
+                return Err(TenancyError::BadName);
+            }
+            if !org_exists {
+                return Err(TenancyError::OrgNotFound);
+            }
+            Ok(TenancyEvent::ApiKeyCreated { id: *id, org: *org, name: name.clone(), secret_sha256: secret_sha256.clone() })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_org() {
+        let id = OrgId::new();
+        let ev = decide(&TenancyCommand::CreateOrg { id, name: "acme".into() }, false, true).unwrap();
+        assert_eq!(ev, TenancyEvent::OrgCreated { id, name: "acme".into() });
+        assert_eq!(decide(&TenancyCommand::CreateOrg { id, name: "Acme!".into() }, false, true), Err(TenancyError::BadName));
+        assert_eq!(decide(&TenancyCommand::CreateOrg { id, name: "acme".into() }, true, true), Err(TenancyError::AlreadyExists));
+    }
+
+    #[test]
+    fn project_and_key_need_their_org() {
+        let org = OrgId::new();
+        let p = TenancyCommand::CreateProject { id: ProjectId::new(), org, name: "web".into() };
+        assert_eq!(decide(&p, false, false), Err(TenancyError::OrgNotFound));
+        assert!(matches!(decide(&p, false, true), Ok(TenancyEvent::ProjectCreated { .. })));
+        let k = TenancyCommand::CreateApiKey { id: ApiKeyId::new(), org, name: "ci".into(), secret_sha256: "ab".into() };
+        assert_eq!(decide(&k, false, false), Err(TenancyError::OrgNotFound));
+        assert_eq!(decide(&k, false, true).unwrap().type_name(), "api_key_created");
+        let k = TenancyCommand::CreateApiKey { id: ApiKeyId::new(), org, name: String::new(), secret_sha256: "ab".into() };
+        assert_eq!(decide(&k, false, true), Err(TenancyError::BadName));
+    }
+}

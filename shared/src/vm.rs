@@ -1,0 +1,519 @@
+//! The VM aggregate: its state, the commands it accepts, the events it emits,
+//! and the pure functions between them.
+//!
+//! - [`decide`] turns a command into events, or refuses it.
+//! - [`evolve`] folds one event into the state.
+//! - [`next_step`] says which provisioning step the worker must run next; each
+//!   step's completion is recorded by an event, so a command redelivered after
+//!   a crash resumes exactly where the last recorded step left off.
+
+use crate::ids::{HostId, OpId, OrgId, ProjectId, VmId};
+use crate::spec::{Protocol, VmSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+/// Lifecycle status, as shown by every API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VmStatus {
+    Pending,
+    Provisioning,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Restarting,
+    Standby,
+    Restoring,
+    Deleting,
+    Deleted,
+    Failed,
+}
+
+impl VmStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [VmStatus; 12] = [
+        Self::Pending,
+        Self::Provisioning,
+        Self::Starting,
+        Self::Running,
+        Self::Stopping,
+        Self::Stopped,
+        Self::Restarting,
+        Self::Standby,
+        Self::Restoring,
+        Self::Deleting,
+        Self::Deleted,
+        Self::Failed,
+    ];
+
+    /// The lowercase word used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Provisioning => "provisioning",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Restarting => "restarting",
+            Self::Standby => "standby",
+            Self::Restoring => "restoring",
+            Self::Deleting => "deleting",
+            Self::Deleted => "deleted",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::str::FromStr for VmStatus {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s).ok_or(())
+    }
+}
+
+/// What kind of operation a command starts; decides which step sequence runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    Create,
+    Start,
+    Stop,
+    Restart,
+    Standby,
+    Restore,
+    Delete,
+}
+
+/// Commands on a VM, as appended by the gateway to the command stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum VmCommand {
+    Create { spec: Box<VmSpec>, host: HostId },
+    Start,
+    Stop,
+    Restart,
+    Standby,
+    Restore,
+    Delete,
+}
+
+impl VmCommand {
+    /// The operation kind this command starts.
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Self::Create { .. } => OpKind::Create,
+            Self::Start => OpKind::Start,
+            Self::Stop => OpKind::Stop,
+            Self::Restart => OpKind::Restart,
+            Self::Standby => OpKind::Standby,
+            Self::Restore => OpKind::Restore,
+            Self::Delete => OpKind::Delete,
+        }
+    }
+}
+
+/// Addresses the driver gave the VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkRuntime {
+    pub ip: Option<String>,
+    pub mac: Option<String>,
+    /// Host port forwarded to guest port 22.
+    pub ssh_port: Option<u16>,
+    /// Forwards with their host ports resolved.
+    pub port_forwards: Vec<ResolvedPortForward>,
+}
+
+/// A port forward after the host port has been chosen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ResolvedPortForward {
+    pub guest_port: u16,
+    pub host_port: u16,
+    pub protocol: Protocol,
+}
+
+/// The root disk the driver prepared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DiskInfo {
+    /// Driver-specific location (a path for file-backed drivers).
+    pub location: String,
+    pub size_gb: u32,
+}
+
+/// Why an operation ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Failed { code: String, message: String },
+}
+
+/// Everything that can happen to a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum VmEvent {
+    /// The VM exists and is placed on a host.
+    Created { org: OrgId, project: ProjectId, spec: Box<VmSpec>, host: HostId },
+    /// The worker began provisioning.
+    ProvisioningStarted,
+    /// Provisioning step: addresses and port forwards allocated.
+    NetworkAllocated { network: NetworkRuntime },
+    /// Provisioning step: root disk exists.
+    DiskPrepared { disk: DiskInfo },
+    /// The hypervisor process for the guest is running.
+    Booted,
+    /// The guest reported readiness.
+    Ready,
+    StartRequested,
+    StopRequested,
+    RestartRequested,
+    /// The guest rebooted in place.
+    Rebooted,
+    StandbyRequested,
+    /// Memory and device state saved; the hypervisor process is gone.
+    Snapshotted,
+    RestoreRequested,
+    /// The guest resumed from its snapshot with memory intact.
+    Restored,
+    /// The guest is off, on request or on its own.
+    Stopped { reason: String },
+    DeleteRequested,
+    /// Every resource of the VM is released.
+    Deleted,
+    /// The VM cannot reach its goal.
+    Failed { message: String },
+    /// The operation that the envelope names ended.
+    OperationFinished { outcome: Outcome },
+}
+
+impl VmEvent {
+    /// The snake_case event type used in schemas and the SSE feed.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Created { .. } => "created",
+            Self::ProvisioningStarted => "provisioning_started",
+            Self::NetworkAllocated { .. } => "network_allocated",
+            Self::DiskPrepared { .. } => "disk_prepared",
+            Self::Booted => "booted",
+            Self::Ready => "ready",
+            Self::StartRequested => "start_requested",
+            Self::StopRequested => "stop_requested",
+            Self::RestartRequested => "restart_requested",
+            Self::Rebooted => "rebooted",
+            Self::StandbyRequested => "standby_requested",
+            Self::Snapshotted => "snapshotted",
+            Self::RestoreRequested => "restore_requested",
+            Self::Restored => "restored",
+            Self::Stopped { .. } => "stopped",
+            Self::DeleteRequested => "delete_requested",
+            Self::Deleted => "deleted",
+            Self::Failed { .. } => "failed",
+            Self::OperationFinished { .. } => "operation_finished",
+        }
+    }
+}
+
+/// An operation in flight on a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingOp {
+    pub id: OpId,
+    pub kind: OpKind,
+}
+
+/// How many finished operation ids a VM remembers, so a command redelivered
+/// after its operation finished is recognised and not run twice.
+pub const REMEMBERED_OPS: usize = 32;
+
+/// The state of one VM, folded from its events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vm {
+    pub id: VmId,
+    pub org: OrgId,
+    pub project: ProjectId,
+    pub host: HostId,
+    pub spec: VmSpec,
+    pub status: VmStatus,
+    /// Why the VM failed, or what it is doing.
+    pub message: Option<String>,
+    pub network: Option<NetworkRuntime>,
+    pub root_disk: Option<DiskInfo>,
+    /// The hypervisor process is running (or paused) for this VM.
+    pub booted: bool,
+    pub has_snapshot: bool,
+    pub pending_op: Option<PendingOp>,
+    pub finished_ops: VecDeque<OpId>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub stopped_at: Option<OffsetDateTime>,
+}
+
+impl Vm {
+    /// Whether `op` already ran to completion on this VM.
+    pub fn has_finished(&self, op: OpId) -> bool {
+        self.finished_ops.contains(&op)
+    }
+}
+
+/// Why a command is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecideError {
+    #[error("vm not found")]
+    NotFound,
+    #[error("vm already exists")]
+    AlreadyExists,
+    #[error("cannot {action} a vm that is {status}")]
+    InvalidState { action: &'static str, status: &'static str },
+    #[error("vm has an operation in progress ({0:?}); retry when it finishes")]
+    Busy(OpKind),
+}
+
+/// Decide what a command does to a VM. `Ok(vec![])` never happens: a command
+/// that changes nothing still finishes its operation, so it is recorded.
+pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmCommand) -> Result<Vec<VmEvent>, DecideError> {
+    use VmStatus::*;
+    let noop = || Ok(vec![VmEvent::OperationFinished { outcome: Outcome::Succeeded }]);
+    let Some(vm) = state else {
+        return match cmd {
+            VmCommand::Create { spec, host } => Ok(vec![VmEvent::Created { org, project, spec: spec.clone(), host: *host }]),
+            _ => Err(DecideError::NotFound),
+        };
+    };
+    if let VmCommand::Create { .. } = cmd {
+        return Err(DecideError::AlreadyExists);
+    }
+    if vm.status == Deleted {
+        return if *cmd == VmCommand::Delete { noop() } else { Err(DecideError::NotFound) };
+    }
+    if let Some(p) = &vm.pending_op {
+        if *cmd != VmCommand::Delete {
+            return Err(DecideError::Busy(p.kind));
+        }
+    }
+    let refuse = |action| Err(DecideError::InvalidState { action, status: vm.status.as_str() });
+    match cmd {
+        VmCommand::Create { .. } => unreachable!("handled above"),
+        VmCommand::Start => match vm.status {
+            Running | Starting | Pending | Provisioning | Restarting | Restoring => noop(),
+            Stopped | Failed => Ok(vec![VmEvent::StartRequested]),
+            Standby => refuse("start (restore it instead)"),
+            Stopping | Deleting | Deleted => refuse("start"),
+        },
+        VmCommand::Stop => match vm.status {
+            Stopped | Stopping => noop(),
+            Running | Failed => Ok(vec![VmEvent::StopRequested]),
+            _ => refuse("stop"),
+        },
+        VmCommand::Restart => match vm.status {
+            Running => Ok(vec![VmEvent::RestartRequested]),
+            _ => refuse("restart"),
+        },
+        VmCommand::Standby => match vm.status {
+            Standby => noop(),
+            Running => Ok(vec![VmEvent::StandbyRequested]),
+            _ => refuse("put on standby"),
+        },
+        VmCommand::Restore => match vm.status {
+            Standby => Ok(vec![VmEvent::RestoreRequested]),
+            _ => refuse("restore"),
+        },
+        VmCommand::Delete => match vm.status {
+            Deleting => noop(),
+            _ => Ok(vec![VmEvent::DeleteRequested]),
+        },
+    }
+}
+
+/// Fold one event into a VM's state. `op` is the operation named by the event's
+/// envelope; `at` its time. Events that make no sense for the state (which the
+/// worker never appends) leave it unchanged rather than corrupting it.
+pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime, event: &VmEvent) -> Option<Vm> {
+    use VmStatus::*;
+    if let VmEvent::Created { org, project, spec, host } = event {
+        if state.is_some() {
+            return state;
+        }
+        return Some(Vm {
+            id,
+            org: *org,
+            project: *project,
+            host: *host,
+            spec: (**spec).clone(),
+            status: Pending,
+            message: None,
+            network: None,
+            root_disk: None,
+            booted: false,
+            has_snapshot: false,
+            pending_op: op.map(|id| PendingOp { id, kind: OpKind::Create }),
+            finished_ops: VecDeque::new(),
+            created_at: at,
+            updated_at: at,
+            started_at: None,
+            stopped_at: None,
+        });
+    }
+    let mut vm = state?;
+    vm.updated_at = at;
+    let begin = |vm: &mut Vm, kind: OpKind, status: VmStatus| {
+        vm.status = status;
+        vm.message = None;
+        if let Some(id) = op {
+            vm.pending_op = Some(PendingOp { id, kind });
+        }
+    };
+    match event {
+        VmEvent::Created { .. } => unreachable!("handled above"),
+        VmEvent::ProvisioningStarted => vm.status = Provisioning,
+        VmEvent::NetworkAllocated { network } => vm.network = Some(network.clone()),
+        VmEvent::DiskPrepared { disk } => vm.root_disk = Some(disk.clone()),
+        VmEvent::Booted => {
+            vm.booted = true;
+            vm.status = Starting;
+        }
+        VmEvent::Ready | VmEvent::Restored => {
+            vm.booted = true;
+            vm.has_snapshot = false;
+            vm.status = Running;
+            vm.message = None;
+            vm.started_at = Some(at);
+        }
+        VmEvent::StartRequested => begin(&mut vm, OpKind::Start, Starting),
+        VmEvent::StopRequested => begin(&mut vm, OpKind::Stop, Stopping),
+        VmEvent::RestartRequested => begin(&mut vm, OpKind::Restart, Restarting),
+        VmEvent::Rebooted => vm.status = Starting,
+        VmEvent::StandbyRequested => {
+            begin(&mut vm, OpKind::Standby, Stopping);
+            vm.message = Some("saving memory and device state".into());
+        }
+        VmEvent::Snapshotted => {
+            vm.booted = false;
+            vm.has_snapshot = true;
+            vm.status = Standby;
+            vm.message = None;
+            vm.stopped_at = Some(at);
+        }
+        VmEvent::RestoreRequested => begin(&mut vm, OpKind::Restore, Restoring),
+        VmEvent::Stopped { reason } => {
+            vm.booted = false;
+            vm.status = Stopped;
+            vm.message = Some(reason.clone());
+            vm.stopped_at = Some(at);
+        }
+        VmEvent::DeleteRequested => begin(&mut vm, OpKind::Delete, Deleting),
+        VmEvent::Deleted => {
+            vm.booted = false;
+            vm.has_snapshot = false;
+            vm.status = Deleted;
+            vm.message = None;
+            vm.network = None;
+            vm.root_disk = None;
+        }
+        VmEvent::Failed { message } => {
+            vm.status = Failed;
+            vm.message = Some(message.clone());
+        }
+        VmEvent::OperationFinished { .. } => {
+            if let Some(op) = op {
+                if vm.pending_op.as_ref().is_some_and(|p| p.id == op) {
+                    vm.pending_op = None;
+                }
+                if !vm.finished_ops.contains(&op) {
+                    vm.finished_ops.push_back(op);
+                    if vm.finished_ops.len() > REMEMBERED_OPS {
+                        vm.finished_ops.pop_front();
+                    }
+                }
+            }
+        }
+    }
+    Some(vm)
+}
+
+/// One unit of work the worker performs against the hypervisor driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Record that provisioning began (no driver call).
+    BeginProvisioning,
+    AllocateNetwork,
+    PrepareDisk,
+    /// Start the hypervisor process (cold boot).
+    Boot,
+    /// Wait for the guest's readiness signal.
+    AwaitReady,
+    /// Power the guest off: graceful first, then hard.
+    PowerOff,
+    Reboot,
+    Snapshot,
+    RestoreSnapshot,
+    Destroy,
+    /// Nothing left to do: finish the operation.
+    Finish(Outcome),
+}
+
+/// The next step for the VM's pending operation, or `None` when there is none.
+/// A failed VM with an operation pending finishes that operation as failed.
+pub fn next_step(vm: &Vm) -> Option<Step> {
+    use VmStatus::*;
+    let op = vm.pending_op.as_ref()?;
+    if vm.status == Failed {
+        let message = vm.message.clone().unwrap_or_else(|| "failed".into());
+        return Some(Step::Finish(Outcome::Failed { code: "failed".into(), message }));
+    }
+    let bring_up = |vm: &Vm| {
+        if vm.network.is_none() {
+            Step::AllocateNetwork
+        } else if vm.root_disk.is_none() {
+            Step::PrepareDisk
+        } else if !vm.booted {
+            Step::Boot
+        } else {
+            Step::AwaitReady
+        }
+    };
+    Some(match (op.kind, vm.status) {
+        (OpKind::Create, Pending) => Step::BeginProvisioning,
+        (OpKind::Create | OpKind::Start, Provisioning | Starting) => bring_up(vm),
+        (OpKind::Stop, Stopping) => Step::PowerOff,
+        (OpKind::Restart, Restarting) => Step::Reboot,
+        (OpKind::Restart, Starting) => Step::AwaitReady,
+        (OpKind::Standby, Stopping) => Step::Snapshot,
+        (OpKind::Restore, Restoring) => Step::RestoreSnapshot,
+        (OpKind::Delete, Deleting) => Step::Destroy,
+        (OpKind::Create | OpKind::Start | OpKind::Restart | OpKind::Restore, Running)
+        | (OpKind::Stop, Stopped)
+        | (OpKind::Standby, Standby)
+        | (OpKind::Delete, Deleted) => Step::Finish(Outcome::Succeeded),
+        (kind, status) => Step::Finish(Outcome::Failed {
+            code: "interrupted".into(),
+            message: format!("{kind:?} operation interrupted: vm became {}", status.as_str()),
+        }),
+    })
+}
+
+/// The event that records a step's success. Steps with a payload
+/// (network, disk) take it from the driver instead.
+pub fn step_event(step: &Step) -> Option<VmEvent> {
+    Some(match step {
+        Step::BeginProvisioning => VmEvent::ProvisioningStarted,
+        Step::Boot => VmEvent::Booted,
+        Step::AwaitReady => VmEvent::Ready,
+        Step::PowerOff => VmEvent::Stopped { reason: "stopped on request".into() },
+        Step::Reboot => VmEvent::Rebooted,
+        Step::Snapshot => VmEvent::Snapshotted,
+        Step::RestoreSnapshot => VmEvent::Restored,
+        Step::Destroy => VmEvent::Deleted,
+        Step::Finish(outcome) => VmEvent::OperationFinished { outcome: outcome.clone() },
+        Step::AllocateNetwork | Step::PrepareDisk => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests;

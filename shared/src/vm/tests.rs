@@ -1,0 +1,275 @@
+use super::*;
+use proptest::prelude::*;
+
+fn t0() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap()
+}
+
+/// Apply a command like the worker does: decide, evolve, then run every step
+/// with a driver that always succeeds. Returns the events appended.
+fn run(vm: &mut Option<Vm>, id: VmId, cmd: VmCommand) -> Result<Vec<VmEvent>, DecideError> {
+    let op = OpId::new();
+    let mut log = decide(vm.as_ref(), OrgId::DEFAULT, ProjectId::DEFAULT, &cmd)?;
+    for e in &log {
+        *vm = evolve(vm.take(), id, Some(op), t0(), e);
+    }
+    let mut guard = 0;
+    while let Some(step) = vm.as_ref().and_then(next_step) {
+        guard += 1;
+        assert!(guard < 20, "step loop does not converge: {step:?}");
+        let ev = step_event(&step).unwrap_or_else(|| match step {
+            Step::AllocateNetwork => VmEvent::NetworkAllocated { network: NetworkRuntime::default() },
+            Step::PrepareDisk => VmEvent::DiskPrepared { disk: DiskInfo { location: "d".into(), size_gb: 10 } },
+            _ => unreachable!(),
+        });
+        *vm = evolve(vm.take(), id, Some(op), t0(), &ev);
+        log.push(ev);
+    }
+    Ok(log)
+}
+
+fn created() -> (Option<Vm>, VmId) {
+    let id = VmId::new();
+    let mut vm = None;
+    run(&mut vm, id, VmCommand::Create { spec: Box::new(VmSpec::named("a")), host: HostId::new() }).unwrap();
+    (vm, id)
+}
+
+fn types(events: &[VmEvent]) -> Vec<&'static str> {
+    events.iter().map(VmEvent::type_name).collect()
+}
+
+#[test]
+fn create_runs_every_provisioning_step_in_order() {
+    let id = VmId::new();
+    let mut vm = None;
+    let log = run(&mut vm, id, VmCommand::Create { spec: Box::new(VmSpec::named("a")), host: HostId::new() }).unwrap();
+    assert_eq!(
+        types(&log),
+        ["created", "provisioning_started", "network_allocated", "disk_prepared", "booted", "ready", "operation_finished"]
+    );
+    let vm = vm.unwrap();
+    assert_eq!(vm.status, VmStatus::Running);
+    assert!(vm.pending_op.is_none());
+    assert_eq!(vm.finished_ops.len(), 1);
+    assert!(vm.started_at.is_some());
+}
+
+#[test]
+fn stop_start_restart_delete() {
+    let (mut vm, id) = created();
+    assert_eq!(types(&run(&mut vm, id, VmCommand::Stop).unwrap()), ["stop_requested", "stopped", "operation_finished"]);
+    assert_eq!(vm.as_ref().unwrap().status, VmStatus::Stopped);
+    assert!(!vm.as_ref().unwrap().booted);
+    assert_eq!(types(&run(&mut vm, id, VmCommand::Start).unwrap()), ["start_requested", "booted", "ready", "operation_finished"]);
+    assert_eq!(types(&run(&mut vm, id, VmCommand::Restart).unwrap()), ["restart_requested", "rebooted", "ready", "operation_finished"]);
+    assert_eq!(vm.as_ref().unwrap().status, VmStatus::Running);
+    assert_eq!(types(&run(&mut vm, id, VmCommand::Delete).unwrap()), ["delete_requested", "deleted", "operation_finished"]);
+    let v = vm.as_ref().unwrap();
+    assert_eq!(v.status, VmStatus::Deleted);
+    assert!(v.root_disk.is_none() && v.network.is_none());
+}
+
+#[test]
+fn standby_and_restore_keep_the_snapshot_flag_honest() {
+    let (mut vm, id) = created();
+    assert_eq!(types(&run(&mut vm, id, VmCommand::Standby).unwrap()), ["standby_requested", "snapshotted", "operation_finished"]);
+    assert!(vm.as_ref().unwrap().has_snapshot);
+    assert_eq!(vm.as_ref().unwrap().status, VmStatus::Standby);
+    assert!(matches!(run(&mut vm, id, VmCommand::Start), Err(DecideError::InvalidState { .. })));
+    assert_eq!(types(&run(&mut vm, id, VmCommand::Restore).unwrap()), ["restore_requested", "restored", "operation_finished"]);
+    assert!(!vm.as_ref().unwrap().has_snapshot);
+    assert_eq!(vm.as_ref().unwrap().status, VmStatus::Running);
+}
+
+#[test]
+fn idempotent_commands_change_nothing_but_finish_their_operation() {
+    let (mut vm, id) = created();
+    let before = vm.clone().unwrap();
+    assert_eq!(types(&run(&mut vm, id, VmCommand::Start).unwrap()), ["operation_finished"]);
+    let after = vm.clone().unwrap();
+    assert_eq!(after.status, before.status);
+    assert_eq!(after.finished_ops.len(), before.finished_ops.len() + 1);
+    run(&mut vm, id, VmCommand::Stop).unwrap();
+    assert_eq!(types(&run(&mut vm, id, VmCommand::Stop).unwrap()), ["operation_finished"]);
+    assert_eq!(vm.as_ref().unwrap().status, VmStatus::Stopped);
+}
+
+#[test]
+fn forbidden_commands_are_refused() {
+    let (mut vm, id) = created();
+    run(&mut vm, id, VmCommand::Stop).unwrap();
+    assert_eq!(
+        run(&mut vm, id, VmCommand::Restart),
+        Err(DecideError::InvalidState { action: "restart", status: "stopped" })
+    );
+    assert!(matches!(run(&mut vm, id, VmCommand::Restore), Err(DecideError::InvalidState { .. })));
+    assert!(matches!(run(&mut vm, id, VmCommand::Standby), Err(DecideError::InvalidState { .. })));
+    assert_eq!(
+        run(&mut vm, id, VmCommand::Create { spec: Box::new(VmSpec::named("a")), host: HostId::new() }),
+        Err(DecideError::AlreadyExists)
+    );
+    let mut none = None;
+    assert_eq!(run(&mut none, id, VmCommand::Start), Err(DecideError::NotFound));
+}
+
+#[test]
+fn busy_vm_refuses_all_but_delete() {
+    let id = VmId::new();
+    let op = OpId::new();
+    let spec = Box::new(VmSpec::named("a"));
+    let vm = evolve(None, id, Some(op), t0(), &VmEvent::Created { org: OrgId::DEFAULT, project: ProjectId::DEFAULT, spec, host: HostId::new() });
+    assert_eq!(decide(vm.as_ref(), OrgId::DEFAULT, ProjectId::DEFAULT, &VmCommand::Stop), Err(DecideError::Busy(OpKind::Create)));
+    assert_eq!(decide(vm.as_ref(), OrgId::DEFAULT, ProjectId::DEFAULT, &VmCommand::Delete), Ok(vec![VmEvent::DeleteRequested]));
+}
+
+#[test]
+fn deleted_vm_is_gone_except_for_repeat_delete() {
+    let (mut vm, id) = created();
+    run(&mut vm, id, VmCommand::Delete).unwrap();
+    assert_eq!(run(&mut vm, id, VmCommand::Start), Err(DecideError::NotFound));
+    assert_eq!(types(&run(&mut vm, id, VmCommand::Delete).unwrap()), ["operation_finished"]);
+}
+
+#[test]
+fn guest_poweroff_during_boot_fails_the_operation() {
+    let id = VmId::new();
+    let op = OpId::new();
+    let spec = Box::new(VmSpec::named("a"));
+    let mut vm = evolve(None, id, Some(op), t0(), &VmEvent::Created { org: OrgId::DEFAULT, project: ProjectId::DEFAULT, spec, host: HostId::new() });
+    vm = evolve(vm, id, Some(op), t0(), &VmEvent::ProvisioningStarted);
+    vm = evolve(vm, id, None, t0(), &VmEvent::Stopped { reason: "guest powered off".into() });
+    assert!(matches!(next_step(vm.as_ref().unwrap()), Some(Step::Finish(Outcome::Failed { .. }))));
+}
+
+#[test]
+fn failure_finishes_the_pending_operation_as_failed() {
+    let id = VmId::new();
+    let op = OpId::new();
+    let spec = Box::new(VmSpec::named("a"));
+    let mut vm = evolve(None, id, Some(op), t0(), &VmEvent::Created { org: OrgId::DEFAULT, project: ProjectId::DEFAULT, spec, host: HostId::new() });
+    vm = evolve(vm, id, Some(op), t0(), &VmEvent::Failed { message: "no disk".into() });
+    assert_eq!(
+        next_step(vm.as_ref().unwrap()),
+        Some(Step::Finish(Outcome::Failed { code: "failed".into(), message: "no disk".into() }))
+    );
+    vm = evolve(vm, id, Some(op), t0(), &VmEvent::OperationFinished { outcome: Outcome::Failed { code: "failed".into(), message: "no disk".into() } });
+    let vm = vm.unwrap();
+    assert_eq!(vm.status, VmStatus::Failed);
+    assert!(vm.pending_op.is_none() && vm.has_finished(op));
+    assert_eq!(decide(Some(&vm), OrgId::DEFAULT, ProjectId::DEFAULT, &VmCommand::Start), Ok(vec![VmEvent::StartRequested]));
+}
+
+#[test]
+fn finished_ops_are_bounded() {
+    let (mut vm, id) = created();
+    for _ in 0..(REMEMBERED_OPS + 5) {
+        run(&mut vm, id, VmCommand::Start).unwrap();
+    }
+    assert_eq!(vm.unwrap().finished_ops.len(), REMEMBERED_OPS);
+}
+
+#[test]
+fn events_before_creation_are_ignored() {
+    assert_eq!(evolve(None, VmId::new(), None, t0(), &VmEvent::Ready), None);
+}
+
+#[test]
+fn status_words_roundtrip() {
+    for s in VmStatus::ALL {
+        assert_eq!(s.as_str().parse::<VmStatus>(), Ok(s));
+        assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!(s.as_str()));
+    }
+    assert!("bogus".parse::<VmStatus>().is_err());
+}
+
+fn any_command() -> impl Strategy<Value = VmCommand> {
+    prop_oneof![
+        Just(VmCommand::Create { spec: Box::new(VmSpec::named("p")), host: HostId(ulid::Ulid::nil()) }),
+        Just(VmCommand::Start),
+        Just(VmCommand::Stop),
+        Just(VmCommand::Restart),
+        Just(VmCommand::Standby),
+        Just(VmCommand::Restore),
+        Just(VmCommand::Delete),
+    ]
+}
+
+/// Where a simulated step may fail or be interrupted.
+#[derive(Debug, Clone)]
+enum Fault {
+    None,
+    /// The driver fails this step: the worker appends `Failed`.
+    FailAt(usize),
+    /// The guest powers off on its own after this many steps.
+    PowerOffAt(usize),
+}
+
+fn any_fault() -> impl Strategy<Value = Fault> {
+    prop_oneof![Just(Fault::None), (0usize..6).prop_map(Fault::FailAt), (0usize..6).prop_map(Fault::PowerOffAt)]
+}
+
+proptest! {
+    /// No sequence of commands, failures and spontaneous power-offs breaks the
+    /// invariants: every accepted operation finishes exactly once, no
+    /// operation is left pending, the status agrees with the runtime flags,
+    /// and a deleted VM stays deleted.
+    #[test]
+    fn no_command_sequence_breaks_invariants(script in proptest::collection::vec((any_command(), any_fault()), 1..40)) {
+        let id = VmId::new();
+        let mut vm: Option<Vm> = None;
+        let mut deleted = false;
+        for (cmd, fault) in script {
+            let op = OpId::new();
+            let decided = decide(vm.as_ref(), OrgId::DEFAULT, ProjectId::DEFAULT, &cmd);
+            let Ok(events) = decided else {
+                if let Err(DecideError::NotFound) = decided { prop_assert!(vm.is_none() || deleted); }
+                continue;
+            };
+            prop_assert!(!events.is_empty());
+            for e in &events { vm = evolve(vm.take(), id, Some(op), t0(), e); }
+            let mut steps = 0;
+            while let Some(step) = vm.as_ref().and_then(next_step) {
+                steps += 1;
+                prop_assert!(steps < 20, "no convergence at {:?}", step);
+                let ev = match (&fault, step) {
+                    (Fault::FailAt(n), s) if *n + 1 == steps && !matches!(s, Step::Finish(_)) => VmEvent::Failed { message: "injected".into() },
+                    (Fault::PowerOffAt(n), s) if *n + 1 == steps && !matches!(s, Step::Finish(_)) => VmEvent::Stopped { reason: "guest powered off".into() },
+                    (_, Step::AllocateNetwork) => VmEvent::NetworkAllocated { network: NetworkRuntime::default() },
+                    (_, Step::PrepareDisk) => VmEvent::DiskPrepared { disk: DiskInfo { location: "d".into(), size_gb: 1 } },
+                    (_, s) => step_event(&s).unwrap(),
+                };
+                let op_for_event = if matches!(ev, VmEvent::Stopped { .. }) && matches!(fault, Fault::PowerOffAt(_)) { None } else { Some(op) };
+                vm = evolve(vm.take(), id, op_for_event, t0(), &ev);
+            }
+            let v = vm.as_ref().unwrap();
+            prop_assert!(v.pending_op.is_none(), "operation left pending: {:?}", v);
+            prop_assert!(v.has_finished(op), "operation never finished");
+            prop_assert_eq!(v.finished_ops.iter().filter(|o| **o == op).count(), 1);
+            match v.status {
+                VmStatus::Running => prop_assert!(v.booted && !v.has_snapshot),
+                VmStatus::Stopped => prop_assert!(!v.booted),
+                VmStatus::Standby => prop_assert!(v.has_snapshot && !v.booted),
+                VmStatus::Deleted => prop_assert!(v.root_disk.is_none() && !v.booted),
+                VmStatus::Failed => prop_assert!(v.message.is_some()),
+                other => prop_assert!(false, "transitional status {:?} with no operation pending", other),
+            }
+            if deleted { prop_assert_eq!(v.status, VmStatus::Deleted); }
+            deleted = v.status == VmStatus::Deleted;
+        }
+    }
+
+    /// Replaying the same events always yields the same state (projections
+    /// rebuilt from the stream equal the live ones).
+    #[test]
+    fn evolve_is_deterministic(cmds in proptest::collection::vec(any_command(), 1..20)) {
+        let id = VmId::new();
+        let mut vm = None;
+        let mut log = Vec::new();
+        for cmd in cmds {
+            if let Ok(events) = run(&mut vm, id, cmd) { log.extend(events); }
+        }
+        let replayed = log.iter().fold(None, |s, e| evolve(s, id, None, t0(), e));
+        prop_assert_eq!(replayed.map(|v| v.status), vm.map(|v| v.status));
+    }
+}
