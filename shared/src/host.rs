@@ -64,6 +64,15 @@ impl Resources {
     }
 }
 
+impl std::ops::SubAssign for Resources {
+    /// Saturating: usage never goes below zero, even if events were skipped.
+    fn sub_assign(&mut self, o: Self) {
+        self.vcpus = self.vcpus.saturating_sub(o.vcpus);
+        self.memory_mib = self.memory_mib.saturating_sub(o.memory_mib);
+        self.disk_gb = self.disk_gb.saturating_sub(o.disk_gb);
+    }
+}
+
 impl std::ops::AddAssign for Resources {
     fn add_assign(&mut self, o: Self) {
         self.vcpus += o.vcpus;

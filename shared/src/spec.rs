@@ -108,6 +108,11 @@ impl VmSpec {
         }
     }
 
+    /// What the VM takes from its host: hot-pluggable memory is reserved up front.
+    pub fn resources(&self) -> crate::host::Resources {
+        crate::host::Resources { vcpus: u64::from(self.vcpus), memory_mib: self.memory_mib + self.hotplug_memory_mib, disk_gb: u64::from(self.disk_gb) }
+    }
+
     /// Every rule a spec must satisfy, checked without any I/O.
     pub fn validate(&self) -> Result<(), SpecError> {
         if !is_dns_label(&self.name) {
@@ -243,6 +248,7 @@ fn is_ssh_public_key(s: &str) -> bool {
 
 /// A data disk created with, and deleted with, its VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DataDisk {
     pub name: String,
     pub size_gb: u32,
@@ -263,6 +269,7 @@ pub enum DiskKind {
 
 /// A volume attached to a VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct VolumeMount {
     pub volume_id: VolumeId,
     /// Absolute path in the guest.
@@ -296,8 +303,11 @@ impl VolumeMount {
 
 /// How the VM is networked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
+    #[serde(default = "yes")]
     pub enabled: bool,
+    #[serde(default)]
     pub mode: NetworkMode,
     /// Requested address in bridge mode; allocated from the bridge CIDR when absent.
     #[serde(default)]
@@ -355,6 +365,7 @@ pub enum Protocol {
 
 /// A host port forwarded to a guest port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PortForward {
     pub guest_port: u16,
     /// Allocated from the host's range when absent.
@@ -366,6 +377,7 @@ pub struct PortForward {
 
 /// A guest port reachable on the VM's public address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ExposedPort {
     pub port: u16,
     #[serde(default)]
@@ -374,6 +386,7 @@ pub struct ExposedPort {
 
 /// GPUs passed through to the VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct GpuSpec {
     pub count: u32,
     #[serde(default)]
@@ -389,6 +402,13 @@ mod tests {
     #[test]
     fn defaults_validate() {
         VmSpec::named("web-1").validate().unwrap();
+    }
+
+    #[test]
+    fn resources_reserve_hotplug_memory() {
+        let mut s = VmSpec::named("a");
+        s.hotplug_memory_mib = 256;
+        assert_eq!(s.resources(), crate::host::Resources { vcpus: 1, memory_mib: 768, disk_gb: 10 });
     }
 
     #[test]

@@ -88,6 +88,21 @@ pub enum OpKind {
     Delete,
 }
 
+impl OpKind {
+    /// The lowercase word used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Start => "start",
+            Self::Stop => "stop",
+            Self::Restart => "restart",
+            Self::Standby => "standby",
+            Self::Restore => "restore",
+            Self::Delete => "delete",
+        }
+    }
+}
+
 /// Commands on a VM, as appended by the gateway to the command stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -275,6 +290,17 @@ pub enum DecideError {
     Busy(OpKind),
 }
 
+impl DecideError {
+    /// Machine-readable code, shared by HTTP errors and failed operations.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::AlreadyExists => "conflict",
+            Self::InvalidState { .. } | Self::Busy(_) => "invalid_state",
+        }
+    }
+}
+
 /// Decide what a command does to a VM. `Ok(vec![])` never happens: a command
 /// that changes nothing still finishes its operation, so it is recorded.
 pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmCommand) -> Result<Vec<VmEvent>, DecideError> {
@@ -456,6 +482,25 @@ pub enum Step {
     Destroy,
     /// Nothing left to do: finish the operation.
     Finish(Outcome),
+}
+
+impl Step {
+    /// A stable name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::BeginProvisioning => "begin_provisioning",
+            Self::AllocateNetwork => "allocate_network",
+            Self::PrepareDisk => "prepare_disk",
+            Self::Boot => "boot",
+            Self::AwaitReady => "await_ready",
+            Self::PowerOff => "power_off",
+            Self::Reboot => "reboot",
+            Self::Snapshot => "snapshot",
+            Self::RestoreSnapshot => "restore",
+            Self::Destroy => "destroy",
+            Self::Finish(_) => "finish",
+        }
+    }
 }
 
 /// The next step for the VM's pending operation, or `None` when there is none.

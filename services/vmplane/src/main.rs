@@ -1,1 +1,266 @@
-fn main() {}
+//! The `vmplane` binary: `up` runs everything for one machine; `gateway` and
+//! `worker` run the parts against a shared NATS; `projections rebuild`
+//! replays the event stream into a fresh projection store.
+
+mod nats;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use vmplane_bus::Bus;
+use vmplane_domain::host::HostInfo;
+use vmplane_gateway::GatewayConfig;
+use vmplane_gateway::projection::Projections;
+use vmplane_worker::WorkerConfig;
+use vmplane_worker::driver::Driver;
+use vmplane_worker::driver::sim::{SimConfig, SimDriver};
+
+#[derive(Parser)]
+#[command(name = "vmplane", version, about = "Virtual machines on KVM through an event-sourced control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run everything for one machine: a local nats-server (unless --nats-url), the gateway and one worker.
+    Up(UpArgs),
+    /// Run the HTTP gateway against a shared NATS.
+    Gateway(GatewayArgs),
+    /// Run a worker for this host against a shared NATS.
+    Worker(WorkerArgs),
+    /// Maintain the gateway's projections.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCmd {
+    /// Delete the projection store and replay the whole event stream into a new one.
+    Rebuild(CommonArgs),
+}
+
+#[derive(Args, Clone)]
+struct CommonArgs {
+    /// Where vmplane keeps its state (NATS store, projections, worker state).
+    #[arg(long, default_value = "./.vmplane")]
+    data_dir: PathBuf,
+    /// A NATS server with JetStream; without it, a local nats-server is started.
+    #[arg(long, env = "NATS_URL")]
+    nats_url: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct GatewayOpts {
+    /// HTTP listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// How long a POST waits for its command's first event, for read-your-writes.
+    #[arg(long, default_value_t = 2000)]
+    accept_wait_ms: u64,
+    /// Requests per second per API key (0 = unlimited); the admin token is not limited.
+    #[arg(long, env = "VMPLANE_RATE_LIMIT", default_value_t = 50)]
+    rate_limit: u32,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum DriverKind {
+    /// Simulated guests for tests and benchmarks; no VM really runs.
+    Sim,
+}
+
+#[derive(Args, Clone)]
+struct WorkerOpts {
+    /// The hypervisor driver.
+    #[arg(long, value_enum)]
+    driver: Option<DriverKind>,
+    /// The host's name as shown in /v1/hosts (default: the machine's hostname).
+    #[arg(long)]
+    host_name: Option<String>,
+    /// How many VM commands run at once.
+    #[arg(long, default_value_t = 32)]
+    parallelism: usize,
+    /// Seconds before an unacknowledged command is redelivered.
+    #[arg(long, default_value_t = 30)]
+    ack_wait_secs: u64,
+    /// sim: milliseconds a simulated boot takes.
+    #[arg(long, default_value_t = 200)]
+    sim_boot_delay_ms: u64,
+    /// sim: milliseconds a simulated guest takes to report readiness.
+    #[arg(long, default_value_t = 300)]
+    sim_ready_delay_ms: u64,
+    /// sim: announced vCPUs.
+    #[arg(long, default_value_t = 64)]
+    sim_cpus: u32,
+    /// sim: announced memory in MiB.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    sim_memory_mib: u64,
+    /// sim: announced disk in GB.
+    #[arg(long, default_value_t = 100_000)]
+    sim_disk_gb: u64,
+}
+
+#[derive(Args)]
+struct UpArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    gateway: GatewayOpts,
+    #[command(flatten)]
+    worker: WorkerOpts,
+}
+
+#[derive(Args)]
+struct GatewayArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    gateway: GatewayOpts,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    worker: WorkerOpts,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into()))
+        .init();
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("vmplane: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Up(a) => {
+            let driver = driver(&a.worker, &a.common.data_dir)?;
+            let admin = admin_token(&a.common.data_dir, true)?;
+            let (nats, _child) = nats::resolve(&a.common).await?;
+            let bus = Bus::connect(&nats, "vmplane-up").await?;
+            let gateway = gateway(bus.clone(), &a.common, &a.gateway, admin);
+            let worker = worker(bus, driver, &a.common, &a.worker);
+            tokio::select! {
+                r = gateway => r,
+                r = worker => r,
+            }
+        }
+        Cmd::Gateway(a) => {
+            let admin = admin_token(&a.common.data_dir, false)?;
+            let (nats, _child) = nats::resolve(&a.common).await?;
+            gateway(Bus::connect(&nats, "vmplane-gateway").await?, &a.common, &a.gateway, admin).await
+        }
+        Cmd::Worker(a) => {
+            let driver = driver(&a.worker, &a.common.data_dir)?;
+            let (nats, _child) = nats::resolve(&a.common).await?;
+            worker(Bus::connect(&nats, "vmplane-worker").await?, driver, &a.common, &a.worker).await
+        }
+        Cmd::Projections { command: ProjectionsCmd::Rebuild(common) } => {
+            let dir = projections_dir(&common.data_dir);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            }
+            let (nats, _child) = nats::resolve(&common).await?;
+            let bus = Bus::connect(&nats, "vmplane-rebuild").await?;
+            let proj = Projections::open(&dir)?;
+            let last = proj.catch_up(&bus).await.map_err(|e| anyhow::anyhow!("replay failed: {e}"))?;
+            println!("rebuilt {} from {last} events", dir.display());
+            Ok(())
+        }
+    }
+}
+
+fn projections_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("projections")
+}
+
+/// The admin token from `VMPLANE_ADMIN_TOKEN`; `up` makes one (kept in the
+/// data dir) when none is set, so a fresh machine works out of the box.
+fn admin_token(data_dir: &Path, generate: bool) -> anyhow::Result<Option<String>> {
+    if let Some(t) = std::env::var("VMPLANE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()) {
+        return Ok(Some(t));
+    }
+    if !generate {
+        tracing::warn!("VMPLANE_ADMIN_TOKEN is not set: admin access is disabled");
+        return Ok(None);
+    }
+    let path = data_dir.join("admin-token");
+    let token = match std::fs::read_to_string(&path) {
+        Ok(t) => t.trim().to_owned(),
+        Err(_) => {
+            std::fs::create_dir_all(data_dir)?;
+            let t = format!("vmpadmin_{}", ulid::Ulid::new().to_string().to_lowercase());
+            std::fs::write(&path, &t)?;
+            t
+        }
+    };
+    tracing::info!(path = %path.display(), "VMPLANE_ADMIN_TOKEN not set; using the admin token stored in the data dir");
+    Ok(Some(token))
+}
+
+fn driver(opts: &WorkerOpts, data_dir: &Path) -> anyhow::Result<Arc<dyn Driver>> {
+    let Some(kind) = opts.driver else {
+        bail!("no --driver given. Available drivers: `sim` (simulated guests for tests and benchmarks; nothing really boots). A real hypervisor driver is not available in this build, so vmplane will not pretend: pass `--driver sim` explicitly.");
+    };
+    let host_name = opts.host_name.clone().unwrap_or_else(|| std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "localhost".into()));
+    Ok(match kind {
+        DriverKind::Sim => Arc::new(SimDriver::new(SimConfig {
+            dir: data_dir.join("worker").join("sim"),
+            boot_delay: Duration::from_millis(opts.sim_boot_delay_ms),
+            ready_delay: Duration::from_millis(opts.sim_ready_delay_ms),
+            host: HostInfo {
+                name: host_name,
+                driver: "sim".into(),
+                driver_detail: Some("simulated guests: nothing really boots".into()),
+                cpus: opts.sim_cpus,
+                memory_mib: opts.sim_memory_mib,
+                disk_gb: opts.sim_disk_gb,
+            },
+            port_range: (20000, 29999),
+        })?),
+    })
+}
+
+async fn gateway(bus: Bus, common: &CommonArgs, opts: &GatewayOpts, admin_token: Option<String>) -> anyhow::Result<()> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
+    let proj = Projections::open(&projections_dir(&common.data_dir)).context("opening projections (is another gateway using this data dir?)")?;
+    let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
+    let cfg = GatewayConfig { admin_token, accept_wait: Duration::from_millis(opts.accept_wait_ms), rate_limit_per_key: opts.rate_limit };
+    vmplane_gateway::serve(bus, proj, cfg, metrics, listener, shutdown_signal()).await?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+async fn worker(bus: Bus, driver: Arc<dyn Driver>, common: &CommonArgs, opts: &WorkerOpts) -> anyhow::Result<()> {
+    let mut cfg = WorkerConfig::new(common.data_dir.join("worker"));
+    cfg.parallelism = opts.parallelism.max(1);
+    cfg.ack_wait = Duration::from_secs(opts.ack_wait_secs.max(1));
+    tokio::select! {
+        r = vmplane_worker::run(bus, driver, cfg) => r,
+        () = shutdown_signal() => {
+            tracing::info!("worker stopped");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

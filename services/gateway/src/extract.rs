@@ -1,0 +1,57 @@
+//! Extractors whose rejections speak the API's error format instead of axum's
+//! plain-text defaults.
+
+use crate::error::ApiError;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+/// JSON body: malformed -> 400, wrong types or unknown fields -> 422,
+/// not JSON -> 415, over the limit -> 413.
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType("expected Content-Type: application/json".into()),
+        StatusCode::UNPROCESSABLE_ENTITY => ApiError::Unprocessable("invalid_body", r.body_text()),
+        _ => ApiError::BadRequest("malformed_json", r.body_text()),
+    }
+}
+
+/// Query string: anything unparsable -> 400.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|r: QueryRejection| ApiError::BadRequest("invalid_query", r.body_text()))
+    }
+}
+
+/// A typed id in the path: unparsable -> 400 `invalid_id`.
+pub struct PathId<T>(pub T);
+
+impl<S: Send + Sync, T: std::str::FromStr<Err = vmplane_domain::ids::IdError>> FromRequestParts<S> for PathId<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state).await.map_err(|r: PathRejection| ApiError::BadRequest("invalid_path", r.body_text()))?;
+        raw.parse().map(Self).map_err(|e| ApiError::BadRequest("invalid_id", format!("`{raw}`: {e}")))
+    }
+}

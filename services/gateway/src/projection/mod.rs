@@ -1,0 +1,202 @@
+//! Read models in sled, folded from the event stream.
+//!
+//! Each gateway replica keeps its own. Every event is applied in one sled
+//! batch together with the stream sequence it came from, so after a crash the
+//! projection resumes exactly after the last applied event; a missing sled
+//! directory is rebuilt by replaying the stream from the start.
+//!
+//! One tree, prefixed keys: `vm/<id>`, `vmidx/<org>/<id>`, `vmevt/<id>/<seq>`,
+//! `op/<id>`, `org/<id>`, `prj/<org>/<id>`, `key/<id>`, `host/<id>`,
+//! `hostuse/<id>`, and `meta/applied`.
+
+pub mod hosts;
+pub mod operations;
+pub mod tenancy;
+pub mod vms;
+
+use futures::StreamExt;
+use serde::{Serialize, de::DeserializeOwned};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+use tokio::sync::watch;
+use vmplane_bus::Bus;
+use vmplane_domain::event::{self, Envelope, Event};
+use vmplane_domain::subjects;
+
+const APPLIED: &[u8] = b"meta/applied";
+
+/// The gateway's read side.
+#[derive(Clone)]
+pub struct Projections {
+    tree: sled::Tree,
+    applied: watch::Sender<u64>,
+    /// Host liveness from heartbeats (not persisted: it is only meaningful live).
+    pub heartbeats: hosts::Heartbeats,
+}
+
+impl Projections {
+    /// Open (or create) the projection store in `dir`.
+    pub fn open(dir: &Path) -> sled::Result<Self> {
+        let db = sled::Config::new().path(dir).flush_every_ms(Some(200)).open()?;
+        let tree = db.open_tree("views")?;
+        let applied = tree.get(APPLIED)?.map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])));
+        Ok(Self { tree, applied: watch::Sender::new(applied), heartbeats: hosts::Heartbeats::default() })
+    }
+
+    /// The stream sequence of the last applied event.
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// A receiver that wakes whenever another event has been applied.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// Flush to disk; called on shutdown.
+    pub async fn flush(&self) -> sled::Result<()> {
+        self.tree.flush_async().await.map(|_| ())
+    }
+
+    /// Apply one event from the stream. Sequences at or below the cursor were
+    /// applied before and are skipped, so redelivery is harmless.
+    pub fn apply(&self, seq: u64, payload: &[u8]) -> sled::Result<()> {
+        if seq <= self.applied() {
+            return Ok(());
+        }
+        let mut txn = Txn::new(&self.tree);
+        match Envelope::decode(payload) {
+            Ok(env) => {
+                match &env.event {
+                    Event::Vm(ev) => vms::apply(&mut txn, seq, &env, ev, payload),
+                    Event::Tenancy(ev) => tenancy::apply(&mut txn, &env, ev),
+                    Event::Host(ev) => hosts::apply(&mut txn, &env, ev),
+                }
+                operations::apply(&mut txn, &env);
+                metrics::counter!("vmplane_projection_events_applied_total", "type" => env.event.type_name()).increment(1);
+            }
+            Err(e) => tracing::error!(seq, error = %e, "skipping undecodable event"),
+        }
+        txn.put_raw(APPLIED.to_vec(), seq.to_be_bytes().to_vec());
+        txn.commit()?;
+        self.applied.send_replace(seq);
+        metrics::gauge!("vmplane_projection_applied_sequence").set(seq as f64);
+        Ok(())
+    }
+
+    /// Follow the event stream forever from the cursor, re-attaching after outages.
+    pub async fn follow(&self, bus: Bus) {
+        loop {
+            if let Err(e) = self.follow_once(&bus).await {
+                tracing::warn!(error = %e, "event stream interrupted; re-attaching");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn follow_once(&self, bus: &Bus) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let mut messages = ordered_events(bus, subjects::EVENTS_ALL.into(), self.applied() + 1).await?;
+        while let Some(msg) = messages.next().await {
+            let msg = msg?;
+            let seq = msg.info()?.stream_sequence;
+            self.apply(seq, &msg.payload)?;
+        }
+        Ok(())
+    }
+
+    /// Replay the stream until the projection holds every event that existed
+    /// when the call began. Used by `vmplane projections rebuild`.
+    pub async fn catch_up(&self, bus: &Bus) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+        let last = bus.events_last_sequence().await?;
+        if self.applied() >= last {
+            return Ok(last);
+        }
+        let mut messages = ordered_events(bus, subjects::EVENTS_ALL.into(), self.applied() + 1).await?;
+        while let Some(msg) = messages.next().await {
+            let msg = msg?;
+            let seq = msg.info()?.stream_sequence;
+            self.apply(seq, &msg.payload)?;
+            if seq >= last {
+                break;
+            }
+        }
+        self.flush().await?;
+        Ok(last)
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &[u8]) -> sled::Result<Option<T>> {
+        Ok(self.tree.get(key)?.and_then(|v| event::decode(&v).ok()))
+    }
+
+    fn scan<T: DeserializeOwned>(&self, prefix: &[u8]) -> impl Iterator<Item = sled::Result<T>> + '_ {
+        self.tree.scan_prefix(prefix).filter_map(|r| match r {
+            Ok((_, v)) => event::decode(&v).ok().map(Ok),
+            Err(e) => Some(Err(e)),
+        })
+    }
+
+    fn scan_keys(&self, prefix: &[u8]) -> impl Iterator<Item = sled::Result<sled::IVec>> + '_ {
+        self.tree.scan_prefix(prefix).keys()
+    }
+
+    /// Insert `value` at `key` only if absent: used for records the gateway
+    /// itself creates on accepting a command, which events later overwrite.
+    fn insert_if_absent<T: Serialize>(&self, key: &[u8], value: &T) -> sled::Result<bool> {
+        let bytes = event::encode(value).expect("projection values always encode");
+        Ok(self.tree.compare_and_swap(key, None as Option<&[u8]>, Some(bytes))?.is_ok())
+    }
+}
+
+/// An ordered, ephemeral consumer over event subjects starting at `from`.
+pub async fn ordered_events(
+    bus: &Bus,
+    filter: String,
+    from: u64,
+) -> Result<async_nats::jetstream::consumer::pull::Ordered, Box<dyn std::error::Error + Send + Sync>> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    let stream = bus.events_stream().await?;
+    let deliver_policy = if from <= 1 { DeliverPolicy::All } else { DeliverPolicy::ByStartSequence { start_sequence: from } };
+    let consumer = stream.create_consumer(OrderedConfig { filter_subject: filter, deliver_policy, ..Default::default() }).await?;
+    Ok(consumer.messages().await?)
+}
+
+/// The writes of one event, committed atomically with the cursor. Reads see
+/// the writes made earlier in the same event.
+pub(crate) struct Txn<'a> {
+    tree: &'a sled::Tree,
+    batch: sled::Batch,
+    overlay: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl<'a> Txn<'a> {
+    fn new(tree: &'a sled::Tree) -> Self {
+        Self { tree, batch: sled::Batch::default(), overlay: HashMap::new() }
+    }
+
+    pub(crate) fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
+        let bytes = match self.overlay.get(key) {
+            Some(v) => Some(v.clone()),
+            None => self.tree.get(key).ok().flatten().map(|v| v.to_vec()),
+        };
+        bytes.and_then(|b| event::decode(&b).ok())
+    }
+
+    pub(crate) fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) {
+        self.put_raw(key, event::encode(value).expect("projection values always encode"));
+    }
+
+    pub(crate) fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.batch.insert(key.clone(), value.clone());
+        self.overlay.insert(key, value);
+    }
+
+    fn commit(self) -> sled::Result<()> {
+        self.tree.apply_batch(self.batch)
+    }
+}
+
+/// Build a key from parts joined by `/`.
+pub(crate) fn key(parts: &[&dyn std::fmt::Display]) -> Vec<u8> {
+    parts.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("/").into_bytes()
+}

@@ -1,0 +1,99 @@
+//! Operation views: one per accepted command, from `pending` (accepted by
+//! this gateway) through `running` (the worker has started on it) to
+//! `succeeded` or `failed`.
+
+use super::{Projections, Txn, key};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use vmplane_domain::event::{Envelope, Event};
+use vmplane_domain::vm::{Outcome, Vm, VmEvent};
+use vmplane_domain::{OpId, OrgId};
+
+/// Where an operation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OpStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl OpStatus {
+    /// Whether the operation has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
+/// Why an operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OpError {
+    pub code: String,
+    pub message: String,
+}
+
+/// An operation as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Operation {
+    pub id: OpId,
+    pub status: OpStatus,
+    /// `create`, `start`, `stop`, ... (absent when the operation was only seen through events that do not say).
+    pub kind: Option<String>,
+    /// The resource the operation acts on (`vm_…`, `org_…`, ...).
+    pub target_id: String,
+    pub org_id: OrgId,
+    pub error: Option<OpError>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: OffsetDateTime,
+}
+
+pub(super) fn apply(txn: &mut Txn, env: &Envelope) {
+    let Some(id) = env.operation else { return };
+    let k = key(&[&"op", &id]);
+    let mut op = txn.get::<Operation>(&k).unwrap_or_else(|| Operation {
+        id,
+        status: OpStatus::Pending,
+        kind: None,
+        target_id: env.aggregate.clone(),
+        org_id: env.org,
+        error: None,
+        created_at: env.time,
+        updated_at: env.time,
+    });
+    if op.status.is_terminal() {
+        return;
+    }
+    if op.kind.is_none() {
+        let vm: Option<Vm> = txn.get(&key(&[&"vm", &env.aggregate]));
+        op.kind = vm.and_then(|v| v.pending_op).filter(|p| p.id == id).map(|p| p.kind.as_str().to_owned());
+    }
+    op.updated_at = env.time;
+    match &env.event {
+        Event::Vm(VmEvent::OperationFinished { outcome: Outcome::Succeeded }) | Event::Tenancy(_) | Event::Host(_) => op.status = OpStatus::Succeeded,
+        Event::Vm(VmEvent::OperationFinished { outcome: Outcome::Failed { code, message } }) => {
+            op.status = OpStatus::Failed;
+            op.error = Some(OpError { code: code.clone(), message: message.clone() });
+        }
+        Event::Vm(_) => op.status = OpStatus::Running,
+    }
+    txn.put(k, &op);
+}
+
+impl Projections {
+    /// One operation.
+    pub fn operation(&self, id: OpId) -> sled::Result<Option<Operation>> {
+        self.get(&key(&[&"op", &id]))
+    }
+
+    /// Record an operation this gateway just accepted, unless events about it
+    /// already arrived (they are newer and win).
+    pub fn accept_operation(&self, op: &Operation) -> sled::Result<()> {
+        self.insert_if_absent(&key(&[&"op", &op.id]), op).map(|_| ())
+    }
+}

@@ -1,0 +1,83 @@
+//! VM views: the folded state per VM, an index per org for listing, each
+//! VM's event history, and per-host resource usage for placement.
+
+use super::{Projections, Txn, key};
+use vmplane_domain::event::Envelope;
+use vmplane_domain::host::Resources;
+use vmplane_domain::vm::{Vm, VmEvent, VmStatus, evolve};
+use vmplane_domain::{OrgId, ProjectId, VmId};
+
+pub(super) fn apply(txn: &mut Txn, seq: u64, env: &Envelope, ev: &VmEvent, payload: &[u8]) {
+    let Ok(id) = env.aggregate.parse::<VmId>() else {
+        tracing::error!(aggregate = %env.aggregate, "vm event without a vm id");
+        return;
+    };
+    let before: Option<Vm> = txn.get(&key(&[&"vm", &id]));
+    let existed = before.is_some();
+    let was_deleted = before.as_ref().is_some_and(|v| v.status == VmStatus::Deleted);
+    let Some(after) = evolve(before, id, env.operation, env.time, ev) else { return };
+    let usage_key = key(&[&"hostuse", &after.host]);
+    if !existed {
+        txn.put(key(&[&"vmidx", &after.org, &id]), &());
+        let mut used: Resources = txn.get(&usage_key).unwrap_or_default();
+        used += after.spec.resources();
+        txn.put(usage_key, &used);
+    } else if !was_deleted && after.status == VmStatus::Deleted {
+        let mut used: Resources = txn.get(&usage_key).unwrap_or_default();
+        used -= after.spec.resources();
+        txn.put(usage_key, &used);
+    }
+    txn.put_raw(format!("vmevt/{id}/{seq:020}").into_bytes(), payload.to_vec());
+    txn.put(key(&[&"vm", &id]), &after);
+}
+
+/// A filter for listing VMs.
+pub struct VmFilter {
+    pub org: OrgId,
+    pub project: Option<ProjectId>,
+    /// `None` lists every VM that is not deleted.
+    pub status: Option<VmStatus>,
+}
+
+impl Projections {
+    /// One VM, whatever org it belongs to (callers check ownership).
+    pub fn vm(&self, id: VmId) -> sled::Result<Option<Vm>> {
+        self.get(&key(&[&"vm", &id]))
+    }
+
+    /// VMs matching `filter`, oldest first: one page and the total count.
+    pub fn list_vms(&self, filter: &VmFilter, offset: usize, limit: usize) -> sled::Result<(Vec<Vm>, usize)> {
+        let mut page = Vec::new();
+        let mut total = 0;
+        for k in self.scan_keys(&key(&[&"vmidx", &filter.org, &""])) {
+            let k = k?;
+            let Some(id) = std::str::from_utf8(&k).ok().and_then(|s| s.rsplit('/').next()).and_then(|s| s.parse::<VmId>().ok()) else { continue };
+            let Some(vm) = self.vm(id)? else { continue };
+            let status_ok = match filter.status {
+                Some(s) => vm.status == s,
+                None => vm.status != VmStatus::Deleted,
+            };
+            if !status_ok || filter.project.is_some_and(|p| p != vm.project) {
+                continue;
+            }
+            if total >= offset && page.len() < limit {
+                page.push(vm);
+            }
+            total += 1;
+        }
+        Ok((page, total))
+    }
+
+    /// A VM's events in stream order, with their sequences.
+    pub fn vm_events(&self, id: VmId) -> sled::Result<Vec<(u64, Envelope)>> {
+        let mut out = Vec::new();
+        for r in self.tree.scan_prefix(format!("vmevt/{id}/").as_bytes()) {
+            let (k, v) = r?;
+            let seq = std::str::from_utf8(&k).ok().and_then(|s| s.rsplit('/').next()).and_then(|s| s.parse().ok()).unwrap_or(0);
+            if let Ok(env) = Envelope::decode(&v) {
+                out.push((seq, env));
+            }
+        }
+        Ok(out)
+    }
+}

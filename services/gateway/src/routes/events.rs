@@ -1,0 +1,105 @@
+//! The event feed over Server-Sent Events, and the JSON shape of an event.
+//!
+//! The feed reads the event stream directly through an ordered JetStream
+//! consumer, filtered to the caller's org subjects. Each SSE `id:` is the
+//! event's stream sequence; reconnecting with `Last-Event-ID: N` resumes at
+//! N+1, so nothing is lost and nothing repeats.
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::Query;
+use crate::projection::ordered_events;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use vmplane_domain::event::{Envelope, Event};
+use vmplane_domain::{EventId, OpId, OrgId, ProjectId, subjects};
+
+/// Routes of this module.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(event_feed))
+}
+
+/// One event as JSON (the SSE `data:` and the VM history entries).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    /// Stream sequence: the SSE id, usable as `Last-Event-ID`.
+    pub seq: u64,
+    pub id: EventId,
+    /// The event type, e.g. `created`, `ready`, `operation_finished`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub time: OffsetDateTime,
+    pub org_id: OrgId,
+    pub project_id: Option<ProjectId>,
+    pub aggregate_id: String,
+    pub operation_id: Option<OpId>,
+    /// The event itself: `{"aggregate_type": ..., "data": {"type": ..., ...}}`.
+    pub event: Event,
+}
+
+impl EventView {
+    /// The view of an envelope read at `seq`.
+    pub fn new(seq: u64, env: Envelope) -> Self {
+        Self {
+            seq,
+            id: env.id,
+            kind: env.event.type_name().to_owned(),
+            time: env.time,
+            org_id: env.org,
+            project_id: env.project,
+            aggregate_id: env.aggregate,
+            operation_id: env.operation,
+            event: env.event,
+        }
+    }
+}
+
+/// Where to resume the feed.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FeedQuery {
+    /// Same as the `Last-Event-ID` header, for clients that cannot set headers.
+    pub last_event_id: Option<u64>,
+}
+
+/// Every event the caller may see, from the beginning or after `Last-Event-ID`, then live.
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(FeedQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume right after this stream sequence")),
+    responses((status = 200, content_type = "text/event-stream", description = "SSE: `id` = stream sequence, `event` = type, `data` = EventView JSON"),
+        (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn event_feed(
+    State(state): State<AppState>,
+    who: Principal,
+    headers: HeaderMap,
+    Query(q): Query<FeedQuery>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let from_header = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| ApiError::BadRequest("bad_header", "Last-Event-ID must be a stream sequence number".into())))
+        .transpose()?;
+    let last = from_header.or(q.last_event_id).unwrap_or(0);
+    let filter = if who.sees_all_orgs() { subjects::EVENTS_ALL.to_owned() } else { subjects::org_events(who.org) };
+    state.bus.ensure_connected()?;
+    let messages = ordered_events(&state.bus, filter, last.saturating_add(1)).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let stream = messages
+        .take_while(|m| futures::future::ready(m.is_ok()))
+        .filter_map(|m| async move {
+            let msg = m.ok()?;
+            let seq = msg.info().ok()?.stream_sequence;
+            let env = Envelope::decode(&msg.payload).ok()?;
+            let kind = env.event.type_name();
+            let data = serde_json::to_string(&EventView::new(seq, env)).ok()?;
+            Some(Ok(SseEvent::default().id(seq.to_string()).event(kind).data(data)))
+        });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,9 @@
+//! HTTP routes, one module per resource.
+
+pub mod events;
+pub mod hosts;
+pub mod operations;
+pub mod pagination;
+pub mod system;
+pub mod tenancy;
+pub mod vms;

@@ -1,0 +1,66 @@
+//! Health, readiness, metrics, the OpenAPI document, and the fallbacks that
+//! keep even unknown routes in the API's error format.
+
+use crate::AppState;
+use crate::error::ApiError;
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Unversioned operational routes.
+pub fn router(doc: Arc<utoipa::openapi::OpenApi>) -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(|State(state): State<AppState>| async move { state.metrics.render() }))
+        .route("/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }))
+}
+
+/// 200 only when NATS is connected and the projections hold every event in the stream.
+async fn readyz(State(state): State<AppState>) -> Response {
+    if !state.bus.is_connected() {
+        return ApiError::Unavailable("not connected to NATS".into()).into_response();
+    }
+    let last = match tokio::time::timeout(Duration::from_secs(2), state.bus.events_last_sequence()).await {
+        Ok(Ok(last)) => last,
+        Ok(Err(e)) => return ApiError::from(e).into_response(),
+        Err(_) => return ApiError::Unavailable("NATS did not answer".into()).into_response(),
+    };
+    let applied = state.proj.applied();
+    if applied < last {
+        return ApiError::Unavailable(format!("projections catching up: {applied} of {last} events applied")).into_response();
+    }
+    axum::Json(serde_json::json!({"status": "ready", "applied_sequence": applied})).into_response()
+}
+
+/// Unknown route.
+pub async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!("route {} {}", req.method(), req.uri().path()))
+}
+
+/// Known route, wrong method.
+pub async fn method_not_allowed() -> Response {
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({"code": "method_not_allowed", "message": "method not allowed on this route"}))).into_response()
+}
+
+/// A panic in a handler is a bug; answer in the API's format and log it.
+pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::Internal("handler panicked".into()).into_response()
+}
+
+/// Count and time requests by matched route and status.
+pub async fn track_metrics(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("vmplane_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("vmplane_http_request_seconds", "method" => method, "route" => route).record(started.elapsed().as_secs_f64());
+    resp
+}

@@ -1,0 +1,48 @@
+//! Hypervisor drivers: the edge where provisioning steps touch a real (or
+//! simulated) hypervisor.
+//!
+//! Every method must be idempotent: the worker may call it again after a
+//! crash, and a method that finds its work already done returns success
+//! without doing it twice (a second `boot` of a running guest adopts it).
+
+pub mod sim;
+
+use async_trait::async_trait;
+use vmplane_domain::host::HostInfo;
+use vmplane_domain::vm::{DiskInfo, NetworkRuntime, Vm};
+
+/// Why a driver call failed, and whether trying again can help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    /// Temporary trouble (a busy socket, a slow process): retried with backoff.
+    #[error("{0}")]
+    Retryable(String),
+    /// The step cannot succeed as asked: the VM fails with this message.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// A hypervisor backend for one host.
+#[async_trait]
+pub trait Driver: Send + Sync + 'static {
+    /// What the worker announces about this host.
+    fn host_info(&self) -> HostInfo;
+    /// Give the VM its addresses and host port forwards.
+    async fn allocate_network(&self, vm: &Vm) -> Result<NetworkRuntime, DriverError>;
+    /// Create the root disk.
+    async fn prepare_disk(&self, vm: &Vm) -> Result<DiskInfo, DriverError>;
+    /// Start the hypervisor process; adopt it when it already runs.
+    async fn boot(&self, vm: &Vm) -> Result<(), DriverError>;
+    /// Wait for the guest's readiness signal.
+    async fn wait_ready(&self, vm: &Vm) -> Result<(), DriverError>;
+    /// Power off: graceful first, then hard. Already off is success.
+    async fn power_off(&self, vm: &Vm) -> Result<(), DriverError>;
+    /// Reboot the guest in place.
+    async fn reboot(&self, vm: &Vm) -> Result<(), DriverError>;
+    /// Save memory and device state to disk and stop the hypervisor process.
+    async fn snapshot(&self, vm: &Vm) -> Result<(), DriverError>;
+    /// Resume from the saved state with memory intact.
+    async fn restore(&self, vm: &Vm) -> Result<(), DriverError>;
+    /// Release everything the VM holds; already gone is success.
+    async fn destroy(&self, vm: &Vm) -> Result<(), DriverError>;
+}

@@ -1,0 +1,321 @@
+//! The `sim` driver: an in-process hypervisor stand-in for fast tests and load
+//! benchmarks. It is never a default; `--driver sim` must be asked for.
+//!
+//! Its "guests" are JSON files under `<data-dir>/sim/`, so they outlive a
+//! worker crash just as real qemu processes do, and they count boots so tests
+//! can prove that a redelivered command never boots a guest twice.
+//!
+//! Faults are injected per VM through labels, which only this driver reads:
+//! `sim.fail=<step>` fails that step for good, `sim.fail-once=<step>` fails it
+//! once with a retryable error. Steps: `network`, `disk`, `boot`, `ready`,
+//! `power_off`, `reboot`, `snapshot`, `restore`, `destroy`.
+
+use super::{Driver, DriverError};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+use vmplane_domain::host::HostInfo;
+use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, Vm};
+use vmplane_domain::VmId;
+
+/// Knobs for tests and benchmarks.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub dir: PathBuf,
+    /// Time the simulated hypervisor takes to boot a guest.
+    pub boot_delay: Duration,
+    /// Time a simulated guest takes to report readiness.
+    pub ready_delay: Duration,
+    /// The capacity announced for this simulated host.
+    pub host: HostInfo,
+    /// Host ports handed out for port forwards that name none.
+    pub port_range: (u16, u16),
+}
+
+/// One simulated guest, persisted as JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimGuest {
+    pub running: bool,
+    pub boots: u32,
+    pub reboots: u32,
+    pub has_snapshot: bool,
+    pub host_ports: Vec<u16>,
+    /// Steps that already failed once under `sim.fail-once`.
+    pub failed_once: BTreeSet<String>,
+}
+
+/// See the module docs.
+pub struct SimDriver {
+    cfg: SimConfig,
+    /// Serialises read-modify-write of guest files and the port allocator.
+    lock: Mutex<()>,
+}
+
+impl SimDriver {
+    /// A driver keeping its guests under `cfg.dir`.
+    pub fn new(cfg: SimConfig) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&cfg.dir)?;
+        Ok(Self { cfg, lock: Mutex::new(()) })
+    }
+
+    /// Where a guest's state lives; tests read it to count boots.
+    pub fn guest_path(dir: &Path, vm: VmId) -> PathBuf {
+        dir.join(format!("{vm}.json"))
+    }
+
+    fn read(&self, vm: VmId) -> Result<Option<SimGuest>, DriverError> {
+        match std::fs::read(Self::guest_path(&self.cfg.dir, vm)) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| DriverError::Fatal(format!("corrupt sim guest: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(DriverError::Retryable(e.to_string())),
+        }
+    }
+
+    fn write(&self, vm: VmId, g: &SimGuest) -> Result<(), DriverError> {
+        let path = Self::guest_path(&self.cfg.dir, vm);
+        let tmp = path.with_extension("tmp");
+        let bytes = serde_json::to_vec(g).map_err(|e| DriverError::Fatal(e.to_string()))?;
+        std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &path)).map_err(|e| DriverError::Retryable(e.to_string()))
+    }
+
+    /// Read-modify-write one guest under the lock; the closure's error aborts without writing.
+    fn update<T>(&self, vm: &Vm, step: &str, f: impl FnOnce(&mut SimGuest) -> Result<T, DriverError>) -> Result<T, DriverError> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guest = self.read(vm.id)?.unwrap_or_default();
+        if vm.spec.labels.get("sim.fail").is_some_and(|s| s == step) {
+            return Err(DriverError::Fatal(format!("injected failure at {step}")));
+        }
+        if vm.spec.labels.get("sim.fail-once").is_some_and(|s| s == step) && guest.failed_once.insert(step.to_owned()) {
+            self.write(vm.id, &guest)?;
+            return Err(DriverError::Retryable(format!("injected transient failure at {step}")));
+        }
+        let out = f(&mut guest)?;
+        self.write(vm.id, &guest)?;
+        Ok(out)
+    }
+
+    fn ports_in_use(&self, except: VmId) -> Result<BTreeSet<u16>, DriverError> {
+        let mut used = BTreeSet::new();
+        let entries = std::fs::read_dir(&self.cfg.dir).map_err(|e| DriverError::Retryable(e.to_string()))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse::<VmId>().ok()) else { continue };
+            if id != except {
+                used.extend(self.read(id)?.map(|g| g.host_ports).unwrap_or_default());
+            }
+        }
+        Ok(used)
+    }
+}
+
+#[async_trait]
+impl Driver for SimDriver {
+    fn host_info(&self) -> HostInfo {
+        self.cfg.host.clone()
+    }
+
+    async fn allocate_network(&self, vm: &Vm) -> Result<NetworkRuntime, DriverError> {
+        let used = {
+            let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.ports_in_use(vm.id)?
+        };
+        let ports = self.update(vm, "network", |g| {
+            if !g.host_ports.is_empty() {
+                return Ok(g.host_ports.clone());
+            }
+            let mut taken = used.clone();
+            let mut next = self.cfg.port_range.0;
+            let mut pick = |wanted: Option<u16>| -> Result<u16, DriverError> {
+                if let Some(p) = wanted {
+                    return if taken.insert(p) { Ok(p) } else { Err(DriverError::Fatal(format!("host port {p} is already in use"))) };
+                }
+                while next <= self.cfg.port_range.1 {
+                    let p = next;
+                    next += 1;
+                    if taken.insert(p) {
+                        return Ok(p);
+                    }
+                }
+                Err(DriverError::Fatal("no free host port left in the range".into()))
+            };
+            let mut ports = vec![pick(None)?];
+            for pf in &vm.spec.port_forwards {
+                ports.push(pick(pf.host_port)?);
+            }
+            g.host_ports = ports.clone();
+            Ok(ports)
+        })?;
+        let b = vm.id.0.to_bytes();
+        let enabled = vm.spec.network.enabled;
+        Ok(NetworkRuntime {
+            ip: enabled.then(|| format!("10.88.{}.{}", b[14], b[15].max(2))),
+            mac: enabled.then(|| vm.spec.network.guest_mac.clone().unwrap_or_else(|| format!("02:fc:{:02x}:{:02x}:{:02x}:{:02x}", b[12], b[13], b[14], b[15]))),
+            ssh_port: enabled.then_some(ports[0]),
+            port_forwards: vm
+                .spec
+                .port_forwards
+                .iter()
+                .zip(&ports[1..])
+                .map(|(pf, hp)| ResolvedPortForward { guest_port: pf.guest_port, host_port: *hp, protocol: pf.protocol })
+                .collect(),
+        })
+    }
+
+    async fn prepare_disk(&self, vm: &Vm) -> Result<DiskInfo, DriverError> {
+        self.update(vm, "disk", |_| Ok(()))?;
+        Ok(DiskInfo { location: format!("sim://{}/root", vm.id), size_gb: vm.spec.disk_gb })
+    }
+
+    async fn boot(&self, vm: &Vm) -> Result<(), DriverError> {
+        if self.read(vm.id)?.is_some_and(|g| g.running) {
+            return Ok(());
+        }
+        tokio::time::sleep(self.cfg.boot_delay).await;
+        self.update(vm, "boot", |g| {
+            if !g.running {
+                g.running = true;
+                g.boots += 1;
+            }
+            Ok(())
+        })
+    }
+
+    async fn wait_ready(&self, vm: &Vm) -> Result<(), DriverError> {
+        tokio::time::sleep(self.cfg.ready_delay).await;
+        self.update(vm, "ready", |g| if g.running { Ok(()) } else { Err(DriverError::Fatal("guest is not running".into())) })
+    }
+
+    async fn power_off(&self, vm: &Vm) -> Result<(), DriverError> {
+        self.update(vm, "power_off", |g| {
+            g.running = false;
+            Ok(())
+        })
+    }
+
+    async fn reboot(&self, vm: &Vm) -> Result<(), DriverError> {
+        self.update(vm, "reboot", |g| {
+            if !g.running {
+                return Err(DriverError::Fatal("guest is not running".into()));
+            }
+            g.reboots += 1;
+            Ok(())
+        })
+    }
+
+    async fn snapshot(&self, vm: &Vm) -> Result<(), DriverError> {
+        self.update(vm, "snapshot", |g| {
+            if g.running {
+                g.running = false;
+                g.has_snapshot = true;
+            } else if !g.has_snapshot {
+                return Err(DriverError::Fatal("guest is not running".into()));
+            }
+            Ok(())
+        })
+    }
+
+    async fn restore(&self, vm: &Vm) -> Result<(), DriverError> {
+        self.update(vm, "restore", |g| {
+            if g.has_snapshot {
+                g.has_snapshot = false;
+                g.running = true;
+            } else if !g.running {
+                return Err(DriverError::Fatal("no snapshot to restore".into()));
+            }
+            Ok(())
+        })
+    }
+
+    async fn destroy(&self, vm: &Vm) -> Result<(), DriverError> {
+        self.update(vm, "destroy", |_| Ok(()))?;
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        match std::fs::remove_file(Self::guest_path(&self.cfg.dir, vm.id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DriverError::Retryable(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::OffsetDateTime;
+    use vmplane_domain::spec::{PortForward, VmSpec};
+    use vmplane_domain::vm::{VmEvent, evolve};
+    use vmplane_domain::{HostId, OrgId, ProjectId};
+
+    fn driver(dir: &Path) -> SimDriver {
+        SimDriver::new(SimConfig {
+            dir: dir.to_owned(),
+            boot_delay: Duration::ZERO,
+            ready_delay: Duration::ZERO,
+            host: HostInfo { name: "t".into(), driver: "sim".into(), driver_detail: None, cpus: 4, memory_mib: 4096, disk_gb: 100 },
+            port_range: (30000, 30003),
+        })
+        .unwrap()
+    }
+
+    fn vm(spec: VmSpec) -> Vm {
+        let created = VmEvent::Created { org: OrgId::DEFAULT, project: ProjectId::DEFAULT, spec: Box::new(spec), host: HostId::new() };
+        evolve(None, VmId::new(), None, OffsetDateTime::now_utc(), &created).unwrap()
+    }
+
+    fn tmp() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vmplane-sim-{}", VmId::new()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[tokio::test]
+    async fn boot_is_idempotent_and_counted() {
+        let dir = tmp();
+        let d = driver(&dir);
+        let v = vm(VmSpec::named("a"));
+        d.boot(&v).await.unwrap();
+        d.boot(&v).await.unwrap();
+        let g = d.read(v.id).unwrap().unwrap();
+        assert_eq!((g.running, g.boots), (true, 1));
+        d.power_off(&v).await.unwrap();
+        d.boot(&v).await.unwrap();
+        assert_eq!(d.read(v.id).unwrap().unwrap().boots, 2);
+        d.destroy(&v).await.unwrap();
+        d.destroy(&v).await.unwrap();
+        assert!(d.read(v.id).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn ports_are_allocated_without_conflicts() {
+        let dir = tmp();
+        let d = driver(&dir);
+        let mut spec = VmSpec::named("a");
+        spec.port_forwards = vec![PortForward { guest_port: 80, host_port: Some(30002), protocol: Default::default() }];
+        let a = vm(spec.clone());
+        let net = d.allocate_network(&a).await.unwrap();
+        assert_eq!(net.ssh_port, Some(30000));
+        assert_eq!(net.port_forwards[0].host_port, 30002);
+        assert_eq!(d.allocate_network(&a).await.unwrap(), net, "allocation is idempotent");
+        let b = vm(spec);
+        assert_eq!(d.allocate_network(&b).await, Err(DriverError::Fatal("host port 30002 is already in use".into())));
+        let c = vm(VmSpec::named("c"));
+        assert_eq!(d.allocate_network(&c).await.unwrap().ssh_port, Some(30001));
+    }
+
+    #[tokio::test]
+    async fn injected_faults() {
+        let dir = tmp();
+        let d = driver(&dir);
+        let mut spec = VmSpec::named("a");
+        spec.labels.insert("sim.fail-once".into(), "boot".into());
+        let v = vm(spec);
+        assert!(matches!(d.boot(&v).await, Err(DriverError::Retryable(_))));
+        d.boot(&v).await.unwrap();
+        let mut spec = VmSpec::named("b");
+        spec.labels.insert("sim.fail".into(), "disk".into());
+        let v = vm(spec);
+        assert!(matches!(d.prepare_disk(&v).await, Err(DriverError::Fatal(_))));
+    }
+}

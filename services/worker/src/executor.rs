@@ -1,0 +1,137 @@
+//! Carries out one VM command: decide it against the VM's current events, then
+//! run the provisioning steps the domain asks for, recording each with an
+//! event. Safe to run again for the same command after a crash: a decided
+//! command is recognised by its pending operation and resumed; a finished one
+//! is recognised by the VM's finished operations and skipped.
+
+use crate::aggregate::VmAggregate;
+use crate::driver::{Driver, DriverError};
+use backoff::ExponentialBackoff;
+use std::sync::Arc;
+use std::time::Duration;
+use vmplane_bus::{Bus, BusError};
+use vmplane_domain::vm::{Outcome, Step, Vm, VmCommand, VmEvent, decide, next_step, step_event};
+use vmplane_domain::{OpId, OrgId, ProjectId, VmId};
+
+/// How many times a command is decided again after losing an append race.
+const MAX_CONFLICT_RETRIES: usize = 5;
+
+/// Runs VM commands against one driver.
+#[derive(Clone)]
+pub struct Executor {
+    pub bus: Bus,
+    pub driver: Arc<dyn Driver>,
+    /// How long a step keeps retrying retryable driver errors before the VM fails.
+    pub step_retry_for: Duration,
+}
+
+/// A VM command with its addressing.
+pub struct VmJob {
+    pub op: OpId,
+    pub org: OrgId,
+    pub project: ProjectId,
+    pub vm: VmId,
+    pub command: VmCommand,
+}
+
+impl Executor {
+    /// Execute `job` to completion. `agg` is the VM's cached state, reloaded on conflicts.
+    /// Only bus errors escape: everything the VM itself can suffer is recorded as events.
+    pub async fn execute(&self, agg: &mut Option<VmAggregate>, job: &VmJob) -> Result<(), BusError> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            if agg.is_none() {
+                *agg = Some(VmAggregate::load(&self.bus, job.org, job.vm).await?);
+            }
+            let a = agg.as_mut().expect("loaded above");
+            match self.decide_and_run(a, job).await {
+                Err(BusError::Conflict { subject }) => {
+                    tracing::info!(%subject, op = %job.op, "append conflict; reloading");
+                    *agg = None;
+                }
+                Err(e) => {
+                    *agg = None;
+                    return Err(e);
+                }
+                Ok(()) => return Ok(()),
+            }
+        }
+        Err(BusError::Other(format!("{}: too many concurrent writers", job.vm)))
+    }
+
+    async fn decide_and_run(&self, agg: &mut VmAggregate, job: &VmJob) -> Result<(), BusError> {
+        if agg.state.as_ref().is_some_and(|v| v.has_finished(job.op)) {
+            tracing::debug!(op = %job.op, "operation already finished; redelivery ignored");
+            return Ok(());
+        }
+        let resuming = agg.state.as_ref().and_then(|v| v.pending_op.as_ref()).is_some_and(|p| p.id == job.op);
+        if !resuming {
+            match decide(agg.state.as_ref(), job.org, job.project, &job.command) {
+                Ok(events) => {
+                    for ev in events {
+                        agg.append(&self.bus, job.project, Some(job.op), ev).await?;
+                    }
+                }
+                Err(e) => {
+                    let outcome = Outcome::Failed { code: e.code().into(), message: e.to_string() };
+                    agg.append(&self.bus, job.project, Some(job.op), VmEvent::OperationFinished { outcome }).await?;
+                    return Ok(());
+                }
+            }
+        }
+        self.run_steps(agg, job.project).await
+    }
+
+    /// Drive the VM's pending operation (whichever it is) to its end.
+    async fn run_steps(&self, agg: &mut VmAggregate, project: ProjectId) -> Result<(), BusError> {
+        while let Some(vm) = agg.state.clone() {
+            let Some(step) = next_step(&vm) else { break };
+            let op = vm.pending_op.as_ref().map(|p| p.id);
+            let started = std::time::Instant::now();
+            let event = match self.run_step(&vm, &step).await {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::warn!(vm = %vm.id, ?step, error = %e, "step failed");
+                    metrics::counter!("vmplane_worker_step_failures_total").increment(1);
+                    VmEvent::Failed { message: format!("{}: {e}", step.name()) }
+                }
+            };
+            metrics::histogram!("vmplane_worker_step_seconds", "step" => step.name()).record(started.elapsed().as_secs_f64());
+            agg.append(&self.bus, project, op, event).await?;
+        }
+        Ok(())
+    }
+
+    /// Run one step against the driver, retrying retryable errors with backoff.
+    async fn run_step(&self, vm: &Vm, step: &Step) -> Result<VmEvent, DriverError> {
+        let policy = ExponentialBackoff {
+            initial_interval: Duration::from_millis(100),
+            max_interval: Duration::from_secs(5),
+            max_elapsed_time: Some(self.step_retry_for),
+            ..Default::default()
+        };
+        backoff::future::retry(policy, || async {
+            self.call_driver(vm, step).await.map_err(|e| match e {
+                DriverError::Retryable(_) => backoff::Error::transient(e),
+                DriverError::Fatal(_) => backoff::Error::permanent(e),
+            })
+        })
+        .await
+    }
+
+    async fn call_driver(&self, vm: &Vm, step: &Step) -> Result<VmEvent, DriverError> {
+        let d = &self.driver;
+        match step {
+            Step::AllocateNetwork => return Ok(VmEvent::NetworkAllocated { network: d.allocate_network(vm).await? }),
+            Step::PrepareDisk => return Ok(VmEvent::DiskPrepared { disk: d.prepare_disk(vm).await? }),
+            Step::Boot => d.boot(vm).await?,
+            Step::AwaitReady => d.wait_ready(vm).await?,
+            Step::PowerOff => d.power_off(vm).await?,
+            Step::Reboot => d.reboot(vm).await?,
+            Step::Snapshot => d.snapshot(vm).await?,
+            Step::RestoreSnapshot => d.restore(vm).await?,
+            Step::Destroy => d.destroy(vm).await?,
+            Step::BeginProvisioning | Step::Finish(_) => {}
+        }
+        Ok(step_event(step).expect("every step without a driver payload has a fixed event"))
+    }
+}

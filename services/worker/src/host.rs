@@ -1,0 +1,66 @@
+//! The worker's host: a stable id kept in the data dir, announced as an
+//! event when it first appears or changes, and kept alive by heartbeats in a
+//! key-value bucket (heartbeats are liveness, not history, so they are not events).
+
+use std::path::Path;
+use std::time::Duration;
+use time::OffsetDateTime;
+use vmplane_bus::{Bus, BusError};
+use vmplane_domain::event::{Envelope, Event};
+use vmplane_domain::host::{HostEvent, HostInfo};
+use vmplane_domain::{HostId, OrgId, subjects};
+
+/// Read the host id from `data_dir/host_id`, creating it on first start.
+pub fn host_id(data_dir: &Path) -> std::io::Result<HostId> {
+    let path = data_dir.join("host_id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => s.trim().parse().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir)?;
+            let id = HostId::new();
+            std::fs::write(&path, id.to_string())?;
+            Ok(id)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Announce the host unless its last announcement says the same.
+pub async fn register(bus: &Bus, data_dir: &Path, info: HostInfo) -> anyhow::Result<HostId> {
+    let id = host_id(data_dir)?;
+    let subject = subjects::host_events(id);
+    loop {
+        let history = bus.load(&subject).await?;
+        let last_seq = history.last().map_or(0, |(seq, _)| *seq);
+        let same = history.iter().rev().find_map(|(_, env)| match &env.event {
+            Event::Host(HostEvent::Registered { info }) => Some(info),
+            _ => None,
+        }) == Some(&info);
+        if same {
+            return Ok(id);
+        }
+        let env = Envelope::new(OrgId::DEFAULT, None, id.to_string(), None, Event::Host(HostEvent::Registered { info: info.clone() }), OffsetDateTime::now_utc());
+        match bus.append(&subject, &env, last_seq).await {
+            Ok(_) => return Ok(id),
+            Err(BusError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Heartbeat forever; survives NATS outages by retrying on the next tick.
+pub async fn heartbeat(bus: Bus, host: HostId, every: Duration) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let beat = async {
+            let kv = bus.bucket(subjects::HEARTBEAT_BUCKET).await?;
+            let at = OffsetDateTime::now_utc().unix_timestamp().to_string();
+            kv.put(host.to_string(), at.into()).await.map_err(|e| BusError::Unavailable(e.to_string()))?;
+            Ok::<_, BusError>(())
+        };
+        if let Err(e) = beat.await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+    }
+}
