@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod limiter;
 pub mod projection;
 pub mod routes;
+pub mod schemas;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

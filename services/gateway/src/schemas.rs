@@ -1,0 +1,72 @@
+//! The published schemas: the OpenAPI document of the `/v1` API and the JSON
+//! schema of the event envelope with every event type. Both are committed
+//! under `schemas/`; a test fails when the code and the files disagree
+//! (`VMPLANE_UPDATE_SCHEMAS=1 cargo test -p vmplane-gateway schemas` rewrites them).
+
+use utoipa::OpenApi;
+use vmplane_domain::event::Envelope;
+
+/// The OpenAPI document, as served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    crate::api().split_for_parts().1
+}
+
+#[derive(OpenApi)]
+#[openapi(info(title = "vmplane events", description = "Every message in the VMPLANE_EVENTS stream is a MessagePack (rmp-serde, named fields) encoding of Envelope. Subjects: see schemas/subjects.md."), components(schemas(Envelope)))]
+struct EventSchemas;
+
+/// The event schemas: `Envelope` and everything it contains.
+pub fn events() -> utoipa::openapi::OpenApi {
+    EventSchemas::openapi()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn check(name: &str, doc: &utoipa::openapi::OpenApi) {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../schemas").join(name);
+        let fresh = doc.to_pretty_json().expect("schema serialises") + "\n";
+        if std::env::var_os("VMPLANE_UPDATE_SCHEMAS").is_some() {
+            std::fs::write(&path, &fresh).expect("writing schema");
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(committed == fresh, "{} is out of date: run VMPLANE_UPDATE_SCHEMAS=1 cargo test -p vmplane-gateway schemas", path.display());
+    }
+
+    #[test]
+    fn committed_openapi_matches_the_router() {
+        check("openapi.json", &openapi());
+    }
+
+    #[test]
+    fn committed_event_schemas_match_the_code() {
+        check("events.json", &events());
+    }
+
+    #[test]
+    fn every_event_type_is_in_the_event_schema() {
+        let json = events().to_json().unwrap();
+        for ty in [
+            "created", "provisioning_started", "network_allocated", "disk_prepared", "booted", "ready", "start_requested", "stop_requested",
+            "restart_requested", "rebooted", "standby_requested", "snapshotted", "restore_requested", "restored", "stopped", "delete_requested",
+            "deleted", "failed", "operation_finished", "org_created", "project_created", "api_key_created", "registered",
+        ] {
+            assert!(json.contains(&format!("\"{ty}\"")), "event type {ty} missing from the schema");
+        }
+    }
+
+    #[test]
+    fn every_v1_route_is_documented_with_errors() {
+        let doc = openapi();
+        assert!(doc.paths.paths.len() >= 10);
+        for (path, item) in &doc.paths.paths {
+            assert!(path.starts_with("/v1/"), "{path}");
+            let ops = [&item.get, &item.post, &item.delete, &item.put, &item.patch];
+            for op in ops.into_iter().flatten() {
+                assert!(op.responses.responses.keys().any(|s| s.starts_with('4')), "{path} documents no 4xx");
+            }
+        }
+    }
+}
