@@ -161,8 +161,8 @@ impl VmSpec {
         if self.user_data.as_ref().is_some_and(|u| u.len() > 64 * 1024) {
             return Err(SpecError::new("user_data", "must be at most 64 KiB"));
         }
-        if self.env.len() > 64 || self.env.keys().any(|k| !is_env_name(k)) {
-            return Err(SpecError::new("env", "at most 64 variables with names of A-Z, a-z, 0-9 and '_' not starting with a digit"));
+        if self.env.len() > 64 || self.env.keys().any(|k| !is_env_name(k)) || self.env.values().any(|v| v.len() > 4096 || v.contains(['\n', '\r', '\0'])) {
+            return Err(SpecError::new("env", "at most 64 variables with names of A-Z, a-z, 0-9 and '_' not starting with a digit, and one-line values"));
         }
         if self.boot_args.as_ref().is_some_and(|a| a.len() > 1024 || a.contains('\n')) {
             return Err(SpecError::new("boot_args", "must be one line of at most 1024 characters"));

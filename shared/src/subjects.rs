@@ -5,6 +5,7 @@
 //! vmplane.evt.<org_id>.vm.<vm_id>          VM events
 //! vmplane.evt.<org_id>.tenancy.<id>        org / project / API key events
 //! vmplane.evt.system.host.<host_id>        host events
+//! vmplane.log.<org_id>.vm.<vm_id>          VM serial console lines
 //! vmplane.cmd.host.<host_id>.<vm_id>       VM commands, to the worker of that host
 //! vmplane.cmd.tenancy.<org_id>             tenancy commands, to any worker
 //! ```
@@ -21,6 +22,10 @@ pub const COMMAND_STREAM: &str = "VMPLANE_COMMANDS";
 pub const COMMANDS_ALL: &str = "vmplane.cmd.>";
 /// Tenancy commands, any org.
 pub const TENANCY_COMMANDS: &str = "vmplane.cmd.tenancy.*";
+/// The console log stream's name.
+pub const LOG_STREAM: &str = "VMPLANE_LOGS";
+/// Every console log subject.
+pub const LOGS_ALL: &str = "vmplane.log.>";
 /// Key-value bucket holding each host's last heartbeat.
 pub const HEARTBEAT_BUCKET: &str = "vmplane_heartbeats";
 /// Key-value bucket holding idempotency records (24 h).
@@ -29,6 +34,11 @@ pub const IDEMPOTENCY_BUCKET: &str = "vmplane_idempotency";
 /// Events of one VM: the optimistic-concurrency unit.
 pub fn vm_events(org: OrgId, vm: VmId) -> String {
     format!("vmplane.evt.{org}.vm.{vm}")
+}
+
+/// Serial console lines of one VM.
+pub fn vm_logs(org: OrgId, vm: VmId) -> String {
+    format!("vmplane.log.{org}.vm.{vm}")
 }
 
 /// Events of one tenancy aggregate (org, project or key).

@@ -411,7 +411,11 @@ pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime,
             vm.message = None;
             vm.started_at = Some(at);
         }
-        VmEvent::StartRequested => begin(&mut vm, OpKind::Start, Starting),
+        VmEvent::StartRequested => {
+            // Boot again; booting is idempotent, so a guest still running is adopted.
+            vm.booted = false;
+            begin(&mut vm, OpKind::Start, Starting);
+        }
         VmEvent::StopRequested => begin(&mut vm, OpKind::Stop, Stopping),
         VmEvent::RestartRequested => begin(&mut vm, OpKind::Restart, Restarting),
         VmEvent::Rebooted => vm.status = Starting,

@@ -130,6 +130,22 @@ impl Bus {
             })
             .await
             .map_err(|e| unavailable(format!("command stream: {e}")))?;
+        self.js
+            .create_or_update_stream(stream::Config {
+                name: subjects::LOG_STREAM.into(),
+                description: Some("vmplane guest serial console lines".into()),
+                subjects: vec![subjects::LOGS_ALL.into()],
+                retention: RetentionPolicy::Limits,
+                storage: StorageType::File,
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                max_messages_per_subject: 20_000,
+                max_bytes: 2 << 30,
+                discard: DiscardPolicy::Old,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(format!("log stream: {e}")))?;
         for (bucket, ttl) in [(subjects::HEARTBEAT_BUCKET, Duration::from_secs(60)), (subjects::IDEMPOTENCY_BUCKET, Duration::from_secs(24 * 3600))] {
             // The stream a key-value bucket is, spelled out: async-nats' own
             // bucket creation queries account fields that nats-server 2.9 lacks.

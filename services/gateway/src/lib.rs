@@ -74,6 +74,7 @@ impl utoipa::Modify for BearerAuth {
 pub fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::vms::router())
+        .merge(routes::logs::router())
         .merge(routes::operations::router())
         .merge(routes::events::router())
         .merge(routes::hosts::router())

@@ -2,9 +2,10 @@
 //! `worker` run the parts against a shared NATS; `projections rebuild`
 //! replays the event stream into a fresh projection store.
 
+mod images;
 mod nats;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,8 @@ use vmplane_gateway::GatewayConfig;
 use vmplane_gateway::projection::Projections;
 use vmplane_worker::WorkerConfig;
 use vmplane_worker::driver::Driver;
+use vmplane_worker::driver::qemu::accel::{self, AccelChoice};
+use vmplane_worker::driver::qemu::{QemuConfig, QemuDriver};
 use vmplane_worker::driver::sim::{SimConfig, SimDriver};
 
 #[derive(Parser)]
@@ -71,15 +74,46 @@ struct GatewayOpts {
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
 enum DriverKind {
+    /// Real guests: one qemu process per VM, KVM where available, TCG otherwise.
+    Qemu,
     /// Simulated guests for tests and benchmarks; no VM really runs.
     Sim,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum AccelArg {
+    /// KVM where a hardware KVM module is loaded and /dev/kvm is usable, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
 }
 
 #[derive(Args, Clone)]
 struct WorkerOpts {
     /// The hypervisor driver.
-    #[arg(long, value_enum)]
-    driver: Option<DriverKind>,
+    #[arg(long, value_enum, default_value = "qemu")]
+    driver: DriverKind,
+    /// qemu: the accelerator.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelArg,
+    /// qemu: where images live (`<slug>/manifest.json`); default `<data-dir>/images`.
+    #[arg(long)]
+    images_dir: Option<PathBuf>,
+    /// qemu: the emulator binary.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu_binary: PathBuf,
+    /// qemu: seconds a guest may take to print its readiness line.
+    #[arg(long, default_value_t = 180)]
+    ready_timeout_secs: u64,
+    /// qemu: seconds a guest may take to power off after ACPI power-down.
+    #[arg(long, default_value_t = 30)]
+    stop_timeout_secs: u64,
+    /// First and last host port for SSH and port forwards, as `FIRST-LAST`.
+    #[arg(long, default_value = "20000-29999", value_parser = parse_range)]
+    port_range: (u16, u16),
+    /// qemu: the address host port forwards listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    forward_bind: String,
     /// The host's name as shown in /v1/hosts (default: the machine's hostname).
     #[arg(long)]
     host_name: Option<String>,
@@ -146,7 +180,7 @@ async fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Up(a) => {
-            let driver = driver(&a.worker, &a.common.data_dir)?;
+            let driver = driver(&a.worker, &a.common.data_dir).await?;
             let admin = admin_token(&a.common.data_dir, true)?;
             let (nats, _child) = nats::resolve(&a.common).await?;
             let bus = Bus::connect(&nats, "vmplane-up").await?;
@@ -163,7 +197,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             gateway(Bus::connect(&nats, "vmplane-gateway").await?, &a.common, &a.gateway, admin).await
         }
         Cmd::Worker(a) => {
-            let driver = driver(&a.worker, &a.common.data_dir)?;
+            let driver = driver(&a.worker, &a.common.data_dir).await?;
             let (nats, _child) = nats::resolve(&a.common).await?;
             worker(Bus::connect(&nats, "vmplane-worker").await?, driver, &a.common, &a.worker).await
         }
@@ -210,12 +244,48 @@ fn admin_token(data_dir: &Path, generate: bool) -> anyhow::Result<Option<String>
     Ok(Some(token))
 }
 
-fn driver(opts: &WorkerOpts, data_dir: &Path) -> anyhow::Result<Arc<dyn Driver>> {
-    let Some(kind) = opts.driver else {
-        bail!("no --driver given. Available drivers: `sim` (simulated guests for tests and benchmarks; nothing really boots). A real hypervisor driver is not available in this build, so vmplane will not pretend: pass `--driver sim` explicitly.");
-    };
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or("expected FIRST-LAST")?;
+    let (a, b): (u16, u16) = (a.parse().map_err(|_| "bad first port")?, b.parse().map_err(|_| "bad last port")?);
+    if a == 0 || a > b { Err("need 0 < FIRST <= LAST".into()) } else { Ok((a, b)) }
+}
+
+async fn driver(opts: &WorkerOpts, data_dir: &Path) -> anyhow::Result<Arc<dyn Driver>> {
     let host_name = opts.host_name.clone().unwrap_or_else(|| std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "localhost".into()));
-    Ok(match kind {
+    Ok(match opts.driver {
+        DriverKind::Qemu => {
+            let choice = match opts.accel {
+                AccelArg::Auto => AccelChoice::Auto,
+                AccelArg::Kvm => AccelChoice::Kvm,
+                AccelArg::Tcg => AccelChoice::Tcg,
+            };
+            let (accel, reason) = accel::choose(choice, Path::new("/sys/module"), Path::new("/dev/kvm"));
+            tracing::info!(%reason, "qemu accelerator");
+            let images_dir = opts.images_dir.clone().unwrap_or_else(|| data_dir.join("images"));
+            images::ensure_default(&images_dir).await?;
+            let dir = data_dir.join("worker").join("qemu");
+            std::fs::create_dir_all(&dir)?;
+            let host = HostInfo {
+                name: host_name,
+                driver: "qemu".into(),
+                driver_detail: Some(reason.clone()),
+                cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+                memory_mib: host_memory_mib(),
+                disk_gb: host_disk_gb(&dir),
+            };
+            Arc::new(QemuDriver::new(QemuConfig {
+                dir,
+                images_dir,
+                qemu_binary: opts.qemu_binary.clone(),
+                accel,
+                accel_reason: reason,
+                port_range: opts.port_range,
+                forward_bind: opts.forward_bind.clone(),
+                ready_timeout: Duration::from_secs(opts.ready_timeout_secs),
+                stop_timeout: Duration::from_secs(opts.stop_timeout_secs),
+                host,
+            })?)
+        }
         DriverKind::Sim => Arc::new(SimDriver::new(SimConfig {
             dir: data_dir.join("worker").join("sim"),
             boot_delay: Duration::from_millis(opts.sim_boot_delay_ms),
@@ -228,9 +298,30 @@ fn driver(opts: &WorkerOpts, data_dir: &Path) -> anyhow::Result<Arc<dyn Driver>>
                 memory_mib: opts.sim_memory_mib,
                 disk_gb: opts.sim_disk_gb,
             },
-            port_range: (20000, 29999),
+            port_range: opts.port_range,
         })?),
     })
+}
+
+/// Physical memory, from /proc/meminfo.
+fn host_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
+        .map_or(1024, |kb| kb / 1024)
+}
+
+/// Free space where guest disks live, in GB.
+fn host_disk_gb(dir: &Path) -> u64 {
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return 0 };
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(path.as_ptr(), &mut st) != 0 {
+            return 0;
+        }
+        (st.f_bavail as u64 * st.f_frsize as u64) >> 30
+    }
 }
 
 async fn gateway(bus: Bus, common: &CommonArgs, opts: &GatewayOpts, admin_token: Option<String>) -> anyhow::Result<()> {

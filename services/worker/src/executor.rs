@@ -5,7 +5,7 @@
 //! is recognised by the VM's finished operations and skipped.
 
 use crate::aggregate::VmAggregate;
-use crate::driver::{Driver, DriverError};
+use crate::driver::{Driver, DriverError, GuestExit};
 use backoff::ExponentialBackoff;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +56,26 @@ impl Executor {
             }
         }
         Err(BusError::Other(format!("{}: too many concurrent writers", job.vm)))
+    }
+
+    /// Record that the guest stopped on its own, unless an operation in
+    /// progress owns the stop (its step notices) or the VM is already down.
+    pub async fn record_exit(&self, agg: &mut Option<VmAggregate>, exit: &GuestExit) -> Result<(), BusError> {
+        if agg.is_none() {
+            *agg = Some(VmAggregate::load(&self.bus, exit.org, exit.vm).await?);
+        }
+        let a = agg.as_mut().expect("loaded above");
+        let Some(vm) = &a.state else { return Ok(()) };
+        if !vm.booted || vm.pending_op.is_some() {
+            return Ok(());
+        }
+        let project = vm.project;
+        let event = if exit.clean { VmEvent::Stopped { reason: exit.detail.clone() } } else { VmEvent::Failed { message: exit.detail.clone() } };
+        let result = a.append(&self.bus, project, None, event).await;
+        if result.is_err() {
+            *agg = None;
+        }
+        result
     }
 
     async fn decide_and_run(&self, agg: &mut VmAggregate, job: &VmJob) -> Result<(), BusError> {

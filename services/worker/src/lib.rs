@@ -10,10 +10,11 @@ pub mod aggregate;
 pub mod driver;
 pub mod executor;
 pub mod host;
+pub mod logs;
 pub mod tenancy;
 
 use crate::aggregate::VmAggregate;
-use crate::driver::Driver;
+use crate::driver::{Driver, GuestExit};
 use crate::executor::{Executor, VmJob};
 use async_nats::jetstream::{AckKind, Message, consumer::pull, consumer::AckPolicy};
 use futures::StreamExt;
@@ -61,11 +62,15 @@ pub async fn run(bus: Bus, driver: Arc<dyn Driver>, cfg: WorkerConfig) -> anyhow
     bus.ensure_topology().await?;
     let host = host::register(&bus, &cfg.data_dir, driver.host_info()).await?;
     tracing::info!(%host, driver = %driver.host_info().driver, "worker registered its host");
-    let exec = Executor { bus: bus.clone(), driver, step_retry_for: cfg.step_retry_for };
+    let exits = driver.take_exits();
+    let exec = Executor { bus: bus.clone(), driver: driver.clone(), step_retry_for: cfg.step_retry_for };
+    let queues = VmQueues { map: Arc::default(), permits: Arc::new(Semaphore::new(cfg.parallelism)), exec, cfg: cfg.clone() };
     tokio::select! {
         r = host::heartbeat(bus.clone(), host, cfg.heartbeat_every) => r,
-        r = consume_vm_commands(exec, host, cfg.clone()) => r,
+        r = consume_vm_commands(queues.clone(), host) => r,
         r = tenancy::consume(bus.clone(), cfg.clone()) => r,
+        r = forward_exits(queues, exits) => r,
+        r = logs::ship(bus.clone(), driver) => r,
     }
 }
 
@@ -125,61 +130,104 @@ pub(crate) fn keep_alive(msg: &Message, every: Duration) -> tokio::task::JoinHan
     })
 }
 
-/// Per-VM queues: one task per VM with work, so a VM's commands never overlap.
-type Queues = Arc<Mutex<HashMap<VmId, mpsc::UnboundedSender<Message>>>>;
+/// Work for one VM's task.
+enum Job {
+    /// A command from the stream, acknowledged when done.
+    Command(Message),
+    /// The driver saw the guest stop on its own.
+    Exited(GuestExit),
+}
 
-async fn consume_vm_commands(exec: Executor, host: HostId, cfg: WorkerConfig) -> anyhow::Result<()> {
-    let queues: Queues = Arc::default();
-    let permits = Arc::new(Semaphore::new(cfg.parallelism));
-    let consumer_cfg = consumer_config(format!("host-{host}"), subjects::host_commands(host), &cfg);
-    pull_forever(&exec.bus, consumer_cfg, |msg| {
+/// Per-VM queues: one task per VM with work, so a VM's jobs never overlap;
+/// a global semaphore bounds how many VMs are worked on at once.
+#[derive(Clone)]
+struct VmQueues {
+    map: Arc<Mutex<HashMap<VmId, mpsc::UnboundedSender<Job>>>>,
+    permits: Arc<Semaphore>,
+    exec: Executor,
+    cfg: WorkerConfig,
+}
+
+impl VmQueues {
+    fn push(&self, vm: VmId, job: Job) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let job = match map.get(&vm) {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return,
+                // The VM's task just went idle and exited: start a new one.
+                Err(mpsc::error::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(job).unwrap_or_else(|_| unreachable!("receiver held below"));
+        map.insert(vm, tx);
+        tokio::spawn(self.clone().run(vm, rx));
+    }
+
+    async fn run(self, vm: VmId, mut rx: mpsc::UnboundedReceiver<Job>) {
+        let mut agg: Option<VmAggregate> = None;
+        loop {
+            let job = match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+                Ok(Some(job)) => job,
+                Ok(None) => return,
+                Err(_idle) => {
+                    let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+                    match rx.try_recv() {
+                        Ok(job) => job,
+                        Err(_) => {
+                            map.remove(&vm);
+                            return;
+                        }
+                    }
+                }
+            };
+            match job {
+                Job::Command(msg) => {
+                    let alive = keep_alive(&msg, self.cfg.ack_wait / 3);
+                    let _permit = self.permits.acquire().await.expect("semaphore never closed");
+                    let ack = handle_vm_command(&self.exec, &mut agg, &msg, &self.cfg).await;
+                    alive.abort();
+                    if let Err(e) = msg.ack_with(ack).await {
+                        tracing::warn!(%vm, error = %e, "ack failed; the command will be redelivered and recognised");
+                    }
+                }
+                Job::Exited(exit) => {
+                    if let Err(e) = self.exec.record_exit(&mut agg, &exit).await {
+                        tracing::warn!(%vm, error = %e, "could not record the guest's exit; retrying");
+                        let queues = self.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            queues.push(exit.vm, Job::Exited(exit));
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn consume_vm_commands(queues: VmQueues, host: HostId) -> anyhow::Result<()> {
+    let consumer_cfg = consumer_config(format!("host-{host}"), subjects::host_commands(host), &queues.cfg);
+    let bus = queues.exec.bus.clone();
+    pull_forever(&bus, consumer_cfg, |msg| {
         let Some(vm) = msg.subject.rsplit('.').next().and_then(|t| t.parse::<VmId>().ok()) else {
             tracing::error!(subject = %msg.subject, "command on a malformed subject; terminating it");
             tokio::spawn(async move { msg.ack_with(AckKind::Term).await });
             return;
         };
-        let mut map = queues.lock().unwrap_or_else(|p| p.into_inner());
-        let msg = match map.get(&vm) {
-            Some(tx) => match tx.send(msg) {
-                Ok(()) => return,
-                // The VM's task just went idle and exited: start a new one.
-                Err(mpsc::error::SendError(msg)) => msg,
-            },
-            None => msg,
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
-        tx.send(msg).expect("receiver held below");
-        map.insert(vm, tx);
-        tokio::spawn(vm_task(vm, rx, queues.clone(), permits.clone(), exec.clone(), cfg.clone()));
+        queues.push(vm, Job::Command(msg));
     })
     .await
 }
 
-async fn vm_task(vm: VmId, mut rx: mpsc::UnboundedReceiver<Message>, queues: Queues, permits: Arc<Semaphore>, exec: Executor, cfg: WorkerConfig) {
-    let mut agg: Option<VmAggregate> = None;
-    loop {
-        let msg = match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
-            Ok(Some(msg)) => msg,
-            Ok(None) => return,
-            Err(_idle) => {
-                let mut map = queues.lock().unwrap_or_else(|p| p.into_inner());
-                match rx.try_recv() {
-                    Ok(msg) => msg,
-                    Err(_) => {
-                        map.remove(&vm);
-                        return;
-                    }
-                }
-            }
-        };
-        let alive = keep_alive(&msg, cfg.ack_wait / 3);
-        let _permit = permits.acquire().await.expect("semaphore never closed");
-        let ack = handle_vm_command(&exec, &mut agg, &msg, &cfg).await;
-        alive.abort();
-        if let Err(e) = msg.ack_with(ack).await {
-            tracing::warn!(%vm, error = %e, "ack failed; the command will be redelivered and recognised");
-        }
+/// Turn the driver's reports of guests stopping on their own into VM jobs.
+async fn forward_exits(queues: VmQueues, exits: Option<mpsc::UnboundedReceiver<GuestExit>>) -> anyhow::Result<()> {
+    let Some(mut exits) = exits else { return std::future::pending().await };
+    while let Some(exit) = exits.recv().await {
+        queues.push(exit.vm, Job::Exited(exit));
     }
+    Ok(())
 }
 
 async fn handle_vm_command(exec: &Executor, agg: &mut Option<VmAggregate>, msg: &Message, cfg: &WorkerConfig) -> AckKind {

@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod hosts;
+pub mod logs;
 pub mod operations;
 pub mod pagination;
 pub mod system;

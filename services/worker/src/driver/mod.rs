@@ -5,11 +5,33 @@
 //! crash, and a method that finds its work already done returns success
 //! without doing it twice (a second `boot` of a running guest adopts it).
 
+pub mod qemu;
 pub mod sim;
 
 use async_trait::async_trait;
+use std::path::PathBuf;
+use tokio::sync::mpsc;
 use vmplane_domain::host::HostInfo;
 use vmplane_domain::vm::{DiskInfo, NetworkRuntime, Vm};
+use vmplane_domain::{OrgId, VmId};
+
+/// A guest that stopped without being asked to: the worker records it as an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestExit {
+    pub vm: VmId,
+    pub org: OrgId,
+    /// The guest powered itself off (rather than crashing or being killed).
+    pub clean: bool,
+    pub detail: String,
+}
+
+/// A running guest's serial console log, which the worker ships to JetStream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Console {
+    pub vm: VmId,
+    pub org: OrgId,
+    pub log: PathBuf,
+}
 
 /// Why a driver call failed, and whether trying again can help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +49,15 @@ pub enum DriverError {
 pub trait Driver: Send + Sync + 'static {
     /// What the worker announces about this host.
     fn host_info(&self) -> HostInfo;
+    /// Guests that stop on their own; taken once by the worker. Drivers whose
+    /// guests cannot stop by themselves return `None`.
+    fn take_exits(&self) -> Option<mpsc::UnboundedReceiver<GuestExit>> {
+        None
+    }
+    /// Serial console logs of the running guests.
+    fn consoles(&self) -> Vec<Console> {
+        Vec::new()
+    }
     /// Give the VM its addresses and host port forwards.
     async fn allocate_network(&self, vm: &Vm) -> Result<NetworkRuntime, DriverError>;
     /// Create the root disk.

@@ -264,16 +264,14 @@ mod tests {
         evolve(None, VmId::new(), None, OffsetDateTime::now_utc(), &created).unwrap()
     }
 
-    fn tmp() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("vmplane-sim-{}", VmId::new()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    fn tmp() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
     }
 
     #[tokio::test]
     async fn boot_is_idempotent_and_counted() {
         let dir = tmp();
-        let d = driver(&dir);
+        let d = driver(dir.path());
         let v = vm(VmSpec::named("a"));
         d.boot(&v).await.unwrap();
         d.boot(&v).await.unwrap();
@@ -290,7 +288,7 @@ mod tests {
     #[tokio::test]
     async fn ports_are_allocated_without_conflicts() {
         let dir = tmp();
-        let d = driver(&dir);
+        let d = driver(dir.path());
         let mut spec = VmSpec::named("a");
         spec.port_forwards = vec![PortForward { guest_port: 80, host_port: Some(30002), protocol: Default::default() }];
         let a = vm(spec.clone());
@@ -307,7 +305,7 @@ mod tests {
     #[tokio::test]
     async fn injected_faults() {
         let dir = tmp();
-        let d = driver(&dir);
+        let d = driver(dir.path());
         let mut spec = VmSpec::named("a");
         spec.labels.insert("sim.fail-once".into(), "boot".into());
         let v = vm(spec);

@@ -1,0 +1,60 @@
+//! Where a VM's files live: `<qemu dir>/vms/<vm_id>/`.
+
+use std::path::{Path, PathBuf};
+use vmplane_domain::VmId;
+
+/// One VM's directory and the names inside it.
+#[derive(Debug, Clone)]
+pub struct VmDir(PathBuf);
+
+impl VmDir {
+    /// The directory of `vm` under the driver's root.
+    pub fn new(root: &Path, vm: VmId) -> Self {
+        Self(root.join("vms").join(vm.to_string()))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    /// The qcow2 overlay over the image's root filesystem.
+    pub fn root_disk(&self) -> PathBuf {
+        self.0.join("root.qcow2")
+    }
+    /// The NoCloud seed disk.
+    pub fn seed(&self) -> PathBuf {
+        self.0.join("seed.img")
+    }
+    pub fn pid(&self) -> PathBuf {
+        self.0.join("qemu.pid")
+    }
+    pub fn qmp(&self) -> PathBuf {
+        self.0.join("qmp.sock")
+    }
+    /// The serial console, for the web terminal.
+    pub fn console_socket(&self) -> PathBuf {
+        self.0.join("console.sock")
+    }
+    /// Everything the serial console printed (qemu appends; the worker rotates).
+    pub fn console_log(&self) -> PathBuf {
+        self.0.join("console.log")
+    }
+    pub fn agent_socket(&self) -> PathBuf {
+        self.0.join("agent.sock")
+    }
+    /// Console log offset from which the next readiness line counts.
+    pub fn ready_mark(&self) -> PathBuf {
+        self.0.join("ready.from")
+    }
+    /// Saved memory and device state while in standby.
+    pub fn snapshot(&self) -> PathBuf {
+        self.0.join("state.vmstate")
+    }
+    /// The allocated network (host ports), so allocation is idempotent.
+    pub fn network(&self) -> PathBuf {
+        self.0.join("network.json")
+    }
+    /// Marks a stop the worker asked for, so the supervisor does not report it.
+    pub fn expected_exit(&self) -> PathBuf {
+        self.0.join("exit.expected")
+    }
+}

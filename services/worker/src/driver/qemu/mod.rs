@@ -1,0 +1,434 @@
+//! The `qemu` driver: one qemu process per VM on q35 (PCIe hot-plug for
+//! volumes), controlled over QMP on a per-VM unix socket, booting an image's
+//! kernel and initrd with a qcow2 overlay as root disk and a NoCloud seed.
+//!
+//! qemu is daemonized, so guests outlive a worker crash; a restarted worker
+//! finds them by pid file and adopts them. A watcher reports guests that stop
+//! without being asked, and the serial console is logged to a file that the
+//! worker ships to JetStream.
+
+pub mod accel;
+pub mod image;
+pub mod layout;
+pub mod process;
+pub mod qmp;
+pub mod seed;
+
+use super::{Console, Driver, DriverError, GuestExit};
+use accel::Accel;
+use async_trait::async_trait;
+use layout::VmDir;
+use process::{Launch, is_our_qemu, running_pid, signal};
+use qmp::Qmp;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use vmplane_domain::host::HostInfo;
+use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, Vm};
+use vmplane_domain::{OrgId, VmId};
+
+/// The line the guest prints on its serial console when it is ready.
+pub const READY_LINE: &[u8] = b"VMPLANE-READY";
+
+/// Settings of the qemu driver.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// Root of the driver's state: `vms/<id>/...`.
+    pub dir: PathBuf,
+    /// Where images live: `<slug>/manifest.json`.
+    pub images_dir: PathBuf,
+    pub qemu_binary: PathBuf,
+    pub accel: Accel,
+    /// Why that accelerator (shown in `/v1/hosts`).
+    pub accel_reason: String,
+    /// Host ports handed out for SSH and port forwards that name none.
+    pub port_range: (u16, u16),
+    /// Address host port forwards listen on.
+    pub forward_bind: String,
+    /// How long a guest may take to print its readiness line.
+    pub ready_timeout: Duration,
+    /// How long a guest may take to power off after ACPI power-down.
+    pub stop_timeout: Duration,
+    pub host: HostInfo,
+}
+
+/// What `network.json` keeps, so allocation survives restarts and is idempotent.
+#[derive(Serialize, Deserialize)]
+struct Allocated {
+    network: NetworkRuntime,
+}
+
+/// See the module docs.
+pub struct QemuDriver {
+    cfg: QemuConfig,
+    /// Serialises port allocation.
+    ports: Mutex<()>,
+    /// Guests being watched for unasked exits: vm -> (pid, org).
+    watched: Arc<Mutex<HashMap<VmId, (i32, OrgId)>>>,
+    exits: Mutex<Option<mpsc::UnboundedReceiver<GuestExit>>>,
+}
+
+fn fatal(e: impl std::fmt::Display) -> DriverError {
+    DriverError::Fatal(e.to_string())
+}
+
+fn retry(e: impl std::fmt::Display) -> DriverError {
+    DriverError::Retryable(e.to_string())
+}
+
+impl QemuDriver {
+    /// Start the driver: adopt guests that are still running, and watch them.
+    pub fn new(cfg: QemuConfig) -> std::io::Result<Self> {
+        std::fs::create_dir_all(cfg.dir.join("vms"))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let driver = Self { cfg, ports: Mutex::new(()), watched: Arc::default(), exits: Mutex::new(Some(rx)) };
+        driver.adopt();
+        tokio::spawn(watch(driver.watched.clone(), driver.cfg.dir.clone(), tx));
+        Ok(driver)
+    }
+
+    fn dir(&self, vm: VmId) -> VmDir {
+        VmDir::new(&self.cfg.dir, vm)
+    }
+
+    /// Find running guests left by a previous worker and watch them again.
+    fn adopt(&self) {
+        let Ok(entries) = std::fs::read_dir(self.cfg.dir.join("vms")) else { return };
+        for entry in entries.flatten() {
+            let Some(vm) = entry.file_name().to_str().and_then(|s| s.parse::<VmId>().ok()) else { continue };
+            let dir = self.dir(vm);
+            let (Ok(pid), Some(org)) = (std::fs::read_to_string(dir.pid()), read_org(&dir)) else { continue };
+            let Ok(pid) = pid.trim().parse::<i32>() else { continue };
+            if is_our_qemu(pid, vm) {
+                tracing::info!(%vm, pid, "adopted running guest");
+                self.watched.lock().unwrap_or_else(|p| p.into_inner()).insert(vm, (pid, org));
+            } else if !dir.expected_exit().exists() && !dir.snapshot().exists() {
+                // It died while no worker watched: report it like a live exit.
+                self.watched.lock().unwrap_or_else(|p| p.into_inner()).insert(vm, (pid, org));
+            }
+        }
+    }
+
+    fn watch_pid(&self, vm: &Vm, dir: &VmDir) -> Result<(), DriverError> {
+        let pid = running_pid(dir, vm).ok_or_else(|| fatal("qemu exited right after starting"))?;
+        self.watched.lock().unwrap_or_else(|p| p.into_inner()).insert(vm.id, (pid, vm.org));
+        Ok(())
+    }
+
+    fn unwatch(&self, vm: VmId) {
+        self.watched.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm);
+    }
+
+    fn launch<'a>(&'a self, vm: &'a Vm, image: &'a image::Image, dir: &'a VmDir, network: &'a NetworkRuntime, incoming: bool) -> Launch<'a> {
+        Launch { qemu: &self.cfg.qemu_binary, accel: self.cfg.accel, vm, image, dir, network, forward_bind: &self.cfg.forward_bind, incoming }
+    }
+
+    fn image(&self, vm: &Vm) -> Result<image::Image, DriverError> {
+        image::load(&self.cfg.images_dir, &vm.spec.image).map_err(fatal)
+    }
+
+    /// Mark where the next readiness line must appear: after everything printed so far.
+    fn mark_ready_from(&self, dir: &VmDir) -> Result<(), DriverError> {
+        let len = std::fs::metadata(dir.console_log()).map(|m| m.len()).unwrap_or(0);
+        std::fs::write(dir.ready_mark(), len.to_string()).map_err(retry)
+    }
+
+    /// Ask the guest to power off, wait, then insist.
+    async fn stop_process(&self, vm: &Vm, dir: &VmDir, graceful: bool) -> Result<(), DriverError> {
+        std::fs::write(dir.expected_exit(), b"").map_err(retry)?;
+        let Some(pid) = running_pid(dir, vm) else { return Ok(()) };
+        if graceful {
+            if let Ok(mut q) = Qmp::connect(&dir.qmp()).await {
+                let _ = q.execute("system_powerdown", None).await;
+            }
+            if wait_gone(dir, vm, self.cfg.stop_timeout).await {
+                return Ok(());
+            }
+            tracing::warn!(vm = %vm.id, "guest ignored ACPI power-down; stopping it hard");
+        }
+        if let Ok(mut q) = Qmp::connect(&dir.qmp()).await {
+            let _ = q.execute("quit", None).await;
+        }
+        if !wait_gone(dir, vm, Duration::from_secs(5)).await {
+            signal(pid, libc::SIGKILL);
+            wait_gone(dir, vm, Duration::from_secs(5)).await;
+        }
+        Ok(())
+    }
+
+    fn used_ports(&self, except: VmId) -> BTreeSet<u16> {
+        let mut used = BTreeSet::new();
+        let Ok(entries) = std::fs::read_dir(self.cfg.dir.join("vms")) else { return used };
+        for entry in entries.flatten() {
+            let Some(vm) = entry.file_name().to_str().and_then(|s| s.parse::<VmId>().ok()) else { continue };
+            if vm == except {
+                continue;
+            }
+            if let Some(a) = std::fs::read(self.dir(vm).network()).ok().and_then(|b| serde_json::from_slice::<Allocated>(&b).ok()) {
+                used.extend(a.network.ssh_port);
+                used.extend(a.network.port_forwards.iter().map(|p| p.host_port));
+            }
+        }
+        used
+    }
+}
+
+fn read_org(dir: &VmDir) -> Option<OrgId> {
+    std::fs::read_to_string(dir.path().join("org")).ok()?.trim().parse().ok()
+}
+
+async fn wait_gone(dir: &VmDir, vm: &Vm, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if running_pid(dir, vm).is_none() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running_pid(dir, vm).is_none()
+}
+
+/// Report watched guests whose qemu is gone and whose exit nobody asked for.
+async fn watch(watched: Arc<Mutex<HashMap<VmId, (i32, OrgId)>>>, root: PathBuf, tx: mpsc::UnboundedSender<GuestExit>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let gone: Vec<(VmId, OrgId)> = {
+            let mut map = watched.lock().unwrap_or_else(|p| p.into_inner());
+            let dead: Vec<VmId> = map.iter().filter(|(vm, (pid, _))| !is_our_qemu(*pid, **vm)).map(|(vm, _)| *vm).collect();
+            dead.into_iter().filter_map(|vm| map.remove(&vm).map(|(_, org)| (vm, org))).collect()
+        };
+        for (vm, org) in gone {
+            let dir = VmDir::new(&root, vm);
+            if dir.expected_exit().exists() {
+                continue;
+            }
+            let tail = read_tail(&dir.console_log(), 4096);
+            let clean = tail.windows(b"reboot: Power down".len()).any(|w| w == b"reboot: Power down");
+            let detail = if clean { "guest powered off".to_owned() } else { "qemu exited unexpectedly (guest crash or qemu killed)".to_owned() };
+            tracing::warn!(%vm, %detail, "guest stopped on its own");
+            let _ = tx.send(GuestExit { vm, org, clean, detail });
+        }
+    }
+}
+
+fn read_tail(path: &Path, n: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else { return Vec::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(n)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    buf
+}
+
+#[async_trait]
+impl Driver for QemuDriver {
+    fn host_info(&self) -> HostInfo {
+        self.cfg.host.clone()
+    }
+
+    fn take_exits(&self) -> Option<mpsc::UnboundedReceiver<GuestExit>> {
+        self.exits.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn consoles(&self) -> Vec<Console> {
+        let watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        watched.iter().map(|(vm, (_, org))| Console { vm: *vm, org: *org, log: self.dir(*vm).console_log() }).collect()
+    }
+
+    async fn allocate_network(&self, vm: &Vm) -> Result<NetworkRuntime, DriverError> {
+        let dir = self.dir(vm.id);
+        std::fs::create_dir_all(dir.path()).map_err(retry)?;
+        std::fs::write(dir.path().join("org"), vm.org.to_string()).map_err(retry)?;
+        let _guard = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = std::fs::read(dir.network()).ok().and_then(|b| serde_json::from_slice::<Allocated>(&b).ok()) {
+            return Ok(a.network);
+        }
+        let mut taken = self.used_ports(vm.id);
+        let (lo, hi) = self.cfg.port_range;
+        let mut next = lo;
+        let bind = self.cfg.forward_bind.clone();
+        let free = |p: u16| std::net::TcpListener::bind((bind.as_str(), p)).is_ok();
+        let mut pick = |wanted: Option<u16>| -> Result<u16, DriverError> {
+            if let Some(p) = wanted {
+                if taken.contains(&p) || !free(p) {
+                    return Err(fatal(format!("host port {p} is already in use")));
+                }
+                taken.insert(p);
+                return Ok(p);
+            }
+            while next <= hi {
+                let p = next;
+                next += 1;
+                if !taken.contains(&p) && free(p) {
+                    taken.insert(p);
+                    return Ok(p);
+                }
+            }
+            Err(fatal(format!("no free host port left in {lo}-{hi}")))
+        };
+        let enabled = vm.spec.network.enabled;
+        let ssh_port = if enabled { Some(pick(None)?) } else { None };
+        let mut forwards = Vec::new();
+        if enabled {
+            for pf in &vm.spec.port_forwards {
+                forwards.push(ResolvedPortForward { guest_port: pf.guest_port, host_port: pick(pf.host_port)?, protocol: pf.protocol });
+            }
+        }
+        let b = vm.id.0.to_bytes();
+        let network = NetworkRuntime {
+            ip: enabled.then(|| "10.0.2.15".to_owned()),
+            mac: enabled.then(|| vm.spec.network.guest_mac.clone().unwrap_or_else(|| format!("52:54:00:{:02x}:{:02x}:{:02x}", b[13], b[14], b[15]))),
+            ssh_port,
+            port_forwards: forwards,
+        };
+        let bytes = serde_json::to_vec(&Allocated { network: network.clone() }).map_err(fatal)?;
+        std::fs::write(dir.network(), bytes).map_err(retry)?;
+        Ok(network)
+    }
+
+    async fn prepare_disk(&self, vm: &Vm) -> Result<DiskInfo, DriverError> {
+        let dir = self.dir(vm.id);
+        std::fs::create_dir_all(dir.path()).map_err(retry)?;
+        let image = self.image(vm)?;
+        let root = dir.root_disk();
+        if !root.exists() {
+            let tmp = root.with_extension("qcow2.tmp");
+            let out = tokio::process::Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(&image.rootfs)
+                .arg(&tmp)
+                .arg(format!("{}G", vm.spec.disk_gb))
+                .output()
+                .await
+                .map_err(|e| fatal(format!("qemu-img: {e} (install qemu-utils)")))?;
+            if !out.status.success() {
+                return Err(fatal(format!("qemu-img create failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+            }
+            std::fs::rename(&tmp, &root).map_err(retry)?;
+        }
+        seed::write(vm, &dir.seed()).await.map_err(fatal)?;
+        Ok(DiskInfo { location: root.display().to_string(), size_gb: vm.spec.disk_gb })
+    }
+
+    async fn boot(&self, vm: &Vm) -> Result<(), DriverError> {
+        let dir = self.dir(vm.id);
+        if running_pid(&dir, vm).is_some() {
+            return self.watch_pid(vm, &dir);
+        }
+        let image = self.image(vm)?;
+        let network = vm.network.clone().unwrap_or_default();
+        let _ = std::fs::remove_file(dir.expected_exit());
+        self.mark_ready_from(&dir)?;
+        self.launch(vm, &image, &dir, &network, false).spawn().await.map_err(fatal)?;
+        self.watch_pid(vm, &dir)
+    }
+
+    async fn wait_ready(&self, vm: &Vm) -> Result<(), DriverError> {
+        let dir = self.dir(vm.id);
+        let from: u64 = std::fs::read_to_string(dir.ready_mark()).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        let deadline = tokio::time::Instant::now() + self.cfg.ready_timeout;
+        loop {
+            let log = std::fs::read(dir.console_log()).unwrap_or_default();
+            let start = (from as usize).min(log.len());
+            if log[start..].windows(READY_LINE.len()).any(|w| w == READY_LINE) {
+                return Ok(());
+            }
+            if running_pid(&dir, vm).is_none() {
+                return Err(fatal("qemu exited before the guest was ready"));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(fatal(format!("guest printed no readiness line within {} s", self.cfg.ready_timeout.as_secs())));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn power_off(&self, vm: &Vm) -> Result<(), DriverError> {
+        let dir = self.dir(vm.id);
+        self.stop_process(vm, &dir, true).await?;
+        self.unwatch(vm.id);
+        Ok(())
+    }
+
+    async fn reboot(&self, vm: &Vm) -> Result<(), DriverError> {
+        let dir = self.dir(vm.id);
+        if running_pid(&dir, vm).is_none() {
+            return Err(fatal("guest is not running"));
+        }
+        self.mark_ready_from(&dir)?;
+        let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
+        q.execute("system_reset", None).await.map_err(retry)?;
+        Ok(())
+    }
+
+    async fn snapshot(&self, vm: &Vm) -> Result<(), DriverError> {
+        let dir = self.dir(vm.id);
+        let state = dir.snapshot();
+        if running_pid(&dir, vm).is_none() {
+            return if state.exists() { Ok(()) } else { Err(fatal("guest is not running and has no snapshot")) };
+        }
+        let partial = state.with_extension("partial");
+        let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
+        q.execute("stop", None).await.map_err(retry)?;
+        q.execute("migrate", Some(json!({ "uri": format!("file:{}", partial.display()) }))).await.map_err(fatal)?;
+        q.wait_migration(Duration::from_secs(300)).await.map_err(fatal)?;
+        std::fs::rename(&partial, &state).map_err(retry)?;
+        drop(q);
+        self.stop_process(vm, &dir, false).await?;
+        self.unwatch(vm.id);
+        Ok(())
+    }
+
+    async fn restore(&self, vm: &Vm) -> Result<(), DriverError> {
+        let dir = self.dir(vm.id);
+        if running_pid(&dir, vm).is_some() {
+            let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
+            if q.status().await.map_err(retry)? != "running" {
+                if dir.snapshot().exists() {
+                    q.execute("migrate-incoming", Some(json!({ "uri": format!("file:{}", dir.snapshot().display()) }))).await.map_err(fatal)?;
+                    q.wait_migration(Duration::from_secs(300)).await.map_err(fatal)?;
+                }
+                q.execute("cont", None).await.map_err(fatal)?;
+            }
+            let _ = std::fs::remove_file(dir.snapshot());
+            return self.watch_pid(vm, &dir);
+        }
+        if !dir.snapshot().exists() {
+            return Err(fatal("no snapshot to restore"));
+        }
+        let image = self.image(vm)?;
+        let network = vm.network.clone().unwrap_or_default();
+        let _ = std::fs::remove_file(dir.expected_exit());
+        self.launch(vm, &image, &dir, &network, true).spawn().await.map_err(fatal)?;
+        let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
+        q.execute("migrate-incoming", Some(json!({ "uri": format!("file:{}", dir.snapshot().display()) }))).await.map_err(fatal)?;
+        q.wait_migration(Duration::from_secs(300)).await.map_err(fatal)?;
+        q.execute("cont", None).await.map_err(fatal)?;
+        let _ = std::fs::remove_file(dir.snapshot());
+        self.watch_pid(vm, &dir)
+    }
+
+    async fn destroy(&self, vm: &Vm) -> Result<(), DriverError> {
+        let dir = self.dir(vm.id);
+        if dir.path().exists() {
+            self.stop_process(vm, &dir, false).await?;
+        }
+        self.unwatch(vm.id);
+        if !vm.spec.delete_root_disk && dir.root_disk().exists() {
+            let kept = self.cfg.dir.join("retained");
+            std::fs::create_dir_all(&kept).map_err(retry)?;
+            std::fs::rename(dir.root_disk(), kept.join(format!("{}-root.qcow2", vm.id))).map_err(retry)?;
+        }
+        match std::fs::remove_dir_all(dir.path()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(retry(e)),
+        }
+    }
+}
