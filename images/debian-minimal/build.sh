@@ -44,6 +44,12 @@ OUT=$(cd "$OUT" && pwd)
 # scripts invalidate an existing build even without a VERSION bump.
 SRC_HASH=$(cd "$HERE" && { echo "$VERSION $CMDLINE $MODULES $ROOT_PKGS $ROOTFS_SIZE"; cat build.sh; find guest -type f | LC_ALL=C sort | while read -r f; do echo "$f"; cat "$f"; done; } | sha256sum | cut -c1-16)
 
+# one build per OUTDIR at a time; the loser of a race re-checks and skips
+if : 2>/dev/null 9>>"$OUT/.build.lock"; then
+	exec 9>>"$OUT/.build.lock"
+	flock 9
+fi
+
 if [ -z "${VMPLANE_FORCE:-}" ] && [ -f "$OUT/manifest.json" ] &&
 	grep -q "\"version\": *$VERSION," "$OUT/manifest.json" &&
 	grep -q "\"source_hash\": *\"$SRC_HASH\"" "$OUT/manifest.json" &&
@@ -97,10 +103,10 @@ fetch() {
 		apt_update_once
 		cands=$(candidates "$@")
 	fi
-	if ! (cd "$CACHE" && apt-get download "${APT_OPTS[@]}" "$@" >&2); then
+	if ! (cd "$CACHE" && flock .lock apt-get download "${APT_OPTS[@]}" "$@" >&2); then
 		apt_update_once
 		cands=$(candidates "$@")
-		(cd "$CACHE" && apt-get download "${APT_OPTS[@]}" "$@" >&2) || die "apt-get download $* failed"
+		(cd "$CACHE" && flock .lock apt-get download "${APT_OPTS[@]}" "$@" >&2) || die "apt-get download $* failed"
 	fi
 	for p in "$@"; do
 		v=$(echo "$cands" | awk -v p="$p" '$1 == p { print $2; exit }')
@@ -202,7 +208,10 @@ mknod -m 600 "$INITRD/dev/console" c 5 1
 mknod -m 666 "$INITRD/dev/null" c 1 3
 install -m 755 "$HERE/guest/initrd/init" "$INITRD/init"
 cp "$WORK/vmplane-modules" "$INITRD/etc/vmplane-modules"
-(cd "$INITRD" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip -9n >"$WORK/initrd.img"
+find "$INITRD" -exec touch -h -d @0 {} +
+cpio_opts=(-o -H newc -R 0:0 --quiet)
+cpio --help 2>/dev/null | grep -q -- --reproducible && cpio_opts+=(--reproducible)
+(cd "$INITRD" && find . | LC_ALL=C sort | cpio "${cpio_opts[@]}") | gzip -9n >"$WORK/initrd.img"
 
 # ------------------------------------------------------------ rootfs
 log "building rootfs.ext4"

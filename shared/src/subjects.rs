@@ -7,6 +7,8 @@
 //! vmplane.evt.system.host.<host_id>        host events
 //! vmplane.log.<org_id>.vm.<vm_id>          VM serial console lines
 //! vmplane.cmd.host.<host_id>.<vm_id>       VM commands, to the worker of that host
+//! vmplane.term.open.<host_id>              core NATS request: open a serial terminal session
+//! vmplane.term.<session>.in / .out         core NATS: terminal bytes to / from the guest
 //! vmplane.cmd.tenancy.<org_id>             tenancy commands, to any worker
 //! ```
 
@@ -39,6 +41,21 @@ pub fn vm_events(org: OrgId, vm: VmId) -> String {
 /// Serial console lines of one VM.
 pub fn vm_logs(org: OrgId, vm: VmId) -> String {
     format!("vmplane.log.{org}.vm.{vm}")
+}
+
+/// Requests to open a terminal on a VM of `host` (core NATS request/reply).
+pub fn terminal_open(host: HostId) -> String {
+    format!("vmplane.term.open.{host}")
+}
+
+/// Keystrokes for a terminal session.
+pub fn terminal_input(session: &str) -> String {
+    format!("vmplane.term.{session}.in")
+}
+
+/// Console output of a terminal session.
+pub fn terminal_output(session: &str) -> String {
+    format!("vmplane.term.{session}.out")
 }
 
 /// Events of one tenancy aggregate (org, project or key).

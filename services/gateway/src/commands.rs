@@ -24,8 +24,6 @@ pub async fn submit(state: &AppState, who: &Principal, sub: Submission) -> ApiRe
     let op = OpId::new();
     let now = OffsetDateTime::now_utc();
     let env = CommandEnvelope { op, org: who.org, project: sub.project, actor: who.actor.to_string(), issued_at: now, command: sub.command };
-    state.bus.publish_command(sub.subject, &env).await?;
-    metrics::counter!("vmplane_gateway_commands_total", "kind" => sub.kind).increment(1);
     let pending = Operation {
         id: op,
         status: OpStatus::Pending,
@@ -36,7 +34,15 @@ pub async fn submit(state: &AppState, who: &Principal, sub: Submission) -> ApiRe
         created_at: now,
         updated_at: now,
     };
+    // Record the operation before publishing: the worker's first event can be
+    // projected before the publish returns, and must find this record (events
+    // do not say the operation's kind) instead of creating one without it.
     state.proj.accept_operation(&pending)?;
+    if let Err(e) = state.bus.publish_command(sub.subject, &env).await {
+        state.proj.withdraw_operation(&pending)?;
+        return Err(e.into());
+    }
+    metrics::counter!("vmplane_gateway_commands_total", "kind" => sub.kind).increment(1);
     let seen = wait_for(state, op, state.cfg.accept_wait, |o| o.status != OpStatus::Pending).await?;
     Ok(seen.unwrap_or(pending))
 }

@@ -75,6 +75,7 @@ pub fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::vms::router())
         .merge(routes::logs::router())
+        .merge(routes::terminal::router())
         .merge(routes::operations::router())
         .merge(routes::events::router())
         .merge(routes::hosts::router())

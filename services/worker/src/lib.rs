@@ -12,6 +12,7 @@ pub mod executor;
 pub mod host;
 pub mod logs;
 pub mod tenancy;
+pub mod terminal;
 
 use crate::aggregate::VmAggregate;
 use crate::driver::{Driver, GuestExit};
@@ -70,7 +71,8 @@ pub async fn run(bus: Bus, driver: Arc<dyn Driver>, cfg: WorkerConfig) -> anyhow
         r = consume_vm_commands(queues.clone(), host) => r,
         r = tenancy::consume(bus.clone(), cfg.clone()) => r,
         r = forward_exits(queues, exits) => r,
-        r = logs::ship(bus.clone(), driver) => r,
+        r = logs::ship(bus.clone(), driver.clone()) => r,
+        r = terminal::serve(bus.clone(), host, driver) => r,
     }
 }
 

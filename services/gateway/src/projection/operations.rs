@@ -96,4 +96,12 @@ impl Projections {
     pub fn accept_operation(&self, op: &Operation) -> sled::Result<()> {
         self.insert_if_absent(&key(&[&"op", &op.id]), op).map(|_| ())
     }
+
+    /// Remove a record made by [`Self::accept_operation`] whose command could
+    /// not be appended, unless events about the operation changed it meanwhile.
+    pub fn withdraw_operation(&self, op: &Operation) -> sled::Result<()> {
+        let bytes = vmplane_domain::event::encode(op).expect("projection values always encode");
+        let _ = self.tree.compare_and_swap(key(&[&"op", &op.id]), Some(bytes), None as Option<&[u8]>)?;
+        Ok(())
+    }
 }

@@ -7,4 +7,5 @@ pub mod operations;
 pub mod pagination;
 pub mod system;
 pub mod tenancy;
+pub mod terminal;
 pub mod vms;

@@ -54,6 +54,10 @@ pub trait Driver: Send + Sync + 'static {
     fn take_exits(&self) -> Option<mpsc::UnboundedReceiver<GuestExit>> {
         None
     }
+    /// The unix socket of a running guest's serial console, for terminals.
+    fn console_socket(&self, _vm: VmId) -> Option<PathBuf> {
+        None
+    }
     /// Serial console logs of the running guests.
     fn consoles(&self) -> Vec<Console> {
         Vec::new()

@@ -236,6 +236,12 @@ impl Driver for QemuDriver {
         self.exits.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
+    fn console_socket(&self, vm: VmId) -> Option<PathBuf> {
+        let watched = self.watched.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&vm);
+        let socket = self.dir(vm).console_socket();
+        (watched && socket.exists()).then_some(socket)
+    }
+
     fn consoles(&self) -> Vec<Console> {
         let watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
         watched.iter().map(|(vm, (_, org))| Console { vm: *vm, org: *org, log: self.dir(*vm).console_log() }).collect()
