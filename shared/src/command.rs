@@ -1,8 +1,9 @@
 //! The command envelope: what the gateway appends to the command stream.
 
-use crate::ids::{OpId, OrgId, ProjectId, VmId};
+use crate::ids::{OpId, OrgId, ProjectId, VmId, VolumeId};
 use crate::tenancy::TenancyCommand;
 use crate::vm::VmCommand;
+use crate::volume::VolumeCommand;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -27,6 +28,8 @@ pub struct CommandEnvelope {
 pub enum Command {
     /// Executed by the worker of the VM's host.
     Vm { vm: VmId, command: VmCommand },
+    /// Executed by the worker of the volume's host.
+    Volume { volume: VolumeId, command: VolumeCommand },
     /// Executed by any worker.
     Tenancy { command: TenancyCommand },
 }

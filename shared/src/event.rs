@@ -8,6 +8,7 @@ use crate::host::HostEvent;
 use crate::ids::{EventId, OpId, OrgId, ProjectId};
 use crate::tenancy::TenancyEvent;
 use crate::vm::VmEvent;
+use crate::volume::VolumeEvent;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -41,6 +42,7 @@ pub enum Event {
     Vm(VmEvent),
     Tenancy(TenancyEvent),
     Host(HostEvent),
+    Volume(VolumeEvent),
 }
 
 impl Event {
@@ -50,6 +52,7 @@ impl Event {
             Self::Vm(e) => e.type_name(),
             Self::Tenancy(e) => e.type_name(),
             Self::Host(e) => e.type_name(),
+            Self::Volume(e) => e.type_name(),
         }
     }
 }

@@ -17,6 +17,24 @@ pub struct HostInfo {
     pub cpus: u32,
     pub memory_mib: u64,
     pub disk_gb: u64,
+    /// Images this host can boot.
+    #[serde(default)]
+    pub images: Vec<ImageInfo>,
+}
+
+/// A bootable image as a host announces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageInfo {
+    /// The slug VMs name in `image`.
+    pub name: String,
+    pub os: String,
+    pub arch: String,
+    /// Size of the image's files on disk.
+    pub size_bytes: u64,
+    /// How it boots, e.g. `kernel+initrd`.
+    pub boot: String,
+    #[serde(default)]
+    pub kernel_version: Option<String>,
 }
 
 /// Host events. Liveness is not an event: heartbeats go to a key-value bucket.
@@ -87,7 +105,7 @@ mod tests {
 
     #[test]
     fn fits_checks_memory_disk_and_per_vm_cpus() {
-        let host = HostInfo { name: "h".into(), driver: "sim".into(), driver_detail: None, cpus: 4, memory_mib: 1024, disk_gb: 100 };
+        let host = HostInfo { name: "h".into(), driver: "sim".into(), driver_detail: None, cpus: 4, memory_mib: 1024, disk_gb: 100, images: vec![] };
         let used = Resources { vcpus: 16, memory_mib: 512, disk_gb: 50 };
         assert!(Resources::fits(&host, &used, &Resources { vcpus: 4, memory_mib: 512, disk_gb: 50 }));
         assert!(!Resources::fits(&host, &used, &Resources { vcpus: 5, memory_mib: 1, disk_gb: 1 }));

@@ -123,6 +123,17 @@ impl OrgId {
     pub const DEFAULT: OrgId = OrgId(Ulid::nil());
 }
 
+impl ImageId {
+    /// The id of an image named by its slug: stable on every host, so the same
+    /// image announced by several hosts is one image.
+    pub fn for_slug(slug: &str) -> ImageId {
+        // FNV-1a, twice with different offsets, for 128 bits.
+        let fnv = |offset: u64| slug.bytes().fold(offset, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        let (hi, lo) = (fnv(0xcbf2_9ce4_8422_2325), fnv(0x6c62_272e_07bb_0142));
+        ImageId(Ulid::from((u128::from(hi) << 64) | u128::from(lo)))
+    }
+}
+
 impl ProjectId {
     /// The `default` project of every org, which always exists.
     pub const DEFAULT: ProjectId = ProjectId(Ulid::nil());
@@ -160,6 +171,14 @@ mod tests {
         assert_eq!(serde_json::from_str::<HostId>(&json).unwrap(), id);
         let packed = rmp_serde::to_vec(&id).unwrap();
         assert_eq!(rmp_serde::from_slice::<HostId>(&packed).unwrap(), id);
+    }
+
+    #[test]
+    fn image_ids_are_stable_per_slug() {
+        assert_eq!(ImageId::for_slug("debian-minimal"), ImageId::for_slug("debian-minimal"));
+        assert_ne!(ImageId::for_slug("debian-minimal"), ImageId::for_slug("debian-minimal2"));
+        let s = ImageId::for_slug("x").to_string();
+        assert_eq!(s.parse::<ImageId>().unwrap(), ImageId::for_slug("x"));
     }
 
     #[test]

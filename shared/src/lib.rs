@@ -12,6 +12,7 @@ pub mod spec;
 pub mod subjects;
 pub mod tenancy;
 pub mod vm;
+pub mod volume;
 
 pub use command::{Command, CommandEnvelope};
 pub use event::{Envelope, Event};

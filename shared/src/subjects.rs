@@ -3,16 +3,17 @@
 //!
 //! ```text
 //! vmplane.evt.<org_id>.vm.<vm_id>          VM events
+//! vmplane.evt.<org_id>.volume.<vol_id>     volume events
 //! vmplane.evt.<org_id>.tenancy.<id>        org / project / API key events
 //! vmplane.evt.system.host.<host_id>        host events
 //! vmplane.log.<org_id>.vm.<vm_id>          VM serial console lines
-//! vmplane.cmd.host.<host_id>.<vm_id>       VM commands, to the worker of that host
+//! vmplane.cmd.host.<host_id>.<id>          VM and volume commands, to the worker of that host
 //! vmplane.term.open.<host_id>              core NATS request: open a serial terminal session
 //! vmplane.term.<session>.in / .out         core NATS: terminal bytes to / from the guest
 //! vmplane.cmd.tenancy.<org_id>             tenancy commands, to any worker
 //! ```
 
-use crate::ids::{HostId, OrgId, VmId};
+use crate::ids::{HostId, OrgId, VmId, VolumeId};
 
 /// The event stream's name.
 pub const EVENT_STREAM: &str = "VMPLANE_EVENTS";
@@ -56,6 +57,16 @@ pub fn terminal_input(session: &str) -> String {
 /// Console output of a terminal session.
 pub fn terminal_output(session: &str) -> String {
     format!("vmplane.term.{session}.out")
+}
+
+/// Events of one volume: its optimistic-concurrency unit (claims included).
+pub fn volume_events(org: OrgId, volume: VolumeId) -> String {
+    format!("vmplane.evt.{org}.volume.{volume}")
+}
+
+/// One volume command.
+pub fn volume_command(host: HostId, volume: VolumeId) -> String {
+    format!("vmplane.cmd.host.{host}.{volume}")
 }
 
 /// Events of one tenancy aggregate (org, project or key).

@@ -7,8 +7,8 @@
 //!   step's completion is recorded by an event, so a command redelivered after
 //!   a crash resumes exactly where the last recorded step left off.
 
-use crate::ids::{HostId, OpId, OrgId, ProjectId, VmId};
-use crate::spec::{Protocol, VmSpec};
+use crate::ids::{HostId, OpId, OrgId, ProjectId, VmId, VolumeId};
+use crate::spec::{Protocol, VmSpec, VolumeMount};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use time::OffsetDateTime;
@@ -86,6 +86,8 @@ pub enum OpKind {
     Standby,
     Restore,
     Delete,
+    AttachVolume,
+    DetachVolume,
 }
 
 impl OpKind {
@@ -99,6 +101,8 @@ impl OpKind {
             Self::Standby => "standby",
             Self::Restore => "restore",
             Self::Delete => "delete",
+            Self::AttachVolume => "attach_volume",
+            Self::DetachVolume => "detach_volume",
         }
     }
 }
@@ -114,6 +118,10 @@ pub enum VmCommand {
     Standby,
     Restore,
     Delete,
+    /// Attach (hot-plug when running) a volume of the VM's host and mount it.
+    AttachVolume { mount: VolumeMount },
+    /// Unmount and unplug a volume.
+    DetachVolume { volume: VolumeId },
 }
 
 impl VmCommand {
@@ -127,6 +135,8 @@ impl VmCommand {
             Self::Standby => OpKind::Standby,
             Self::Restore => OpKind::Restore,
             Self::Delete => OpKind::Delete,
+            Self::AttachVolume { .. } => OpKind::AttachVolume,
+            Self::DetachVolume { .. } => OpKind::DetachVolume,
         }
     }
 }
@@ -200,6 +210,11 @@ pub enum VmEvent {
     Deleted,
     /// The VM cannot reach its goal.
     Failed { message: String },
+    VolumeAttachRequested { mount: VolumeMount },
+    /// The volume is plugged in (and mounted, when the guest runs).
+    VolumeAttached { mount: VolumeMount },
+    VolumeDetachRequested { volume: VolumeId },
+    VolumeDetached { volume: VolumeId },
     /// The operation that the envelope names ended.
     OperationFinished { outcome: Outcome },
 }
@@ -226,6 +241,10 @@ impl VmEvent {
             Self::DeleteRequested => "delete_requested",
             Self::Deleted => "deleted",
             Self::Failed { .. } => "failed",
+            Self::VolumeAttachRequested { .. } => "volume_attach_requested",
+            Self::VolumeAttached { .. } => "vm_volume_attached",
+            Self::VolumeDetachRequested { .. } => "volume_detach_requested",
+            Self::VolumeDetached { .. } => "vm_volume_detached",
             Self::OperationFinished { .. } => "operation_finished",
         }
     }
@@ -258,6 +277,15 @@ pub struct Vm {
     /// The hypervisor process is running (or paused) for this VM.
     pub booted: bool,
     pub has_snapshot: bool,
+    /// Volumes attached to the VM.
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+    /// The volume an attach operation is plugging in.
+    #[serde(default)]
+    pub attaching: Option<VolumeMount>,
+    /// The volume a detach operation is unplugging.
+    #[serde(default)]
+    pub detaching: Option<VolumeId>,
     pub pending_op: Option<PendingOp>,
     pub finished_ops: VecDeque<OpId>,
     #[serde(with = "time::serde::rfc3339")]
@@ -288,6 +316,10 @@ pub enum DecideError {
     InvalidState { action: &'static str, status: &'static str },
     #[error("vm has an operation in progress ({0:?}); retry when it finishes")]
     Busy(OpKind),
+    #[error("that volume or mount path is already attached to this vm")]
+    VolumeConflict,
+    #[error("that volume is not attached to this vm")]
+    VolumeNotAttached,
 }
 
 impl DecideError {
@@ -297,6 +329,8 @@ impl DecideError {
             Self::NotFound => "not_found",
             Self::AlreadyExists => "conflict",
             Self::InvalidState { .. } | Self::Busy(_) => "invalid_state",
+            Self::VolumeConflict => "volume_conflict",
+            Self::VolumeNotAttached => "volume_not_attached",
         }
     }
 }
@@ -354,6 +388,23 @@ pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmComman
             Deleting => noop(),
             _ => Ok(vec![VmEvent::DeleteRequested]),
         },
+        VmCommand::AttachVolume { mount } => match vm.status {
+            Running | Stopped => {
+                if vm.volumes.iter().any(|v| v == mount) {
+                    return noop();
+                }
+                if vm.volumes.iter().any(|v| v.volume_id == mount.volume_id || v.mount_path == mount.mount_path) {
+                    return Err(DecideError::VolumeConflict);
+                }
+                Ok(vec![VmEvent::VolumeAttachRequested { mount: mount.clone() }])
+            }
+            _ => refuse("attach a volume to"),
+        },
+        VmCommand::DetachVolume { volume } => match vm.status {
+            Running | Stopped if vm.volumes.iter().any(|v| v.volume_id == *volume) => Ok(vec![VmEvent::VolumeDetachRequested { volume: *volume }]),
+            Running | Stopped => Err(DecideError::VolumeNotAttached),
+            _ => refuse("detach a volume from"),
+        },
     }
 }
 
@@ -378,6 +429,9 @@ pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime,
             root_disk: None,
             booted: false,
             has_snapshot: false,
+            volumes: Vec::new(),
+            attaching: None,
+            detaching: None,
             pending_op: op.map(|id| PendingOp { id, kind: OpKind::Create }),
             finished_ops: VecDeque::new(),
             created_at: at,
@@ -445,12 +499,36 @@ pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime,
             vm.message = None;
             vm.network = None;
             vm.root_disk = None;
+            vm.volumes.clear();
         }
         VmEvent::Failed { message } => {
             vm.status = Failed;
             vm.message = Some(message.clone());
         }
+        VmEvent::VolumeAttachRequested { mount } => {
+            if let Some(id) = op {
+                vm.pending_op = Some(PendingOp { id, kind: OpKind::AttachVolume });
+            }
+            vm.attaching = Some(mount.clone());
+        }
+        VmEvent::VolumeAttached { mount } => {
+            vm.volumes.retain(|v| v.volume_id != mount.volume_id);
+            vm.volumes.push(mount.clone());
+            vm.attaching = None;
+        }
+        VmEvent::VolumeDetachRequested { volume } => {
+            if let Some(id) = op {
+                vm.pending_op = Some(PendingOp { id, kind: OpKind::DetachVolume });
+            }
+            vm.detaching = Some(*volume);
+        }
+        VmEvent::VolumeDetached { volume } => {
+            vm.volumes.retain(|v| v.volume_id != *volume);
+            vm.detaching = None;
+        }
         VmEvent::OperationFinished { .. } => {
+            vm.attaching = None;
+            vm.detaching = None;
             if let Some(op) = op {
                 if vm.pending_op.as_ref().is_some_and(|p| p.id == op) {
                     vm.pending_op = None;
@@ -484,6 +562,10 @@ pub enum Step {
     Snapshot,
     RestoreSnapshot,
     Destroy,
+    /// Plug in (and mount) a volume.
+    AttachVolume(VolumeMount),
+    /// Unmount and unplug a volume.
+    DetachVolume(VolumeId),
     /// Nothing left to do: finish the operation.
     Finish(Outcome),
 }
@@ -502,8 +584,16 @@ impl Step {
             Self::Snapshot => "snapshot",
             Self::RestoreSnapshot => "restore",
             Self::Destroy => "destroy",
+            Self::AttachVolume(_) => "attach_volume",
+            Self::DetachVolume(_) => "detach_volume",
             Self::Finish(_) => "finish",
         }
+    }
+
+    /// Whether the VM itself fails when this step fails. Volume steps only
+    /// fail their operation: the guest is as it was.
+    pub fn failure_fails_vm(&self) -> bool {
+        !matches!(self, Self::AttachVolume(_) | Self::DetachVolume(_))
     }
 }
 
@@ -536,6 +626,14 @@ pub fn next_step(vm: &Vm) -> Option<Step> {
         (OpKind::Standby, Stopping) => Step::Snapshot,
         (OpKind::Restore, Restoring) => Step::RestoreSnapshot,
         (OpKind::Delete, Deleting) => Step::Destroy,
+        (OpKind::AttachVolume, Running | Stopped) => match &vm.attaching {
+            Some(mount) => Step::AttachVolume(mount.clone()),
+            None => Step::Finish(Outcome::Succeeded),
+        },
+        (OpKind::DetachVolume, Running | Stopped) => match vm.detaching {
+            Some(volume) => Step::DetachVolume(volume),
+            None => Step::Finish(Outcome::Succeeded),
+        },
         (OpKind::Create | OpKind::Start | OpKind::Restart | OpKind::Restore, Running)
         | (OpKind::Stop, Stopped)
         | (OpKind::Standby, Standby)
@@ -559,6 +657,8 @@ pub fn step_event(step: &Step) -> Option<VmEvent> {
         Step::Snapshot => VmEvent::Snapshotted,
         Step::RestoreSnapshot => VmEvent::Restored,
         Step::Destroy => VmEvent::Deleted,
+        Step::AttachVolume(mount) => VmEvent::VolumeAttached { mount: mount.clone() },
+        Step::DetachVolume(volume) => VmEvent::VolumeDetached { volume: *volume },
         Step::Finish(outcome) => VmEvent::OperationFinished { outcome: outcome.clone() },
         Step::AllocateNetwork | Step::PrepareDisk => return None,
     })

@@ -44,14 +44,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     }
 }
 
+/// Path parameters: anything undecodable -> 400.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Self(p.0))
+            .map_err(|r: PathRejection| ApiError::BadRequest("invalid_path", r.body_text()))
+    }
+}
+
 /// A typed id in the path: unparsable -> 400 `invalid_id`.
 pub struct PathId<T>(pub T);
 
 impl<S: Send + Sync, T: std::str::FromStr<Err = vmplane_domain::ids::IdError>> FromRequestParts<S> for PathId<T> {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let axum::extract::Path(raw) =
-            axum::extract::Path::<String>::from_request_parts(parts, state).await.map_err(|r: PathRejection| ApiError::BadRequest("invalid_path", r.body_text()))?;
+        let Path(raw) = Path::<String>::from_request_parts(parts, state).await?;
         raw.parse().map(Self).map_err(|e| ApiError::BadRequest("invalid_id", format!("`{raw}`: {e}")))
     }
 }

@@ -74,11 +74,13 @@ impl utoipa::Modify for BearerAuth {
 pub fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::vms::router())
+        .merge(routes::volumes::router())
         .merge(routes::logs::router())
         .merge(routes::terminal::router())
         .merge(routes::operations::router())
         .merge(routes::events::router())
         .merge(routes::hosts::router())
+        .merge(routes::images::router())
         .merge(routes::tenancy::router())
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use vmplane_bus::Bus;
-use vmplane_domain::host::HostInfo;
+use vmplane_domain::host::{HostInfo, ImageInfo};
 use vmplane_gateway::GatewayConfig;
 use vmplane_gateway::projection::Projections;
 use vmplane_worker::WorkerConfig;
@@ -272,6 +272,7 @@ async fn driver(opts: &WorkerOpts, data_dir: &Path) -> anyhow::Result<Arc<dyn Dr
                 cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
                 memory_mib: host_memory_mib(),
                 disk_gb: host_disk_gb(&dir),
+                images: vmplane_worker::driver::qemu::image::list(&images_dir),
             };
             Arc::new(QemuDriver::new(QemuConfig {
                 dir,
@@ -297,6 +298,14 @@ async fn driver(opts: &WorkerOpts, data_dir: &Path) -> anyhow::Result<Arc<dyn Dr
                 cpus: opts.sim_cpus,
                 memory_mib: opts.sim_memory_mib,
                 disk_gb: opts.sim_disk_gb,
+                images: vec![ImageInfo {
+                    name: vmplane_domain::spec::DEFAULT_IMAGE.into(),
+                    os: "debian".into(),
+                    arch: "x86_64".into(),
+                    size_bytes: 0,
+                    boot: "simulated".into(),
+                    kernel_version: None,
+                }],
             },
             port_range: opts.port_range,
         })?),

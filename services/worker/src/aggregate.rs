@@ -1,31 +1,97 @@
-//! A VM's state as the worker holds it while executing its commands: the
-//! folded state plus the subject sequence it was folded up to, which every
-//! append names as its expected last sequence.
+//! An aggregate's state as the worker holds it while executing its commands:
+//! the folded state plus the subject sequence it was folded up to, which
+//! every append names as its expected last sequence.
 
 use time::OffsetDateTime;
 use vmplane_bus::{Bus, BusError};
 use vmplane_domain::event::{Envelope, Event};
-use vmplane_domain::vm::{Vm, VmEvent, evolve};
-use vmplane_domain::{OpId, OrgId, ProjectId, VmId, subjects};
+use vmplane_domain::vm::{self, Vm, VmEvent};
+use vmplane_domain::volume::{self, Volume, VolumeEvent};
+use vmplane_domain::{OpId, OrgId, ProjectId, VmId, VolumeId, subjects};
 
-/// One VM's event-sourced state and its position in the stream.
-pub struct VmAggregate {
-    pub id: VmId,
+/// What the worker needs to know to fold and append one kind of aggregate.
+pub trait Kind {
+    type Id: Copy + std::fmt::Display;
+    type State: Clone;
+    type Event;
+    fn subject(org: OrgId, id: Self::Id) -> String;
+    fn wrap(ev: Self::Event) -> Event;
+    fn unwrap(ev: &Event) -> Option<&Self::Event>;
+    fn evolve(state: Option<Self::State>, id: Self::Id, op: Option<OpId>, at: OffsetDateTime, ev: &Self::Event) -> Option<Self::State>;
+    fn type_name(ev: &Self::Event) -> &'static str;
+}
+
+/// VMs.
+pub struct VmKind;
+
+impl Kind for VmKind {
+    type Id = VmId;
+    type State = Vm;
+    type Event = VmEvent;
+    fn subject(org: OrgId, id: VmId) -> String {
+        subjects::vm_events(org, id)
+    }
+    fn wrap(ev: VmEvent) -> Event {
+        Event::Vm(ev)
+    }
+    fn unwrap(ev: &Event) -> Option<&VmEvent> {
+        if let Event::Vm(e) = ev { Some(e) } else { None }
+    }
+    fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime, ev: &VmEvent) -> Option<Vm> {
+        vm::evolve(state, id, op, at, ev)
+    }
+    fn type_name(ev: &VmEvent) -> &'static str {
+        ev.type_name()
+    }
+}
+
+/// Volumes.
+pub struct VolumeKind;
+
+impl Kind for VolumeKind {
+    type Id = VolumeId;
+    type State = Volume;
+    type Event = VolumeEvent;
+    fn subject(org: OrgId, id: VolumeId) -> String {
+        subjects::volume_events(org, id)
+    }
+    fn wrap(ev: VolumeEvent) -> Event {
+        Event::Volume(ev)
+    }
+    fn unwrap(ev: &Event) -> Option<&VolumeEvent> {
+        if let Event::Volume(e) = ev { Some(e) } else { None }
+    }
+    fn evolve(state: Option<Volume>, id: VolumeId, op: Option<OpId>, at: OffsetDateTime, ev: &VolumeEvent) -> Option<Volume> {
+        volume::evolve(state, id, op, at, ev)
+    }
+    fn type_name(ev: &VolumeEvent) -> &'static str {
+        ev.type_name()
+    }
+}
+
+/// One aggregate's event-sourced state and its position in the stream.
+pub struct Aggregate<K: Kind> {
+    pub id: K::Id,
     pub org: OrgId,
     pub subject: String,
-    pub state: Option<Vm>,
-    /// Stream sequence of the last event on this VM's subject (0 = none).
+    pub state: Option<K::State>,
+    /// Stream sequence of the last event on this aggregate's subject (0 = none).
     pub seq: u64,
 }
 
-impl VmAggregate {
-    /// Fold the VM's events from the stream.
-    pub async fn load(bus: &Bus, org: OrgId, id: VmId) -> Result<Self, BusError> {
-        let subject = subjects::vm_events(org, id);
+/// A VM as the worker holds it.
+pub type VmAggregate = Aggregate<VmKind>;
+/// A volume as the worker holds it.
+pub type VolumeAggregate = Aggregate<VolumeKind>;
+
+impl<K: Kind> Aggregate<K> {
+    /// Fold the aggregate's events from the stream.
+    pub async fn load(bus: &Bus, org: OrgId, id: K::Id) -> Result<Self, BusError> {
+        let subject = K::subject(org, id);
         let mut agg = Self { id, org, subject, state: None, seq: 0 };
         for (seq, env) in bus.load(&agg.subject).await? {
-            if let Event::Vm(ev) = &env.event {
-                agg.state = evolve(agg.state.take(), id, env.operation, env.time, ev);
+            if let Some(ev) = K::unwrap(&env.event) {
+                agg.state = K::evolve(agg.state.take(), id, env.operation, env.time, ev);
             }
             agg.seq = seq;
         }
@@ -34,13 +100,13 @@ impl VmAggregate {
 
     /// Append one event, guarded by the expected subject sequence, and fold it in.
     /// On [`BusError::Conflict`] the caller must reload: another writer got there first.
-    pub async fn append(&mut self, bus: &Bus, project: ProjectId, op: Option<OpId>, event: VmEvent) -> Result<(), BusError> {
+    pub async fn append(&mut self, bus: &Bus, project: ProjectId, op: Option<OpId>, event: K::Event) -> Result<(), BusError> {
         let now = OffsetDateTime::now_utc();
-        let env = Envelope::new(self.org, Some(project), self.id.to_string(), op, Event::Vm(event), now);
+        let env = Envelope::new(self.org, Some(project), self.id.to_string(), op, K::wrap(event), now);
         self.seq = bus.append(&self.subject, &env, self.seq).await?;
-        let Event::Vm(ev) = &env.event else { unreachable!("built as a vm event above") };
-        self.state = evolve(self.state.take(), self.id, op, now, ev);
-        metrics::counter!("vmplane_worker_events_appended_total", "type" => ev.type_name()).increment(1);
+        let ev = K::unwrap(&env.event).expect("wrapped as this kind above");
+        self.state = K::evolve(self.state.take(), self.id, op, now, ev);
+        metrics::counter!("vmplane_worker_events_appended_total", "type" => K::type_name(ev)).increment(1);
         Ok(())
     }
 }

@@ -4,14 +4,16 @@
 //! command is recognised by its pending operation and resumed; a finished one
 //! is recognised by the VM's finished operations and skipped.
 
-use crate::aggregate::VmAggregate;
+use crate::aggregate::{VmAggregate, VolumeAggregate};
 use crate::driver::{Driver, DriverError, GuestExit};
 use backoff::ExponentialBackoff;
 use std::sync::Arc;
 use std::time::Duration;
 use vmplane_bus::{Bus, BusError};
+use vmplane_domain::spec::VolumeMount;
 use vmplane_domain::vm::{Outcome, Step, Vm, VmCommand, VmEvent, decide, next_step, step_event};
-use vmplane_domain::{OpId, OrgId, ProjectId, VmId};
+use vmplane_domain::volume::{self, VolumeCommand, VolumeEvent, VolumeStep};
+use vmplane_domain::{OpId, OrgId, ProjectId, VmId, VolumeId};
 
 /// How many times a command is decided again after losing an append race.
 const MAX_CONFLICT_RETRIES: usize = 5;
@@ -23,6 +25,15 @@ pub struct Executor {
     pub driver: Arc<dyn Driver>,
     /// How long a step keeps retrying retryable driver errors before the VM fails.
     pub step_retry_for: Duration,
+}
+
+/// A volume command with its addressing.
+pub struct VolumeJob {
+    pub op: OpId,
+    pub org: OrgId,
+    pub project: ProjectId,
+    pub volume: VolumeId,
+    pub command: VolumeCommand,
 }
 
 /// A VM command with its addressing.
@@ -112,7 +123,12 @@ impl Executor {
                 Err(e) => {
                     tracing::warn!(vm = %vm.id, ?step, error = %e, "step failed");
                     metrics::counter!("vmplane_worker_step_failures_total").increment(1);
-                    VmEvent::Failed { message: format!("{}: {e}", step.name()) }
+                    let message = format!("{}: {e}", step.name());
+                    if step.failure_fails_vm() {
+                        VmEvent::Failed { message }
+                    } else {
+                        VmEvent::OperationFinished { outcome: Outcome::Failed { code: "step_failed".into(), message } }
+                    }
                 }
             };
             metrics::histogram!("vmplane_worker_step_seconds", "step" => step.name()).record(started.elapsed().as_secs_f64());
@@ -149,9 +165,85 @@ impl Executor {
             Step::Reboot => d.reboot(vm).await?,
             Step::Snapshot => d.snapshot(vm).await?,
             Step::RestoreSnapshot => d.restore(vm).await?,
-            Step::Destroy => d.destroy(vm).await?,
+            Step::Destroy => {
+                d.destroy(vm).await?;
+                for m in &vm.volumes {
+                    self.release_volume(vm, m.volume_id).await?;
+                }
+            }
+            Step::AttachVolume(mount) => self.attach_volume(vm, mount).await?,
+            Step::DetachVolume(volume) => {
+                if let Some(mount) = vm.volumes.iter().find(|m| m.volume_id == *volume) {
+                    d.detach_volume(vm, mount).await?;
+                }
+                self.release_volume(vm, *volume).await?;
+            }
             Step::BeginProvisioning | Step::Finish(_) => {}
         }
         Ok(step_event(step).expect("every step without a driver payload has a fixed event"))
+    }
+
+    /// Claim the volume for the VM (an event on the volume, so two VMs cannot
+    /// both hold it), then plug it in; give the claim back if plugging fails.
+    async fn attach_volume(&self, vm: &Vm, mount: &VolumeMount) -> Result<(), DriverError> {
+        let bus_err = |e: BusError| DriverError::Retryable(e.to_string());
+        let mut vol = VolumeAggregate::load(&self.bus, vm.org, mount.volume_id).await.map_err(bus_err)?;
+        if let Some(claim) = volume::claim(vol.state.as_ref(), vm.id, vm.host).map_err(|e| DriverError::Fatal(e.to_string()))? {
+            vol.append(&self.bus, vm.project, None, claim).await.map_err(bus_err)?;
+        }
+        let location = vol.state.as_ref().and_then(|v| v.location.clone()).ok_or_else(|| DriverError::Fatal("volume has no storage".into()))?;
+        if let Err(e) = self.driver.attach_volume(vm, &location, mount).await {
+            if matches!(e, DriverError::Fatal(_)) {
+                self.release_volume(vm, mount.volume_id).await?;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Give a volume's claim back, if the VM holds it.
+    async fn release_volume(&self, vm: &Vm, id: VolumeId) -> Result<(), DriverError> {
+        let bus_err = |e: BusError| DriverError::Retryable(e.to_string());
+        let mut vol = VolumeAggregate::load(&self.bus, vm.org, id).await.map_err(bus_err)?;
+        if let Some(ev) = volume::release(vol.state.as_ref(), vm.id) {
+            vol.append(&self.bus, vm.project, None, ev).await.map_err(bus_err)?;
+        }
+        Ok(())
+    }
+
+    /// Execute a volume command: decide it, then create or delete the storage.
+    pub async fn execute_volume(&self, job: &VolumeJob) -> Result<(), BusError> {
+        let mut agg = VolumeAggregate::load(&self.bus, job.org, job.volume).await?;
+        let resuming = agg.state.as_ref().is_some_and(|v| v.pending_op == Some(job.op));
+        if !resuming {
+            match volume::decide(agg.state.as_ref(), job.org, job.project, &job.command) {
+                Ok(events) => {
+                    for ev in events {
+                        agg.append(&self.bus, job.project, Some(job.op), ev).await?;
+                    }
+                }
+                Err(e) => {
+                    let outcome = Outcome::Failed { code: e.code().into(), message: e.to_string() };
+                    return agg.append(&self.bus, job.project, Some(job.op), VolumeEvent::VolumeOperationFinished { outcome }).await;
+                }
+            }
+        }
+        while let Some(v) = agg.state.clone() {
+            let Some(step) = volume::next_step(&v) else { break };
+            let op = v.pending_op;
+            let event = match step {
+                VolumeStep::Create => match self.driver.create_volume(&v).await {
+                    Ok(location) => VolumeEvent::VolumeReady { location },
+                    Err(e) => VolumeEvent::VolumeFailed { message: format!("create: {e}") },
+                },
+                VolumeStep::Delete => match self.driver.delete_volume(&v).await {
+                    Ok(()) => VolumeEvent::VolumeDeleted,
+                    Err(e) => VolumeEvent::VolumeFailed { message: format!("delete: {e}") },
+                },
+                VolumeStep::Finish(outcome) => VolumeEvent::VolumeOperationFinished { outcome },
+            };
+            agg.append(&self.bus, v.project, op, event).await?;
+        }
+        Ok(())
     }
 }

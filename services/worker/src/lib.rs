@@ -16,7 +16,7 @@ pub mod terminal;
 
 use crate::aggregate::VmAggregate;
 use crate::driver::{Driver, GuestExit};
-use crate::executor::{Executor, VmJob};
+use crate::executor::{Executor, VmJob, VolumeJob};
 use async_nats::jetstream::{AckKind, Message, consumer::pull, consumer::AckPolicy};
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use vmplane_bus::{Bus, BusError, decode_command};
-use vmplane_domain::{Command, HostId, VmId, subjects};
+use vmplane_domain::{Command, HostId, subjects};
 
 /// Worker settings; the CLI fills them from flags.
 #[derive(Debug, Clone)]
@@ -140,20 +140,21 @@ enum Job {
     Exited(GuestExit),
 }
 
-/// Per-VM queues: one task per VM with work, so a VM's jobs never overlap;
-/// a global semaphore bounds how many VMs are worked on at once.
+/// Per-aggregate queues (keyed by the VM or volume id): one task per
+/// aggregate with work, so its jobs never overlap; a global semaphore bounds
+/// how many are worked on at once.
 #[derive(Clone)]
 struct VmQueues {
-    map: Arc<Mutex<HashMap<VmId, mpsc::UnboundedSender<Job>>>>,
+    map: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>>,
     permits: Arc<Semaphore>,
     exec: Executor,
     cfg: WorkerConfig,
 }
 
 impl VmQueues {
-    fn push(&self, vm: VmId, job: Job) {
+    fn push(&self, key: String, job: Job) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let job = match map.get(&vm) {
+        let job = match map.get(&key) {
             Some(tx) => match tx.send(job) {
                 Ok(()) => return,
                 // The VM's task just went idle and exited: start a new one.
@@ -163,11 +164,11 @@ impl VmQueues {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         tx.send(job).unwrap_or_else(|_| unreachable!("receiver held below"));
-        map.insert(vm, tx);
-        tokio::spawn(self.clone().run(vm, rx));
+        map.insert(key.clone(), tx);
+        tokio::spawn(self.clone().run(key, rx));
     }
 
-    async fn run(self, vm: VmId, mut rx: mpsc::UnboundedReceiver<Job>) {
+    async fn run(self, key: String, mut rx: mpsc::UnboundedReceiver<Job>) {
         let mut agg: Option<VmAggregate> = None;
         loop {
             let job = match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
@@ -178,7 +179,7 @@ impl VmQueues {
                     match rx.try_recv() {
                         Ok(job) => job,
                         Err(_) => {
-                            map.remove(&vm);
+                            map.remove(&key);
                             return;
                         }
                     }
@@ -191,16 +192,16 @@ impl VmQueues {
                     let ack = handle_vm_command(&self.exec, &mut agg, &msg, &self.cfg).await;
                     alive.abort();
                     if let Err(e) = msg.ack_with(ack).await {
-                        tracing::warn!(%vm, error = %e, "ack failed; the command will be redelivered and recognised");
+                        tracing::warn!(%key, error = %e, "ack failed; the command will be redelivered and recognised");
                     }
                 }
                 Job::Exited(exit) => {
                     if let Err(e) = self.exec.record_exit(&mut agg, &exit).await {
-                        tracing::warn!(%vm, error = %e, "could not record the guest's exit; retrying");
+                        tracing::warn!(%key, error = %e, "could not record the guest's exit; retrying");
                         let queues = self.clone();
                         tokio::spawn(async move {
                             tokio::time::sleep(Duration::from_secs(1)).await;
-                            queues.push(exit.vm, Job::Exited(exit));
+                            queues.push(exit.vm.to_string(), Job::Exited(exit));
                         });
                     }
                 }
@@ -213,12 +214,8 @@ async fn consume_vm_commands(queues: VmQueues, host: HostId) -> anyhow::Result<(
     let consumer_cfg = consumer_config(format!("host-{host}"), subjects::host_commands(host), &queues.cfg);
     let bus = queues.exec.bus.clone();
     pull_forever(&bus, consumer_cfg, |msg| {
-        let Some(vm) = msg.subject.rsplit('.').next().and_then(|t| t.parse::<VmId>().ok()) else {
-            tracing::error!(subject = %msg.subject, "command on a malformed subject; terminating it");
-            tokio::spawn(async move { msg.ack_with(AckKind::Term).await });
-            return;
-        };
-        queues.push(vm, Job::Command(msg));
+        let key = msg.subject.rsplit('.').next().unwrap_or_default().to_owned();
+        queues.push(key, Job::Command(msg));
     })
     .await
 }
@@ -227,7 +224,7 @@ async fn consume_vm_commands(queues: VmQueues, host: HostId) -> anyhow::Result<(
 async fn forward_exits(queues: VmQueues, exits: Option<mpsc::UnboundedReceiver<GuestExit>>) -> anyhow::Result<()> {
     let Some(mut exits) = exits else { return std::future::pending().await };
     while let Some(exit) = exits.recv().await {
-        queues.push(exit.vm, Job::Exited(exit));
+        queues.push(exit.vm.to_string(), Job::Exited(exit));
     }
     Ok(())
 }
@@ -240,20 +237,24 @@ async fn handle_vm_command(exec: &Executor, agg: &mut Option<VmAggregate>, msg: 
             return AckKind::Term;
         }
     };
-    let Command::Vm { vm, command } = env.command else {
-        tracing::error!(op = %env.op, "non-VM command on a host subject; terminating it");
-        return AckKind::Term;
-    };
-    let job = VmJob { op: env.op, org: env.org, project: env.project, vm, command };
     let started = std::time::Instant::now();
-    match exec.execute(agg, &job).await {
+    let op = env.op;
+    let result = match env.command {
+        Command::Vm { vm, command } => exec.execute(agg, &VmJob { op, org: env.org, project: env.project, vm, command }).await,
+        Command::Volume { volume, command } => exec.execute_volume(&VolumeJob { op, org: env.org, project: env.project, volume, command }).await,
+        Command::Tenancy { .. } => {
+            tracing::error!(%op, "tenancy command on a host subject; terminating it");
+            return AckKind::Term;
+        }
+    };
+    match result {
         Ok(()) => {
             metrics::histogram!("vmplane_worker_command_seconds").record(started.elapsed().as_secs_f64());
             AckKind::Ack
         }
         Err(e) => {
             let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-            tracing::warn!(op = %job.op, %vm, delivered, error = %e, "command not finished; it will be redelivered");
+            tracing::warn!(%op, delivered, error = %e, "command not finished; it will be redelivered");
             AckKind::Nak(Some(backoff_delay(delivered, cfg.ack_wait)))
         }
     }

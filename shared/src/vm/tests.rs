@@ -1,4 +1,5 @@
 use super::*;
+use crate::spec::VolumeMount;
 use proptest::prelude::*;
 
 fn t0() -> OffsetDateTime {
@@ -192,7 +193,43 @@ fn any_command() -> impl Strategy<Value = VmCommand> {
         Just(VmCommand::Standby),
         Just(VmCommand::Restore),
         Just(VmCommand::Delete),
+        Just(VmCommand::AttachVolume { mount: test_mount() }),
+        Just(VmCommand::DetachVolume { volume: test_mount().volume_id }),
     ]
+}
+
+fn test_mount() -> VolumeMount {
+    VolumeMount { volume_id: VolumeId(ulid::Ulid::nil()), mount_path: "/mnt/data".into(), readonly: false, overlay: false, overlay_size_mib: None }
+}
+
+#[test]
+fn attach_and_detach_volumes() {
+    let (mut vm, id) = created();
+    assert_eq!(types(&run(&mut vm, id, VmCommand::AttachVolume { mount: test_mount() }).unwrap()), ["volume_attach_requested", "vm_volume_attached", "operation_finished"]);
+    assert_eq!(vm.as_ref().unwrap().volumes, vec![test_mount()]);
+    assert_eq!(types(&run(&mut vm, id, VmCommand::AttachVolume { mount: test_mount() }).unwrap()), ["operation_finished"], "same attach again changes nothing");
+    let other_path = VolumeMount { volume_id: VolumeId::new(), ..test_mount() };
+    assert_eq!(run(&mut vm, id, VmCommand::AttachVolume { mount: other_path }), Err(DecideError::VolumeConflict));
+    run(&mut vm, id, VmCommand::Stop).unwrap();
+    assert_eq!(types(&run(&mut vm, id, VmCommand::DetachVolume { volume: test_mount().volume_id }).unwrap()), ["volume_detach_requested", "vm_volume_detached", "operation_finished"]);
+    assert!(vm.as_ref().unwrap().volumes.is_empty());
+    assert_eq!(run(&mut vm, id, VmCommand::DetachVolume { volume: test_mount().volume_id }), Err(DecideError::VolumeNotAttached));
+}
+
+#[test]
+fn a_failed_volume_step_fails_only_its_operation() {
+    assert!(!Step::AttachVolume(test_mount()).failure_fails_vm());
+    assert!(!Step::DetachVolume(test_mount().volume_id).failure_fails_vm());
+    assert!(Step::Boot.failure_fails_vm());
+    let (mut vm, id) = created();
+    let op = OpId::new();
+    for e in decide(vm.as_ref(), OrgId::DEFAULT, ProjectId::DEFAULT, &VmCommand::AttachVolume { mount: test_mount() }).unwrap() {
+        vm = evolve(vm, id, Some(op), t0(), &e);
+    }
+    vm = evolve(vm, id, Some(op), t0(), &VmEvent::OperationFinished { outcome: Outcome::Failed { code: "x".into(), message: "y".into() } });
+    let v = vm.unwrap();
+    assert_eq!(v.status, VmStatus::Running);
+    assert!(v.attaching.is_none() && v.volumes.is_empty() && v.pending_op.is_none());
 }
 
 /// Where a simulated step may fail or be interrupted.
@@ -233,6 +270,7 @@ proptest! {
                 steps += 1;
                 prop_assert!(steps < 20, "no convergence at {:?}", step);
                 let ev = match (&fault, step) {
+                    (Fault::FailAt(n), s) if *n + 1 == steps && !matches!(s, Step::Finish(_)) && !s.failure_fails_vm() => VmEvent::OperationFinished { outcome: Outcome::Failed { code: "injected".into(), message: "injected".into() } },
                     (Fault::FailAt(n), s) if *n + 1 == steps && !matches!(s, Step::Finish(_)) => VmEvent::Failed { message: "injected".into() },
                     (Fault::PowerOffAt(n), s) if *n + 1 == steps && !matches!(s, Step::Finish(_)) => VmEvent::Stopped { reason: "guest powered off".into() },
                     (_, Step::AllocateNetwork) => VmEvent::NetworkAllocated { network: NetworkRuntime::default() },

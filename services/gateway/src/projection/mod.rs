@@ -7,12 +7,13 @@
 //!
 //! One tree, prefixed keys: `vm/<id>`, `vmidx/<org>/<id>`, `vmevt/<id>/<seq>`,
 //! `op/<id>`, `org/<id>`, `prj/<org>/<id>`, `key/<id>`, `host/<id>`,
-//! `hostuse/<id>`, and `meta/applied`.
+//! `hostuse/<id>`, `vol/<id>`, `volidx/<org>/<id>`, and `meta/applied`.
 
 pub mod hosts;
 pub mod operations;
 pub mod tenancy;
 pub mod vms;
+pub mod volumes;
 
 use futures::StreamExt;
 use serde::{Serialize, de::DeserializeOwned};
@@ -72,6 +73,7 @@ impl Projections {
                     Event::Vm(ev) => vms::apply(&mut txn, seq, &env, ev, payload),
                     Event::Tenancy(ev) => tenancy::apply(&mut txn, &env, ev),
                     Event::Host(ev) => hosts::apply(&mut txn, &env, ev),
+                    Event::Volume(ev) => volumes::apply(&mut txn, &env, ev),
                 }
                 operations::apply(&mut txn, &env);
                 metrics::counter!("vmplane_projection_events_applied_total", "type" => env.event.type_name()).increment(1);

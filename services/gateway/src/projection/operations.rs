@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use vmplane_domain::event::{Envelope, Event};
 use vmplane_domain::vm::{Outcome, Vm, VmEvent};
+use vmplane_domain::volume::VolumeEvent;
 use vmplane_domain::{OpId, OrgId};
 
 /// Where an operation stands.
@@ -80,7 +81,12 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope) {
             op.status = OpStatus::Failed;
             op.error = Some(OpError { code: code.clone(), message: message.clone() });
         }
-        Event::Vm(_) => op.status = OpStatus::Running,
+        Event::Volume(VolumeEvent::VolumeOperationFinished { outcome: Outcome::Succeeded }) => op.status = OpStatus::Succeeded,
+        Event::Volume(VolumeEvent::VolumeOperationFinished { outcome: Outcome::Failed { code, message } }) => {
+            op.status = OpStatus::Failed;
+            op.error = Some(OpError { code: code.clone(), message: message.clone() });
+        }
+        Event::Vm(_) | Event::Volume(_) => op.status = OpStatus::Running,
     }
     txn.put(k, &op);
 }

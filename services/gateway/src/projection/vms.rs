@@ -5,7 +5,7 @@ use super::{Projections, Txn, key};
 use vmplane_domain::event::Envelope;
 use vmplane_domain::host::Resources;
 use vmplane_domain::vm::{Vm, VmEvent, VmStatus, evolve};
-use vmplane_domain::{OrgId, ProjectId, VmId};
+use vmplane_domain::{HostId, OrgId, ProjectId, VmId};
 
 pub(super) fn apply(txn: &mut Txn, seq: u64, env: &Envelope, ev: &VmEvent, payload: &[u8]) {
     let Ok(id) = env.aggregate.parse::<VmId>() else {
@@ -66,6 +66,24 @@ impl Projections {
             total += 1;
         }
         Ok((page, total))
+    }
+
+    /// Host ports forwarded to VMs on `host` (requested or allocated), for
+    /// refusing a conflicting request before it reaches the worker.
+    pub fn host_ports_in_use(&self, host: HostId) -> sled::Result<std::collections::BTreeSet<u16>> {
+        let mut ports = std::collections::BTreeSet::new();
+        for vm in self.scan::<Vm>(b"vm/") {
+            let vm = vm?;
+            if vm.host != host || vm.status == VmStatus::Deleted {
+                continue;
+            }
+            ports.extend(vm.spec.port_forwards.iter().filter_map(|p| p.host_port));
+            if let Some(net) = &vm.network {
+                ports.extend(net.ssh_port);
+                ports.extend(net.port_forwards.iter().map(|p| p.host_port));
+            }
+        }
+        Ok(ports)
     }
 
     /// A VM's events in stream order, with their sequences.

@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod hosts;
+pub mod images;
 pub mod logs;
 pub mod operations;
 pub mod pagination;
@@ -9,3 +10,4 @@ pub mod system;
 pub mod tenancy;
 pub mod terminal;
 pub mod vms;
+pub mod volumes;

@@ -19,7 +19,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use vmplane_domain::host::Resources;
 use vmplane_domain::spec::{DataDisk, ExposedPort, GpuSpec, NetworkSpec, PortForward, VmSpec, VolumeMount};
 use vmplane_domain::vm::{DiskInfo, ResolvedPortForward, Vm, VmCommand, VmStatus, decide, evolve};
-use vmplane_domain::{Command, HostId, ProjectId, VmId, VolumeId, subjects};
+use vmplane_domain::{Command, HostId, ImageId, ProjectId, VmId, VolumeId, subjects};
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -130,6 +130,7 @@ pub struct VmView {
     pub delete_root_disk: bool,
     pub root_disk: Option<DiskInfo>,
     pub data_disks: Vec<DataDisk>,
+    /// Volumes attached now.
     pub volumes: Vec<VolumeMount>,
     pub ssh_keys: Vec<String>,
     pub user_data: Option<String>,
@@ -192,7 +193,7 @@ impl From<Vm> for VmView {
             delete_root_disk: s.delete_root_disk,
             root_disk: vm.root_disk,
             data_disks: s.data_disks,
-            volumes: s.volumes,
+            volumes: vm.volumes,
             ssh_keys: s.ssh_keys,
             user_data: s.user_data,
             env: s.env,
@@ -242,18 +243,31 @@ pub fn visible_vm(state: &AppState, who: &Principal, id: VmId) -> ApiResult<Vm> 
     state.proj.vm(id)?.filter(|vm| vm.org == who.org).ok_or_else(|| ApiError::NotFound(format!("vm {id}")))
 }
 
-/// Pick the online host with the most free memory that fits the spec.
-fn place(state: &AppState, want: &Resources) -> ApiResult<HostId> {
+/// Pick the online host with the most free memory that has the image, fits
+/// the spec, and has the requested host ports free.
+fn place(state: &AppState, spec: &VmSpec) -> ApiResult<HostId> {
+    let want = spec.resources();
+    let wants_image = |i: &vmplane_domain::host::ImageInfo| i.name == spec.image || ImageId::for_slug(&i.name).to_string() == spec.image;
     let mut online = 0;
+    let (mut has_image, mut port_taken) = (false, None);
     let mut best: Option<(u64, HostId)> = None;
     for host in state.proj.hosts()? {
         if !state.proj.heartbeats.is_online(host.id) {
             continue;
         }
         online += 1;
+        if !host.info.images.iter().any(wants_image) {
+            continue;
+        }
+        has_image = true;
+        let in_use = state.proj.host_ports_in_use(host.id)?;
+        if let Some(p) = spec.port_forwards.iter().filter_map(|pf| pf.host_port).find(|p| in_use.contains(p)) {
+            port_taken = Some(p);
+            continue;
+        }
         let used = state.proj.host_usage(host.id)?;
-        if Resources::fits(&host.info, &used, want) {
-            let free = host.info.memory_mib - used.memory_mib;
+        if Resources::fits(&host.info, &used, &want) {
+            let free = host.info.memory_mib.saturating_sub(used.memory_mib);
             if best.is_none_or(|(f, _)| free > f) {
                 best = Some((free, host.id));
             }
@@ -262,6 +276,8 @@ fn place(state: &AppState, want: &Resources) -> ApiResult<HostId> {
     match best {
         Some((_, id)) => Ok(id),
         None if online == 0 => Err(ApiError::Unavailable("no worker host is online".into())),
+        None if !has_image => Err(ApiError::Unprocessable("unknown_image", format!("no online host has the image `{}`; see GET /v1/images", spec.image))),
+        None if let Some(p) = port_taken => Err(ApiError::Conflict("port_conflict", format!("host port {p} is already forwarded to another vm"))),
         None => Err(ApiError::Conflict("insufficient_capacity", "no online host has room for this VM".into())),
     }
 }
@@ -272,11 +288,24 @@ fn place(state: &AppState, want: &Resources) -> ApiResult<HostId> {
 async fn create_vm(State(state): State<AppState>, who: Principal, Json(req): Json<CreateVmRequest>) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     let spec = req.into_spec();
     spec.validate()?;
+    if !spec.volumes.is_empty() || !spec.data_disks.is_empty() || spec.root_volume.is_some() {
+        return Err(ApiError::Unprocessable(
+            "unsupported",
+            "volumes, data_disks and root_volume_id cannot be given at create yet: create the VM, then POST /v1/vms/{id}/volumes/{volume_id}".into(),
+        ));
+    }
     let id = VmId::new();
     let project = who.project_or_default();
-    let host = place(&state, &spec.resources())?;
+    let host = place(&state, &spec)?;
     let command = VmCommand::Create { spec: Box::new(spec), host };
     accept(&state, &who, None, id, project, host, command).await
+}
+
+/// Accept a command on an existing VM the caller may see.
+pub(crate) async fn act(state: AppState, who: Principal, id: VmId, command: VmCommand) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+    let vm = visible_vm(&state, &who, id)?;
+    let (project, host) = (vm.project, vm.host);
+    accept(&state, &who, Some(vm), id, project, host, command).await
 }
 
 /// Decide the command against the projected VM (refusing early what the state
@@ -323,12 +352,6 @@ async fn list_vms(State(state): State<AppState>, who: Principal, Query(q): Query
     responses((status = 200, body = VmView), (status = "4XX", body = ErrorBody)))]
 async fn get_vm(State(state): State<AppState>, who: Principal, PathId(id): PathId<VmId>) -> ApiResult<axum::Json<VmView>> {
     Ok(axum::Json(visible_vm(&state, &who, id)?.into()))
-}
-
-async fn act(state: AppState, who: Principal, id: VmId, command: VmCommand) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    let vm = visible_vm(&state, &who, id)?;
-    let (project, host) = (vm.project, vm.host);
-    accept(&state, &who, Some(vm), id, project, host, command).await
 }
 
 /// Delete a VM and, unless `delete_root_disk` is false, its root disk.

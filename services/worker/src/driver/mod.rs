@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
 use vmplane_domain::host::HostInfo;
+use vmplane_domain::spec::VolumeMount;
 use vmplane_domain::vm::{DiskInfo, NetworkRuntime, Vm};
+use vmplane_domain::volume::Volume;
 use vmplane_domain::{OrgId, VmId};
 
 /// A guest that stopped without being asked to: the worker records it as an event.
@@ -80,4 +82,13 @@ pub trait Driver: Send + Sync + 'static {
     async fn restore(&self, vm: &Vm) -> Result<(), DriverError>;
     /// Release everything the VM holds; already gone is success.
     async fn destroy(&self, vm: &Vm) -> Result<(), DriverError>;
+    /// Create a volume's backing storage; returns where it is.
+    async fn create_volume(&self, volume: &Volume) -> Result<String, DriverError>;
+    /// Remove a volume's backing storage; already gone is success.
+    async fn delete_volume(&self, volume: &Volume) -> Result<(), DriverError>;
+    /// Plug a volume into the VM and mount it (hot-plug when the guest runs;
+    /// a stopped VM gets it at its next boot). Already attached is success.
+    async fn attach_volume(&self, vm: &Vm, location: &str, mount: &VolumeMount) -> Result<(), DriverError>;
+    /// Unmount and unplug a volume; already detached is success.
+    async fn detach_volume(&self, vm: &Vm, mount: &VolumeMount) -> Result<(), DriverError>;
 }

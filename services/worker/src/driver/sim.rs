@@ -8,7 +8,8 @@
 //! Faults are injected per VM through labels, which only this driver reads:
 //! `sim.fail=<step>` fails that step for good, `sim.fail-once=<step>` fails it
 //! once with a retryable error. Steps: `network`, `disk`, `boot`, `ready`,
-//! `power_off`, `reboot`, `snapshot`, `restore`, `destroy`.
+//! `power_off`, `reboot`, `snapshot`, `restore`, `destroy`, `attach_volume`,
+//! `detach_volume`.
 
 use super::{Driver, DriverError};
 use async_trait::async_trait;
@@ -18,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 use vmplane_domain::host::HostInfo;
+use vmplane_domain::spec::VolumeMount;
 use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, Vm};
+use vmplane_domain::volume::Volume;
 use vmplane_domain::VmId;
 
 /// Knobs for tests and benchmarks.
@@ -45,6 +48,9 @@ pub struct SimGuest {
     pub host_ports: Vec<u16>,
     /// Steps that already failed once under `sim.fail-once`.
     pub failed_once: BTreeSet<String>,
+    /// Attached volume ids.
+    #[serde(default)]
+    pub volumes: BTreeSet<String>,
 }
 
 /// See the module docs.
@@ -229,6 +235,28 @@ impl Driver for SimDriver {
         })
     }
 
+    async fn create_volume(&self, volume: &Volume) -> Result<String, DriverError> {
+        Ok(format!("sim://volumes/{}", volume.id))
+    }
+
+    async fn delete_volume(&self, _volume: &Volume) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    async fn attach_volume(&self, vm: &Vm, _location: &str, mount: &VolumeMount) -> Result<(), DriverError> {
+        self.update(vm, "attach_volume", |g| {
+            g.volumes.insert(mount.volume_id.to_string());
+            Ok(())
+        })
+    }
+
+    async fn detach_volume(&self, vm: &Vm, mount: &VolumeMount) -> Result<(), DriverError> {
+        self.update(vm, "detach_volume", |g| {
+            g.volumes.remove(&mount.volume_id.to_string());
+            Ok(())
+        })
+    }
+
     async fn destroy(&self, vm: &Vm) -> Result<(), DriverError> {
         self.update(vm, "destroy", |_| Ok(()))?;
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -253,7 +281,7 @@ mod tests {
             dir: dir.to_owned(),
             boot_delay: Duration::ZERO,
             ready_delay: Duration::ZERO,
-            host: HostInfo { name: "t".into(), driver: "sim".into(), driver_detail: None, cpus: 4, memory_mib: 4096, disk_gb: 100 },
+            host: HostInfo { name: "t".into(), driver: "sim".into(), driver_detail: None, cpus: 4, memory_mib: 4096, disk_gb: 100, images: vec![] },
             port_range: (30000, 30003),
         })
         .unwrap()

@@ -53,6 +53,10 @@ impl VmDir {
     pub fn network(&self) -> PathBuf {
         self.0.join("network.json")
     }
+    /// The volumes plugged into the VM (`volumes::Plugged`).
+    pub fn volumes(&self) -> PathBuf {
+        self.0.join("volumes.json")
+    }
     /// Marks a stop the worker asked for, so the supervisor does not report it.
     pub fn expected_exit(&self) -> PathBuf {
         self.0.join("exit.expected")

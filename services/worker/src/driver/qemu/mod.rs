@@ -13,6 +13,7 @@ pub mod layout;
 pub mod process;
 pub mod qmp;
 pub mod seed;
+pub mod volumes;
 
 use super::{Console, Driver, DriverError, GuestExit};
 use accel::Accel;
@@ -28,7 +29,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use vmplane_domain::host::HostInfo;
+use vmplane_domain::spec::VolumeMount;
 use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, Vm};
+use vmplane_domain::volume::Volume;
 use vmplane_domain::{OrgId, VmId};
 
 /// The line the guest prints on its serial console when it is ready.
@@ -318,7 +321,6 @@ impl Driver for QemuDriver {
             }
             std::fs::rename(&tmp, &root).map_err(retry)?;
         }
-        seed::write(vm, &dir.seed()).await.map_err(fatal)?;
         Ok(DiskInfo { location: root.display().to_string(), size_gb: vm.spec.disk_gb })
     }
 
@@ -330,6 +332,8 @@ impl Driver for QemuDriver {
         let image = self.image(vm)?;
         let network = vm.network.clone().unwrap_or_default();
         let _ = std::fs::remove_file(dir.expected_exit());
+        let plugged: String = volumes::plugged(&dir).iter().map(volumes::Plugged::seed_line).collect();
+        seed::write(vm, &dir.seed(), plugged).await.map_err(fatal)?;
         self.mark_ready_from(&dir)?;
         self.launch(vm, &image, &dir, &network, false).spawn().await.map_err(fatal)?;
         self.watch_pid(vm, &dir)
@@ -418,6 +422,28 @@ impl Driver for QemuDriver {
         q.execute("cont", None).await.map_err(fatal)?;
         let _ = std::fs::remove_file(dir.snapshot());
         self.watch_pid(vm, &dir)
+    }
+
+    async fn create_volume(&self, volume: &Volume) -> Result<String, DriverError> {
+        Ok(volumes::create(&self.cfg.dir, volume.id, volume.spec.size_gb).await?.display().to_string())
+    }
+
+    async fn delete_volume(&self, volume: &Volume) -> Result<(), DriverError> {
+        match std::fs::remove_file(volumes::volume_file(&self.cfg.dir, volume.id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(retry(e)),
+        }
+    }
+
+    async fn attach_volume(&self, vm: &Vm, location: &str, mount: &VolumeMount) -> Result<(), DriverError> {
+        let dir = self.dir(vm.id);
+        volumes::attach(&dir, location, mount, running_pid(&dir, vm).is_some()).await
+    }
+
+    async fn detach_volume(&self, vm: &Vm, mount: &VolumeMount) -> Result<(), DriverError> {
+        let dir = self.dir(vm.id);
+        volumes::detach(&dir, mount, running_pid(&dir, vm).is_some()).await
     }
 
     async fn destroy(&self, vm: &Vm) -> Result<(), DriverError> {

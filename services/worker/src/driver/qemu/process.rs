@@ -103,6 +103,9 @@ impl Launch<'_> {
         for i in 0..HOTPLUG_PORTS {
             a.extend(["-device".into(), format!("pcie-root-port,id=hp{i},chassis={},slot={}", i + 1, i + 1)]);
         }
+        for volume in super::volumes::plugged(d) {
+            a.extend(volume.args());
+        }
         if self.incoming {
             a.extend(["-incoming".into(), "defer".into()]);
         }

@@ -7,8 +7,9 @@ use std::path::Path;
 use tokio::process::Command;
 use vmplane_domain::vm::Vm;
 
-/// Write the seed image for `vm` at `out`.
-pub async fn write(vm: &Vm, out: &Path) -> Result<(), String> {
+/// Write the seed image for `vm` at `out`; `volumes` is the `volumes` file
+/// (one `<serial> <path> <ro|rw>` line per plugged volume).
+pub async fn write(vm: &Vm, out: &Path, volumes: String) -> Result<(), String> {
     let staging = tempfile::tempdir().map_err(|e| e.to_string())?;
     let root = staging.path();
     let files = [
@@ -16,10 +17,7 @@ pub async fn write(vm: &Vm, out: &Path) -> Result<(), String> {
         ("user-data", vm.spec.user_data.clone().unwrap_or_default()),
         ("authorized_keys", vm.spec.ssh_keys.iter().map(|k| format!("{k}\n")).collect()),
         ("env", vm.spec.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect()),
-        (
-            "volumes",
-            vm.spec.volumes.iter().map(|v| format!("{} {} {}\n", v.volume_id, v.mount_path, if v.readonly { "ro" } else { "rw" })).collect(),
-        ),
+        ("volumes", volumes),
     ];
     let mut total = 0;
     for (name, content) in &files {

@@ -1,0 +1,54 @@
+//! Volume views, indexed per org for listing; their disk counts in their host's usage.
+
+use super::{Projections, Txn, key};
+use vmplane_domain::event::Envelope;
+use vmplane_domain::host::Resources;
+use vmplane_domain::volume::{Volume, VolumeEvent, VolumeStatus, evolve};
+use vmplane_domain::{OrgId, VolumeId};
+
+pub(super) fn apply(txn: &mut Txn, env: &Envelope, ev: &VolumeEvent) {
+    let Ok(id) = env.aggregate.parse::<VolumeId>() else { return };
+    let before: Option<Volume> = txn.get(&key(&[&"vol", &id]));
+    let existed = before.is_some();
+    let was_deleted = before.as_ref().is_some_and(|v| v.status == VolumeStatus::Deleted);
+    let Some(after) = evolve(before, id, env.operation, env.time, ev) else { return };
+    let usage_key = key(&[&"hostuse", &after.host]);
+    let size = Resources { disk_gb: u64::from(after.spec.size_gb), ..Resources::default() };
+    if !existed {
+        txn.put(key(&[&"volidx", &after.org, &id]), &());
+        let mut used: Resources = txn.get(&usage_key).unwrap_or_default();
+        used += size;
+        txn.put(usage_key, &used);
+    } else if !was_deleted && after.status == VolumeStatus::Deleted {
+        let mut used: Resources = txn.get(&usage_key).unwrap_or_default();
+        used -= size;
+        txn.put(usage_key, &used);
+    }
+    txn.put(key(&[&"vol", &id]), &after);
+}
+
+impl Projections {
+    /// One volume, whatever org it belongs to (callers check ownership).
+    pub fn volume(&self, id: VolumeId) -> sled::Result<Option<Volume>> {
+        self.get(&key(&[&"vol", &id]))
+    }
+
+    /// An org's volumes that are not deleted, oldest first: one page and the total.
+    pub fn list_volumes(&self, org: OrgId, offset: usize, limit: usize) -> sled::Result<(Vec<Volume>, usize)> {
+        let mut page = Vec::new();
+        let mut total = 0;
+        for k in self.scan_keys(&key(&[&"volidx", &org, &""])) {
+            let k = k?;
+            let Some(id) = std::str::from_utf8(&k).ok().and_then(|s| s.rsplit('/').next()).and_then(|s| s.parse::<VolumeId>().ok()) else { continue };
+            let Some(v) = self.volume(id)? else { continue };
+            if v.status == VolumeStatus::Deleted {
+                continue;
+            }
+            if total >= offset && page.len() < limit {
+                page.push(v);
+            }
+            total += 1;
+        }
+        Ok((page, total))
+    }
+}
