@@ -1,1 +1,941 @@
-fn main() {}
+//! `vmplane-bench`: vmplane's API latency and throughput next to raw
+//! JetStream publish-with-ack, in one process and one run, on loopback.
+//!
+//! It starts its own `nats-server -js` (temp store, free loopback port), then
+//! `vmplane gateway` and `vmplane worker --driver sim` (zero simulated delays)
+//! against it, waits until the gateway is ready and the simulated host is
+//! online, and measures:
+//!
+//! * raw JetStream `publish(..).await?.await?` of a payload the size of an
+//!   encoded `CommandEnvelope` for a Create, sequential and with C tasks,
+//!   to a stream of its own (`BENCH`, `bench.>`) on the same server;
+//! * `POST /v1/vms` until the 202, sequential;
+//! * POST sent -> operation `succeeded` (long poll of
+//!   `GET /v1/operations/{op}?wait=10`), i.e. the VM's final event is in the
+//!   gateway's projection and `GET /v1/vms/{id}` shows `running`;
+//! * `GET /v1/vms/{id}`;
+//! * `POST /v1/vms` accepted per second with C concurrent clients, and how
+//!   long the worker then takes until every one of those VMs is `running`.
+//!
+//! Everything it starts is stopped when it ends, on error and on Ctrl-C too
+//! (children also get SIGTERM if the bench itself is killed). Every loop is
+//! bounded by a count and a time limit.
+//!
+//! Build first: `cargo build --release -p vmplane -p vmplane-bench`.
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use clap::Parser;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+use vmplane_domain::spec::VmSpec;
+use vmplane_domain::vm::VmCommand;
+use vmplane_domain::{CommandEnvelope, HostId, OpId, OrgId, ProjectId, VmId, event};
+
+/// The sim driver hands out host ports 20000-29999, one per VM (ssh).
+const SIM_PORTS: usize = 10_000;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "vmplane-bench", about = "vmplane API latency and throughput against raw JetStream publish-with-ack, in one run on loopback")]
+struct Args {
+    /// VMs created one after another (POST latency, command -> running, GET latency).
+    #[arg(long, default_value_t = 300)]
+    vms: usize,
+    /// Concurrent clients (HTTP) / tasks (raw NATS) in the throughput phases.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// POSTs in the vmplane throughput phase.
+    #[arg(long, default_value_t = 2000)]
+    throughput_count: usize,
+    /// Publishes in the raw throughput phase (more than POSTs: raw is far faster,
+    /// and a phase of a few ms would be mostly noise).
+    #[arg(long, default_value_t = 20000)]
+    raw_throughput_count: usize,
+    /// Sequential raw publishes for the raw latency figures.
+    #[arg(long, default_value_t = 2000)]
+    raw_count: usize,
+    /// GETs per created VM in the GET phase.
+    #[arg(long, default_value_t = 3)]
+    get_rounds: usize,
+    /// Unmeasured requests before each sequential phase (VMs for vmplane).
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    /// Upper bound on each phase's wall time, in seconds.
+    #[arg(long, default_value_t = 180)]
+    phase_timeout_secs: u64,
+    /// The vmplane binary (default: `vmplane` next to this binary, i.e. target/release/vmplane).
+    #[arg(long)]
+    vmplane: Option<PathBuf>,
+    /// The nats-server binary.
+    #[arg(long, default_value = "/usr/sbin/nats-server")]
+    nats_server: PathBuf,
+    /// Worker: VM commands run at once (vmplane's default is 32).
+    #[arg(long, default_value_t = 32)]
+    worker_parallelism: usize,
+    /// Worker: simulated boot time in ms.
+    #[arg(long, default_value_t = 0)]
+    sim_boot_delay_ms: u64,
+    /// Worker: simulated time to readiness in ms.
+    #[arg(long, default_value_t = 0)]
+    sim_ready_delay_ms: u64,
+    /// Gateway: how long a POST waits for its command's first event to be
+    /// projected (read-your-writes). Unset: vmplane's default (2000 ms). 0 turns
+    /// the wait off, to measure what it costs.
+    #[arg(long)]
+    accept_wait_ms: Option<u64>,
+    /// RUST_LOG for the vmplane processes (vmplane's own default).
+    #[arg(long, default_value = "info,async_nats=warn")]
+    vmplane_log: String,
+    /// Keep the temp dir (stores and process logs) and print its path.
+    #[arg(long)]
+    keep_tmp: bool,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+    // Dropping the run future (on a signal) drops the Cluster, which stops the children.
+    let result = tokio::select! {
+        r = run(args) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        _ = term.recv() => Err(anyhow!("terminated")),
+    };
+    match result {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!("vmplane-bench: finished, but some requests failed (see ERRORS above)");
+            std::process::exit(2);
+        }
+        Err(e) => {
+            eprintln!("vmplane-bench: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- processes
+
+/// A child process with its log file; stopped (SIGTERM, then SIGKILL) when dropped.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, program: &Path, args: &[OsString], env: &[(&str, &str)], log: PathBuf) -> Result<Self> {
+        let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        // SAFETY: prctl is async-signal-safe. The child gets SIGTERM when the
+        // thread that spawned it dies, so a SIGKILLed bench leaves nothing behind.
+        // (Spawned from the main thread, which lives as long as the bench.)
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {name} ({})", program.display()))?;
+        Ok(Self { name, child, log })
+    }
+
+    /// An error (with the end of its log) if the process has exited.
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited early ({status}); end of {}:\n{}", self.name, self.log.display(), tail(&self.log, 25));
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL. Idempotent.
+    fn stop(&mut self, grace: Duration) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // SAFETY: kill(2) on our own, not yet reaped, child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("vmplane-bench: {} did not stop within {grace:?} of SIGTERM; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Everything the bench started. Dropping it stops the vmplane processes
+/// first, then nats-server, then removes the temp dir (unless kept).
+struct Cluster {
+    gateway: Option<Proc>,
+    worker: Option<Proc>,
+    nats: Option<Proc>,
+    tmp: Option<tempfile::TempDir>,
+    keep_tmp: bool,
+    nats_url: String,
+    base: String,
+    admin_token: String,
+}
+
+impl Cluster {
+    fn check_alive(&mut self) -> Result<()> {
+        for p in [&mut self.nats, &mut self.gateway, &mut self.worker].into_iter().flatten() {
+            p.check_alive()?;
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        // The two vmplane processes stop in parallel, then NATS.
+        for p in [&mut self.gateway, &mut self.worker].into_iter().flatten() {
+            if let Ok(None) = p.child.try_wait() {
+                // SAFETY: as in Proc::stop.
+                unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM) };
+            }
+        }
+        drop(self.gateway.take());
+        drop(self.worker.take());
+        drop(self.nats.take());
+        if let Some(tmp) = self.tmp.take()
+            && self.keep_tmp
+        {
+            eprintln!("vmplane-bench: kept {}", tmp.keep().display());
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_ports() -> Result<(u16, u16)> {
+    // Held together so the two differ; released just before use.
+    let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let b = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+}
+
+fn find_vmplane(args: &Args) -> Result<PathBuf> {
+    let path = match &args.vmplane {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.parent().context("the bench binary has no directory")?.join("vmplane"),
+    };
+    ensure!(
+        path.is_file(),
+        "vmplane binary not found at {}: build it first with `cargo build --release -p vmplane -p vmplane-bench`, or pass --vmplane PATH",
+        path.display()
+    );
+    Ok(path)
+}
+
+async fn start(args: &Args) -> Result<Cluster> {
+    let vmplane = find_vmplane(args)?;
+    ensure!(
+        args.nats_server.is_file(),
+        "nats-server not found at {} (Debian: `apt-get install nats-server`), or pass --nats-server PATH",
+        args.nats_server.display()
+    );
+    let tmp = tempfile::Builder::new().prefix("vmplane-bench-").tempdir().context("creating a temp dir")?;
+    let dir = tmp.path().to_owned();
+    let (nats_port, http_port) = free_ports()?;
+    let admin_token = format!("vmpbench_{}", OpId::new());
+    let mut c = Cluster {
+        gateway: None,
+        worker: None,
+        nats: None,
+        tmp: Some(tmp),
+        keep_tmp: args.keep_tmp,
+        nats_url: format!("nats://127.0.0.1:{nats_port}"),
+        base: format!("http://127.0.0.1:{http_port}"),
+        admin_token,
+    };
+
+    let os = |s: &str| OsString::from(s);
+    let store = dir.join("nats");
+    std::fs::create_dir_all(&store)?;
+    let nats_args = vec![os("-js"), os("-a"), os("127.0.0.1"), os("-p"), os(&nats_port.to_string()), os("--server_name"), os("bench"), os("-sd"), store.into()];
+    c.nats = Some(Proc::spawn("nats-server", &args.nats_server, &nats_args, &[], dir.join("nats-server.log"))?);
+    wait_nats(&mut c).await?;
+
+    let env = [("VMPLANE_ADMIN_TOKEN", c.admin_token.as_str()), ("RUST_LOG", args.vmplane_log.as_str())];
+    let mut gw_args: Vec<OsString> = vec![
+        os("gateway"),
+        os("--nats-url"),
+        os(&c.nats_url),
+        os("--data-dir"),
+        dir.join("gateway").into(),
+        os("--listen"),
+        os(&format!("127.0.0.1:{http_port}")),
+        os("--rate-limit"),
+        os("0"),
+    ];
+    if let Some(ms) = args.accept_wait_ms {
+        gw_args.extend([os("--accept-wait-ms"), os(&ms.to_string())]);
+    }
+    c.gateway = Some(Proc::spawn("vmplane gateway", &vmplane, &gw_args, &env, dir.join("gateway.log"))?);
+    let wk_args: Vec<OsString> = vec![
+        os("worker"),
+        os("--nats-url"),
+        os(&c.nats_url),
+        os("--data-dir"),
+        dir.join("worker").into(),
+        os("--driver"),
+        os("sim"),
+        os("--host-name"),
+        os("bench-sim"),
+        os("--parallelism"),
+        os(&args.worker_parallelism.to_string()),
+        os("--sim-boot-delay-ms"),
+        os(&args.sim_boot_delay_ms.to_string()),
+        os("--sim-ready-delay-ms"),
+        os(&args.sim_ready_delay_ms.to_string()),
+        // Room for every VM of the run: memory and disk are not what is measured.
+        os("--sim-memory-mib"),
+        os(&(1u64 << 40).to_string()),
+        os("--sim-disk-gb"),
+        os(&(1u64 << 40).to_string()),
+    ];
+    c.worker = Some(Proc::spawn("vmplane worker", &vmplane, &wk_args, &env, dir.join("worker.log"))?);
+    Ok(c)
+}
+
+/// Until nats-server accepts connections and JetStream answers (10 s).
+async fn wait_nats(c: &mut Cluster) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        c.check_alive()?;
+        if let Ok(client) = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(1)).connect(&c.nats_url).await {
+            let js = jetstream::new(client);
+            if js.get_stream("NO_SUCH_STREAM_PROBE").await.is_err_and(|e| e.to_string().contains("not found")) {
+                return Ok(());
+            }
+        }
+        ensure!(Instant::now() < deadline, "nats-server did not become ready within 10 s; end of its log:\n{}", tail(&c.nats.as_ref().unwrap().log, 25));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Until `/readyz` is 200 and a host is `online` (30 s).
+async fn wait_vmplane(c: &mut Cluster, http: &reqwest::Client) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last;
+    loop {
+        c.check_alive()?;
+        match http.get(format!("{}/readyz", c.base)).send().await {
+            Ok(r) if r.status().is_success() => break,
+            Ok(r) => last = format!("/readyz {}: {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => last = format!("/readyz: {e}"),
+        }
+        ensure!(Instant::now() < deadline, "the gateway was not ready within 30 s ({last})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    loop {
+        c.check_alive()?;
+        let r = http.get(format!("{}/v1/hosts", c.base)).bearer_auth(&c.admin_token).send().await?;
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            if let Some(h) = body.as_array().into_iter().flatten().find(|h| h["status"] == "online") {
+                return Ok(h["id"].as_str().unwrap_or_default().to_owned());
+            }
+            last = format!("hosts: {body}");
+        } else {
+            last = format!("/v1/hosts {status}: {body}");
+        }
+        ensure!(Instant::now() < deadline, "no host came online within 30 s ({last})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---------------------------------------------------------------- statistics
+
+#[derive(Default)]
+struct Stats {
+    samples: Vec<Duration>,
+}
+
+impl Stats {
+    fn push(&mut self, d: Duration) {
+        self.samples.push(d);
+    }
+    fn extend(&mut self, o: Stats) {
+        self.samples.extend(o.samples);
+    }
+    fn sorted(&self) -> Vec<Duration> {
+        let mut s = self.samples.clone();
+        s.sort_unstable();
+        s
+    }
+    /// Nearest-rank percentile.
+    fn pct(sorted: &[Duration], p: f64) -> Duration {
+        if sorted.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+        sorted[rank.clamp(1, sorted.len()) - 1]
+    }
+    fn p50(&self) -> Duration {
+        Self::pct(&self.sorted(), 50.0)
+    }
+    fn mean(&self) -> Duration {
+        if self.samples.is_empty() { Duration::ZERO } else { self.samples.iter().sum::<Duration>() / self.samples.len() as u32 }
+    }
+    /// p50 of the first and the last tenth, in sample order (to show drift).
+    fn drift(&self) -> Option<(Duration, Duration)> {
+        let n = self.samples.len() / 10;
+        if n < 3 {
+            return None;
+        }
+        let p50 = |s: &[Duration]| {
+            let mut v = s.to_vec();
+            v.sort_unstable();
+            Self::pct(&v, 50.0)
+        };
+        Some((p50(&self.samples[..n]), p50(&self.samples[self.samples.len() - n..])))
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
+}
+
+/// Outcomes other than the expected status, by kind.
+#[derive(Default)]
+struct Errors(BTreeMap<String, usize>);
+
+impl Errors {
+    fn add(&mut self, what: impl Into<String>) {
+        *self.0.entry(what.into()).or_default() += 1;
+    }
+    fn merge(&mut self, o: Errors) {
+        for (k, v) in o.0 {
+            *self.0.entry(k).or_default() += v;
+        }
+    }
+    fn total(&self) -> usize {
+        self.0.values().sum()
+    }
+}
+
+// ---------------------------------------------------------------- raw JetStream
+
+const RAW_STREAM: &str = "BENCH";
+
+/// The bytes of a representative command: the `CommandEnvelope` the gateway
+/// publishes for `POST /v1/vms {"name": ...}`, rmp-serde encoded as the bus does.
+fn representative_command() -> Result<Vec<u8>> {
+    let host = HostId::new();
+    let env = CommandEnvelope {
+        op: OpId::new(),
+        org: OrgId::DEFAULT,
+        project: ProjectId::DEFAULT,
+        actor: "admin".into(),
+        issued_at: OffsetDateTime::now_utc(),
+        command: vmplane_domain::Command::Vm { vm: VmId::new(), command: VmCommand::Create { spec: Box::new(VmSpec::named("seq-123")), host } },
+    };
+    Ok(event::encode(&env)?)
+}
+
+/// A subject shaped like a vmplane command subject (`vmplane.cmd.host.<host>.<vm>`).
+fn raw_subject(host: &str) -> String {
+    format!("bench.cmd.host.{host}.{}", VmId::new())
+}
+
+async fn raw_setup(nats_url: &str) -> Result<jetstream::Context> {
+    let client = async_nats::ConnectOptions::new().name("vmplane-bench").connect(nats_url).await.context("connecting to nats-server")?;
+    let js = jetstream::new(client);
+    // Configured like vmplane's command stream (file storage, work queue).
+    js.create_stream(stream::Config {
+        name: RAW_STREAM.into(),
+        subjects: vec!["bench.>".into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::New,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow!("creating stream {RAW_STREAM}: {e}"))?;
+    Ok(js)
+}
+
+async fn raw_publish(js: &jetstream::Context, host: &str, payload: &Bytes) -> Result<()> {
+    js.publish(raw_subject(host), payload.clone()).await?.await?;
+    Ok(())
+}
+
+async fn raw_sequential(js: &jetstream::Context, payload: &Bytes, warmup: usize, count: usize, limit: Duration) -> Result<(Stats, Errors)> {
+    let host = HostId::new().to_string();
+    let deadline = Instant::now() + limit;
+    let (mut stats, mut errors) = (Stats::default(), Errors::default());
+    for i in 0..warmup + count {
+        if Instant::now() > deadline {
+            errors.add("raw sequential: phase time limit reached");
+            break;
+        }
+        let t = Instant::now();
+        match raw_publish(js, &host, payload).await {
+            Ok(()) if i >= warmup => stats.push(t.elapsed()),
+            Ok(()) => {}
+            Err(e) => errors.add(format!("raw publish: {e}")),
+        }
+    }
+    Ok((stats, errors))
+}
+
+/// `count` publishes shared by `concurrency` tasks on one connection (as the gateway has one).
+async fn raw_concurrent(
+    js: &jetstream::Context,
+    payload: &Bytes,
+    concurrency: usize,
+    count: usize,
+    limit: Duration,
+) -> Result<(Stats, Errors, Duration, usize)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + limit;
+    let host = HostId::new().to_string();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (js, payload, next, host) = (js.clone(), payload.clone(), next.clone(), host.clone());
+            tokio::spawn(async move {
+                let (mut stats, mut errors) = (Stats::default(), Errors::default());
+                while next.fetch_add(1, Ordering::Relaxed) < count {
+                    if Instant::now() > deadline {
+                        errors.add("raw concurrent: phase time limit reached");
+                        break;
+                    }
+                    let t = Instant::now();
+                    match raw_publish(&js, &host, &payload).await {
+                        Ok(()) => stats.push(t.elapsed()),
+                        Err(e) => errors.add(format!("raw publish: {e}")),
+                    }
+                }
+                (stats, errors)
+            })
+        })
+        .collect();
+    let (mut stats, mut errors) = (Stats::default(), Errors::default());
+    for t in tasks {
+        let (s, e) = t.await?;
+        stats.extend(s);
+        errors.merge(e);
+    }
+    let wall = started.elapsed();
+    let ok = stats.samples.len();
+    Ok((stats, errors, wall, ok))
+}
+
+// ---------------------------------------------------------------- vmplane API
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+/// One accepted create.
+struct Accepted {
+    vm: String,
+    op: String,
+    op_status: String,
+}
+
+impl Api {
+    async fn create(&self, name: &str) -> Result<Accepted, String> {
+        let r = self
+            .http
+            .post(format!("{}/v1/vms", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .map_err(|e| if e.is_timeout() { "POST /v1/vms: timeout".to_owned() } else { format!("POST /v1/vms: {e}") })?;
+        let status = r.status();
+        let body = r.bytes().await.map_err(|e| format!("POST /v1/vms: reading body: {e}"))?;
+        if status != reqwest::StatusCode::ACCEPTED {
+            let code = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["code"].as_str().map(str::to_owned)).unwrap_or_default();
+            return Err(format!("POST /v1/vms: HTTP {} {code}", status.as_u16()));
+        }
+        let v: Value = serde_json::from_slice(&body).map_err(|e| format!("POST /v1/vms: bad JSON: {e}"))?;
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        Ok(Accepted { vm: s(&v["id"]), op: s(&v["operation"]["id"]), op_status: s(&v["operation"]["status"]) })
+    }
+
+    /// Long-poll the operation until it is terminal; its final status.
+    async fn wait_op(&self, op: &str, deadline: Instant) -> Result<String, String> {
+        loop {
+            let r = self
+                .http
+                .get(format!("{}/v1/operations/{op}?wait=10", self.base))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .map_err(|e| format!("GET /v1/operations: {e}"))?;
+            let status = r.status();
+            if !status.is_success() {
+                return Err(format!("GET /v1/operations: HTTP {}", status.as_u16()));
+            }
+            let v: Value = r.json().await.map_err(|e| format!("GET /v1/operations: {e}"))?;
+            let st = v["status"].as_str().unwrap_or_default().to_owned();
+            if st == "succeeded" || st == "failed" {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("operation still {st} at the phase time limit"));
+            }
+        }
+    }
+
+    async fn get_vm(&self, id: &str) -> Result<String, String> {
+        let r = self.http.get(format!("{}/v1/vms/{id}", self.base)).bearer_auth(&self.token).send().await.map_err(|e| format!("GET /v1/vms/{{id}}: {e}"))?;
+        let status = r.status();
+        let body = r.bytes().await.map_err(|e| format!("GET /v1/vms/{{id}}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("GET /v1/vms/{{id}}: HTTP {}", status.as_u16()));
+        }
+        let v: Value = serde_json::from_slice(&body).map_err(|e| format!("GET /v1/vms/{{id}}: {e}"))?;
+        Ok(v["status"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// How many VMs are in `status` (total of a one-item page).
+    async fn count(&self, status: &str) -> Result<u64> {
+        let r = self.http.get(format!("{}/v1/vms?status={status}&limit=1", self.base)).bearer_auth(&self.token).send().await?;
+        ensure!(r.status().is_success(), "GET /v1/vms?status={status}: HTTP {}", r.status());
+        let v: Value = r.json().await?;
+        v["pagination"]["total_items"].as_u64().context("no pagination.total_items")
+    }
+}
+
+/// Results of the sequential vmplane phase.
+#[derive(Default)]
+struct Sequential {
+    post: Stats,
+    running: Stats,
+    vms: Vec<String>,
+    /// 202s whose operation was still `pending`: the accept wait ran out.
+    accepted_pending: usize,
+    errors: Errors,
+}
+
+async fn vmplane_sequential(api: &Api, warmup: usize, count: usize, limit: Duration) -> Sequential {
+    let deadline = Instant::now() + limit;
+    let mut out = Sequential::default();
+    for i in 0..warmup + count {
+        if Instant::now() > deadline {
+            out.errors.add("vmplane sequential: phase time limit reached");
+            break;
+        }
+        let measured = i >= warmup;
+        let name = if measured { format!("seq-{}", i - warmup) } else { format!("warm-{i}") };
+        let t = Instant::now();
+        let acc = match api.create(&name).await {
+            Ok(a) => a,
+            Err(e) => {
+                out.errors.add(e);
+                continue;
+            }
+        };
+        let posted = t.elapsed();
+        if acc.op_status == "pending" {
+            out.accepted_pending += 1;
+        }
+        match api.wait_op(&acc.op, deadline).await {
+            Ok(st) if st == "succeeded" => {
+                if measured {
+                    out.post.push(posted);
+                    out.running.push(t.elapsed());
+                    out.vms.push(acc.vm);
+                }
+            }
+            Ok(st) => out.errors.add(format!("create operation {st}")),
+            Err(e) => out.errors.add(e),
+        }
+    }
+    out
+}
+
+async fn vmplane_gets(api: &Api, vms: &[String], rounds: usize, limit: Duration) -> (Stats, Errors) {
+    let deadline = Instant::now() + limit;
+    let (mut stats, mut errors) = (Stats::default(), Errors::default());
+    'rounds: for _ in 0..rounds {
+        for id in vms {
+            if Instant::now() > deadline {
+                errors.add("GET phase: time limit reached");
+                break 'rounds;
+            }
+            let t = Instant::now();
+            match api.get_vm(id).await {
+                Ok(st) => {
+                    stats.push(t.elapsed());
+                    if st != "running" {
+                        errors.add(format!("GET /v1/vms/{{id}}: status {st}, expected running"));
+                    }
+                }
+                Err(e) => errors.add(e),
+            }
+        }
+    }
+    (stats, errors)
+}
+
+struct Concurrent {
+    post: Stats,
+    /// When each accepted POST completed, since the phase started.
+    done_at: Vec<Duration>,
+    accepted: usize,
+    accepted_pending: usize,
+    wall: Duration,
+    errors: Errors,
+}
+
+async fn vmplane_concurrent(api: Arc<Api>, concurrency: usize, count: usize, limit: Duration) -> Result<Concurrent> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + limit;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (api, next) = (api.clone(), next.clone());
+            tokio::spawn(async move {
+                let (mut stats, mut errors, mut pending, mut done) = (Stats::default(), Errors::default(), 0, Vec::new());
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        errors.add("vmplane concurrent: phase time limit reached");
+                        break;
+                    }
+                    let t = Instant::now();
+                    match api.create(&format!("tp-{i}")).await {
+                        Ok(a) => {
+                            stats.push(t.elapsed());
+                            done.push(started.elapsed());
+                            pending += usize::from(a.op_status == "pending");
+                        }
+                        Err(e) => errors.add(e),
+                    }
+                }
+                (stats, errors, pending, done)
+            })
+        })
+        .collect();
+    let mut out = Concurrent { post: Stats::default(), done_at: Vec::new(), accepted: 0, accepted_pending: 0, wall: Duration::ZERO, errors: Errors::default() };
+    for t in tasks {
+        let (s, e, p, d) = t.await?;
+        out.post.extend(s);
+        out.done_at.extend(d);
+        out.errors.merge(e);
+        out.accepted_pending += p;
+    }
+    out.wall = started.elapsed();
+    out.accepted = out.post.samples.len();
+    out.done_at.sort_unstable();
+    Ok(out)
+}
+
+/// Until `expected` VMs are running (or some failed): the time since `since`.
+async fn drain(api: &Api, expected: u64, since: Instant, limit: Duration) -> Result<(Option<Duration>, u64, u64)> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let running = api.count("running").await?;
+        let failed = api.count("failed").await?;
+        if running + failed >= expected {
+            return Ok((Some(since.elapsed()), running, failed));
+        }
+        if Instant::now() > deadline {
+            return Ok((None, running, failed));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------- the run
+
+async fn run(args: Args) -> Result<bool> {
+    ensure!(
+        args.vms > 0 && args.concurrency > 0 && args.throughput_count > 0 && args.raw_count > 0 && args.raw_throughput_count > 0,
+        "counts must be positive"
+    );
+    let total_vms = args.warmup + args.vms + args.throughput_count;
+    ensure!(
+        total_vms < SIM_PORTS,
+        "this run would create {total_vms} VMs; the sim driver has {SIM_PORTS} host ports, so keep --warmup + --vms + --throughput-count below that"
+    );
+    let limit = Duration::from_secs(args.phase_timeout_secs);
+
+    let nats_version =
+        Command::new(&args.nats_server).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    let mut cluster = start(&args).await?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).tcp_nodelay(true).pool_max_idle_per_host(args.concurrency + 4).build()?;
+    let host = wait_vmplane(&mut cluster, &http).await?;
+    let payload = Bytes::from(representative_command()?);
+    let post_body_len = serde_json::to_vec(&json!({"name": "seq-123"}))?.len();
+    eprintln!(
+        "vmplane-bench: nats-server at {}, gateway at {}, host {host} online; {} (payload {} B)",
+        cluster.nats_url,
+        cluster.base,
+        nats_version,
+        payload.len()
+    );
+
+    // Raw JetStream first, while vmplane idles (only heartbeats).
+    let js = raw_setup(&cluster.nats_url).await?;
+    eprintln!("vmplane-bench: raw JetStream, {} sequential publishes", args.raw_count);
+    let (raw_seq, raw_seq_err) = raw_sequential(&js, &payload, args.warmup, args.raw_count, limit).await?;
+    eprintln!("vmplane-bench: raw JetStream, {} publishes by {} tasks", args.raw_throughput_count, args.concurrency);
+    let (raw_conc, raw_conc_err, raw_wall, raw_ok) = raw_concurrent(&js, &payload, args.concurrency, args.raw_throughput_count, limit).await?;
+    cluster.check_alive()?;
+
+    let api = Arc::new(Api { http: http.clone(), base: cluster.base.clone(), token: cluster.admin_token.clone() });
+    eprintln!("vmplane-bench: vmplane, {} VMs one after another ({} warm-up)", args.vms, args.warmup);
+    let seq = vmplane_sequential(&api, args.warmup, args.vms, limit).await;
+    cluster.check_alive()?;
+    eprintln!("vmplane-bench: vmplane, {} x GET /v1/vms/{{id}}", seq.vms.len() * args.get_rounds);
+    let (gets, get_err) = vmplane_gets(&api, &seq.vms, args.get_rounds, limit).await;
+    cluster.check_alive()?;
+    let before = api.count("running").await? + api.count("failed").await?;
+    eprintln!("vmplane-bench: vmplane, {} POSTs by {} clients", args.throughput_count, args.concurrency);
+    let conc_started = Instant::now();
+    let conc = vmplane_concurrent(api.clone(), args.concurrency, args.throughput_count, limit).await?;
+    let (drained, running, failed) = drain(&api, before + conc.accepted as u64, conc_started, limit).await?;
+    cluster.check_alive()?;
+
+    // ------------------------------------------------ report
+    let raw_rate = raw_ok as f64 / raw_wall.as_secs_f64();
+    let vmp_rate = conc.accepted as f64 / conc.wall.as_secs_f64();
+    let mut o = String::new();
+    let c = args.concurrency;
+    writeln!(o)?;
+    writeln!(
+        o,
+        "vmplane-bench: N={} sequential VMs, C={c}, {} POSTs / {} raw publishes in the throughput phases, sim delays {}/{} ms, worker parallelism {}, accept wait {}",
+        args.vms,
+        args.throughput_count,
+        args.raw_throughput_count,
+        args.sim_boot_delay_ms,
+        args.sim_ready_delay_ms,
+        args.worker_parallelism,
+        args.accept_wait_ms.map_or_else(|| "default (2000 ms)".to_owned(), |ms| format!("{ms} ms"))
+    )?;
+    writeln!(o, "payload: raw publish = encoded CommandEnvelope(Create) = {} B; the POST body is {post_body_len} B of JSON", payload.len())?;
+    writeln!(o)?;
+    writeln!(o, "{:<52} {:>6} {:>9} {:>9} {:>9} {:>9}", "latency (ms)", "count", "mean", "p50", "p99", "max")?;
+    let row = |o: &mut String, label: &str, s: &Stats| -> std::fmt::Result {
+        let sorted = s.sorted();
+        writeln!(
+            o,
+            "{:<52} {:>6} {:>9} {:>9} {:>9} {:>9}",
+            label,
+            sorted.len(),
+            ms(s.mean()),
+            ms(Stats::pct(&sorted, 50.0)),
+            ms(Stats::pct(&sorted, 99.0)),
+            ms(sorted.last().copied().unwrap_or_default())
+        )
+    };
+    row(&mut o, "raw JetStream publish+ack, sequential", &raw_seq)?;
+    row(&mut o, "vmplane POST /v1/vms -> 202, sequential", &seq.post)?;
+    row(&mut o, "vmplane POST sent -> op succeeded (VM running)", &seq.running)?;
+    row(&mut o, "vmplane GET /v1/vms/{id}", &gets)?;
+    row(&mut o, &format!("raw JetStream publish+ack, {c} concurrent"), &raw_conc)?;
+    row(&mut o, &format!("vmplane POST /v1/vms -> 202, {c} concurrent"), &conc.post)?;
+    writeln!(o)?;
+    writeln!(o, "{:<52} {:>6} {:>9} {:>11}", &format!("throughput (C={c})"), "count", "wall s", "per second")?;
+    writeln!(o, "{:<52} {:>6} {:>9.3} {:>11.1}", "raw JetStream publish+ack", raw_ok, raw_wall.as_secs_f64(), raw_rate)?;
+    writeln!(o, "{:<52} {:>6} {:>9.3} {:>11.1}", "vmplane POST /v1/vms accepted (202)", conc.accepted, conc.wall.as_secs_f64(), vmp_rate)?;
+    match drained {
+        Some(d) => writeln!(
+            o,
+            "{:<52} {:>6} {:>9.3} {:>11.1}",
+            "vmplane same VMs: first POST -> all running",
+            conc.accepted,
+            d.as_secs_f64(),
+            conc.accepted as f64 / d.as_secs_f64()
+        )?,
+        None => writeln!(o, "{:<52} {:>6} {:>9} {:>11}", "vmplane same VMs: first POST -> all running", conc.accepted, "TIMEOUT", "-")?,
+    }
+    writeln!(o)?;
+    writeln!(o, "ratios")?;
+    writeln!(o, "  vmplane POST p50 / raw publish p50 (sequential)      {:>8.1}x", seq.post.p50().as_secs_f64() / raw_seq.p50().as_secs_f64())?;
+    writeln!(o, "  vmplane command->running p50 / raw publish p50       {:>8.1}x", seq.running.p50().as_secs_f64() / raw_seq.p50().as_secs_f64())?;
+    writeln!(o, "  vmplane accepted/s / raw publishes/s (C={c})          {:>8.3}  (raw is {:.1}x)", vmp_rate / raw_rate, raw_rate / vmp_rate)?;
+    writeln!(o)?;
+    writeln!(o, "drift (first tenth -> last tenth of a phase; latencies are p50)")?;
+    for (label, s) in [("POST -> 202", &seq.post), ("POST -> running", &seq.running)] {
+        if let Some((first, last)) = s.drift() {
+            writeln!(o, "  {label:<20} {} ms -> {} ms", ms(first), ms(last))?;
+        }
+    }
+    let n = conc.done_at.len() / 10;
+    if n >= 3 {
+        let first = n as f64 / conc.done_at[n - 1].as_secs_f64();
+        let last = n as f64 / (conc.wall - conc.done_at[conc.done_at.len() - n - 1]).as_secs_f64();
+        writeln!(o, "  accepted/s, C={c:<9}  {first:.1}/s over the first {n} POSTs -> {last:.1}/s over the last {n}")?;
+    }
+    writeln!(o, "  VMs at the end: {running} running, {failed} failed")?;
+    if seq.accepted_pending + conc.accepted_pending > 0 {
+        let why = if args.accept_wait_ms == Some(0) { "accept wait is off" } else { "accept wait ran out" };
+        writeln!(o, "  202s whose operation was still pending ({why}): {} sequential, {} concurrent", seq.accepted_pending, conc.accepted_pending)?;
+    }
+
+    let mut errors = Errors::default();
+    for e in [raw_seq_err, raw_conc_err, seq.errors, get_err, conc.errors] {
+        errors.merge(e);
+    }
+    if failed > 0 {
+        errors.add(format!("{failed} VMs failed"));
+    }
+    if drained.is_none() {
+        errors.add("the concurrent phase's VMs were not all running within the phase time limit");
+    }
+    writeln!(o)?;
+    if errors.total() == 0 {
+        writeln!(o, "errors: none (no non-2xx, no timeouts)")?;
+    } else {
+        writeln!(o, "ERRORS:")?;
+        for (k, v) in &errors.0 {
+            writeln!(o, "  {v:>6}  {k}")?;
+        }
+    }
+    print!("{o}");
+
+    drop(api);
+    drop(http);
+    cluster.stop();
+    eprintln!("vmplane-bench: stopped nats-server, gateway and worker");
+    Ok(errors.total() == 0)
+}

@@ -23,13 +23,19 @@ pub struct Submission {
 pub async fn submit(state: &AppState, who: &Principal, sub: Submission) -> ApiResult<Operation> {
     let op = OpId::new();
     let now = OffsetDateTime::now_utc();
+    // The operation belongs to the org its events will name (a tenancy
+    // command's target org), so a projection rebuilt from the stream agrees.
+    let org = match &sub.command {
+        Command::Tenancy { command } => command.org(),
+        _ => who.org,
+    };
     let env = CommandEnvelope { op, org: who.org, project: sub.project, actor: who.actor.to_string(), issued_at: now, command: sub.command };
     let pending = Operation {
         id: op,
         status: OpStatus::Pending,
         kind: Some(sub.kind.to_owned()),
         target_id: sub.target_id,
-        org_id: who.org,
+        org_id: org,
         error: None,
         created_at: now,
         updated_at: now,
@@ -53,7 +59,7 @@ pub async fn wait_for(state: &AppState, op: OpId, max: Duration, done: impl Fn(&
     let deadline = tokio::time::Instant::now() + max;
     loop {
         let current = state.proj.operation(op)?;
-        if current.as_ref().is_some_and(&done) {
+        if current.as_ref().is_some_and(&done) || tokio::time::Instant::now() >= deadline {
             return Ok(current);
         }
         if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {

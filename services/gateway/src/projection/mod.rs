@@ -19,6 +19,7 @@ use futures::StreamExt;
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
 use vmplane_bus::Bus;
@@ -98,13 +99,28 @@ impl Projections {
     }
 
     async fn follow_once(&self, bus: &Bus) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let stats = bus.client.statistics();
+        let connects = stats.connects.load(Ordering::Relaxed);
         let mut messages = ordered_events(bus, subjects::EVENTS_ALL.into(), self.applied() + 1).await?;
-        while let Some(msg) = messages.next().await {
-            let msg = msg?;
-            let seq = msg.info()?.stream_sequence;
-            self.apply(seq, &msg.payload)?;
+        // The ordered consumer is ephemeral: a restarted NATS server has lost
+        // it, and the client library takes ~15 s to say so, during which no
+        // event is projected. Re-attach as soon as the client has reconnected.
+        let mut check = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                msg = messages.next() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    let msg = msg?;
+                    let seq = msg.info()?.stream_sequence;
+                    self.apply(seq, &msg.payload)?;
+                }
+                _ = check.tick() => {
+                    if stats.connects.load(Ordering::Relaxed) != connects {
+                        return Err("reconnected to NATS".into());
+                    }
+                }
+            }
         }
-        Ok(())
     }
 
     /// Replay the stream until the projection holds every event that existed

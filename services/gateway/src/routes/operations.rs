@@ -38,7 +38,7 @@ async fn get_operation(State(state): State<AppState>, who: Principal, PathId(id)
         return Err(ApiError::BadRequest("invalid_query", format!("wait must be at most {MAX_WAIT_SECS} seconds")));
     }
     let not_found = || ApiError::NotFound(format!("operation {id}"));
-    state.proj.operation(id)?.filter(|o| o.org_id == who.org).ok_or_else(not_found)?;
+    state.proj.operation(id)?.filter(|o| who.sees_all_orgs() || o.org_id == who.org).ok_or_else(not_found)?;
     let op = wait_for(&state, id, Duration::from_secs(wait), |o| o.status.is_terminal()).await?;
     op.map(axum::Json).ok_or_else(not_found)
 }

@@ -8,6 +8,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::PathId;
 use crate::routes::vms::visible_vm;
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
@@ -40,11 +41,18 @@ struct OpenReply {
 /// are keystrokes, binary frames from the server are console output.
 #[utoipa::path(get, path = "/v1/vms/{id}/terminal", tag = "vms", params(("id" = String, Path, description = "VM id")),
     responses((status = 101, description = "WebSocket to the serial console"), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn terminal(State(state): State<AppState>, who: Principal, PathId(id): PathId<VmId>, ws: WebSocketUpgrade) -> ApiResult<Response> {
+async fn terminal(
+    State(state): State<AppState>,
+    who: Principal,
+    PathId(id): PathId<VmId>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
     let vm = visible_vm(&state, &who, id)?;
     if vm.status != VmStatus::Running {
         return Err(ApiError::Conflict("invalid_state", format!("the terminal needs a running vm; this one is {}", vm.status.as_str())));
     }
+    // In the API's error format, not axum's plain-text rejection.
+    let ws = ws.map_err(|r| ApiError::BadRequest("websocket_required", format!("this route is a WebSocket; {}", r.body_text())))?;
     state.bus.ensure_connected()?;
     let session = format!("{}", vmplane_domain::OpId::new()).replace("op_", "term_");
     let req = serde_json::to_vec(&OpenRequest { vm: vm.id, session: &session }).expect("request encodes");

@@ -14,7 +14,7 @@
 use super::{Driver, DriverError};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -58,13 +58,23 @@ pub struct SimDriver {
     cfg: SimConfig,
     /// Serialises read-modify-write of guest files and the port allocator.
     lock: Mutex<()>,
+    /// Host ports per guest, loaded once at start and kept in step with the files.
+    ports: Mutex<HashMap<VmId, Vec<u16>>>,
 }
 
 impl SimDriver {
     /// A driver keeping its guests under `cfg.dir`.
     pub fn new(cfg: SimConfig) -> std::io::Result<Self> {
         std::fs::create_dir_all(&cfg.dir)?;
-        Ok(Self { cfg, lock: Mutex::new(()) })
+        let mut ports = HashMap::new();
+        for entry in std::fs::read_dir(&cfg.dir)?.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse::<VmId>().ok()) else { continue };
+            if let Some(g) = std::fs::read(entry.path()).ok().and_then(|b| serde_json::from_slice::<SimGuest>(&b).ok()) {
+                ports.insert(id, g.host_ports);
+            }
+        }
+        Ok(Self { cfg, lock: Mutex::new(()), ports: Mutex::new(ports) })
     }
 
     /// Where a guest's state lives; tests read it to count boots.
@@ -102,19 +112,6 @@ impl SimDriver {
         self.write(vm.id, &guest)?;
         Ok(out)
     }
-
-    fn ports_in_use(&self, except: VmId) -> Result<BTreeSet<u16>, DriverError> {
-        let mut used = BTreeSet::new();
-        let entries = std::fs::read_dir(&self.cfg.dir).map_err(|e| DriverError::Retryable(e.to_string()))?;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse::<VmId>().ok()) else { continue };
-            if id != except {
-                used.extend(self.read(id)?.map(|g| g.host_ports).unwrap_or_default());
-            }
-        }
-        Ok(used)
-    }
 }
 
 #[async_trait]
@@ -124,15 +121,12 @@ impl Driver for SimDriver {
     }
 
     async fn allocate_network(&self, vm: &Vm) -> Result<NetworkRuntime, DriverError> {
-        let used = {
-            let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-            self.ports_in_use(vm.id)?
-        };
+        let mut all = self.ports.lock().unwrap_or_else(|p| p.into_inner());
         let ports = self.update(vm, "network", |g| {
             if !g.host_ports.is_empty() {
                 return Ok(g.host_ports.clone());
             }
-            let mut taken = used.clone();
+            let mut taken: BTreeSet<u16> = all.iter().filter(|(id, _)| **id != vm.id).flat_map(|(_, p)| p.iter().copied()).collect();
             let mut next = self.cfg.port_range.0;
             let mut pick = |wanted: Option<u16>| -> Result<u16, DriverError> {
                 if let Some(p) = wanted {
@@ -154,6 +148,8 @@ impl Driver for SimDriver {
             g.host_ports = ports.clone();
             Ok(ports)
         })?;
+        all.insert(vm.id, ports.clone());
+        drop(all);
         let b = vm.id.0.to_bytes();
         let enabled = vm.spec.network.enabled;
         Ok(NetworkRuntime {
@@ -259,6 +255,7 @@ impl Driver for SimDriver {
 
     async fn destroy(&self, vm: &Vm) -> Result<(), DriverError> {
         self.update(vm, "destroy", |_| Ok(()))?;
+        self.ports.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm.id);
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         match std::fs::remove_file(Self::guest_path(&self.cfg.dir, vm.id)) {
             Ok(()) => Ok(()),

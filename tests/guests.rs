@@ -1,0 +1,430 @@
+//! Real guests: the qemu driver end to end (TCG here, KVM where the host has
+//! a hardware KVM module), through the real gateway, worker and NATS, with
+//! the `debian-minimal` image built from Debian packages on first use.
+//!
+//! These tests need qemu-system-x86_64, qemu-img, mke2fs, ssh and root (the
+//! image build installs its packages); `./scripts/test` installs them. Where
+//! qemu is missing they fail, unless VMPLANE_SKIP_GUEST_TESTS=1, in which
+//! case each prints why it skipped: never silently.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// TCG boots take seconds each, more when tests run side by side.
+const BOOT: Duration = Duration::from_secs(240);
+
+fn skip_reason() -> Option<String> {
+    let missing: Vec<&str> = ["qemu-system-x86_64", "qemu-img", "ssh", "ssh-keygen"].into_iter().filter(|b| which(b).is_none()).collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let why = format!("missing {}: run ./scripts/test, which installs them", missing.join(", "));
+    assert!(std::env::var_os("VMPLANE_SKIP_GUEST_TESTS").is_some(), "{why} (or set VMPLANE_SKIP_GUEST_TESTS=1 to skip guest tests)");
+    Some(why)
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]).map(|d| d.join(bin)).find(|p| p.is_file()))
+}
+
+macro_rules! guests_or_skip {
+    () => {
+        if let Some(why) = skip_reason() {
+            eprintln!("SKIPPED (guest test): {why}");
+            return;
+        }
+    };
+}
+
+/// nats-server + gateway + a qemu worker, in a temp dir; images are shared
+/// between tests (built once).
+struct GuestStack {
+    worker: Proc,
+    gateway: Proc,
+    /// Held so the server lives as long as the stack.
+    _nats: Nats,
+    admin: Client,
+    data: PathBuf,
+    key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl GuestStack {
+    async fn start() -> Self {
+        let dir = tempfile::Builder::new().prefix("vmplane-g-").tempdir_in("/tmp").expect("temp dir");
+        let root = dir.path().to_owned();
+        let nats = Nats::start_in(&root).await;
+        let data = root.join("d");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let admin_env = vec![("VMPLANE_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned())];
+        let s = |v: &str| v.to_owned();
+        let gw = vec![s("gateway"), s("--nats-url"), nats.url(), s("--data-dir"), data.display().to_string(), s("--listen"), listen.clone()];
+        let gateway = Proc::start("gateway", BIN, gw, admin_env.clone(), root.join("gateway.log"));
+        // A port range of our own, so stacks running side by side do not compete.
+        let first = 30000 + (free_port() % 300) * 100;
+        let wk = vec![
+            s("worker"),
+            s("--nats-url"),
+            nats.url(),
+            s("--data-dir"),
+            data.display().to_string(),
+            s("--driver"),
+            s("qemu"),
+            s("--images-dir"),
+            images_dir().display().to_string(),
+            s("--ready-timeout-secs"),
+            s("200"),
+            s("--stop-timeout-secs"),
+            s("20"),
+            s("--ack-wait-secs"),
+            s("5"),
+            s("--forward-bind"),
+            s("127.0.0.1"),
+            s("--port-range"),
+            format!("{first}-{}", first + 99),
+        ];
+        let worker = Proc::start("worker", BIN, wk, admin_env, root.join("worker.log"));
+        let admin = Client::new(&format!("http://{listen}"), Some(ADMIN_TOKEN)).with_timeout(Duration::from_secs(60));
+        let key = root.join("id_ed25519");
+        let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).output().expect("ssh-keygen");
+        assert!(out.status.success(), "ssh-keygen: {out:?}");
+        let stack = Self { worker, gateway, _nats: nats, admin, data, key, _dir: dir };
+        // The first start builds the image, which takes a while.
+        let c = &stack.admin;
+        wait_for("a qemu host online", BOOT, async || match c.try_get("/v1/hosts").await {
+            Some((200, h)) => h.as_array().and_then(|a| a.iter().find(|h| h["status"] == "online" && h["driver"] == "qemu")).cloned().ok_or_else(|| h.to_string()),
+            other => Err(format!("{other:?}")),
+        })
+        .await;
+        stack
+    }
+
+    fn public_key(&self) -> String {
+        std::fs::read_to_string(self.key.with_extension("pub")).expect("public key").trim().to_owned()
+    }
+
+    /// Create a VM and wait until it runs.
+    async fn running_vm(&self, body: Value) -> Value {
+        let (s, b) = self.admin.post("/v1/vms", &body).await;
+        assert_eq!(s, 202, "{b}");
+        let op = str_of(&b["operation"]["id"]).to_owned();
+        self.wait_op(&op).await;
+        let vm = self.admin.vm(str_of(&b["id"])).await;
+        assert_eq!(vm["status"], "running", "{vm}\n{}", self.worker.log_tail(40));
+        vm
+    }
+
+    /// Wait for an operation to succeed, however long guests take here.
+    async fn wait_op(&self, op: &str) -> Value {
+        let c = &self.admin;
+        let b = wait_for(&format!("operation {op}"), BOOT, async || {
+            let (s, b) = c.get(&format!("/v1/operations/{op}?wait=30")).await;
+            match b["status"].as_str() {
+                Some("succeeded" | "failed") => Ok(b),
+                _ => Err(format!("{s} {b}")),
+            }
+        })
+        .await;
+        assert_eq!(b["status"], "succeeded", "{b}\n{}", self.worker.log_tail(40));
+        b
+    }
+
+    async fn act(&self, vm: &str, action: &str) -> Value {
+        let (s, b) = match action {
+            "delete" => self.admin.delete(&format!("/v1/vms/{vm}")).await,
+            _ => self.admin.post_empty(&format!("/v1/vms/{vm}/{action}")).await,
+        };
+        assert_eq!(s, 202, "{action}: {b}");
+        self.wait_op(str_of(&b["operation"]["id"])).await;
+        self.admin.vm(vm).await
+    }
+
+    /// Run a command in the guest over SSH through its forwarded port.
+    fn ssh(&self, vm: &Value, cmd: &str) -> String {
+        let port = vm["ssh_port"].as_u64().expect("ssh_port").to_string();
+        let mut last = String::new();
+        for _ in 0..20 {
+            let out = Command::new("ssh")
+                .args(["-q", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", "-o", "BatchMode=yes", "-i"])
+                .arg(&self.key)
+                .args(["-p", &port, "root@127.0.0.1", cmd])
+                .output()
+                .expect("running ssh");
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            last = format!("{out:?}");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        panic!("ssh `{cmd}` kept failing: {last}");
+    }
+
+    fn vm_dir(&self, vm: &str) -> PathBuf {
+        self.data.join("worker").join("qemu").join("vms").join(vm)
+    }
+}
+
+impl Drop for GuestStack {
+    /// Guests are daemons that outlive the worker by design: stop this stack's.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}\n{}", self.worker.log_tail(80), self.gateway.log_tail(30));
+        }
+        let marker = self.data.display().to_string();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&marker) && String::from_utf8_lossy(&cmdline).contains("qemu") {
+                let _ = Command::new("kill").arg("-9").arg(e.file_name()).status();
+            }
+        }
+    }
+}
+
+/// Where test images are built once and shared.
+fn images_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("images")
+}
+
+/// How many live qemu processes belong to `vm`.
+fn qemu_processes(vm: &str) -> usize {
+    let needle = format!("vmplane-{vm}");
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z'));
+            !zombie && std::fs::read(e.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })
+        .count()
+}
+
+fn count(events: &[String], ty: &str) -> usize {
+    events.iter().filter(|t| *t == ty).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_runs_user_data_and_is_reachable_by_logs_port_forward_ssh_and_terminal() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    let user_data = "#!/bin/sh\necho hello-from-guest\nmkdir -p /www && echo guest-http-ok > /www/index.html && httpd -p 8000 -h /www\n";
+    let vm = g
+        .running_vm(json!({"name": "g1", "memory_mib": 256, "ssh_keys": [g.public_key()], "user_data": user_data, "port_forwards": [{"guest_port": 8000}]}))
+        .await;
+    let id = str_of(&vm["id"]).to_owned();
+    assert_eq!(vm["ip"], "10.0.2.15");
+    assert!(vm["mac"].is_string());
+
+    // The SSE log stream shows the user-data output.
+    let resp = g.admin.request_untimed(reqwest::Method::GET, &format!("/v1/vms/{id}/logs?follow=true&tail=200")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    let streamed = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(Ok(chunk)) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains("event: log\ndata: hello-from-guest") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(streamed, Ok(true), "{text}");
+    let (s, tail) = g.admin.get(&format!("/v1/vms/{id}/logs?tail=500")).await;
+    assert_eq!(s, 200);
+    let lines: Vec<&str> = tail["lines"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(lines.iter().any(|l| l.starts_with("VMPLANE-READY")), "{lines:?}");
+
+    // The port forward reaches the guest's listener.
+    let port = vm["port_forwards"][0]["host_port"].as_u64().expect("allocated host port");
+    let body = tokio::task::spawn_blocking(move || {
+        let mut last = String::new();
+        for _ in 0..30 {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port as u16)) {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let _ = s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n");
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                if out.contains("guest-http-ok") {
+                    return out;
+                }
+                last = out;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        last
+    })
+    .await
+    .unwrap();
+    assert!(body.contains("guest-http-ok"), "{body}");
+
+    // SSH with the key given at create.
+    assert_eq!(g.ssh(&vm, "echo ssh-$((40+2))").trim(), "ssh-42");
+
+    // The web terminal is the serial console, both directions.
+    let url = format!("{}/v1/vms/{id}/terminal", g.admin.base.replace("http://", "ws://"));
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {ADMIN_TOKEN}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("websocket");
+    // The serial shell starts right after readiness; keystrokes sent before it
+    // reads are lost like on any console, so type again until it answers.
+    let mut out = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            ws.send(tokio_tungstenite::tungstenite::Message::binary(b"\necho term-$((6*7))\n".to_vec())).await.unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await {
+                out.extend_from_slice(&m.into_data());
+                if String::from_utf8_lossy(&out).contains("term-42") {
+                    return true;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(found, Ok(true), "{}", String::from_utf8_lossy(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_attaches_live_detaches_and_carries_data_to_another_guest() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    let key = g.public_key();
+    let a = g.running_vm(json!({"name": "va", "memory_mib": 256, "ssh_keys": [key]})).await;
+    let (s, vol) = g.admin.post("/v1/volumes", &json!({"name": "data", "size_gb": 1})).await;
+    assert_eq!(s, 202, "{vol}");
+    let vol_id = str_of(&vol["id"]).to_owned();
+    g.wait_op(str_of(&vol["operation"]["id"])).await;
+
+    let attach = |vm: &Value| format!("/v1/vms/{}/volumes/{vol_id}", str_of(&vm["id"]));
+    let (s, b) = g.admin.post(&attach(&a), &json!({"mount_path": "/mnt/data"})).await;
+    assert_eq!(s, 202, "{b}");
+    g.wait_op(str_of(&b["operation"]["id"])).await;
+    assert!(g.ssh(&a, "awk '$2 == \"/mnt/data\"' /proc/mounts").contains("/mnt/data"), "not mounted");
+    g.ssh(&a, "echo carried-over > /mnt/data/proof && sync");
+    let (_, v) = g.admin.get(&format!("/v1/volumes/{vol_id}")).await;
+    assert_eq!((v["status"].as_str(), v["vm_id"].as_str()), (Some("in_use"), a["id"].as_str()));
+    let (s, b) = g.admin.delete(&format!("/v1/volumes/{vol_id}")).await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("volume_in_use")), "{b}");
+
+    let (s, b) = g.admin.delete(&attach(&a)).await;
+    assert_eq!(s, 202, "{b}");
+    g.wait_op(str_of(&b["operation"]["id"])).await;
+    assert_eq!(g.ssh(&a, "awk '$2 == \"/mnt/data\"' /proc/mounts | wc -l").trim(), "0", "still mounted after detach");
+
+    let b_vm = g.running_vm(json!({"name": "vb", "memory_mib": 256, "ssh_keys": [g.public_key()]})).await;
+    let (s, b) = g.admin.post(&attach(&b_vm), &json!({"mount_path": "/srv/vol", "readonly": true})).await;
+    assert_eq!(s, 202, "{b}");
+    g.wait_op(str_of(&b["operation"]["id"])).await;
+    assert_eq!(g.ssh(&b_vm, "cat /srv/vol/proof").trim(), "carried-over");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_keeps_memory_and_the_lifecycle_leaves_nothing_behind() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    let vm = g.running_vm(json!({"name": "life", "memory_mib": 256, "ssh_keys": [g.public_key()]})).await;
+    let id = str_of(&vm["id"]).to_owned();
+    g.ssh(&vm, "mkdir -p /mem && mount -t tmpfs tmpfs /mem && echo 424242 > /mem/counter");
+
+    let s = g.act(&id, "standby").await;
+    assert_eq!((s["status"].as_str(), s["has_snapshot"].as_bool()), (Some("standby"), Some(true)));
+    assert_eq!(qemu_processes(&id), 0, "qemu still runs in standby");
+    let r = g.act(&id, "restore").await;
+    assert_eq!((r["status"].as_str(), r["has_snapshot"].as_bool()), (Some("running"), Some(false)));
+    assert_eq!(g.ssh(&r, "cat /mem/counter").trim(), "424242", "the in-memory value did not survive standby");
+
+    assert_eq!(g.act(&id, "stop").await["status"], "stopped");
+    assert_eq!(qemu_processes(&id), 0);
+    let started = g.act(&id, "start").await;
+    assert_eq!(started["status"], "running");
+    assert_eq!(g.ssh(&started, "cat /mem/counter 2>/dev/null || echo gone").trim(), "gone", "a cold boot must not keep memory");
+    assert_eq!(g.act(&id, "restart").await["status"], "running");
+    assert_eq!(qemu_processes(&id), 1);
+
+    let dir = g.vm_dir(&id);
+    assert!(dir.join("root.qcow2").exists());
+    assert_eq!(g.act(&id, "delete").await["status"], "deleted");
+    assert_eq!(qemu_processes(&id), 0, "qemu left behind");
+    assert!(!dir.exists(), "{} left behind (socket, disk)", dir.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_adopts_its_running_guests_without_duplicates() {
+    guests_or_skip!();
+    let mut g = GuestStack::start().await;
+    let one = g.running_vm(json!({"name": "one", "memory_mib": 256, "ssh_keys": [g.public_key()]})).await;
+    let two = g.running_vm(json!({"name": "two", "memory_mib": 256})).await;
+    let ids = [str_of(&one["id"]).to_owned(), str_of(&two["id"]).to_owned()];
+
+    g.worker.kill9();
+    for id in &ids {
+        assert_eq!(qemu_processes(id), 1, "guests must outlive the worker");
+    }
+    g.worker.respawn();
+    let c = &g.admin;
+    wait_for("the host back online", BOOT, async || match c.try_get("/v1/hosts").await {
+        Some((200, h)) if h[0]["status"] == "online" => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .await;
+    // The adopted guests are still controlled: stop one, use the other.
+    assert_eq!(g.act(&ids[1], "stop").await["status"], "stopped");
+    assert_eq!(g.ssh(&one, "echo alive").trim(), "alive");
+    assert_eq!(qemu_processes(&ids[0]), 1, "no duplicate qemu");
+    assert_eq!(qemu_processes(&ids[1]), 0);
+    for id in &ids {
+        let events = g.admin.event_types(id).await;
+        assert_eq!(count(&events, "booted"), 1, "{id}: {events:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_on_the_driver_path_is_refused_or_fails_cleanly() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    let c = &g.admin;
+    let (s, b) = c.post("/v1/vms", &json!({"name": "huge", "vcpus": 200})).await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("insufficient_capacity")), "{b}");
+    let (s, b) = c.post("/v1/vms", &json!({"name": "huge", "memory_mib": 4 * 1024 * 1024})).await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("insufficient_capacity")), "{b}");
+    let (s, b) = c.post("/v1/vms", &json!({"name": "nope", "image": "no-such-image"})).await;
+    assert_eq!((s, b["code"].as_str()), (422, Some("unknown_image")), "{b}");
+    assert_eq!(c.vm_total("").await, 0, "refused requests created nothing");
+
+    // A host port another VM forwards: 409 before anything runs.
+    let port = free_port();
+    let first = c.create_vm(json!({"name": "p1", "memory_mib": 256, "port_forwards": [{"guest_port": 80, "host_port": port}]})).await;
+    let (s, b) = c.post("/v1/vms", &json!({"name": "p2", "port_forwards": [{"guest_port": 80, "host_port": port}]})).await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("port_conflict")), "{b}");
+    g.wait_op(str_of(&first["operation"]["id"])).await;
+
+    // A host port some other program holds: the VM fails with the reason, and nothing is left running.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = holder.local_addr().unwrap().port();
+    let vm = c.create_vm(json!({"name": "p3", "port_forwards": [{"guest_port": 80, "host_port": held}]})).await;
+    let id = str_of(&vm["id"]).to_owned();
+    let op = wait_for("the operation to fail", BOOT, async || {
+        let (_, b) = c.get(&format!("/v1/operations/{}?wait=30", str_of(&vm["operation"]["id"]))).await;
+        if b["status"] == "failed" { Ok(b) } else { Err(b.to_string()) }
+    })
+    .await;
+    let failed = c.vm(&id).await;
+    assert_eq!(failed["status"], "failed");
+    assert!(str_of(&failed["message"]).contains(&format!("host port {held} is already in use")), "{failed}\n{op}");
+    assert_eq!(qemu_processes(&id), 0);
+    drop(holder);
+    assert_eq!(g.act(&id, "delete").await["status"], "deleted");
+    assert!(!Path::new(&g.vm_dir(&id)).exists());
+}
