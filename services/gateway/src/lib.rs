@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod limiter;
+pub mod placement;
 pub mod projection;
 pub mod routes;
 pub mod schemas;

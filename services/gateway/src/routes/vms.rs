@@ -6,6 +6,7 @@ use crate::commands::{Submission, submit};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, PathId, Query};
 use crate::projection::operations::Operation;
+use crate::placement::{Unfit, place};
 use crate::projection::vms::VmFilter;
 use crate::routes::events::EventView;
 use crate::routes::pagination::{Page, PageQuery};
@@ -16,7 +17,6 @@ use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
-use vmplane_domain::host::Resources;
 use vmplane_domain::spec::{DataDisk, ExposedPort, GpuSpec, NetworkSpec, PortForward, VmSpec, VolumeMount};
 use vmplane_domain::vm::{DiskInfo, ResolvedPortForward, Vm, VmCommand, VmStatus, decide, evolve};
 use vmplane_domain::{Command, HostId, ImageId, ProjectId, VmId, VolumeId, subjects};
@@ -243,43 +243,18 @@ pub fn visible_vm(state: &AppState, who: &Principal, id: VmId) -> ApiResult<Vm> 
     state.proj.vm(id)?.filter(|vm| vm.org == who.org).ok_or_else(|| ApiError::NotFound(format!("vm {id}")))
 }
 
-/// Pick the online host with the most free memory that has the image, fits
-/// the spec, and has the requested host ports free.
-fn place(state: &AppState, spec: &VmSpec) -> ApiResult<HostId> {
-    let want = spec.resources();
-    let wants_image = |i: &vmplane_domain::host::ImageInfo| i.name == spec.image || ImageId::for_slug(&i.name).to_string() == spec.image;
-    let mut online = 0;
-    let (mut has_image, mut port_taken) = (false, None);
-    let mut best: Option<(u64, HostId)> = None;
-    for host in state.proj.hosts()? {
-        if !state.proj.heartbeats.is_online(host.id) {
-            continue;
+/// Pick the online host with the most free memory that has the image and
+/// the requested host ports free.
+fn place_vm(state: &AppState, spec: &VmSpec) -> ApiResult<HostId> {
+    let has_image = |i: &vmplane_domain::host::ImageInfo| i.name == spec.image || ImageId::for_slug(&i.name).to_string() == spec.image;
+    let check = |host: &vmplane_domain::host::Host| -> ApiResult<Option<Unfit>> {
+        if !host.info.images.iter().any(has_image) {
+            return Ok(Some(Unfit::NoImage(spec.image.clone())));
         }
-        online += 1;
-        if !host.info.images.iter().any(wants_image) {
-            continue;
-        }
-        has_image = true;
         let in_use = state.proj.host_ports_in_use(host.id)?;
-        if let Some(p) = spec.port_forwards.iter().filter_map(|pf| pf.host_port).find(|p| in_use.contains(p)) {
-            port_taken = Some(p);
-            continue;
-        }
-        let used = state.proj.host_usage(host.id)?;
-        if Resources::fits(&host.info, &used, &want) {
-            let free = host.info.memory_mib.saturating_sub(used.memory_mib);
-            if best.is_none_or(|(f, _)| free > f) {
-                best = Some((free, host.id));
-            }
-        }
-    }
-    match best {
-        Some((_, id)) => Ok(id),
-        None if online == 0 => Err(ApiError::Unavailable("no worker host is online".into())),
-        None if !has_image => Err(ApiError::Unprocessable("unknown_image", format!("no online host has the image `{}`; see GET /v1/images", spec.image))),
-        None if let Some(p) = port_taken => Err(ApiError::Conflict("port_conflict", format!("host port {p} is already forwarded to another vm"))),
-        None => Err(ApiError::Conflict("insufficient_capacity", "no online host has room for this VM".into())),
-    }
+        Ok(spec.port_forwards.iter().filter_map(|pf| pf.host_port).find(|p| in_use.contains(p)).map(Unfit::PortTaken))
+    };
+    place(state, &spec.resources(), check, |host, used| host.info.memory_mib.saturating_sub(used.memory_mib))
 }
 
 /// Create a VM: 202 with the VM (`pending`) and its operation.
@@ -296,7 +271,7 @@ async fn create_vm(State(state): State<AppState>, who: Principal, Json(req): Jso
     }
     let id = VmId::new();
     let project = who.project_or_default();
-    let host = place(&state, &spec)?;
+    let host = place_vm(&state, &spec)?;
     let command = VmCommand::Create { spec: Box::new(spec), host };
     accept(&state, &who, None, id, project, host, command).await
 }

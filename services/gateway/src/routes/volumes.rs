@@ -6,6 +6,7 @@ use crate::auth::Principal;
 use crate::commands::{Submission, submit};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path, PathId, Query};
+use crate::placement::place;
 use crate::projection::operations::Operation;
 use crate::routes::pagination::{Page, PageQuery};
 use crate::routes::vms::{VmAccepted, act, visible_vm};
@@ -119,26 +120,7 @@ fn volume_error(e: volume::VolumeError) -> ApiError {
 async fn create_volume(State(state): State<AppState>, who: Principal, Json(spec): Json<VolumeSpec>) -> ApiResult<(StatusCode, axum::Json<VolumeAccepted>)> {
     spec.validate()?;
     let want = Resources { disk_gb: u64::from(spec.size_gb), ..Resources::default() };
-    let mut best: Option<(u64, HostId)> = None;
-    let mut online = false;
-    for host in state.proj.hosts()? {
-        if !state.proj.heartbeats.is_online(host.id) {
-            continue;
-        }
-        online = true;
-        let used = state.proj.host_usage(host.id)?;
-        if Resources::fits(&host.info, &used, &want) {
-            let free = host.info.disk_gb.saturating_sub(used.disk_gb);
-            if best.is_none_or(|(f, _)| free > f) {
-                best = Some((free, host.id));
-            }
-        }
-    }
-    let host = match best {
-        Some((_, h)) => h,
-        None if !online => return Err(ApiError::Unavailable("no worker host is online".into())),
-        None => return Err(ApiError::Conflict("insufficient_capacity", "no online host has room for this volume".into())),
-    };
+    let host = place(&state, &want, |_| Ok(None), |host, used| host.info.disk_gb.saturating_sub(used.disk_gb))?;
     let id = VolumeId::new();
     let project = who.project_or_default();
     let command = VolumeCommand::Create { spec, host };
