@@ -213,12 +213,12 @@ fn count(events: &[String], ty: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guest_runs_user_data_and_is_reachable_by_logs_port_forward_ssh_and_terminal() {
+async fn guest_runs_user_data_is_reachable_and_takes_hot_plugged_memory() {
     guests_or_skip!();
     let g = GuestStack::start().await;
     let user_data = "#!/bin/sh\necho hello-from-guest\nmkdir -p /www && echo guest-http-ok > /www/index.html && httpd -p 8000 -h /www\n";
     let vm = g
-        .running_vm(json!({"name": "g1", "memory_mib": 256, "ssh_keys": [g.public_key()], "user_data": user_data, "port_forwards": [{"guest_port": 8000}]}))
+        .running_vm(json!({"name": "g1", "memory_mib": 256, "hotplug_memory_mib": 256, "ssh_keys": [g.public_key()], "user_data": user_data, "port_forwards": [{"guest_port": 8000}]}))
         .await;
     let id = str_of(&vm["id"]).to_owned();
     assert_eq!(vm["ip"], "10.0.2.15");
@@ -294,6 +294,22 @@ async fn guest_runs_user_data_and_is_reachable_by_logs_port_forward_ssh_and_term
     })
     .await;
     assert_eq!(found, Ok(true), "{}", String::from_utf8_lossy(&out));
+
+    // Memory hot-plug within the reserve: the guest sees it online.
+    let mem_total = |vm: &Value| g.ssh(vm, "awk '/MemTotal/ {print $2}' /proc/meminfo").trim().parse::<u64>().expect("MemTotal");
+    let before = mem_total(&vm);
+    let (s, b) = g.admin.post(&format!("/v1/vms/{id}/memory"), &json!({"memory_mib": 384})).await;
+    assert_eq!(s, 202, "{b}");
+    g.wait_op(str_of(&b["operation"]["id"])).await;
+    assert_eq!(g.admin.vm(&id).await["memory_mib"], 384);
+    let grown = wait_for("the guest to online the new memory", Duration::from_secs(60), async || {
+        let now = mem_total(&vm);
+        if now >= before + 120 * 1024 { Ok(now) } else { Err(format!("{before} -> {now} KiB")) }
+    })
+    .await;
+    assert!(grown > before);
+    let (s, b) = g.admin.post(&format!("/v1/vms/{id}/memory"), &json!({"memory_mib": 1024})).await;
+    assert_eq!((s, b["code"].as_str()), (422, Some("memory_out_of_range")), "{b}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

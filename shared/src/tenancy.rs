@@ -19,6 +19,16 @@ pub enum TenancyCommand {
     CreateApiKey { id: ApiKeyId, org: OrgId, name: String, secret_sha256: String },
 }
 
+impl TenancyCommand {
+    /// The org the command acts on, which its event names.
+    pub fn org(&self) -> OrgId {
+        match self {
+            Self::CreateOrg { id, .. } => *id,
+            Self::CreateProject { org, .. } | Self::CreateApiKey { org, .. } => *org,
+        }
+    }
+}
+
 /// Events of tenancy aggregates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -88,6 +88,7 @@ pub enum OpKind {
     Delete,
     AttachVolume,
     DetachVolume,
+    ResizeMemory,
 }
 
 impl OpKind {
@@ -103,6 +104,7 @@ impl OpKind {
             Self::Delete => "delete",
             Self::AttachVolume => "attach_volume",
             Self::DetachVolume => "detach_volume",
+            Self::ResizeMemory => "resize_memory",
         }
     }
 }
@@ -122,6 +124,9 @@ pub enum VmCommand {
     AttachVolume { mount: VolumeMount },
     /// Unmount and unplug a volume.
     DetachVolume { volume: VolumeId },
+    /// Grow a running VM's memory to `memory_mib` by hot-plugging memory,
+    /// within the `hotplug_memory_mib` its spec reserved.
+    ResizeMemory { memory_mib: u64 },
 }
 
 impl VmCommand {
@@ -137,6 +142,7 @@ impl VmCommand {
             Self::Delete => OpKind::Delete,
             Self::AttachVolume { .. } => OpKind::AttachVolume,
             Self::DetachVolume { .. } => OpKind::DetachVolume,
+            Self::ResizeMemory { .. } => OpKind::ResizeMemory,
         }
     }
 }
@@ -215,6 +221,9 @@ pub enum VmEvent {
     VolumeAttached { mount: VolumeMount },
     VolumeDetachRequested { volume: VolumeId },
     VolumeDetached { volume: VolumeId },
+    MemoryResizeRequested { memory_mib: u64 },
+    /// Memory was hot-plugged; the VM now has `memory_mib` in all.
+    MemoryResized { memory_mib: u64 },
     /// The operation that the envelope names ended.
     OperationFinished { outcome: Outcome },
 }
@@ -245,6 +254,8 @@ impl VmEvent {
             Self::VolumeAttached { .. } => "vm_volume_attached",
             Self::VolumeDetachRequested { .. } => "volume_detach_requested",
             Self::VolumeDetached { .. } => "vm_volume_detached",
+            Self::MemoryResizeRequested { .. } => "memory_resize_requested",
+            Self::MemoryResized { .. } => "memory_resized",
             Self::OperationFinished { .. } => "operation_finished",
         }
     }
@@ -256,6 +267,10 @@ pub struct PendingOp {
     pub id: OpId,
     pub kind: OpKind,
 }
+
+/// Memory is hot-plugged in whole Linux memory blocks (128 MiB on x86_64),
+/// so every plugged MiB can be onlined by the guest.
+pub const MEMORY_BLOCK_MIB: u64 = 128;
 
 /// How many finished operation ids a VM remembers, so a command redelivered
 /// after its operation finished is recognised and not run twice.
@@ -286,6 +301,12 @@ pub struct Vm {
     /// The volume a detach operation is unplugging.
     #[serde(default)]
     pub detaching: Option<VolumeId>,
+    /// Memory hot-plugged since the last cold boot, in MiB.
+    #[serde(default)]
+    pub plugged_memory_mib: u64,
+    /// The total a resize operation is growing memory to.
+    #[serde(default)]
+    pub resizing_to: Option<u64>,
     pub pending_op: Option<PendingOp>,
     pub finished_ops: VecDeque<OpId>,
     #[serde(with = "time::serde::rfc3339")]
@@ -299,6 +320,11 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// Memory the guest has now: the base plus what was hot-plugged.
+    pub fn memory_mib(&self) -> u64 {
+        self.spec.memory_mib + self.plugged_memory_mib
+    }
+
     /// Whether `op` already ran to completion on this VM.
     pub fn has_finished(&self, op: OpId) -> bool {
         self.finished_ops.contains(&op)
@@ -320,6 +346,8 @@ pub enum DecideError {
     VolumeConflict,
     #[error("that volume is not attached to this vm")]
     VolumeNotAttached,
+    #[error("{0}")]
+    MemoryOutOfRange(String),
 }
 
 impl DecideError {
@@ -331,6 +359,7 @@ impl DecideError {
             Self::InvalidState { .. } | Self::Busy(_) => "invalid_state",
             Self::VolumeConflict => "volume_conflict",
             Self::VolumeNotAttached => "volume_not_attached",
+            Self::MemoryOutOfRange(_) => "memory_out_of_range",
         }
     }
 }
@@ -375,6 +404,7 @@ pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmComman
             Running => Ok(vec![VmEvent::RestartRequested]),
             _ => refuse("restart"),
         },
+        VmCommand::Standby if vm.plugged_memory_mib > 0 => Err(DecideError::InvalidState { action: "put on standby (memory was hot-plugged; restart it first)", status: vm.status.as_str() }),
         VmCommand::Standby => match vm.status {
             Standby => noop(),
             Running => Ok(vec![VmEvent::StandbyRequested]),
@@ -400,6 +430,21 @@ pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmComman
             }
             _ => refuse("attach a volume to"),
         },
+        VmCommand::ResizeMemory { memory_mib } => {
+            let (current, max) = (vm.memory_mib(), vm.spec.memory_mib + vm.spec.hotplug_memory_mib);
+            match vm.status {
+                Running if *memory_mib == current => noop(),
+                Running if *memory_mib < current => Err(DecideError::MemoryOutOfRange(format!("memory can only grow (now {current} MiB)"))),
+                Running if *memory_mib > max => {
+                    Err(DecideError::MemoryOutOfRange(format!("at most {max} MiB: memory_mib plus the hotplug_memory_mib reserved at create")))
+                }
+                Running if (*memory_mib - current) % MEMORY_BLOCK_MIB != 0 => {
+                    Err(DecideError::MemoryOutOfRange(format!("memory grows in steps of {MEMORY_BLOCK_MIB} MiB (now {current} MiB)")))
+                }
+                Running => Ok(vec![VmEvent::MemoryResizeRequested { memory_mib: *memory_mib }]),
+                _ => refuse("resize the memory of"),
+            }
+        }
         VmCommand::DetachVolume { volume } => match vm.status {
             Running | Stopped if vm.volumes.iter().any(|v| v.volume_id == *volume) => Ok(vec![VmEvent::VolumeDetachRequested { volume: *volume }]),
             Running | Stopped => Err(DecideError::VolumeNotAttached),
@@ -432,6 +477,8 @@ pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime,
             volumes: Vec::new(),
             attaching: None,
             detaching: None,
+            plugged_memory_mib: 0,
+            resizing_to: None,
             pending_op: op.map(|id| PendingOp { id, kind: OpKind::Create }),
             finished_ops: VecDeque::new(),
             created_at: at,
@@ -454,7 +501,19 @@ pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime,
         VmEvent::ProvisioningStarted => vm.status = Provisioning,
         VmEvent::NetworkAllocated { network } => vm.network = Some(network.clone()),
         VmEvent::DiskPrepared { disk } => vm.root_disk = Some(disk.clone()),
+        VmEvent::MemoryResizeRequested { memory_mib } => {
+            if let Some(id) = op {
+                vm.pending_op = Some(PendingOp { id, kind: OpKind::ResizeMemory });
+            }
+            vm.resizing_to = Some(*memory_mib);
+        }
+        VmEvent::MemoryResized { memory_mib } => {
+            vm.plugged_memory_mib = memory_mib.saturating_sub(vm.spec.memory_mib);
+            vm.resizing_to = None;
+        }
         VmEvent::Booted => {
+            // A cold boot starts from the base memory again.
+            vm.plugged_memory_mib = 0;
             vm.booted = true;
             vm.status = Starting;
         }
@@ -527,6 +586,7 @@ pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime,
             vm.detaching = None;
         }
         VmEvent::OperationFinished { .. } => {
+            vm.resizing_to = None;
             vm.attaching = None;
             vm.detaching = None;
             if let Some(op) = op {
@@ -564,6 +624,8 @@ pub enum Step {
     Destroy,
     /// Plug in (and mount) a volume.
     AttachVolume(VolumeMount),
+    /// Hot-plug memory so the VM has this many MiB in all.
+    PlugMemory(u64),
     /// Unmount and unplug a volume.
     DetachVolume(VolumeId),
     /// Nothing left to do: finish the operation.
@@ -586,6 +648,7 @@ impl Step {
             Self::Destroy => "destroy",
             Self::AttachVolume(_) => "attach_volume",
             Self::DetachVolume(_) => "detach_volume",
+            Self::PlugMemory(_) => "plug_memory",
             Self::Finish(_) => "finish",
         }
     }
@@ -593,7 +656,7 @@ impl Step {
     /// Whether the VM itself fails when this step fails. Volume steps only
     /// fail their operation: the guest is as it was.
     pub fn failure_fails_vm(&self) -> bool {
-        !matches!(self, Self::AttachVolume(_) | Self::DetachVolume(_))
+        !matches!(self, Self::AttachVolume(_) | Self::DetachVolume(_) | Self::PlugMemory(_))
     }
 }
 
@@ -630,6 +693,10 @@ pub fn next_step(vm: &Vm) -> Option<Step> {
             Some(mount) => Step::AttachVolume(mount.clone()),
             None => Step::Finish(Outcome::Succeeded),
         },
+        (OpKind::ResizeMemory, Running) => match vm.resizing_to {
+            Some(total) => Step::PlugMemory(total),
+            None => Step::Finish(Outcome::Succeeded),
+        },
         (OpKind::DetachVolume, Running | Stopped) => match vm.detaching {
             Some(volume) => Step::DetachVolume(volume),
             None => Step::Finish(Outcome::Succeeded),
@@ -659,6 +726,7 @@ pub fn step_event(step: &Step) -> Option<VmEvent> {
         Step::Destroy => VmEvent::Deleted,
         Step::AttachVolume(mount) => VmEvent::VolumeAttached { mount: mount.clone() },
         Step::DetachVolume(volume) => VmEvent::VolumeDetached { volume: *volume },
+        Step::PlugMemory(total) => VmEvent::MemoryResized { memory_mib: *total },
         Step::Finish(outcome) => VmEvent::OperationFinished { outcome: outcome.clone() },
         Step::AllocateNetwork | Step::PrepareDisk => return None,
     })

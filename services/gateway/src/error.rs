@@ -107,6 +107,7 @@ impl From<DecideError> for ApiError {
     fn from(e: DecideError) -> Self {
         match e {
             DecideError::NotFound => Self::NotFound("vm".into()),
+            DecideError::MemoryOutOfRange(m) => Self::Unprocessable("memory_out_of_range", m),
             other => Self::Conflict(other.code(), other.to_string()),
         }
     }

@@ -172,6 +172,7 @@ impl Executor {
                 }
             }
             Step::AttachVolume(mount) => self.attach_volume(vm, mount).await?,
+            Step::PlugMemory(total) => d.plug_memory(vm, *total).await?,
             Step::DetachVolume(volume) => {
                 if let Some(mount) = vm.volumes.iter().find(|m| m.volume_id == *volume) {
                     d.detach_volume(vm, mount).await?;

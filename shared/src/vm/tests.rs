@@ -32,8 +32,27 @@ fn run(vm: &mut Option<Vm>, id: VmId, cmd: VmCommand) -> Result<Vec<VmEvent>, De
 fn created() -> (Option<Vm>, VmId) {
     let id = VmId::new();
     let mut vm = None;
-    run(&mut vm, id, VmCommand::Create { spec: Box::new(VmSpec::named("a")), host: HostId::new() }).unwrap();
+    let mut spec = VmSpec::named("a");
+    spec.hotplug_memory_mib = 512;
+    run(&mut vm, id, VmCommand::Create { spec: Box::new(spec), host: HostId::new() }).unwrap();
     (vm, id)
+}
+
+#[test]
+fn memory_grows_within_the_reserve_and_resets_on_cold_boot() {
+    let (mut vm, id) = created();
+    let resize = |m| VmCommand::ResizeMemory { memory_mib: m };
+    assert!(matches!(run(&mut vm, id, resize(2048)), Err(DecideError::MemoryOutOfRange(_))));
+    assert!(matches!(run(&mut vm, id, resize(700)), Err(DecideError::MemoryOutOfRange(_))), "not a whole memory block");
+    assert_eq!(types(&run(&mut vm, id, resize(768)).unwrap()), ["memory_resize_requested", "memory_resized", "operation_finished"]);
+    assert_eq!(vm.as_ref().unwrap().memory_mib(), 768);
+    assert_eq!(types(&run(&mut vm, id, resize(768)).unwrap()), ["operation_finished"]);
+    assert!(matches!(run(&mut vm, id, resize(640)), Err(DecideError::MemoryOutOfRange(_))), "cannot shrink");
+    assert!(matches!(run(&mut vm, id, VmCommand::Standby), Err(DecideError::InvalidState { .. })));
+    run(&mut vm, id, VmCommand::Stop).unwrap();
+    assert!(matches!(run(&mut vm, id, resize(1024)), Err(DecideError::InvalidState { .. })));
+    run(&mut vm, id, VmCommand::Start).unwrap();
+    assert_eq!(vm.as_ref().unwrap().memory_mib(), 512);
 }
 
 fn types(events: &[VmEvent]) -> Vec<&'static str> {
@@ -195,6 +214,7 @@ fn any_command() -> impl Strategy<Value = VmCommand> {
         Just(VmCommand::Delete),
         Just(VmCommand::AttachVolume { mount: test_mount() }),
         Just(VmCommand::DetachVolume { volume: test_mount().volume_id }),
+        Just(VmCommand::ResizeMemory { memory_mib: 768 }),
     ]
 }
 

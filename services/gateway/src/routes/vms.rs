@@ -32,6 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(standby_vm))
         .routes(routes!(restore_vm))
         .routes(routes!(vm_events))
+        .routes(routes!(resize_memory))
 }
 
 /// Request body of `POST /v1/vms`. Only `name` is required.
@@ -123,7 +124,9 @@ pub struct VmView {
     pub message: Option<String>,
     pub image: String,
     pub vcpus: u32,
+    /// Memory now, including what was hot-plugged since the last cold boot.
     pub memory_mib: u64,
+    /// Memory reserved for hot-plug (`POST /v1/vms/{id}/memory`).
     pub hotplug_memory_mib: u64,
     pub disk_gb: u32,
     pub root_volume_id: Option<VolumeId>,
@@ -166,6 +169,7 @@ pub struct VmView {
 
 impl From<Vm> for VmView {
     fn from(vm: Vm) -> Self {
+        let memory_mib = vm.memory_mib();
         let net = vm.network.unwrap_or_default();
         let s = vm.spec;
         let port_forwards = if net.port_forwards.is_empty() {
@@ -186,7 +190,7 @@ impl From<Vm> for VmView {
             message: vm.message,
             image: s.image,
             vcpus: s.vcpus,
-            memory_mib: s.memory_mib,
+            memory_mib,
             hotplug_memory_mib: s.hotplug_memory_mib,
             disk_gb: s.disk_gb,
             root_volume_id: s.root_volume,
@@ -369,6 +373,27 @@ async fn standby_vm(State(state): State<AppState>, who: Principal, PathId(id): P
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn restore_vm(State(state): State<AppState>, who: Principal, PathId(id): PathId<VmId>) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     act(state, who, id, VmCommand::Restore).await
+}
+
+/// `POST /v1/vms/{id}/memory` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeMemoryRequest {
+    /// The memory the running VM should have, in MiB: more than now, in steps
+    /// of 128 MiB, at most `memory_mib` + `hotplug_memory_mib` given at create.
+    pub memory_mib: u64,
+}
+
+/// Hot-plug memory into a running VM.
+#[utoipa::path(post, path = "/v1/vms/{id}/memory", tag = "vms", request_body = ResizeMemoryRequest, params(("id" = String, Path, description = "VM id")),
+    responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn resize_memory(
+    State(state): State<AppState>,
+    who: Principal,
+    PathId(id): PathId<VmId>,
+    Json(req): Json<ResizeMemoryRequest>,
+) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+    act(state, who, id, VmCommand::ResizeMemory { memory_mib: req.memory_mib }).await
 }
 
 /// A VM's history: every event, oldest first.

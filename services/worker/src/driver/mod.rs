@@ -91,4 +91,6 @@ pub trait Driver: Send + Sync + 'static {
     async fn attach_volume(&self, vm: &Vm, location: &str, mount: &VolumeMount) -> Result<(), DriverError>;
     /// Unmount and unplug a volume; already detached is success.
     async fn detach_volume(&self, vm: &Vm, mount: &VolumeMount) -> Result<(), DriverError>;
+    /// Hot-plug memory so the running guest has `total_mib` in all; already there is success.
+    async fn plug_memory(&self, vm: &Vm, total_mib: u64) -> Result<(), DriverError>;
 }

@@ -9,7 +9,7 @@
 //! `sim.fail=<step>` fails that step for good, `sim.fail-once=<step>` fails it
 //! once with a retryable error. Steps: `network`, `disk`, `boot`, `ready`,
 //! `power_off`, `reboot`, `snapshot`, `restore`, `destroy`, `attach_volume`,
-//! `detach_volume`.
+//! `detach_volume`, `plug_memory`.
 
 use super::{Driver, DriverError};
 use async_trait::async_trait;
@@ -51,6 +51,9 @@ pub struct SimGuest {
     /// Attached volume ids.
     #[serde(default)]
     pub volumes: BTreeSet<String>,
+    /// Memory after the last hot-plug (0 = never resized).
+    #[serde(default)]
+    pub memory_mib: u64,
 }
 
 /// See the module docs.
@@ -249,6 +252,13 @@ impl Driver for SimDriver {
     async fn detach_volume(&self, vm: &Vm, mount: &VolumeMount) -> Result<(), DriverError> {
         self.update(vm, "detach_volume", |g| {
             g.volumes.remove(&mount.volume_id.to_string());
+            Ok(())
+        })
+    }
+
+    async fn plug_memory(&self, vm: &Vm, total_mib: u64) -> Result<(), DriverError> {
+        self.update(vm, "plug_memory", |g| {
+            g.memory_mib = total_mib;
             Ok(())
         })
     }

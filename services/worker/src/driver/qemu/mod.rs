@@ -446,6 +446,22 @@ impl Driver for QemuDriver {
         volumes::detach(&dir, mount, running_pid(&dir, vm).is_some()).await
     }
 
+    async fn plug_memory(&self, vm: &Vm, total_mib: u64) -> Result<(), DriverError> {
+        let dir = self.dir(vm.id);
+        if running_pid(&dir, vm).is_none() {
+            return Err(fatal("guest is not running"));
+        }
+        let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
+        let dimms = q.execute("query-memory-devices", None).await.map_err(retry)?;
+        let dimms = dimms.as_array().cloned().unwrap_or_default();
+        let plugged: u64 = dimms.iter().filter_map(|d| d["data"]["size"].as_u64()).sum::<u64>() >> 20;
+        let Some(extra) = total_mib.checked_sub(vm.spec.memory_mib + plugged).filter(|e| *e > 0) else { return Ok(()) };
+        let n = dimms.len();
+        q.execute("object-add", Some(json!({"qom-type": "memory-backend-ram", "id": format!("mem{n}"), "size": extra << 20}))).await.map_err(fatal)?;
+        q.execute("device_add", Some(json!({"driver": "pc-dimm", "id": format!("dimm{n}"), "memdev": format!("mem{n}")}))).await.map_err(fatal)?;
+        Ok(())
+    }
+
     async fn destroy(&self, vm: &Vm) -> Result<(), DriverError> {
         let dir = self.dir(vm.id);
         if dir.path().exists() {

@@ -63,10 +63,7 @@ impl Launch<'_> {
             "-initrd".into(),
             p(&self.image.initrd),
             "-append".into(),
-            match &vm.spec.boot_args {
-                Some(extra) => format!("{} {extra}", self.image.cmdline),
-                None => self.image.cmdline.clone(),
-            },
+            cmdline(&self.image.cmdline, vm),
             "-drive".into(),
             format!("if=none,id=root,file={},format=qcow2,cache=writeback,discard=unmap", p(&d.root_disk())),
             "-device".into(),
@@ -129,6 +126,20 @@ impl Launch<'_> {
             Err(format!("qemu failed to start ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
         }
     }
+}
+
+/// The kernel command line: the image's, the VM's extra arguments, and
+/// onlining of hot-plugged memory when the VM may get some.
+fn cmdline(image: &str, vm: &Vm) -> String {
+    let mut line = image.to_owned();
+    if vm.spec.hotplug_memory_mib > 0 {
+        line.push_str(" memhp_default_state=online");
+    }
+    if let Some(extra) = &vm.spec.boot_args {
+        line.push(' ');
+        line.push_str(extra);
+    }
+    line
 }
 
 /// `-m` value; with hot-pluggable memory, slots and a maximum make room for DIMMs.
