@@ -444,3 +444,109 @@ async fn bad_input_on_the_driver_path_is_refused_or_fails_cleanly() {
     assert_eq!(g.act(&id, "delete").await["status"], "deleted");
     assert!(!Path::new(&g.vm_dir(&id)).exists());
 }
+
+/// A gzip'd tar layer of `files` (path, content).
+fn layer_tar(files: &[(&str, &[u8])], gzip: bool) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, path, *data).unwrap();
+    }
+    let raw = b.into_inner().unwrap();
+    if !gzip {
+        return raw;
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&raw).unwrap();
+    gz.finish().unwrap()
+}
+
+/// Write an OCI image layout with two layers, the second whiting out a file of the first.
+fn oci_layout(dir: &Path) {
+    use sha2::{Digest, Sha256};
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| -> String {
+        let hex = format!("{:x}", Sha256::digest(bytes));
+        std::fs::write(blobs.join(&hex), bytes).unwrap();
+        format!("sha256:{hex}")
+    };
+    let l1 = put(&layer_tar(&[("etc/oci-motd", b"hello-from-oci\n"), ("etc/doomed", b"x")], true));
+    let l2 = put(&layer_tar(&[("etc/.wh.doomed", b""), ("opt/app/run.sh", b"echo app\n")], true));
+    let config = put(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 0},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": l1, "size": 0},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": l2, "size": 0}
+        ]
+    });
+    let m = put(&serde_json::to_vec(&manifest).unwrap());
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": m, "size": 0}]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+/// Write a `docker save` tarball with one uncompressed layer.
+fn docker_archive(path: &Path) {
+    let layer = layer_tar(&[("etc/docker-proof", b"from-docker\n")], false);
+    let manifest = br#"[{"Config":"cfg.json","RepoTags":["t:1"],"Layers":["l1/layer.tar"]}]"#;
+    let archive = layer_tar(&[("manifest.json", manifest), ("cfg.json", b"{}"), ("l1/layer.tar", &layer)], false);
+    std::fs::write(path, archive).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_import_from_oci_layouts_docker_archives_and_raw_disks_and_boot() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let oci = src.path().join("oci");
+    oci_layout(&oci);
+    let docker = src.path().join("image.tar");
+    docker_archive(&docker);
+    let tree = src.path().join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/raw-proof"), "from-a-raw-disk\n").unwrap();
+    let raw = src.path().join("disk.raw");
+    let out = Command::new(which("mke2fs").expect("mke2fs")).args(["-q", "-t", "ext4", "-d"]).arg(&tree).arg(&raw).arg("64M").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let qcow = src.path().join("disk.qcow2");
+    let out = Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(&raw).arg(&qcow).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    for (name, source, format) in [("from-oci", &oci, "oci_layout"), ("from-docker", &docker, "docker_archive"), ("from-qcow2", &qcow, "qcow2")] {
+        let (s, b) = g.admin.post("/v1/images", &json!({"name": name, "source": source, "format": format})).await;
+        assert_eq!(s, 202, "{b}");
+        g.wait_op(str_of(&b["operation"]["id"])).await;
+    }
+    let (_, images) = g.admin.get("/v1/images").await;
+    let names: Vec<&str> = images.as_array().unwrap().iter().filter_map(|i| i["name"].as_str()).collect();
+    for n in ["debian-minimal", "from-docker", "from-oci", "from-qcow2"] {
+        assert!(names.contains(&n), "{names:?}");
+    }
+    // A name that exists, a bad format and a missing file are refused or fail with a reason.
+    let (s, b) = g.admin.post("/v1/images", &json!({"name": "from-oci", "source": "/x", "format": "raw"})).await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("conflict")), "{b}");
+    let (s, _) = g.admin.post("/v1/images", &json!({"name": "x", "source": "/x", "format": "iso"})).await;
+    assert_eq!(s, 422);
+    let (s, b) = g.admin.post("/v1/images", &json!({"name": "missing", "source": "/nonexistent/disk.raw", "format": "raw"})).await;
+    assert_eq!(s, 202, "{b}");
+    let op = wait_for("the import to fail", BOOT, async || {
+        let (_, b) = g.admin.get(&format!("/v1/operations/{}?wait=30", str_of(&b["operation"]["id"]))).await;
+        if b["status"] == "failed" { Ok(b) } else { Err(b.to_string()) }
+    })
+    .await;
+    assert!(str_of(&op["error"]["message"]).contains("does not exist"), "{op}");
+
+    let oci_vm = g.running_vm(json!({"name": "oci", "image": "from-oci", "memory_mib": 256, "ssh_keys": [g.public_key()]})).await;
+    assert_eq!(g.ssh(&oci_vm, "cat /etc/oci-motd; test -e /etc/doomed && echo doomed-still-there; cat /opt/app/run.sh").trim(), "hello-from-oci\necho app");
+    let raw_vm = g.running_vm(json!({"name": "raw", "image": "from-qcow2", "memory_mib": 256, "ssh_keys": [g.public_key()]})).await;
+    assert_eq!(g.ssh(&raw_vm, "cat /etc/raw-proof").trim(), "from-a-raw-disk");
+}

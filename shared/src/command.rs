@@ -1,6 +1,7 @@
 //! The command envelope: what the gateway appends to the command stream.
 
-use crate::ids::{OpId, OrgId, ProjectId, VmId, VolumeId};
+use crate::host::HostCommand;
+use crate::ids::{HostId, OpId, OrgId, ProjectId, VmId, VolumeId};
 use crate::tenancy::TenancyCommand;
 use crate::vm::VmCommand;
 use crate::volume::VolumeCommand;
@@ -30,6 +31,8 @@ pub enum Command {
     Vm { vm: VmId, command: VmCommand },
     /// Executed by the worker of the volume's host.
     Volume { volume: VolumeId, command: VolumeCommand },
+    /// Executed by the worker of that host.
+    Host { host: HostId, command: HostCommand },
     /// Executed by any worker.
     Tenancy { command: TenancyCommand },
 }

@@ -43,6 +43,10 @@ pub struct ImageInfo {
 pub enum HostEvent {
     /// A worker announced (or re-announced with changes) its host.
     Registered { info: HostInfo },
+    /// An image was imported on the host and can boot VMs there.
+    ImageImported { image: ImageInfo },
+    /// An import failed; nothing was added.
+    ImageImportFailed { name: String, message: String },
 }
 
 impl HostEvent {
@@ -50,7 +54,44 @@ impl HostEvent {
     pub fn type_name(&self) -> &'static str {
         match self {
             Self::Registered { .. } => "host_registered",
+            Self::ImageImported { .. } => "image_imported",
+            Self::ImageImportFailed { .. } => "image_import_failed",
         }
+    }
+}
+
+/// What an imported image's source is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageFormat {
+    /// A raw disk image holding an ext2/3/4 root filesystem (no partition table).
+    Raw,
+    /// The same, as qcow2.
+    Qcow2,
+    /// An OCI image layout directory (`index.json`, `blobs/`).
+    OciLayout,
+    /// A `docker save` tarball.
+    DockerArchive,
+}
+
+/// Commands executed by the worker of one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HostCommand {
+    /// Turn a file on the host into a bootable image named `name`.
+    ImportImage { name: String, source: String, format: ImageFormat },
+}
+
+/// Fold a host event into what the host announced.
+pub fn evolve(info: &mut HostInfo, event: &HostEvent) {
+    match event {
+        HostEvent::Registered { info: new } => *info = new.clone(),
+        HostEvent::ImageImported { image } => {
+            info.images.retain(|i| i.name != image.name);
+            info.images.push(image.clone());
+            info.images.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        HostEvent::ImageImportFailed { .. } => {}
     }
 }
 
@@ -102,6 +143,17 @@ impl std::ops::AddAssign for Resources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn imports_add_or_replace_images_by_name() {
+        let mut info = HostInfo { name: "h".into(), driver: "qemu".into(), driver_detail: None, cpus: 1, memory_mib: 1, disk_gb: 1, images: vec![] };
+        let img = |name: &str, size| ImageInfo { name: name.into(), os: "linux".into(), arch: "x86_64".into(), size_bytes: size, boot: "kernel+initrd".into(), kernel_version: None };
+        evolve(&mut info, &HostEvent::ImageImported { image: img("b", 1) });
+        evolve(&mut info, &HostEvent::ImageImported { image: img("a", 1) });
+        evolve(&mut info, &HostEvent::ImageImported { image: img("b", 2) });
+        evolve(&mut info, &HostEvent::ImageImportFailed { name: "c".into(), message: "x".into() });
+        assert_eq!(info.images, vec![img("a", 1), img("b", 2)]);
+    }
 
     #[test]
     fn fits_checks_memory_disk_and_per_vm_cpus() {

@@ -44,6 +44,11 @@ pub fn vm_logs(org: OrgId, vm: VmId) -> String {
     format!("vmplane.log.{org}.vm.{vm}")
 }
 
+/// A command for the host itself (image imports).
+pub fn host_command(host: HostId) -> String {
+    format!("vmplane.cmd.host.{host}.{host}")
+}
+
 /// Requests to open a terminal on a VM of `host` (core NATS request/reply).
 pub fn terminal_open(host: HostId) -> String {
     format!("vmplane.term.open.{host}")

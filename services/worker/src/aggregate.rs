@@ -7,7 +7,8 @@ use vmplane_bus::{Bus, BusError};
 use vmplane_domain::event::{Envelope, Event};
 use vmplane_domain::vm::{self, Vm, VmEvent};
 use vmplane_domain::volume::{self, Volume, VolumeEvent};
-use vmplane_domain::{OpId, OrgId, ProjectId, VmId, VolumeId, subjects};
+use vmplane_domain::host::{self, HostEvent, HostInfo};
+use vmplane_domain::{HostId, OpId, OrgId, ProjectId, VmId, VolumeId, subjects};
 
 /// What the worker needs to know to fold and append one kind of aggregate.
 pub trait Kind {
@@ -69,6 +70,37 @@ impl Kind for VolumeKind {
     }
 }
 
+/// Hosts: their state is what they announced.
+pub struct HostKind;
+
+impl Kind for HostKind {
+    type Id = HostId;
+    type State = HostInfo;
+    type Event = HostEvent;
+    fn subject(_org: OrgId, id: HostId) -> String {
+        subjects::host_events(id)
+    }
+    fn wrap(ev: HostEvent) -> Event {
+        Event::Host(ev)
+    }
+    fn unwrap(ev: &Event) -> Option<&HostEvent> {
+        if let Event::Host(e) = ev { Some(e) } else { None }
+    }
+    fn evolve(state: Option<HostInfo>, _id: HostId, _op: Option<OpId>, _at: OffsetDateTime, ev: &HostEvent) -> Option<HostInfo> {
+        match (state, ev) {
+            (Some(mut info), ev) => {
+                host::evolve(&mut info, ev);
+                Some(info)
+            }
+            (None, HostEvent::Registered { info }) => Some(info.clone()),
+            (None, _) => None,
+        }
+    }
+    fn type_name(ev: &HostEvent) -> &'static str {
+        ev.type_name()
+    }
+}
+
 /// One aggregate's event-sourced state and its position in the stream.
 pub struct Aggregate<K: Kind> {
     pub id: K::Id,
@@ -83,6 +115,8 @@ pub struct Aggregate<K: Kind> {
 pub type VmAggregate = Aggregate<VmKind>;
 /// A volume as the worker holds it.
 pub type VolumeAggregate = Aggregate<VolumeKind>;
+/// A host as the worker holds it.
+pub type HostAggregate = Aggregate<HostKind>;
 
 impl<K: Kind> Aggregate<K> {
     /// Fold the aggregate's events from the stream.

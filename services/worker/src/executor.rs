@@ -4,7 +4,7 @@
 //! command is recognised by its pending operation and resumed; a finished one
 //! is recognised by the VM's finished operations and skipped.
 
-use crate::aggregate::{VmAggregate, VolumeAggregate};
+use crate::aggregate::{HostAggregate, VmAggregate, VolumeAggregate};
 use crate::driver::{Driver, DriverError, GuestExit};
 use backoff::ExponentialBackoff;
 use std::sync::Arc;
@@ -13,7 +13,8 @@ use vmplane_bus::{Bus, BusError};
 use vmplane_domain::spec::VolumeMount;
 use vmplane_domain::vm::{Outcome, Step, Vm, VmCommand, VmEvent, decide, next_step, step_event};
 use vmplane_domain::volume::{self, VolumeCommand, VolumeEvent, VolumeStep};
-use vmplane_domain::{OpId, OrgId, ProjectId, VmId, VolumeId};
+use vmplane_domain::host::{HostCommand, HostEvent};
+use vmplane_domain::{HostId, OpId, OrgId, ProjectId, VmId, VolumeId};
 
 /// How many times a command is decided again after losing an append race.
 const MAX_CONFLICT_RETRIES: usize = 5;
@@ -210,6 +211,22 @@ impl Executor {
             vol.append(&self.bus, vm.project, None, ev).await.map_err(bus_err)?;
         }
         Ok(())
+    }
+
+    /// Execute a host command: import an image and record the outcome on the host.
+    pub async fn execute_host(&self, op: OpId, host: HostId, command: &HostCommand) -> Result<(), BusError> {
+        let HostCommand::ImportImage { name, source, format } = command;
+        let mut agg = HostAggregate::load(&self.bus, OrgId::DEFAULT, host).await?;
+        let already = agg.state.as_ref().is_some_and(|h| h.images.iter().any(|i| i.name == *name));
+        if already && self.driver.host_info().images.iter().any(|i| i.name == *name) {
+            // A redelivered import that already succeeded.
+            return Ok(());
+        }
+        let event = match self.driver.import_image(name, std::path::Path::new(source), *format).await {
+            Ok(image) => HostEvent::ImageImported { image },
+            Err(e) => HostEvent::ImageImportFailed { name: name.clone(), message: e.to_string() },
+        };
+        agg.append(&self.bus, ProjectId::DEFAULT, Some(op), event).await
     }
 
     /// Execute a volume command: decide it, then create or delete the storage.

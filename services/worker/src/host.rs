@@ -6,9 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 use time::OffsetDateTime;
 use vmplane_bus::{Bus, BusError};
-use vmplane_domain::event::{Envelope, Event};
+use crate::aggregate::HostAggregate;
 use vmplane_domain::host::{HostEvent, HostInfo};
-use vmplane_domain::{HostId, OrgId, subjects};
+use vmplane_domain::{HostId, OrgId, ProjectId, subjects};
 
 /// Read the host id from `data_dir/host_id`, creating it on first start.
 pub fn host_id(data_dir: &Path) -> std::io::Result<HostId> {
@@ -25,23 +25,17 @@ pub fn host_id(data_dir: &Path) -> std::io::Result<HostId> {
     }
 }
 
-/// Announce the host unless its last announcement says the same.
+/// Announce the host unless what it announced so far (registrations and
+/// imports, folded) already says the same.
 pub async fn register(bus: &Bus, data_dir: &Path, info: HostInfo) -> anyhow::Result<HostId> {
     let id = host_id(data_dir)?;
-    let subject = subjects::host_events(id);
     loop {
-        let history = bus.load(&subject).await?;
-        let last_seq = history.last().map_or(0, |(seq, _)| *seq);
-        let same = history.iter().rev().find_map(|(_, env)| match &env.event {
-            Event::Host(HostEvent::Registered { info }) => Some(info),
-            _ => None,
-        }) == Some(&info);
-        if same {
+        let mut agg = HostAggregate::load(bus, OrgId::DEFAULT, id).await?;
+        if agg.state.as_ref() == Some(&info) {
             return Ok(id);
         }
-        let env = Envelope::new(OrgId::DEFAULT, None, id.to_string(), None, Event::Host(HostEvent::Registered { info: info.clone() }), OffsetDateTime::now_utc());
-        match bus.append(&subject, &env, last_seq).await {
-            Ok(_) => return Ok(id),
+        match agg.append(bus, ProjectId::DEFAULT, None, HostEvent::Registered { info: info.clone() }).await {
+            Ok(()) => return Ok(id),
             Err(BusError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
         }

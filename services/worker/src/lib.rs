@@ -242,6 +242,7 @@ async fn handle_vm_command(exec: &Executor, agg: &mut Option<VmAggregate>, msg: 
     let result = match env.command {
         Command::Vm { vm, command } => exec.execute(agg, &VmJob { op, org: env.org, project: env.project, vm, command }).await,
         Command::Volume { volume, command } => exec.execute_volume(&VolumeJob { op, org: env.org, project: env.project, volume, command }).await,
+        Command::Host { host, command } => exec.execute_host(op, host, &command).await,
         Command::Tenancy { .. } => {
             tracing::error!(%op, "tenancy command on a host subject; terminating it");
             return AckKind::Term;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use vmplane_bus::Bus;
 use vmplane_domain::event::Envelope;
-use vmplane_domain::host::{Host, HostEvent, Resources};
+use vmplane_domain::host::{self, Host, HostEvent, Resources};
 use vmplane_domain::{HostId, subjects};
 
 /// A host is online while its last heartbeat is at most this old.
@@ -17,12 +17,16 @@ pub const ONLINE_WITHIN: Duration = Duration::from_secs(20);
 
 pub(super) fn apply(txn: &mut Txn, env: &Envelope, ev: &HostEvent) {
     let Ok(id) = env.aggregate.parse::<HostId>() else { return };
-    match ev {
-        HostEvent::Registered { info } => {
-            let registered_at = txn.get::<Host>(&key(&[&"host", &id])).map_or(env.time, |h| h.registered_at);
-            txn.put(key(&[&"host", &id]), &Host { id, info: info.clone(), registered_at });
+    let k = key(&[&"host", &id]);
+    let host = match (txn.get::<Host>(&k), ev) {
+        (Some(mut h), _) => {
+            host::evolve(&mut h.info, ev);
+            h
         }
-    }
+        (None, HostEvent::Registered { info }) => Host { id, info: info.clone(), registered_at: env.time },
+        (None, _) => return,
+    };
+    txn.put(k, &host);
 }
 
 /// Last heartbeat (unix seconds) per host.

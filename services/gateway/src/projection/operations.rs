@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use vmplane_domain::event::{Envelope, Event};
 use vmplane_domain::vm::{Outcome, Vm, VmEvent};
+use vmplane_domain::host::HostEvent;
 use vmplane_domain::volume::VolumeEvent;
 use vmplane_domain::{OpId, OrgId};
 
@@ -76,6 +77,10 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope) {
     }
     op.updated_at = env.time;
     match &env.event {
+        Event::Host(HostEvent::ImageImportFailed { message, .. }) => {
+            op.status = OpStatus::Failed;
+            op.error = Some(OpError { code: "import_failed".into(), message: message.clone() });
+        }
         Event::Vm(VmEvent::OperationFinished { outcome: Outcome::Succeeded }) | Event::Tenancy(_) | Event::Host(_) => op.status = OpStatus::Succeeded,
         Event::Vm(VmEvent::OperationFinished { outcome: Outcome::Failed { code, message } }) => {
             op.status = OpStatus::Failed;

@@ -2,7 +2,15 @@
 
 use crate::AppState;
 use crate::auth::Principal;
-use crate::error::{ApiResult, ErrorBody};
+use crate::commands::{Submission, submit};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::Json;
+use crate::projection::operations::Operation;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use vmplane_domain::host::{HostCommand, ImageFormat};
+use vmplane_domain::spec::is_dns_label;
+use vmplane_domain::{Command, ProjectId, subjects};
 use axum::extract::State;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -13,7 +21,7 @@ use vmplane_domain::{HostId, ImageId};
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_images))
+    OpenApiRouter::new().routes(routes!(list_images, import_image))
 }
 
 /// An image and the hosts that have it.
@@ -40,4 +48,59 @@ async fn list_images(State(state): State<AppState>, _who: Principal) -> ApiResul
         }
     }
     Ok(axum::Json(by_name.into_values().collect()))
+}
+
+/// `POST /v1/images` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    /// The slug VMs will name in `image`: a DNS label.
+    pub name: String,
+    /// Absolute path of the source on the host.
+    pub source: String,
+    pub format: ImageFormat,
+    /// The host to import on; default: the first online host.
+    pub host_id: Option<HostId>,
+}
+
+/// An accepted import.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportAccepted {
+    pub id: ImageId,
+    pub name: String,
+    pub host_id: HostId,
+    pub operation: Operation,
+}
+
+/// Import a raw or qcow2 disk holding an ext2/3/4 root filesystem, an OCI
+/// image layout directory, or a `docker save` tarball, from a path on a host,
+/// as a bootable image (admin only). Watch the operation for the outcome.
+#[utoipa::path(post, path = "/v1/images", tag = "images", request_body = ImportRequest,
+    responses((status = 202, body = ImportAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn import_image(State(state): State<AppState>, who: Principal, Json(req): Json<ImportRequest>) -> ApiResult<(StatusCode, axum::Json<ImportAccepted>)> {
+    who.require_admin()?;
+    if !is_dns_label(&req.name) {
+        return Err(ApiError::Unprocessable("validation_failed", "name: must be a DNS label".into()));
+    }
+    if !req.source.starts_with('/') || req.source.len() > 4096 || req.source.contains('\0') {
+        return Err(ApiError::Unprocessable("validation_failed", "source: must be an absolute path on the host".into()));
+    }
+    let hosts = state.proj.hosts()?;
+    let host = match req.host_id {
+        Some(id) => hosts.into_iter().find(|h| h.id == id).ok_or_else(|| ApiError::NotFound(format!("host {id}")))?,
+        None => hosts.into_iter().filter(|h| state.proj.heartbeats.is_online(h.id)).min_by_key(|h| h.id).ok_or_else(|| ApiError::Unavailable("no worker host is online".into()))?,
+    };
+    if host.info.images.iter().any(|i| i.name == req.name) {
+        return Err(ApiError::Conflict("conflict", format!("image `{}` already exists on host {}", req.name, host.id)));
+    }
+    let command = HostCommand::ImportImage { name: req.name.clone(), source: req.source, format: req.format };
+    let sub = Submission {
+        subject: subjects::host_command(host.id),
+        kind: "import_image",
+        target_id: host.id.to_string(),
+        project: ProjectId::DEFAULT,
+        command: Command::Host { host: host.id, command },
+    };
+    let operation = submit(&state, &who, sub).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(ImportAccepted { id: ImageId::for_slug(&req.name), name: req.name, host_id: host.id, operation })))
 }

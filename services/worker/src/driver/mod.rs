@@ -11,7 +11,7 @@ pub mod sim;
 use async_trait::async_trait;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
-use vmplane_domain::host::HostInfo;
+use vmplane_domain::host::{HostInfo, ImageFormat, ImageInfo};
 use vmplane_domain::spec::VolumeMount;
 use vmplane_domain::vm::{DiskInfo, NetworkRuntime, Vm};
 use vmplane_domain::volume::Volume;
@@ -91,6 +91,8 @@ pub trait Driver: Send + Sync + 'static {
     async fn attach_volume(&self, vm: &Vm, location: &str, mount: &VolumeMount) -> Result<(), DriverError>;
     /// Unmount and unplug a volume; already detached is success.
     async fn detach_volume(&self, vm: &Vm, mount: &VolumeMount) -> Result<(), DriverError>;
+    /// Turn a file on this host into a bootable image.
+    async fn import_image(&self, name: &str, source: &std::path::Path, format: ImageFormat) -> Result<ImageInfo, DriverError>;
     /// Hot-plug memory so the running guest has `total_mib` in all; already there is success.
     async fn plug_memory(&self, vm: &Vm, total_mib: u64) -> Result<(), DriverError>;
 }

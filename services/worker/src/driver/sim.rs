@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
-use vmplane_domain::host::HostInfo;
+use vmplane_domain::host::{HostInfo, ImageFormat, ImageInfo};
 use vmplane_domain::spec::VolumeMount;
 use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, Vm};
 use vmplane_domain::volume::Volume;
@@ -254,6 +254,13 @@ impl Driver for SimDriver {
             g.volumes.remove(&mount.volume_id.to_string());
             Ok(())
         })
+    }
+
+    async fn import_image(&self, name: &str, source: &std::path::Path, _format: ImageFormat) -> Result<ImageInfo, DriverError> {
+        if !source.exists() {
+            return Err(DriverError::Fatal(format!("{} does not exist on this host", source.display())));
+        }
+        Ok(ImageInfo { name: name.into(), os: "linux".into(), arch: "x86_64".into(), size_bytes: 0, boot: "simulated".into(), kernel_version: None })
     }
 
     async fn plug_memory(&self, vm: &Vm, total_mib: u64) -> Result<(), DriverError> {

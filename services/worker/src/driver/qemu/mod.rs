@@ -9,6 +9,7 @@
 
 pub mod accel;
 pub mod image;
+pub mod import;
 pub mod layout;
 pub mod process;
 pub mod qmp;
@@ -28,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use vmplane_domain::host::HostInfo;
+use vmplane_domain::host::{HostInfo, ImageFormat, ImageInfo};
 use vmplane_domain::spec::VolumeMount;
 use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, Vm};
 use vmplane_domain::volume::Volume;
@@ -444,6 +445,11 @@ impl Driver for QemuDriver {
     async fn detach_volume(&self, vm: &Vm, mount: &VolumeMount) -> Result<(), DriverError> {
         let dir = self.dir(vm.id);
         volumes::detach(&dir, mount, running_pid(&dir, vm).is_some()).await
+    }
+
+    async fn import_image(&self, name: &str, source: &Path, format: ImageFormat) -> Result<ImageInfo, DriverError> {
+        let base = image::load(&self.cfg.images_dir, vmplane_domain::spec::DEFAULT_IMAGE).map_err(fatal)?;
+        import::import(&self.cfg.images_dir, &base, name, source, format).await
     }
 
     async fn plug_memory(&self, vm: &Vm, total_mib: u64) -> Result<(), DriverError> {
