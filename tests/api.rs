@@ -1,0 +1,273 @@
+//! The API surface: health, metrics, the OpenAPI document (and that every
+//! route it lists is really served), pagination arithmetic and filters, and
+//! `Idempotency-Key`.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_every_documented_route_is_served() {
+    let stack = Stack::start().await;
+    let c = &stack.admin;
+    let anon = stack.anonymous();
+
+    let (s, b) = anon.get("/healthz").await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = anon.get("/readyz").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["status"], "ready", "{b}");
+
+    // Real ids for the path parameters.
+    let vm = c.create_vm(json!({ "name": "probe" })).await;
+    let (vm_id, op_id) = (str_of(&vm["id"]).to_owned(), str_of(&vm["operation"]["id"]).to_owned());
+    c.wait_op_succeeded(&op_id).await;
+    let org_id = c.create_org("probe-org").await;
+    let (st, vol) = c.post("/v1/volumes", &json!({ "name": "probe-vol", "size_gb": 1 })).await;
+    assert_eq!(st, 202, "{vol}");
+    let vol_id = str_of(&vol["id"]).to_owned();
+    c.wait_op(str_of(&vol["operation"]["id"])).await;
+    let ids = Ids { vm: &vm_id, op: &op_id, org: &org_id, volume: &vol_id };
+
+    let (s, doc) = anon.get("/openapi.json").await;
+    assert_eq!(s, 200, "{doc}");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", doc["openapi"]);
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut calls = Vec::new();
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            if !["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                continue;
+            }
+            let websocket = op["responses"].get("101").is_some();
+            calls.push((method.to_uppercase(), path.clone(), op.get("requestBody").is_some(), websocket));
+        }
+    }
+    for (method, path) in [
+        ("GET", "/v1/vms"),
+        ("POST", "/v1/vms"),
+        ("GET", "/v1/vms/{id}"),
+        ("DELETE", "/v1/vms/{id}"),
+        ("POST", "/v1/vms/{id}/start"),
+        ("POST", "/v1/vms/{id}/stop"),
+        ("POST", "/v1/vms/{id}/restart"),
+        ("POST", "/v1/vms/{id}/standby"),
+        ("POST", "/v1/vms/{id}/restore"),
+        ("GET", "/v1/vms/{id}/events"),
+        ("GET", "/v1/operations/{id}"),
+        ("GET", "/v1/events"),
+        ("GET", "/v1/hosts"),
+        ("POST", "/v1/orgs"),
+        ("POST", "/v1/api-keys"),
+    ] {
+        assert!(calls.iter().any(|(m, p, _, _)| m == method && p == path), "{method} {path} is not documented");
+    }
+    // Deleting last keeps the VM there for the other calls.
+    calls.sort_by_key(|(m, _, _, _)| m == "DELETE");
+
+    for (n, (method, path, has_body, websocket)) in calls.iter().enumerate() {
+        let concrete = substitute(path, &ids);
+        let mut rb = c.request_untimed(Method::from_bytes(method.as_bytes()).unwrap(), &concrete).timeout(std::time::Duration::from_secs(20));
+        if *has_body {
+            rb = rb.json(&json!({ "name": format!("probe-{n}") }));
+        }
+        if *websocket {
+            rb = rb
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-version", "13")
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        }
+        // Only the head: `/v1/events` streams forever.
+        let resp = rb.send().await.unwrap_or_else(|e| panic!("{method} {concrete}: {e}"));
+        let status = resp.status().as_u16();
+        let label = format!("{method} {path} (as {concrete}) answered {status}");
+        if status == 200 && resp.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream")) {
+            continue;
+        }
+        if *websocket && status == 101 {
+            continue;
+        }
+        let body: Value = resp.json().await.unwrap_or_else(|e| panic!("{label}, not JSON: {e}"));
+        assert_ne!(status, 405, "{label}: {body}");
+        assert!(!(status == 404 && str_of(&body["message"]).starts_with("route ")), "{label}: the route is not served: {body}");
+        assert!(status < 500, "{label}: {body}");
+        if method == "GET" && !websocket {
+            assert_eq!(status, 200, "{label}: {body}");
+        }
+    }
+
+    let r = anon.send(anon.request(Method::GET, "/metrics")).await;
+    assert_eq!(r.status, 200);
+    let text = str_of(&r.body);
+    assert!(text.contains("vmplane_http_requests_total"), "{text}");
+    assert!(text.contains("route=\"/v1/vms\""), "requests are counted by matched route: {text}");
+    assert!(text.contains("vmplane_http_request_seconds"), "{text}");
+}
+
+struct Ids<'a> {
+    vm: &'a str,
+    op: &'a str,
+    org: &'a str,
+    volume: &'a str,
+}
+
+/// `{id}`-style parameters replaced by real ids.
+fn substitute(path: &str, ids: &Ids) -> String {
+    path.split('/')
+        .map(|seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            None => seg.to_owned(),
+            Some("id") if path.starts_with("/v1/vms/") => ids.vm.to_owned(),
+            Some("id") if path.starts_with("/v1/operations/") => ids.op.to_owned(),
+            Some("id") if path.starts_with("/v1/volumes/") => ids.volume.to_owned(),
+            Some("volume_id") => ids.volume.to_owned(),
+            Some("org") => ids.org.to_owned(),
+            Some(other) => panic!("no real id to substitute for {{{other}}} in {path}; teach the test"),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pagination_arithmetic_and_status_filter() {
+    let stack = Stack::start().await;
+    let c = &stack.admin;
+
+    let mut created = Vec::new();
+    for i in 0..7 {
+        let b = c.create_vm(json!({ "name": format!("vm-{i}") })).await;
+        created.push((str_of(&b["id"]).to_owned(), str_of(&b["operation"]["id"]).to_owned()));
+    }
+    for (_, op) in &created {
+        c.wait_op_succeeded(op).await;
+    }
+    let ids: Vec<String> = created.iter().map(|(id, _)| id.clone()).collect();
+
+    let page = |q: &'static str| async move {
+        let (s, b) = c.get(&format!("/v1/vms{q}")).await;
+        assert_eq!(s, 200, "{q}: {b}");
+        b
+    };
+    let ids_of = |b: &Value| b["data"].as_array().unwrap().iter().map(|v| str_of(&v["id"]).to_owned()).collect::<Vec<_>>();
+
+    let b = page("?limit=3&page=3").await;
+    assert_eq!(b["pagination"], json!({ "total_items": 7, "total_pages": 3, "current_page": 3, "items_per_page": 3 }));
+    assert_eq!(ids_of(&b), ids[6..], "the last page holds the newest VM");
+
+    // The pages together are every VM once, oldest first.
+    let mut all = Vec::new();
+    for q in ["?limit=3&page=1", "?limit=3&page=2", "?limit=3&page=3"] {
+        all.extend(ids_of(&page(q).await));
+    }
+    assert_eq!(all, ids);
+
+    let b = page("?limit=3&page=4").await;
+    assert_eq!(b["data"], json!([]), "beyond the end: empty");
+    assert_eq!(b["pagination"], json!({ "total_items": 7, "total_pages": 3, "current_page": 4, "items_per_page": 3 }));
+
+    let b = page("").await;
+    assert_eq!(b["pagination"], json!({ "total_items": 7, "total_pages": 1, "current_page": 1, "items_per_page": 20 }));
+    assert_eq!(b["data"][0]["status"], "running", "list items are full VM views: {}", b["data"][0]);
+    assert!(b["data"][0].get("operation").is_none());
+    let b = page("?limit=100").await;
+    assert_eq!(ids_of(&b), ids);
+    let b = page("?limit=7").await;
+    assert_eq!(b["pagination"]["total_pages"], 1);
+    let b = page("?limit=1&page=7").await;
+    assert_eq!((ids_of(&b), b["pagination"]["total_pages"].as_u64()), (vec![ids[6].clone()], Some(7)));
+
+    for bad in ["?limit=0", "?limit=101", "?page=0", "?page=abc", "?limit=abc", "?page=-1", "?limit=1.5", "?page=99999999999999999999"] {
+        let (s, b) = c.get(&format!("/v1/vms{bad}")).await;
+        assert_eq!(s, 400, "{bad}: {b}");
+        assert_eq!(b["code"], "invalid_query", "{bad}: {b}");
+        assert!(b["message"].is_string());
+    }
+
+    // Status filter.
+    let b = page("?status=running").await;
+    assert_eq!(b["pagination"]["total_items"], 7);
+    c.act_and_wait(&ids[2], "stop", "stopped").await;
+    c.act_and_wait(&ids[4], "delete", "deleted").await;
+    let b = page("?status=running").await;
+    assert_eq!(b["pagination"]["total_items"], 5);
+    assert!(b["data"].as_array().unwrap().iter().all(|v| v["status"] == "running"));
+    let b = page("?status=stopped").await;
+    assert_eq!(ids_of(&b), [ids[2].clone()]);
+    let b = page("?status=deleted").await;
+    assert_eq!(ids_of(&b), [ids[4].clone()], "deleted VMs are listed only when asked for");
+    let b = page("").await;
+    assert_eq!(b["pagination"]["total_items"], 6, "the default list leaves deleted VMs out");
+    assert!(!ids_of(&b).contains(&ids[4]));
+    let b = page("?status=running&limit=2&page=3").await;
+    assert_eq!(b["pagination"], json!({ "total_items": 5, "total_pages": 3, "current_page": 3, "items_per_page": 2 }));
+    assert_eq!(ids_of(&b), [ids[6].clone()]);
+    assert_eq!(page("?status=standby").await["pagination"]["total_items"], 0);
+    for bad in ["?status=exploded", "?status=RUNNING", "?status="] {
+        let (s, b) = c.get(&format!("/v1/vms{bad}")).await;
+        assert_eq!((s, b["code"].as_str()), (400, Some("invalid_query")), "{bad}: {b}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_replays_the_first_response() {
+    let stack = Stack::start().await;
+    let c = &stack.admin;
+    let body = json!({ "name": "once", "vcpus": 2 });
+    let send = |key: &'static str, body: Value| async move { c.send(c.request(Method::POST, "/v1/vms").header("idempotency-key", key).json(&body)).await };
+
+    let first = send("create-once", body.clone()).await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    assert!(first.headers.get("idempotent-replayed").is_none());
+    let id = str_of(&first.body["id"]).to_owned();
+    c.wait_op_succeeded(str_of(&first.body["operation"]["id"])).await;
+
+    let second = send("create-once", body.clone()).await;
+    assert_eq!(second.status, 202, "{}", second.body);
+    assert_eq!(second.body, first.body, "the replay is the first response, byte for byte");
+    assert_eq!(second.headers.get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
+    assert_eq!(c.vm_total("").await, 1, "only one VM exists");
+    assert_eq!(c.vm(&id).await["status"], "running");
+
+    // Same key, different request.
+    let other = send("create-once", json!({ "name": "twice", "vcpus": 2 })).await;
+    assert_eq!(other.status, 422, "{}", other.body);
+    assert_eq!(other.body["code"], "idempotency_key_reused");
+    assert!(other.body["message"].is_string());
+    assert_eq!(c.vm_total("").await, 1);
+
+    // Another key is another request.
+    let third = send("create-again", body.clone()).await;
+    assert_eq!(third.status, 202);
+    assert_ne!(third.body["id"], first.body["id"]);
+    c.wait_op_succeeded(str_of(&third.body["operation"]["id"])).await;
+    assert_eq!(c.vm_total("").await, 2);
+
+    // Keys are scoped by credential: another caller's same key is its own.
+    let org = c.create_org("other").await;
+    let k = stack.client(&c.create_key(&org, "k").await);
+    let r = k.send(k.request(Method::POST, "/v1/vms").header("idempotency-key", "create-once").json(&body)).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.body["org_id"], org.as_str());
+    k.wait_op_succeeded(str_of(&r.body["operation"]["id"])).await;
+
+    // A refused request is remembered as such too, and creates nothing.
+    let bad = json!({ "name": "Bad_Name" });
+    let r1 = send("bad-once", bad.clone()).await;
+    let r2 = send("bad-once", bad).await;
+    assert_eq!((r1.status, r2.status), (422, 422));
+    assert_eq!(r1.body, r2.body);
+
+    // Actions honour the header as well.
+    let path = format!("/v1/vms/{id}/stop");
+    let path = path.as_str();
+    let stop = |key: &'static str| async move { c.send(c.request(Method::POST, path).header("idempotency-key", key)).await };
+    let s1 = stop("stop-once").await;
+    assert_eq!(s1.status, 202, "{}", s1.body);
+    c.wait_op_succeeded(str_of(&s1.body["operation"]["id"])).await;
+    let s2 = stop("stop-once").await;
+    assert_eq!(s2.body["operation"]["id"], s1.body["operation"]["id"], "no second stop operation");
+    assert_eq!(c.event_types(&id).await.iter().filter(|t| *t == "stop_requested").count(), 1);
+    assert_eq!(c.vm_total("").await, 2);
+}

@@ -241,10 +241,14 @@ async fn guest_runs_user_data_is_reachable_and_takes_hot_plugged_memory() {
     })
     .await;
     assert_eq!(streamed, Ok(true), "{text}");
-    let (s, tail) = g.admin.get(&format!("/v1/vms/{id}/logs?tail=500")).await;
-    assert_eq!(s, 200);
-    let lines: Vec<&str> = tail["lines"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-    assert!(lines.iter().any(|l| l.starts_with("VMPLANE-READY")), "{lines:?}");
+    // Lines are shipped shortly after the guest prints them: the readiness line follows the ready event.
+    let c = &g.admin;
+    wait_for("the readiness line in the log tail", Duration::from_secs(30), async || {
+        let (s, tail) = c.get(&format!("/v1/vms/{id}/logs?tail=500")).await;
+        let lines: Vec<String> = tail["lines"].as_array().into_iter().flatten().filter_map(|l| l.as_str().map(str::to_owned)).collect();
+        if s == 200 && lines.iter().any(|l| l.starts_with("VMPLANE-READY")) { Ok(()) } else { Err(format!("{s} {lines:?}")) }
+    })
+    .await;
 
     // The port forward reaches the guest's listener.
     let port = vm["port_forwards"][0]["host_port"].as_u64().expect("allocated host port");

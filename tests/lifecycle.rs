@@ -1,0 +1,183 @@
+//! VM lifecycle through the real gateway, worker (sim driver) and NATS:
+//! creation contract, read-your-writes, every transition, idempotent no-op
+//! transitions, refused transitions, and the VM's event history.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_returns_the_vm_flattened_with_its_operation_and_defaults() {
+    let stack = Stack::start().await;
+    let c = &stack.admin;
+
+    let (s, b) = c.post("/v1/vms", &json!({ "name": "web-1" })).await;
+    assert_eq!(s, 202, "{b}");
+    // Read-your-writes: the VM is readable right after the 202, before anything else.
+    let id = str_of(&b["id"]).to_owned();
+    let (s_get, got) = c.get(&format!("/v1/vms/{id}")).await;
+    assert_eq!(s_get, 200, "GET right after the 202: {got}");
+    assert_eq!(got["id"], b["id"]);
+    assert_eq!(got["name"], "web-1");
+
+    assert!(id.starts_with("vm_") && id.len() == 29, "{id}");
+    assert_eq!(b["status"], "pending", "{b}");
+    assert_eq!(b["name"], "web-1");
+    assert_eq!(b["image"], "debian-minimal");
+    assert_eq!(b["vcpus"], 1);
+    assert_eq!(b["memory_mib"], 512);
+    assert_eq!(b["disk_gb"], 10);
+    assert_eq!(b["org_id"], "org_00000000000000000000000000");
+    assert_eq!(b["project_id"], "prj_00000000000000000000000000");
+    assert_eq!(b["has_snapshot"], false);
+    assert!(str_of(&b["host_id"]).starts_with("host_"), "{b}");
+    assert!(b["created_at"].is_string() && b["updated_at"].is_string(), "{b}");
+    let op = &b["operation"];
+    assert!(str_of(&op["id"]).starts_with("op_"), "{op}");
+    assert!(["pending", "running", "succeeded"].contains(&str_of(&op["status"])), "{op}");
+    assert_eq!(op["kind"], "create");
+    assert_eq!(op["target_id"], b["id"]);
+    assert_eq!(op["org_id"], b["org_id"]);
+    assert!(op["error"].is_null());
+
+    let done = c.wait_op_succeeded(str_of(&op["id"])).await;
+    assert_eq!(done["kind"], "create");
+    let vm = c.vm(&id).await;
+    assert_eq!(vm["status"], "running", "{vm}");
+    assert!(vm["ip"].is_string() && vm["mac"].is_string() && vm["ssh_port"].is_u64(), "network not reported: {vm}");
+    assert!(vm["root_disk"]["location"].is_string(), "{vm}");
+    assert!(vm["started_at"].is_string(), "{vm}");
+    assert!(vm.get("operation").is_none(), "GET shows the VM only: {vm}");
+
+    // Explicit values are kept, not replaced by the defaults.
+    let b = c
+        .create_vm(json!({
+            "name": "db", "image": "debian-minimal", "vcpus": 2, "memory_mib": 1024, "disk_gb": 20,
+            "labels": {"tier": "db"}, "port_forwards": [{"guest_port": 5432}]
+        }))
+        .await;
+    assert_eq!((b["image"].as_str(), b["vcpus"].as_u64(), b["memory_mib"].as_u64(), b["disk_gb"].as_u64()), (Some("debian-minimal"), Some(2), Some(1024), Some(20)));
+    assert_eq!(b["labels"], json!({"tier": "db"}));
+    c.wait_op_succeeded(str_of(&b["operation"]["id"])).await;
+    let vm = c.vm(str_of(&b["id"])).await;
+    assert!(vm["port_forwards"][0]["host_port"].is_u64(), "forward got a host port: {vm}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_lifecycle_with_no_ops_and_refusals() {
+    let stack = Stack::start().await;
+    let c = &stack.admin;
+
+    let vm = c.create_running_vm("life").await;
+    let id = str_of(&vm["id"]).to_owned();
+    assert_eq!(stack.sim_guest(&id).expect("sim guest exists")["boots"], 1);
+
+    let stopped = c.act_and_wait(&id, "stop", "stopped").await;
+    assert!(stopped["stopped_at"].is_string(), "{stopped}");
+
+    // Stopping a stopped VM: accepted, succeeds, changes nothing.
+    let before = c.vm_events(&id).await.len();
+    let b = c.act(&id, "stop").await;
+    assert_eq!(b["status"], "stopped", "{b}");
+    assert_eq!(b["operation"]["kind"], "stop");
+    c.wait_op_succeeded(str_of(&b["operation"]["id"])).await;
+    assert_eq!(c.vm(&id).await["status"], "stopped");
+    assert_eq!(c.event_types(&id).await[before..], ["operation_finished"], "a no-op stop only finishes its operation");
+
+    // Restarting a stopped VM is refused up front, and nothing is appended.
+    let (s, b) = c.post_empty(&format!("/v1/vms/{id}/restart")).await;
+    assert_eq!(s, 409, "{b}");
+    assert_eq!(b["code"], "invalid_state", "{b}");
+    assert!(b["message"].is_string(), "{b}");
+    assert_eq!(c.vm_events(&id).await.len(), before + 1);
+    // So are standby and restore in this state.
+    for action in ["standby", "restore"] {
+        let (s, b) = c.post_empty(&format!("/v1/vms/{id}/{action}")).await;
+        assert_eq!((s, b["code"].as_str()), (409, Some("invalid_state")), "{action}: {b}");
+    }
+
+    c.act_and_wait(&id, "start", "running").await;
+    assert_eq!(stack.sim_guest(&id).unwrap()["boots"], 2, "start boots the guest again");
+
+    // Starting a running VM: accepted, succeeds, changes nothing.
+    let before = c.vm_events(&id).await.len();
+    let b = c.act(&id, "start").await;
+    assert_eq!(b["status"], "running", "{b}");
+    c.wait_op_succeeded(str_of(&b["operation"]["id"])).await;
+    assert_eq!(c.vm(&id).await["status"], "running");
+    assert_eq!(c.event_types(&id).await[before..], ["operation_finished"]);
+
+    c.act_and_wait(&id, "restart", "running").await;
+    let guest = stack.sim_guest(&id).unwrap();
+    assert_eq!((guest["boots"].as_u64(), guest["reboots"].as_u64()), (Some(2), Some(1)), "{guest}");
+
+    let standby = c.act_and_wait(&id, "standby", "standby").await;
+    assert_eq!(standby["has_snapshot"], true, "{standby}");
+    // A VM in standby is restored, not started.
+    let (s, b) = c.post_empty(&format!("/v1/vms/{id}/start")).await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("invalid_state")), "{b}");
+
+    let restored = c.act_and_wait(&id, "restore", "running").await;
+    assert_eq!(restored["has_snapshot"], false, "{restored}");
+    assert_eq!(stack.sim_guest(&id).unwrap()["boots"], 2, "restore resumes, it does not boot");
+
+    let b = c.act(&id, "delete").await;
+    assert_eq!(b["status"], "deleting", "{b}");
+    c.wait_op_succeeded(str_of(&b["operation"]["id"])).await;
+    let gone = c.wait_vm_status(&id, "deleted").await;
+    assert!(gone["ip"].is_null() && gone["root_disk"].is_null(), "resources released: {gone}");
+    assert!(stack.sim_guest(&id).is_none(), "the sim guest was destroyed");
+    assert_eq!(c.vm_total("").await, 0, "deleted VMs are not listed");
+    // A deleted VM accepts no more actions; deleting again changes nothing.
+    let (s, b) = c.post_empty(&format!("/v1/vms/{id}/start")).await;
+    assert_eq!((s, b["code"].as_str()), (404, Some("not_found")), "{b}");
+    let again = c.act(&id, "delete").await;
+    c.wait_op_succeeded(str_of(&again["operation"]["id"])).await;
+
+    let events = c.vm_events(&id).await;
+    let types: Vec<&str> = events.iter().map(|e| str_of(&e["type"])).collect();
+    #[rustfmt::skip]
+    let expected = [
+        "created", "provisioning_started", "network_allocated", "disk_prepared", "booted", "ready", "operation_finished",
+        "stop_requested", "stopped", "operation_finished",
+        "operation_finished", // no-op stop
+        "start_requested", "booted", "ready", "operation_finished",
+        "operation_finished", // no-op start
+        "restart_requested", "rebooted", "ready", "operation_finished",
+        "standby_requested", "snapshotted", "operation_finished",
+        "restore_requested", "restored", "operation_finished",
+        "delete_requested", "deleted", "operation_finished",
+        "operation_finished", // second delete
+    ];
+    assert_eq!(types, expected);
+    let mut last_seq = 0;
+    for e in &events {
+        let seq = e["seq"].as_u64().expect("seq");
+        assert!(seq > last_seq, "history is in stream order: {e}");
+        last_seq = seq;
+        assert_eq!(e["aggregate_id"], id.as_str());
+        assert_eq!(e["org_id"], "org_00000000000000000000000000");
+        assert!(str_of(&e["id"]).starts_with("evt_"), "{e}");
+        assert!(str_of(&e["operation_id"]).starts_with("op_"), "every VM event here has an operation: {e}");
+        assert_eq!(e["event"]["aggregate_type"], "vm");
+        assert_eq!(e["event"]["data"]["type"], e["type"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_step_fails_the_vm_and_its_operation() {
+    let stack = Stack::start().await;
+    let c = &stack.admin;
+    let b = c.create_vm(json!({ "name": "doomed", "labels": { "sim.fail": "boot" } })).await;
+    let op = c.wait_op(str_of(&b["operation"]["id"])).await;
+    assert_eq!(op["status"], "failed", "{op}");
+    assert_eq!(op["error"]["code"], "failed", "{op}");
+    assert!(str_of(&op["error"]["message"]).contains("injected failure"), "{op}");
+    let vm = c.vm(str_of(&b["id"])).await;
+    assert_eq!(vm["status"], "failed", "{vm}");
+    assert!(str_of(&vm["message"]).contains("boot"), "{vm}");
+    // A failed VM can still be deleted.
+    c.act_and_wait(str_of(&b["id"]), "delete", "deleted").await;
+}
