@@ -273,6 +273,9 @@ async fn create_vm(State(state): State<AppState>, who: Principal, Json(req): Jso
             "volumes, data_disks and root_volume_id cannot be given at create yet: create the VM, then POST /v1/vms/{id}/volumes/{volume_id}".into(),
         ));
     }
+    if spec.network.mode == vmplane_domain::spec::NetworkMode::Bridge {
+        return Err(ApiError::Unprocessable("unsupported", "bridge networking is not available yet; use the default user-mode network with port_forwards".into()));
+    }
     let id = VmId::new();
     let project = who.project_or_default();
     let host = place_vm(&state, &spec)?;
