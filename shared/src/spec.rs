@@ -189,11 +189,10 @@ impl VmSpec {
                 return Err(SpecError::new("exposed_ports", "ports must be 1-65535 without duplicates"));
             }
         }
-        if let Some(gpu) = &self.gpu {
-            if gpu.count == 0 || gpu.count > 16 || gpu.model.as_ref().is_some_and(|m| m.is_empty() || m.len() > 64) {
+        if let Some(gpu) = &self.gpu
+            && (gpu.count == 0 || gpu.count > 16 || gpu.model.as_ref().is_some_and(|m| m.is_empty() || m.len() > 64)) {
                 return Err(SpecError::new("gpu", "count must be 1-16 and model at most 64 characters"));
             }
-        }
         for (field, value) in [("plan", &self.plan), ("region", &self.region), ("template", &self.template)] {
             if value.as_ref().is_some_and(|v| v.is_empty() || v.len() > 64) {
                 return Err(SpecError::new(field, "must be 1-64 characters"));

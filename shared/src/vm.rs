@@ -381,11 +381,10 @@ pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmComman
     if vm.status == Deleted {
         return if *cmd == VmCommand::Delete { noop() } else { Err(DecideError::NotFound) };
     }
-    if let Some(p) = &vm.pending_op {
-        if *cmd != VmCommand::Delete {
+    if let Some(p) = &vm.pending_op
+        && *cmd != VmCommand::Delete {
             return Err(DecideError::Busy(p.kind));
         }
-    }
     let refuse = |action| Err(DecideError::InvalidState { action, status: vm.status.as_str() });
     match cmd {
         VmCommand::Create { .. } => unreachable!("handled above"),

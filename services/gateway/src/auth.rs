@@ -120,11 +120,10 @@ impl FromRequestParts<AppState> for Principal {
 }
 
 fn authenticate(state: &AppState, token: &str) -> Result<Actor, ApiError> {
-    if let Some(admin) = &state.cfg.admin_token {
-        if bool::from(admin.as_bytes().ct_eq(token.as_bytes())) {
+    if let Some(admin) = &state.cfg.admin_token
+        && bool::from(admin.as_bytes().ct_eq(token.as_bytes())) {
             return Ok(Actor::Admin);
         }
-    }
     let id = token
         .strip_prefix(KEY_SECRET_PREFIX)
         .and_then(|rest| rest.rsplit_once('_'))

@@ -135,7 +135,7 @@ pub(crate) fn keep_alive(msg: &Message, every: Duration) -> tokio::task::JoinHan
 /// Work for one VM's task.
 enum Job {
     /// A command from the stream, acknowledged when done.
-    Command(Message),
+    Command(Box<Message>),
     /// The driver saw the guest stop on its own.
     Exited(GuestExit),
 }
@@ -215,7 +215,7 @@ async fn consume_vm_commands(queues: VmQueues, host: HostId) -> anyhow::Result<(
     let bus = queues.exec.bus.clone();
     pull_forever(&bus, consumer_cfg, |msg| {
         let key = msg.subject.rsplit('.').next().unwrap_or_default().to_owned();
-        queues.push(key, Job::Command(msg));
+        queues.push(key, Job::Command(Box::new(msg)));
     })
     .await
 }

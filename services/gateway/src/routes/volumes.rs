@@ -157,7 +157,7 @@ async fn delete_volume(State(state): State<AppState>, who: Principal, PathId(id)
     let events = volume::decide(Some(&vol), who.org, vol.project, &command).map_err(volume_error)?;
     let now = OffsetDateTime::now_utc();
     let (host, project) = (vol.host, vol.project);
-    let view = events.iter().fold(Some(vol), |s, e| volume::evolve(s, id, None, now, e)).ok_or_else(|| ApiError::Internal("volume vanished".into()))?;
+    let view = events.iter().try_fold(vol, |s, e| volume::evolve(Some(s), id, None, now, e)).ok_or_else(|| ApiError::Internal("volume vanished".into()))?;
     let sub = Submission { subject: subjects::volume_command(host, id), kind: "delete_volume", target_id: id.to_string(), project, command: Command::Volume { volume: id, command } };
     let operation = submit(&state, &who, sub).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(VolumeAccepted { volume: view.into(), operation })))

@@ -138,11 +138,10 @@ pub async fn attach(dir: &VmDir, location: &str, mount: &VolumeMount, running: b
     let added = q
         .execute("device_add", Some(json!({"driver": "virtio-blk-pci", "id": entry.device(), "drive": entry.node(), "serial": entry.serial, "bus": format!("hp{}", entry.port)})))
         .await;
-    if let Err(e) = added {
-        if !e.to_string().contains("Duplicate") {
+    if let Err(e) = added
+        && !e.to_string().contains("Duplicate") {
             return Err(fatal(e));
         }
-    }
     agent(dir, &format!("mount {} {} {}", entry.serial, entry.mount_path, if entry.readonly { "ro" } else { "rw" })).await
 }
 
@@ -151,17 +150,15 @@ pub async fn detach(dir: &VmDir, mount: &VolumeMount, running: bool) -> Result<(
     let mut list = plugged(dir);
     let Some(entry) = list.iter().find(|p| p.volume_id == mount.volume_id).cloned() else { return Ok(()) };
     if running {
-        if let Err(e) = agent(dir, &format!("umount {}", entry.mount_path)).await {
-            if !e.to_string().contains("not a mount point") {
+        if let Err(e) = agent(dir, &format!("umount {}", entry.mount_path)).await
+            && !e.to_string().contains("not a mount point") {
                 return Err(e);
             }
-        }
         let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
-        if let Err(e) = q.execute("device_del", Some(json!({"id": entry.device()}))).await {
-            if !e.to_string().contains("not found") {
+        if let Err(e) = q.execute("device_del", Some(json!({"id": entry.device()}))).await
+            && !e.to_string().contains("not found") {
                 return Err(fatal(e));
             }
-        }
         // The guest releases the device asynchronously; the node can go once it has.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
