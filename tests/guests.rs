@@ -44,36 +44,104 @@ macro_rules! guests_or_skip {
     };
 }
 
-/// nats-server + gateway + a qemu worker, in a temp dir; images are shared
-/// between tests (built once).
+/// A network namespace of the test's own with a bridge for bridge-mode
+/// guests, reached from the test through a veth pair. All addresses live
+/// inside this namespace and the veth: nothing leaves the machine.
+struct Netns {
+    name: String,
+    veth: String,
+    /// The namespace's end of the veth, where its gateway listens.
+    addr: String,
+    /// The bridge's network.
+    cidr: String,
+}
+
+impl Netns {
+    fn create() -> Self {
+        let n = std::process::id() % 200 + 20;
+        let (name, veth) = (format!("vmpl{}", std::process::id()), format!("vmpv{}", std::process::id()));
+        let ip = |args: &str| {
+            let out = Command::new("ip").args(args.split_whitespace()).output().expect("ip");
+            assert!(out.status.success(), "ip {args}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        ip(&format!("netns add {name}"));
+        let ns = Self { name: name.clone(), veth: veth.clone(), addr: format!("10.231.{n}.2"), cidr: format!("172.30.{n}.0/24") };
+        ip(&format!("-n {name} link set lo up"));
+        ip(&format!("-n {name} link add br0 type bridge"));
+        ip(&format!("-n {name} addr add 172.30.{n}.1/24 dev br0"));
+        ip(&format!("-n {name} link set br0 up"));
+        ip(&format!("link add {veth} type veth peer name {veth}b"));
+        ip(&format!("link set {veth}b netns {name}"));
+        ip(&format!("addr add 10.231.{n}.1/30 dev {veth}"));
+        ip(&format!("link set {veth} up"));
+        ip(&format!("-n {name} addr add 10.231.{n}.2/30 dev {veth}b"));
+        ip(&format!("-n {name} link set {veth}b up"));
+        ns
+    }
+
+    /// `ip netns exec <ns> program args...`
+    fn wrap(&self, program: &Path, args: Vec<String>) -> (PathBuf, Vec<String>) {
+        let mut all = vec!["netns".to_owned(), "exec".to_owned(), self.name.clone(), program.display().to_string()];
+        all.extend(args);
+        (which("ip").expect("ip (iproute2)"), all)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip").args(["link", "del", &self.veth]).status();
+    }
+}
+
+/// nats-server + gateway + a qemu worker, in a temp dir (and, for bridge
+/// networking, a network namespace); images are shared between tests.
 struct GuestStack {
     worker: Proc,
     gateway: Proc,
     /// Held so the server lives as long as the stack.
-    _nats: Nats,
+    _nats: Proc,
     admin: Client,
     data: PathBuf,
     key: PathBuf,
+    netns: Option<Netns>,
     _dir: tempfile::TempDir,
 }
 
 impl GuestStack {
     async fn start() -> Self {
+        Self::start_in(None).await
+    }
+
+    async fn start_in(netns: Option<Netns>) -> Self {
         let dir = tempfile::Builder::new().prefix("vmplane-g-").tempdir_in("/tmp").expect("temp dir");
         let root = dir.path().to_owned();
-        let nats = Nats::start_in(&root).await;
         let data = root.join("d");
-        let listen = format!("127.0.0.1:{}", free_port());
-        let admin_env = vec![("VMPLANE_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned())];
         let s = |v: &str| v.to_owned();
-        let gw = vec![s("gateway"), s("--nats-url"), nats.url(), s("--data-dir"), data.display().to_string(), s("--listen"), listen.clone()];
-        let gateway = Proc::start("gateway", BIN, gw, admin_env.clone(), root.join("gateway.log"));
+        let spawn = |name: &str, program: PathBuf, args: Vec<String>, env: Vec<(String, String)>| {
+            let (program, args) = match &netns {
+                Some(ns) => ns.wrap(&program, args),
+                None => (program, args),
+            };
+            Proc::start(name, program, args, env, root.join(format!("{name}.log")))
+        };
+        // Inside a namespace the ports are ours alone; outside, pick free ones.
+        let (nats_port, listen) = match &netns {
+            Some(ns) => (4222, format!("{}:8080", ns.addr)),
+            None => (free_port(), format!("127.0.0.1:{}", free_port())),
+        };
+        let nats_args = vec![s("-js"), s("-a"), s("127.0.0.1"), s("-p"), nats_port.to_string(), s("-sd"), root.join("nats").display().to_string()];
+        let nats = spawn("nats-server", nats_server_bin(), nats_args, vec![]);
+        let nats_url = format!("nats://127.0.0.1:{nats_port}");
+        let admin_env = vec![("VMPLANE_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned())];
+        let gw = vec![s("gateway"), s("--nats-url"), nats_url.clone(), s("--data-dir"), data.display().to_string(), s("--listen"), listen.clone()];
+        let gateway = spawn("gateway", PathBuf::from(BIN), gw, admin_env.clone());
         // A port range of our own, so stacks running side by side do not compete.
         let first = 30000 + (free_port() % 300) * 100;
-        let wk = vec![
+        let mut wk = vec![
             s("worker"),
             s("--nats-url"),
-            nats.url(),
+            nats_url,
             s("--data-dir"),
             data.display().to_string(),
             s("--driver"),
@@ -91,12 +159,15 @@ impl GuestStack {
             s("--port-range"),
             format!("{first}-{}", first + 99),
         ];
-        let worker = Proc::start("worker", BIN, wk, admin_env, root.join("worker.log"));
+        if let Some(ns) = &netns {
+            wk.extend([s("--bridge"), s("br0"), s("--bridge-cidr"), ns.cidr.clone()]);
+        }
+        let worker = spawn("worker", PathBuf::from(BIN), wk, admin_env);
         let admin = Client::new(&format!("http://{listen}"), Some(ADMIN_TOKEN)).with_timeout(Duration::from_secs(60));
         let key = root.join("id_ed25519");
         let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).output().expect("ssh-keygen");
         assert!(out.status.success(), "ssh-keygen: {out:?}");
-        let stack = Self { worker, gateway, _nats: nats, admin, data, key, _dir: dir };
+        let stack = Self { worker, gateway, _nats: nats, admin, data, key, netns, _dir: dir };
         // The first start builds the image, which takes a while.
         let c = &stack.admin;
         wait_for("a qemu host online", BOOT, async || match c.try_get("/v1/hosts").await {
@@ -147,17 +218,24 @@ impl GuestStack {
         self.admin.vm(vm).await
     }
 
-    /// Run a command in the guest over SSH through its forwarded port.
+    /// Run a command in the guest over SSH: through its forwarded port, or in
+    /// bridge mode straight to its address from inside the namespace.
     fn ssh(&self, vm: &Value, cmd: &str) -> String {
-        let port = vm["ssh_port"].as_u64().expect("ssh_port").to_string();
+        let (host, port) = match (&self.netns, vm["network"]["mode"].as_str()) {
+            (Some(_), Some("bridge")) => (str_of(&vm["ip"]).to_owned(), "22".to_owned()),
+            _ => ("127.0.0.1".to_owned(), vm["ssh_port"].as_u64().expect("ssh_port").to_string()),
+        };
+        let mut args: Vec<String> = ["-q", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", "-o", "BatchMode=yes", "-i"]
+            .map(str::to_owned)
+            .to_vec();
+        args.extend([self.key.display().to_string(), "-p".into(), port, format!("root@{host}"), cmd.to_owned()]);
+        let (program, args) = match &self.netns {
+            Some(ns) => ns.wrap(&which("ssh").expect("ssh"), args),
+            None => (PathBuf::from("ssh"), args),
+        };
         let mut last = String::new();
         for _ in 0..20 {
-            let out = Command::new("ssh")
-                .args(["-q", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", "-o", "BatchMode=yes", "-i"])
-                .arg(&self.key)
-                .args(["-p", &port, "root@127.0.0.1", cmd])
-                .output()
-                .expect("running ssh");
+            let out = Command::new(&program).args(&args).output().expect("running ssh");
             if out.status.success() {
                 return String::from_utf8_lossy(&out.stdout).into_owned();
             }
@@ -553,4 +631,46 @@ async fn images_import_from_oci_layouts_docker_archives_and_raw_disks_and_boot()
     assert_eq!(g.ssh(&oci_vm, "cat /etc/oci-motd; test -e /etc/doomed && echo doomed-still-there; cat /opt/app/run.sh").trim(), "hello-from-oci\necho app");
     let raw_vm = g.running_vm(json!({"name": "raw", "image": "from-qcow2", "memory_mib": 256, "ssh_keys": [g.public_key()]})).await;
     assert_eq!(g.ssh(&raw_vm, "cat /etc/raw-proof").trim(), "from-a-raw-disk");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_mode_guests_get_addresses_from_the_bridge_cidr() {
+    guests_or_skip!();
+    if which("ip").is_none() || Command::new("ip").args(["netns", "list"]).output().map_or(true, |o| !o.status.success()) {
+        panic!("bridge networking tests need iproute2 and network namespaces (root)");
+    }
+    let g = GuestStack::start_in(Some(Netns::create())).await;
+    let cidr = g.netns.as_ref().unwrap().cidr.clone();
+    let prefix = cidr.rsplit_once('.').unwrap().0.to_owned();
+    let chosen = format!("{prefix}.50");
+    let a = g
+        .running_vm(json!({"name": "br-a", "memory_mib": 256, "ssh_keys": [g.public_key()], "network": {"mode": "bridge", "guest_ip": chosen, "guest_mac": "02:fc:00:00:00:0a"}}))
+        .await;
+    assert_eq!((a["ip"].as_str(), a["mac"].as_str(), a["ssh_port"].as_u64()), (Some(chosen.as_str()), Some("02:fc:00:00:00:0a"), None));
+    let b = g.running_vm(json!({"name": "br-b", "memory_mib": 256, "ssh_keys": [g.public_key()], "network": {"mode": "bridge"}})).await;
+    assert_eq!(b["ip"].as_str(), Some(format!("{prefix}.2").as_str()), "first free address of {cidr}");
+    // Each guest has its address, and they reach each other across the bridge.
+    assert!(g.ssh(&a, "ip -4 -o addr show").contains(&format!("{chosen}/24")));
+    assert_eq!(g.ssh(&b, &format!("ping -c 1 -W 5 {chosen} >/dev/null && echo reached")).trim(), "reached");
+
+    // An address in use, or outside the network, fails the VM with the reason.
+    let (s, dup) = g.admin.post("/v1/vms", &json!({"name": "br-c", "network": {"mode": "bridge", "guest_ip": chosen}})).await;
+    assert_eq!(s, 202, "{dup}");
+    let id = str_of(&dup["id"]).to_owned();
+    let c = &g.admin;
+    let failed = wait_for("the duplicate address to fail", BOOT, async || {
+        let vm = c.vm(&id).await;
+        if vm["status"] == "failed" { Ok(vm) } else { Err(vm.to_string()) }
+    })
+    .await;
+    assert!(str_of(&failed["message"]).contains("already in use"), "{failed}");
+    let (s, b2) = g.admin.post("/v1/vms", &json!({"name": "br-d", "network": {"mode": "bridge"}, "port_forwards": [{"guest_port": 80}]})).await;
+    assert_eq!((s, b2["code"].as_str()), (422, Some("validation_failed")), "{b2}");
+
+    // Deleting the VM removes its tap.
+    let tap = format!("vt{}", &str_of(&a["id"])[str_of(&a["id"]).len() - 12..]);
+    let links = || String::from_utf8_lossy(&Command::new("ip").args(["-n", &g.netns.as_ref().unwrap().name, "-br", "link"]).output().unwrap().stdout).into_owned();
+    assert!(links().contains(&tap), "{}", links());
+    assert_eq!(g.act(str_of(&a["id"]), "delete").await["status"], "deleted");
+    assert!(!links().contains(&tap), "{}", links());
 }

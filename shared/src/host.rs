@@ -20,6 +20,9 @@ pub struct HostInfo {
     /// Images this host can boot.
     #[serde(default)]
     pub images: Vec<ImageInfo>,
+    /// The CIDR of the bridge VMs in bridge mode join, when the operator configured one.
+    #[serde(default)]
+    pub bridge_cidr: Option<String>,
 }
 
 /// A bootable image as a host announces it.
@@ -146,7 +149,7 @@ mod tests {
 
     #[test]
     fn imports_add_or_replace_images_by_name() {
-        let mut info = HostInfo { name: "h".into(), driver: "qemu".into(), driver_detail: None, cpus: 1, memory_mib: 1, disk_gb: 1, images: vec![] };
+        let mut info = HostInfo { name: "h".into(), driver: "qemu".into(), driver_detail: None, cpus: 1, memory_mib: 1, disk_gb: 1, images: vec![], bridge_cidr: None };
         let img = |name: &str, size| ImageInfo { name: name.into(), os: "linux".into(), arch: "x86_64".into(), size_bytes: size, boot: "kernel+initrd".into(), kernel_version: None };
         evolve(&mut info, &HostEvent::ImageImported { image: img("b", 1) });
         evolve(&mut info, &HostEvent::ImageImported { image: img("a", 1) });
@@ -157,7 +160,7 @@ mod tests {
 
     #[test]
     fn fits_checks_memory_disk_and_per_vm_cpus() {
-        let host = HostInfo { name: "h".into(), driver: "sim".into(), driver_detail: None, cpus: 4, memory_mib: 1024, disk_gb: 100, images: vec![] };
+        let host = HostInfo { name: "h".into(), driver: "sim".into(), driver_detail: None, cpus: 4, memory_mib: 1024, disk_gb: 100, images: vec![], bridge_cidr: None };
         let used = Resources { vcpus: 16, memory_mib: 512, disk_gb: 50 };
         assert!(Resources::fits(&host, &used, &Resources { vcpus: 4, memory_mib: 512, disk_gb: 50 }));
         assert!(!Resources::fits(&host, &used, &Resources { vcpus: 5, memory_mib: 1, disk_gb: 1 }));

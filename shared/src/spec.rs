@@ -171,6 +171,9 @@ impl VmSpec {
         if self.port_forwards.len() > 32 {
             return Err(SpecError::new("port_forwards", "at most 32"));
         }
+        if self.network.mode == NetworkMode::Bridge && !self.port_forwards.is_empty() {
+            return Err(SpecError::new("port_forwards", "are for user-mode networking; in bridge mode the guest has its own address"));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for pf in &self.port_forwards {
             if pf.guest_port == 0 || pf.host_port == Some(0) {
@@ -311,6 +314,7 @@ pub struct NetworkSpec {
     /// Requested address in bridge mode; allocated from the bridge CIDR when absent.
     #[serde(default)]
     #[schema(value_type = Option<String>, format = Ipv4)]
+    #[serde(with = "ip_as_text")]
     pub guest_ip: Option<Ipv4Addr>,
     /// Requested MAC; generated when absent.
     #[serde(default)]
@@ -339,6 +343,24 @@ impl NetworkSpec {
             return Err(SpecError::new("guest_ip", "can only be chosen in bridge mode"));
         }
         Ok(())
+    }
+}
+
+/// Addresses as dotted text in every encoding: serde writes `Ipv4Addr` as
+/// four numbers in binary formats, which rmp-serde then cannot read back.
+mod ip_as_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::net::Ipv4Addr;
+
+    pub fn serialize<S: Serializer>(ip: &Option<Ipv4Addr>, s: S) -> Result<S::Ok, S::Error> {
+        match ip {
+            Some(ip) => s.collect_str(ip),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv4Addr>, D::Error> {
+        Option::<String>::deserialize(d)?.map(|t| t.parse().map_err(serde::de::Error::custom)).transpose()
     }
 }
 
@@ -488,6 +510,19 @@ mod tests {
         assert_eq!(s.validate().unwrap_err().field, "guest_ip");
         s.network.mode = NetworkMode::Bridge;
         s.validate().unwrap();
+        s.port_forwards = vec![PortForward { guest_port: 80, host_port: None, protocol: Protocol::Tcp }];
+        assert_eq!(s.validate().unwrap_err().field, "port_forwards");
+    }
+
+    #[test]
+    fn guest_ip_survives_the_binary_codec() {
+        let mut s = VmSpec::named("x");
+        s.network.mode = NetworkMode::Bridge;
+        s.network.guest_ip = Some(Ipv4Addr::new(172, 30, 0, 9));
+        let back: VmSpec = rmp_serde::from_slice(&rmp_serde::to_vec_named(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["network"]["guest_ip"], "172.30.0.9");
     }
 
     #[test]

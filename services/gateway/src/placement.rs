@@ -13,6 +13,8 @@ pub enum Unfit {
     NoRoom,
     /// A requested host port is forwarded to another VM there.
     PortTaken(u16),
+    /// Bridge networking was asked for and the host has no bridge.
+    NoBridge,
     /// The host does not have the image.
     NoImage(String),
 }
@@ -49,6 +51,7 @@ pub fn place(state: &AppState, want: &Resources, check: impl Fn(&Host) -> ApiRes
         (Some((_, id)), _) => Ok(id),
         _ if !online => Err(ApiError::Unavailable("no worker host is online".into())),
         (None, Some(Unfit::NoImage(image))) => Err(ApiError::Unprocessable("unknown_image", format!("no online host has the image `{image}`; see GET /v1/images"))),
+        (None, Some(Unfit::NoBridge)) => Err(ApiError::Unprocessable("unsupported", "no online host has a bridge for bridge networking (worker --bridge)".into())),
         (None, Some(Unfit::PortTaken(p))) => Err(ApiError::Conflict("port_conflict", format!("host port {p} is already forwarded to another vm"))),
         (None, _) => Err(ApiError::Conflict("insufficient_capacity", "no online host has room for this".into())),
     }

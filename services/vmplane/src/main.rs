@@ -18,6 +18,7 @@ use vmplane_gateway::projection::Projections;
 use vmplane_worker::WorkerConfig;
 use vmplane_worker::driver::Driver;
 use vmplane_worker::driver::qemu::accel::{self, AccelChoice};
+use vmplane_worker::driver::qemu::bridge;
 use vmplane_worker::driver::qemu::{QemuConfig, QemuDriver};
 use vmplane_worker::driver::sim::{SimConfig, SimDriver};
 
@@ -111,6 +112,13 @@ struct WorkerOpts {
     /// First and last host port for SSH and port forwards, as `FIRST-LAST`.
     #[arg(long, default_value = "20000-29999", value_parser = parse_range)]
     port_range: (u16, u16),
+    /// qemu: a bridge (set up by the operator, with the first address of
+    /// --bridge-cidr on it) that VMs in bridge network mode join through taps.
+    #[arg(long, requires = "bridge_cidr")]
+    bridge: Option<String>,
+    /// qemu: the bridge's network; guests get addresses from it.
+    #[arg(long, requires = "bridge", value_parser = |s: &str| s.parse::<bridge::Cidr>())]
+    bridge_cidr: Option<bridge::Cidr>,
     /// qemu: the address host port forwards listen on.
     #[arg(long, default_value = "0.0.0.0")]
     forward_bind: String,
@@ -273,6 +281,7 @@ async fn driver(opts: &WorkerOpts, data_dir: &Path) -> anyhow::Result<Arc<dyn Dr
                 memory_mib: host_memory_mib(),
                 disk_gb: host_disk_gb(&dir),
                 images: vmplane_worker::driver::qemu::image::list(&images_dir),
+                bridge_cidr: opts.bridge_cidr.map(|c| c.to_string()),
             };
             Arc::new(QemuDriver::new(QemuConfig {
                 dir,
@@ -282,6 +291,7 @@ async fn driver(opts: &WorkerOpts, data_dir: &Path) -> anyhow::Result<Arc<dyn Dr
                 accel_reason: reason,
                 port_range: opts.port_range,
                 forward_bind: opts.forward_bind.clone(),
+                bridge: opts.bridge.clone().zip(opts.bridge_cidr).map(|(name, cidr)| bridge::Bridge { name, cidr }),
                 ready_timeout: Duration::from_secs(opts.ready_timeout_secs),
                 stop_timeout: Duration::from_secs(opts.stop_timeout_secs),
                 host,
@@ -306,6 +316,7 @@ async fn driver(opts: &WorkerOpts, data_dir: &Path) -> anyhow::Result<Arc<dyn Dr
                     boot: "simulated".into(),
                     kernel_version: None,
                 }],
+                bridge_cidr: None,
             },
             port_range: opts.port_range,
         })?),

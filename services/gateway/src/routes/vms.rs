@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
-use vmplane_domain::spec::{DataDisk, ExposedPort, GpuSpec, NetworkSpec, PortForward, VmSpec, VolumeMount};
+use vmplane_domain::spec::{DataDisk, ExposedPort, GpuSpec, NetworkMode, NetworkSpec, PortForward, VmSpec, VolumeMount};
 use vmplane_domain::vm::{DiskInfo, ResolvedPortForward, Vm, VmCommand, VmStatus, decide, evolve};
 use vmplane_domain::{Command, HostId, ImageId, ProjectId, VmId, VolumeId, subjects};
 
@@ -255,6 +255,9 @@ fn place_vm(state: &AppState, spec: &VmSpec) -> ApiResult<HostId> {
         if !host.info.images.iter().any(has_image) {
             return Ok(Some(Unfit::NoImage(spec.image.clone())));
         }
+        if spec.network.enabled && spec.network.mode == NetworkMode::Bridge && host.info.bridge_cidr.is_none() {
+            return Ok(Some(Unfit::NoBridge));
+        }
         let in_use = state.proj.host_ports_in_use(host.id)?;
         Ok(spec.port_forwards.iter().filter_map(|pf| pf.host_port).find(|p| in_use.contains(p)).map(Unfit::PortTaken))
     };
@@ -273,9 +276,7 @@ async fn create_vm(State(state): State<AppState>, who: Principal, Json(req): Jso
             "volumes, data_disks and root_volume_id cannot be given at create yet: create the VM, then POST /v1/vms/{id}/volumes/{volume_id}".into(),
         ));
     }
-    if spec.network.mode == vmplane_domain::spec::NetworkMode::Bridge {
-        return Err(ApiError::Unprocessable("unsupported", "bridge networking is not available yet; use the default user-mode network with port_forwards".into()));
-    }
+
     let id = VmId::new();
     let project = who.project_or_default();
     let host = place_vm(&state, &spec)?;

@@ -295,7 +295,7 @@ mod tests {
             dir: dir.to_owned(),
             boot_delay: Duration::ZERO,
             ready_delay: Duration::ZERO,
-            host: HostInfo { name: "t".into(), driver: "sim".into(), driver_detail: None, cpus: 4, memory_mib: 4096, disk_gb: 100, images: vec![] },
+            host: HostInfo { name: "t".into(), driver: "sim".into(), driver_detail: None, cpus: 4, memory_mib: 4096, disk_gb: 100, images: vec![], bridge_cidr: None },
             port_range: (30000, 30003),
         })
         .unwrap()

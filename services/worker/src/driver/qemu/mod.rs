@@ -8,6 +8,7 @@
 //! worker ships to JetStream.
 
 pub mod accel;
+pub mod bridge;
 pub mod image;
 pub mod import;
 pub mod layout;
@@ -30,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use vmplane_domain::host::{HostInfo, ImageFormat, ImageInfo};
-use vmplane_domain::spec::VolumeMount;
+use vmplane_domain::spec::{NetworkMode, VolumeMount};
 use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, Vm};
 use vmplane_domain::volume::Volume;
 use vmplane_domain::{OrgId, VmId};
@@ -53,6 +54,8 @@ pub struct QemuConfig {
     pub port_range: (u16, u16),
     /// Address host port forwards listen on.
     pub forward_bind: String,
+    /// The bridge bridge-mode VMs join, if the operator configured one.
+    pub bridge: Option<bridge::Bridge>,
     /// How long a guest may take to print its readiness line.
     pub ready_timeout: Duration,
     /// How long a guest may take to power off after ACPI power-down.
@@ -64,6 +67,9 @@ pub struct QemuConfig {
 #[derive(Serialize, Deserialize)]
 struct Allocated {
     network: NetworkRuntime,
+    /// Bridge mode: the tap device and `vmplane.net=` address.
+    #[serde(default)]
+    tap: Option<(String, String)>,
 }
 
 /// See the module docs.
@@ -127,8 +133,17 @@ impl QemuDriver {
         self.watched.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm);
     }
 
-    fn launch<'a>(&'a self, vm: &'a Vm, image: &'a image::Image, dir: &'a VmDir, network: &'a NetworkRuntime, incoming: bool) -> Launch<'a> {
-        Launch { qemu: &self.cfg.qemu_binary, accel: self.cfg.accel, vm, image, dir, network, forward_bind: &self.cfg.forward_bind, incoming }
+    /// Build the command line; in bridge mode, make sure the tap exists first.
+    async fn launch<'a>(&'a self, vm: &'a Vm, image: &'a image::Image, dir: &'a VmDir, network: &'a NetworkRuntime, incoming: bool) -> Result<Launch<'a>, DriverError> {
+        let tap = match allocated(dir).and_then(|a| a.tap) {
+            Some((device, address)) => {
+                let bridge = self.cfg.bridge.as_ref().ok_or_else(|| fatal("this VM uses bridge networking but the worker has no --bridge"))?;
+                bridge::ensure_tap(bridge, &device).await?;
+                Some(process::TapPlan { device, address })
+            }
+            None => None,
+        };
+        Ok(Launch { qemu: &self.cfg.qemu_binary, accel: self.cfg.accel, vm, image, dir, network, forward_bind: &self.cfg.forward_bind, incoming, tap })
     }
 
     fn image(&self, vm: &Vm) -> Result<image::Image, DriverError> {
@@ -164,21 +179,30 @@ impl QemuDriver {
         Ok(())
     }
 
-    fn used_ports(&self, except: VmId) -> BTreeSet<u16> {
-        let mut used = BTreeSet::new();
-        let Ok(entries) = std::fs::read_dir(self.cfg.dir.join("vms")) else { return used };
-        for entry in entries.flatten() {
-            let Some(vm) = entry.file_name().to_str().and_then(|s| s.parse::<VmId>().ok()) else { continue };
-            if vm == except {
-                continue;
-            }
-            if let Some(a) = std::fs::read(self.dir(vm).network()).ok().and_then(|b| serde_json::from_slice::<Allocated>(&b).ok()) {
-                used.extend(a.network.ssh_port);
-                used.extend(a.network.port_forwards.iter().map(|p| p.host_port));
-            }
-        }
-        used
+    /// Guest addresses other bridge-mode VMs on this host hold.
+    fn used_guest_ips(&self, except: VmId) -> BTreeSet<std::net::Ipv4Addr> {
+        self.other_allocations(except).filter(|a| a.tap.is_some()).filter_map(|a| a.network.ip.and_then(|ip| ip.parse().ok())).collect()
     }
+
+    /// The network allocations of every other VM on this host.
+    fn other_allocations(&self, except: VmId) -> impl Iterator<Item = Allocated> + '_ {
+        std::fs::read_dir(self.cfg.dir.join("vms"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<VmId>().ok()))
+            .filter(move |vm| *vm != except)
+            .filter_map(|vm| allocated(&self.dir(vm)))
+    }
+
+    fn used_ports(&self, except: VmId) -> BTreeSet<u16> {
+        self.other_allocations(except).flat_map(|a| a.network.ssh_port.into_iter().chain(a.network.port_forwards.iter().map(|p| p.host_port)).collect::<Vec<_>>()).collect()
+    }
+
+}
+
+fn allocated(dir: &VmDir) -> Option<Allocated> {
+    std::fs::read(dir.network()).ok().and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 fn read_org(dir: &VmDir) -> Option<OrgId> {
@@ -256,8 +280,25 @@ impl Driver for QemuDriver {
         std::fs::create_dir_all(dir.path()).map_err(retry)?;
         std::fs::write(dir.path().join("org"), vm.org.to_string()).map_err(retry)?;
         let _guard = self.ports.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(a) = std::fs::read(dir.network()).ok().and_then(|b| serde_json::from_slice::<Allocated>(&b).ok()) {
+        if let Some(a) = allocated(&dir) {
             return Ok(a.network);
+        }
+        let b = vm.id.0.to_bytes();
+        let mac = vm.spec.network.guest_mac.clone().unwrap_or_else(|| format!("52:54:00:{:02x}:{:02x}:{:02x}", b[13], b[14], b[15]));
+        if vm.spec.network.enabled && vm.spec.network.mode == NetworkMode::Bridge {
+            let bridge = self.cfg.bridge.as_ref().ok_or_else(|| fatal("bridge networking is not configured on this host (worker --bridge)"))?;
+            let taken = self.used_guest_ips(vm.id);
+            let ip = match vm.spec.network.guest_ip {
+                Some(ip) if !bridge.cidr.is_guest(ip) => return Err(fatal(format!("guest_ip {ip} is not a guest address of {}", bridge.cidr))),
+                Some(ip) if taken.contains(&ip) => return Err(fatal(format!("guest_ip {ip} is already in use"))),
+                Some(ip) => ip,
+                None => bridge.cidr.guests().find(|ip| !taken.contains(ip)).ok_or_else(|| fatal(format!("no free address left in {}", bridge.cidr)))?,
+            };
+            let network = NetworkRuntime { ip: Some(ip.to_string()), mac: Some(mac), ssh_port: None, port_forwards: Vec::new() };
+            let tap = (bridge::tap_name(vm.id), format!("{ip}/{},{}", bridge.cidr.prefix, bridge.cidr.gateway()));
+            let bytes = serde_json::to_vec(&Allocated { network: network.clone(), tap: Some(tap) }).map_err(fatal)?;
+            std::fs::write(dir.network(), bytes).map_err(retry)?;
+            return Ok(network);
         }
         let mut taken = self.used_ports(vm.id);
         let (lo, hi) = self.cfg.port_range;
@@ -290,14 +331,13 @@ impl Driver for QemuDriver {
                 forwards.push(ResolvedPortForward { guest_port: pf.guest_port, host_port: pick(pf.host_port)?, protocol: pf.protocol });
             }
         }
-        let b = vm.id.0.to_bytes();
         let network = NetworkRuntime {
             ip: enabled.then(|| "10.0.2.15".to_owned()),
-            mac: enabled.then(|| vm.spec.network.guest_mac.clone().unwrap_or_else(|| format!("52:54:00:{:02x}:{:02x}:{:02x}", b[13], b[14], b[15]))),
+            mac: enabled.then_some(mac),
             ssh_port,
             port_forwards: forwards,
         };
-        let bytes = serde_json::to_vec(&Allocated { network: network.clone() }).map_err(fatal)?;
+        let bytes = serde_json::to_vec(&Allocated { network: network.clone(), tap: None }).map_err(fatal)?;
         std::fs::write(dir.network(), bytes).map_err(retry)?;
         Ok(network)
     }
@@ -336,7 +376,7 @@ impl Driver for QemuDriver {
         let plugged: String = volumes::plugged(&dir).iter().map(volumes::Plugged::seed_line).collect();
         seed::write(vm, &dir.seed(), plugged).await.map_err(fatal)?;
         self.mark_ready_from(&dir)?;
-        self.launch(vm, &image, &dir, &network, false).spawn().await.map_err(fatal)?;
+        self.launch(vm, &image, &dir, &network, false).await?.spawn().await.map_err(fatal)?;
         self.watch_pid(vm, &dir)
     }
 
@@ -416,7 +456,7 @@ impl Driver for QemuDriver {
         let image = self.image(vm)?;
         let network = vm.network.clone().unwrap_or_default();
         let _ = std::fs::remove_file(dir.expected_exit());
-        self.launch(vm, &image, &dir, &network, true).spawn().await.map_err(fatal)?;
+        self.launch(vm, &image, &dir, &network, true).await?.spawn().await.map_err(fatal)?;
         let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
         q.execute("migrate-incoming", Some(json!({ "uri": format!("file:{}", dir.snapshot().display()) }))).await.map_err(fatal)?;
         q.wait_migration(Duration::from_secs(300)).await.map_err(fatal)?;
@@ -474,6 +514,9 @@ impl Driver for QemuDriver {
             self.stop_process(vm, &dir, false).await?;
         }
         self.unwatch(vm.id);
+        if let Some((tap, _)) = allocated(&dir).and_then(|a| a.tap) {
+            bridge::remove_tap(&tap).await;
+        }
         if !vm.spec.delete_root_disk && dir.root_disk().exists() {
             let kept = self.cfg.dir.join("retained");
             std::fs::create_dir_all(&kept).map_err(retry)?;

@@ -24,6 +24,16 @@ pub struct Launch<'a> {
     pub forward_bind: &'a str,
     /// Start paused, waiting for `migrate-incoming` (restore from a snapshot).
     pub incoming: bool,
+    /// Bridge mode: the tap device and the guest's static address.
+    pub tap: Option<TapPlan>,
+}
+
+/// A bridge-mode VM's network plumbing.
+#[derive(Debug, Clone)]
+pub struct TapPlan {
+    pub device: String,
+    /// `ADDR/PREFIX,GATEWAY`, given to the guest as `vmplane.net=`.
+    pub address: String,
 }
 
 impl Launch<'_> {
@@ -63,7 +73,7 @@ impl Launch<'_> {
             "-initrd".into(),
             p(&self.image.initrd),
             "-append".into(),
-            cmdline(&self.image.cmdline, vm),
+            cmdline(&self.image.cmdline, vm, self.tap.as_ref()),
             "-drive".into(),
             format!("if=none,id=root,file={},format=qcow2,cache=writeback,discard=unmap", p(&d.root_disk())),
             "-device".into(),
@@ -81,7 +91,11 @@ impl Launch<'_> {
             "-device".into(),
             "virtio-rng-pci".into(),
         ];
-        if vm.spec.network.enabled {
+        if let Some(t) = &self.tap {
+            let mac = self.network.mac.as_deref().unwrap_or("52:54:00:12:34:56");
+            a.extend(["-netdev".into(), format!("tap,id=net0,ifname={},script=no,downscript=no", t.device), "-device".into()]);
+            a.push(format!("virtio-net-pci,netdev=net0,mac={mac}"));
+        } else if vm.spec.network.enabled {
             let mut netdev = "user,id=net0".to_owned();
             if let Some(ssh) = self.network.ssh_port {
                 netdev.push_str(&format!(",hostfwd=tcp:{}:{ssh}-:22", self.forward_bind));
@@ -130,8 +144,11 @@ impl Launch<'_> {
 
 /// The kernel command line: the image's, the VM's extra arguments, and
 /// onlining of hot-plugged memory when the VM may get some.
-fn cmdline(image: &str, vm: &Vm) -> String {
+fn cmdline(image: &str, vm: &Vm, tap: Option<&TapPlan>) -> String {
     let mut line = image.to_owned();
+    if let Some(t) = tap {
+        line.push_str(&format!(" vmplane.net={}", t.address));
+    }
     if vm.spec.hotplug_memory_mib > 0 {
         line.push_str(" memhp_default_state=online");
     }
