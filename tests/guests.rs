@@ -674,3 +674,39 @@ async fn bridge_mode_guests_get_addresses_from_the_bridge_cidr() {
     assert_eq!(g.act(str_of(&a["id"]), "delete").await["status"], "deleted");
     assert!(!links().contains(&tap), "{}", links());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_that_stop_on_their_own_become_events() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    let vm = g.running_vm(json!({"name": "selfstop", "memory_mib": 256, "ssh_keys": [g.public_key()]})).await;
+    let id = str_of(&vm["id"]).to_owned();
+    let c = &g.admin;
+    let wait_status = async |status: &str| {
+        wait_for(&format!("vm {id} to become {status} on its own"), BOOT, async || {
+            let v = c.vm(&id).await;
+            if v["status"] == status { Ok(v) } else { Err(v.to_string()) }
+        })
+        .await
+    };
+
+    // A power-off inside the guest: `stopped`, saying so.
+    let _ = Command::new("ssh")
+        .args(["-q", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-i"])
+        .arg(&g.key)
+        .args(["-p", &vm["ssh_port"].as_u64().unwrap().to_string(), "root@127.0.0.1", "poweroff"])
+        .output();
+    let stopped = wait_status("stopped").await;
+    assert_eq!(stopped["message"], "guest powered off", "{stopped}");
+    assert_eq!(qemu_processes(&id), 0);
+
+    // A crash (qemu killed): `failed`, with the reason.
+    assert_eq!(g.act(&id, "start").await["status"], "running");
+    let pid: i32 = std::fs::read_to_string(g.vm_dir(&id).join("qemu.pid")).unwrap().trim().parse().unwrap();
+    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    let failed = wait_status("failed").await;
+    assert!(str_of(&failed["message"]).contains("unexpectedly"), "{failed}");
+    // A failed guest starts again.
+    assert_eq!(g.act(&id, "start").await["status"], "running");
+    assert_eq!(g.act(&id, "delete").await["status"], "deleted");
+}

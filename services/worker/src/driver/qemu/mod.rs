@@ -235,7 +235,10 @@ async fn watch(watched: Arc<Mutex<HashMap<VmId, (i32, OrgId)>>>, root: PathBuf, 
             if dir.expected_exit().exists() {
                 continue;
             }
-            let tail = read_tail(&dir.console_log(), 4096);
+            // Only what this boot printed counts: an earlier power-off's line must not
+            // make a crash look clean.
+            let since_boot: u64 = std::fs::read_to_string(dir.ready_mark()).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+            let tail = read_tail(&dir.console_log(), since_boot, 4096);
             let clean = tail.windows(b"reboot: Power down".len()).any(|w| w == b"reboot: Power down");
             let detail = if clean { "guest powered off".to_owned() } else { "qemu exited unexpectedly (guest crash or qemu killed)".to_owned() };
             tracing::warn!(%vm, %detail, "guest stopped on its own");
@@ -244,11 +247,12 @@ async fn watch(watched: Arc<Mutex<HashMap<VmId, (i32, OrgId)>>>, root: PathBuf, 
     }
 }
 
-fn read_tail(path: &Path, n: u64) -> Vec<u8> {
+/// At most the last `n` bytes of a file, none from before offset `from`.
+fn read_tail(path: &Path, from: u64, n: u64) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut f) = std::fs::File::open(path) else { return Vec::new() };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(n)));
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(n).max(from.min(len))));
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
     buf
