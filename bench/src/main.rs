@@ -1,7 +1,10 @@
 //! `vmplane-bench`: vmplane's API latency and throughput next to raw
-//! JetStream publish-with-ack, in one process and one run, on loopback.
+//! JetStream publish-with-ack, in one process and one run, on loopback
+//! (`vmplane-bench` or `vmplane-bench api`), and real guests booted through
+//! vmplane's qemu driver next to bare qemu and libvirt (`vmplane-bench guests`,
+//! see `guests.rs`).
 //!
-//! It starts its own `nats-server -js` (temp store, free loopback port), then
+//! `api` starts its own `nats-server -js` (temp store, free loopback port), then
 //! `vmplane gateway` and `vmplane worker --driver sim` (zero simulated delays)
 //! against it, waits until the gateway is ready and the simulated host is
 //! online, and measures:
@@ -23,10 +26,14 @@
 //!
 //! Build first: `cargo build --release -p vmplane -p vmplane-bench`.
 
+mod bare;
+mod guests;
+mod libvirt;
+
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -45,9 +52,30 @@ use vmplane_domain::{CommandEnvelope, HostId, OpId, OrgId, ProjectId, VmId, even
 /// The sim driver hands out host ports 20000-29999, one per VM (ssh).
 const SIM_PORTS: usize = 10_000;
 
-#[derive(Parser, Debug, Clone)]
-#[command(name = "vmplane-bench", about = "vmplane API latency and throughput against raw JetStream publish-with-ack, in one run on loopback")]
-struct Args {
+#[derive(Parser, Debug)]
+#[command(
+    name = "vmplane-bench",
+    about = "vmplane benchmarks: API latency and throughput against raw JetStream (default, or `api`), real guest boots against bare qemu and libvirt (`guests`)",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Options of `api` (the default when no subcommand is given).
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// API latency and throughput with the sim driver against raw JetStream publish-with-ack (the default).
+    Api(ApiArgs),
+    /// Real guests (qemu driver): POST /v1/vms -> readiness line next to bare qemu and libvirt, standby/restore, capacity.
+    Guests(guests::GuestArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct ApiArgs {
     /// VMs created one after another (POST latency, command -> running, GET latency).
     #[arg(long, default_value_t = 300)]
     vms: usize,
@@ -103,11 +131,19 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
+    let cli = Cli::parse();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
-    // Dropping the run future (on a signal) drops the Cluster, which stops the children.
+    let work = async move {
+        match cli.cmd {
+            None => run(cli.api).await,
+            Some(Cmd::Api(args)) => run(args).await,
+            Some(Cmd::Guests(args)) => guests::run(args).await,
+        }
+    };
+    // Dropping the run future (on a signal) drops the Cluster (and the guests
+    // run's guards), which stop the children.
     let result = tokio::select! {
-        r = run(args) => r,
+        r = work => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
         _ = term.recv() => Err(anyhow!("terminated")),
     };
@@ -205,6 +241,8 @@ struct Cluster {
     nats_url: String,
     base: String,
     admin_token: String,
+    /// The temp dir: stores, process logs, the worker's data.
+    dir: PathBuf,
 }
 
 impl Cluster {
@@ -247,8 +285,8 @@ fn free_ports() -> Result<(u16, u16)> {
     Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
-fn find_vmplane(args: &Args) -> Result<PathBuf> {
-    let path = match &args.vmplane {
+fn find_vmplane(given: &Option<PathBuf>) -> Result<PathBuf> {
+    let path = match given {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.parent().context("the bench binary has no directory")?.join("vmplane"),
     };
@@ -260,57 +298,23 @@ fn find_vmplane(args: &Args) -> Result<PathBuf> {
     Ok(path)
 }
 
-async fn start(args: &Args) -> Result<Cluster> {
-    let vmplane = find_vmplane(args)?;
-    ensure!(
-        args.nats_server.is_file(),
-        "nats-server not found at {} (Debian: `apt-get install nats-server`), or pass --nats-server PATH",
-        args.nats_server.display()
-    );
-    let tmp = tempfile::Builder::new().prefix("vmplane-bench-").tempdir().context("creating a temp dir")?;
-    let dir = tmp.path().to_owned();
-    let (nats_port, http_port) = free_ports()?;
-    let admin_token = format!("vmpbench_{}", OpId::new());
-    let mut c = Cluster {
-        gateway: None,
-        worker: None,
-        nats: None,
-        tmp: Some(tmp),
-        keep_tmp: args.keep_tmp,
-        nats_url: format!("nats://127.0.0.1:{nats_port}"),
-        base: format!("http://127.0.0.1:{http_port}"),
-        admin_token,
-    };
+/// How to start nats-server, the gateway and a worker.
+struct ClusterSpec<'a> {
+    vmplane: PathBuf,
+    nats_server: &'a Path,
+    keep_tmp: bool,
+    accept_wait_ms: Option<u64>,
+    vmplane_log: &'a str,
+    /// The worker's arguments after `worker --nats-url URL --data-dir DIR`.
+    worker_args: Vec<OsString>,
+    /// Extra environment for the worker.
+    worker_env: Vec<(&'static str, String)>,
+}
 
+/// The sim cluster of the `api` bench.
+async fn start(args: &ApiArgs) -> Result<Cluster> {
     let os = |s: &str| OsString::from(s);
-    let store = dir.join("nats");
-    std::fs::create_dir_all(&store)?;
-    let nats_args = vec![os("-js"), os("-a"), os("127.0.0.1"), os("-p"), os(&nats_port.to_string()), os("--server_name"), os("bench"), os("-sd"), store.into()];
-    c.nats = Some(Proc::spawn("nats-server", &args.nats_server, &nats_args, &[], dir.join("nats-server.log"))?);
-    wait_nats(&mut c).await?;
-
-    let env = [("VMPLANE_ADMIN_TOKEN", c.admin_token.as_str()), ("RUST_LOG", args.vmplane_log.as_str())];
-    let mut gw_args: Vec<OsString> = vec![
-        os("gateway"),
-        os("--nats-url"),
-        os(&c.nats_url),
-        os("--data-dir"),
-        dir.join("gateway").into(),
-        os("--listen"),
-        os(&format!("127.0.0.1:{http_port}")),
-        os("--rate-limit"),
-        os("0"),
-    ];
-    if let Some(ms) = args.accept_wait_ms {
-        gw_args.extend([os("--accept-wait-ms"), os(&ms.to_string())]);
-    }
-    c.gateway = Some(Proc::spawn("vmplane gateway", &vmplane, &gw_args, &env, dir.join("gateway.log"))?);
-    let wk_args: Vec<OsString> = vec![
-        os("worker"),
-        os("--nats-url"),
-        os(&c.nats_url),
-        os("--data-dir"),
-        dir.join("worker").into(),
+    let worker_args: Vec<OsString> = vec![
         os("--driver"),
         os("sim"),
         os("--host-name"),
@@ -327,7 +331,69 @@ async fn start(args: &Args) -> Result<Cluster> {
         os("--sim-disk-gb"),
         os(&(1u64 << 40).to_string()),
     ];
-    c.worker = Some(Proc::spawn("vmplane worker", &vmplane, &wk_args, &env, dir.join("worker.log"))?);
+    start_cluster(ClusterSpec {
+        vmplane: find_vmplane(&args.vmplane)?,
+        nats_server: &args.nats_server,
+        keep_tmp: args.keep_tmp,
+        accept_wait_ms: args.accept_wait_ms,
+        vmplane_log: &args.vmplane_log,
+        worker_args,
+        worker_env: Vec::new(),
+    })
+    .await
+}
+
+async fn start_cluster(spec: ClusterSpec<'_>) -> Result<Cluster> {
+    let vmplane = spec.vmplane;
+    ensure!(
+        spec.nats_server.is_file(),
+        "nats-server not found at {} (Debian: `apt-get install nats-server`), or pass --nats-server PATH",
+        spec.nats_server.display()
+    );
+    let tmp = tempfile::Builder::new().prefix("vmplane-bench-").tempdir().context("creating a temp dir")?;
+    let dir = tmp.path().to_owned();
+    let (nats_port, http_port) = free_ports()?;
+    let admin_token = format!("vmpbench_{}", OpId::new());
+    let mut c = Cluster {
+        gateway: None,
+        worker: None,
+        nats: None,
+        tmp: Some(tmp),
+        keep_tmp: spec.keep_tmp,
+        nats_url: format!("nats://127.0.0.1:{nats_port}"),
+        base: format!("http://127.0.0.1:{http_port}"),
+        admin_token,
+        dir: dir.clone(),
+    };
+
+    let os = |s: &str| OsString::from(s);
+    let store = dir.join("nats");
+    std::fs::create_dir_all(&store)?;
+    let nats_args = vec![os("-js"), os("-a"), os("127.0.0.1"), os("-p"), os(&nats_port.to_string()), os("--server_name"), os("bench"), os("-sd"), store.into()];
+    c.nats = Some(Proc::spawn("nats-server", spec.nats_server, &nats_args, &[], dir.join("nats-server.log"))?);
+    wait_nats(&mut c).await?;
+
+    let env = [("VMPLANE_ADMIN_TOKEN", c.admin_token.as_str()), ("RUST_LOG", spec.vmplane_log)];
+    let mut gw_args: Vec<OsString> = vec![
+        os("gateway"),
+        os("--nats-url"),
+        os(&c.nats_url),
+        os("--data-dir"),
+        dir.join("gateway").into(),
+        os("--listen"),
+        os(&format!("127.0.0.1:{http_port}")),
+        os("--rate-limit"),
+        os("0"),
+    ];
+    if let Some(ms) = spec.accept_wait_ms {
+        gw_args.extend([os("--accept-wait-ms"), os(&ms.to_string())]);
+    }
+    c.gateway = Some(Proc::spawn("vmplane gateway", &vmplane, &gw_args, &env, dir.join("gateway.log"))?);
+    let mut wk_args: Vec<OsString> = vec![os("worker"), os("--nats-url"), os(&c.nats_url), os("--data-dir"), dir.join("worker").into()];
+    wk_args.extend(spec.worker_args);
+    let mut wk_env: Vec<(&str, &str)> = env.to_vec();
+    wk_env.extend(spec.worker_env.iter().map(|(k, v)| (*k, v.as_str())));
+    c.worker = Some(Proc::spawn("vmplane worker", &vmplane, &wk_args, &wk_env, dir.join("worker.log"))?);
     Ok(c)
 }
 
@@ -347,9 +413,9 @@ async fn wait_nats(c: &mut Cluster) -> Result<()> {
     }
 }
 
-/// Until `/readyz` is 200 and a host is `online` (30 s).
-async fn wait_vmplane(c: &mut Cluster, http: &reqwest::Client) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// Until `/readyz` is 200 and a host is `online` (within `limit`).
+async fn wait_vmplane(c: &mut Cluster, http: &reqwest::Client, limit: Duration) -> Result<String> {
+    let deadline = Instant::now() + limit;
     let mut last;
     loop {
         c.check_alive()?;
@@ -358,7 +424,7 @@ async fn wait_vmplane(c: &mut Cluster, http: &reqwest::Client) -> Result<String>
             Ok(r) => last = format!("/readyz {}: {}", r.status(), r.text().await.unwrap_or_default()),
             Err(e) => last = format!("/readyz: {e}"),
         }
-        ensure!(Instant::now() < deadline, "the gateway was not ready within 30 s ({last})");
+        ensure!(Instant::now() < deadline, "the gateway was not ready within {limit:?} ({last})");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     loop {
@@ -374,7 +440,7 @@ async fn wait_vmplane(c: &mut Cluster, http: &reqwest::Client) -> Result<String>
         } else {
             last = format!("/v1/hosts {status}: {body}");
         }
-        ensure!(Instant::now() < deadline, "no host came online within 30 s ({last})");
+        ensure!(Instant::now() < deadline, "no host came online within {limit:?} ({last}); end of the worker's log:\n{}", tail(&c.worker.as_ref().unwrap().log, 25));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -785,7 +851,7 @@ async fn drain(api: &Api, expected: u64, since: Instant, limit: Duration) -> Res
 
 // ---------------------------------------------------------------- the run
 
-async fn run(args: Args) -> Result<bool> {
+async fn run(args: ApiArgs) -> Result<bool> {
     ensure!(
         args.vms > 0 && args.concurrency > 0 && args.throughput_count > 0 && args.raw_count > 0 && args.raw_throughput_count > 0,
         "counts must be positive"
@@ -801,7 +867,7 @@ async fn run(args: Args) -> Result<bool> {
         Command::new(&args.nats_server).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
     let mut cluster = start(&args).await?;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).tcp_nodelay(true).pool_max_idle_per_host(args.concurrency + 4).build()?;
-    let host = wait_vmplane(&mut cluster, &http).await?;
+    let host = wait_vmplane(&mut cluster, &http, Duration::from_secs(30)).await?;
     let payload = Bytes::from(representative_command()?);
     let post_body_len = serde_json::to_vec(&json!({"name": "seq-123"}))?.len();
     eprintln!(
