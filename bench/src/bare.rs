@@ -32,8 +32,13 @@ impl Template {
     /// Read a running guest's command line.
     pub fn capture(pid: i32, vm_dir: &Path, vm_id: &str) -> Result<Self> {
         let raw = std::fs::read(format!("/proc/{pid}/cmdline")).with_context(|| format!("reading the command line of qemu {pid}"))?;
+        Self::parse(&raw, vm_dir, vm_id)
+    }
+
+    /// From a NUL-separated command line (as in `/proc/<pid>/cmdline`).
+    fn parse(raw: &[u8], vm_dir: &Path, vm_id: &str) -> Result<Self> {
         let mut all: Vec<String> = raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        ensure!(!all.is_empty(), "qemu {pid} has an empty command line");
+        ensure!(!all.is_empty(), "empty command line");
         let program = PathBuf::from(all.remove(0));
         let mut args = Vec::new();
         let mut it = all.into_iter();
@@ -264,4 +269,50 @@ pub struct IdleCost {
     pub connected: f64,
     /// Its qemu's proportional set size.
     pub pss_mib: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_template_moves_to_another_vm_and_drops_daemonize() {
+        let argv = [
+            "/usr/bin/qemu-system-x86_64",
+            "-name",
+            "vmplane-vm_a,process=vmplane-vm_a",
+            "-daemonize",
+            "-pidfile",
+            "/w/vms/vm_a/qemu.pid",
+            "-qmp",
+            "unix:/w/vms/vm_a/qmp.sock,server=on,wait=off",
+            "-netdev",
+            "user,id=net0,hostfwd=tcp:127.0.0.1:41000-:22",
+            "-m",
+            "256M",
+        ];
+        let raw: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+        let t = Template::parse(&raw, Path::new("/w/vms/vm_a"), "vm_a").unwrap();
+        assert_eq!(t.program, PathBuf::from("/usr/bin/qemu-system-x86_64"));
+        assert_eq!(t.ssh_port, Some(41000));
+        let dir = VmDir::new(Path::new("/b"), VmId::new());
+        let id = dir.path().file_name().unwrap().to_str().unwrap().to_owned();
+        let args = t.instantiate(&dir, &id, 5555, true);
+        let d = dir.path().display().to_string();
+        assert_eq!(
+            args,
+            vec![
+                "-name".to_owned(),
+                format!("vmplane-{id},process=vmplane-{id}"),
+                "-qmp".into(),
+                format!("unix:{d}/qmp.sock,server=on,wait=off"),
+                "-netdev".into(),
+                "user,id=net0,hostfwd=tcp:127.0.0.1:5555-:22".into(),
+                "-m".into(),
+                "256M".into(),
+                "-incoming".into(),
+                "defer".into(),
+            ]
+        );
+    }
 }

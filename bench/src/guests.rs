@@ -1007,11 +1007,11 @@ fn render(args: &GuestArgs, r: &Report, h: &ReportHead) -> Result<String> {
         writeln!(o, "ratios (p50 / p50, p90 / p90)")?;
         if let (Some(v), Some(b)) = (p50("vmplane", 50.0), p50("bare qemu", 50.0)) {
             let (v9, b9) = (p50("vmplane", 90.0).unwrap_or_default(), p50("bare qemu", 90.0).unwrap_or_default());
-            writeln!(o, "  vmplane / bare qemu    {:>6.2}x   {:>6.2}x   (+{} s at p50)", v.as_secs_f64() / b.as_secs_f64(), v9.as_secs_f64() / b9.as_secs_f64(), secs(v.saturating_sub(b)))?;
+            writeln!(o, "  vmplane / bare qemu    {:>6.2}x   {:>6.2}x   ({:+.3} s at p50)", v.as_secs_f64() / b.as_secs_f64(), v9.as_secs_f64() / b9.as_secs_f64(), v.as_secs_f64() - b.as_secs_f64())?;
         }
         if let (Some(l), Some(b)) = (p50("libvirt", 50.0), p50("bare qemu", 50.0)) {
             let (l9, b9) = (p50("libvirt", 90.0).unwrap_or_default(), p50("bare qemu", 90.0).unwrap_or_default());
-            writeln!(o, "  libvirt / bare qemu    {:>6.2}x   {:>6.2}x   (+{} s at p50)", l.as_secs_f64() / b.as_secs_f64(), l9.as_secs_f64() / b9.as_secs_f64(), secs(l.saturating_sub(b)))?;
+            writeln!(o, "  libvirt / bare qemu    {:>6.2}x   {:>6.2}x   ({:+.3} s at p50)", l.as_secs_f64() / b.as_secs_f64(), l9.as_secs_f64() / b9.as_secs_f64(), l.as_secs_f64() - b.as_secs_f64())?;
         }
         if let (Some(v), Some(l)) = (p50("vmplane", 50.0), p50("libvirt", 50.0)) {
             writeln!(o, "  vmplane / libvirt      {:>6.2}x", v.as_secs_f64() / l.as_secs_f64())?;
@@ -1025,11 +1025,15 @@ fn render(args: &GuestArgs, r: &Report, h: &ReportHead) -> Result<String> {
             let guest = st(&|b| Some(b.ready_event? .saturating_sub(b.booted_event?)));
             writeln!(o)?;
             writeln!(o, "vmplane, where the time goes (p50 of each, seconds; event times are the worker's clock, same host)")?;
-            writeln!(o, "  POST -> 202                                   {}", secs(p(&posted, 50.0)))?;
-            writeln!(o, "  POST -> `booted` event (network, qcow2 overlay, seed, qemu -daemonize returned) {}", secs(p(&booted, 50.0)))?;
-            writeln!(o, "  `booted` -> `ready` event (guest boot + the worker's 100 ms log poll) {}", secs(p(&guest, 50.0)))?;
-            writeln!(o, "  POST -> `ready` event                         {}", secs(p(&ready, 50.0)))?;
-            writeln!(o, "  `ready` event -> op succeeded seen by the client {}", secs(p(&after, 50.0)))?;
+            for (label, st) in [
+                ("POST -> 202", &posted),
+                ("POST -> `booted` event (network, overlay, seed, qemu -daemonize returned)", &booted),
+                ("`booted` -> `ready` event (guest boot + the worker's 100 ms log poll)", &guest),
+                ("POST -> `ready` event", &ready),
+                ("`ready` event -> operation succeeded seen by the client", &after),
+            ] {
+                writeln!(o, "  {label:<76} {}", secs(p(st, 50.0)))?;
+            }
         }
         if let Some((_, b)) = r.boots.iter().find(|(s, _)| *s == "libvirt") {
             let created = stats(b.iter().filter_map(|b| b.launched));
