@@ -32,7 +32,8 @@ fn skip_reason() -> Option<String> {
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]).map(|d| d.join(bin)).find(|p| p.is_file()))
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]).map(|d| d.join(bin)).find(|p| p.is_file()))
 }
 
 macro_rules! guests_or_skip {
@@ -171,7 +172,9 @@ impl GuestStack {
         // The first start builds the image, which takes a while.
         let c = &stack.admin;
         wait_for("a qemu host online", BOOT, async || match c.try_get("/v1/hosts").await {
-            Some((200, h)) => h.as_array().and_then(|a| a.iter().find(|h| h["status"] == "online" && h["driver"] == "qemu")).cloned().ok_or_else(|| h.to_string()),
+            Some((200, h)) => {
+                h.as_array().and_then(|a| a.iter().find(|h| h["status"] == "online" && h["driver"] == "qemu")).cloned().ok_or_else(|| h.to_string())
+            }
             other => Err(format!("{other:?}")),
         })
         .await;
@@ -225,9 +228,10 @@ impl GuestStack {
             (Some(_), Some("bridge")) => (str_of(&vm["ip"]).to_owned(), "22".to_owned()),
             _ => ("127.0.0.1".to_owned(), vm["ssh_port"].as_u64().expect("ssh_port").to_string()),
         };
-        let mut args: Vec<String> = ["-q", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", "-o", "BatchMode=yes", "-i"]
-            .map(str::to_owned)
-            .to_vec();
+        let mut args: Vec<String> =
+            ["-q", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", "-o", "BatchMode=yes", "-i"]
+                .map(str::to_owned)
+                .to_vec();
         args.extend([self.key.display().to_string(), "-p".into(), port, format!("root@{host}"), cmd.to_owned()]);
         let (program, args) = match &self.netns {
             Some(ns) => ns.wrap(&which("ssh").expect("ssh"), args),
@@ -669,7 +673,8 @@ async fn bridge_mode_guests_get_addresses_from_the_bridge_cidr() {
 
     // Deleting the VM removes its tap.
     let tap = format!("vt{}", &str_of(&a["id"])[str_of(&a["id"]).len() - 12..]);
-    let links = || String::from_utf8_lossy(&Command::new("ip").args(["-n", &g.netns.as_ref().unwrap().name, "-br", "link"]).output().unwrap().stdout).into_owned();
+    let links =
+        || String::from_utf8_lossy(&Command::new("ip").args(["-n", &g.netns.as_ref().unwrap().name, "-br", "link"]).output().unwrap().stdout).into_owned();
     assert!(links().contains(&tap), "{}", links());
     assert_eq!(g.act(str_of(&a["id"]), "delete").await["status"], "deleted");
     assert!(!links().contains(&tap), "{}", links());

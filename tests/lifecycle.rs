@@ -58,7 +58,10 @@ async fn create_returns_the_vm_flattened_with_its_operation_and_defaults() {
             "labels": {"tier": "db"}, "port_forwards": [{"guest_port": 5432}]
         }))
         .await;
-    assert_eq!((b["image"].as_str(), b["vcpus"].as_u64(), b["memory_mib"].as_u64(), b["disk_gb"].as_u64()), (Some("debian-minimal"), Some(2), Some(1024), Some(20)));
+    assert_eq!(
+        (b["image"].as_str(), b["vcpus"].as_u64(), b["memory_mib"].as_u64(), b["disk_gb"].as_u64()),
+        (Some("debian-minimal"), Some(2), Some(1024), Some(20))
+    );
     assert_eq!(b["labels"], json!({"tier": "db"}));
     c.wait_op_succeeded(str_of(&b["operation"]["id"])).await;
     let vm = c.vm(str_of(&b["id"])).await;

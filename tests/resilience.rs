@@ -93,7 +93,9 @@ fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
             }
             None
         }
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x.iter().zip(y).enumerate().find_map(|(i, (va, vb))| first_difference(va, vb, &format!("{path}[{i}]"))),
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            x.iter().zip(y).enumerate().find_map(|(i, (va, vb))| first_difference(va, vb, &format!("{path}[{i}]")))
+        }
         _ if a == b => None,
         _ => Some(format!("{path}: {a} != {b}")),
     }
@@ -124,13 +126,9 @@ async fn rebuilt_and_replayed_projections_equal_the_live_ones() {
     for (_, op) in ops.clone() {
         c.wait_op_succeeded(&op).await;
     }
-    for (vm, actions) in [
-        (&vms[0], &["stop"][..]),
-        (&vms[1], &["standby"]),
-        (&vms[2], &["delete"]),
-        (&vms[3], &["restart", "start"]),
-        (&vms[4], &["stop", "start", "stop"]),
-    ] {
+    for (vm, actions) in
+        [(&vms[0], &["stop"][..]), (&vms[1], &["standby"]), (&vms[2], &["delete"]), (&vms[3], &["restart", "start"]), (&vms[4], &["stop", "start", "stop"])]
+    {
         for action in actions {
             let b = c.act(vm, action).await;
             ops.push((None, op_of(&b)));
@@ -156,11 +154,7 @@ async fn rebuilt_and_replayed_projections_equal_the_live_ones() {
     let key = stack.client(&c.create_key(&org_id, "ci").await);
     let k1 = key.create_running_vm("k1").await;
     key.act_and_wait(str_of(&k1["id"]), "stop", "stopped").await;
-    let in_project = c
-        .with_header("x-vmplane-org", &org_id)
-        .with_header("x-vmplane-project", str_of(&project["id"]))
-        .create_vm(json!({ "name": "p1" }))
-        .await;
+    let in_project = c.with_header("x-vmplane-org", &org_id).with_header("x-vmplane-project", str_of(&project["id"])).create_vm(json!({ "name": "p1" })).await;
     assert_eq!(in_project["project_id"], project["id"]);
     ops.push((Some(org_id.clone()), op_of(&in_project)));
     key.wait_op_succeeded(&op_of(&in_project)).await;

@@ -155,9 +155,7 @@ async fn the_event_feed_shows_only_the_callers_org() {
     let (vm_b, op_b) = (str_of(&marker["id"]).to_owned(), str_of(&marker["operation"]["id"]).to_owned());
     b.wait_op_succeeded(&op_b).await;
 
-    let seen = feed_b
-        .read_until(Duration::from_secs(20), |e| e.event == "operation_finished" && e.data["operation_id"] == op_b.as_str())
-        .await;
+    let seen = feed_b.read_until(Duration::from_secs(20), |e| e.event == "operation_finished" && e.data["operation_id"] == op_b.as_str()).await;
     let mut last = 0;
     for e in &seen {
         assert_eq!(e.data["org_id"], org_b.as_str(), "B's feed carried another org's event: {e:?}");

@@ -51,7 +51,9 @@ impl Template {
                 _ => args.push(a),
             }
         }
-        let ssh_port = args.iter().find_map(|a| a.split(",hostfwd=tcp:").nth(1).and_then(|f| f.split('-').next()).and_then(|hp| hp.rsplit(':').next()).and_then(|p| p.parse().ok()));
+        let ssh_port = args
+            .iter()
+            .find_map(|a| a.split(",hostfwd=tcp:").nth(1).and_then(|f| f.split('-').next()).and_then(|hp| hp.rsplit(':').next()).and_then(|p| p.parse().ok()));
         Ok(Self { args, program, vm_dir: vm_dir.display().to_string(), vm_id: vm_id.to_owned(), ssh_port })
     }
 

@@ -523,7 +523,8 @@ fn find_images_src(given: &Option<PathBuf>) -> Result<PathBuf> {
         }
         candidates.push(PathBuf::from("images"));
     }
-    let found = candidates.into_iter().find(|d| d.join(&rel).is_file()).context("cannot find images/debian-minimal/make-seed.sh; pass --images-src REPO/images")?;
+    let found =
+        candidates.into_iter().find(|d| d.join(&rel).is_file()).context("cannot find images/debian-minimal/make-seed.sh; pass --images-src REPO/images")?;
     Ok(std::fs::canonicalize(&found)?)
 }
 
@@ -627,7 +628,10 @@ pub async fn run(args: GuestArgs) -> Result<bool> {
         os("--ready-timeout-secs"),
         os(args.boot_timeout_secs.to_string()),
     ];
-    eprintln!("vmplane-bench: starting nats-server, gateway and worker (qemu driver; the worker builds the image into {} if needed)", args.images_dir.display());
+    eprintln!(
+        "vmplane-bench: starting nats-server, gateway and worker (qemu driver; the worker builds the image into {} if needed)",
+        args.images_dir.display()
+    );
     let mut cluster = start_cluster(ClusterSpec {
         vmplane: vmplane_bin,
         nats_server: &args.nats_server,
@@ -658,7 +662,11 @@ pub async fn run(args: GuestArgs) -> Result<bool> {
     let mut report = Report::default();
     let vmp = Vmplane { api: &api, template: Default::default(), qemu_dir: qemu_dir.clone(), memory_mib: args.memory_mib, disk_gb: args.disk_gb, limit };
     let bare = Bare::new(tmp.join("bare"), image.rootfs.clone(), make_seed.clone(), args.disk_gb)?;
-    let lv = if want_libvirt { Some(Libvirt::new(args.qemu.clone(), accel, image.clone(), tmp.join("libvirt"), make_seed.clone(), args.memory_mib, args.disk_gb)?) } else { None };
+    let lv = if want_libvirt {
+        Some(Libvirt::new(args.qemu.clone(), accel, image.clone(), tmp.join("libvirt"), make_seed.clone(), args.memory_mib, args.disk_gb)?)
+    } else {
+        None
+    };
     let load_wait = Duration::from_secs(args.load_wait_secs);
 
     // ------------------------------------------------ boot
@@ -752,16 +760,20 @@ pub async fn run(args: GuestArgs) -> Result<bool> {
 
     // ------------------------------------------------ report
     report.template = vmp.template().ok();
-    let out = render(&args, &report, &ReportHead {
-        started: run_started,
-        finished: OffsetDateTime::now_utc(),
-        qemu_version,
-        libvirt_version,
-        accel,
-        accel_reason,
-        host: host.clone(),
-        image: format!("{} ({})", image.name, image.cmdline),
-    })?;
+    let out = render(
+        &args,
+        &report,
+        &ReportHead {
+            started: run_started,
+            finished: OffsetDateTime::now_utc(),
+            qemu_version,
+            libvirt_version,
+            accel,
+            accel_reason,
+            host: host.clone(),
+            image: format!("{} ({})", image.name, image.cmdline),
+        },
+    )?;
     print!("{out}");
 
     // ------------------------------------------------ clean up
@@ -858,7 +870,10 @@ async fn capacity(api: &Api, qemu_dir: &Path, host: &Value, args: &GuestArgs, li
     let mut vms: Vec<String> = Vec::new();
     let mut started = Vec::new();
     let mut stop_reason = format!("reached --capacity-max {}", args.capacity_max);
-    eprintln!("vmplane-bench: capacity: guests of {} MiB / {} GB, one at a time, at most {} or {} min", args.capacity_memory_mib, args.capacity_disk_gb, args.capacity_max, args.capacity_minutes);
+    eprintln!(
+        "vmplane-bench: capacity: guests of {} MiB / {} GB, one at a time, at most {} or {} min",
+        args.capacity_memory_mib, args.capacity_disk_gb, args.capacity_max, args.capacity_minutes
+    );
     for k in 0..args.capacity_max {
         if Instant::now() > until {
             stop_reason = format!("reached the --capacity-minutes bound ({} min)", args.capacity_minutes);
@@ -897,7 +912,10 @@ async fn capacity(api: &Api, qemu_dir: &Path, host: &Value, args: &GuestArgs, li
     let pss_mib = pids.iter().filter_map(|p| proc_pss_kib(*p)).sum::<u64>() / 1024;
     let avail_peak = meminfo_mib("MemAvailable:").unwrap_or(0);
     let load_at_peak = load1();
-    eprintln!("vmplane-bench: capacity: {running} running, {} qemu processes, {pss_mib} MiB PSS, {idle_cores:.2} cores busy while idle; deleting them", pids.len());
+    eprintln!(
+        "vmplane-bench: capacity: {running} running, {} qemu processes, {pss_mib} MiB PSS, {idle_cores:.2} cores busy while idle; deleting them",
+        pids.len()
+    );
 
     // Delete all, 8 at a time, bounded.
     let t_del = Instant::now();
@@ -957,13 +975,7 @@ fn render(args: &GuestArgs, r: &Report, h: &ReportHead) -> Result<String> {
         h.libvirt_version.as_deref().unwrap_or("libvirt not used")
     )?;
     writeln!(o, "accelerator: {} ({})", h.accel.qemu_name(), h.accel_reason)?;
-    writeln!(
-        o,
-        "vmplane host as announced: {} cpus, {} MiB memory, {} GB free disk",
-        h.host["cpus"],
-        h.host["memory_mib"],
-        h.host["disk_gb"]
-    )?;
+    writeln!(o, "vmplane host as announced: {} cpus, {} MiB memory, {} GB free disk", h.host["cpus"], h.host["memory_mib"], h.host["disk_gb"])?;
     writeln!(o, "image: {}; guests: {} MiB, 1 vCPU, {} GB qcow2 overlay, fresh overlay and seed per boot", h.image, args.memory_mib, args.disk_gb)?;
 
     if let Some(t) = &r.template {
@@ -1007,11 +1019,23 @@ fn render(args: &GuestArgs, r: &Report, h: &ReportHead) -> Result<String> {
         writeln!(o, "ratios (p50 / p50, p90 / p90)")?;
         if let (Some(v), Some(b)) = (p50("vmplane", 50.0), p50("bare qemu", 50.0)) {
             let (v9, b9) = (p50("vmplane", 90.0).unwrap_or_default(), p50("bare qemu", 90.0).unwrap_or_default());
-            writeln!(o, "  vmplane / bare qemu    {:>6.2}x   {:>6.2}x   ({:+.3} s at p50)", v.as_secs_f64() / b.as_secs_f64(), v9.as_secs_f64() / b9.as_secs_f64(), v.as_secs_f64() - b.as_secs_f64())?;
+            writeln!(
+                o,
+                "  vmplane / bare qemu    {:>6.2}x   {:>6.2}x   ({:+.3} s at p50)",
+                v.as_secs_f64() / b.as_secs_f64(),
+                v9.as_secs_f64() / b9.as_secs_f64(),
+                v.as_secs_f64() - b.as_secs_f64()
+            )?;
         }
         if let (Some(l), Some(b)) = (p50("libvirt", 50.0), p50("bare qemu", 50.0)) {
             let (l9, b9) = (p50("libvirt", 90.0).unwrap_or_default(), p50("bare qemu", 90.0).unwrap_or_default());
-            writeln!(o, "  libvirt / bare qemu    {:>6.2}x   {:>6.2}x   ({:+.3} s at p50)", l.as_secs_f64() / b.as_secs_f64(), l9.as_secs_f64() / b9.as_secs_f64(), l.as_secs_f64() - b.as_secs_f64())?;
+            writeln!(
+                o,
+                "  libvirt / bare qemu    {:>6.2}x   {:>6.2}x   ({:+.3} s at p50)",
+                l.as_secs_f64() / b.as_secs_f64(),
+                l9.as_secs_f64() / b9.as_secs_f64(),
+                l.as_secs_f64() - b.as_secs_f64()
+            )?;
         }
         if let (Some(v), Some(l)) = (p50("vmplane", 50.0), p50("libvirt", 50.0)) {
             writeln!(o, "  vmplane / libvirt      {:>6.2}x", v.as_secs_f64() / l.as_secs_f64())?;
@@ -1022,7 +1046,7 @@ fn render(args: &GuestArgs, r: &Report, h: &ReportHead) -> Result<String> {
             let booted = st(&|b| b.booted_event);
             let ready = st(&|b| b.ready_event);
             let after = st(&|b| b.ready_event.map(|r| b.total.saturating_sub(r)));
-            let guest = st(&|b| Some(b.ready_event? .saturating_sub(b.booted_event?)));
+            let guest = st(&|b| Some(b.ready_event?.saturating_sub(b.booted_event?)));
             writeln!(o)?;
             writeln!(o, "vmplane, where the time goes (p50 of each, seconds; event times are the worker's clock, same host)")?;
             for (label, st) in [
@@ -1065,7 +1089,8 @@ fn render(args: &GuestArgs, r: &Report, h: &ReportHead) -> Result<String> {
                 "bare qemu, max-bandwidth raised" => ("bare qemu, max-bandwidth 10 GiB/s: standby", "bare qemu, max-bandwidth 10 GiB/s: restore"),
                 _ => ("libvirt: virsh save", "libvirt: virsh restore"),
             };
-            let state = if row.state_mib.is_empty() { "-".to_owned() } else { format!("{:.0}", row.state_mib.iter().sum::<f64>() / row.state_mib.len() as f64) };
+            let state =
+                if row.state_mib.is_empty() { "-".to_owned() } else { format!("{:.0}", row.state_mib.iter().sum::<f64>() / row.state_mib.len() as f64) };
             for (l, s, extra) in [(sl, &row.standby, state.as_str()), (rl, &row.restore, "")] {
                 let sorted = s.sorted();
                 writeln!(
@@ -1099,11 +1124,19 @@ fn render(args: &GuestArgs, r: &Report, h: &ReportHead) -> Result<String> {
     }
     if let Some(c) = &r.capacity {
         writeln!(o)?;
-        writeln!(o, "capacity: {} MiB / {} GB guests started one at a time through vmplane (each waits until running)", args.capacity_memory_mib, args.capacity_disk_gb)?;
+        writeln!(
+            o,
+            "capacity: {} MiB / {} GB guests started one at a time through vmplane (each waits until running)",
+            args.capacity_memory_mib, args.capacity_disk_gb
+        )?;
         writeln!(
             o,
             "  vmplane's accounting allows {} by memory ({} MiB announced) and {} by disk ({} GB free announced; with the default disk_gb 10: {})",
-            c.allowed_by_memory, args.capacity_memory_mib, c.allowed_by_disk, c.allowed_by_disk * u64::from(args.capacity_disk_gb), c.default_disk_allows
+            c.allowed_by_memory,
+            args.capacity_memory_mib,
+            c.allowed_by_disk,
+            c.allowed_by_disk * u64::from(args.capacity_disk_gb),
+            c.default_disk_allows
         )?;
         writeln!(o, "  started {} guests in {:.0} s; stopped because: {}", c.started.len(), c.elapsed.as_secs_f64(), c.stop_reason)?;
         writeln!(o, "  running at the end: {} (API), {} qemu processes", c.running, c.qemu_count)?;

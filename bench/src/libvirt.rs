@@ -178,7 +178,13 @@ impl Libvirt {
             Accel::Tcg => ("qemu", "<cpu mode='maximum' check='none'/>"),
         };
         let ports: String = (1..=8u32)
-            .map(|i| format!("<controller type='pci' index='{i}' model='pcie-root-port'><target chassis='{i}' port='0x{:x}'/>{}</controller>\n    ", i + 7, addr(i + 5)))
+            .map(|i| {
+                format!(
+                    "<controller type='pci' index='{i}' model='pcie-root-port'><target chassis='{i}' port='0x{:x}'/>{}</controller>\n    ",
+                    i + 7,
+                    addr(i + 5)
+                )
+            })
             .collect();
         format!(
             "<domain type='{dtype}'>

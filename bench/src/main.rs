@@ -440,7 +440,11 @@ async fn wait_vmplane(c: &mut Cluster, http: &reqwest::Client, limit: Duration) 
         } else {
             last = format!("/v1/hosts {status}: {body}");
         }
-        ensure!(Instant::now() < deadline, "no host came online within {limit:?} ({last}); end of the worker's log:\n{}", tail(&c.worker.as_ref().unwrap().log, 25));
+        ensure!(
+            Instant::now() < deadline,
+            "no host came online within {limit:?} ({last}); end of the worker's log:\n{}",
+            tail(&c.worker.as_ref().unwrap().log, 25)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -120,9 +120,7 @@ impl Resources {
     /// host's count for one VM but are overcommitted across VMs, as every
     /// hypervisor does; memory and disk are not overcommitted.
     pub fn fits(total: &HostInfo, used: &Resources, want: &Resources) -> bool {
-        want.vcpus <= u64::from(total.cpus)
-            && used.memory_mib + want.memory_mib <= total.memory_mib
-            && used.disk_gb + want.disk_gb <= total.disk_gb
+        want.vcpus <= u64::from(total.cpus) && used.memory_mib + want.memory_mib <= total.memory_mib && used.disk_gb + want.disk_gb <= total.disk_gb
     }
 }
 
@@ -149,8 +147,16 @@ mod tests {
 
     #[test]
     fn imports_add_or_replace_images_by_name() {
-        let mut info = HostInfo { name: "h".into(), driver: "qemu".into(), driver_detail: None, cpus: 1, memory_mib: 1, disk_gb: 1, images: vec![], bridge_cidr: None };
-        let img = |name: &str, size| ImageInfo { name: name.into(), os: "linux".into(), arch: "x86_64".into(), size_bytes: size, boot: "kernel+initrd".into(), kernel_version: None };
+        let mut info =
+            HostInfo { name: "h".into(), driver: "qemu".into(), driver_detail: None, cpus: 1, memory_mib: 1, disk_gb: 1, images: vec![], bridge_cidr: None };
+        let img = |name: &str, size| ImageInfo {
+            name: name.into(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            size_bytes: size,
+            boot: "kernel+initrd".into(),
+            kernel_version: None,
+        };
         evolve(&mut info, &HostEvent::ImageImported { image: img("b", 1) });
         evolve(&mut info, &HostEvent::ImageImported { image: img("a", 1) });
         evolve(&mut info, &HostEvent::ImageImported { image: img("b", 2) });
@@ -160,7 +166,16 @@ mod tests {
 
     #[test]
     fn fits_checks_memory_disk_and_per_vm_cpus() {
-        let host = HostInfo { name: "h".into(), driver: "sim".into(), driver_detail: None, cpus: 4, memory_mib: 1024, disk_gb: 100, images: vec![], bridge_cidr: None };
+        let host = HostInfo {
+            name: "h".into(),
+            driver: "sim".into(),
+            driver_detail: None,
+            cpus: 4,
+            memory_mib: 1024,
+            disk_gb: 100,
+            images: vec![],
+            bridge_cidr: None,
+        };
         let used = Resources { vcpus: 16, memory_mib: 512, disk_gb: 50 };
         assert!(Resources::fits(&host, &used, &Resources { vcpus: 4, memory_mib: 512, disk_gb: 50 }));
         assert!(!Resources::fits(&host, &used, &Resources { vcpus: 5, memory_mib: 1, disk_gb: 1 }));

@@ -193,9 +193,10 @@ impl VmSpec {
             }
         }
         if let Some(gpu) = &self.gpu
-            && (gpu.count == 0 || gpu.count > 16 || gpu.model.as_ref().is_some_and(|m| m.is_empty() || m.len() > 64)) {
-                return Err(SpecError::new("gpu", "count must be 1-16 and model at most 64 characters"));
-            }
+            && (gpu.count == 0 || gpu.count > 16 || gpu.model.as_ref().is_some_and(|m| m.is_empty() || m.len() > 64))
+        {
+            return Err(SpecError::new("gpu", "count must be 1-16 and model at most 64 characters"));
+        }
         for (field, value) in [("plan", &self.plan), ("region", &self.region), ("template", &self.template)] {
             if value.as_ref().is_some_and(|v| v.is_empty() || v.len() > 64) {
                 return Err(SpecError::new(field, "must be 1-64 characters"));
@@ -225,11 +226,7 @@ impl SpecError {
 /// RFC 1123 label: what a hostname component may be.
 pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
+    !b.is_empty() && b.len() <= 63 && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-') && b[0] != b'-' && b[b.len() - 1] != b'-'
 }
 
 fn is_env_name(s: &str) -> bool {

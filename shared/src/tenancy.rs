@@ -13,10 +13,22 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum TenancyCommand {
-    CreateOrg { id: OrgId, name: String },
-    CreateProject { id: ProjectId, org: OrgId, name: String },
+    CreateOrg {
+        id: OrgId,
+        name: String,
+    },
+    CreateProject {
+        id: ProjectId,
+        org: OrgId,
+        name: String,
+    },
     /// `secret_sha256` is the hex SHA-256 of the secret; the secret itself never leaves the gateway's response.
-    CreateApiKey { id: ApiKeyId, org: OrgId, name: String, secret_sha256: String },
+    CreateApiKey {
+        id: ApiKeyId,
+        org: OrgId,
+        name: String,
+        secret_sha256: String,
+    },
 }
 
 impl TenancyCommand {

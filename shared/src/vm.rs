@@ -113,7 +113,10 @@ impl OpKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum VmCommand {
-    Create { spec: Box<VmSpec>, host: HostId },
+    Create {
+        spec: Box<VmSpec>,
+        host: HostId,
+    },
     Start,
     Stop,
     Restart,
@@ -121,12 +124,18 @@ pub enum VmCommand {
     Restore,
     Delete,
     /// Attach (hot-plug when running) a volume of the VM's host and mount it.
-    AttachVolume { mount: VolumeMount },
+    AttachVolume {
+        mount: VolumeMount,
+    },
     /// Unmount and unplug a volume.
-    DetachVolume { volume: VolumeId },
+    DetachVolume {
+        volume: VolumeId,
+    },
     /// Grow a running VM's memory to `memory_mib` by hot-plugging memory,
     /// within the `hotplug_memory_mib` its spec reserved.
-    ResizeMemory { memory_mib: u64 },
+    ResizeMemory {
+        memory_mib: u64,
+    },
 }
 
 impl VmCommand {
@@ -187,13 +196,22 @@ pub enum Outcome {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum VmEvent {
     /// The VM exists and is placed on a host.
-    Created { org: OrgId, project: ProjectId, spec: Box<VmSpec>, host: HostId },
+    Created {
+        org: OrgId,
+        project: ProjectId,
+        spec: Box<VmSpec>,
+        host: HostId,
+    },
     /// The worker began provisioning.
     ProvisioningStarted,
     /// Provisioning step: addresses and port forwards allocated.
-    NetworkAllocated { network: NetworkRuntime },
+    NetworkAllocated {
+        network: NetworkRuntime,
+    },
     /// Provisioning step: root disk exists.
-    DiskPrepared { disk: DiskInfo },
+    DiskPrepared {
+        disk: DiskInfo,
+    },
     /// The hypervisor process for the guest is running.
     Booted,
     /// The guest reported readiness.
@@ -210,22 +228,40 @@ pub enum VmEvent {
     /// The guest resumed from its snapshot with memory intact.
     Restored,
     /// The guest is off, on request or on its own.
-    Stopped { reason: String },
+    Stopped {
+        reason: String,
+    },
     DeleteRequested,
     /// Every resource of the VM is released.
     Deleted,
     /// The VM cannot reach its goal.
-    Failed { message: String },
-    VolumeAttachRequested { mount: VolumeMount },
+    Failed {
+        message: String,
+    },
+    VolumeAttachRequested {
+        mount: VolumeMount,
+    },
     /// The volume is plugged in (and mounted, when the guest runs).
-    VolumeAttached { mount: VolumeMount },
-    VolumeDetachRequested { volume: VolumeId },
-    VolumeDetached { volume: VolumeId },
-    MemoryResizeRequested { memory_mib: u64 },
+    VolumeAttached {
+        mount: VolumeMount,
+    },
+    VolumeDetachRequested {
+        volume: VolumeId,
+    },
+    VolumeDetached {
+        volume: VolumeId,
+    },
+    MemoryResizeRequested {
+        memory_mib: u64,
+    },
     /// Memory was hot-plugged; the VM now has `memory_mib` in all.
-    MemoryResized { memory_mib: u64 },
+    MemoryResized {
+        memory_mib: u64,
+    },
     /// The operation that the envelope names ended.
-    OperationFinished { outcome: Outcome },
+    OperationFinished {
+        outcome: Outcome,
+    },
 }
 
 impl VmEvent {
@@ -382,9 +418,10 @@ pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmComman
         return if *cmd == VmCommand::Delete { noop() } else { Err(DecideError::NotFound) };
     }
     if let Some(p) = &vm.pending_op
-        && *cmd != VmCommand::Delete {
-            return Err(DecideError::Busy(p.kind));
-        }
+        && *cmd != VmCommand::Delete
+    {
+        return Err(DecideError::Busy(p.kind));
+    }
     let refuse = |action| Err(DecideError::InvalidState { action, status: vm.status.as_str() });
     match cmd {
         VmCommand::Create { .. } => unreachable!("handled above"),
@@ -403,7 +440,9 @@ pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmComman
             Running => Ok(vec![VmEvent::RestartRequested]),
             _ => refuse("restart"),
         },
-        VmCommand::Standby if vm.plugged_memory_mib > 0 => Err(DecideError::InvalidState { action: "put on standby (memory was hot-plugged; restart it first)", status: vm.status.as_str() }),
+        VmCommand::Standby if vm.plugged_memory_mib > 0 => {
+            Err(DecideError::InvalidState { action: "put on standby (memory was hot-plugged; restart it first)", status: vm.status.as_str() })
+        }
         VmCommand::Standby => match vm.status {
             Standby => noop(),
             Running => Ok(vec![VmEvent::StandbyRequested]),
@@ -704,10 +743,9 @@ pub fn next_step(vm: &Vm) -> Option<Step> {
         | (OpKind::Stop, Stopped)
         | (OpKind::Standby, Standby)
         | (OpKind::Delete, Deleted) => Step::Finish(Outcome::Succeeded),
-        (kind, status) => Step::Finish(Outcome::Failed {
-            code: "interrupted".into(),
-            message: format!("{kind:?} operation interrupted: vm became {}", status.as_str()),
-        }),
+        (kind, status) => {
+            Step::Finish(Outcome::Failed { code: "interrupted".into(), message: format!("{kind:?} operation interrupted: vm became {}", status.as_str()) })
+        }
     })
 }
 

@@ -66,17 +66,32 @@ pub enum VolumeCommand {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum VolumeEvent {
-    VolumeCreated { org: OrgId, project: ProjectId, spec: VolumeSpec, host: HostId },
+    VolumeCreated {
+        org: OrgId,
+        project: ProjectId,
+        spec: VolumeSpec,
+        host: HostId,
+    },
     /// The backing file exists.
-    VolumeReady { location: String },
+    VolumeReady {
+        location: String,
+    },
     /// Claimed by a VM's attach operation.
-    VolumeAttached { vm: VmId },
+    VolumeAttached {
+        vm: VmId,
+    },
     /// Released by a VM (detach, or the VM was deleted).
-    VolumeDetached { vm: VmId },
+    VolumeDetached {
+        vm: VmId,
+    },
     VolumeDeleteRequested,
     VolumeDeleted,
-    VolumeFailed { message: String },
-    VolumeOperationFinished { outcome: Outcome },
+    VolumeFailed {
+        message: String,
+    },
+    VolumeOperationFinished {
+        outcome: Outcome,
+    },
 }
 
 impl VolumeEvent {

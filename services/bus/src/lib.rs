@@ -98,74 +98,86 @@ impl Bus {
 
     /// Create or update the streams and buckets. Idempotent; every process runs it at start.
     pub async fn ensure_topology(&self) -> Result<(), BusError> {
-        self.js
-            .create_or_update_stream(stream::Config {
-                name: subjects::EVENT_STREAM.into(),
-                description: Some("vmplane events: the source of truth".into()),
-                subjects: vec![subjects::EVENTS_ALL.into()],
-                retention: RetentionPolicy::Limits,
-                storage: StorageType::File,
-                max_age: Duration::ZERO,
-                max_messages: -1,
-                max_bytes: -1,
-                discard: DiscardPolicy::New,
-                deny_delete: true,
-                deny_purge: true,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| unavailable(format!("event stream: {e}")))?;
-        self.js
-            .create_or_update_stream(stream::Config {
-                name: subjects::COMMAND_STREAM.into(),
-                description: Some("vmplane commands, consumed once by the worker they address".into()),
-                subjects: vec![subjects::COMMANDS_ALL.into()],
-                retention: RetentionPolicy::WorkQueue,
-                storage: StorageType::File,
-                max_age: Duration::from_secs(7 * 24 * 3600),
-                discard: DiscardPolicy::New,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| unavailable(format!("command stream: {e}")))?;
-        self.js
-            .create_or_update_stream(stream::Config {
-                name: subjects::LOG_STREAM.into(),
-                description: Some("vmplane guest serial console lines".into()),
-                subjects: vec![subjects::LOGS_ALL.into()],
-                retention: RetentionPolicy::Limits,
-                storage: StorageType::File,
-                max_age: Duration::from_secs(7 * 24 * 3600),
-                max_messages_per_subject: 20_000,
-                max_bytes: 2 << 30,
-                discard: DiscardPolicy::Old,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| unavailable(format!("log stream: {e}")))?;
+        self.stream(stream::Config {
+            name: subjects::EVENT_STREAM.into(),
+            description: Some("vmplane events: the source of truth".into()),
+            subjects: vec![subjects::EVENTS_ALL.into()],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            max_age: Duration::ZERO,
+            max_messages: -1,
+            max_bytes: -1,
+            discard: DiscardPolicy::New,
+            deny_delete: true,
+            deny_purge: true,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable(format!("event stream: {e}")))?;
+        self.stream(stream::Config {
+            name: subjects::COMMAND_STREAM.into(),
+            description: Some("vmplane commands, consumed once by the worker they address".into()),
+            subjects: vec![subjects::COMMANDS_ALL.into()],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            discard: DiscardPolicy::New,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable(format!("command stream: {e}")))?;
+        self.stream(stream::Config {
+            name: subjects::LOG_STREAM.into(),
+            description: Some("vmplane guest serial console lines".into()),
+            subjects: vec![subjects::LOGS_ALL.into()],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_messages_per_subject: 20_000,
+            max_bytes: 2 << 30,
+            discard: DiscardPolicy::Old,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable(format!("log stream: {e}")))?;
         for (bucket, ttl) in [(subjects::HEARTBEAT_BUCKET, Duration::from_secs(60)), (subjects::IDEMPOTENCY_BUCKET, Duration::from_secs(24 * 3600))] {
             // The stream a key-value bucket is, spelled out: async-nats' own
             // bucket creation queries account fields that nats-server 2.9 lacks.
-            self.js
-                .create_or_update_stream(stream::Config {
-                    name: format!("KV_{bucket}"),
-                    subjects: vec![format!("$KV.{bucket}.>")],
-                    max_messages_per_subject: 1,
-                    max_age: ttl,
-                    storage: StorageType::File,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    discard: DiscardPolicy::New,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| unavailable(format!("bucket {bucket}: {e}")))?;
+            self.stream(stream::Config {
+                name: format!("KV_{bucket}"),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
+                max_age: ttl,
+                storage: StorageType::File,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: DiscardPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(format!("bucket {bucket}: {e}")))?;
         }
         Ok(())
+    }
+
+    /// Create a stream or bring its config up to date. Two processes starting
+    /// at once race between "not found" and "create"; the loser's create
+    /// fails (name in use, or subjects overlapping the winner's), and its
+    /// second attempt finds the stream and updates it.
+    async fn stream(&self, config: stream::Config) -> Result<(), async_nats::jetstream::context::CreateStreamError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.js.create_or_update_stream(config.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt < 3 => tracing::debug!(stream = %config.name, error = %e, "stream setup raced another process; trying again"),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Append a command; JetStream deduplicates retries by operation id.
@@ -184,10 +196,7 @@ impl Bus {
     /// Returns the new event's stream sequence.
     pub async fn append(&self, subject: &str, env: &Envelope, expected: u64) -> Result<u64, BusError> {
         let payload = Bytes::from(event::encode(env)?);
-        let msg = jetstream::message::PublishMessage::build()
-            .payload(payload)
-            .message_id(env.id.to_string())
-            .expected_last_subject_sequence(expected);
+        let msg = jetstream::message::PublishMessage::build().payload(payload).message_id(env.id.to_string()).expected_last_subject_sequence(expected);
         let ack = self.js.send_publish(subject.to_owned(), msg).await.map_err(|e| BusError::from_publish(e, subject))?;
         let ack = ack.await.map_err(|e| BusError::from_publish(e, subject))?;
         Ok(ack.sequence)

@@ -121,18 +121,15 @@ impl FromRequestParts<AppState> for Principal {
 
 fn authenticate(state: &AppState, token: &str) -> Result<Actor, ApiError> {
     if let Some(admin) = &state.cfg.admin_token
-        && bool::from(admin.as_bytes().ct_eq(token.as_bytes())) {
-            return Ok(Actor::Admin);
-        }
+        && bool::from(admin.as_bytes().ct_eq(token.as_bytes()))
+    {
+        return Ok(Actor::Admin);
+    }
     let id = token
         .strip_prefix(KEY_SECRET_PREFIX)
         .and_then(|rest| rest.rsplit_once('_'))
         .and_then(|(id, _)| id.parse::<ApiKeyId>().ok())
         .ok_or(ApiError::Unauthorized)?;
     let key = state.proj.api_key(id)?.ok_or(ApiError::Unauthorized)?;
-    if bool::from(key.secret_sha256.as_bytes().ct_eq(hash_secret(token).as_bytes())) {
-        Ok(Actor::Key(id))
-    } else {
-        Err(ApiError::Unauthorized)
-    }
+    if bool::from(key.secret_sha256.as_bytes().ct_eq(hash_secret(token).as_bytes())) { Ok(Actor::Key(id)) } else { Err(ApiError::Unauthorized) }
 }

@@ -1,7 +1,10 @@
 //! Per-API-key rate limiting (token bucket); the admin token is not limited.
 
 use crate::error::ApiError;
-use governor::{DefaultKeyedRateLimiter, Quota, clock::{Clock, DefaultClock}};
+use governor::{
+    DefaultKeyedRateLimiter, Quota,
+    clock::{Clock, DefaultClock},
+};
 use std::num::NonZeroU32;
 use vmplane_domain::ApiKeyId;
 

@@ -21,7 +21,12 @@ pub enum Unfit {
 
 /// Pick a host. `check` rules out hosts for reasons of the caller's own;
 /// `room` measures what a host has left (higher is better).
-pub fn place(state: &AppState, want: &Resources, check: impl Fn(&Host) -> ApiResult<Option<Unfit>>, room: impl Fn(&Host, &Resources) -> u64) -> ApiResult<HostId> {
+pub fn place(
+    state: &AppState,
+    want: &Resources,
+    check: impl Fn(&Host) -> ApiResult<Option<Unfit>>,
+    room: impl Fn(&Host, &Resources) -> u64,
+) -> ApiResult<HostId> {
     let mut online = false;
     let mut reason: Option<Unfit> = None;
     let mut best: Option<(u64, HostId)> = None;
@@ -50,8 +55,12 @@ pub fn place(state: &AppState, want: &Resources, check: impl Fn(&Host) -> ApiRes
     match (best, reason) {
         (Some((_, id)), _) => Ok(id),
         _ if !online => Err(ApiError::Unavailable("no worker host is online".into())),
-        (None, Some(Unfit::NoImage(image))) => Err(ApiError::Unprocessable("unknown_image", format!("no online host has the image `{image}`; see GET /v1/images"))),
-        (None, Some(Unfit::NoBridge)) => Err(ApiError::Unprocessable("unsupported", "no online host has a bridge for bridge networking (worker --bridge)".into())),
+        (None, Some(Unfit::NoImage(image))) => {
+            Err(ApiError::Unprocessable("unknown_image", format!("no online host has the image `{image}`; see GET /v1/images")))
+        }
+        (None, Some(Unfit::NoBridge)) => {
+            Err(ApiError::Unprocessable("unsupported", "no online host has a bridge for bridge networking (worker --bridge)".into()))
+        }
         (None, Some(Unfit::PortTaken(p))) => Err(ApiError::Conflict("port_conflict", format!("host port {p} is already forwarded to another vm"))),
         (None, _) => Err(ApiError::Conflict("insufficient_capacity", "no online host has room for this".into())),
     }

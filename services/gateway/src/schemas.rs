@@ -12,7 +12,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 #[derive(OpenApi)]
-#[openapi(info(title = "vmplane events", description = "Every message in the VMPLANE_EVENTS stream is a MessagePack (rmp-serde, named fields) encoding of Envelope. Subjects: see schemas/subjects.md."), components(schemas(Envelope)))]
+#[openapi(
+    info(
+        title = "vmplane events",
+        description = "Every message in the VMPLANE_EVENTS stream is a MessagePack (rmp-serde, named fields) encoding of Envelope. Subjects: see schemas/subjects.md."
+    ),
+    components(schemas(Envelope))
+)]
 struct EventSchemas;
 
 /// The event schemas: `Envelope` and everything it contains.
@@ -49,9 +55,29 @@ mod tests {
     fn every_event_type_is_in_the_event_schema() {
         let json = events().to_json().unwrap();
         for ty in [
-            "created", "provisioning_started", "network_allocated", "disk_prepared", "booted", "ready", "start_requested", "stop_requested",
-            "restart_requested", "rebooted", "standby_requested", "snapshotted", "restore_requested", "restored", "stopped", "delete_requested",
-            "deleted", "failed", "operation_finished", "org_created", "project_created", "api_key_created", "registered",
+            "created",
+            "provisioning_started",
+            "network_allocated",
+            "disk_prepared",
+            "booted",
+            "ready",
+            "start_requested",
+            "stop_requested",
+            "restart_requested",
+            "rebooted",
+            "standby_requested",
+            "snapshotted",
+            "restore_requested",
+            "restored",
+            "stopped",
+            "delete_requested",
+            "deleted",
+            "failed",
+            "operation_finished",
+            "org_created",
+            "project_created",
+            "api_key_created",
+            "registered",
         ] {
             assert!(json.contains(&format!("\"{ty}\"")), "event type {ty} missing from the schema");
         }

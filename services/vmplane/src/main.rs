@@ -176,9 +176,7 @@ struct WorkerArgs {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into()))
-        .init();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into())).init();
     if let Err(e) = run(Cli::parse()).await {
         eprintln!("vmplane: {e:#}");
         std::process::exit(1);
@@ -259,7 +257,8 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
 }
 
 async fn driver(opts: &WorkerOpts, data_dir: &Path) -> anyhow::Result<Arc<dyn Driver>> {
-    let host_name = opts.host_name.clone().unwrap_or_else(|| std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "localhost".into()));
+    let host_name =
+        opts.host_name.clone().unwrap_or_else(|| std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "localhost".into()));
     Ok(match opts.driver {
         DriverKind::Qemu => {
             let choice = match opts.accel {

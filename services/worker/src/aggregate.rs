@@ -5,9 +5,9 @@
 use time::OffsetDateTime;
 use vmplane_bus::{Bus, BusError};
 use vmplane_domain::event::{Envelope, Event};
+use vmplane_domain::host::{self, HostEvent, HostInfo};
 use vmplane_domain::vm::{self, Vm, VmEvent};
 use vmplane_domain::volume::{self, Volume, VolumeEvent};
-use vmplane_domain::host::{self, HostEvent, HostInfo};
 use vmplane_domain::{HostId, OpId, OrgId, ProjectId, VmId, VolumeId, subjects};
 
 /// What the worker needs to know to fold and append one kind of aggregate.

@@ -10,10 +10,10 @@ use backoff::ExponentialBackoff;
 use std::sync::Arc;
 use std::time::Duration;
 use vmplane_bus::{Bus, BusError};
+use vmplane_domain::host::{HostCommand, HostEvent};
 use vmplane_domain::spec::VolumeMount;
 use vmplane_domain::vm::{Outcome, Step, Vm, VmCommand, VmEvent, decide, next_step, step_event};
 use vmplane_domain::volume::{self, VolumeCommand, VolumeEvent, VolumeStep};
-use vmplane_domain::host::{HostCommand, HostEvent};
 use vmplane_domain::{HostId, OpId, OrgId, ProjectId, VmId, VolumeId};
 
 /// How many times a command is decided again after losing an append race.

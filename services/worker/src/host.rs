@@ -2,11 +2,11 @@
 //! event when it first appears or changes, and kept alive by heartbeats in a
 //! key-value bucket (heartbeats are liveness, not history, so they are not events).
 
+use crate::aggregate::HostAggregate;
 use std::path::Path;
 use std::time::Duration;
 use time::OffsetDateTime;
 use vmplane_bus::{Bus, BusError};
-use crate::aggregate::HostAggregate;
 use vmplane_domain::host::{HostEvent, HostInfo};
 use vmplane_domain::{HostId, OrgId, ProjectId, subjects};
 

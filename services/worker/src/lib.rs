@@ -17,7 +17,7 @@ pub mod terminal;
 use crate::aggregate::VmAggregate;
 use crate::driver::{Driver, GuestExit};
 use crate::executor::{Executor, VmJob, VolumeJob};
-use async_nats::jetstream::{AckKind, Message, consumer::pull, consumer::AckPolicy};
+use async_nats::jetstream::{AckKind, Message, consumer::AckPolicy, consumer::pull};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -64,10 +64,7 @@ fn create_runs_every_provisioning_step_in_order() {
     let id = VmId::new();
     let mut vm = None;
     let log = run(&mut vm, id, VmCommand::Create { spec: Box::new(VmSpec::named("a")), host: HostId::new() }).unwrap();
-    assert_eq!(
-        types(&log),
-        ["created", "provisioning_started", "network_allocated", "disk_prepared", "booted", "ready", "operation_finished"]
-    );
+    assert_eq!(types(&log), ["created", "provisioning_started", "network_allocated", "disk_prepared", "booted", "ready", "operation_finished"]);
     let vm = vm.unwrap();
     assert_eq!(vm.status, VmStatus::Running);
     assert!(vm.pending_op.is_none());
@@ -119,16 +116,10 @@ fn idempotent_commands_change_nothing_but_finish_their_operation() {
 fn forbidden_commands_are_refused() {
     let (mut vm, id) = created();
     run(&mut vm, id, VmCommand::Stop).unwrap();
-    assert_eq!(
-        run(&mut vm, id, VmCommand::Restart),
-        Err(DecideError::InvalidState { action: "restart", status: "stopped" })
-    );
+    assert_eq!(run(&mut vm, id, VmCommand::Restart), Err(DecideError::InvalidState { action: "restart", status: "stopped" }));
     assert!(matches!(run(&mut vm, id, VmCommand::Restore), Err(DecideError::InvalidState { .. })));
     assert!(matches!(run(&mut vm, id, VmCommand::Standby), Err(DecideError::InvalidState { .. })));
-    assert_eq!(
-        run(&mut vm, id, VmCommand::Create { spec: Box::new(VmSpec::named("a")), host: HostId::new() }),
-        Err(DecideError::AlreadyExists)
-    );
+    assert_eq!(run(&mut vm, id, VmCommand::Create { spec: Box::new(VmSpec::named("a")), host: HostId::new() }), Err(DecideError::AlreadyExists));
     let mut none = None;
     assert_eq!(run(&mut none, id, VmCommand::Start), Err(DecideError::NotFound));
 }
@@ -169,10 +160,7 @@ fn failure_finishes_the_pending_operation_as_failed() {
     let spec = Box::new(VmSpec::named("a"));
     let mut vm = evolve(None, id, Some(op), t0(), &VmEvent::Created { org: OrgId::DEFAULT, project: ProjectId::DEFAULT, spec, host: HostId::new() });
     vm = evolve(vm, id, Some(op), t0(), &VmEvent::Failed { message: "no disk".into() });
-    assert_eq!(
-        next_step(vm.as_ref().unwrap()),
-        Some(Step::Finish(Outcome::Failed { code: "failed".into(), message: "no disk".into() }))
-    );
+    assert_eq!(next_step(vm.as_ref().unwrap()), Some(Step::Finish(Outcome::Failed { code: "failed".into(), message: "no disk".into() })));
     vm = evolve(vm, id, Some(op), t0(), &VmEvent::OperationFinished { outcome: Outcome::Failed { code: "failed".into(), message: "no disk".into() } });
     let vm = vm.unwrap();
     assert_eq!(vm.status, VmStatus::Failed);
@@ -225,13 +213,19 @@ fn test_mount() -> VolumeMount {
 #[test]
 fn attach_and_detach_volumes() {
     let (mut vm, id) = created();
-    assert_eq!(types(&run(&mut vm, id, VmCommand::AttachVolume { mount: test_mount() }).unwrap()), ["volume_attach_requested", "vm_volume_attached", "operation_finished"]);
+    assert_eq!(
+        types(&run(&mut vm, id, VmCommand::AttachVolume { mount: test_mount() }).unwrap()),
+        ["volume_attach_requested", "vm_volume_attached", "operation_finished"]
+    );
     assert_eq!(vm.as_ref().unwrap().volumes, vec![test_mount()]);
     assert_eq!(types(&run(&mut vm, id, VmCommand::AttachVolume { mount: test_mount() }).unwrap()), ["operation_finished"], "same attach again changes nothing");
     let other_path = VolumeMount { volume_id: VolumeId::new(), ..test_mount() };
     assert_eq!(run(&mut vm, id, VmCommand::AttachVolume { mount: other_path }), Err(DecideError::VolumeConflict));
     run(&mut vm, id, VmCommand::Stop).unwrap();
-    assert_eq!(types(&run(&mut vm, id, VmCommand::DetachVolume { volume: test_mount().volume_id }).unwrap()), ["volume_detach_requested", "vm_volume_detached", "operation_finished"]);
+    assert_eq!(
+        types(&run(&mut vm, id, VmCommand::DetachVolume { volume: test_mount().volume_id }).unwrap()),
+        ["volume_detach_requested", "vm_volume_detached", "operation_finished"]
+    );
     assert!(vm.as_ref().unwrap().volumes.is_empty());
     assert_eq!(run(&mut vm, id, VmCommand::DetachVolume { volume: test_mount().volume_id }), Err(DecideError::VolumeNotAttached));
 }

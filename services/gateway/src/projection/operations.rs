@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 use vmplane_domain::event::{Envelope, Event};
-use vmplane_domain::vm::{Outcome, Vm, VmEvent};
 use vmplane_domain::host::HostEvent;
+use vmplane_domain::vm::{Outcome, Vm, VmEvent};
 use vmplane_domain::volume::VolumeEvent;
 use vmplane_domain::{OpId, OrgId};
 

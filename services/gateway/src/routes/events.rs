@@ -85,21 +85,24 @@ async fn event_feed(
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     let from_header = headers
         .get("last-event-id")
-        .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| ApiError::BadRequest("bad_header", "Last-Event-ID must be a stream sequence number".into())))
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::BadRequest("bad_header", "Last-Event-ID must be a stream sequence number".into()))
+        })
         .transpose()?;
     let last = from_header.or(q.last_event_id).unwrap_or(0);
     let filter = if who.sees_all_orgs() { subjects::EVENTS_ALL.to_owned() } else { subjects::org_events(who.org) };
     state.bus.ensure_connected()?;
     let messages = ordered_events(&state.bus, filter, last.saturating_add(1)).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let stream = messages
-        .take_while(|m| futures::future::ready(m.is_ok()))
-        .filter_map(|m| async move {
-            let msg = m.ok()?;
-            let seq = msg.info().ok()?.stream_sequence;
-            let env = Envelope::decode(&msg.payload).ok()?;
-            let kind = env.event.type_name();
-            let data = serde_json::to_string(&EventView::new(seq, env)).ok()?;
-            Some(Ok(SseEvent::default().id(seq.to_string()).event(kind).data(data)))
-        });
+    let stream = messages.take_while(|m| futures::future::ready(m.is_ok())).filter_map(|m| async move {
+        let msg = m.ok()?;
+        let seq = msg.info().ok()?.stream_sequence;
+        let env = Envelope::decode(&msg.payload).ok()?;
+        let kind = env.event.type_name();
+        let data = serde_json::to_string(&EventView::new(seq, env)).ok()?;
+        Some(Ok(SseEvent::default().id(seq.to_string()).event(kind).data(data)))
+    });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -6,17 +6,17 @@ use crate::commands::{Submission, submit};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Json;
 use crate::projection::operations::Operation;
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
-use vmplane_domain::host::{HostCommand, ImageFormat};
-use vmplane_domain::spec::is_dns_label;
-use vmplane_domain::{Command, ProjectId, subjects};
-use axum::extract::State;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use vmplane_domain::host::ImageInfo;
+use vmplane_domain::host::{HostCommand, ImageFormat};
+use vmplane_domain::spec::is_dns_label;
+use vmplane_domain::{Command, ProjectId, subjects};
 use vmplane_domain::{HostId, ImageId};
 
 /// Routes of this module.
@@ -88,7 +88,11 @@ async fn import_image(State(state): State<AppState>, who: Principal, Json(req): 
     let hosts = state.proj.hosts()?;
     let host = match req.host_id {
         Some(id) => hosts.into_iter().find(|h| h.id == id).ok_or_else(|| ApiError::NotFound(format!("host {id}")))?,
-        None => hosts.into_iter().filter(|h| state.proj.heartbeats.is_online(h.id)).min_by_key(|h| h.id).ok_or_else(|| ApiError::Unavailable("no worker host is online".into()))?,
+        None => hosts
+            .into_iter()
+            .filter(|h| state.proj.heartbeats.is_online(h.id))
+            .min_by_key(|h| h.id)
+            .ok_or_else(|| ApiError::Unavailable("no worker host is online".into()))?,
     };
     if host.info.images.iter().any(|i| i.name == req.name) {
         return Err(ApiError::Conflict("conflict", format!("image `{}` already exists on host {}", req.name, host.id)));

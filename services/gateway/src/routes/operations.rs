@@ -32,7 +32,12 @@ pub struct WaitQuery {
 /// One operation: `pending`, `running`, `succeeded` or `failed` (with `error`).
 #[utoipa::path(get, path = "/v1/operations/{id}", tag = "operations", params(("id" = String, Path, description = "Operation id"), WaitQuery),
     responses((status = 200, body = Operation), (status = "4XX", body = ErrorBody)))]
-async fn get_operation(State(state): State<AppState>, who: Principal, PathId(id): PathId<OpId>, Query(q): Query<WaitQuery>) -> ApiResult<axum::Json<Operation>> {
+async fn get_operation(
+    State(state): State<AppState>,
+    who: Principal,
+    PathId(id): PathId<OpId>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<axum::Json<Operation>> {
     let wait = q.wait.unwrap_or(0);
     if wait > MAX_WAIT_SECS {
         return Err(ApiError::BadRequest("invalid_query", format!("wait must be at most {MAX_WAIT_SECS} seconds")));

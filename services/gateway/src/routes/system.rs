@@ -45,7 +45,8 @@ pub async fn not_found(req: Request) -> ApiError {
 
 /// Known route, wrong method.
 pub async fn method_not_allowed() -> Response {
-    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({"code": "method_not_allowed", "message": "method not allowed on this route"}))).into_response()
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({"code": "method_not_allowed", "message": "method not allowed on this route"})))
+        .into_response()
 }
 
 /// A panic in a handler is a bug; answer in the API's format and log it.

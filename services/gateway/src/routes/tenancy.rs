@@ -121,7 +121,8 @@ async fn submit_tenancy(state: &AppState, who: &Principal, org: OrgId, target: S
         TenancyCommand::CreateProject { .. } => "create_project",
         TenancyCommand::CreateApiKey { .. } => "create_api_key",
     };
-    let sub = Submission { subject: subjects::tenancy_command(org), kind, target_id: target, project: ProjectId::DEFAULT, command: Command::Tenancy { command } };
+    let sub =
+        Submission { subject: subjects::tenancy_command(org), kind, target_id: target, project: ProjectId::DEFAULT, command: Command::Tenancy { command } };
     let op = submit(state, who, sub).await?;
     let status = if op.status == OpStatus::Succeeded { StatusCode::CREATED } else { StatusCode::ACCEPTED };
     Ok((status, op))
@@ -172,7 +173,11 @@ async fn list_projects(State(state): State<AppState>, who: Principal, PathId(org
 /// Create an API key; its secret is in this response only.
 #[utoipa::path(post, path = "/v1/api-keys", tag = "tenancy", request_body = CreateApiKeyRequest,
     responses((status = 201, body = ApiKeyView), (status = 202, body = ApiKeyView), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn create_api_key(State(state): State<AppState>, who: Principal, Json(req): Json<CreateApiKeyRequest>) -> ApiResult<(StatusCode, axum::Json<ApiKeyView>)> {
+async fn create_api_key(
+    State(state): State<AppState>,
+    who: Principal,
+    Json(req): Json<CreateApiKeyRequest>,
+) -> ApiResult<(StatusCode, axum::Json<ApiKeyView>)> {
     who.require_admin()?;
     let org = req.org_id.unwrap_or(who.org);
     let id = ApiKeyId::new();

@@ -5,8 +5,8 @@ use crate::auth::Principal;
 use crate::commands::{Submission, submit};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, PathId, Query};
-use crate::projection::operations::Operation;
 use crate::placement::{Unfit, place};
+use crate::projection::operations::Operation;
 use crate::projection::vms::VmFilter;
 use crate::routes::events::EventView;
 use crate::routes::pagination::{Page, PageQuery};
@@ -321,10 +321,7 @@ async fn accept(
     responses((status = 200, body = Page<VmView>), (status = "4XX", body = ErrorBody)))]
 async fn list_vms(State(state): State<AppState>, who: Principal, Query(q): Query<ListVmsQuery>) -> ApiResult<axum::Json<Page<VmView>>> {
     let pq = PageQuery::new(q.page, q.limit)?;
-    let status = q
-        .status
-        .map(|s| s.parse::<VmStatus>().map_err(|()| ApiError::BadRequest("invalid_query", format!("unknown status `{s}`"))))
-        .transpose()?;
+    let status = q.status.map(|s| s.parse::<VmStatus>().map_err(|()| ApiError::BadRequest("invalid_query", format!("unknown status `{s}`")))).transpose()?;
     let filter = VmFilter { org: who.org, project: who.project, status };
     let (vms, total) = state.proj.list_vms(&filter, pq.offset(), pq.limit())?;
     Ok(axum::Json(pq.page(vms.into_iter().map(VmView::from).collect(), total)))

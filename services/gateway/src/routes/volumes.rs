@@ -24,10 +24,7 @@ use vmplane_domain::{Command, HostId, ProjectId, VmId, VolumeId, subjects};
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(create_volume, list_volumes))
-        .routes(routes!(get_volume, delete_volume))
-        .routes(routes!(attach_volume, detach_volume))
+    OpenApiRouter::new().routes(routes!(create_volume, list_volumes)).routes(routes!(get_volume, delete_volume)).routes(routes!(attach_volume, detach_volume))
 }
 
 /// A volume as the API shows it.
@@ -126,8 +123,15 @@ async fn create_volume(State(state): State<AppState>, who: Principal, Json(spec)
     let command = VolumeCommand::Create { spec, host };
     let events = volume::decide(None, who.org, project, &command).map_err(volume_error)?;
     let now = OffsetDateTime::now_utc();
-    let view = events.iter().fold(None, |s, e| volume::evolve(s, id, None, now, e)).ok_or_else(|| ApiError::Internal("decided events left no volume".into()))?;
-    let sub = Submission { subject: subjects::volume_command(host, id), kind: "create_volume", target_id: id.to_string(), project, command: Command::Volume { volume: id, command } };
+    let view =
+        events.iter().fold(None, |s, e| volume::evolve(s, id, None, now, e)).ok_or_else(|| ApiError::Internal("decided events left no volume".into()))?;
+    let sub = Submission {
+        subject: subjects::volume_command(host, id),
+        kind: "create_volume",
+        target_id: id.to_string(),
+        project,
+        command: Command::Volume { volume: id, command },
+    };
     let operation = submit(&state, &who, sub).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(VolumeAccepted { volume: view.into(), operation })))
 }
@@ -158,7 +162,13 @@ async fn delete_volume(State(state): State<AppState>, who: Principal, PathId(id)
     let now = OffsetDateTime::now_utc();
     let (host, project) = (vol.host, vol.project);
     let view = events.iter().try_fold(vol, |s, e| volume::evolve(Some(s), id, None, now, e)).ok_or_else(|| ApiError::Internal("volume vanished".into()))?;
-    let sub = Submission { subject: subjects::volume_command(host, id), kind: "delete_volume", target_id: id.to_string(), project, command: Command::Volume { volume: id, command } };
+    let sub = Submission {
+        subject: subjects::volume_command(host, id),
+        kind: "delete_volume",
+        target_id: id.to_string(),
+        project,
+        command: Command::Volume { volume: id, command },
+    };
     let operation = submit(&state, &who, sub).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(VolumeAccepted { volume: view.into(), operation })))
 }
@@ -190,7 +200,8 @@ async fn attach_volume(
     let (vm_id, vol_id) = parse_ids(&p)?;
     let vm = visible_vm(&state, &who, vm_id)?;
     let vol = visible_volume(&state, &who, vol_id)?;
-    let mount = VolumeMount { volume_id: vol_id, mount_path: req.mount_path, readonly: req.readonly, overlay: req.overlay, overlay_size_mib: req.overlay_size_mib };
+    let mount =
+        VolumeMount { volume_id: vol_id, mount_path: req.mount_path, readonly: req.readonly, overlay: req.overlay, overlay_size_mib: req.overlay_size_mib };
     mount.validate()?;
     volume::claim(Some(&vol), vm.id, vm.host).map_err(volume_error)?;
     act(state, who, vm_id, VmCommand::AttachVolume { mount }).await

@@ -18,11 +18,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
+use vmplane_domain::VmId;
 use vmplane_domain::host::{HostInfo, ImageFormat, ImageInfo};
 use vmplane_domain::spec::VolumeMount;
 use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, Vm};
 use vmplane_domain::volume::Volume;
-use vmplane_domain::VmId;
 
 /// Knobs for tests and benchmarks.
 #[derive(Debug, Clone)]
@@ -295,7 +295,16 @@ mod tests {
             dir: dir.to_owned(),
             boot_delay: Duration::ZERO,
             ready_delay: Duration::ZERO,
-            host: HostInfo { name: "t".into(), driver: "sim".into(), driver_detail: None, cpus: 4, memory_mib: 4096, disk_gb: 100, images: vec![], bridge_cidr: None },
+            host: HostInfo {
+                name: "t".into(),
+                driver: "sim".into(),
+                driver_detail: None,
+                cpus: 4,
+                memory_mib: 4096,
+                disk_gb: 100,
+                images: vec![],
+                bridge_cidr: None,
+            },
             port_range: (30000, 30003),
         })
         .unwrap()

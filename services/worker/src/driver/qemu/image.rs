@@ -2,8 +2,8 @@
 //! kernel, an initrd and a raw root filesystem (built by `images/<slug>/build.sh`).
 
 use serde::Deserialize;
-use vmplane_domain::host::ImageInfo;
 use std::path::{Path, PathBuf};
+use vmplane_domain::host::ImageInfo;
 
 /// A bootable image.
 #[derive(Debug, Clone)]

@@ -91,9 +91,15 @@ pub async fn import(images_dir: &Path, base: &Image, name: &str, source: &Path, 
 
     let out = work.path().join("image");
     std::fs::create_dir_all(&out).map_err(fatal)?;
-    let used_kib: u64 = String::from_utf8_lossy(&run(Command::new("du").args(["-sk"]).arg(&root)).await?).split_whitespace().next().and_then(|k| k.parse().ok()).unwrap_or(0);
+    let used_kib: u64 =
+        String::from_utf8_lossy(&run(Command::new("du").args(["-sk"]).arg(&root)).await?).split_whitespace().next().and_then(|k| k.parse().ok()).unwrap_or(0);
     let size_mib = (used_kib / 1024) * 3 / 2 + 256;
-    run(Command::new(mke2fs()).args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", "vmplane-root", "-m", "1", "-d"]).arg(&root).arg(out.join("rootfs.ext4")).arg(format!("{size_mib}M"))).await?;
+    run(Command::new(mke2fs())
+        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", "vmplane-root", "-m", "1", "-d"])
+        .arg(&root)
+        .arg(out.join("rootfs.ext4"))
+        .arg(format!("{size_mib}M")))
+    .await?;
     for (from, file) in [(&base.kernel, "vmlinuz"), (&base.initrd, "initrd.img")] {
         std::fs::copy(from, out.join(file)).map_err(fatal)?;
     }
@@ -123,11 +129,7 @@ async fn link_missing_applets(root: &Path) -> Result<(), DriverError> {
 
 async fn run(cmd: &mut Command) -> Result<Vec<u8>, DriverError> {
     let out = cmd.output().await.map_err(fatal)?;
-    if out.status.success() {
-        Ok(out.stdout)
-    } else {
-        Err(fatal(format!("{:?}: {}", cmd.as_std().get_program(), String::from_utf8_lossy(&out.stderr).trim())))
-    }
+    if out.status.success() { Ok(out.stdout) } else { Err(fatal(format!("{:?}: {}", cmd.as_std().get_program(), String::from_utf8_lossy(&out.stderr).trim()))) }
 }
 
 /// Copy an ext2/3/4 filesystem image's tree into `dir`, without mounting it.
@@ -191,7 +193,8 @@ fn apply_container_image(source: &Path, format: ImageFormat, scratch: &Path, roo
         Ok(layout.join("blobs").join(algo).join(hex))
     };
     let read_json = |path: &Path| -> Result<serde_json::Value, DriverError> {
-        serde_json::from_slice(&std::fs::read(path).map_err(|e| fatal(format!("{}: {e}", path.display())))?).map_err(|e| fatal(format!("{}: {e}", path.display())))
+        serde_json::from_slice(&std::fs::read(path).map_err(|e| fatal(format!("{}: {e}", path.display())))?)
+            .map_err(|e| fatal(format!("{}: {e}", path.display())))
     };
     let (layers, os) = if layout.join("index.json").exists() {
         let index: OciIndex = serde_json::from_value(read_json(&layout.join("index.json"))?).map_err(fatal)?;

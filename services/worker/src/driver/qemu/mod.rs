@@ -134,7 +134,14 @@ impl QemuDriver {
     }
 
     /// Build the command line; in bridge mode, make sure the tap exists first.
-    async fn launch<'a>(&'a self, vm: &'a Vm, image: &'a image::Image, dir: &'a VmDir, network: &'a NetworkRuntime, incoming: bool) -> Result<Launch<'a>, DriverError> {
+    async fn launch<'a>(
+        &'a self,
+        vm: &'a Vm,
+        image: &'a image::Image,
+        dir: &'a VmDir,
+        network: &'a NetworkRuntime,
+        incoming: bool,
+    ) -> Result<Launch<'a>, DriverError> {
         let tap = match allocated(dir).and_then(|a| a.tap) {
             Some((device, address)) => {
                 let bridge = self.cfg.bridge.as_ref().ok_or_else(|| fatal("this VM uses bridge networking but the worker has no --bridge"))?;
@@ -196,9 +203,10 @@ impl QemuDriver {
     }
 
     fn used_ports(&self, except: VmId) -> BTreeSet<u16> {
-        self.other_allocations(except).flat_map(|a| a.network.ssh_port.into_iter().chain(a.network.port_forwards.iter().map(|p| p.host_port)).collect::<Vec<_>>()).collect()
+        self.other_allocations(except)
+            .flat_map(|a| a.network.ssh_port.into_iter().chain(a.network.port_forwards.iter().map(|p| p.host_port)).collect::<Vec<_>>())
+            .collect()
     }
-
 }
 
 fn allocated(dir: &VmDir) -> Option<Allocated> {
@@ -335,12 +343,7 @@ impl Driver for QemuDriver {
                 forwards.push(ResolvedPortForward { guest_port: pf.guest_port, host_port: pick(pf.host_port)?, protocol: pf.protocol });
             }
         }
-        let network = NetworkRuntime {
-            ip: enabled.then(|| "10.0.2.15".to_owned()),
-            mac: enabled.then_some(mac),
-            ssh_port,
-            port_forwards: forwards,
-        };
+        let network = NetworkRuntime { ip: enabled.then(|| "10.0.2.15".to_owned()), mac: enabled.then_some(mac), ssh_port, port_forwards: forwards };
         let bytes = serde_json::to_vec(&Allocated { network: network.clone(), tap: None }).map_err(fatal)?;
         std::fs::write(dir.network(), bytes).map_err(retry)?;
         Ok(network)

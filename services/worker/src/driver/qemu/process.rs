@@ -134,11 +134,7 @@ impl Launch<'_> {
             .output()
             .await
             .map_err(|e| format!("cannot run {}: {e}", self.qemu.display()))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!("qemu failed to start ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
-        }
+        if out.status.success() { Ok(()) } else { Err(format!("qemu failed to start ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim())) }
     }
 }
 
@@ -174,7 +170,8 @@ pub fn running_pid(dir: &VmDir, vm: &Vm) -> Option<i32> {
 /// Whether `pid` is a live (not zombie) qemu started for `vm`.
 pub fn is_our_qemu(pid: i32, vm: VmId) -> bool {
     let needle = format!("vmplane-{vm}");
-    let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|a| std::str::from_utf8(a).is_ok_and(|s| s.contains(&needle))));
+    let ours =
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|a| std::str::from_utf8(a).is_ok_and(|s| s.contains(&needle))));
     let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')));
     ours && !zombie
 }

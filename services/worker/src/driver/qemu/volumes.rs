@@ -90,13 +90,8 @@ pub async fn create(root: &Path, id: VolumeId, size_gb: u32) -> Result<PathBuf, 
 }
 
 async fn qemu_img(args: &[&str], paths: &[&Path], last: &str) -> Result<(), DriverError> {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(args)
-        .args(paths)
-        .arg(last)
-        .output()
-        .await
-        .map_err(|e| DriverError::Fatal(format!("qemu-img: {e}")))?;
+    let out =
+        tokio::process::Command::new("qemu-img").args(args).args(paths).arg(last).output().await.map_err(|e| DriverError::Fatal(format!("qemu-img: {e}")))?;
     if out.status.success() { Ok(()) } else { Err(DriverError::Fatal(format!("qemu-img: {}", String::from_utf8_lossy(&out.stderr).trim()))) }
 }
 
@@ -107,7 +102,9 @@ pub async fn attach(dir: &VmDir, location: &str, mount: &VolumeMount, running: b
     let entry = match list.iter().find(|p| p.volume_id == mount.volume_id) {
         Some(p) => p.clone(),
         None => {
-            let port = (0..HOTPLUG_PORTS).find(|i| !list.iter().any(|p| p.port == *i)).ok_or_else(|| DriverError::Fatal(format!("no free hot-plug slot ({HOTPLUG_PORTS} volumes at most)")))?;
+            let port = (0..HOTPLUG_PORTS)
+                .find(|i| !list.iter().any(|p| p.port == *i))
+                .ok_or_else(|| DriverError::Fatal(format!("no free hot-plug slot ({HOTPLUG_PORTS} volumes at most)")))?;
             let serial = serial(mount.volume_id);
             let file = if mount.overlay {
                 let overlay = dir.path().join(format!("overlay-{serial}.qcow2"));
@@ -119,7 +116,8 @@ pub async fn attach(dir: &VmDir, location: &str, mount: &VolumeMount, running: b
             } else {
                 PathBuf::from(location)
             };
-            let p = Plugged { volume_id: mount.volume_id, serial, file, mount_path: mount.mount_path.clone(), readonly: mount.readonly && !mount.overlay, port };
+            let p =
+                Plugged { volume_id: mount.volume_id, serial, file, mount_path: mount.mount_path.clone(), readonly: mount.readonly && !mount.overlay, port };
             list.push(p.clone());
             save(dir, &list)?;
             p
@@ -133,15 +131,21 @@ pub async fn attach(dir: &VmDir, location: &str, mount: &VolumeMount, running: b
     let present = blocks.as_array().is_some_and(|a| a.iter().any(|b| b.get("node-name").and_then(|n| n.as_str()) == Some(&entry.node())));
     if !present {
         let file = json!({"driver": "file", "filename": entry.file.display().to_string()});
-        q.execute("blockdev-add", Some(json!({"driver": "qcow2", "node-name": entry.node(), "file": file, "read-only": entry.readonly}))).await.map_err(fatal)?;
+        q.execute("blockdev-add", Some(json!({"driver": "qcow2", "node-name": entry.node(), "file": file, "read-only": entry.readonly})))
+            .await
+            .map_err(fatal)?;
     }
     let added = q
-        .execute("device_add", Some(json!({"driver": "virtio-blk-pci", "id": entry.device(), "drive": entry.node(), "serial": entry.serial, "bus": format!("hp{}", entry.port)})))
+        .execute(
+            "device_add",
+            Some(json!({"driver": "virtio-blk-pci", "id": entry.device(), "drive": entry.node(), "serial": entry.serial, "bus": format!("hp{}", entry.port)})),
+        )
         .await;
     if let Err(e) = added
-        && !e.to_string().contains("Duplicate") {
-            return Err(fatal(e));
-        }
+        && !e.to_string().contains("Duplicate")
+    {
+        return Err(fatal(e));
+    }
     agent(dir, &format!("mount {} {} {}", entry.serial, entry.mount_path, if entry.readonly { "ro" } else { "rw" })).await
 }
 
@@ -151,14 +155,16 @@ pub async fn detach(dir: &VmDir, mount: &VolumeMount, running: bool) -> Result<(
     let Some(entry) = list.iter().find(|p| p.volume_id == mount.volume_id).cloned() else { return Ok(()) };
     if running {
         if let Err(e) = agent(dir, &format!("umount {}", entry.mount_path)).await
-            && !e.to_string().contains("not a mount point") {
-                return Err(e);
-            }
+            && !e.to_string().contains("not a mount point")
+        {
+            return Err(e);
+        }
         let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
         if let Err(e) = q.execute("device_del", Some(json!({"id": entry.device()}))).await
-            && !e.to_string().contains("not found") {
-                return Err(fatal(e));
-            }
+            && !e.to_string().contains("not found")
+        {
+            return Err(fatal(e));
+        }
         // The guest releases the device asynchronously; the node can go once it has.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
