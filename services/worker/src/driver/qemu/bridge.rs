@@ -75,10 +75,11 @@ async fn ip(args: &[&str]) -> Result<(), String> {
 
 /// Create the VM's tap on the bridge (idempotent).
 pub async fn ensure_tap(bridge: &Bridge, tap: &str) -> Result<(), DriverError> {
-    if let Err(e) = ip(&["tuntap", "add", "dev", tap, "mode", "tap"]).await {
-        if !e.contains("exists") && !e.contains("busy") {
-            return Err(DriverError::Fatal(format!("creating tap {tap}: {e}")));
-        }
+    if let Err(e) = ip(&["tuntap", "add", "dev", tap, "mode", "tap"]).await
+        && !e.contains("exists")
+        && !e.contains("busy")
+    {
+        return Err(DriverError::Fatal(format!("creating tap {tap}: {e}")));
     }
     ip(&["link", "set", tap, "master", &bridge.name]).await.map_err(|e| DriverError::Fatal(format!("adding {tap} to bridge {}: {e}", bridge.name)))?;
     ip(&["link", "set", tap, "up"]).await.map_err(|e| DriverError::Fatal(format!("{tap} up: {e}")))
