@@ -6,29 +6,27 @@ as_root() {
     echo "need root to run: $*" >&2; return 1; fi
 }
 
-# apt_install PACKAGE...: install, updating the package lists if needed. A
-# machine whose qemu-utils comes from <codename>-backports (its qemu-utils
-# "Breaks" the older qemu-system-common) gets the qemu packages from there too.
+# apt_install [APT OPTION|PACKAGE]...: install, updating the package lists if needed.
 apt_install() {
   export DEBIAN_FRONTEND=noninteractive
   as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 && return 0
   as_root apt-get update -qq >/dev/null
-  as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 && return 0
-  local qv codename
-  qv=$(dpkg-query -W -f '${Version}' qemu-utils 2>/dev/null || true)
-  case "$qv" in
-  *bpo*)
-    codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
-    if ! grep -rqs "$codename-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-      echo "adding $codename-backports to apt sources (qemu-utils $qv is from there)" >&2
-      printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-        "$codename" | as_root tee /etc/apt/sources.list.d/vmplane-backports.sources >/dev/null
-      as_root apt-get update -qq >/dev/null
-    fi
-    as_root apt-get install -y -qq --no-install-recommends -t "$codename-backports" "$@"
-    ;;
-  *) as_root apt-get install -y --no-install-recommends "$@" ;;
-  esac
+  as_root apt-get install -y -qq --no-install-recommends "$@"
+}
+
+# ensure_release PACKAGE...: each package at the version of this Debian
+# release itself (bookworm: QEMU 7.2), replacing a missing one or one from
+# backports, so that what runs here is what a fresh machine runs.
+ensure_release() {
+  local codename have pkg want=()
+  codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+  for pkg in "$@"; do
+    have=$(dpkg-query -W -f '${Version}' "$pkg" 2>/dev/null || true)
+    case "$have" in "" | *bpo* | *~bpo*) want+=("$pkg/$codename") ;; esac
+  done
+  [ ${#want[@]} -eq 0 ] && return 0
+  echo "installing ${want[*]} (this Debian release's own versions)..." >&2
+  apt_install --allow-downgrades "${want[@]}"
 }
 
 # ensure_package COMMAND PACKAGE: install PACKAGE unless COMMAND exists.
@@ -46,10 +44,14 @@ ensure_base() {
   # The Debian package enables a system service on port 4222; vmplane runs its own.
 }
 
-# What the qemu driver needs: the emulator, qemu-img, mke2fs for seed disks,
-# and the tools the guest image build uses (it installs the rest itself).
+# What the qemu driver needs: the emulator and qemu-img of this Debian
+# release, passt (guest networking that cannot reach the host) with nftables
+# (the rule that keeps it off the host's addresses), mke2fs and debugfs for
+# seed disks and imports, and the tools the guest image build uses (it
+# installs the rest itself).
 ensure_qemu() {
-  ensure_package qemu-system-x86_64 qemu-system-x86
-  ensure_package qemu-img qemu-utils
+  ensure_release qemu-system-x86 qemu-utils
+  ensure_package passt passt
+  ensure_package nft nftables
   ensure_package mke2fs e2fsprogs
 }
