@@ -131,18 +131,20 @@ impl GuestStack {
             Some(ns) => (4222, format!("{}:8080", ns.addr)),
             None => (free_port(), format!("127.0.0.1:{}", free_port())),
         };
-        let nats_args = vec![s("-js"), s("-a"), s("127.0.0.1"), s("-p"), nats_port.to_string(), s("-sd"), root.join("nats").display().to_string()];
-        let nats = spawn("nats-server", nats_server_bin(), nats_args, vec![]);
+        let nats_dir = root.join("nats");
+        let config = nats_init(&nats_dir, &format!("127.0.0.1:{nats_port}"));
+        let nats = spawn("nats-server", nats_server_bin(), vec![s("-c"), config.display().to_string()], vec![]);
         let nats_url = format!("nats://127.0.0.1:{nats_port}");
         let admin_env = vec![("VMPLANE_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned())];
-        let gw = vec![s("gateway"), s("--nats-url"), nats_url.clone(), s("--data-dir"), data.display().to_string(), s("--listen"), listen.clone()];
+        let mut gw = vec![s("gateway")];
+        gw.extend(nats_args(&nats_dir, &nats_url, "gateway"));
+        gw.extend([s("--data-dir"), data.display().to_string(), s("--listen"), listen.clone()]);
         let gateway = spawn("gateway", PathBuf::from(BIN), gw, admin_env.clone());
         // A port range of our own, so stacks running side by side do not compete.
         let first = 30000 + (free_port() % 300) * 100;
-        let mut wk = vec![
-            s("worker"),
-            s("--nats-url"),
-            nats_url,
+        let mut wk = vec![s("worker")];
+        wk.extend(nats_args(&nats_dir, &nats_url, "worker"));
+        wk.extend([
             s("--data-dir"),
             data.display().to_string(),
             s("--driver"),
@@ -159,7 +161,7 @@ impl GuestStack {
             s("127.0.0.1"),
             s("--port-range"),
             format!("{first}-{}", first + 99),
-        ];
+        ]);
         if let Some(ns) = &netns {
             wk.extend([s("--bridge"), s("br0"), s("--bridge-cidr"), ns.cidr.clone()]);
         }
@@ -266,6 +268,10 @@ impl Drop for GuestStack {
             if String::from_utf8_lossy(&cmdline).contains(&marker) && String::from_utf8_lossy(&cmdline).contains("qemu") {
                 let _ = Command::new("kill").arg("-9").arg(e.file_name()).status();
             }
+        }
+        // Each process runs with only its role's NATS permissions: a denial is a bug.
+        if !std::thread::panicking() && self._nats.log_mentions("violation") {
+            panic!("NATS denied a vmplane process something it needed:\n{}", self._nats.log_tail(20));
         }
     }
 }

@@ -29,6 +29,8 @@ pub const TENANCY_COMMANDS: &str = "vmplane.cmd.tenancy.*";
 pub const LOG_STREAM: &str = "VMPLANE_LOGS";
 /// Every console log subject.
 pub const LOGS_ALL: &str = "vmplane.log.>";
+/// Terminal open requests to any host.
+pub const TERMINAL_OPEN_ALL: &str = "vmplane.term.open.*";
 /// Key-value bucket holding each host's last heartbeat.
 pub const HEARTBEAT_BUCKET: &str = "vmplane_heartbeats";
 /// Key-value bucket holding idempotency records (24 h).

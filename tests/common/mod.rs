@@ -194,23 +194,59 @@ impl Drop for Proc {
     }
 }
 
-/// A JetStream-enabled nats-server on a fixed loopback port and store dir,
-/// which can be stopped and started again on the same port and store.
+/// Write an installation's NATS users and server config with `vmplane nats
+/// init` into `dir` (JetStream stores there too); returns the config file.
+pub fn nats_init(dir: &Path, listen: &str) -> PathBuf {
+    let out = Command::new(BIN)
+        .args(["nats", "init", "--out-dir"])
+        .arg(dir)
+        .args(["--listen", listen, "--server-name", "vmplane-test"])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running vmplane nats init");
+    assert!(out.status.success(), "vmplane nats init: {}", String::from_utf8_lossy(&out.stderr));
+    dir.join("nats.conf")
+}
+
+/// `--nats-url URL --nats-creds FILE` for a process of `role` (admin, gateway, worker)
+/// of the installation whose NATS files are in `dir`.
+pub fn nats_args(dir: &Path, url: &str, role: &str) -> Vec<String> {
+    vec!["--nats-url".into(), url.into(), "--nats-creds".into(), dir.join(format!("{role}.nk")).display().to_string()]
+}
+
+/// A NATS client connected as `role` of the installation in `dir`, with that
+/// role's inbox prefix (its only readable inbox), or anonymously when `None`.
+pub async fn nats_connect(dir: &Path, url: &str, role: Option<&str>) -> Result<vmplane_bus::async_nats::Client, vmplane_bus::async_nats::ConnectError> {
+    use vmplane_bus::async_nats::ConnectOptions;
+    let opts = match role {
+        Some(role) => {
+            let seed = std::fs::read_to_string(dir.join(format!("{role}.nk"))).expect("reading a role's seed");
+            ConnectOptions::with_nkey(seed.trim().to_owned()).custom_inbox_prefix(format!("_INBOX_{role}"))
+        }
+        None => ConnectOptions::new(),
+    };
+    opts.connection_timeout(Duration::from_secs(5)).connect(url).await
+}
+
+/// A JetStream-enabled nats-server with authorization on (users from
+/// [`nats_init`]) on a fixed loopback port and store dir, which can be
+/// stopped and started again on the same port and store.
 pub struct Nats {
     pub port: u16,
     pub proc: Proc,
+    /// Its config, users' seeds and store.
+    pub dir: PathBuf,
 }
 
 impl Nats {
     /// Start a server storing under `dir/nats`, logging to `dir/nats.log`.
     pub async fn start_in(dir: &Path) -> Self {
-        let store = dir.join("nats");
+        let files = dir.join("nats");
         for attempt in 1.. {
             let port = free_port();
-            let args = ["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "--server_name", "vmplane-test", "-sd", &store.to_string_lossy()]
-                .map(str::to_owned)
-                .to_vec();
-            let mut n = Self { port, proc: Proc::start("nats-server", nats_server_bin(), args, vec![], dir.join("nats.log")) };
+            let config = nats_init(&files, &format!("127.0.0.1:{port}"));
+            let args = vec!["-c".to_owned(), config.display().to_string()];
+            let mut n = Self { port, proc: Proc::start("nats-server", nats_server_bin(), args, vec![], dir.join("nats.log")), dir: files.clone() };
             match n.listening().await {
                 Ok(()) => return n,
                 // Another process took the free port before the server bound it.
@@ -219,6 +255,16 @@ impl Nats {
             }
         }
         unreachable!()
+    }
+
+    /// `--nats-url ... --nats-creds ...` for a process of `role`.
+    pub fn args(&self, role: &str) -> Vec<String> {
+        nats_args(&self.dir, &self.url(), role)
+    }
+
+    /// A client connected as `role`, or anonymously.
+    pub async fn connect(&self, role: Option<&str>) -> Result<vmplane_bus::async_nats::Client, vmplane_bus::async_nats::ConnectError> {
+        nats_connect(&self.dir, &self.url(), role).await
     }
 
     pub fn url(&self) -> String {
@@ -305,23 +351,23 @@ impl Stack {
         let mut gw_env = vec![admin_env.clone()];
         gw_env.extend(opts.gateway_env.iter().cloned());
 
-        let wk_args = [
-            "worker",
-            "--nats-url",
-            &nats.url(),
-            "--data-dir",
-            &data,
-            "--driver",
-            "sim",
-            "--sim-boot-delay-ms",
-            &opts.sim_boot_delay_ms.to_string(),
-            "--sim-ready-delay-ms",
-            &opts.sim_ready_delay_ms.to_string(),
-            "--ack-wait-secs",
-            "2",
-        ]
-        .map(str::to_owned)
-        .to_vec();
+        let mut wk_args = vec!["worker".to_owned()];
+        wk_args.extend(nats.args("worker"));
+        wk_args.extend(
+            [
+                "--data-dir",
+                &data,
+                "--driver",
+                "sim",
+                "--sim-boot-delay-ms",
+                &opts.sim_boot_delay_ms.to_string(),
+                "--sim-ready-delay-ms",
+                &opts.sim_ready_delay_ms.to_string(),
+                "--ack-wait-secs",
+                "2",
+            ]
+            .map(str::to_owned),
+        );
         let worker = Proc::start("worker", BIN, wk_args, vec![admin_env], root.join("worker.log"));
 
         // The gateway, on a free port; again on another if that one was taken meanwhile.
@@ -329,7 +375,9 @@ impl Stack {
         let (gateway, base) = loop {
             attempt += 1;
             let listen = format!("127.0.0.1:{}", free_port());
-            let gw_args = ["gateway", "--nats-url", &nats.url(), "--data-dir", &data, "--listen", &listen].map(str::to_owned).to_vec();
+            let mut gw_args = vec!["gateway".to_owned()];
+            gw_args.extend(nats.args("gateway"));
+            gw_args.extend(["--data-dir", &data, "--listen", &listen].map(str::to_owned));
             let mut gateway = Proc::start("gateway", BIN, gw_args, gw_env.clone(), root.join("gateway.log"));
             let base = format!("http://{listen}");
             match gateway_ready(&mut gateway, &Client::new(&base, None)).await {
@@ -391,7 +439,9 @@ impl Stack {
     /// `vmplane projections rebuild` against this stack's NATS and data dir.
     pub fn rebuild_projections(&self) -> std::process::Output {
         Command::new(BIN)
-            .args(["projections", "rebuild", "--nats-url", &self.nats.url(), "--data-dir"])
+            .args(["projections", "rebuild"])
+            .args(self.nats.args("gateway"))
+            .arg("--data-dir")
             .arg(self.data_dir())
             .env_remove("NATS_URL")
             .env("NO_COLOR", "1")
@@ -419,6 +469,11 @@ async fn gateway_ready(gateway: &mut Proc, c: &Client) -> Result<(), ExitStatus>
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        // Every process runs with only its role's NATS permissions: anything
+        // the stack needed and was denied is a failure of the test that ran it.
+        if !std::thread::panicking() && self.nats.proc.log_mentions("violation") {
+            panic!("NATS denied a vmplane process something it needed:\n{}", self.nats.proc.log_tail(20));
+        }
         if std::thread::panicking() {
             eprintln!("{}\n{}\n{}", self.nats.proc.log_tail(20), self.worker.log_tail(60), self.gateway.log_tail(60));
             if let Some(dir) = self.dir.take() {

@@ -5,6 +5,8 @@
 //! Appends to an aggregate's subject carry the expected last subject sequence,
 //! so two writers of the same aggregate cannot interleave.
 
+pub mod auth;
+
 use async_nats::jetstream::{
     self,
     context::{PublishError, PublishErrorKind},
@@ -66,14 +68,20 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct Bus {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
+    /// Whether this connection may change existing streams' configuration
+    /// (the admin, or a server without authorization).
+    reconfigure: bool,
 }
 
 impl Bus {
-    /// Connect, retrying the first connection until it succeeds, and keep
-    /// reconnecting forever after that.
-    pub async fn connect(url: &str, name: &str) -> Result<Self, BusError> {
-        let client = async_nats::ConnectOptions::new()
-            .name(name)
+    /// Connect as `role` with `creds`, retrying the first connection until it
+    /// succeeds, and keep reconnecting forever after that.
+    pub async fn connect(url: &str, role: auth::Role, creds: &auth::Credentials) -> Result<Self, BusError> {
+        let client = creds
+            .options()
+            .await?
+            .name(format!("vmplane-{}", role.name()))
+            .custom_inbox_prefix(role.inbox_prefix())
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(2))
             .max_reconnects(None)
@@ -83,7 +91,8 @@ impl Bus {
             .await
             .map_err(unavailable)?;
         let js = jetstream::ContextBuilder::new().timeout(REQUEST_TIMEOUT).build(client.clone());
-        Ok(Self { client, js })
+        let reconfigure = role == auth::Role::Admin || (*creds == auth::Credentials::None && !url.contains('@'));
+        Ok(Self { client, js, reconfigure })
     }
 
     /// Whether the client currently holds a live connection.
@@ -156,6 +165,8 @@ impl Bus {
                 deny_delete: true,
                 allow_direct: true,
                 discard: DiscardPolicy::New,
+                // The server's own choice when unset, spelled out so configs compare equal.
+                duplicate_window: ttl.min(Duration::from_secs(120)),
                 ..Default::default()
             })
             .await
@@ -164,16 +175,31 @@ impl Bus {
         Ok(())
     }
 
-    /// Create a stream or bring its config up to date. Two processes starting
-    /// at once race between "not found" and "create"; the loser's create
-    /// fails (name in use, or subjects overlapping the winner's), and its
-    /// second attempt finds the stream and updates it.
-    async fn stream(&self, config: stream::Config) -> Result<(), async_nats::jetstream::context::CreateStreamError> {
+    /// Create a stream, or bring an existing one's configuration up to date
+    /// when this connection may (other users only warn: they may create
+    /// streams but never change them). Two processes starting at once race
+    /// between "not found" and "create"; the loser's create fails and its
+    /// next attempt finds the stream.
+    async fn stream(&self, config: stream::Config) -> Result<(), String> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.js.create_or_update_stream(config.clone()).await {
-                Ok(_) => return Ok(()),
+            let result = match self.js.get_stream(&config.name).await {
+                Ok(existing) => match config_difference(&existing.cached_info().config, &config) {
+                    None => return Ok(()),
+                    Some(setting) if !self.reconfigure => {
+                        tracing::warn!(stream = %config.name, %setting, "stream configuration differs from this version's; an admin must update it (`vmplane up` does)");
+                        return Ok(());
+                    }
+                    Some(_) => self.js.update_stream(config.clone()).await.map(drop).map_err(|e| e.to_string()),
+                },
+                Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {
+                    self.js.create_stream(config.clone()).await.map(drop).map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(()) => return Ok(()),
                 Err(e) if attempt < 3 => tracing::debug!(stream = %config.name, error = %e, "stream setup raced another process; trying again"),
                 Err(e) => return Err(e),
             }
@@ -235,6 +261,34 @@ impl Bus {
     pub async fn bucket(&self, name: &str) -> Result<kv::Store, BusError> {
         self.js.get_key_value(name).await.map_err(unavailable)
     }
+}
+
+/// The first setting vmplane manages that a stream's configuration has otherwise than `want`.
+fn config_difference(have: &stream::Config, want: &stream::Config) -> Option<&'static str> {
+    const MANAGED: [&str; 14] = [
+        "subjects",
+        "retention",
+        "storage",
+        "max_age",
+        "max_bytes",
+        "max_msgs",
+        "max_msgs_per_subject",
+        "max_msg_size",
+        "discard",
+        "duplicate_window",
+        "allow_rollup_hdrs",
+        "deny_delete",
+        "deny_purge",
+        "allow_direct",
+    ];
+    let (Ok(have), Ok(want)) = (serde_json::to_value(have), serde_json::to_value(want)) else { return Some("(unreadable)") };
+    // An unset setting may be absent, 0, false, or (from the server) -1: all mean "none".
+    let setting = |v: Option<&serde_json::Value>| match v {
+        None | Some(serde_json::Value::Null | serde_json::Value::Bool(false)) => serde_json::Value::Null,
+        Some(n) if n.as_i64().is_some_and(|n| n == 0 || n == -1) => serde_json::Value::Null,
+        Some(v) => v.clone(),
+    };
+    MANAGED.into_iter().find(|k| setting(have.get(k)) != setting(want.get(k)))
 }
 
 /// Decode errors in a stream we own are bugs or version skew; callers log and skip.

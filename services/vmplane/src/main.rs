@@ -1,17 +1,22 @@
 //! The `vmplane` binary: `up` runs everything for one machine; `gateway` and
 //! `worker` run the parts against a shared NATS; `projections rebuild`
-//! replays the event stream into a fresh projection store.
+//! replays the event stream into a fresh projection store; `nats init` writes
+//! the NATS users and server configuration of an installation.
+//!
+//! Everything vmplane writes is private to its user: the process umask is
+//! 077 and the data dir is 0700.
 
 mod images;
 mod nats;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use vmplane_bus::Bus;
+use vmplane_bus::auth::Role;
 use vmplane_domain::host::{HostInfo, ImageInfo};
 use vmplane_gateway::GatewayConfig;
 use vmplane_gateway::projection::Projections;
@@ -42,6 +47,35 @@ enum Cmd {
         #[command(subcommand)]
         command: ProjectionsCmd,
     },
+    /// NATS users and server configuration.
+    Nats {
+        #[command(subcommand)]
+        command: NatsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum NatsCmd {
+    /// Write one NKey seed per role (admin.nk, gateway.nk, worker.nk; kept if
+    /// present) and a nats-server configuration (nats.conf) that admits only
+    /// those users, each with its role's permissions. Run nats-server with
+    /// `-c <out-dir>/nats.conf`; give each process its seed with `--nats-creds`.
+    Init(NatsInitArgs),
+}
+
+#[derive(Args)]
+struct NatsInitArgs {
+    /// Where the seeds and nats.conf go (created 0700).
+    #[arg(long)]
+    out_dir: PathBuf,
+    /// The address nats-server listens on.
+    #[arg(long, default_value = "127.0.0.1:4222")]
+    listen: String,
+    /// JetStream's store directory (default: --out-dir).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    #[arg(long, default_value = "vmplane")]
+    server_name: String,
 }
 
 #[derive(Subcommand)]
@@ -55,9 +89,15 @@ struct CommonArgs {
     /// Where vmplane keeps its state (NATS store, projections, worker state).
     #[arg(long, default_value = "./.vmplane")]
     data_dir: PathBuf,
-    /// A NATS server with JetStream; without it, a local nats-server is started.
+    /// A NATS server with JetStream (`nats://user:password@host:port` for
+    /// password users); without it, a local nats-server is started, with
+    /// authorization, from the data dir.
     #[arg(long, env = "NATS_URL")]
     nats_url: Option<String>,
+    /// This process's NATS credentials: an NKey seed file (`vmplane nats init`
+    /// writes one per role) or a NATS `.creds` file (user JWT and seed).
+    #[arg(long, env = "NATS_CREDS")]
+    nats_creds: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -176,6 +216,9 @@ struct WorkerArgs {
 
 #[tokio::main]
 async fn main() {
+    // SAFETY: umask(2) only sets this process's file creation mask; it is set
+    // before anything creates a file, and children (qemu, nats-server) inherit it.
+    unsafe { libc::umask(0o077) };
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into())).init();
     if let Err(e) = run(Cli::parse()).await {
         eprintln!("vmplane: {e:#}");
@@ -186,37 +229,52 @@ async fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Up(a) => {
+            private_dir(&a.common.data_dir)?;
             let driver = driver(&a.worker, &a.common.data_dir).await?;
             let admin = admin_token(&a.common.data_dir, true)?;
-            let (nats, _child) = nats::resolve(&a.common).await?;
-            let bus = Bus::connect(&nats, "vmplane-up").await?;
-            let gateway = gateway(bus.clone(), &a.common, &a.gateway, admin);
-            let worker = worker(bus, driver, &a.common, &a.worker);
+            let nats = nats::resolve(&a.common).await?;
+            if nats.is_local() {
+                // Only the admin may bring existing streams up to date.
+                Bus::connect(&nats.url, Role::Admin, &nats.creds(Role::Admin)).await?.ensure_topology().await?;
+            }
+            let gateway_bus = Bus::connect(&nats.url, Role::Gateway, &nats.creds(Role::Gateway)).await?;
+            let worker_bus = Bus::connect(&nats.url, Role::Worker, &nats.creds(Role::Worker)).await?;
+            let gateway = gateway(gateway_bus, &a.common, &a.gateway, admin);
+            let worker = worker(worker_bus, driver, &a.common, &a.worker);
             tokio::select! {
                 r = gateway => r,
                 r = worker => r,
             }
         }
         Cmd::Gateway(a) => {
+            private_dir(&a.common.data_dir)?;
             let admin = admin_token(&a.common.data_dir, false)?;
-            let (nats, _child) = nats::resolve(&a.common).await?;
-            gateway(Bus::connect(&nats, "vmplane-gateway").await?, &a.common, &a.gateway, admin).await
+            let nats = nats::resolve(&a.common).await?;
+            gateway(Bus::connect(&nats.url, Role::Gateway, &nats.creds(Role::Gateway)).await?, &a.common, &a.gateway, admin).await
         }
         Cmd::Worker(a) => {
+            private_dir(&a.common.data_dir)?;
             let driver = driver(&a.worker, &a.common.data_dir).await?;
-            let (nats, _child) = nats::resolve(&a.common).await?;
-            worker(Bus::connect(&nats, "vmplane-worker").await?, driver, &a.common, &a.worker).await
+            let nats = nats::resolve(&a.common).await?;
+            worker(Bus::connect(&nats.url, Role::Worker, &nats.creds(Role::Worker)).await?, driver, &a.common, &a.worker).await
         }
         Cmd::Projections { command: ProjectionsCmd::Rebuild(common) } => {
+            private_dir(&common.data_dir)?;
             let dir = projections_dir(&common.data_dir);
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
             }
-            let (nats, _child) = nats::resolve(&common).await?;
-            let bus = Bus::connect(&nats, "vmplane-rebuild").await?;
+            let nats = nats::resolve(&common).await?;
+            let bus = Bus::connect(&nats.url, Role::Gateway, &nats.creds(Role::Gateway)).await?;
             let proj = Projections::open(&dir)?;
             let last = proj.catch_up(&bus).await.map_err(|e| anyhow::anyhow!("replay failed: {e}"))?;
             println!("rebuilt {} from {last} events", dir.display());
+            Ok(())
+        }
+        Cmd::Nats { command: NatsCmd::Init(a) } => {
+            let files = nats::NatsFiles::new(&a.out_dir);
+            files.init(&a.listen, a.store.as_deref().unwrap_or(&a.out_dir), &a.server_name)?;
+            println!("{}", files.config().display());
             Ok(())
         }
     }
@@ -226,11 +284,22 @@ fn projections_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("projections")
 }
 
-/// The admin token from `VMPLANE_ADMIN_TOKEN`; `up` makes one (kept in the
-/// data dir) when none is set, so a fresh machine works out of the box.
+/// Create `dir` (and its parents) if needed and make it 0700.
+pub(crate) fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("making {} private", dir.display()))
+}
+
+/// The admin token: `VMPLANE_ADMIN_TOKEN`, or for `up` the token kept in the
+/// data dir, generated (256 random bits) on first start so a fresh machine
+/// works out of the box. An empty token is refused rather than taken as "none".
 fn admin_token(data_dir: &Path, generate: bool) -> anyhow::Result<Option<String>> {
-    if let Some(t) = std::env::var("VMPLANE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()) {
-        return Ok(Some(t));
+    match std::env::var("VMPLANE_ADMIN_TOKEN") {
+        Ok(t) if t.trim().is_empty() => bail!("VMPLANE_ADMIN_TOKEN is set but empty: set it to a long random token, or unset it"),
+        Ok(t) => return Ok(Some(t.trim().to_owned())),
+        Err(std::env::VarError::NotUnicode(_)) => bail!("VMPLANE_ADMIN_TOKEN is not valid UTF-8"),
+        Err(std::env::VarError::NotPresent) => {}
     }
     if !generate {
         tracing::warn!("VMPLANE_ADMIN_TOKEN is not set: admin access is disabled");
@@ -238,13 +307,22 @@ fn admin_token(data_dir: &Path, generate: bool) -> anyhow::Result<Option<String>
     }
     let path = data_dir.join("admin-token");
     let token = match std::fs::read_to_string(&path) {
-        Ok(t) => t.trim().to_owned(),
-        Err(_) => {
-            std::fs::create_dir_all(data_dir)?;
-            let t = format!("vmpadmin_{}", ulid::Ulid::new().to_string().to_lowercase());
-            std::fs::write(&path, &t)?;
+        Ok(t) if t.trim().is_empty() => bail!("{} is empty: write a token into it, or delete it to have one generated", path.display()),
+        Ok(t) => {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            t.trim().to_owned()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let bytes: [u8; 32] = rand::random();
+            let t = format!("vmpadmin_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+            f.write_all(t.as_bytes())?;
             t
         }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     tracing::info!(path = %path.display(), "VMPLANE_ADMIN_TOKEN not set; using the admin token stored in the data dir");
     Ok(Some(token))

@@ -1,11 +1,85 @@
-//! The local nats-server that `vmplane up` runs when no `--nats-url` is given:
-//! JetStream on, loopback only, its store under the data dir, stopped with us.
+//! vmplane's NATS: the users and server configuration of an installation
+//! (`vmplane nats init`), and the local nats-server `vmplane up` runs when no
+//! `--nats-url` is given: JetStream on, loopback only, authorization on, its
+//! store under the data dir, stopped with us.
+//!
+//! `init` writes one NKey seed per role (`admin.nk`, `gateway.nk`,
+//! `worker.nk`, mode 0600, kept across runs) and `nats.conf` listing their
+//! public keys with each role's permissions (see `vmplane_bus::auth`). The
+//! config is JSON, which nats-server reads natively, so no value needs
+//! hand-escaping.
 
-use crate::CommonArgs;
 use anyhow::{Context, bail};
-use std::path::Path;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::process::{Child, Command};
+use vmplane_bus::auth::{self, Credentials, Role};
+
+/// The files of one installation's NATS, in one directory.
+#[derive(Debug, Clone)]
+pub struct NatsFiles {
+    pub dir: PathBuf,
+}
+
+impl NatsFiles {
+    pub fn new(dir: &Path) -> Self {
+        Self { dir: dir.to_owned() }
+    }
+
+    /// The server configuration.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("nats.conf")
+    }
+
+    /// A role's credentials.
+    pub fn creds(&self, role: Role) -> Credentials {
+        Credentials::NkeySeed(role.seed_file(&self.dir))
+    }
+
+    /// Create the seeds that do not exist yet and (re)write the server
+    /// configuration: listening on `listen`, JetStream storing under `store`.
+    pub fn init(&self, listen: &str, store: &Path, server_name: &str) -> anyhow::Result<()> {
+        crate::private_dir(&self.dir)?;
+        let mut users = Vec::new();
+        for role in Role::ALL {
+            let path = role.seed_file(&self.dir);
+            let key = match std::fs::read_to_string(&path) {
+                Ok(seed) => auth::public_key(&seed).with_context(|| format!("{}", path.display()))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let (seed, key) = auth::new_user();
+                    write_private(&path, format!("{seed}\n").as_bytes(), true)?;
+                    key
+                }
+                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            };
+            users.push((role, key));
+        }
+        let config = serde_json::json!({
+            "server_name": server_name,
+            "listen": listen,
+            "jetstream": { "store_dir": store },
+            "authorization": auth::authorization(&users),
+        });
+        write_private(&self.config(), &serde_json::to_vec_pretty(&config)?, false)
+    }
+}
+
+/// Write a file only its owner can read, whatever the umask.
+fn write_private(path: &Path, bytes: &[u8], create_new: bool) -> anyhow::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).mode(0o600);
+    if create_new {
+        opts.create_new(true)
+    } else {
+        opts.create(true).truncate(true)
+    };
+    let mut f = opts.open(path).with_context(|| format!("writing {}", path.display()))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
 
 /// A nats-server child; SIGTERMed (so it flushes its store) when dropped.
 pub struct NatsChild(Child);
@@ -27,25 +101,61 @@ impl Drop for NatsChild {
     }
 }
 
-/// The NATS URL to use, starting a local server when none is configured.
-pub async fn resolve(common: &CommonArgs) -> anyhow::Result<(String, Option<NatsChild>)> {
-    match &common.nats_url {
-        Some(url) => Ok((url.clone(), None)),
-        None => {
-            let (url, child) = start(&common.data_dir.join("nats")).await?;
-            Ok((url, Some(child)))
+/// Where a process's NATS is and how it authenticates there.
+pub struct Connection {
+    pub url: String,
+    /// Credentials per role: a local server's own, or `--nats-creds` for every role.
+    creds: Option<NatsFiles>,
+    given: Credentials,
+    /// The local server, when we started it.
+    child: Option<NatsChild>,
+}
+
+impl Connection {
+    /// Whether this is the local server `vmplane up` started.
+    pub fn is_local(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The credentials `role` connects with.
+    pub fn creds(&self, role: Role) -> Credentials {
+        match &self.creds {
+            Some(files) => files.creds(role),
+            None => self.given.clone(),
         }
     }
 }
 
-async fn start(store: &Path) -> anyhow::Result<(String, NatsChild)> {
-    std::fs::create_dir_all(store).with_context(|| format!("creating {}", store.display()))?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+/// The NATS to use: `--nats-url` with `--nats-creds`, or a local server
+/// started from the data dir (initialised on first use).
+pub async fn resolve(common: &crate::CommonArgs) -> anyhow::Result<Connection> {
+    let given = match &common.nats_creds {
+        Some(path) => Credentials::from_file(path)?,
+        None => Credentials::None,
+    };
+    match &common.nats_url {
+        Some(url) => {
+            if given == Credentials::None && !url.contains('@') {
+                tracing::warn!(
+                    "connecting to NATS without credentials (--nats-creds, or user:password in --nats-url): only a server that accepts anonymous clients lets us in"
+                );
+            }
+            Ok(Connection { url: url.clone(), creds: None, given, child: None })
+        }
+        None => {
+            let files = NatsFiles::new(&common.data_dir.join("nats"));
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let listen = format!("127.0.0.1:{port}");
+            files.init(&listen, &files.dir, "vmplane")?;
+            let child = start(&files, &listen).await?;
+            Ok(Connection { url: format!("nats://{listen}"), creds: Some(files), given, child: Some(child) })
+        }
+    }
+}
+
+async fn start(files: &NatsFiles, addr: &str) -> anyhow::Result<NatsChild> {
     let mut cmd = Command::new("nats-server");
-    cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "--server_name", "vmplane", "-sd"])
-        .arg(store)
-        .kill_on_drop(true)
-        .stdin(std::process::Stdio::null());
+    cmd.arg("-c").arg(files.config()).kill_on_drop(true).stdin(std::process::Stdio::null());
     // SAFETY: prctl is async-signal-safe; it makes the child die with us even on SIGKILL.
     unsafe {
         cmd.pre_exec(|| {
@@ -60,14 +170,13 @@ async fn start(store: &Path) -> anyhow::Result<(String, NatsChild)> {
         }
         Err(e) => return Err(e).context("starting nats-server"),
     };
-    let addr = format!("127.0.0.1:{port}");
     for _ in 0..200 {
         if let Some(status) = child.try_wait()? {
-            bail!("nats-server exited at start ({status}); is the store {} in use?", store.display());
+            bail!("nats-server exited at start ({status}); is the store {} in use?", files.dir.display());
         }
-        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-            tracing::info!(%addr, store = %store.display(), "started local nats-server");
-            return Ok((format!("nats://{addr}"), NatsChild(child)));
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tracing::info!(%addr, store = %files.dir.display(), "started local nats-server (authorization on)");
+            return Ok(NatsChild(child));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -1,0 +1,235 @@
+//! Who may do what on NATS.
+//!
+//! nats-server accepts no anonymous client: every vmplane process connects as
+//! a user of its own role, and each role may publish and subscribe only to the
+//! subjects and JetStream API calls its work needs. The gateway appends
+//! commands and reads events; the worker consumes commands and appends
+//! events; neither can do the other's part, nor purge, delete or reconfigure
+//! a stream. The `admin` role (operators, and `vmplane up` while it sets the
+//! streams up) is unrestricted.
+//!
+//! Users are NKeys: the server holds only public keys, and a client proves
+//! its identity by signing the server's nonce with its seed, so no secret is
+//! ever sent or stored on the server side. Each role has its own inbox prefix,
+//! so no user can read the replies of another.
+
+use crate::BusError;
+use async_nats::ConnectOptions;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use vmplane_domain::subjects;
+
+/// The users vmplane's NATS knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Unrestricted: topology changes and operator tooling.
+    Admin,
+    /// HTTP gateways.
+    Gateway,
+    /// Host workers.
+    Worker,
+}
+
+impl Role {
+    /// Every role, in the order the generated files list them.
+    pub const ALL: [Role; 3] = [Role::Admin, Role::Gateway, Role::Worker];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Gateway => "gateway",
+            Self::Worker => "worker",
+        }
+    }
+
+    /// The prefix of this role's reply inboxes; only this role may subscribe to it.
+    pub fn inbox_prefix(self) -> String {
+        format!("_INBOX_{}", self.name())
+    }
+
+    /// Where `vmplane nats init` writes this role's NKey seed.
+    pub fn seed_file(self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}.nk", self.name()))
+    }
+
+    /// What this role may publish and subscribe to; `None` for the admin (everything).
+    pub fn permissions(self) -> Option<Permissions> {
+        let api = |call: &str, names: &[&str]| names.iter().map(|n| format!("$JS.API.{call}.{n}")).collect::<Vec<_>>();
+        let consumers = |names: &[&str]| {
+            let mut v = Vec::new();
+            for call in ["CONSUMER.CREATE", "CONSUMER.DURABLE.CREATE", "CONSUMER.INFO", "CONSUMER.DELETE", "CONSUMER.MSG.NEXT"] {
+                for n in names {
+                    v.push(format!("$JS.API.{call}.{n}"));
+                    v.push(format!("$JS.API.{call}.{n}.>"));
+                }
+            }
+            v.extend(names.iter().map(|n| format!("$JS.FC.{n}.>")));
+            v
+        };
+        let events = subjects::EVENT_STREAM;
+        let commands = subjects::COMMAND_STREAM;
+        let logs = subjects::LOG_STREAM;
+        let heartbeats = format!("KV_{}", subjects::HEARTBEAT_BUCKET);
+        let idempotency = format!("KV_{}", subjects::IDEMPOTENCY_BUCKET);
+        // Every process may see and create (never update, purge or delete) the streams.
+        let all_streams = [events, commands, logs, heartbeats.as_str(), idempotency.as_str()];
+        let mut publish: Vec<String> = api("STREAM.INFO", &all_streams);
+        publish.extend(api("STREAM.CREATE", &all_streams));
+        publish.push("$JS.API.INFO".into());
+        let (subscribe, allow_responses) = match self {
+            Self::Admin => return None,
+            Self::Gateway => {
+                publish.extend([subjects::COMMANDS_ALL.to_owned(), subjects::TERMINAL_OPEN_ALL.to_owned(), subjects::terminal_input("*")]);
+                publish.extend(consumers(&[events, logs, heartbeats.as_str()]));
+                publish.extend(api("STREAM.MSG.GET", &[events, logs, idempotency.as_str()]));
+                publish.extend([format!("$JS.API.DIRECT.GET.{idempotency}"), format!("$JS.API.DIRECT.GET.{idempotency}.>")]);
+                publish.push(format!("$KV.{}.>", subjects::IDEMPOTENCY_BUCKET));
+                (vec![subjects::terminal_output("*")], false)
+            }
+            Self::Worker => {
+                publish.extend([subjects::EVENTS_ALL.to_owned(), subjects::LOGS_ALL.to_owned(), subjects::terminal_output("*")]);
+                publish.extend(consumers(&[commands]));
+                publish.push(format!("$JS.ACK.{commands}.>"));
+                publish.extend(api("STREAM.MSG.GET", &[events]));
+                publish.push(format!("$KV.{}.>", subjects::HEARTBEAT_BUCKET));
+                // Terminal requests are answered on their reply subjects.
+                (vec![subjects::TERMINAL_OPEN_ALL.to_owned(), subjects::terminal_input("*")], true)
+            }
+        };
+        let mut subscribe = subscribe;
+        subscribe.push(format!("{}.>", self.inbox_prefix()));
+        Some(Permissions { publish, subscribe, allow_responses })
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|r| r.name() == s).ok_or_else(|| format!("unknown NATS role `{s}` (admin, gateway, worker)"))
+    }
+}
+
+/// Subjects a user may publish and subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+    /// May publish replies to requests it received.
+    pub allow_responses: bool,
+}
+
+impl Permissions {
+    /// The `permissions` block of a nats-server user.
+    fn to_config(&self) -> Value {
+        let mut p = json!({ "publish": { "allow": self.publish }, "subscribe": { "allow": self.subscribe } });
+        if self.allow_responses {
+            p["allow_responses"] = json!(true);
+        }
+        p
+    }
+}
+
+/// A new NKey user: `(seed, public key)`.
+pub fn new_user() -> (String, String) {
+    let kp = nkeys::KeyPair::new_user();
+    (kp.seed().expect("a generated key pair has its seed"), kp.public_key())
+}
+
+/// The public key of an NKey user seed.
+pub fn public_key(seed: &str) -> Result<String, BusError> {
+    nkeys::KeyPair::from_seed(seed.trim()).map(|kp| kp.public_key()).map_err(|e| BusError::Other(format!("not an NKey seed: {e}")))
+}
+
+/// nats-server's `authorization` block for the given users (role, public key).
+pub fn authorization(users: &[(Role, String)]) -> Value {
+    let users: Vec<Value> = users
+        .iter()
+        .map(|(role, key)| {
+            let mut u = json!({ "nkey": key });
+            if let Some(p) = role.permissions() {
+                u["permissions"] = p.to_config();
+            }
+            u
+        })
+        .collect();
+    json!({ "users": users })
+}
+
+/// How a process proves who it is to NATS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Credentials {
+    /// Nothing (only for a server that accepts anonymous clients), or the
+    /// user and password embedded in the URL.
+    #[default]
+    None,
+    /// An NKey seed file (`vmplane nats init` writes one per role).
+    NkeySeed(PathBuf),
+    /// A NATS credentials file (user JWT and seed), for servers in operator mode.
+    JwtCreds(PathBuf),
+}
+
+impl Credentials {
+    /// Recognise a `--nats-creds` file by its content.
+    pub fn from_file(path: &Path) -> Result<Self, BusError> {
+        let text = std::fs::read_to_string(path).map_err(|e| BusError::Other(format!("{}: {e}", path.display())))?;
+        if text.contains("BEGIN NATS USER JWT") {
+            return Ok(Self::JwtCreds(path.to_owned()));
+        }
+        public_key(&text).map_err(|_| BusError::Other(format!("{}: neither a NATS credentials file nor an NKey user seed", path.display())))?;
+        Ok(Self::NkeySeed(path.to_owned()))
+    }
+
+    /// Connect options carrying these credentials.
+    pub async fn options(&self) -> Result<ConnectOptions, BusError> {
+        match self {
+            Self::None => Ok(ConnectOptions::new()),
+            Self::NkeySeed(path) => {
+                let seed = std::fs::read_to_string(path).map_err(|e| BusError::Other(format!("{}: {e}", path.display())))?;
+                Ok(ConnectOptions::with_nkey(seed.trim().to_owned()))
+            }
+            Self::JwtCreds(path) => ConnectOptions::with_credentials_file(path).await.map_err(|e| BusError::Other(format!("{}: {e}", path.display()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_gateway_publishes_commands_and_only_the_worker_events() {
+        let gw = Role::Gateway.permissions().unwrap();
+        let wk = Role::Worker.permissions().unwrap();
+        assert!(gw.publish.iter().any(|s| s == subjects::COMMANDS_ALL));
+        assert!(!gw.publish.iter().any(|s| s.starts_with("vmplane.evt") || s.starts_with("$JS.ACK")));
+        assert!(wk.publish.iter().any(|s| s == subjects::EVENTS_ALL));
+        assert!(!wk.publish.iter().any(|s| s.starts_with("vmplane.cmd")));
+        for p in [&gw, &wk] {
+            assert!(!p.publish.iter().any(|s| s.contains("PURGE") || s.contains("DELETE.VMPLANE") && !s.contains("CONSUMER") || s.contains("UPDATE")));
+            assert!(!p.publish.iter().chain(&p.subscribe).any(|s| s == ">" || s == "$JS.API.>" || s.starts_with("_INBOX.")));
+        }
+        assert!(Role::Admin.permissions().is_none());
+    }
+
+    #[test]
+    fn each_role_reads_only_its_own_inbox() {
+        let gw = Role::Gateway.permissions().unwrap();
+        assert!(gw.subscribe.contains(&"_INBOX_gateway.>".to_owned()));
+        assert!(!gw.subscribe.iter().any(|s| s.starts_with("_INBOX_worker")));
+    }
+
+    #[test]
+    fn credentials_files_are_recognised_by_content() {
+        let dir = std::env::temp_dir().join(format!("vmplane-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (seed, key) = new_user();
+        assert_eq!(public_key(&seed).unwrap(), key);
+        std::fs::write(dir.join("a.nk"), format!("{seed}\n")).unwrap();
+        assert_eq!(Credentials::from_file(&dir.join("a.nk")).unwrap(), Credentials::NkeySeed(dir.join("a.nk")));
+        std::fs::write(dir.join("b.creds"), "-----BEGIN NATS USER JWT-----\nx\n------END NATS USER JWT------\n").unwrap();
+        assert_eq!(Credentials::from_file(&dir.join("b.creds")).unwrap(), Credentials::JwtCreds(dir.join("b.creds")));
+        std::fs::write(dir.join("c"), "hunter2").unwrap();
+        assert!(Credentials::from_file(&dir.join("c")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
