@@ -367,9 +367,23 @@ async fn start_cluster(spec: ClusterSpec<'_>) -> Result<Cluster> {
     };
 
     let os = |s: &str| OsString::from(s);
-    let store = dir.join("nats");
-    std::fs::create_dir_all(&store)?;
-    let nats_args = vec![os("-js"), os("-a"), os("127.0.0.1"), os("-p"), os(&nats_port.to_string()), os("--server_name"), os("bench"), os("-sd"), store.into()];
+    // NATS as vmplane deploys it: authorization on, a user per role (`vmplane nats init`).
+    let nats_dir = dir.join("nats");
+    let init = Command::new(&vmplane)
+        .args([
+            os("nats"),
+            os("init"),
+            os("--out-dir"),
+            nats_dir.clone().into(),
+            os("--listen"),
+            os(&format!("127.0.0.1:{nats_port}")),
+            os("--server-name"),
+            os("bench"),
+        ])
+        .output()
+        .context("running vmplane nats init")?;
+    ensure!(init.status.success(), "vmplane nats init: {}", String::from_utf8_lossy(&init.stderr));
+    let nats_args = vec![os("-c"), nats_dir.join("nats.conf").into()];
     c.nats = Some(Proc::spawn("nats-server", spec.nats_server, &nats_args, &[], dir.join("nats-server.log"))?);
     wait_nats(&mut c).await?;
 
@@ -378,6 +392,8 @@ async fn start_cluster(spec: ClusterSpec<'_>) -> Result<Cluster> {
         os("gateway"),
         os("--nats-url"),
         os(&c.nats_url),
+        os("--nats-creds"),
+        nats_dir.join("gateway.nk").into(),
         os("--data-dir"),
         dir.join("gateway").into(),
         os("--listen"),
@@ -389,7 +405,15 @@ async fn start_cluster(spec: ClusterSpec<'_>) -> Result<Cluster> {
         gw_args.extend([os("--accept-wait-ms"), os(&ms.to_string())]);
     }
     c.gateway = Some(Proc::spawn("vmplane gateway", &vmplane, &gw_args, &env, dir.join("gateway.log"))?);
-    let mut wk_args: Vec<OsString> = vec![os("worker"), os("--nats-url"), os(&c.nats_url), os("--data-dir"), dir.join("worker").into()];
+    let mut wk_args: Vec<OsString> = vec![
+        os("worker"),
+        os("--nats-url"),
+        os(&c.nats_url),
+        os("--nats-creds"),
+        nats_dir.join("worker.nk").into(),
+        os("--data-dir"),
+        dir.join("worker").into(),
+    ];
     wk_args.extend(spec.worker_args);
     let mut wk_env: Vec<(&str, &str)> = env.to_vec();
     wk_env.extend(spec.worker_env.iter().map(|(k, v)| (*k, v.as_str())));
@@ -402,7 +426,7 @@ async fn wait_nats(c: &mut Cluster) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         c.check_alive()?;
-        if let Ok(client) = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(1)).connect(&c.nats_url).await {
+        if let Ok(client) = admin_options(&c.dir)?.connection_timeout(Duration::from_secs(1)).connect(&c.nats_url).await {
             let js = jetstream::new(client);
             if js.get_stream("NO_SUCH_STREAM_PROBE").await.is_err_and(|e| e.to_string().contains("not found")) {
                 return Ok(());
@@ -543,8 +567,14 @@ fn raw_subject(host: &str) -> String {
     format!("bench.cmd.host.{host}.{}", VmId::new())
 }
 
-async fn raw_setup(nats_url: &str) -> Result<jetstream::Context> {
-    let client = async_nats::ConnectOptions::new().name("vmplane-bench").connect(nats_url).await.context("connecting to nats-server")?;
+/// Connect options of the NATS admin of the cluster in `dir` (the raw baseline and readiness probe).
+fn admin_options(dir: &Path) -> Result<async_nats::ConnectOptions> {
+    let seed = std::fs::read_to_string(dir.join("nats").join("admin.nk")).context("reading the NATS admin seed")?;
+    Ok(async_nats::ConnectOptions::with_nkey(seed.trim().to_owned()))
+}
+
+async fn raw_setup(dir: &Path, nats_url: &str) -> Result<jetstream::Context> {
+    let client = admin_options(dir)?.name("vmplane-bench").connect(nats_url).await.context("connecting to nats-server")?;
     let js = jetstream::new(client);
     // Configured like vmplane's command stream (file storage, work queue).
     js.create_stream(stream::Config {
@@ -883,7 +913,7 @@ async fn run(args: ApiArgs) -> Result<bool> {
     );
 
     // Raw JetStream first, while vmplane idles (only heartbeats).
-    let js = raw_setup(&cluster.nats_url).await?;
+    let js = raw_setup(&cluster.dir, &cluster.nats_url).await?;
     eprintln!("vmplane-bench: raw JetStream, {} sequential publishes", args.raw_count);
     let (raw_seq, raw_seq_err) = raw_sequential(&js, &payload, args.warmup, args.raw_count, limit).await?;
     eprintln!("vmplane-bench: raw JetStream, {} publishes by {} tasks", args.raw_throughput_count, args.concurrency);
