@@ -106,7 +106,7 @@ impl UserNet {
                 nft::GUEST_TABLE
             ),
             Self::Passt { .. } => {
-                "user-mode guest network: passt WITHOUT the host filter (see the worker log): guests can reach the host's non-loopback addresses".into()
+                "user-mode guest network: passt WITHOUT the host filter (see the worker log): guests can reach the host's non-loopback addresses; UDP forwards answer only clients on other machines".into()
             }
             Self::Restricted => {
                 "user-mode guest network: passt is not installed; QEMU user networking with restrict=on: port forwards only, no outbound connections".into()
@@ -263,6 +263,9 @@ fn is_ours(pid: i32, log: &Path, runas: Option<Ids>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use vmplane_domain::VmId;
     use vmplane_domain::vm::ResolvedPortForward;
 
     #[test]
@@ -295,5 +298,85 @@ mod tests {
         assert!(a.windows(2).any(|w| w == ["--tcp-ports", "none"]) && a.windows(2).any(|w| w == ["--udp-ports", "none"]), "{a:?}");
         assert!(!a.contains(&"--runas".to_owned()));
         assert!(a.contains(&"--no-map-gw".to_owned()), "{a:?}");
+    }
+
+    /// Frames on qemu's side of the socket pair: a 4-byte big-endian length, then the frame.
+    fn send_frame(s: &mut UnixStream, frame: &[u8]) {
+        s.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
+        s.write_all(frame).unwrap();
+    }
+
+    fn recv_frame(s: &mut UnixStream) -> Vec<u8> {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).expect("a frame from passt");
+        let mut frame = vec![0; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut frame).unwrap();
+        frame
+    }
+
+    fn ip_checksum(header: &[u8]) -> u16 {
+        let mut sum: u32 = header.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    /// A UDP forward answers a client on the host's loopback: the reply comes
+    /// back through passt's gateway mapping and passes the nftables filter as
+    /// established traffic. A stand-in guest speaks Ethernet frames on qemu's
+    /// end of the socket pair (the test image has no UDP tool). Needs root,
+    /// passt and nft, like the guest tests.
+    #[tokio::test]
+    async fn udp_forwards_answer_host_clients_through_the_filter() {
+        let UserNet::Passt { binary, runas, filtered: true } = UserNet::detect(Path::new("passt")) else {
+            let why = "passt with its nftables filter is unavailable (needs root, passt and nft; ./scripts/test installs them)";
+            assert!(std::env::var_os("VMPLANE_SKIP_GUEST_TESTS").is_some(), "{why} (or set VMPLANE_SKIP_GUEST_TESTS=1)");
+            eprintln!("SKIPPED: {why}");
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = VmDir::new(tmp.path(), VmId::new());
+        dir.create().unwrap();
+        let host_port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let network =
+            NetworkRuntime { port_forwards: vec![ResolvedPortForward { guest_port: 9999, host_port, protocol: Protocol::Udp }], ..NetworkRuntime::default() };
+        let (mut guest, theirs) = UnixStream::pair().unwrap();
+        start(&binary, runas, true, &dir, "127.0.0.1".parse().unwrap(), &network, theirs.into()).await.unwrap();
+        assert!(running(&dir, runas).is_some(), "passt runs as its own user, recorded in its pid file");
+        guest.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+
+        // The guest announces itself (passt learns its MAC), then a host client sends a datagram.
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let mut arp = [[0xff; 6].as_slice(), &mac, &[8, 6, 0, 1, 8, 0, 6, 4, 0, 1], &mac, &GUEST_ADDR.octets(), &[0; 6], &GATEWAY.octets()].concat();
+        arp.resize(60, 0);
+        send_frame(&mut guest, &arp);
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        client.send_to(b"udp-ping", ("127.0.0.1", host_port)).unwrap();
+        let frame = loop {
+            let f = recv_frame(&mut guest);
+            if f[12..14] == [8, 0] && f[23] == 17 {
+                break f;
+            }
+        };
+        let (ip, udp, payload) = (&frame[14..34], &frame[34..42], &frame[42..]);
+        assert_eq!((&ip[16..20], &udp[2..4], payload), (GUEST_ADDR.octets().as_slice(), 9999u16.to_be_bytes().as_slice(), b"udp-ping".as_slice()));
+
+        // The guest answers from its port to whoever sent it (the gateway address, as passt presents the host).
+        let reply = b"udp-pong";
+        let udp_reply = [&udp[2..4], &udp[0..2], &(8 + reply.len() as u16).to_be_bytes(), &[0, 0], reply.as_slice()].concat();
+        let total = (20 + udp_reply.len() as u16).to_be_bytes();
+        let mut ip_reply = [&[0x45, 0][..], &total, &[0, 1, 0, 0, 64, 17, 0, 0], &ip[16..20], &ip[12..16]].concat();
+        let sum = ip_checksum(&ip_reply).to_be_bytes();
+        ip_reply[10..12].copy_from_slice(&sum);
+        send_frame(&mut guest, &[&frame[6..12], &mac, &[8, 0], &ip_reply, &udp_reply].concat());
+        let mut buf = [0; 64];
+        let (n, from) = client.recv_from(&mut buf).expect("the guest's reply reaches the host client");
+        assert_eq!((&buf[..n], from.port()), (reply.as_slice(), host_port));
+
+        drop(guest);
+        stop(&dir, runas).await;
+        assert!(running(&dir, runas).is_none());
     }
 }
