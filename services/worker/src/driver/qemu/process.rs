@@ -173,7 +173,10 @@ impl Launch<'_> {
         // Only qemu holds passt's peer now: passt exits when qemu does.
         drop(passt_end);
         let out = match out {
-            Ok(out) if out.status.success() => return private_files(self.dir).map_err(|e| format!("making qemu's files private: {e}")),
+            Ok(out) if out.status.success() => {
+                private_files(self.dir);
+                return Ok(());
+            }
             Ok(out) => format!("qemu failed to start ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
             Err(e) => e,
         };
@@ -185,11 +188,14 @@ impl Launch<'_> {
 }
 
 /// qemu's daemon sets its own umask (027): make what it created root's alone.
-fn private_files(dir: &VmDir) -> std::io::Result<()> {
+/// A failure is only logged: the guest runs, and the VM directory (0700)
+/// keeps everyone else out anyway.
+fn private_files(dir: &VmDir) {
     for path in [dir.qmp(), dir.console_socket(), dir.agent_socket(), dir.console_log(), dir.pid()] {
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot make a qemu file private");
+        }
     }
-    Ok(())
 }
 
 /// Make a child vmplane starts (qemu, passt) create private files whatever
