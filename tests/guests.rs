@@ -13,7 +13,10 @@ mod common;
 use common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -53,31 +56,69 @@ struct Netns {
     veth: String,
     /// The namespace's end of the veth, where its gateway listens.
     addr: String,
+    /// The test's end of the veth (an address of this machine).
+    host: String,
     /// The bridge's network.
     cidr: String,
+    /// A link-local address of the test's own, on one end of the veth.
+    link_local: String,
 }
 
 impl Netns {
     fn create() -> Self {
         let n = std::process::id() % 200 + 20;
         let (name, veth) = (format!("vmpl{}", std::process::id()), format!("vmpv{}", std::process::id()));
-        let ip = |args: &str| {
-            let out = Command::new("ip").args(args.split_whitespace()).output().expect("ip");
-            assert!(out.status.success(), "ip {args}: {}", String::from_utf8_lossy(&out.stderr));
+        run_ip(&format!("netns add {name}"));
+        let ns = Self {
+            name: name.clone(),
+            veth: veth.clone(),
+            addr: format!("10.231.{n}.2"),
+            host: format!("10.231.{n}.1"),
+            cidr: format!("172.30.{n}.0/24"),
+            link_local: format!("169.254.{n}.1"),
         };
-        ip(&format!("netns add {name}"));
-        let ns = Self { name: name.clone(), veth: veth.clone(), addr: format!("10.231.{n}.2"), cidr: format!("172.30.{n}.0/24") };
-        ip(&format!("-n {name} link set lo up"));
-        ip(&format!("-n {name} link add br0 type bridge"));
-        ip(&format!("-n {name} addr add 172.30.{n}.1/24 dev br0"));
-        ip(&format!("-n {name} link set br0 up"));
-        ip(&format!("link add {veth} type veth peer name {veth}b"));
-        ip(&format!("link set {veth}b netns {name}"));
-        ip(&format!("addr add 10.231.{n}.1/30 dev {veth}"));
-        ip(&format!("link set {veth} up"));
-        ip(&format!("-n {name} addr add 10.231.{n}.2/30 dev {veth}b"));
-        ip(&format!("-n {name} link set {veth}b up"));
+        run_ip(&format!("-n {name} link set lo up"));
+        run_ip(&format!("-n {name} link add br0 type bridge"));
+        run_ip(&format!("-n {name} addr add 172.30.{n}.1/24 dev br0"));
+        run_ip(&format!("-n {name} link set br0 up"));
+        run_ip(&format!("link add {veth} type veth peer name {veth}b"));
+        run_ip(&format!("link set {veth}b netns {name}"));
+        run_ip(&format!("addr add 10.231.{n}.1/30 dev {veth}"));
+        run_ip(&format!("link set {veth} up"));
+        run_ip(&format!("-n {name} addr add 10.231.{n}.2/30 dev {veth}b"));
+        run_ip(&format!("-n {name} link set {veth}b up"));
         ns
+    }
+
+    /// Run `f` on a thread inside the namespace: sockets it opens live there.
+    fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path).expect("namespace file");
+                // SAFETY: setns(2) on a descriptor we own; it changes this thread's namespace only.
+                assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("thread in the namespace")
+        })
+    }
+
+    /// Put the link-local address inside the namespace, routed from this machine through the veth.
+    fn link_local_inside(&self) {
+        run_ip(&format!("-n {} addr add {}/32 dev {}b", self.name, self.link_local, self.veth));
+        run_ip(&format!("route add {}/32 dev {}", self.link_local, self.veth));
+    }
+
+    /// Let the namespace route its bridge's guests out through the veth, to
+    /// this machine's end of it and to the link-local address put there.
+    fn route_bridge_out(&self) {
+        run_ip(&format!("addr add {}/32 dev {}", self.link_local, self.veth));
+        run_ip(&format!("-n {} route add {}/32 dev {}b", self.name, self.link_local, self.veth));
+        run_ip(&format!("route add {} via {} dev {}", self.cidr, self.addr, self.veth));
+        let out = Command::new("ip").args(["netns", "exec", &self.name, "sysctl", "-qw", "net.ipv4.ip_forward=1"]).output().expect("sysctl");
+        assert!(out.status.success(), "{out:?}");
     }
 
     /// `ip netns exec <ns> program args...`
@@ -86,6 +127,22 @@ impl Netns {
         all.extend(args);
         (which("ip").expect("ip (iproute2)"), all)
     }
+}
+
+fn run_ip(args: &str) {
+    let out = Command::new("ip").args(args.split_whitespace()).output().expect("ip");
+    assert!(out.status.success(), "ip {args}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Answer every connection on `listener` with `token`, from a thread, for the rest of the test.
+fn serve(listener: TcpListener, token: &'static str) -> u16 {
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            let _ = c.write_all(token.as_bytes());
+        }
+    });
+    port
 }
 
 impl Drop for Netns {
@@ -106,6 +163,9 @@ struct GuestStack {
     data: PathBuf,
     key: PathBuf,
     netns: Option<Netns>,
+    /// Where nats-server and the gateway listen (their ports).
+    nats_port: u16,
+    gateway_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -115,6 +175,12 @@ impl GuestStack {
     }
 
     async fn start_in(netns: Option<Netns>) -> Self {
+        Self::start_with(netns, false).await
+    }
+
+    /// `everywhere`: nats-server and the gateway listen on every address of
+    /// their host (a guest must still not reach them); else on one.
+    async fn start_with(netns: Option<Netns>, everywhere: bool) -> Self {
         let dir = tempfile::Builder::new().prefix("vmplane-g-").tempdir_in("/tmp").expect("temp dir");
         let root = dir.path().to_owned();
         let data = root.join("d");
@@ -127,12 +193,15 @@ impl GuestStack {
             Proc::start(name, program, args, env, root.join(format!("{name}.log")))
         };
         // Inside a namespace the ports are ours alone; outside, pick free ones.
-        let (nats_port, listen) = match &netns {
-            Some(ns) => (4222, format!("{}:8080", ns.addr)),
-            None => (free_port(), format!("127.0.0.1:{}", free_port())),
+        let (nats_port, gateway_port, reach) = match &netns {
+            Some(ns) => (4222, 8080, ns.addr.clone()),
+            None => (free_port(), free_port(), "127.0.0.1".to_owned()),
         };
+        let bind = if everywhere { "0.0.0.0".to_owned() } else { reach.clone() };
+        let listen = format!("{bind}:{gateway_port}");
+        let nats_bind = if everywhere { "0.0.0.0" } else { "127.0.0.1" };
         let nats_dir = root.join("nats");
-        let config = nats_init(&nats_dir, &format!("127.0.0.1:{nats_port}"));
+        let config = nats_init(&nats_dir, &format!("{nats_bind}:{nats_port}"));
         let nats = spawn("nats-server", nats_server_bin(), vec![s("-c"), config.display().to_string()], vec![]);
         let nats_url = format!("nats://127.0.0.1:{nats_port}");
         let admin_env = vec![("VMPLANE_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned())];
@@ -166,11 +235,11 @@ impl GuestStack {
             wk.extend([s("--bridge"), s("br0"), s("--bridge-cidr"), ns.cidr.clone()]);
         }
         let worker = spawn("worker", PathBuf::from(BIN), wk, admin_env);
-        let admin = Client::new(&format!("http://{listen}"), Some(ADMIN_TOKEN)).with_timeout(Duration::from_secs(60));
+        let admin = Client::new(&format!("http://{reach}:{gateway_port}"), Some(ADMIN_TOKEN)).with_timeout(Duration::from_secs(60));
         let key = root.join("id_ed25519");
         let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).output().expect("ssh-keygen");
         assert!(out.status.success(), "ssh-keygen: {out:?}");
-        let stack = Self { worker, gateway, _nats: nats, admin, data, key, netns, _dir: dir };
+        let stack = Self { worker, gateway, _nats: nats, admin, data, key, netns, nats_port, gateway_port, _dir: dir };
         // The first start builds the image, which takes a while.
         let c = &stack.admin;
         wait_for("a qemu host online", BOOT, async || match c.try_get("/v1/hosts").await {
@@ -254,6 +323,82 @@ impl GuestStack {
     fn vm_dir(&self, vm: &str) -> PathBuf {
         self.data.join("worker").join("qemu").join("vms").join(vm)
     }
+
+    /// Open TCP connections from inside the guest to every `(label, address,
+    /// port)` at once, sending an HTTP request line; what each sent back in a
+    /// few seconds, by label (empty when nothing answered).
+    fn probe(&self, vm: &Value, targets: &[(&str, String, u16)]) -> BTreeMap<String, String> {
+        let mut script = String::from(
+            "probe() { printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 10 nc -w 5 \"$2\" \"$3\" 2>/dev/null | head -c 40 | tr -d '\\r\\n' >\"/tmp/probe.$1\"; }\n",
+        );
+        for (label, addr, port) in targets {
+            script.push_str(&format!("probe {label} {addr} {port} &\n"));
+        }
+        script.push_str("wait\nfor f in /tmp/probe.*; do echo \"${f#/tmp/probe.} $(cat \"$f\")\"; done\nrm -f /tmp/probe.*\n");
+        let got: BTreeMap<String, String> = self
+            .ssh(vm, &script)
+            .lines()
+            .map(|l| l.split_once(' ').map_or((l.to_owned(), String::new()), |(k, v)| (k.to_owned(), v.trim().to_owned())))
+            .collect();
+        for (label, ..) in targets {
+            assert!(got.contains_key(*label), "no result for {label}: {got:?}");
+        }
+        got
+    }
+
+    /// This host's `driver_detail` in /v1/hosts.
+    async fn driver_detail(&self) -> String {
+        let (_, hosts) = self.admin.get("/v1/hosts").await;
+        str_of(&hosts[0]["driver_detail"]).to_owned()
+    }
+}
+
+/// Assert that only the `outside` target answered, with its token.
+fn only_outside_answers(got: &BTreeMap<String, String>) {
+    assert_eq!(got.get("outside").map(String::as_str), Some("outside-ok"), "outbound connections must keep working: {got:?}");
+    let reached: Vec<_> = got.iter().filter(|(label, answer)| *label != "outside" && !answer.is_empty()).collect();
+    assert!(reached.is_empty(), "the guest reached the host or a link-local address: {reached:?}");
+}
+
+/// This machine's IPv4 addresses other than loopback.
+fn host_addresses() -> Vec<String> {
+    let out = Command::new("ip").args(["-4", "-o", "addr", "show"]).output().expect("ip addr");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1).and_then(|a| a.split('/').next()).map(str::to_owned))
+        .filter(|a| !a.starts_with("127."))
+        .collect()
+}
+
+/// Files and directories under `dir` (itself included) that its group or others may use.
+fn shared_files(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut loose = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(path) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&path).expect("metadata");
+        if meta.permissions().mode() & 0o077 != 0 {
+            loose.push(format!("{} {:o}", path.display(), meta.permissions().mode() & 0o7777));
+        }
+        if meta.is_dir() {
+            todo.extend(std::fs::read_dir(&path).expect("read_dir").flatten().map(|e| e.path()));
+        }
+    }
+    loose
+}
+
+/// How many live passt processes serve the VM whose directory is `dir`.
+fn passt_processes(dir: &Path) -> usize {
+    let log = dir.join("passt.log").display().to_string();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z'));
+            !zombie && std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == log.as_bytes()))
+        })
+        .count()
 }
 
 impl Drop for GuestStack {
@@ -479,6 +624,7 @@ async fn a_killed_worker_adopts_its_running_guests_without_duplicates() {
     g.worker.kill9();
     for id in &ids {
         assert_eq!(qemu_processes(id), 1, "guests must outlive the worker");
+        assert_eq!(passt_processes(&g.vm_dir(id)), 1, "so must their network");
     }
     g.worker.respawn();
     let c = &g.admin;
@@ -492,10 +638,56 @@ async fn a_killed_worker_adopts_its_running_guests_without_duplicates() {
     assert_eq!(g.ssh(&one, "echo alive").trim(), "alive");
     assert_eq!(qemu_processes(&ids[0]), 1, "no duplicate qemu");
     assert_eq!(qemu_processes(&ids[1]), 0);
+    assert_eq!((passt_processes(&g.vm_dir(&ids[0])), passt_processes(&g.vm_dir(&ids[1]))), (1, 0), "an adopted guest's passt stops with it");
     for id in &ids {
         let events = g.admin.event_types(id).await;
         assert_eq!(count(&events, "booted"), 1, "{id}: {events:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_mode_guests_reach_out_but_never_the_host_and_their_files_stay_private() {
+    guests_or_skip!();
+    // "Outside": listeners on a namespace of the test's own, routed through a veth;
+    // one on a non-loopback address, one on a link-local (metadata) address.
+    let ns = Netns::create();
+    ns.link_local_inside();
+    let outside = serve(ns.enter(|| TcpListener::bind((ns.addr.as_str(), 0))).expect("bind in the namespace"), "outside-ok");
+    let metadata = serve(ns.enter(|| TcpListener::bind((ns.link_local.as_str(), 0))).expect("bind in the namespace"), "metadata-reached");
+    // A service of this host on a non-loopback address (the test's end of the veth).
+    let service = serve(TcpListener::bind((ns.host.as_str(), 0)).expect("bind on the veth"), "host-reached");
+    // nats-server and the gateway listen on every address of the host.
+    let g = GuestStack::start_with(None, true).await;
+    let detail = g.driver_detail().await;
+    // Without the filter a probe of the gateway address could leave the machine: stop here.
+    assert!(!detail.contains("WITHOUT"), "{detail}");
+    let vm = g.running_vm(json!({"name": "probe", "memory_mib": 256, "ssh_keys": [g.public_key()]})).await;
+
+    let (gw, nats) = (g.gateway_port, g.nats_port);
+    let mut targets: Vec<(String, String, u16)> = vec![
+        ("outside".into(), ns.addr.clone(), outside),
+        ("metadata".into(), ns.link_local.clone(), metadata),
+        ("gateway-via-guest-gw".into(), "10.0.2.2".into(), gw),
+        ("nats-via-guest-gw".into(), "10.0.2.2".into(), nats),
+        ("service-via-veth".into(), ns.host.clone(), service),
+    ];
+    for (i, addr) in host_addresses().into_iter().enumerate() {
+        targets.push((format!("gateway-via-host-{i}"), addr.clone(), gw));
+        targets.push((format!("nats-via-host-{i}"), addr, nats));
+    }
+    let targets: Vec<(&str, String, u16)> = targets.iter().map(|(l, a, p)| (l.as_str(), a.clone(), *p)).collect();
+    only_outside_answers(&g.probe(&vm, &targets));
+    assert!(detail.contains("passt as uid") && detail.contains("inet vmplane_guest"), "{detail}");
+
+    // Everything the driver, qemu and passt keep for the VM is root's alone.
+    let dir = g.vm_dir(str_of(&vm["id"]));
+    assert_eq!(passt_processes(&dir), 1, "one passt serves the guest");
+    assert!(dir.join("qmp.sock").exists() && dir.join("console.log").exists() && dir.join("passt.log").exists());
+    let loose = shared_files(&dir);
+    assert!(loose.is_empty(), "group or others may use: {loose:?}");
+    // Its passt stops with it.
+    assert_eq!(g.act(str_of(&vm["id"]), "stop").await["status"], "stopped");
+    assert_eq!(passt_processes(&dir), 0, "passt outlived its guest");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -649,9 +841,21 @@ async fn bridge_mode_guests_get_addresses_from_the_bridge_cidr() {
     if which("ip").is_none() || Command::new("ip").args(["netns", "list"]).output().map_or(true, |o| !o.status.success()) {
         panic!("bridge networking tests need iproute2 and network namespaces (root)");
     }
-    let g = GuestStack::start_in(Some(Netns::create())).await;
-    let cidr = g.netns.as_ref().unwrap().cidr.clone();
+    let g = GuestStack::start_with(Some(Netns::create()), true).await;
+    let ns = g.netns.as_ref().unwrap();
+    // Beyond the guests' host (the namespace): this machine's end of the veth, and a link-local address there.
+    ns.route_bridge_out();
+    let outside = serve(TcpListener::bind((ns.host.as_str(), 0)).expect("bind on the veth"), "outside-ok");
+    let metadata = serve(TcpListener::bind((ns.link_local.as_str(), 0)).expect("bind on the veth"), "metadata-reached");
+    // A service of the guests' host, on all its addresses.
+    let service = serve(ns.enter(|| TcpListener::bind("0.0.0.0:0")).expect("bind in the namespace"), "host-reached");
+    let cidr = ns.cidr.clone();
     let prefix = cidr.rsplit_once('.').unwrap().0.to_owned();
+    let detail = g.driver_detail().await;
+    assert!(detail.contains("bridge br0: guests kept off the host by nftables table inet vmplane_bridge_br0"), "{detail}");
+    // boot_args cannot set the guest's network (or any vmplane.* parameter).
+    let (s, b) = g.admin.post("/v1/vms", &json!({"name": "br-x", "network": {"mode": "bridge"}, "boot_args": "quiet vmplane.net=10.9.9.9/8,10.0.0.1"})).await;
+    assert_eq!((s, b["code"].as_str()), (422, Some("validation_failed")), "{b}");
     let chosen = format!("{prefix}.50");
     let a = g
         .running_vm(json!({"name": "br-a", "memory_mib": 256, "ssh_keys": [g.public_key()], "network": {"mode": "bridge", "guest_ip": chosen, "guest_mac": "02:fc:00:00:00:0a"}}))
@@ -662,6 +866,18 @@ async fn bridge_mode_guests_get_addresses_from_the_bridge_cidr() {
     // Each guest has its address, and they reach each other across the bridge.
     assert!(g.ssh(&a, "ip -4 -o addr show").contains(&format!("{chosen}/24")));
     assert_eq!(g.ssh(&b, &format!("ping -c 1 -W 5 {chosen} >/dev/null && echo reached")).trim(), "reached");
+    // Routed out: yes; to the host's own services or a link-local address: no.
+    let gateway = format!("{prefix}.1");
+    let targets = [
+        ("outside", ns.host.clone(), outside),
+        ("metadata", ns.link_local.clone(), metadata),
+        ("service-via-bridge", gateway.clone(), service),
+        ("service-via-veth", ns.addr.clone(), service),
+        ("gateway-via-bridge", gateway.clone(), g.gateway_port),
+        ("nats-via-bridge", gateway, g.nats_port),
+        ("nats-via-veth", ns.addr.clone(), g.nats_port),
+    ];
+    only_outside_answers(&g.probe(&a, &targets));
 
     // An address in use, or outside the network, fails the VM with the reason.
     let (s, dup) = g.admin.post("/v1/vms", &json!({"name": "br-c", "network": {"mode": "bridge", "guest_ip": chosen}})).await;
@@ -674,6 +890,16 @@ async fn bridge_mode_guests_get_addresses_from_the_bridge_cidr() {
     })
     .await;
     assert!(str_of(&failed["message"]).contains("already in use"), "{failed}");
+    // So does a MAC address in use on the bridge.
+    let (s, dup) = g.admin.post("/v1/vms", &json!({"name": "br-e", "network": {"mode": "bridge", "guest_mac": "02:FC:00:00:00:0A"}})).await;
+    assert_eq!(s, 202, "{dup}");
+    let id = str_of(&dup["id"]).to_owned();
+    let failed = wait_for("the duplicate MAC to fail", BOOT, async || {
+        let vm = c.vm(&id).await;
+        if vm["status"] == "failed" { Ok(vm) } else { Err(vm.to_string()) }
+    })
+    .await;
+    assert!(str_of(&failed["message"]).contains("guest_mac 02:FC:00:00:00:0A is already in use"), "{failed}");
     let (s, b2) = g.admin.post("/v1/vms", &json!({"name": "br-d", "network": {"mode": "bridge"}, "port_forwards": [{"guest_port": 80}]})).await;
     assert_eq!((s, b2["code"].as_str()), (422, Some("validation_failed")), "{b2}");
 

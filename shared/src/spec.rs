@@ -164,8 +164,15 @@ impl VmSpec {
         if self.env.len() > 64 || self.env.keys().any(|k| !is_env_name(k)) || self.env.values().any(|v| v.len() > 4096 || v.contains(['\n', '\r', '\0'])) {
             return Err(SpecError::new("env", "at most 64 variables with names of A-Z, a-z, 0-9 and '_' not starting with a digit, and one-line values"));
         }
-        if self.boot_args.as_ref().is_some_and(|a| a.len() > 1024 || a.contains('\n')) {
-            return Err(SpecError::new("boot_args", "must be one line of at most 1024 characters"));
+        if let Some(args) = &self.boot_args {
+            if args.len() > 1024 || args.chars().any(char::is_control) {
+                return Err(SpecError::new("boot_args", "must be one line of at most 1024 characters"));
+            }
+            // The guest reads vmplane's own parameters (its network among them) from
+            // the command line, splitting on blanks whatever the quotes say.
+            if args.split_whitespace().map(|w| w.replace('"', "")).any(|w| w.starts_with("vmplane.") || w == "--") {
+                return Err(SpecError::new("boot_args", "may not set vmplane.* parameters or end the kernel's parameters with --"));
+            }
         }
         self.network.validate()?;
         if self.port_forwards.len() > 32 {
@@ -520,6 +527,28 @@ mod tests {
         assert_eq!(back, s);
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["network"]["guest_ip"], "172.30.0.9");
+    }
+
+    #[test]
+    fn boot_args_cannot_override_vmplane_parameters() {
+        let mut s = VmSpec::named("x");
+        for ok in ["quiet loglevel=3", "init=/sbin/init", "foo=vmplane.net=1", "a --b"] {
+            s.boot_args = Some(ok.into());
+            s.validate().unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "vmplane.net=10.0.0.9/24,10.0.0.1",
+            "quiet  vmplane.net=x",
+            "quiet\tvmplane.rootwait=0",
+            "\"vmplane.net=10.0.0.9/24,10.0.0.1\"",
+            "a=\"b vmplane.debug\"",
+            "quiet -- init-arg",
+            "x\u{0}y",
+            "x\ry",
+        ] {
+            s.boot_args = Some(bad.into());
+            assert_eq!(s.validate().unwrap_err().field, "boot_args", "{bad:?}");
+        }
     }
 
     #[test]

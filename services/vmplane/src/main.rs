@@ -154,14 +154,19 @@ struct WorkerOpts {
     port_range: (u16, u16),
     /// qemu: a bridge (set up by the operator, with the first address of
     /// --bridge-cidr on it) that VMs in bridge network mode join through taps.
-    #[arg(long, requires = "bridge_cidr")]
+    /// The worker installs an nftables table that keeps its guests off the host.
+    #[arg(long, requires = "bridge_cidr", value_parser = parse_interface)]
     bridge: Option<String>,
     /// qemu: the bridge's network; guests get addresses from it.
     #[arg(long, requires = "bridge", value_parser = |s: &str| s.parse::<bridge::Cidr>())]
     bridge_cidr: Option<bridge::Cidr>,
     /// qemu: the address host port forwards listen on.
-    #[arg(long, default_value = "0.0.0.0")]
-    forward_bind: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    forward_bind: std::net::IpAddr,
+    /// qemu: passt, for user-mode guest networking; without it guests get
+    /// QEMU's user networking with restrict=on (port forwards only).
+    #[arg(long, default_value = "passt")]
+    passt_binary: PathBuf,
     /// The host's name as shown in /v1/hosts (default: the machine's hostname).
     #[arg(long)]
     host_name: Option<String>,
@@ -328,6 +333,10 @@ fn admin_token(data_dir: &Path, generate: bool) -> anyhow::Result<Option<String>
     Ok(Some(token))
 }
 
+fn parse_interface(s: &str) -> Result<String, String> {
+    if bridge::is_interface_name(s) { Ok(s.to_owned()) } else { Err("expected an interface name (up to 15 of A-Z, a-z, 0-9, '-', '_', '.')".into()) }
+}
+
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
     let (a, b) = s.split_once('-').ok_or("expected FIRST-LAST")?;
     let (a, b): (u16, u16) = (a.parse().map_err(|_| "bad first port")?, b.parse().map_err(|_| "bad last port")?);
@@ -367,7 +376,8 @@ async fn driver(opts: &WorkerOpts, data_dir: &Path) -> anyhow::Result<Arc<dyn Dr
                 accel,
                 accel_reason: reason,
                 port_range: opts.port_range,
-                forward_bind: opts.forward_bind.clone(),
+                forward_bind: opts.forward_bind,
+                passt_binary: opts.passt_binary.clone(),
                 bridge: opts.bridge.clone().zip(opts.bridge_cidr).map(|(name, cidr)| bridge::Bridge { name, cidr }),
                 ready_timeout: Duration::from_secs(opts.ready_timeout_secs),
                 stop_timeout: Duration::from_secs(opts.stop_timeout_secs),

@@ -62,6 +62,12 @@ pub struct Bridge {
     pub cidr: Cidr,
 }
 
+/// Whether `name` is a plain network interface name: what `ip link` accepts
+/// and what may appear quoted in an nftables ruleset.
+pub fn is_interface_name(name: &str) -> bool {
+    !name.is_empty() && name.len() < 16 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
 /// The tap device of a VM: at most 15 bytes (IFNAMSIZ).
 pub fn tap_name(vm: VmId) -> String {
     let s = vm.to_string();
@@ -112,5 +118,16 @@ mod tests {
     #[test]
     fn tap_names_fit_ifnamsiz() {
         assert!(tap_name(VmId::new()).len() <= 15);
+        assert!(is_interface_name(&tap_name(VmId::new())));
+    }
+
+    #[test]
+    fn interface_names() {
+        for good in ["br0", "vmbr-1", "a.b_c"] {
+            assert!(is_interface_name(good), "{good}");
+        }
+        for bad in ["", "br\"0", "br 0", "0123456789abcdef", "br0;flush"] {
+            assert!(!is_interface_name(bad), "{bad}");
+        }
     }
 }

@@ -1,5 +1,8 @@
-//! Where a VM's files live: `<qemu dir>/vms/<vm_id>/`.
+//! Where a VM's files live: `<qemu dir>/vms/<vm_id>/`, a directory only
+//! root enters, holding files only root reads.
 
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use vmplane_domain::VmId;
 
@@ -15,6 +18,15 @@ impl VmDir {
 
     pub fn path(&self) -> &Path {
         &self.0
+    }
+    /// Create the directory (and `vms/`), private to the worker's user.
+    pub fn create(&self) -> std::io::Result<()> {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.0)?;
+        // An existing directory keeps its mode: tighten it (and `vms/`).
+        for dir in [self.0.as_path(), self.0.parent().unwrap_or(&self.0)] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
     }
     /// The qcow2 overlay over the image's root filesystem.
     pub fn root_disk(&self) -> PathBuf {
@@ -61,4 +73,11 @@ impl VmDir {
     pub fn expected_exit(&self) -> PathBuf {
         self.0.join("exit.expected")
     }
+}
+
+/// Write a file only its owner can read or write, whatever the umask.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)
 }

@@ -12,6 +12,8 @@ pub mod bridge;
 pub mod image;
 pub mod import;
 pub mod layout;
+pub mod nft;
+pub mod passt;
 pub mod process;
 pub mod qmp;
 pub mod seed;
@@ -20,18 +22,21 @@ pub mod volumes;
 use super::{Console, Driver, DriverError, GuestExit};
 use accel::Accel;
 use async_trait::async_trait;
-use layout::VmDir;
+use layout::{VmDir, write_private};
+use passt::UserNet;
 use process::{Launch, is_our_qemu, running_pid, signal};
 use qmp::Qmp;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use vmplane_domain::host::{HostInfo, ImageFormat, ImageInfo};
-use vmplane_domain::spec::{NetworkMode, VolumeMount};
+use vmplane_domain::spec::{NetworkMode, Protocol, VolumeMount};
 use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, Vm};
 use vmplane_domain::volume::Volume;
 use vmplane_domain::{OrgId, VmId};
@@ -53,7 +58,9 @@ pub struct QemuConfig {
     /// Host ports handed out for SSH and port forwards that name none.
     pub port_range: (u16, u16),
     /// Address host port forwards listen on.
-    pub forward_bind: String,
+    pub forward_bind: IpAddr,
+    /// passt, for user-mode networking (QEMU's restricted slirp without it).
+    pub passt_binary: PathBuf,
     /// The bridge bridge-mode VMs join, if the operator configured one.
     pub bridge: Option<bridge::Bridge>,
     /// How long a guest may take to print its readiness line.
@@ -75,6 +82,8 @@ struct Allocated {
 /// See the module docs.
 pub struct QemuDriver {
     cfg: QemuConfig,
+    /// How user-mode guests are networked, decided at start.
+    user_net: UserNet,
     /// Serialises port allocation.
     ports: Mutex<()>,
     /// Guests being watched for unasked exits: vm -> (pid, org).
@@ -91,11 +100,20 @@ fn retry(e: impl std::fmt::Display) -> DriverError {
 }
 
 impl QemuDriver {
-    /// Start the driver: adopt guests that are still running, and watch them.
-    pub fn new(cfg: QemuConfig) -> std::io::Result<Self> {
-        std::fs::create_dir_all(cfg.dir.join("vms"))?;
+    /// Start the driver: choose how guests are networked and put the filters
+    /// that keep them off the host in place (saying so in `driver_detail`),
+    /// adopt guests that are still running, and watch them.
+    pub fn new(mut cfg: QemuConfig) -> std::io::Result<Self> {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(cfg.dir.join("vms"))?;
+        let user_net = UserNet::detect(&cfg.passt_binary);
+        let mut detail: Vec<String> = cfg.host.driver_detail.take().into_iter().collect();
+        detail.push(user_net.describe());
+        if let Some(b) = &cfg.bridge {
+            detail.push(bridge_filter(b));
+        }
+        cfg.host.driver_detail = Some(detail.join("; "));
         let (tx, rx) = mpsc::unbounded_channel();
-        let driver = Self { cfg, ports: Mutex::new(()), watched: Arc::default(), exits: Mutex::new(Some(rx)) };
+        let driver = Self { cfg, user_net, ports: Mutex::new(()), watched: Arc::default(), exits: Mutex::new(Some(rx)) };
         driver.adopt();
         tokio::spawn(watch(driver.watched.clone(), driver.cfg.dir.clone(), tx));
         Ok(driver)
@@ -115,6 +133,12 @@ impl QemuDriver {
             let Ok(pid) = pid.trim().parse::<i32>() else { continue };
             if is_our_qemu(pid, vm) {
                 tracing::info!(%vm, pid, "adopted running guest");
+                if let UserNet::Passt { runas, .. } = &self.user_net
+                    && passt::pid_file(&dir).exists()
+                    && passt::running(&dir, *runas).is_none()
+                {
+                    tracing::warn!(%vm, "the guest's passt is gone: it has no network until it is stopped and started");
+                }
                 self.watched.lock().unwrap_or_else(|p| p.into_inner()).insert(vm, (pid, org));
             } else if !dir.expected_exit().exists() && !dir.snapshot().exists() {
                 // It died while no worker watched: report it like a live exit.
@@ -150,7 +174,18 @@ impl QemuDriver {
             }
             None => None,
         };
-        Ok(Launch { qemu: &self.cfg.qemu_binary, accel: self.cfg.accel, vm, image, dir, network, forward_bind: &self.cfg.forward_bind, incoming, tap })
+        Ok(Launch {
+            qemu: &self.cfg.qemu_binary,
+            accel: self.cfg.accel,
+            vm,
+            image,
+            dir,
+            network,
+            forward_bind: self.cfg.forward_bind,
+            user_net: &self.user_net,
+            incoming,
+            tap,
+        })
     }
 
     fn image(&self, vm: &Vm) -> Result<image::Image, DriverError> {
@@ -160,19 +195,27 @@ impl QemuDriver {
     /// Mark where the next readiness line must appear: after everything printed so far.
     fn mark_ready_from(&self, dir: &VmDir) -> Result<(), DriverError> {
         let len = std::fs::metadata(dir.console_log()).map(|m| m.len()).unwrap_or(0);
-        std::fs::write(dir.ready_mark(), len.to_string()).map_err(retry)
+        write_private(&dir.ready_mark(), len.to_string().as_bytes()).map_err(retry)
     }
 
-    /// Ask the guest to power off, wait, then insist.
+    /// Ask the guest to power off, wait, then insist; its passt goes with it.
     async fn stop_process(&self, vm: &Vm, dir: &VmDir, graceful: bool) -> Result<(), DriverError> {
-        std::fs::write(dir.expected_exit(), b"").map_err(retry)?;
-        let Some(pid) = running_pid(dir, vm) else { return Ok(()) };
+        write_private(&dir.expected_exit(), b"").map_err(retry)?;
+        self.stop_qemu(vm, dir, graceful).await;
+        if let UserNet::Passt { runas, .. } = &self.user_net {
+            passt::stop(dir, *runas).await;
+        }
+        Ok(())
+    }
+
+    async fn stop_qemu(&self, vm: &Vm, dir: &VmDir, graceful: bool) {
+        let Some(pid) = running_pid(dir, vm) else { return };
         if graceful {
             if let Ok(mut q) = Qmp::connect(&dir.qmp()).await {
                 let _ = q.execute("system_powerdown", None).await;
             }
             if wait_gone(dir, vm, self.cfg.stop_timeout).await {
-                return Ok(());
+                return;
             }
             tracing::warn!(vm = %vm.id, "guest ignored ACPI power-down; stopping it hard");
         }
@@ -183,12 +226,16 @@ impl QemuDriver {
             signal(pid, libc::SIGKILL);
             wait_gone(dir, vm, Duration::from_secs(5)).await;
         }
-        Ok(())
     }
 
     /// Guest addresses other bridge-mode VMs on this host hold.
     fn used_guest_ips(&self, except: VmId) -> BTreeSet<std::net::Ipv4Addr> {
         self.other_allocations(except).filter(|a| a.tap.is_some()).filter_map(|a| a.network.ip.and_then(|ip| ip.parse().ok())).collect()
+    }
+
+    /// MAC addresses (lower case) other bridge-mode VMs on this host hold.
+    fn used_guest_macs(&self, except: VmId) -> BTreeSet<String> {
+        self.other_allocations(except).filter(|a| a.tap.is_some()).filter_map(|a| a.network.mac.map(|m| m.to_ascii_lowercase())).collect()
     }
 
     /// The network allocations of every other VM on this host.
@@ -211,6 +258,26 @@ impl QemuDriver {
 
 fn allocated(dir: &VmDir) -> Option<Allocated> {
     std::fs::read(dir.network()).ok().and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Put the nftables filter for `bridge` in place; one line for `driver_detail`.
+fn bridge_filter(bridge: &bridge::Bridge) -> String {
+    let table = nft::bridge_table(&bridge.name);
+    let applied = if bridge::is_interface_name(&bridge.name) {
+        nft::apply(&nft::bridge(&bridge.name, bridge.cidr.gateway()))
+    } else {
+        Err("not an interface name".into())
+    };
+    match applied {
+        Ok(()) => {
+            tracing::info!(bridge = %bridge.name, %table, "bridge guests: kept off the host by nftables");
+            format!("bridge {}: guests kept off the host by nftables table inet {table}", bridge.name)
+        }
+        Err(e) => {
+            tracing::error!(bridge = %bridge.name, error = %e, "cannot install the nftables filter for the bridge; BRIDGE GUESTS CAN REACH THIS HOST'S SERVICES");
+            format!("bridge {}: WITHOUT the host filter ({e}): guests can reach the host's services", bridge.name)
+        }
+    }
 }
 
 fn read_org(dir: &VmDir) -> Option<OrgId> {
@@ -289,14 +356,14 @@ impl Driver for QemuDriver {
 
     async fn allocate_network(&self, vm: &Vm) -> Result<NetworkRuntime, DriverError> {
         let dir = self.dir(vm.id);
-        std::fs::create_dir_all(dir.path()).map_err(retry)?;
-        std::fs::write(dir.path().join("org"), vm.org.to_string()).map_err(retry)?;
+        dir.create().map_err(retry)?;
+        write_private(&dir.path().join("org"), vm.org.to_string().as_bytes()).map_err(retry)?;
         let _guard = self.ports.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(a) = allocated(&dir) {
             return Ok(a.network);
         }
         let b = vm.id.0.to_bytes();
-        let mac = vm.spec.network.guest_mac.clone().unwrap_or_else(|| format!("52:54:00:{:02x}:{:02x}:{:02x}", b[13], b[14], b[15]));
+        let generated = |k: u8| format!("52:54:00:{:02x}:{:02x}:{:02x}", b[13].wrapping_add(k), b[14], b[15]);
         if vm.spec.network.enabled && vm.spec.network.mode == NetworkMode::Bridge {
             let bridge = self.cfg.bridge.as_ref().ok_or_else(|| fatal("bridge networking is not configured on this host (worker --bridge)"))?;
             let taken = self.used_guest_ips(vm.id);
@@ -306,20 +373,31 @@ impl Driver for QemuDriver {
                 Some(ip) => ip,
                 None => bridge.cidr.guests().find(|ip| !taken.contains(ip)).ok_or_else(|| fatal(format!("no free address left in {}", bridge.cidr)))?,
             };
+            // Two guests with one MAC on a bridge would steal each other's frames.
+            let macs = self.used_guest_macs(vm.id);
+            let mac = match &vm.spec.network.guest_mac {
+                Some(mac) if macs.contains(&mac.to_ascii_lowercase()) => return Err(fatal(format!("guest_mac {mac} is already in use"))),
+                Some(mac) => mac.clone(),
+                None => (0..=u8::MAX).map(generated).find(|m| !macs.contains(m)).ok_or_else(|| fatal("no free MAC address"))?,
+            };
             let network = NetworkRuntime { ip: Some(ip.to_string()), mac: Some(mac), ssh_port: None, port_forwards: Vec::new() };
             let tap = (bridge::tap_name(vm.id), format!("{ip}/{},{}", bridge.cidr.prefix, bridge.cidr.gateway()));
             let bytes = serde_json::to_vec(&Allocated { network: network.clone(), tap: Some(tap) }).map_err(fatal)?;
-            std::fs::write(dir.network(), bytes).map_err(retry)?;
+            write_private(&dir.network(), &bytes).map_err(retry)?;
             return Ok(network);
         }
+        let mac = vm.spec.network.guest_mac.clone().unwrap_or_else(|| generated(0));
         let mut taken = self.used_ports(vm.id);
         let (lo, hi) = self.cfg.port_range;
         let mut next = lo;
-        let bind = self.cfg.forward_bind.clone();
-        let free = |p: u16| std::net::TcpListener::bind((bind.as_str(), p)).is_ok();
-        let mut pick = |wanted: Option<u16>| -> Result<u16, DriverError> {
+        let bind = self.cfg.forward_bind;
+        let free = |p: u16, protocol: Protocol| match protocol {
+            Protocol::Tcp => std::net::TcpListener::bind((bind, p)).is_ok(),
+            Protocol::Udp => std::net::UdpSocket::bind((bind, p)).is_ok(),
+        };
+        let mut pick = |wanted: Option<u16>, protocol: Protocol| -> Result<u16, DriverError> {
             if let Some(p) = wanted {
-                if taken.contains(&p) || !free(p) {
+                if taken.contains(&p) || !free(p, protocol) {
                     return Err(fatal(format!("host port {p} is already in use")));
                 }
                 taken.insert(p);
@@ -328,7 +406,7 @@ impl Driver for QemuDriver {
             while next <= hi {
                 let p = next;
                 next += 1;
-                if !taken.contains(&p) && free(p) {
+                if !taken.contains(&p) && free(p, protocol) {
                     taken.insert(p);
                     return Ok(p);
                 }
@@ -336,16 +414,16 @@ impl Driver for QemuDriver {
             Err(fatal(format!("no free host port left in {lo}-{hi}")))
         };
         let enabled = vm.spec.network.enabled;
-        let ssh_port = if enabled { Some(pick(None)?) } else { None };
+        let ssh_port = if enabled { Some(pick(None, Protocol::Tcp)?) } else { None };
         let mut forwards = Vec::new();
         if enabled {
             for pf in &vm.spec.port_forwards {
-                forwards.push(ResolvedPortForward { guest_port: pf.guest_port, host_port: pick(pf.host_port)?, protocol: pf.protocol });
+                forwards.push(ResolvedPortForward { guest_port: pf.guest_port, host_port: pick(pf.host_port, pf.protocol)?, protocol: pf.protocol });
             }
         }
-        let network = NetworkRuntime { ip: enabled.then(|| "10.0.2.15".to_owned()), mac: enabled.then_some(mac), ssh_port, port_forwards: forwards };
+        let network = NetworkRuntime { ip: enabled.then(|| passt::GUEST_ADDR.to_string()), mac: enabled.then_some(mac), ssh_port, port_forwards: forwards };
         let bytes = serde_json::to_vec(&Allocated { network: network.clone(), tap: None }).map_err(fatal)?;
-        std::fs::write(dir.network(), bytes).map_err(retry)?;
+        write_private(&dir.network(), &bytes).map_err(retry)?;
         Ok(network)
     }
 
@@ -367,6 +445,7 @@ impl Driver for QemuDriver {
             if !out.status.success() {
                 return Err(fatal(format!("qemu-img create failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
             }
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(retry)?;
             std::fs::rename(&tmp, &root).map_err(retry)?;
         }
         Ok(DiskInfo { location: root.display().to_string(), size_gb: vm.spec.disk_gb })
@@ -382,6 +461,7 @@ impl Driver for QemuDriver {
         let _ = std::fs::remove_file(dir.expected_exit());
         let plugged: String = volumes::plugged(&dir).iter().map(volumes::Plugged::seed_line).collect();
         seed::write(vm, &dir.seed(), plugged).await.map_err(fatal)?;
+        std::fs::set_permissions(dir.seed(), std::fs::Permissions::from_mode(0o600)).map_err(retry)?;
         self.mark_ready_from(&dir)?;
         self.launch(vm, &image, &dir, &network, false).await?.spawn().await.map_err(fatal)?;
         self.watch_pid(vm, &dir)

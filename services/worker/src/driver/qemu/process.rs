@@ -1,13 +1,19 @@
 //! The qemu process of one VM: its command line (a list of arguments, never
-//! a shell string), launching it detached so it outlives a worker crash, and
+//! a shell string; values inside QEMU option lists have their commas
+//! doubled), launching it detached so it outlives a worker crash, and
 //! finding it again by pid file after one.
 
 use super::accel::Accel;
 use super::image::Image;
 use super::layout::VmDir;
+use super::passt::{self, UserNet};
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::process::Stdio;
 use vmplane_domain::VmId;
+use vmplane_domain::spec::Protocol;
 use vmplane_domain::vm::{NetworkRuntime, Vm};
 
 /// Hot-plug slots for volumes (q35 needs a PCIe root port per hot-plugged device).
@@ -21,7 +27,9 @@ pub struct Launch<'a> {
     pub image: &'a Image,
     pub dir: &'a VmDir,
     pub network: &'a NetworkRuntime,
-    pub forward_bind: &'a str,
+    pub forward_bind: IpAddr,
+    /// How user-mode networking is done on this host.
+    pub user_net: &'a UserNet,
     /// Start paused, waiting for `migrate-incoming` (restore from a snapshot).
     pub incoming: bool,
     /// Bridge mode: the tap device and the guest's static address.
@@ -36,9 +44,21 @@ pub struct TapPlan {
     pub address: String,
 }
 
+/// A value inside a QEMU option list (`key=value,...`): a comma is doubled,
+/// so it cannot end the value and start another option.
+fn opt(value: impl std::fmt::Display) -> String {
+    value.to_string().replace(',', ",,")
+}
+
 impl Launch<'_> {
-    /// The full argument list.
-    pub fn args(&self) -> Vec<String> {
+    /// Whether the guest's NIC is served by a passt process.
+    fn uses_passt(&self) -> bool {
+        self.tap.is_none() && self.vm.spec.network.enabled && matches!(self.user_net, UserNet::Passt { .. })
+    }
+
+    /// The full argument list; `passt_fd` is qemu's end of the socket pair
+    /// with passt (used only when passt serves the guest).
+    pub fn args(&self, passt_fd: RawFd) -> Vec<String> {
         let vm = self.vm;
         let d = self.dir;
         let p = |path: &Path| path.display().to_string();
@@ -63,9 +83,9 @@ impl Launch<'_> {
             "-pidfile".into(),
             p(&d.pid()),
             "-qmp".into(),
-            format!("unix:{},server=on,wait=off", p(&d.qmp())),
+            format!("unix:{},server=on,wait=off", opt(p(&d.qmp()))),
             "-chardev".into(),
-            format!("socket,id=console,path={},server=on,wait=off,logfile={},logappend=on", p(&d.console_socket()), p(&d.console_log())),
+            format!("socket,id=console,path={},server=on,wait=off,logfile={},logappend=on", opt(p(&d.console_socket())), opt(p(&d.console_log()))),
             "-serial".into(),
             "chardev:console".into(),
             "-kernel".into(),
@@ -75,41 +95,49 @@ impl Launch<'_> {
             "-append".into(),
             cmdline(&self.image.cmdline, vm, self.tap.as_ref()),
             "-drive".into(),
-            format!("if=none,id=root,file={},format=qcow2,cache=writeback,discard=unmap", p(&d.root_disk())),
+            format!("if=none,id=root,file={},format=qcow2,cache=writeback,discard=unmap", opt(p(&d.root_disk()))),
             "-device".into(),
             "virtio-blk-pci,drive=root,serial=root".into(),
             "-drive".into(),
-            format!("if=none,id=seed,file={},format=raw,readonly=on", p(&d.seed())),
+            format!("if=none,id=seed,file={},format=raw,readonly=on", opt(p(&d.seed()))),
             "-device".into(),
             "virtio-blk-pci,drive=seed,serial=cidata".into(),
             "-device".into(),
             "virtio-serial-pci,id=vser".into(),
             "-chardev".into(),
-            format!("socket,id=agent,path={},server=on,wait=off", p(&d.agent_socket())),
+            format!("socket,id=agent,path={},server=on,wait=off", opt(p(&d.agent_socket()))),
             "-device".into(),
             "virtserialport,chardev=agent,name=org.vmplane.agent".into(),
             "-device".into(),
             "virtio-rng-pci".into(),
         ];
-        if let Some(t) = &self.tap {
-            let mac = self.network.mac.as_deref().unwrap_or("52:54:00:12:34:56");
-            a.extend(["-netdev".into(), format!("tap,id=net0,ifname={},script=no,downscript=no", t.device), "-device".into()]);
-            a.push(format!("virtio-net-pci,netdev=net0,mac={mac}"));
+        let mac = opt(self.network.mac.as_deref().unwrap_or("52:54:00:12:34:56"));
+        let netdev = if let Some(t) = &self.tap {
+            Some(format!("tap,id=net0,ifname={},script=no,downscript=no", opt(&t.device)))
+        } else if self.uses_passt() {
+            Some(format!("stream,id=net0,server=off,addr.type=fd,addr.str={passt_fd}"))
         } else if vm.spec.network.enabled {
-            let mut netdev = "user,id=net0".to_owned();
-            if let Some(ssh) = self.network.ssh_port {
-                netdev.push_str(&format!(",hostfwd=tcp:{}:{ssh}-:22", self.forward_bind));
-            }
-            for pf in &self.network.port_forwards {
-                let proto = match pf.protocol {
-                    vmplane_domain::spec::Protocol::Tcp => "tcp",
-                    vmplane_domain::spec::Protocol::Udp => "udp",
+            // passt is missing: slirp, which may not open anything for the guest.
+            let mut netdev = "user,id=net0,restrict=on".to_owned();
+            let forwards = self
+                .network
+                .ssh_port
+                .map(|p| (Protocol::Tcp, p, 22))
+                .into_iter()
+                .chain(self.network.port_forwards.iter().map(|f| (f.protocol, f.host_port, f.guest_port)));
+            for (protocol, host, guest) in forwards {
+                let proto = match protocol {
+                    Protocol::Tcp => "tcp",
+                    Protocol::Udp => "udp",
                 };
-                netdev.push_str(&format!(",hostfwd={proto}:{}:{}-:{}", self.forward_bind, pf.host_port, pf.guest_port));
+                netdev.push_str(&format!(",hostfwd={proto}:{}:{host}-:{guest}", opt(self.forward_bind)));
             }
-            a.extend(["-netdev".into(), netdev, "-device".into()]);
-            let mac = self.network.mac.as_deref().unwrap_or("52:54:00:12:34:56");
-            a.push(format!("virtio-net-pci,netdev=net0,mac={mac}"));
+            Some(netdev)
+        } else {
+            None
+        };
+        if let Some(netdev) = netdev {
+            a.extend(["-netdev".into(), netdev, "-device".into(), format!("virtio-net-pci,netdev=net0,mac={mac}")]);
         }
         for i in 0..HOTPLUG_PORTS {
             a.extend(["-device".into(), format!("pcie-root-port,id=hp{i},chassis={},slot={}", i + 1, i + 1)]);
@@ -123,34 +151,86 @@ impl Launch<'_> {
         a
     }
 
-    /// Start qemu; `-daemonize` detaches it (its own session), so it outlives
-    /// the worker, and returns once the guest's devices and sockets exist.
+    /// Start qemu (after its passt, if passt serves the guest); `-daemonize`
+    /// detaches it (its own session), so it outlives the worker, and returns
+    /// once the guest's devices and sockets exist.
     pub async fn spawn(&self) -> Result<(), String> {
-        let out = tokio::process::Command::new(self.qemu)
-            .args(self.args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .await
-            .map_err(|e| format!("cannot run {}: {e}", self.qemu.display()))?;
-        if out.status.success() { Ok(()) } else { Err(format!("qemu failed to start ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim())) }
+        let passt_end = match self.user_net {
+            UserNet::Passt { binary, runas, filtered } if self.uses_passt() => {
+                let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| format!("socket pair for passt: {e}"))?;
+                passt::start(binary, *runas, *filtered, self.dir, self.forward_bind, self.network, theirs.into()).await?;
+                Some(OwnedFd::from(ours))
+            }
+            _ => None,
+        };
+        // qemu appends to an existing log, keeping its mode.
+        std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(self.dir.console_log()).map_err(|e| format!("console log: {e}"))?;
+        let fd = passt_end.as_ref().map(AsRawFd::as_raw_fd);
+        let mut cmd = tokio::process::Command::new(self.qemu);
+        cmd.args(self.args(fd.unwrap_or(-1))).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        private_child(&mut cmd, fd);
+        let out = cmd.output().await.map_err(|e| format!("cannot run {}: {e}", self.qemu.display()));
+        // Only qemu holds passt's peer now: passt exits when qemu does.
+        drop(passt_end);
+        let out = match out {
+            Ok(out) if out.status.success() => {
+                private_files(self.dir);
+                return Ok(());
+            }
+            Ok(out) => format!("qemu failed to start ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            Err(e) => e,
+        };
+        if let UserNet::Passt { runas, .. } = self.user_net {
+            passt::stop(self.dir, *runas).await;
+        }
+        Err(out)
     }
 }
 
-/// The kernel command line: the image's, the VM's extra arguments, and
-/// onlining of hot-plugged memory when the VM may get some.
+/// qemu's daemon sets its own umask (027): make what it created root's alone.
+/// A failure is only logged: the guest runs, and the VM directory (0700)
+/// keeps everyone else out anyway.
+fn private_files(dir: &VmDir) {
+    for path in [dir.qmp(), dir.console_socket(), dir.agent_socket(), dir.console_log(), dir.pid()] {
+        if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot make a qemu file private");
+        }
+    }
+}
+
+/// Make a child vmplane starts (qemu, passt) create private files whatever
+/// the worker's umask, and inherit the descriptor `keep` (all others are
+/// close-on-exec).
+pub fn private_child(cmd: &mut tokio::process::Command, keep: Option<RawFd>) {
+    // SAFETY: runs in the child between fork and exec; umask(2) and fcntl(2)
+    // are async-signal-safe and nothing here allocates.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(0o077);
+            if let Some(fd) = keep
+                && libc::fcntl(fd, libc::F_SETFD, 0) == -1
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The kernel command line: the image's, the VM's extra arguments, then
+/// vmplane's own (last, so they win; `boot_args` may not name `vmplane.*`):
+/// onlining of hot-plugged memory and, in bridge mode, the static address.
 fn cmdline(image: &str, vm: &Vm, tap: Option<&TapPlan>) -> String {
     let mut line = image.to_owned();
-    if let Some(t) = tap {
-        line.push_str(&format!(" vmplane.net={}", t.address));
+    if let Some(extra) = &vm.spec.boot_args {
+        line.push(' ');
+        line.push_str(extra);
     }
     if vm.spec.hotplug_memory_mib > 0 {
         line.push_str(" memhp_default_state=online");
     }
-    if let Some(extra) = &vm.spec.boot_args {
-        line.push(' ');
-        line.push_str(extra);
+    if let Some(t) = tap {
+        line.push_str(&format!(" vmplane.net={}", t.address));
     }
     line
 }
@@ -187,10 +267,121 @@ pub fn signal(pid: i32, sig: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+    use time::OffsetDateTime;
+    use vmplane_domain::spec::{PortForward, VmSpec};
+    use vmplane_domain::vm::{ResolvedPortForward, VmEvent, evolve};
+    use vmplane_domain::{HostId, OrgId, ProjectId};
 
     #[test]
     fn memory_with_and_without_hotplug() {
         assert_eq!(memory_arg(512, 0), "512M");
         assert_eq!(memory_arg(512, 1024), "512M,slots=4,maxmem=1536M");
+    }
+
+    fn vm(spec: VmSpec) -> Vm {
+        let created = VmEvent::Created { org: OrgId::DEFAULT, project: ProjectId::DEFAULT, spec: Box::new(spec), host: HostId::new() };
+        evolve(None, VmId::new(), None, OffsetDateTime::now_utc(), &created).unwrap()
+    }
+
+    fn image() -> Image {
+        Image {
+            name: "i".into(),
+            kernel: "/i/vmlinuz".into(),
+            initrd: "/i/initrd.img".into(),
+            rootfs: "/i/rootfs.ext4".into(),
+            cmdline: "console=ttyS0".into(),
+        }
+    }
+
+    fn network() -> NetworkRuntime {
+        NetworkRuntime {
+            ip: Some("10.0.2.15".into()),
+            mac: Some("52:54:00:aa:bb:cc".into()),
+            ssh_port: Some(20001),
+            port_forwards: vec![ResolvedPortForward { guest_port: 53, host_port: 20002, protocol: Protocol::Udp }],
+        }
+    }
+
+    /// The values of every `-flag` in `args`.
+    fn values<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+    }
+
+    fn launch_args(vm: &Vm, dir: &VmDir, user_net: &UserNet, tap: Option<TapPlan>) -> Vec<String> {
+        let (image, network) = (image(), network());
+        let l = Launch {
+            qemu: Path::new("qemu"),
+            accel: Accel::Tcg,
+            vm,
+            image: &image,
+            dir,
+            network: &network,
+            forward_bind: "127.0.0.1".parse().unwrap(),
+            user_net,
+            incoming: false,
+            tap,
+        };
+        l.args(9)
+    }
+
+    #[test]
+    fn passt_serves_the_guest_over_the_given_descriptor() {
+        let passt = UserNet::Passt { binary: "passt".into(), runas: None, filtered: true };
+        let a = launch_args(&vm(VmSpec::named("a")), &VmDir::new(Path::new("/d"), VmId::new()), &passt, None);
+        assert_eq!(values(&a, "-netdev"), ["stream,id=net0,server=off,addr.type=fd,addr.str=9"]);
+        assert_eq!(values(&a, "-device").iter().filter(|d| d.starts_with("virtio-net-pci,netdev=net0,mac=52:54:00:aa:bb:cc")).count(), 1);
+    }
+
+    #[test]
+    fn without_passt_slirp_is_restricted_and_forwards_bind_the_operator_address() {
+        let a = launch_args(&vm(VmSpec::named("a")), &VmDir::new(Path::new("/d"), VmId::new()), &UserNet::Restricted, None);
+        assert_eq!(values(&a, "-netdev"), ["user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:20001-:22,hostfwd=udp:127.0.0.1:20002-:53"]);
+        // No network: no NIC at all.
+        let mut spec = VmSpec::named("a");
+        spec.network.enabled = false;
+        spec.port_forwards = vec![PortForward { guest_port: 80, host_port: None, protocol: Protocol::Tcp }];
+        let a = launch_args(&vm(spec), &VmDir::new(Path::new("/d"), VmId::new()), &UserNet::Restricted, None);
+        assert!(values(&a, "-netdev").is_empty(), "{a:?}");
+    }
+
+    #[test]
+    fn request_values_cannot_add_qemu_options() {
+        let mut spec = VmSpec::named("a");
+        spec.name = "x,hostfwd=tcp::2222-:22".into();
+        spec.boot_args = Some("quiet,hostfwd=tcp::1-:22 init=/bin/sh -- x".into());
+        let hostile = vm(spec);
+        // Even a data directory with commas stays one value per option.
+        let dir = VmDir::new(&PathBuf::from("/srv/a,readonly=off"), hostile.id);
+        for net in [UserNet::Restricted, UserNet::Passt { binary: "passt".into(), runas: None, filtered: true }] {
+            let a = launch_args(&hostile, &dir, &net, None);
+            assert!(!a.iter().any(|v| v.contains("x,hostfwd")), "the VM name reached the command line: {a:?}");
+            // boot_args travel as the value of -append only, never inside an option list.
+            let append = values(&a, "-append");
+            assert_eq!(append.len(), 1);
+            assert!(append[0].starts_with("console=ttyS0 quiet,hostfwd="), "{append:?}");
+            for (i, v) in a.iter().enumerate() {
+                if i > 0 && a[i - 1] == "-append" {
+                    continue;
+                }
+                assert!(!v.contains("hostfwd=tcp::"), "{v}");
+            }
+            let drives = values(&a, "-drive");
+            assert!(drives.iter().any(|d| d.starts_with("if=none,id=root,file=/srv/a,,readonly=off/vms/")), "{drives:?}");
+            assert_eq!(values(&a, "-netdev").len(), 1, "{a:?}");
+        }
+    }
+
+    #[test]
+    fn vmplane_parameters_come_last_on_the_kernel_line() {
+        let mut spec = VmSpec::named("a");
+        spec.boot_args = Some("loglevel=7".into());
+        spec.hotplug_memory_mib = 256;
+        spec.network.mode = vmplane_domain::spec::NetworkMode::Bridge;
+        let v = vm(spec);
+        let tap = TapPlan { device: "vt1".into(), address: "172.30.0.5/24,172.30.0.1".into() };
+        let a = launch_args(&v, &VmDir::new(Path::new("/d"), v.id), &UserNet::Restricted, Some(tap));
+        assert_eq!(values(&a, "-append"), ["console=ttyS0 loglevel=7 memhp_default_state=online vmplane.net=172.30.0.5/24,172.30.0.1"]);
+        assert_eq!(values(&a, "-netdev"), ["tap,id=net0,ifname=vt1,script=no,downscript=no"]);
     }
 }
