@@ -198,17 +198,22 @@ impl GuestStack {
 
     /// Wait for an operation to succeed, however long guests take here.
     async fn wait_op(&self, op: &str) -> Value {
+        let b = self.wait_op_outcome(op).await;
+        assert_eq!(b["status"], "succeeded", "{b}\n{}", self.worker.log_tail(40));
+        b
+    }
+
+    /// Wait for an operation to end, succeeded or failed.
+    async fn wait_op_outcome(&self, op: &str) -> Value {
         let c = &self.admin;
-        let b = wait_for(&format!("operation {op}"), BOOT, async || {
+        wait_for(&format!("operation {op}"), BOOT, async || {
             let (s, b) = c.get(&format!("/v1/operations/{op}?wait=30")).await;
             match b["status"].as_str() {
                 Some("succeeded" | "failed") => Ok(b),
                 _ => Err(format!("{s} {b}")),
             }
         })
-        .await;
-        assert_eq!(b["status"], "succeeded", "{b}\n{}", self.worker.log_tail(40));
-        b
+        .await
     }
 
     async fn act(&self, vm: &str, action: &str) -> Value {
@@ -440,6 +445,21 @@ async fn standby_keeps_memory_and_the_lifecycle_leaves_nothing_behind() {
     let id = str_of(&vm["id"]).to_owned();
     g.ssh(&vm, "mkdir -p /mem && mount -t tmpfs tmpfs /mem && echo 424242 > /mem/counter");
 
+    // A standby whose state cannot be written (the file is /dev/full) fails its
+    // operation with the reason and leaves the guest running, memory intact.
+    let partial = g.vm_dir(&id).join("state.partial");
+    std::os::unix::fs::symlink("/dev/full", &partial).unwrap();
+    let (s, b) = g.admin.post_empty(&format!("/v1/vms/{id}/standby")).await;
+    assert_eq!(s, 202, "{b}");
+    let op = g.wait_op_outcome(str_of(&b["operation"]["id"])).await;
+    assert_eq!(op["status"], "failed", "{op}");
+    assert!(str_of(&op["error"]["message"]).contains("the guest was resumed"), "{op}");
+    let after = g.admin.vm(&id).await;
+    assert_eq!((after["status"].as_str(), after["has_snapshot"].as_bool()), (Some("running"), Some(false)), "{after}");
+    assert_eq!(qemu_processes(&id), 1);
+    assert_eq!(g.ssh(&vm, "cat /mem/counter").trim(), "424242", "the guest was not resumed as it was");
+    assert!(std::fs::symlink_metadata(&partial).is_err(), "the partial state was not cleaned up");
+
     let s = g.act(&id, "standby").await;
     assert_eq!((s["status"].as_str(), s["has_snapshot"].as_bool()), (Some("standby"), Some(true)));
     assert_eq!(qemu_processes(&id), 0, "qemu still runs in standby");
@@ -553,8 +573,40 @@ fn layer_tar(files: &[(&str, &[u8])], gzip: bool) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
+/// An uncompressed tar of entries named exactly as given (the tar builder
+/// refuses `..` and absolute names, which hostile archives have): a name
+/// ending in `@` is a symlink to `data`.
+fn raw_tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        let (name, body): (&str, &[u8]) = match name.strip_suffix('@') {
+            Some(link) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_link_name(std::str::from_utf8(data).unwrap()).unwrap();
+                (link, &[])
+            }
+            None => (name, data),
+        };
+        h.set_size(body.len() as u64);
+        h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_cksum();
+        b.append(&h, body).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
 /// Write an OCI image layout with two layers, the second whiting out a file of the first.
 fn oci_layout(dir: &Path) {
+    let l1 = layer_tar(&[("etc/oci-motd", b"hello-from-oci\n"), ("etc/doomed", b"x")], true);
+    let l2 = layer_tar(&[("etc/.wh.doomed", b""), ("opt/app/run.sh", b"echo app\n")], true);
+    oci_layout_of(dir, &[l1, l2]);
+}
+
+/// Write an OCI image layout with these layers.
+fn oci_layout_of(dir: &Path, layers: &[Vec<u8>]) {
     use sha2::{Digest, Sha256};
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
@@ -563,16 +615,12 @@ fn oci_layout(dir: &Path) {
         std::fs::write(blobs.join(&hex), bytes).unwrap();
         format!("sha256:{hex}")
     };
-    let l1 = put(&layer_tar(&[("etc/oci-motd", b"hello-from-oci\n"), ("etc/doomed", b"x")], true));
-    let l2 = put(&layer_tar(&[("etc/.wh.doomed", b""), ("opt/app/run.sh", b"echo app\n")], true));
+    let layers: Vec<Value> = layers.iter().map(|l| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": put(l), "size": 0})).collect();
     let config = put(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#);
     let manifest = serde_json::json!({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 0},
-        "layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": l1, "size": 0},
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": l2, "size": 0}
-        ]
+        "layers": layers
     });
     let m = put(&serde_json::to_vec(&manifest).unwrap());
     let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": m, "size": 0}]});
@@ -714,4 +762,59 @@ async fn guests_that_stop_on_their_own_become_events() {
     // A failed guest starts again.
     assert_eq!(g.act(&id, "start").await["status"], "running");
     assert_eq!(g.act(&id, "delete").await["status"], "deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_image_imports_fail_with_a_reason_and_touch_nothing_outside() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let outside = src.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let qemu_img = |args: &[&str]| {
+        let out = Command::new("qemu-img").args(args).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    let p = |name: &str| src.path().join(name).display().to_string();
+    // A qcow2 whose backing file, or external data file, is some host file.
+    std::fs::write(p("secret.raw"), vec![7u8; 1 << 20]).unwrap();
+    qemu_img(&["create", "-q", "-f", "qcow2", "-F", "raw", "-b", &p("secret.raw"), &p("backed.qcow2")]);
+    qemu_img(&["create", "-q", "-f", "qcow2", "-o", &format!("data_file={},data_file_raw=on", p("secret.raw")), &p("datafile.qcow2"), "1M"]);
+    // OCI layouts whose layers write to absolute paths, climb with `..`, or go through a symlink out of the image.
+    let out = outside.display().to_string();
+    let oci = |name: &str, layers: Vec<Vec<u8>>| {
+        oci_layout_of(&src.path().join(name), &layers);
+        p(name)
+    };
+    let abs = oci("abs", vec![raw_tar(&[("etc/ok", b"1"), (&format!("{out}/abs"), b"x")])]);
+    let dotdot = oci("dotdot", vec![raw_tar(&[("etc/ok", b"1"), ("../../../../../../../../tmp/dotdot", b"x")])]);
+    let linked = oci("linked", vec![raw_tar(&[("escape@", out.as_bytes())]), raw_tar(&[("escape/pwned", b"x")])]);
+    // A docker save tarball that unpacks through its own symlink, and one naming a layer outside itself.
+    let docker_link = p("docker-link.tar");
+    std::fs::write(&docker_link, raw_tar(&[("l1@", out.as_bytes()), ("l1/layer.tar", b"x"), ("manifest.json", b"[]")])).unwrap();
+    let docker_dotdot = p("docker-dotdot.tar");
+    std::fs::write(&docker_dotdot, raw_tar(&[("manifest.json", br#"[{"Config":"c.json","Layers":["../../../../etc/hostname"]}]"#)])).unwrap();
+
+    let cases = [
+        ("trick-backing", &p("backed.qcow2"), "qcow2", "backing file"),
+        ("trick-datafile", &p("datafile.qcow2"), "qcow2", "external data file"),
+        ("trick-abs", &abs, "oci_layout", "absolute"),
+        ("trick-dotdot", &dotdot, "oci_layout", "`..`"),
+        ("trick-link", &linked, "oci_layout", "outside the image"),
+        ("trick-docker-link", &docker_link, "docker_archive", "outside the image"),
+        ("trick-docker-dotdot", &docker_dotdot, "docker_archive", "`..`"),
+    ];
+    for (name, source, format, why) in cases {
+        let (s, b) = g.admin.post("/v1/images", &json!({"name": name, "source": source, "format": format})).await;
+        assert_eq!(s, 202, "{name}: {b}");
+        let op = g.wait_op_outcome(str_of(&b["operation"]["id"])).await;
+        assert_eq!(op["status"], "failed", "{name}: {op}");
+        assert!(str_of(&op["error"]["message"]).contains(why), "{name}: expected `{why}` in {op}");
+        assert!(!images_dir().join(name).exists(), "{name}: an image was left behind");
+    }
+    let left: Vec<_> = std::fs::read_dir(&outside).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "written outside the work dir: {left:?}");
+    assert!(!Path::new("/tmp/dotdot").exists());
+    let (_, images) = g.admin.get("/v1/images").await;
+    assert!(!images.to_string().contains("trick-"), "{images}");
 }
