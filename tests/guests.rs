@@ -99,6 +99,8 @@ impl Drop for Netns {
 /// networking, a network namespace); images are shared between tests.
 struct GuestStack {
     worker: Proc,
+    /// The worker's command line, to start it again with more flags.
+    worker_args: Vec<String>,
     gateway: Proc,
     /// Held so the server lives as long as the stack.
     _nats: Proc,
@@ -163,12 +165,12 @@ impl GuestStack {
         if let Some(ns) = &netns {
             wk.extend([s("--bridge"), s("br0"), s("--bridge-cidr"), ns.cidr.clone()]);
         }
-        let worker = spawn("worker", PathBuf::from(BIN), wk, admin_env);
+        let worker = spawn("worker", PathBuf::from(BIN), wk.clone(), admin_env);
         let admin = Client::new(&format!("http://{listen}"), Some(ADMIN_TOKEN)).with_timeout(Duration::from_secs(60));
         let key = root.join("id_ed25519");
         let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).output().expect("ssh-keygen");
         assert!(out.status.success(), "ssh-keygen: {out:?}");
-        let stack = Self { worker, gateway, _nats: nats, admin, data, key, netns, _dir: dir };
+        let stack = Self { worker, worker_args: wk, gateway, _nats: nats, admin, data, key, netns, _dir: dir };
         // The first start builds the image, which takes a while.
         let c = &stack.admin;
         wait_for("a qemu host online", BOOT, async || match c.try_get("/v1/hosts").await {
@@ -252,6 +254,32 @@ impl GuestStack {
             std::thread::sleep(Duration::from_secs(1));
         }
         panic!("ssh `{cmd}` kept failing: {last}");
+    }
+
+    /// SIGTERM the worker and wait for it to exit (stopping guests under TCG takes a while).
+    async fn stop_worker(&mut self) {
+        let pid = self.worker.pid().expect("the worker runs");
+        // SAFETY: kill(2) on our own, not yet reaped, child.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        let w = &mut self.worker;
+        wait_for("the worker to exit after SIGTERM", Duration::from_secs(120), async || w.exited().map(drop).ok_or_else(|| "still running".to_owned())).await;
+    }
+
+    /// Start the worker again with the stack's flags, `extra` replacing those it names.
+    fn start_worker(&mut self, extra: &[&str]) {
+        assert!(self.netns.is_none(), "restarting a worker inside a namespace is not supported");
+        let mut args = Vec::new();
+        let mut old = self.worker_args.iter().peekable();
+        while let Some(a) = old.next() {
+            if extra.contains(&a.as_str()) {
+                old.next_if(|v| !v.starts_with("--"));
+            } else {
+                args.push(a.clone());
+            }
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let env = vec![("VMPLANE_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned())];
+        self.worker = Proc::start("worker", BIN, args, env, self.worker.log.clone());
     }
 
     fn vm_dir(&self, vm: &str) -> PathBuf {
@@ -581,6 +609,8 @@ fn raw_tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
     for (name, data) in entries {
         let mut h = tar::Header::new_gnu();
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_mtime(0);
         let (name, body): (&str, &[u8]) = match name.strip_suffix('@') {
             Some(link) => {
@@ -817,4 +847,109 @@ async fn hostile_image_imports_fail_with_a_reason_and_touch_nothing_outside() {
     assert!(!Path::new("/tmp/dotdot").exists());
     let (_, images) = g.admin.get("/v1/images").await;
     assert!(!images.to_string().contains("trick-"), "{images}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_outlive_a_stopped_worker_unless_asked_and_a_failed_vm_keeps_no_qemu() {
+    guests_or_skip!();
+    let mut g = GuestStack::start().await;
+    let keeper = g.running_vm(json!({"name": "keeper", "memory_mib": 256, "ssh_keys": [g.public_key()]})).await;
+    let id = str_of(&keeper["id"]).to_owned();
+
+    // By default a stopped worker leaves its guests running, and the next one adopts them.
+    g.stop_worker().await;
+    assert_eq!(qemu_processes(&id), 1, "the guest must outlive its worker");
+    assert_eq!(g.admin.vm(&id).await["status"], "running");
+    g.start_worker(&["--stop-guests-on-exit", "--ready-timeout-secs", "20", "--stop-timeout-secs", "15"]);
+    let w = &g.worker;
+    wait_for("the guest adopted", BOOT, async || if w.log_mentions("adopted running guest") { Ok(()) } else { Err(w.log_tail(5)) }).await;
+    assert_eq!(g.ssh(&keeper, "echo alive").trim(), "alive");
+    assert_eq!(qemu_processes(&id), 1, "no duplicate qemu");
+    assert_eq!(count(&g.admin.event_types(&id).await, "booted"), 1, "the guest booted once");
+
+    // A guest whose readiness never comes: the VM fails and keeps no qemu.
+    let (s, b) = g.admin.post("/v1/vms", &json!({"name": "never", "memory_mib": 256, "user_data": "#!/bin/sh\nsleep 100000\n"})).await;
+    assert_eq!(s, 202, "{b}");
+    let never = str_of(&b["id"]).to_owned();
+    let op = g.wait_op_outcome(str_of(&b["operation"]["id"])).await;
+    assert_eq!(op["status"], "failed", "{op}");
+    assert!(str_of(&op["error"]["message"]).contains("no readiness line"), "{op}");
+    assert_eq!(g.admin.vm(&never).await["status"], "failed");
+    assert_eq!(qemu_processes(&never), 0, "a failed VM kept its qemu");
+
+    // With --stop-guests-on-exit, SIGTERM powers the guests off and the VMs say so.
+    g.stop_worker().await;
+    assert_eq!(qemu_processes(&id), 0, "--stop-guests-on-exit left the guest running");
+    let c = &g.admin;
+    let stopped = wait_for("the VM stopped with its worker", Duration::from_secs(30), async || {
+        let v = c.vm(&id).await;
+        if v["status"] == "stopped" { Ok(v) } else { Err(v.to_string()) }
+    })
+    .await;
+    assert!(str_of(&stopped["message"]).contains("--stop-guests-on-exit"), "{stopped}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_guest_cannot_exhaust_the_worker() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    let key = g.public_key();
+    let quiet = g.running_vm(json!({"name": "quiet", "memory_mib": 256, "ssh_keys": [key]})).await;
+    // Its agent is replaced by one that answers any command with an endless line.
+    let endless_agent = r#"#!/bin/sh
+cat > /usr/lib/vmplane/agent <<'AGENT'
+#!/bin/sh
+for f in /sys/class/virtio-ports/*/name; do [ "$(cat "$f")" = org.vmplane.agent ] && d=${f%/name}; done
+exec 3<>"/dev/${d##*/}"
+read -r command <&3
+while :; do printf xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx >&3; done
+AGENT
+"#;
+    let hostile = g.running_vm(json!({"name": "hostile", "memory_mib": 256, "ssh_keys": [key], "user_data": endless_agent})).await;
+    let (s, vol) = g.admin.post("/v1/volumes", &json!({"name": "v", "size_gb": 1})).await;
+    assert_eq!(s, 202, "{vol}");
+    g.wait_op(str_of(&vol["operation"]["id"])).await;
+    let attach = |vm: &Value| format!("/v1/vms/{}/volumes/{}", str_of(&vm["id"]), str_of(&vol["id"]));
+    let (s, b) = g.admin.post(&attach(&hostile), &json!({"mount_path": "/mnt/v"})).await;
+    assert_eq!(s, 202, "{b}");
+    let op = g.wait_op_outcome(str_of(&b["operation"]["id"])).await;
+    assert_eq!(op["status"], "failed", "{op}");
+    assert!(str_of(&op["error"]["message"]).contains("no answer line within 4096 bytes"), "{op}");
+    assert_eq!(g.admin.vm(str_of(&hostile["id"])).await["status"], "running");
+
+    // It floods its serial console: the excess is dropped, and the markers say how much.
+    const FLOOD: u64 = 20_000;
+    g.ssh(&hostile, &format!("awk 'BEGIN {{ for (i = 1; i <= {FLOOD}; i++) print \"flood-\" i }}' > /dev/ttyS0"));
+    let c = &g.admin;
+    let logs = async |vm: &Value| -> Vec<String> {
+        let (s, b) = c.get(&format!("/v1/vms/{}/logs?tail=10000", str_of(&vm["id"]))).await;
+        assert_eq!(s, 200, "{b}");
+        b["lines"].as_array().unwrap().iter().map(|l| str_of(l).to_owned()).collect()
+    };
+    let (shipped, dropped) = wait_for("every flood line shipped or counted as dropped", Duration::from_secs(120), async || {
+        let lines = logs(&hostile).await;
+        // The first line may follow the serial shell's prompt.
+        let shipped = lines.iter().filter(|l| l.contains("flood-")).count() as u64;
+        let dropped: u64 = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("[vmplane] console over ")?.split(": ").nth(1)?.strip_suffix(" lines dropped")?.parse::<u64>().ok())
+            .sum();
+        if shipped + dropped >= FLOOD { Ok((shipped, dropped)) } else { Err(format!("{shipped} shipped, {dropped} dropped")) }
+    })
+    .await;
+    assert!(dropped > 0 && shipped < FLOOD, "{shipped} shipped, {dropped} dropped");
+
+    // The other VM's logs are still there, and its new lines still arrive.
+    g.ssh(&quiet, "echo quiet-after-flood > /dev/ttyS0");
+    wait_for("the quiet VM's logs", Duration::from_secs(60), async || {
+        let lines = logs(&quiet).await;
+        let ready = lines.iter().any(|l| l.starts_with("VMPLANE-READY"));
+        if ready && lines.iter().any(|l| l.ends_with("quiet-after-flood")) { Ok(()) } else { Err(format!("{:?}", &lines[lines.len().saturating_sub(5)..])) }
+    })
+    .await;
+    // And the worker still does its work: the volume goes to the quiet VM.
+    let (s, b) = g.admin.post(&attach(&quiet), &json!({"mount_path": "/mnt/v"})).await;
+    assert_eq!(s, 202, "{b}");
+    g.wait_op(str_of(&b["operation"]["id"])).await;
+    assert!(g.ssh(&quiet, "awk '$2 == \"/mnt/v\"' /proc/mounts").contains("/mnt/v"));
 }
