@@ -156,6 +156,8 @@ impl Drop for Netns {
 /// networking, a network namespace); images are shared between tests.
 struct GuestStack {
     worker: Proc,
+    /// The worker's command line, to start it again with more flags.
+    worker_args: Vec<String>,
     gateway: Proc,
     /// Held so the server lives as long as the stack.
     _nats: Proc,
@@ -234,12 +236,12 @@ impl GuestStack {
         if let Some(ns) = &netns {
             wk.extend([s("--bridge"), s("br0"), s("--bridge-cidr"), ns.cidr.clone()]);
         }
-        let worker = spawn("worker", PathBuf::from(BIN), wk, admin_env);
+        let worker = spawn("worker", PathBuf::from(BIN), wk.clone(), admin_env);
         let admin = Client::new(&format!("http://{reach}:{gateway_port}"), Some(ADMIN_TOKEN)).with_timeout(Duration::from_secs(60));
         let key = root.join("id_ed25519");
         let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).output().expect("ssh-keygen");
         assert!(out.status.success(), "ssh-keygen: {out:?}");
-        let stack = Self { worker, gateway, _nats: nats, admin, data, key, netns, nats_port, gateway_port, _dir: dir };
+        let stack = Self { worker, worker_args: wk, gateway, _nats: nats, admin, data, key, netns, nats_port, gateway_port, _dir: dir };
         // The first start builds the image, which takes a while.
         let c = &stack.admin;
         wait_for("a qemu host online", BOOT, async || match c.try_get("/v1/hosts").await {
@@ -269,17 +271,22 @@ impl GuestStack {
 
     /// Wait for an operation to succeed, however long guests take here.
     async fn wait_op(&self, op: &str) -> Value {
+        let b = self.wait_op_outcome(op).await;
+        assert_eq!(b["status"], "succeeded", "{b}\n{}", self.worker.log_tail(40));
+        b
+    }
+
+    /// Wait for an operation to end, succeeded or failed.
+    async fn wait_op_outcome(&self, op: &str) -> Value {
         let c = &self.admin;
-        let b = wait_for(&format!("operation {op}"), BOOT, async || {
+        wait_for(&format!("operation {op}"), BOOT, async || {
             let (s, b) = c.get(&format!("/v1/operations/{op}?wait=30")).await;
             match b["status"].as_str() {
                 Some("succeeded" | "failed") => Ok(b),
                 _ => Err(format!("{s} {b}")),
             }
         })
-        .await;
-        assert_eq!(b["status"], "succeeded", "{b}\n{}", self.worker.log_tail(40));
-        b
+        .await
     }
 
     async fn act(&self, vm: &str, action: &str) -> Value {
@@ -318,6 +325,32 @@ impl GuestStack {
             std::thread::sleep(Duration::from_secs(1));
         }
         panic!("ssh `{cmd}` kept failing: {last}");
+    }
+
+    /// SIGTERM the worker and wait for it to exit (stopping guests under TCG takes a while).
+    async fn stop_worker(&mut self) {
+        let pid = self.worker.pid().expect("the worker runs");
+        // SAFETY: kill(2) on our own, not yet reaped, child.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        let w = &mut self.worker;
+        wait_for("the worker to exit after SIGTERM", Duration::from_secs(120), async || w.exited().map(drop).ok_or_else(|| "still running".to_owned())).await;
+    }
+
+    /// Start the worker again with the stack's flags, `extra` replacing those it names.
+    fn start_worker(&mut self, extra: &[&str]) {
+        assert!(self.netns.is_none(), "restarting a worker inside a namespace is not supported");
+        let mut args = Vec::new();
+        let mut old = self.worker_args.iter().peekable();
+        while let Some(a) = old.next() {
+            if extra.contains(&a.as_str()) {
+                old.next_if(|v| !v.starts_with("--"));
+            } else {
+                args.push(a.clone());
+            }
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let env = vec![("VMPLANE_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned())];
+        self.worker = Proc::start("worker", BIN, args, env, self.worker.log.clone());
     }
 
     fn vm_dir(&self, vm: &str) -> PathBuf {
@@ -591,6 +624,21 @@ async fn standby_keeps_memory_and_the_lifecycle_leaves_nothing_behind() {
     let id = str_of(&vm["id"]).to_owned();
     g.ssh(&vm, "mkdir -p /mem && mount -t tmpfs tmpfs /mem && echo 424242 > /mem/counter");
 
+    // A standby whose state cannot be written (the file is /dev/full) fails its
+    // operation with the reason and leaves the guest running, memory intact.
+    let partial = g.vm_dir(&id).join("state.partial");
+    std::os::unix::fs::symlink("/dev/full", &partial).unwrap();
+    let (s, b) = g.admin.post_empty(&format!("/v1/vms/{id}/standby")).await;
+    assert_eq!(s, 202, "{b}");
+    let op = g.wait_op_outcome(str_of(&b["operation"]["id"])).await;
+    assert_eq!(op["status"], "failed", "{op}");
+    assert!(str_of(&op["error"]["message"]).contains("the guest was resumed"), "{op}");
+    let after = g.admin.vm(&id).await;
+    assert_eq!((after["status"].as_str(), after["has_snapshot"].as_bool()), (Some("running"), Some(false)), "{after}");
+    assert_eq!(qemu_processes(&id), 1);
+    assert_eq!(g.ssh(&vm, "cat /mem/counter").trim(), "424242", "the guest was not resumed as it was");
+    assert!(std::fs::symlink_metadata(&partial).is_err(), "the partial state was not cleaned up");
+
     let s = g.act(&id, "standby").await;
     assert_eq!((s["status"].as_str(), s["has_snapshot"].as_bool()), (Some("standby"), Some(true)));
     assert_eq!(qemu_processes(&id), 0, "qemu still runs in standby");
@@ -751,8 +799,42 @@ fn layer_tar(files: &[(&str, &[u8])], gzip: bool) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
+/// An uncompressed tar of entries named exactly as given (the tar builder
+/// refuses `..` and absolute names, which hostile archives have): a name
+/// ending in `@` is a symlink to `data`.
+fn raw_tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        let (name, body): (&str, &[u8]) = match name.strip_suffix('@') {
+            Some(link) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_link_name(std::str::from_utf8(data).unwrap()).unwrap();
+                (link, &[])
+            }
+            None => (name, data),
+        };
+        h.set_size(body.len() as u64);
+        h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_cksum();
+        b.append(&h, body).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
 /// Write an OCI image layout with two layers, the second whiting out a file of the first.
 fn oci_layout(dir: &Path) {
+    let l1 = layer_tar(&[("etc/oci-motd", b"hello-from-oci\n"), ("etc/doomed", b"x")], true);
+    let l2 = layer_tar(&[("etc/.wh.doomed", b""), ("opt/app/run.sh", b"echo app\n")], true);
+    oci_layout_of(dir, &[l1, l2]);
+}
+
+/// Write an OCI image layout with these layers.
+fn oci_layout_of(dir: &Path, layers: &[Vec<u8>]) {
     use sha2::{Digest, Sha256};
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
@@ -761,16 +843,12 @@ fn oci_layout(dir: &Path) {
         std::fs::write(blobs.join(&hex), bytes).unwrap();
         format!("sha256:{hex}")
     };
-    let l1 = put(&layer_tar(&[("etc/oci-motd", b"hello-from-oci\n"), ("etc/doomed", b"x")], true));
-    let l2 = put(&layer_tar(&[("etc/.wh.doomed", b""), ("opt/app/run.sh", b"echo app\n")], true));
+    let layers: Vec<Value> = layers.iter().map(|l| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": put(l), "size": 0})).collect();
     let config = put(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#);
     let manifest = serde_json::json!({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 0},
-        "layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": l1, "size": 0},
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": l2, "size": 0}
-        ]
+        "layers": layers
     });
     let m = put(&serde_json::to_vec(&manifest).unwrap());
     let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": m, "size": 0}]});
@@ -789,6 +867,11 @@ fn docker_archive(path: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_import_from_oci_layouts_docker_archives_and_raw_disks_and_boot() {
     guests_or_skip!();
+    // The images dir is shared by every run (the base image is built once):
+    // this test's own imports from an earlier run go first.
+    for name in ["from-oci", "from-docker", "from-qcow2"] {
+        let _ = std::fs::remove_dir_all(images_dir().join(name));
+    }
     let g = GuestStack::start().await;
     let src = tempfile::tempdir().unwrap();
     let oci = src.path().join("oci");
@@ -946,4 +1029,164 @@ async fn guests_that_stop_on_their_own_become_events() {
     // A failed guest starts again.
     assert_eq!(g.act(&id, "start").await["status"], "running");
     assert_eq!(g.act(&id, "delete").await["status"], "deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_image_imports_fail_with_a_reason_and_touch_nothing_outside() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let outside = src.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let qemu_img = |args: &[&str]| {
+        let out = Command::new("qemu-img").args(args).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    let p = |name: &str| src.path().join(name).display().to_string();
+    // A qcow2 whose backing file, or external data file, is some host file.
+    std::fs::write(p("secret.raw"), vec![7u8; 1 << 20]).unwrap();
+    qemu_img(&["create", "-q", "-f", "qcow2", "-F", "raw", "-b", &p("secret.raw"), &p("backed.qcow2")]);
+    qemu_img(&["create", "-q", "-f", "qcow2", "-o", &format!("data_file={},data_file_raw=on", p("secret.raw")), &p("datafile.qcow2"), "1M"]);
+    // OCI layouts whose layers write to absolute paths, climb with `..`, or go through a symlink out of the image.
+    let out = outside.display().to_string();
+    let oci = |name: &str, layers: Vec<Vec<u8>>| {
+        oci_layout_of(&src.path().join(name), &layers);
+        p(name)
+    };
+    let abs = oci("abs", vec![raw_tar(&[("etc/ok", b"1"), (&format!("{out}/abs"), b"x")])]);
+    let dotdot = oci("dotdot", vec![raw_tar(&[("etc/ok", b"1"), ("../../../../../../../../tmp/dotdot", b"x")])]);
+    let linked = oci("linked", vec![raw_tar(&[("escape@", out.as_bytes())]), raw_tar(&[("escape/pwned", b"x")])]);
+    // A docker save tarball that unpacks through its own symlink, and one naming a layer outside itself.
+    let docker_link = p("docker-link.tar");
+    std::fs::write(&docker_link, raw_tar(&[("l1@", out.as_bytes()), ("l1/layer.tar", b"x"), ("manifest.json", b"[]")])).unwrap();
+    let docker_dotdot = p("docker-dotdot.tar");
+    std::fs::write(&docker_dotdot, raw_tar(&[("manifest.json", br#"[{"Config":"c.json","Layers":["../../../../etc/hostname"]}]"#)])).unwrap();
+
+    let cases = [
+        ("trick-backing", &p("backed.qcow2"), "qcow2", "backing file"),
+        ("trick-datafile", &p("datafile.qcow2"), "qcow2", "external data file"),
+        ("trick-abs", &abs, "oci_layout", "absolute"),
+        ("trick-dotdot", &dotdot, "oci_layout", "`..`"),
+        ("trick-link", &linked, "oci_layout", "outside the image"),
+        ("trick-docker-link", &docker_link, "docker_archive", "outside the image"),
+        ("trick-docker-dotdot", &docker_dotdot, "docker_archive", "`..`"),
+    ];
+    for (name, source, format, why) in cases {
+        let (s, b) = g.admin.post("/v1/images", &json!({"name": name, "source": source, "format": format})).await;
+        assert_eq!(s, 202, "{name}: {b}");
+        let op = g.wait_op_outcome(str_of(&b["operation"]["id"])).await;
+        assert_eq!(op["status"], "failed", "{name}: {op}");
+        assert!(str_of(&op["error"]["message"]).contains(why), "{name}: expected `{why}` in {op}");
+        assert!(!images_dir().join(name).exists(), "{name}: an image was left behind");
+    }
+    let left: Vec<_> = std::fs::read_dir(&outside).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "written outside the work dir: {left:?}");
+    assert!(!Path::new("/tmp/dotdot").exists());
+    let (_, images) = g.admin.get("/v1/images").await;
+    assert!(!images.to_string().contains("trick-"), "{images}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_outlive_a_stopped_worker_unless_asked_and_a_failed_vm_keeps_no_qemu() {
+    guests_or_skip!();
+    let mut g = GuestStack::start().await;
+    let keeper = g.running_vm(json!({"name": "keeper", "memory_mib": 256, "ssh_keys": [g.public_key()]})).await;
+    let id = str_of(&keeper["id"]).to_owned();
+
+    // By default a stopped worker leaves its guests running, and the next one adopts them.
+    g.stop_worker().await;
+    assert_eq!(qemu_processes(&id), 1, "the guest must outlive its worker");
+    assert_eq!(g.admin.vm(&id).await["status"], "running");
+    g.start_worker(&["--stop-guests-on-exit", "--ready-timeout-secs", "20", "--stop-timeout-secs", "15"]);
+    let w = &g.worker;
+    wait_for("the guest adopted", BOOT, async || if w.log_mentions("adopted running guest") { Ok(()) } else { Err(w.log_tail(5)) }).await;
+    assert_eq!(g.ssh(&keeper, "echo alive").trim(), "alive");
+    assert_eq!(qemu_processes(&id), 1, "no duplicate qemu");
+    assert_eq!(count(&g.admin.event_types(&id).await, "booted"), 1, "the guest booted once");
+
+    // A guest whose readiness never comes: the VM fails and keeps no qemu.
+    let (s, b) = g.admin.post("/v1/vms", &json!({"name": "never", "memory_mib": 256, "user_data": "#!/bin/sh\nsleep 100000\n"})).await;
+    assert_eq!(s, 202, "{b}");
+    let never = str_of(&b["id"]).to_owned();
+    let op = g.wait_op_outcome(str_of(&b["operation"]["id"])).await;
+    assert_eq!(op["status"], "failed", "{op}");
+    assert!(str_of(&op["error"]["message"]).contains("no readiness line"), "{op}");
+    assert_eq!(g.admin.vm(&never).await["status"], "failed");
+    assert_eq!(qemu_processes(&never), 0, "a failed VM kept its qemu");
+
+    // With --stop-guests-on-exit, SIGTERM powers the guests off and the VMs say so.
+    g.stop_worker().await;
+    assert_eq!(qemu_processes(&id), 0, "--stop-guests-on-exit left the guest running");
+    let c = &g.admin;
+    let stopped = wait_for("the VM stopped with its worker", Duration::from_secs(30), async || {
+        let v = c.vm(&id).await;
+        if v["status"] == "stopped" { Ok(v) } else { Err(v.to_string()) }
+    })
+    .await;
+    assert!(str_of(&stopped["message"]).contains("--stop-guests-on-exit"), "{stopped}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_guest_cannot_exhaust_the_worker() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    let key = g.public_key();
+    let quiet = g.running_vm(json!({"name": "quiet", "memory_mib": 256, "ssh_keys": [key]})).await;
+    // Its agent is replaced by one that answers any command with an endless line.
+    let endless_agent = r#"#!/bin/sh
+cat > /usr/lib/vmplane/agent <<'AGENT'
+#!/bin/sh
+for f in /sys/class/virtio-ports/*/name; do [ "$(cat "$f")" = org.vmplane.agent ] && d=${f%/name}; done
+exec 3<>"/dev/${d##*/}"
+read -r command <&3
+while :; do printf xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx >&3; done
+AGENT
+"#;
+    let hostile = g.running_vm(json!({"name": "hostile", "memory_mib": 256, "ssh_keys": [key], "user_data": endless_agent})).await;
+    let (s, vol) = g.admin.post("/v1/volumes", &json!({"name": "v", "size_gb": 1})).await;
+    assert_eq!(s, 202, "{vol}");
+    g.wait_op(str_of(&vol["operation"]["id"])).await;
+    let attach = |vm: &Value| format!("/v1/vms/{}/volumes/{}", str_of(&vm["id"]), str_of(&vol["id"]));
+    let (s, b) = g.admin.post(&attach(&hostile), &json!({"mount_path": "/mnt/v"})).await;
+    assert_eq!(s, 202, "{b}");
+    let op = g.wait_op_outcome(str_of(&b["operation"]["id"])).await;
+    assert_eq!(op["status"], "failed", "{op}");
+    assert!(str_of(&op["error"]["message"]).contains("no answer line within 4096 bytes"), "{op}");
+    assert_eq!(g.admin.vm(str_of(&hostile["id"])).await["status"], "running");
+
+    // It floods its serial console: the excess is dropped, and the markers say how much.
+    const FLOOD: u64 = 20_000;
+    g.ssh(&hostile, &format!("awk 'BEGIN {{ for (i = 1; i <= {FLOOD}; i++) print \"flood-\" i }}' > /dev/ttyS0"));
+    let c = &g.admin;
+    let logs = async |vm: &Value| -> Vec<String> {
+        let (s, b) = c.get(&format!("/v1/vms/{}/logs?tail=10000", str_of(&vm["id"]))).await;
+        assert_eq!(s, 200, "{b}");
+        b["lines"].as_array().unwrap().iter().map(|l| str_of(l).to_owned()).collect()
+    };
+    let (shipped, dropped) = wait_for("every flood line shipped or counted as dropped", Duration::from_secs(120), async || {
+        let lines = logs(&hostile).await;
+        // The first line may follow the serial shell's prompt.
+        let shipped = lines.iter().filter(|l| l.contains("flood-")).count() as u64;
+        let dropped: u64 = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("[vmplane] console over ")?.split(": ").nth(1)?.strip_suffix(" lines dropped")?.parse::<u64>().ok())
+            .sum();
+        if shipped + dropped >= FLOOD { Ok((shipped, dropped)) } else { Err(format!("{shipped} shipped, {dropped} dropped")) }
+    })
+    .await;
+    assert!(dropped > 0 && shipped < FLOOD, "{shipped} shipped, {dropped} dropped");
+
+    // The other VM's logs are still there, and its new lines still arrive.
+    g.ssh(&quiet, "echo quiet-after-flood > /dev/ttyS0");
+    wait_for("the quiet VM's logs", Duration::from_secs(60), async || {
+        let lines = logs(&quiet).await;
+        let ready = lines.iter().any(|l| l.starts_with("VMPLANE-READY"));
+        if ready && lines.iter().any(|l| l.ends_with("quiet-after-flood")) { Ok(()) } else { Err(format!("{:?}", &lines[lines.len().saturating_sub(5)..])) }
+    })
+    .await;
+    // And the worker still does its work: the volume goes to the quiet VM.
+    let (s, b) = g.admin.post(&attach(&quiet), &json!({"mount_path": "/mnt/v"})).await;
+    assert_eq!(s, 202, "{b}");
+    g.wait_op(str_of(&b["operation"]["id"])).await;
+    assert!(g.ssh(&quiet, "awk '$2 == \"/mnt/v\"' /proc/mounts").contains("/mnt/v"));
 }

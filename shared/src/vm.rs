@@ -628,8 +628,13 @@ pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime,
             vm.attaching = None;
             vm.detaching = None;
             if let Some(op) = op {
-                if vm.pending_op.as_ref().is_some_and(|p| p.id == op) {
-                    vm.pending_op = None;
+                if let Some(p) = vm.pending_op.take_if(|p| p.id == op)
+                    && p.kind == OpKind::Standby
+                    && vm.status == Stopping
+                {
+                    // The snapshot failed and the driver resumed the guest: it runs as before.
+                    vm.status = Running;
+                    vm.message = None;
                 }
                 if !vm.finished_ops.contains(&op) {
                     vm.finished_ops.push_back(op);
@@ -691,10 +696,11 @@ impl Step {
         }
     }
 
-    /// Whether the VM itself fails when this step fails. Volume steps only
-    /// fail their operation: the guest is as it was.
+    /// Whether the VM itself fails when this step fails. Volume, memory and
+    /// snapshot steps only fail their operation: the driver leaves the guest
+    /// as it was (a failed snapshot resumes it), so the VM keeps running.
     pub fn failure_fails_vm(&self) -> bool {
-        !matches!(self, Self::AttachVolume(_) | Self::DetachVolume(_) | Self::PlugMemory(_))
+        !matches!(self, Self::AttachVolume(_) | Self::DetachVolume(_) | Self::PlugMemory(_) | Self::Snapshot)
     }
 }
 

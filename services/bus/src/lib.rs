@@ -63,6 +63,11 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
 /// HTTP requests bounded when NATS is down.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Console lines kept per VM in the log stream.
+pub const LOG_LINES_PER_VM: i64 = 10_000;
+/// The largest console message (a line is cut at 4096 bytes; room for headers).
+pub const LOG_LINE_BYTES: i32 = 8 << 10;
+
 /// A connection to NATS with the JetStream context vmplane uses.
 #[derive(Clone)]
 pub struct Bus {
@@ -137,6 +142,10 @@ impl Bus {
         })
         .await
         .map_err(|e| unavailable(format!("command stream: {e}")))?;
+        // Console lines: each VM's subject keeps its last LOG_LINES_PER_VM lines
+        // of at most LOG_LINE_BYTES, so a flooding guest only evicts its own
+        // lines (at most 80 MiB); the stream's byte cap is reached only when
+        // more than 25 VMs all hold full-size lines.
         self.stream(stream::Config {
             name: subjects::LOG_STREAM.into(),
             description: Some("vmplane guest serial console lines".into()),
@@ -144,7 +153,8 @@ impl Bus {
             retention: RetentionPolicy::Limits,
             storage: StorageType::File,
             max_age: Duration::from_secs(7 * 24 * 3600),
-            max_messages_per_subject: 20_000,
+            max_messages_per_subject: LOG_LINES_PER_VM,
+            max_message_size: LOG_LINE_BYTES,
             max_bytes: 2 << 30,
             discard: DiscardPolicy::Old,
             duplicate_window: Duration::from_secs(120),

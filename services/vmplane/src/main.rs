@@ -170,6 +170,10 @@ struct WorkerOpts {
     /// The host's name as shown in /v1/hosts (default: the machine's hostname).
     #[arg(long)]
     host_name: Option<String>,
+    /// On SIGTERM, power off this worker's guests and record them as stopped.
+    /// Without it they keep running and the next worker adopts them.
+    #[arg(long)]
+    stop_guests_on_exit: bool,
     /// How many VM commands run at once.
     #[arg(long, default_value_t = 32)]
     parallelism: usize,
@@ -246,10 +250,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let worker_bus = Bus::connect(&nats.url, Role::Worker, &nats.creds(Role::Worker)).await?;
             let gateway = gateway(gateway_bus, &a.common, &a.gateway, admin);
             let worker = worker(worker_bus, driver, &a.common, &a.worker);
-            tokio::select! {
-                r = gateway => r,
-                r = worker => r,
-            }
+            // Both end on SIGTERM; the worker may still be stopping guests when the gateway is done.
+            tokio::try_join!(gateway, worker).map(drop)
         }
         Cmd::Gateway(a) => {
             private_dir(&a.common.data_dir)?;
@@ -446,8 +448,11 @@ async fn worker(bus: Bus, driver: Arc<dyn Driver>, common: &CommonArgs, opts: &W
     cfg.parallelism = opts.parallelism.max(1);
     cfg.ack_wait = Duration::from_secs(opts.ack_wait_secs.max(1));
     tokio::select! {
-        r = vmplane_worker::run(bus, driver, cfg) => r,
+        r = vmplane_worker::run(bus.clone(), driver.clone(), cfg) => r,
         () = shutdown_signal() => {
+            if opts.stop_guests_on_exit {
+                vmplane_worker::shutdown::stop_guests(&bus, &driver).await;
+            }
             tracing::info!("worker stopped");
             Ok(())
         }

@@ -155,7 +155,9 @@ pub async fn resolve(common: &crate::CommonArgs) -> anyhow::Result<Connection> {
 
 async fn start(files: &NatsFiles, addr: &str) -> anyhow::Result<NatsChild> {
     let mut cmd = Command::new("nats-server");
-    cmd.arg("-c").arg(files.config()).kill_on_drop(true).stdin(std::process::Stdio::null());
+    // Its own process group: a Ctrl-C in the terminal reaches only us, and we
+    // stop it last, after the worker has recorded what it did on the way out.
+    cmd.arg("-c").arg(files.config()).kill_on_drop(true).stdin(std::process::Stdio::null()).process_group(0);
     // SAFETY: prctl is async-signal-safe; it makes the child die with us even on SIGKILL.
     unsafe {
         cmd.pre_exec(|| {

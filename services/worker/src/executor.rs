@@ -125,7 +125,11 @@ impl Executor {
                     tracing::warn!(vm = %vm.id, ?step, error = %e, "step failed");
                     metrics::counter!("vmplane_worker_step_failures_total").increment(1);
                     let message = format!("{}: {e}", step.name());
-                    if step.failure_fails_vm() {
+                    if step.failure_fails_vm() || matches!(e, DriverError::GuestLost(_)) {
+                        // A failed VM keeps no hypervisor process; stopping it again is harmless.
+                        if let Err(halt) = self.driver.halt(&vm).await {
+                            tracing::warn!(vm = %vm.id, error = %halt, "could not stop the failed guest's hypervisor process");
+                        }
                         VmEvent::Failed { message }
                     } else {
                         VmEvent::OperationFinished { outcome: Outcome::Failed { code: "step_failed".into(), message } }
@@ -149,7 +153,7 @@ impl Executor {
         backoff::future::retry(policy, || async {
             self.call_driver(vm, step).await.map_err(|e| match e {
                 DriverError::Retryable(_) => backoff::Error::transient(e),
-                DriverError::Fatal(_) => backoff::Error::permanent(e),
+                DriverError::Fatal(_) | DriverError::GuestLost(_) => backoff::Error::permanent(e),
             })
         })
         .await

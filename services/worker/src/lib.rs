@@ -11,6 +11,7 @@ pub mod driver;
 pub mod executor;
 pub mod host;
 pub mod logs;
+pub mod shutdown;
 pub mod tenancy;
 pub mod terminal;
 

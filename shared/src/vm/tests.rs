@@ -246,6 +246,39 @@ fn a_failed_volume_step_fails_only_its_operation() {
     assert!(v.attaching.is_none() && v.volumes.is_empty() && v.pending_op.is_none());
 }
 
+#[test]
+fn a_failed_snapshot_fails_the_operation_and_the_vm_runs_on() {
+    assert!(!Step::Snapshot.failure_fails_vm());
+    let (mut vm, id) = created();
+    let op = OpId::new();
+    for e in decide(vm.as_ref(), OrgId::DEFAULT, ProjectId::DEFAULT, &VmCommand::Standby).unwrap() {
+        vm = evolve(vm, id, Some(op), t0(), &e);
+    }
+    assert_eq!(vm.as_ref().and_then(next_step), Some(Step::Snapshot));
+    let failed = Outcome::Failed { code: "step_failed".into(), message: "snapshot: migration failed".into() };
+    vm = evolve(vm, id, Some(op), t0(), &VmEvent::OperationFinished { outcome: failed });
+    let v = vm.clone().unwrap();
+    assert_eq!((v.status, v.booted, v.has_snapshot, v.message.as_deref()), (VmStatus::Running, true, false, None));
+    assert!(v.pending_op.is_none() && v.has_finished(op));
+    assert_eq!(next_step(&v), None);
+    // It can be put on standby again.
+    assert_eq!(types(&run(&mut vm, id, VmCommand::Standby).unwrap()), ["standby_requested", "snapshotted", "operation_finished"]);
+}
+
+#[test]
+fn only_a_standby_in_progress_goes_back_to_running() {
+    let (mut vm, id) = created();
+    run(&mut vm, id, VmCommand::Stop).unwrap();
+    let op = OpId::new();
+    for e in decide(vm.as_ref(), OrgId::DEFAULT, ProjectId::DEFAULT, &VmCommand::Start).unwrap() {
+        vm = evolve(vm, id, Some(op), t0(), &e);
+    }
+    vm = evolve(vm, id, Some(op), t0(), &VmEvent::Failed { message: "boot: no".into() });
+    let finish = VmEvent::OperationFinished { outcome: Outcome::Failed { code: "failed".into(), message: "boot: no".into() } };
+    vm = evolve(vm, id, Some(op), t0(), &finish);
+    assert_eq!(vm.unwrap().status, VmStatus::Failed);
+}
+
 /// Where a simulated step may fail or be interrupted.
 #[derive(Debug, Clone)]
 enum Fault {

@@ -41,9 +41,14 @@ pub enum DriverError {
     /// Temporary trouble (a busy socket, a slow process): retried with backoff.
     #[error("{0}")]
     Retryable(String),
-    /// The step cannot succeed as asked: the VM fails with this message.
+    /// The step cannot succeed as asked: it fails with this message (and
+    /// with it the VM, unless the step leaves the guest as it was).
     #[error("{0}")]
     Fatal(String),
+    /// The step failed and took the guest down with it (a standby whose guest
+    /// could not be resumed): the VM fails even where the step alone would not fail it.
+    #[error("{0}")]
+    GuestLost(String),
 }
 
 /// A hypervisor backend for one host.
@@ -80,6 +85,9 @@ pub trait Driver: Send + Sync + 'static {
     async fn snapshot(&self, vm: &Vm) -> Result<(), DriverError>;
     /// Resume from the saved state with memory intact.
     async fn restore(&self, vm: &Vm) -> Result<(), DriverError>;
+    /// Stop the hypervisor process now, without asking the guest: a VM that
+    /// failed keeps none. Saved state and disks stay; already gone is success.
+    async fn halt(&self, vm: &Vm) -> Result<(), DriverError>;
     /// Release everything the VM holds; already gone is success.
     async fn destroy(&self, vm: &Vm) -> Result<(), DriverError>;
     /// Create a volume's backing storage; returns where it is.

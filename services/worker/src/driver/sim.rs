@@ -200,6 +200,13 @@ impl Driver for SimDriver {
         })
     }
 
+    async fn halt(&self, vm: &Vm) -> Result<(), DriverError> {
+        self.update(vm, "halt", |g| {
+            g.running = false;
+            Ok(())
+        })
+    }
+
     async fn reboot(&self, vm: &Vm) -> Result<(), DriverError> {
         self.update(vm, "reboot", |g| {
             if !g.running {

@@ -46,6 +46,18 @@ pub async fn import(images_dir: &Path, base: &Image, name: &str, source: &Path, 
     if !source.exists() {
         return Err(fatal(format!("{} does not exist on this host", source.display())));
     }
+    // A canonical path: no `json:` or protocol prefix for qemu-img to interpret, no symlink games.
+    let source = &std::fs::canonicalize(source).map_err(|e| fatal(format!("{}: {e}", source.display())))?;
+    let meta = std::fs::metadata(source).map_err(fatal)?;
+    match format {
+        ImageFormat::OciLayout if !meta.is_dir() => return Err(fatal(format!("{} is not a directory (an OCI image layout)", source.display()))),
+        ImageFormat::OciLayout => {}
+        _ if !meta.is_file() => return Err(fatal(format!("{} is not a regular file", source.display()))),
+        _ => {}
+    }
+    if format == ImageFormat::Qcow2 {
+        standalone_qcow2(source).await?;
+    }
     let work = tempfile::Builder::new().prefix(&format!(".import-{name}-")).tempdir_in(images_dir).map_err(fatal)?;
     let root = work.path().join("root");
     std::fs::create_dir_all(&root).map_err(fatal)?;
@@ -127,6 +139,20 @@ async fn link_missing_applets(root: &Path) -> Result<(), DriverError> {
     Ok(())
 }
 
+/// Refuse a qcow2 image that refers to other files (a backing file or an
+/// external data file): converting it would read those host files into the image.
+async fn standalone_qcow2(source: &Path) -> Result<(), DriverError> {
+    let out = run(Command::new("qemu-img").args(["info", "--output=json", "-f", "qcow2"]).arg(source)).await?;
+    let info: serde_json::Value = serde_json::from_slice(&out).map_err(|e| fatal(format!("qemu-img info: {e}")))?;
+    if let Some(backing) = info.get("backing-filename").and_then(|b| b.as_str()) {
+        return Err(fatal(format!("{} has a backing file ({backing}): import a standalone image (qemu-img convert)", source.display())));
+    }
+    if let Some(data) = info.pointer("/format-specific/data/data-file").and_then(|d| d.as_str()) {
+        return Err(fatal(format!("{} has an external data file ({data}): import a standalone image (qemu-img convert)", source.display())));
+    }
+    Ok(())
+}
+
 async fn run(cmd: &mut Command) -> Result<Vec<u8>, DriverError> {
     let out = cmd.output().await.map_err(fatal)?;
     if out.status.success() { Ok(out.stdout) } else { Err(fatal(format!("{:?}: {}", cmd.as_std().get_program(), String::from_utf8_lossy(&out.stderr).trim()))) }
@@ -181,7 +207,7 @@ fn apply_container_image(source: &Path, format: ImageFormat, scratch: &Path, roo
         ImageFormat::OciLayout => source.to_owned(),
         _ => {
             std::fs::create_dir_all(scratch).map_err(fatal)?;
-            tar::Archive::new(File::open(source).map_err(fatal)?).unpack(scratch).map_err(|e| fatal(format!("reading the docker archive: {e}")))?;
+            unpack_checked(tar::Archive::new(File::open(source).map_err(fatal)?), scratch).map_err(|e| fatal(format!("the docker archive: {e}")))?;
             scratch.to_owned()
         }
     };
@@ -190,7 +216,7 @@ fn apply_container_image(source: &Path, format: ImageFormat, scratch: &Path, roo
         if !hex.bytes().all(|b| b.is_ascii_hexdigit()) || !algo.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(fatal(format!("bad digest {digest}")));
         }
-        Ok(layout.join("blobs").join(algo).join(hex))
+        file_inside(&layout, &Path::new("blobs").join(algo).join(hex))
     };
     let read_json = |path: &Path| -> Result<serde_json::Value, DriverError> {
         serde_json::from_slice(&std::fs::read(path).map_err(|e| fatal(format!("{}: {e}", path.display())))?)
@@ -213,7 +239,7 @@ fn apply_container_image(source: &Path, format: ImageFormat, scratch: &Path, roo
     } else if layout.join("manifest.json").exists() {
         let manifests: Vec<DockerManifest> = serde_json::from_value(read_json(&layout.join("manifest.json"))?).map_err(fatal)?;
         let m = manifests.into_iter().next().ok_or_else(|| fatal("manifest.json lists no image"))?;
-        (m.layers.iter().map(|l| layout.join(l)).collect(), None)
+        (m.layers.iter().map(|l| file_inside(&layout, Path::new(l))).collect::<Result<Vec<_>, _>>()?, None)
     } else {
         return Err(fatal("neither index.json (OCI layout) nor manifest.json (docker save) found"));
     };
@@ -234,21 +260,37 @@ fn open_layer(path: &Path) -> Result<tar::Archive<Box<dyn Read>>, DriverError> {
 /// Apply one layer: first its whiteouts (deletions of lower-layer files,
 /// `.wh.<name>` and opaque `.wh..wh..opq`), then its files.
 fn apply_layer(path: &Path, root: &Path) -> Result<(), DriverError> {
+    // Every entry is checked before this layer changes anything, including
+    // against the symlinks the layer itself makes on the way.
+    let mut whiteouts = Vec::new();
+    let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
     for entry in open_layer(path)?.entries().map_err(fatal)? {
         let entry = entry.map_err(fatal)?;
         let p = entry.path().map_err(fatal)?.into_owned();
+        let dst = entry_path(root, &p)?;
+        let rel = dst.strip_prefix(root).expect("entry_path stays under root").to_owned();
+        if let Some((link, target)) = links.iter().find(|(l, _)| rel.starts_with(l) && rel != *l)
+            && escapes(link, target)
+        {
+            return Err(fatal(format!("archive path {} leads outside the image through the symlink /{}", p.display(), link.display())));
+        }
+        let kind = entry.header().entry_type();
+        if let Some(target) = entry.link_name().map_err(fatal)? {
+            if kind.is_hard_link() {
+                entry_path(root, &target)?;
+            } else if kind.is_symlink() {
+                links.push((rel.clone(), target.into_owned()));
+            }
+        }
         let Some(file) = p.file_name().and_then(|f| f.to_str()) else { continue };
         let Some(target) = file.strip_prefix(".wh.") else { continue };
-        let dir = safe_join(root, p.parent().unwrap_or(Path::new("")))?;
-        if !inside(root, &dir.join(target)) {
-            continue;
-        }
-        if target == ".wh..opq" {
-            for child in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                remove(&child.path());
-            }
-        } else {
-            remove(&dir.join(target));
+        let dir = dst.parent().unwrap_or(root).to_owned();
+        whiteouts.push(if target == ".wh..opq" { (dir, None) } else { (dir.clone(), Some(dir.join(target))) });
+    }
+    for (dir, one) in whiteouts {
+        match one {
+            Some(p) => remove(&p),
+            None => std::fs::read_dir(&dir).into_iter().flatten().flatten().for_each(|child| remove(&child.path())),
         }
     }
     let mut archive = open_layer(path)?;
@@ -261,31 +303,88 @@ fn apply_layer(path: &Path, root: &Path) -> Result<(), DriverError> {
         if is_whiteout {
             continue;
         }
+        // Checked again: an earlier entry of this layer may have made a symlink on the way.
+        let dst = entry_path(root, &entry.path().map_err(fatal)?)?;
         // A file replacing a directory (or the reverse) must remove the old one first.
-        if let Ok(p) = entry.path() {
-            let dst = safe_join(root, &p)?;
-            let new_is_dir = entry.header().entry_type().is_dir();
-            if std::fs::symlink_metadata(&dst).is_ok_and(|m| m.is_dir() != new_is_dir) && inside(root, &dst) {
-                remove(&dst);
-            }
+        let new_is_dir = entry.header().entry_type().is_dir();
+        if std::fs::symlink_metadata(&dst).is_ok_and(|m| m.is_dir() != new_is_dir) {
+            remove(&dst);
         }
         entry.unpack_in(root).map_err(|e| fatal(format!("layer {}: {e}: {:?}", path.display(), std::error::Error::source(&e))))?;
     }
     Ok(())
 }
 
-/// `root/rel`, refusing anything that would leave `root`.
-fn safe_join(root: &Path, rel: &Path) -> Result<PathBuf, DriverError> {
+/// Unpack an archive into `dir`, checking each entry before it is created.
+fn unpack_checked<R: Read>(mut archive: tar::Archive<R>, dir: &Path) -> Result<(), DriverError> {
+    for entry in archive.entries().map_err(fatal)? {
+        let mut entry = entry.map_err(fatal)?;
+        entry_path(dir, &entry.path().map_err(fatal)?)?;
+        if let Some(link) = entry.link_name().map_err(fatal)?
+            && entry.header().entry_type().is_hard_link()
+        {
+            entry_path(dir, &link)?;
+        }
+        entry.unpack_in(dir).map_err(fatal)?;
+    }
+    Ok(())
+}
+
+/// Where an archive entry `rel` lands under `root`. Refuses absolute paths,
+/// `..`, and a path through an existing symlink that resolves outside `root`
+/// (an image's `/etc -> /host/etc` must never lead a write to the host).
+fn entry_path(root: &Path, rel: &Path) -> Result<PathBuf, DriverError> {
     use std::path::Component;
+    let canon_root = std::fs::canonicalize(root).map_err(fatal)?;
+    let parts: Vec<Component> = rel.components().collect();
     let mut out = root.to_owned();
-    for c in rel.components() {
+    for (i, c) in parts.iter().enumerate() {
         match c {
             Component::Normal(n) => out.push(n),
-            Component::CurDir | Component::RootDir => {}
-            Component::ParentDir | Component::Prefix(_) => return Err(fatal(format!("layer path {} leaves the image", rel.display()))),
+            Component::CurDir => continue,
+            Component::RootDir | Component::Prefix(_) => return Err(fatal(format!("archive path {} is absolute", rel.display()))),
+            Component::ParentDir => return Err(fatal(format!("archive path {} contains `..`", rel.display()))),
+        }
+        // The last component is replaced, never followed; the ones before it are followed.
+        if i + 1 < parts.len() && std::fs::symlink_metadata(&out).is_ok_and(|m| m.file_type().is_symlink()) {
+            match std::fs::canonicalize(&out) {
+                Ok(real) if real.starts_with(&canon_root) => {}
+                _ => {
+                    let link = out.strip_prefix(root).unwrap_or(&out).display().to_string();
+                    return Err(fatal(format!("archive path {} leads outside the image through the symlink /{link}", rel.display())));
+                }
+            }
         }
     }
     Ok(out)
+}
+
+/// Whether the symlink `link` (relative to the image root) pointing at
+/// `target` leads out of the image, read lexically: absolute targets do.
+fn escapes(link: &Path, target: &Path) -> bool {
+    use std::path::Component;
+    let mut depth = link.components().count().saturating_sub(1) as i64;
+    for c in target.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::ParentDir => depth -= 1,
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return true,
+        }
+        if depth < 0 {
+            return true;
+        }
+    }
+    false
+}
+
+/// An existing file named by the image (a layer, a blob), which must really lie inside `dir`.
+fn file_inside(dir: &Path, rel: &Path) -> Result<PathBuf, DriverError> {
+    let path = entry_path(dir, rel)?;
+    let (Ok(real), Ok(dir)) = (std::fs::canonicalize(&path), std::fs::canonicalize(dir)) else {
+        return Err(fatal(format!("{} is missing from the image", rel.display())));
+    };
+    if real.starts_with(&dir) { Ok(path) } else { Err(fatal(format!("{} leads outside the image through a symlink", rel.display()))) }
 }
 
 /// Whether `p`'s parent, with every symlink resolved, is still inside `root`:
@@ -321,8 +420,17 @@ mod tests {
             h.set_uid(0);
             h.set_gid(0);
             h.set_mtime(0);
+            if let Some(target) = p.strip_suffix("@").and(Some(std::str::from_utf8(data).unwrap())) {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                h.set_link_name(target).unwrap();
+            }
+            // Names as given, tricks included (the builder would refuse `..` and absolute paths).
+            let name = p.trim_end_matches('@').as_bytes();
+            h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
             h.set_cksum();
-            b.append_data(&mut h, p, *data).unwrap();
+            let body: &[u8] = if p.ends_with('@') { &[] } else { data };
+            b.append(&h, body).unwrap();
         }
         b.into_inner().unwrap().finish().unwrap();
         path
@@ -346,8 +454,44 @@ mod tests {
     }
 
     #[test]
-    fn paths_cannot_escape() {
-        assert!(safe_join(Path::new("/r"), Path::new("../etc")).is_err());
-        assert_eq!(safe_join(Path::new("/r"), Path::new("/a/./b")).unwrap(), PathBuf::from("/r/a/b"));
+    fn entry_paths_cannot_escape() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+        std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+        std::os::unix::fs::symlink(d.path(), root.join("out")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent", root.join("dangling")).unwrap();
+        assert_eq!(entry_path(&root, Path::new("./a/b")).unwrap(), root.join("a/b"));
+        assert_eq!(entry_path(&root, Path::new("lib/x.so")).unwrap(), root.join("lib/x.so"), "a symlink inside the image is fine");
+        assert_eq!(entry_path(&root, Path::new("out")).unwrap(), root.join("out"), "the last component is replaced, not followed");
+        for (bad, why) in [("../etc/passwd", "`..`"), ("a/../../x", "`..`"), ("/etc/passwd", "absolute"), ("out/x", "outside"), ("dangling/x", "outside")] {
+            let e = entry_path(&root, Path::new(bad)).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_layer_with_a_trick_changes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        type Files<'a> = Vec<(&'a str, &'a [u8])>;
+        let cases: [(&str, Files); 4] = [
+            ("abs", vec![("etc/ok", b"1"), ("/etc/abs", b"x")]),
+            ("dotdot", vec![("etc/ok", b"1"), ("../dotdot", b"x")]),
+            ("link", vec![("etc/ok", b"1"), ("escape/pwned", b"x")]),
+            ("own-link", vec![("etc/ok", b"1"), ("mine@", b"/tmp"), ("mine/pwned", b"x")]),
+        ];
+        for (name, files) in cases {
+            let root = d.path().join(format!("root-{name}"));
+            std::fs::create_dir_all(&root).unwrap();
+            std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+            let l = layer(d.path(), &format!("{name}.tar"), &files);
+            let e = apply_layer(&l, &root).unwrap_err().to_string();
+            assert!(e.contains("absolute") || e.contains("`..`") || e.contains("outside"), "{name}: {e}");
+            assert!(!root.join("etc").exists(), "{name}: the layer changed the image before being refused");
+            assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "{name}: something was written outside");
+            assert!(!d.path().join("dotdot").exists());
+        }
     }
 }

@@ -322,6 +322,56 @@ async fn watch(watched: Arc<Mutex<HashMap<VmId, (i32, OrgId)>>>, root: PathBuf, 
     }
 }
 
+/// How long saving or loading a guest's state may take.
+const MIGRATION_LIMIT: Duration = Duration::from_secs(300);
+
+/// Resume a paused guest, on a fresh QMP connection (the old one may have broken).
+async fn resume(dir: &VmDir) -> Result<(), qmp::QmpError> {
+    Qmp::connect(&dir.qmp()).await?.execute("cont", None).await.map(drop)
+}
+
+/// Looks for a line in a growing console log, reading only what was appended
+/// since the last look (a bounded amount per look), never the whole file.
+struct Scan {
+    needle: &'static [u8],
+    pos: u64,
+    /// The tail of what was read, so a needle split across reads is found.
+    carry: Vec<u8>,
+}
+
+impl Scan {
+    /// At most this much is read per look; a flooding guest cannot make one look unbounded.
+    const PER_LOOK: u64 = 1 << 20;
+
+    fn new(needle: &'static [u8], from: u64) -> Self {
+        Self { needle, pos: from, carry: Vec::new() }
+    }
+
+    /// Whether the needle appeared since `from`. A log truncated by rotation is read again from its start.
+    fn found(&mut self, path: &Path) -> std::io::Result<bool> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if f.metadata()?.len() < self.pos {
+            self.pos = 0;
+            self.carry.clear();
+        }
+        f.seek(SeekFrom::Start(self.pos))?;
+        let mut chunk = std::mem::take(&mut self.carry);
+        let n = f.take(Self::PER_LOOK).read_to_end(&mut chunk)?;
+        self.pos += n as u64;
+        if chunk.windows(self.needle.len()).any(|w| w == self.needle) {
+            return Ok(true);
+        }
+        let keep = (self.needle.len() - 1).min(chunk.len());
+        self.carry = chunk.split_off(chunk.len() - keep);
+        Ok(false)
+    }
+}
+
 /// At most the last `n` bytes of a file, none from before offset `from`.
 fn read_tail(path: &Path, from: u64, n: u64) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
@@ -470,11 +520,10 @@ impl Driver for QemuDriver {
     async fn wait_ready(&self, vm: &Vm) -> Result<(), DriverError> {
         let dir = self.dir(vm.id);
         let from: u64 = std::fs::read_to_string(dir.ready_mark()).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        let mut scan = Scan::new(READY_LINE, from);
         let deadline = tokio::time::Instant::now() + self.cfg.ready_timeout;
         loop {
-            let log = std::fs::read(dir.console_log()).unwrap_or_default();
-            let start = (from as usize).min(log.len());
-            if log[start..].windows(READY_LINE.len()).any(|w| w == READY_LINE) {
+            if scan.found(&dir.console_log()).map_err(retry)? {
                 return Ok(());
             }
             if running_pid(&dir, vm).is_none() {
@@ -513,11 +562,27 @@ impl Driver for QemuDriver {
         }
         let partial = state.with_extension("partial");
         let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
-        q.execute("stop", None).await.map_err(retry)?;
-        q.execute("migrate", Some(json!({ "uri": format!("file:{}", partial.display()) }))).await.map_err(fatal)?;
-        q.wait_migration(Duration::from_secs(300)).await.map_err(fatal)?;
-        std::fs::rename(&partial, &state).map_err(retry)?;
+        let saved = async {
+            q.execute("stop", None).await?;
+            q.save_state(&partial, MIGRATION_LIMIT).await
+        };
+        let saved = saved.await;
+        // QEMU serves one QMP client at a time: let go of this one first.
         drop(q);
+        if let Err(e) = saved {
+            // Leave the guest as it was: running, with no state file claiming otherwise.
+            let _ = std::fs::remove_file(&partial);
+            let _ = std::fs::remove_file(&state);
+            return match resume(&dir).await {
+                Ok(()) => Err(fatal(format!("saving the guest's state failed ({e}); the guest was resumed"))),
+                Err(r) => {
+                    self.halt(vm).await?;
+                    Err(DriverError::GuestLost(format!("saving the guest's state failed ({e}) and the guest could not be resumed ({r})")))
+                }
+            };
+        }
+        std::fs::File::open(&partial).and_then(|f| f.sync_all()).map_err(retry)?;
+        std::fs::rename(&partial, &state).map_err(retry)?;
         self.stop_process(vm, &dir, false).await?;
         self.unwatch(vm.id);
         Ok(())
@@ -525,31 +590,34 @@ impl Driver for QemuDriver {
 
     async fn restore(&self, vm: &Vm) -> Result<(), DriverError> {
         let dir = self.dir(vm.id);
-        if running_pid(&dir, vm).is_some() {
-            let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
-            if q.status().await.map_err(retry)? != "running" {
-                if dir.snapshot().exists() {
-                    q.execute("migrate-incoming", Some(json!({ "uri": format!("file:{}", dir.snapshot().display()) }))).await.map_err(fatal)?;
-                    q.wait_migration(Duration::from_secs(300)).await.map_err(fatal)?;
-                }
-                q.execute("cont", None).await.map_err(fatal)?;
+        if running_pid(&dir, vm).is_none() {
+            if !dir.snapshot().exists() {
+                return Err(fatal("no snapshot to restore"));
             }
-            let _ = std::fs::remove_file(dir.snapshot());
-            return self.watch_pid(vm, &dir);
+            let image = self.image(vm)?;
+            let network = vm.network.clone().unwrap_or_default();
+            let _ = std::fs::remove_file(dir.expected_exit());
+            self.launch(vm, &image, &dir, &network, true).await?.spawn().await.map_err(fatal)?;
         }
-        if !dir.snapshot().exists() {
-            return Err(fatal("no snapshot to restore"));
-        }
-        let image = self.image(vm)?;
-        let network = vm.network.clone().unwrap_or_default();
-        let _ = std::fs::remove_file(dir.expected_exit());
-        self.launch(vm, &image, &dir, &network, true).await?.spawn().await.map_err(fatal)?;
+        // A qemu found running was started by an earlier attempt: finish what it began.
         let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
-        q.execute("migrate-incoming", Some(json!({ "uri": format!("file:{}", dir.snapshot().display()) }))).await.map_err(fatal)?;
-        q.wait_migration(Duration::from_secs(300)).await.map_err(fatal)?;
-        q.execute("cont", None).await.map_err(fatal)?;
+        if q.status().await.map_err(retry)? == "inmigrate" {
+            q.load_state(&dir.snapshot(), MIGRATION_LIMIT).await.map_err(|e| fatal(format!("loading the saved state failed: {e}")))?;
+        }
+        if q.status().await.map_err(retry)? != "running" {
+            q.execute("cont", None).await.map_err(fatal)?;
+        }
         let _ = std::fs::remove_file(dir.snapshot());
         self.watch_pid(vm, &dir)
+    }
+
+    async fn halt(&self, vm: &Vm) -> Result<(), DriverError> {
+        let dir = self.dir(vm.id);
+        if dir.path().exists() {
+            self.stop_process(vm, &dir, false).await?;
+        }
+        self.unwatch(vm.id);
+        Ok(())
     }
 
     async fn create_volume(&self, volume: &Volume) -> Result<String, DriverError> {
@@ -614,5 +682,44 @@ impl Driver for QemuDriver {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(retry(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn the_readiness_scan_reads_only_what_was_appended() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("console.log");
+        let append = |b: &[u8]| std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap().write_all(b).unwrap();
+        append(b"old boot VMPLANE-READY\n");
+        let from = std::fs::metadata(&log).unwrap().len();
+        let mut scan = Scan::new(READY_LINE, from);
+        assert!(!scan.found(&log).unwrap(), "a readiness line before the mark does not count");
+        append(b"booting... VMPLANE-RE");
+        assert!(!scan.found(&log).unwrap());
+        assert_eq!(scan.pos, std::fs::metadata(&log).unwrap().len(), "everything appended was consumed");
+        assert!(scan.carry.len() < READY_LINE.len(), "only a needle's length is kept between looks");
+        append(b"ADY\n");
+        assert!(scan.found(&log).unwrap(), "a line split across two looks is found");
+    }
+
+    #[test]
+    fn the_readiness_scan_is_bounded_per_look_and_survives_rotation() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("console.log");
+        let flood = vec![b'x'; (Scan::PER_LOOK * 2) as usize];
+        std::fs::write(&log, &flood).unwrap();
+        let mut scan = Scan::new(READY_LINE, 0);
+        assert!(!scan.found(&log).unwrap());
+        assert_eq!(scan.pos, Scan::PER_LOOK, "one look reads at most PER_LOOK bytes");
+        assert!(!scan.found(&log).unwrap());
+        assert_eq!(scan.pos, 2 * Scan::PER_LOOK);
+        // Rotation truncates the log: reading starts over.
+        std::fs::write(&log, b"VMPLANE-READY\n").unwrap();
+        assert!(scan.found(&log).unwrap());
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use vmplane_domain::VolumeId;
 use vmplane_domain::spec::VolumeMount;
 
@@ -146,7 +146,38 @@ pub async fn attach(dir: &VmDir, location: &str, mount: &VolumeMount, running: b
     {
         return Err(fatal(e));
     }
-    agent(dir, &format!("mount {} {} {}", entry.serial, entry.mount_path, if entry.readonly { "ro" } else { "rw" })).await
+    drop(q);
+    let mounted = agent(dir, &format!("mount {} {} {}", entry.serial, entry.mount_path, if entry.readonly { "ro" } else { "rw" })).await;
+    if let Err(DriverError::Fatal(why)) = &mounted {
+        // Leave the guest as it was: the volume goes back out, free for another VM.
+        if let Err(e) = unplug(dir, &entry).await {
+            return Err(fatal(format!("{why}; unplugging the volume again failed: {e}")));
+        }
+        let mut list = plugged(dir);
+        list.retain(|p| p.volume_id != mount.volume_id);
+        save(dir, &list)?;
+    }
+    mounted
+}
+
+/// Take a hot-plugged volume out of the running guest (qemu lets go of its file).
+async fn unplug(dir: &VmDir, entry: &Plugged) -> Result<(), DriverError> {
+    let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
+    if let Err(e) = q.execute("device_del", Some(json!({"id": entry.device()}))).await
+        && !e.to_string().contains("not found")
+    {
+        return Err(fatal(e));
+    }
+    // The guest releases the device asynchronously; the node can go once it has.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match q.execute("blockdev-del", Some(json!({"node-name": entry.node()}))).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.to_string().contains("not found") || e.to_string().contains("Cannot find") => return Ok(()),
+            Err(e) if tokio::time::Instant::now() > deadline => return Err(fatal(format!("the guest did not release the disk: {e}"))),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 /// Unmount, unplug and forget a volume.
@@ -159,22 +190,7 @@ pub async fn detach(dir: &VmDir, mount: &VolumeMount, running: bool) -> Result<(
         {
             return Err(e);
         }
-        let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
-        if let Err(e) = q.execute("device_del", Some(json!({"id": entry.device()}))).await
-            && !e.to_string().contains("not found")
-        {
-            return Err(fatal(e));
-        }
-        // The guest releases the device asynchronously; the node can go once it has.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            match q.execute("blockdev-del", Some(json!({"node-name": entry.node()}))).await {
-                Ok(_) => break,
-                Err(e) if e.to_string().contains("not found") || e.to_string().contains("Cannot find") => break,
-                Err(e) if tokio::time::Instant::now() > deadline => return Err(fatal(format!("the guest did not release the disk: {e}"))),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
+        unplug(dir, &entry).await?;
     }
     if entry.file.starts_with(dir.path()) {
         let _ = std::fs::remove_file(&entry.file);
@@ -183,21 +199,36 @@ pub async fn detach(dir: &VmDir, mount: &VolumeMount, running: bool) -> Result<(
     save(dir, &list)
 }
 
+/// The longest agent answer read; the guest writes it, so it is bounded.
+const MAX_AGENT_REPLY: u64 = 4096;
+
 /// One agent command and its one-line answer (`ok`, or `err <why>`).
 async fn agent(dir: &VmDir, command: &str) -> Result<(), DriverError> {
     let talk = async {
         let stream = tokio::net::UnixStream::connect(dir.agent_socket()).await?;
         let (r, mut w) = stream.into_split();
         w.write_all(format!("{command}\n").as_bytes()).await?;
-        let mut line = String::new();
-        BufReader::new(r).read_line(&mut line).await?;
-        Ok::<_, std::io::Error>(line.trim().to_owned())
+        read_reply(r).await
     };
     match tokio::time::timeout(Duration::from_secs(30), talk).await {
-        Ok(Ok(reply)) if reply == "ok" => Ok(()),
-        Ok(Ok(reply)) => Err(DriverError::Fatal(format!("guest agent: {}", reply.strip_prefix("err ").unwrap_or(&reply)))),
+        Ok(Ok(None)) => Err(DriverError::Fatal(format!("guest agent: no answer line within {MAX_AGENT_REPLY} bytes"))),
+        Ok(Ok(Some(reply))) => agent_outcome(&reply),
         Ok(Err(e)) => Err(DriverError::Retryable(format!("guest agent: {e}"))),
         Err(_) => Err(DriverError::Fatal("guest agent did not answer in 30 s (is the agent running?)".into())),
+    }
+}
+
+/// The first line, or `None` when none ends within [`MAX_AGENT_REPLY`] bytes.
+async fn read_reply(r: impl tokio::io::AsyncRead + Unpin) -> std::io::Result<Option<String>> {
+    let mut line = Vec::new();
+    BufReader::new(r.take(MAX_AGENT_REPLY)).read_until(b'\n', &mut line).await?;
+    Ok(line.ends_with(b"\n").then(|| String::from_utf8_lossy(&line).trim().to_owned()))
+}
+
+fn agent_outcome(reply: &str) -> Result<(), DriverError> {
+    match reply {
+        "ok" => Ok(()),
+        reply => Err(DriverError::Fatal(format!("guest agent: {}", reply.strip_prefix("err ").unwrap_or(reply)))),
     }
 }
 
@@ -212,6 +243,16 @@ fn fatal(e: impl std::fmt::Display) -> DriverError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn agent_replies_are_read_with_a_bound() {
+        assert_eq!(read_reply(&b"ok\nmore"[..]).await.unwrap().as_deref(), Some("ok"));
+        let endless = tokio::io::repeat(b'x');
+        assert_eq!(read_reply(endless).await.unwrap(), None, "an endless line ends the read after the bound");
+        assert_eq!(read_reply(&b"no newline"[..]).await.unwrap(), None);
+        assert!(agent_outcome("ok").is_ok());
+        assert_eq!(agent_outcome("err not a mount point"), Err(DriverError::Fatal("guest agent: not a mount point".into())));
+    }
 
     #[test]
     fn serials_fit_virtio_and_differ() {
