@@ -16,6 +16,7 @@ use vmplane_domain::host::{HostInfo, ImageInfo};
 use vmplane_gateway::GatewayConfig;
 use vmplane_gateway::projection::Projections;
 use vmplane_worker::WorkerConfig;
+use vmplane_worker::claim::DataDirLock;
 use vmplane_worker::driver::Driver;
 use vmplane_worker::driver::qemu::accel::{self, AccelChoice};
 use vmplane_worker::driver::qemu::bridge;
@@ -131,6 +132,10 @@ struct WorkerOpts {
     /// Seconds before an unacknowledged command is redelivered.
     #[arg(long, default_value_t = 30)]
     ack_wait_secs: u64,
+    /// Deliveries of one command before the worker gives up on it and fails
+    /// its operation (each crash or unrecorded attempt is one).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..))]
+    max_deliveries: i64,
     /// sim: milliseconds a simulated boot takes.
     #[arg(long, default_value_t = 200)]
     sim_boot_delay_ms: u64,
@@ -186,12 +191,13 @@ async fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Up(a) => {
+            let lock = lock_worker_dir(&a.common.data_dir)?;
             let driver = driver(&a.worker, &a.common.data_dir).await?;
             let admin = admin_token(&a.common.data_dir, true)?;
             let (nats, _child) = nats::resolve(&a.common).await?;
             let bus = Bus::connect(&nats, "vmplane-up").await?;
             let gateway = gateway(bus.clone(), &a.common, &a.gateway, admin);
-            let worker = worker(bus, driver, &a.common, &a.worker);
+            let worker = worker(bus, driver, &a.common, &a.worker, &lock);
             tokio::select! {
                 r = gateway => r,
                 r = worker => r,
@@ -203,9 +209,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             gateway(Bus::connect(&nats, "vmplane-gateway").await?, &a.common, &a.gateway, admin).await
         }
         Cmd::Worker(a) => {
+            let lock = lock_worker_dir(&a.common.data_dir)?;
             let driver = driver(&a.worker, &a.common.data_dir).await?;
             let (nats, _child) = nats::resolve(&a.common).await?;
-            worker(Bus::connect(&nats, "vmplane-worker").await?, driver, &a.common, &a.worker).await
+            worker(Bus::connect(&nats, "vmplane-worker").await?, driver, &a.common, &a.worker, &lock).await
         }
         Cmd::Projections { command: ProjectionsCmd::Rebuild(common) } => {
             let dir = projections_dir(&common.data_dir);
@@ -224,6 +231,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn projections_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("projections")
+}
+
+/// One worker per data dir: taken before anything touches it (images, guests).
+fn lock_worker_dir(data_dir: &Path) -> anyhow::Result<DataDirLock> {
+    Ok(vmplane_worker::claim::lock_data_dir(&data_dir.join("worker"))?)
 }
 
 /// The admin token from `VMPLANE_ADMIN_TOKEN`; `up` makes one (kept in the
@@ -353,12 +365,13 @@ async fn gateway(bus: Bus, common: &CommonArgs, opts: &GatewayOpts, admin_token:
     Ok(())
 }
 
-async fn worker(bus: Bus, driver: Arc<dyn Driver>, common: &CommonArgs, opts: &WorkerOpts) -> anyhow::Result<()> {
+async fn worker(bus: Bus, driver: Arc<dyn Driver>, common: &CommonArgs, opts: &WorkerOpts, lock: &DataDirLock) -> anyhow::Result<()> {
     let mut cfg = WorkerConfig::new(common.data_dir.join("worker"));
     cfg.parallelism = opts.parallelism.max(1);
     cfg.ack_wait = Duration::from_secs(opts.ack_wait_secs.max(1));
+    cfg.max_deliveries = opts.max_deliveries;
     tokio::select! {
-        r = vmplane_worker::run(bus, driver, cfg) => r,
+        r = vmplane_worker::run(bus, driver, cfg, lock) => r,
         () = shutdown_signal() => {
             tracing::info!("worker stopped");
             Ok(())
