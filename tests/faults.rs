@@ -78,12 +78,11 @@ async fn a_command_past_its_delivery_limit_fails_its_operation_and_leaves_the_vm
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn undecodable_and_refused_commands_fail_their_operations() {
+async fn an_undecodable_command_fails_its_operation() {
     let stack = Stack::start().await;
     let c = stack.admin.clone();
     let host = host_id(&stack).await;
     let js = jetstream::new(stack.nats_client().await);
-
     // Bytes that are no command, for a VM of this host.
     let (op, vm) = (OpId::new(), VmId::new());
     publish(&js, subjects::vm_command(host, vm), op, b"\xc1 not a command".to_vec()).await;
@@ -91,8 +90,18 @@ async fn undecodable_and_refused_commands_fail_their_operations() {
     assert_eq!(o["status"], "failed", "{o}");
     assert_eq!(o["error"]["code"], "undecodable_command", "{o}");
     assert_eq!(o["target_id"], vm.to_string().as_str(), "{o}");
+    // The worker goes on serving.
+    c.create_running_vm("after").await;
+}
 
-    // A tenancy command the domain refuses: a project in an org that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenancy_command_the_domain_refuses_fails_its_operation() {
+    let stack = Stack::start().await;
+    let c = stack.admin.clone();
+    let js = jetstream::new(stack.nats_client().await);
+    // A project in an org that does not exist (the gateway refuses that
+    // early; a command racing the org's creation, or another client of the
+    // command stream, reaches the worker).
     let (op, org, project) = (OpId::new(), OrgId::new(), ProjectId::new());
     let env = CommandEnvelope {
         op,
@@ -108,9 +117,6 @@ async fn undecodable_and_refused_commands_fail_their_operations() {
     assert_eq!(o["error"]["code"], "not_found", "{o}");
     assert_eq!(o["target_id"], project.to_string().as_str(), "{o}");
     assert_eq!(c.get(&format!("/v1/orgs/{org}/projects")).await.0, 404, "nothing was created");
-
-    // The worker goes on serving.
-    c.create_running_vm("after").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,4 +327,43 @@ async fn kill_9_of_worker_and_gateway_during_100_provisionings_loses_and_repeats
     assert_eq!(expected.len(), 3);
     let running: BTreeSet<u32> = stack.processes_in_root().into_iter().collect();
     assert_eq!(running, expected, "processes running from the test's directory");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_left_by_an_older_worker_is_brought_up_to_date() {
+    // Older workers let JetStream stop redelivering after 20 deliveries,
+    // which left operations pending for good.
+    let mut stack = Stack::start().await;
+    let host = host_id(&stack).await;
+    stack.worker.kill9();
+    let js = jetstream::new(stack.nats_client().await);
+    let stream = js.get_stream(subjects::COMMAND_STREAM).await.unwrap();
+    let name = format!("host-{host}");
+    let mut current: jetstream::consumer::PullConsumer = stream.get_consumer(&name).await.unwrap();
+    let mut config = pull_config(current.info().await.unwrap().config.clone());
+    config.max_deliver = 20;
+    let old = stream.create_consumer(config).await.unwrap();
+    assert_eq!(old.cached_info().config.max_deliver, 20);
+
+    stack.worker.respawn();
+    wait_for("the worker to lift the delivery limit", WAIT, async || {
+        let mut c: jetstream::consumer::PullConsumer = stream.get_consumer(&name).await.map_err(|e| e.to_string())?;
+        let max = c.info().await.map_err(|e| e.to_string())?.config.max_deliver;
+        if max == -1 { Ok(()) } else { Err(format!("max_deliver {max}")) }
+    })
+    .await;
+    stack.admin.create_running_vm("after").await;
+}
+
+/// A pull consumer's settings from its info.
+fn pull_config(c: jetstream::consumer::Config) -> jetstream::consumer::pull::Config {
+    jetstream::consumer::pull::Config {
+        durable_name: c.durable_name,
+        filter_subject: c.filter_subject,
+        ack_policy: c.ack_policy,
+        ack_wait: c.ack_wait,
+        max_deliver: c.max_deliver,
+        max_ack_pending: c.max_ack_pending,
+        ..Default::default()
+    }
 }

@@ -59,6 +59,9 @@ mod tests {
     #[test]
     fn json_shape() {
         let ev = OperationEvent::OperationFailed { target: "vm_x".into(), code: "delivery_limit".into(), message: "m".into() };
-        assert_eq!(serde_json::to_value(&ev).unwrap(), serde_json::json!({"type": "operation_failed", "target": "vm_x", "code": "delivery_limit", "message": "m"}));
+        assert_eq!(
+            serde_json::to_value(&ev).unwrap(),
+            serde_json::json!({"type": "operation_failed", "target": "vm_x", "code": "delivery_limit", "message": "m"})
+        );
     }
 }

@@ -783,7 +783,8 @@ impl Stack {
         for entry in std::fs::read_dir("/proc").expect("reading /proc").flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
             let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-            let zombie = std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')));
+            let zombie =
+                std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')));
             if !zombie && String::from_utf8_lossy(&cmdline).contains(&root) {
                 pids.push(pid);
             }

@@ -149,14 +149,7 @@ impl<K: Kind> Aggregate<K> {
 /// End an operation that has no aggregate event of its own to end with
 /// (see [`vmplane_domain::operation`]). Recorded at most once: a second call
 /// for the same operation finds the subject taken and changes nothing.
-pub async fn record_operation_failed(
-    bus: &Bus,
-    org: Option<OrgId>,
-    op: OpId,
-    target: &str,
-    code: &str,
-    message: String,
-) -> Result<(), BusError> {
+pub async fn record_operation_failed(bus: &Bus, org: Option<OrgId>, op: OpId, target: &str, code: &str, message: String) -> Result<(), BusError> {
     let event = OperationEvent::OperationFailed { target: target.to_owned(), code: code.to_owned(), message };
     let env = Envelope::new(org.unwrap_or(OrgId::DEFAULT), None, op.to_string(), Some(op), Event::Operation(event), OffsetDateTime::now_utc());
     match bus.append(&operation::subject(org, op), &env, 0).await {

@@ -30,9 +30,7 @@ pub enum ClaimError {
     DataDirInUse { dir: PathBuf, holder: String },
     #[error("cannot lock the data dir {dir}: {source}")]
     Lock { dir: PathBuf, source: std::io::Error },
-    #[error(
-        "host {host} is held by another worker ({holder}), whose lease was renewed {age_secs} s ago; refusing to start (is this a copy of its data dir?)"
-    )]
+    #[error("host {host} is held by another worker ({holder}), whose lease was renewed {age_secs} s ago; refusing to start (is this a copy of its data dir?)")]
     HostInUse { host: HostId, holder: String, age_secs: i64 },
     #[error("the lease of host {host} was taken by another worker ({holder}); stopping")]
     LeaseLost { host: HostId, holder: String },

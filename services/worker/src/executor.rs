@@ -37,13 +37,6 @@ pub struct VolumeJob {
     pub command: VolumeCommand,
 }
 
-/// What [`Executor::on_vm`] does to a VM.
-enum VmAction<'a> {
-    Execute(&'a VmJob),
-    Resume,
-    Fail { op: OpId, code: &'a str, message: &'a str },
-}
-
 /// A VM command with its addressing.
 pub struct VmJob {
     pub op: OpId,
@@ -51,6 +44,13 @@ pub struct VmJob {
     pub project: ProjectId,
     pub vm: VmId,
     pub command: VmCommand,
+}
+
+/// What [`Executor::on_vm`] does to a VM.
+enum VmAction<'a> {
+    Execute(&'a VmJob),
+    Resume,
+    Fail { op: OpId, code: &'a str, message: &'a str },
 }
 
 impl Executor {
@@ -259,6 +259,7 @@ impl Executor {
         }
         Ok(())
     }
+
     /// Drive an operation left pending on a VM to its end, as a redelivered
     /// command would (used when its command is gone).
     pub async fn resume_vm(&self, agg: &mut Option<VmAggregate>, org: OrgId, vm: VmId) -> Result<(), BusError> {

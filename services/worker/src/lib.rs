@@ -177,10 +177,7 @@ pub(crate) fn deliveries(msg: &Message) -> i64 {
 
 /// Why the worker gives up on a command that went past its delivery limit.
 pub(crate) fn delivery_limit_message(delivered: i64) -> String {
-    format!(
-        "the worker gave up on this command after {} attempts: each one crashed the worker or could not record its progress",
-        delivered.saturating_sub(1)
-    )
+    format!("the worker gave up on this command after {} attempts: each one crashed the worker or could not record its progress", delivered.saturating_sub(1))
 }
 
 /// End the operation of a command that cannot be decoded: its id is the
@@ -357,12 +354,22 @@ impl VmQueues {
             Command::Vm { vm, .. } => self.exec.fail_vm_op(agg, org, *vm, op, code, message).await,
             Command::Volume { volume, .. } => self.exec.fail_volume_op(org, *volume, op, code, message).await,
             Command::Host { host, command } => self.exec.fail_host_op(*host, op, command, message).await,
-            Command::Tenancy { command } => record_operation_failed(&self.exec.bus, Some(command.org()), op, &target_of(&env.command), code, message.into()).await,
+            Command::Tenancy { command } => {
+                record_operation_failed(&self.exec.bus, Some(command.org()), op, &target_of(&env.command), code, message.into()).await
+            }
         };
         match result {
             // The aggregate's events cannot be read: end the operation on its own subject.
             Err(BusError::Codec(e)) => {
-                record_operation_failed(&self.exec.bus, Some(org), op, &target_of(&env.command), code, format!("{message} (its target's events are unreadable: {e})")).await
+                record_operation_failed(
+                    &self.exec.bus,
+                    Some(org),
+                    op,
+                    &target_of(&env.command),
+                    code,
+                    format!("{message} (its target's events are unreadable: {e})"),
+                )
+                .await
             }
             other => other,
         }
