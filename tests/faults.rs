@@ -314,9 +314,18 @@ async fn kill_9_of_worker_and_gateway_during_100_provisionings_loses_and_repeats
     for (vm, _) in &accepted {
         assert!(all.contains(vm), "accepted VM {vm} is listed");
     }
+    // (Those never answered with a 202 were not awaited above.)
+    wait_for("every VM to be running", Duration::from_secs(180), async || {
+        for id in &all {
+            let vm = c.vm(id).await;
+            if vm["status"] != "running" {
+                return Err(vm.to_string());
+            }
+        }
+        Ok(())
+    })
+    .await;
     for id in &all {
-        let vm = c.vm(id).await;
-        assert_eq!(vm["status"], "running", "{vm}");
         let guest = stack.sim_guest(id).unwrap_or_else(|| panic!("{id} has a guest"));
         assert_eq!((&guest["boots"], &guest["running"]), (&Value::from(1), &Value::from(true)), "{id}: {guest}");
         assert_eq!(c.event_types(id).await, PROVISIONED, "{id}");
