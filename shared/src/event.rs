@@ -6,6 +6,7 @@
 
 use crate::host::HostEvent;
 use crate::ids::{EventId, OpId, OrgId, ProjectId};
+use crate::operation::OperationEvent;
 use crate::tenancy::TenancyEvent;
 use crate::vm::VmEvent;
 use crate::volume::VolumeEvent;
@@ -43,6 +44,8 @@ pub enum Event {
     Tenancy(TenancyEvent),
     Host(HostEvent),
     Volume(VolumeEvent),
+    /// An operation that ended without an event of its aggregate (see [`crate::operation`]).
+    Operation(OperationEvent),
 }
 
 impl Event {
@@ -53,6 +56,7 @@ impl Event {
             Self::Tenancy(e) => e.type_name(),
             Self::Host(e) => e.type_name(),
             Self::Volume(e) => e.type_name(),
+            Self::Operation(e) => e.type_name(),
         }
     }
 }

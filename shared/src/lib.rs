@@ -8,6 +8,7 @@ pub mod command;
 pub mod event;
 pub mod host;
 pub mod ids;
+pub mod operation;
 pub mod spec;
 pub mod subjects;
 pub mod tenancy;

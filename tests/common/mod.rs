@@ -806,3 +806,44 @@ fn parse_sse_block(block: &str) -> Option<SseEvent> {
         data: serde_json::from_str(&data).unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {data}")),
     })
 }
+
+// ---------------------------------------------------------------------------
+// Worker restarts, NATS access and process checks (faults tests)
+// ---------------------------------------------------------------------------
+
+impl Stack {
+    /// The worker's command line (to start another worker like it).
+    pub fn worker_args(&self) -> Vec<String> {
+        self.worker.args.clone()
+    }
+
+    /// kill -9 the worker and start it again with `extra` arguments added.
+    pub fn respawn_worker_with(&mut self, extra: &[&str]) {
+        self.worker.kill9();
+        let mut args = self.worker.args.clone();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        self.worker = Proc::start("worker", BIN, args, self.worker.env.clone(), self.worker.log.clone());
+    }
+
+    /// A NATS client of this stack's server with the admin's credentials, for
+    /// tests that publish commands or inspect consumers directly.
+    pub async fn nats_client(&self) -> vmplane_bus::async_nats::Client {
+        self.nats.connect(Some("admin")).await.expect("connecting to the test nats-server as its admin")
+    }
+
+    /// Pids of every live process whose command line mentions this stack's temp dir.
+    pub fn processes_in_root(&self) -> Vec<u32> {
+        let root = self.root().to_string_lossy().into_owned();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").expect("reading /proc").flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            let zombie =
+                std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')));
+            if !zombie && String::from_utf8_lossy(&cmdline).contains(&root) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}

@@ -90,7 +90,9 @@ impl Role {
                 publish.extend([subjects::EVENTS_ALL.to_owned(), subjects::LOGS_ALL.to_owned(), subjects::terminal_output("*")]);
                 publish.extend(consumers(&[commands]));
                 publish.push(format!("$JS.ACK.{commands}.>"));
-                publish.extend(api("STREAM.MSG.GET", &[events]));
+                // Events (aggregates), commands (is one still queued?), the host lease.
+                publish.extend(api("STREAM.MSG.GET", &[events, commands, heartbeats.as_str()]));
+                publish.extend([format!("$JS.API.DIRECT.GET.{heartbeats}"), format!("$JS.API.DIRECT.GET.{heartbeats}.>")]);
                 publish.push(format!("$KV.{}.>", subjects::HEARTBEAT_BUCKET));
                 // Terminal requests are answered on their reply subjects.
                 (vec![subjects::TERMINAL_OPEN_ALL.to_owned(), subjects::terminal_input("*")], true)

@@ -256,6 +256,26 @@ impl Bus {
         }
     }
 
+    /// Whether the command stream still holds a command on `subject` whose
+    /// message id (its operation id) is `msg_id`: not yet acknowledged, so it
+    /// will be delivered (again). Commands are few per subject, so this walks them.
+    pub async fn command_in_stream(&self, subject: &str, msg_id: &str) -> Result<bool, BusError> {
+        let stream = self.js.get_stream(subjects::COMMAND_STREAM).await.map_err(unavailable)?;
+        let mut next = 1;
+        loop {
+            match stream.raw_message_builder().sequence(next).next_by_subject(subject).send().await {
+                Ok(msg) => {
+                    if msg.headers.get(async_nats::header::NATS_MESSAGE_ID).is_some_and(|id| id.as_str() == msg_id) {
+                        return Ok(true);
+                    }
+                    next = msg.sequence + 1;
+                }
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => return Ok(false),
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+    }
+
     /// The event stream handle.
     pub async fn events_stream(&self) -> Result<stream::Stream, BusError> {
         self.js.get_stream(subjects::EVENT_STREAM).await.map_err(unavailable)

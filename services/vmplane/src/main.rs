@@ -21,6 +21,7 @@ use vmplane_domain::host::{HostInfo, ImageInfo};
 use vmplane_gateway::GatewayConfig;
 use vmplane_gateway::projection::Projections;
 use vmplane_worker::WorkerConfig;
+use vmplane_worker::claim::DataDirLock;
 use vmplane_worker::driver::Driver;
 use vmplane_worker::driver::qemu::accel::{self, AccelChoice};
 use vmplane_worker::driver::qemu::bridge;
@@ -180,6 +181,10 @@ struct WorkerOpts {
     /// Seconds before an unacknowledged command is redelivered.
     #[arg(long, default_value_t = 30)]
     ack_wait_secs: u64,
+    /// Deliveries of one command before the worker gives up on it and fails
+    /// its operation (each crash or unrecorded attempt is one).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..))]
+    max_deliveries: i64,
     /// sim: milliseconds a simulated boot takes.
     #[arg(long, default_value_t = 200)]
     sim_boot_delay_ms: u64,
@@ -239,6 +244,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Up(a) => {
             private_dir(&a.common.data_dir)?;
+            let lock = lock_worker_dir(&a.common.data_dir)?;
             let driver = driver(&a.worker, &a.common.data_dir).await?;
             let admin = admin_token(&a.common.data_dir, true)?;
             let nats = nats::resolve(&a.common).await?;
@@ -249,7 +255,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let gateway_bus = Bus::connect(&nats.url, Role::Gateway, &nats.creds(Role::Gateway)).await?;
             let worker_bus = Bus::connect(&nats.url, Role::Worker, &nats.creds(Role::Worker)).await?;
             let gateway = gateway(gateway_bus, &a.common, &a.gateway, admin);
-            let worker = worker(worker_bus, driver, &a.common, &a.worker);
+            let worker = worker(worker_bus, driver, &a.common, &a.worker, &lock);
             // Both end on SIGTERM; the worker may still be stopping guests when the gateway is done.
             tokio::try_join!(gateway, worker).map(drop)
         }
@@ -261,9 +267,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Worker(a) => {
             private_dir(&a.common.data_dir)?;
+            let lock = lock_worker_dir(&a.common.data_dir)?;
             let driver = driver(&a.worker, &a.common.data_dir).await?;
             let nats = nats::resolve(&a.common).await?;
-            worker(Bus::connect(&nats.url, Role::Worker, &nats.creds(Role::Worker)).await?, driver, &a.common, &a.worker).await
+            worker(Bus::connect(&nats.url, Role::Worker, &nats.creds(Role::Worker)).await?, driver, &a.common, &a.worker, &lock).await
         }
         Cmd::Projections { command: ProjectionsCmd::Rebuild(common) } => {
             private_dir(&common.data_dir)?;
@@ -296,6 +303,11 @@ pub(crate) fn private_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("making {} private", dir.display()))
+}
+
+/// One worker per data dir: taken before anything touches it (images, guests).
+fn lock_worker_dir(data_dir: &Path) -> anyhow::Result<DataDirLock> {
+    Ok(vmplane_worker::claim::lock_data_dir(&data_dir.join("worker"))?)
 }
 
 /// The admin token: `VMPLANE_ADMIN_TOKEN`, or for `up` the token kept in the
@@ -443,12 +455,13 @@ async fn gateway(bus: Bus, common: &CommonArgs, opts: &GatewayOpts, admin_token:
     Ok(())
 }
 
-async fn worker(bus: Bus, driver: Arc<dyn Driver>, common: &CommonArgs, opts: &WorkerOpts) -> anyhow::Result<()> {
+async fn worker(bus: Bus, driver: Arc<dyn Driver>, common: &CommonArgs, opts: &WorkerOpts, lock: &DataDirLock) -> anyhow::Result<()> {
     let mut cfg = WorkerConfig::new(common.data_dir.join("worker"));
     cfg.parallelism = opts.parallelism.max(1);
     cfg.ack_wait = Duration::from_secs(opts.ack_wait_secs.max(1));
+    cfg.max_deliveries = opts.max_deliveries;
     tokio::select! {
-        r = vmplane_worker::run(bus.clone(), driver.clone(), cfg) => r,
+        r = vmplane_worker::run(bus.clone(), driver.clone(), cfg, lock) => r,
         () = shutdown_signal() => {
             if opts.stop_guests_on_exit {
                 vmplane_worker::shutdown::stop_guests(&bus, &driver).await;

@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 use vmplane_bus::{Bus, BusError};
 use vmplane_domain::event::{Envelope, Event};
 use vmplane_domain::host::{self, HostEvent, HostInfo};
+use vmplane_domain::operation::{self, OperationEvent};
 use vmplane_domain::vm::{self, Vm, VmEvent};
 use vmplane_domain::volume::{self, Volume, VolumeEvent};
 use vmplane_domain::{HostId, OpId, OrgId, ProjectId, VmId, VolumeId, subjects};
@@ -142,5 +143,17 @@ impl<K: Kind> Aggregate<K> {
         self.state = K::evolve(self.state.take(), self.id, op, now, ev);
         metrics::counter!("vmplane_worker_events_appended_total", "type" => K::type_name(ev)).increment(1);
         Ok(())
+    }
+}
+
+/// End an operation that has no aggregate event of its own to end with
+/// (see [`vmplane_domain::operation`]). Recorded at most once: a second call
+/// for the same operation finds the subject taken and changes nothing.
+pub async fn record_operation_failed(bus: &Bus, org: Option<OrgId>, op: OpId, target: &str, code: &str, message: String) -> Result<(), BusError> {
+    let event = OperationEvent::OperationFailed { target: target.to_owned(), code: code.to_owned(), message };
+    let env = Envelope::new(org.unwrap_or(OrgId::DEFAULT), None, op.to_string(), Some(op), Event::Operation(event), OffsetDateTime::now_utc());
+    match bus.append(&operation::subject(org, op), &env, 0).await {
+        Ok(_) | Err(BusError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e),
     }
 }

@@ -4,7 +4,7 @@
 //! command is recognised by its pending operation and resumed; a finished one
 //! is recognised by the VM's finished operations and skipped.
 
-use crate::aggregate::{HostAggregate, VmAggregate, VolumeAggregate};
+use crate::aggregate::{HostAggregate, VmAggregate, VolumeAggregate, record_operation_failed};
 use crate::driver::{Driver, DriverError, GuestExit};
 use backoff::ExponentialBackoff;
 use std::sync::Arc;
@@ -46,28 +46,18 @@ pub struct VmJob {
     pub command: VmCommand,
 }
 
+/// What [`Executor::on_vm`] does to a VM.
+enum VmAction<'a> {
+    Execute(&'a VmJob),
+    Resume,
+    Fail { op: OpId, code: &'a str, message: &'a str },
+}
+
 impl Executor {
     /// Execute `job` to completion. `agg` is the VM's cached state, reloaded on conflicts.
     /// Only bus errors escape: everything the VM itself can suffer is recorded as events.
     pub async fn execute(&self, agg: &mut Option<VmAggregate>, job: &VmJob) -> Result<(), BusError> {
-        for _ in 0..MAX_CONFLICT_RETRIES {
-            if agg.is_none() {
-                *agg = Some(VmAggregate::load(&self.bus, job.org, job.vm).await?);
-            }
-            let a = agg.as_mut().expect("loaded above");
-            match self.decide_and_run(a, job).await {
-                Err(BusError::Conflict { subject }) => {
-                    tracing::info!(%subject, op = %job.op, "append conflict; reloading");
-                    *agg = None;
-                }
-                Err(e) => {
-                    *agg = None;
-                    return Err(e);
-                }
-                Ok(()) => return Ok(()),
-            }
-        }
-        Err(BusError::Other(format!("{}: too many concurrent writers", job.vm)))
+        self.on_vm(agg, job.org, job.vm, &VmAction::Execute(job)).await.map(drop)
     }
 
     /// Record that the guest stopped on its own, unless an operation in
@@ -250,6 +240,11 @@ impl Executor {
                 }
             }
         }
+        self.run_volume_steps(&mut agg).await
+    }
+
+    /// Drive the volume's pending operation (whichever it is) to its end.
+    async fn run_volume_steps(&self, agg: &mut VolumeAggregate) -> Result<(), BusError> {
         while let Some(v) = agg.state.clone() {
             let Some(step) = volume::next_step(&v) else { break };
             let op = v.pending_op;
@@ -267,5 +262,114 @@ impl Executor {
             agg.append(&self.bus, v.project, op, event).await?;
         }
         Ok(())
+    }
+
+    /// Drive an operation left pending on a VM to its end, as a redelivered
+    /// command would (used when its command is gone).
+    pub async fn resume_vm(&self, agg: &mut Option<VmAggregate>, org: OrgId, vm: VmId) -> Result<(), BusError> {
+        self.on_vm(agg, org, vm, &VmAction::Resume).await.map(drop)
+    }
+
+    /// Drive an operation left pending on a volume to its end.
+    pub async fn resume_volume(&self, org: OrgId, volume: VolumeId) -> Result<(), BusError> {
+        let mut agg = VolumeAggregate::load(&self.bus, org, volume).await?;
+        self.run_volume_steps(&mut agg).await
+    }
+
+    /// Give up on a VM operation: it ends as failed with `code` and `message`.
+    /// When it is the VM's operation in progress and its next step would have
+    /// touched the guest, the VM fails too (so it is not left busy), and its
+    /// guest is powered off, best effort, once the failure is recorded.
+    /// Never runs the step the operation was stuck at: that step may be what
+    /// keeps crashing the worker.
+    pub async fn fail_vm_op(&self, agg: &mut Option<VmAggregate>, org: OrgId, vm: VmId, op: OpId, code: &str, message: &str) -> Result<(), BusError> {
+        let failed_vm = self.on_vm(agg, org, vm, &VmAction::Fail { op, code, message }).await?;
+        if let Some(vm) = failed_vm
+            && let Err(e) = self.driver.power_off(&vm).await
+        {
+            tracing::warn!(vm = %vm.id, error = %e, "could not power off the guest of a vm failed by giving up on its command");
+        }
+        Ok(())
+    }
+
+    /// Run `action` against the VM, reloading and retrying when another writer
+    /// got there first. Returns the VM when the action failed it.
+    async fn on_vm(&self, agg: &mut Option<VmAggregate>, org: OrgId, vm: VmId, action: &VmAction<'_>) -> Result<Option<Vm>, BusError> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            if agg.is_none() {
+                *agg = Some(VmAggregate::load(&self.bus, org, vm).await?);
+            }
+            let a = agg.as_mut().expect("loaded above");
+            let result = match action {
+                VmAction::Execute(job) => self.decide_and_run(a, job).await.map(|()| None),
+                VmAction::Resume => match a.state.as_ref().map(|v| v.project) {
+                    Some(project) => self.run_steps(a, project).await.map(|()| None),
+                    None => Ok(None),
+                },
+                VmAction::Fail { op, code, message } => self.fail_pending(a, *op, code, message).await,
+            };
+            match result {
+                Err(BusError::Conflict { subject }) => {
+                    tracing::info!(%subject, "append conflict; reloading");
+                    *agg = None;
+                }
+                Err(e) => {
+                    *agg = None;
+                    return Err(e);
+                }
+                Ok(failed) => return Ok(failed),
+            }
+        }
+        Err(BusError::Other(format!("{vm}: too many concurrent writers")))
+    }
+
+    /// See [`Self::fail_vm_op`]; returns the VM if it failed it.
+    async fn fail_pending(&self, a: &mut VmAggregate, op: OpId, code: &str, message: &str) -> Result<Option<Vm>, BusError> {
+        let Some(vm) = a.state.clone() else {
+            record_operation_failed(&self.bus, Some(a.org), op, &a.id.to_string(), code, message.to_owned()).await?;
+            return Ok(None);
+        };
+        if vm.has_finished(op) {
+            return Ok(None);
+        }
+        let stuck_step = vm.pending_op.as_ref().filter(|p| p.id == op).and_then(|_| next_step(&vm));
+        let mut failed = None;
+        if stuck_step.is_some_and(|s| s.failure_fails_vm() && !matches!(s, Step::Finish(_))) {
+            a.append(&self.bus, vm.project, Some(op), VmEvent::Failed { message: message.to_owned() }).await?;
+            failed = a.state.clone();
+        }
+        let outcome = Outcome::Failed { code: code.to_owned(), message: message.to_owned() };
+        a.append(&self.bus, vm.project, Some(op), VmEvent::OperationFinished { outcome }).await?;
+        Ok(failed)
+    }
+
+    /// Give up on a volume operation: it ends as failed (and the volume with it,
+    /// when the operation was creating or deleting its storage).
+    pub async fn fail_volume_op(&self, org: OrgId, volume: VolumeId, op: OpId, code: &str, message: &str) -> Result<(), BusError> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let mut agg = VolumeAggregate::load(&self.bus, org, volume).await?;
+            let Some(state) = agg.state.clone() else {
+                return record_operation_failed(&self.bus, Some(org), op, &volume.to_string(), code, message.to_owned()).await;
+            };
+            let outcome = Outcome::Failed { code: code.to_owned(), message: message.to_owned() };
+            let result = async {
+                if state.pending_op == Some(op) {
+                    agg.append(&self.bus, state.project, Some(op), VolumeEvent::VolumeFailed { message: message.to_owned() }).await?;
+                }
+                agg.append(&self.bus, state.project, Some(op), VolumeEvent::VolumeOperationFinished { outcome }).await
+            };
+            match result.await {
+                Err(BusError::Conflict { .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(BusError::Other(format!("{volume}: too many concurrent writers")))
+    }
+
+    /// Give up on an image import: the host records it as failed.
+    pub async fn fail_host_op(&self, host: HostId, op: OpId, command: &HostCommand, message: &str) -> Result<(), BusError> {
+        let HostCommand::ImportImage { name, .. } = command;
+        let mut agg = HostAggregate::load(&self.bus, OrgId::DEFAULT, host).await?;
+        agg.append(&self.bus, ProjectId::DEFAULT, Some(op), HostEvent::ImageImportFailed { name: name.clone(), message: message.to_owned() }).await
     }
 }

@@ -1,8 +1,10 @@
 //! The worker's host: a stable id kept in the data dir, announced as an
 //! event when it first appears or changes, and kept alive by heartbeats in a
-//! key-value bucket (heartbeats are liveness, not history, so they are not events).
+//! key-value bucket (heartbeats are liveness, not history, so they are not
+//! events), each with a renewal of the host's lease ([`crate::claim`]).
 
 use crate::aggregate::HostAggregate;
+use crate::claim::{ClaimError, Lease};
 use std::path::Path;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -27,26 +29,35 @@ pub fn host_id(data_dir: &Path) -> std::io::Result<HostId> {
 
 /// Announce the host unless what it announced so far (registrations and
 /// imports, folded) already says the same.
-pub async fn register(bus: &Bus, data_dir: &Path, info: HostInfo) -> anyhow::Result<HostId> {
-    let id = host_id(data_dir)?;
+pub async fn register(bus: &Bus, id: HostId, info: HostInfo) -> anyhow::Result<()> {
     loop {
         let mut agg = HostAggregate::load(bus, OrgId::DEFAULT, id).await?;
         if agg.state.as_ref() == Some(&info) {
-            return Ok(id);
+            return Ok(());
         }
         match agg.append(bus, ProjectId::DEFAULT, None, HostEvent::Registered { info: info.clone() }).await {
-            Ok(()) => return Ok(id),
+            Ok(()) => return Ok(()),
             Err(BusError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
     }
 }
 
-/// Heartbeat forever; survives NATS outages by retrying on the next tick.
-pub async fn heartbeat(bus: Bus, host: HostId, every: Duration) -> anyhow::Result<()> {
+/// Heartbeat and renew the host's lease forever; survives NATS outages by
+/// retrying on the next tick. Returns (an error) only when another worker
+/// took the lease: this one must stop.
+pub async fn heartbeat(bus: Bus, host: HostId, every: Duration, mut lease: Lease) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
+        match lease.renew(&bus).await {
+            Err(e @ ClaimError::LeaseLost { .. }) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "lease renewal failed");
+                continue;
+            }
+            Ok(()) => {}
+        }
         let beat = async {
             let kv = bus.bucket(subjects::HEARTBEAT_BUCKET).await?;
             let at = OffsetDateTime::now_utc().unix_timestamp().to_string();

@@ -1,8 +1,11 @@
 //! Executes tenancy commands (orgs, projects, API keys). Any worker may take
 //! any of them from the shared consumer; uniqueness of ids is enforced by
-//! appending with "no events yet" as the expected subject sequence.
+//! appending with "no events yet" as the expected subject sequence. A command
+//! the domain refuses, cannot be read, or went past its delivery limit ends
+//! its operation as failed (`operation_failed`).
 
-use crate::{WorkerConfig, consumer_config, pull_forever};
+use crate::aggregate::record_operation_failed;
+use crate::{KeepAlive, WorkerConfig, backoff_delay, consumer_config, deliveries, delivery_limit_message, give_up_undecodable, pull_forever};
 use async_nats::jetstream::{AckKind, Message};
 use time::OffsetDateTime;
 use vmplane_bus::{Bus, BusError, decode_command};
@@ -15,50 +18,79 @@ pub async fn consume(bus: Bus, cfg: WorkerConfig) -> anyhow::Result<()> {
     let consumer_cfg = consumer_config("tenancy".into(), subjects::TENANCY_COMMANDS.into(), &cfg);
     let handler_bus = bus.clone();
     pull_forever(&bus, consumer_cfg, move |msg| {
-        let bus = handler_bus.clone();
+        let (bus, cfg) = (handler_bus.clone(), cfg.clone());
+        let alive = KeepAlive::start(&msg, cfg.ack_wait / 3);
         tokio::spawn(async move {
-            let ack = match handle(&bus, &msg).await {
+            let delivered = deliveries(&msg);
+            let ack = match handle(&bus, &msg, delivered, cfg.max_deliveries).await {
                 Ok(()) => AckKind::Ack,
-                Err(e) if e.is_transient() => AckKind::Nak(Some(std::time::Duration::from_secs(1))),
                 Err(e) => {
-                    tracing::error!(error = %e, "tenancy command failed");
-                    AckKind::Term
+                    tracing::warn!(subject = %msg.subject, delivered, error = %e, "tenancy command not finished; it will be redelivered");
+                    AckKind::Nak(Some(backoff_delay(delivered, cfg.ack_wait)))
                 }
             };
             if let Err(e) = msg.ack_with(ack).await {
                 tracing::warn!(error = %e, "ack failed");
             }
+            drop(alive);
         });
     })
     .await
 }
 
-async fn handle(bus: &Bus, msg: &Message) -> Result<(), BusError> {
-    let env = decode_command(&msg.payload)?;
+/// The code a refused tenancy command's operation fails with (the same the gateway answers with).
+fn refusal_code(e: &TenancyError) -> &'static str {
+    match e {
+        TenancyError::BadName => "validation_failed",
+        TenancyError::OrgNotFound => "not_found",
+        TenancyError::AlreadyExists => "conflict",
+    }
+}
+
+async fn handle(bus: &Bus, msg: &Message, delivered: i64, max_deliveries: i64) -> Result<(), BusError> {
+    let env = match decode_command(&msg.payload) {
+        Ok(env) => env,
+        Err(e) => {
+            let org = msg.subject.rsplit('.').next().and_then(|o| o.parse::<OrgId>().ok());
+            return give_up_undecodable(bus, msg, org, &e).await;
+        }
+    };
     let Command::Tenancy { command } = env.command else {
-        return Err(BusError::Other(format!("{}: not a tenancy command", env.op)));
+        let message = "a host's command was addressed to the tenancy consumer; no worker carries it out there";
+        return record_operation_failed(bus, Some(env.org), env.op, &env.org.to_string(), "misrouted", message.into()).await;
     };
     let (org, id) = match &command {
         TenancyCommand::CreateOrg { id, .. } => (*id, id.to_string()),
         TenancyCommand::CreateProject { id, org, .. } => (*org, id.to_string()),
         TenancyCommand::CreateApiKey { id, org, .. } => (*org, id.to_string()),
     };
+    let fail = async |code: &str, message: String| record_operation_failed(bus, Some(org), env.op, &id, code, message).await;
+    if delivered > max_deliveries {
+        tracing::warn!(op = %env.op, delivered, "tenancy command past its delivery limit; failing its operation");
+        return fail("delivery_limit", delivery_limit_message(delivered)).await;
+    }
     let org_exists = org == OrgId::DEFAULT || !bus.load(&subjects::tenancy_events(org, &org.to_string())).await?.is_empty();
     let subject = subjects::tenancy_events(org, &id);
     let event = match tenancy::decide(&command, false, org_exists) {
         Ok(ev) => ev,
         Err(e) => {
-            tracing::warn!(op = %env.op, error = %e, "tenancy command refused");
-            return Ok(());
+            tracing::warn!(op = %env.op, error = %e, "tenancy command refused; failing its operation");
+            return fail(refusal_code(&e), e.to_string()).await;
         }
     };
-    let out = Envelope::new(org, None, id, Some(env.op), Event::Tenancy(event), OffsetDateTime::now_utc());
+    let out = Envelope::new(org, None, id.clone(), Some(env.op), Event::Tenancy(event), OffsetDateTime::now_utc());
     match bus.append(&subject, &out, 0).await {
         Ok(_) => Ok(()),
-        // Already created: a redelivery of this same command, or a duplicate id.
+        // Already created: by a redelivery of this same command, or (ids are
+        // random, so hardly ever) by another command with the same id.
         Err(BusError::Conflict { .. }) => {
-            tracing::info!(op = %env.op, error = %TenancyError::AlreadyExists, "tenancy command already applied");
-            Ok(())
+            let first = bus.load(&subject).await?.into_iter().next().and_then(|(_, e)| e.operation);
+            if first == Some(env.op) {
+                tracing::info!(op = %env.op, "tenancy command already applied");
+                Ok(())
+            } else {
+                fail(refusal_code(&TenancyError::AlreadyExists), TenancyError::AlreadyExists.to_string()).await
+            }
         }
         Err(e) => Err(e),
     }

@@ -75,6 +75,8 @@ impl Projections {
                     Event::Tenancy(ev) => tenancy::apply(&mut txn, &env, ev),
                     Event::Host(ev) => hosts::apply(&mut txn, &env, ev),
                     Event::Volume(ev) => volumes::apply(&mut txn, &env, ev),
+                    // Operations have no view but their own (below).
+                    Event::Operation(_) => {}
                 }
                 operations::apply(&mut txn, &env);
                 metrics::counter!("vmplane_projection_events_applied_total", "type" => env.event.type_name()).increment(1);

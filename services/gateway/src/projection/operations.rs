@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use vmplane_domain::event::{Envelope, Event};
 use vmplane_domain::host::HostEvent;
+use vmplane_domain::operation::OperationEvent;
 use vmplane_domain::vm::{Outcome, Vm, VmEvent};
 use vmplane_domain::volume::VolumeEvent;
 use vmplane_domain::{OpId, OrgId};
@@ -58,11 +59,17 @@ pub struct Operation {
 pub(super) fn apply(txn: &mut Txn, env: &Envelope) {
     let Some(id) = env.operation else { return };
     let k = key(&[&"op", &id]);
+    // An operation's own events name their target in the event; every other
+    // event belongs to the target's aggregate.
+    let target = match &env.event {
+        Event::Operation(OperationEvent::OperationFailed { target, .. }) => target,
+        _ => &env.aggregate,
+    };
     let mut op = txn.get::<Operation>(&k).unwrap_or_else(|| Operation {
         id,
         status: OpStatus::Pending,
         kind: None,
-        target_id: env.aggregate.clone(),
+        target_id: target.clone(),
         org_id: env.org,
         error: None,
         created_at: env.time,
@@ -72,7 +79,7 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope) {
         return;
     }
     if op.kind.is_none() {
-        let vm: Option<Vm> = txn.get(&key(&[&"vm", &env.aggregate]));
+        let vm: Option<Vm> = txn.get(&key(&[&"vm", target]));
         op.kind = vm.and_then(|v| v.pending_op).filter(|p| p.id == id).map(|p| p.kind.as_str().to_owned());
     }
     op.updated_at = env.time;
@@ -82,12 +89,10 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope) {
             op.error = Some(OpError { code: "import_failed".into(), message: message.clone() });
         }
         Event::Vm(VmEvent::OperationFinished { outcome: Outcome::Succeeded }) | Event::Tenancy(_) | Event::Host(_) => op.status = OpStatus::Succeeded,
-        Event::Vm(VmEvent::OperationFinished { outcome: Outcome::Failed { code, message } }) => {
-            op.status = OpStatus::Failed;
-            op.error = Some(OpError { code: code.clone(), message: message.clone() });
-        }
         Event::Volume(VolumeEvent::VolumeOperationFinished { outcome: Outcome::Succeeded }) => op.status = OpStatus::Succeeded,
-        Event::Volume(VolumeEvent::VolumeOperationFinished { outcome: Outcome::Failed { code, message } }) => {
+        Event::Vm(VmEvent::OperationFinished { outcome: Outcome::Failed { code, message } })
+        | Event::Volume(VolumeEvent::VolumeOperationFinished { outcome: Outcome::Failed { code, message } })
+        | Event::Operation(OperationEvent::OperationFailed { code, message, .. }) => {
             op.status = OpStatus::Failed;
             op.error = Some(OpError { code: code.clone(), message: message.clone() });
         }

@@ -7,7 +7,8 @@
 //!
 //! Faults are injected per VM through labels, which only this driver reads:
 //! `sim.fail=<step>` fails that step for good, `sim.fail-once=<step>` fails it
-//! once with a retryable error. Steps: `network`, `disk`, `boot`, `ready`,
+//! once with a retryable error, `sim.crash=<step>` aborts the whole worker
+//! process whenever that step runs (a driver that takes its host down). Steps: `network`, `disk`, `boot`, `ready`,
 //! `power_off`, `reboot`, `snapshot`, `restore`, `destroy`, `attach_volume`,
 //! `detach_volume`, `plug_memory`.
 
@@ -103,6 +104,10 @@ impl SimDriver {
     /// Read-modify-write one guest under the lock; the closure's error aborts without writing.
     fn update<T>(&self, vm: &Vm, step: &str, f: impl FnOnce(&mut SimGuest) -> Result<T, DriverError>) -> Result<T, DriverError> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if vm.spec.labels.get("sim.crash").is_some_and(|s| s == step) {
+            tracing::error!(vm = %vm.id, step, "injected crash: aborting the worker");
+            std::process::abort();
+        }
         let mut guest = self.read(vm.id)?.unwrap_or_default();
         if vm.spec.labels.get("sim.fail").is_some_and(|s| s == step) {
             return Err(DriverError::Fatal(format!("injected failure at {step}")));
