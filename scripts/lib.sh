@@ -53,5 +53,6 @@ ensure_qemu() {
   ensure_release qemu-system-x86 qemu-utils
   ensure_package passt passt
   ensure_package nft nftables
+  ensure_package ss iproute2
   ensure_package mke2fs e2fsprogs
 }

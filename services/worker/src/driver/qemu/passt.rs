@@ -194,8 +194,18 @@ pub fn args(fd: i32, log: &Path, runas: Option<Ids>, filtered: bool, bind: IpAdd
     a
 }
 
+/// How long a forwarded port may stay taken after the VM's previous passt
+/// (connections it closed linger in TCP TIME_WAIT for 60 s on Linux).
+const BIND_PATIENCE: Duration = Duration::from_secs(70);
+
 /// Start passt for the guest of `dir` on `socket` (its end of the pair with
 /// qemu). Returns once passt runs in the background with its ports bound.
+///
+/// passt binds its forwarded ports without SO_REUSEADDR, so the connections
+/// the VM's previous passt closed (a standby, a stop) would keep a new one
+/// from binding them for a minute: those TIME_WAIT sockets are destroyed
+/// first, and where the kernel cannot do that, passt is tried again until
+/// they expire.
 pub async fn start(
     binary: &Path,
     runas: Option<Ids>,
@@ -207,14 +217,24 @@ pub async fn start(
 ) -> Result<(), String> {
     stop(dir, runas).await;
     let log = log_file(dir);
-    let mut cmd = tokio::process::Command::new(binary);
-    cmd.args(args(socket.as_raw_fd(), &log, runas, filtered, bind, network)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    super::process::private_child(&mut cmd, Some(socket.as_raw_fd()));
-    let out = cmd.output().await.map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
-    drop(socket);
-    if !out.status.success() {
-        return Err(format!("passt failed to start ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+    let deadline = tokio::time::Instant::now() + BIND_PATIENCE;
+    loop {
+        release_time_wait(bind, network).await;
+        let mut cmd = tokio::process::Command::new(binary);
+        cmd.args(args(socket.as_raw_fd(), &log, runas, filtered, bind, network)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        super::process::private_child(&mut cmd, Some(socket.as_raw_fd()));
+        let out = cmd.output().await.map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        if !err.contains("Failed to bind") || tokio::time::Instant::now() >= deadline {
+            return Err(format!("passt failed to start ({}): {err}", out.status));
+        }
+        tracing::info!(dir = %dir.path().display(), "a forwarded port is still held by closed connections; starting passt again shortly");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    drop(socket);
     // The daemon is a child of the process that just exited: find it.
     let pid = std::fs::read_dir("/proc")
         .map_err(|e| format!("/proc: {e}"))?
@@ -223,6 +243,27 @@ pub async fn start(
         .find(|pid| is_ours(*pid, &log, runas))
         .ok_or("passt exited right after starting (see passt.log)")?;
     super::layout::write_private(&pid_file(dir), pid.to_string().as_bytes()).map_err(|e| format!("passt pid file: {e}"))
+}
+
+/// Destroy the TIME_WAIT sockets left on the VM's forwarded TCP ports
+/// (`ss -K`, needs root and a kernel that can destroy them; a failure only
+/// means passt has to wait for them to expire).
+async fn release_time_wait(bind: IpAddr, network: &NetworkRuntime) {
+    let ports: Vec<u16> =
+        network.ssh_port.into_iter().chain(network.port_forwards.iter().filter(|f| f.protocol == Protocol::Tcp).map(|f| f.host_port)).collect();
+    if ports.is_empty() {
+        return;
+    }
+    let filter = ports.iter().map(|p| format!("sport = :{p}")).collect::<Vec<_>>().join(" or ");
+    let mut cmd = tokio::process::Command::new("ss");
+    cmd.args(["-K", "-t", "-n", "state", "time-wait"]);
+    if !bind.is_unspecified() {
+        cmd.args(["src", &bind.to_string()]);
+    }
+    let destroyed = cmd.arg(format!("( {filter} )")).stdout(Stdio::null()).stderr(Stdio::null()).status().await;
+    if !destroyed.is_ok_and(|s| s.success()) {
+        tracing::debug!("ss -K could not destroy TIME_WAIT sockets; passt will wait for them to expire");
+    }
 }
 
 /// The pid of the VM's passt, if it runs.
@@ -300,18 +341,58 @@ mod tests {
         assert!(a.contains(&"--no-map-gw".to_owned()), "{a:?}");
     }
 
+    /// Connections a stopped passt closed hold its forwarded port in TIME_WAIT;
+    /// they are destroyed so the next passt can bind the port (it does not
+    /// set SO_REUSEADDR, and neither does this test's probe). Needs root.
+    #[tokio::test]
+    async fn time_wait_left_on_a_forwarded_port_is_cleared() {
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(std::env::var_os("VMPLANE_SKIP_GUEST_TESTS").is_some(), "needs root (or set VMPLANE_SKIP_GUEST_TESTS=1)");
+            eprintln!("SKIPPED: needs root");
+            return;
+        }
+        // The server side closes first, as passt does when its guest goes: TIME_WAIT on the listening port.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        drop(listener.accept().unwrap().0);
+        std::thread::sleep(Duration::from_millis(100));
+        drop((client, listener));
+        let bind_plain = || {
+            // SAFETY: plain socket calls on a descriptor this closure owns and closes.
+            unsafe {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                let addr = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: port.to_be(),
+                    sin_addr: libc::in_addr { s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be() },
+                    sin_zero: [0; 8],
+                };
+                let ok = libc::bind(fd, &addr as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in>() as u32) == 0;
+                libc::close(fd);
+                ok
+            }
+        };
+        assert!(!bind_plain(), "the closed connection holds port {port} (TIME_WAIT)");
+        let network = NetworkRuntime { ssh_port: Some(port), ..NetworkRuntime::default() };
+        release_time_wait("127.0.0.1".parse().unwrap(), &network).await;
+        assert!(bind_plain(), "port {port} is free again");
+    }
+
     /// Frames on qemu's side of the socket pair: a 4-byte big-endian length, then the frame.
     fn send_frame(s: &mut UnixStream, frame: &[u8]) {
         s.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
         s.write_all(frame).unwrap();
     }
 
-    fn recv_frame(s: &mut UnixStream) -> Vec<u8> {
+    /// The next frame from passt, or `None` when none comes within the read timeout.
+    fn recv_frame(s: &mut UnixStream) -> Option<Vec<u8>> {
         let mut len = [0u8; 4];
-        s.read_exact(&mut len).expect("a frame from passt");
+        s.read_exact(&mut len).ok()?;
         let mut frame = vec![0; u32::from_be_bytes(len) as usize];
-        s.read_exact(&mut frame).unwrap();
-        frame
+        s.read_exact(&mut frame).ok()?;
+        Some(frame)
     }
 
     fn ip_checksum(header: &[u8]) -> u16 {
@@ -344,24 +425,25 @@ mod tests {
         let (mut guest, theirs) = UnixStream::pair().unwrap();
         start(&binary, runas, true, &dir, "127.0.0.1".parse().unwrap(), &network, theirs.into()).await.unwrap();
         assert!(running(&dir, runas).is_some(), "passt runs as its own user, recorded in its pid file");
-        guest.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        guest.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
 
-        // The guest announces itself (passt learns its MAC), then a host client sends a datagram.
+        // The guest announces itself (passt learns its MAC), then a host client
+        // sends a datagram. passt drops one that comes before it has learnt
+        // the guest, so, as a UDP client would, the client tries again.
         let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
         let mut arp = [[0xff; 6].as_slice(), &mac, &[8, 6, 0, 1, 8, 0, 6, 4, 0, 1], &mac, &GUEST_ADDR.octets(), &[0; 6], &GATEWAY.octets()].concat();
         arp.resize(60, 0);
-        send_frame(&mut guest, &arp);
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        client.send_to(b"udp-ping", ("127.0.0.1", host_port)).unwrap();
-        let frame = loop {
-            let f = recv_frame(&mut guest);
-            if f[12..14] == [8, 0] && f[23] == 17 {
-                break f;
-            }
-        };
+        client.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let frame = (0..20)
+            .find_map(|_| {
+                send_frame(&mut guest, &arp);
+                client.send_to(b"udp-ping", ("127.0.0.1", host_port)).unwrap();
+                std::iter::from_fn(|| recv_frame(&mut guest)).find(|f| f[12..14] == [8, 0] && f[23] == 17)
+            })
+            .expect("the datagram reaches the guest");
         let (ip, udp, payload) = (&frame[14..34], &frame[34..42], &frame[42..]);
-        assert_eq!((&ip[16..20], &udp[2..4], payload), (GUEST_ADDR.octets().as_slice(), 9999u16.to_be_bytes().as_slice(), b"udp-ping".as_slice()));
+        assert_eq!((&ip[16..20], &udp[2..4], &payload[..8]), (GUEST_ADDR.octets().as_slice(), 9999u16.to_be_bytes().as_slice(), b"udp-ping".as_slice()));
 
         // The guest answers from its port to whoever sent it (the gateway address, as passt presents the host).
         let reply = b"udp-pong";
@@ -370,9 +452,14 @@ mod tests {
         let mut ip_reply = [&[0x45, 0][..], &total, &[0, 1, 0, 0, 64, 17, 0, 0], &ip[16..20], &ip[12..16]].concat();
         let sum = ip_checksum(&ip_reply).to_be_bytes();
         ip_reply[10..12].copy_from_slice(&sum);
-        send_frame(&mut guest, &[&frame[6..12], &mac, &[8, 0], &ip_reply, &udp_reply].concat());
+        let reply_frame = [&frame[6..12], &mac, &[8, 0], &ip_reply, &udp_reply].concat();
         let mut buf = [0; 64];
-        let (n, from) = client.recv_from(&mut buf).expect("the guest's reply reaches the host client");
+        let (n, from) = (0..20)
+            .find_map(|_| {
+                send_frame(&mut guest, &reply_frame);
+                client.recv_from(&mut buf).ok()
+            })
+            .expect("the guest's reply reaches the host client");
         assert_eq!((&buf[..n], from.port()), (reply.as_slice(), host_port));
 
         drop(guest);
