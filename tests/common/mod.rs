@@ -751,3 +751,41 @@ fn parse_sse_block(block: &str) -> Option<SseEvent> {
         data: serde_json::from_str(&data).unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {data}")),
     })
 }
+
+// ---------------------------------------------------------------------------
+// More stack parts (isolation tests)
+// ---------------------------------------------------------------------------
+
+impl Stack {
+    /// Restart the worker with `extra` arguments added to its command line
+    /// (e.g. `--sim-memory-mib 2048`); it re-announces its host. Callers wait
+    /// for the change they need in `GET /v1/hosts`.
+    pub async fn restart_worker_with(&mut self, extra: &[&str]) {
+        self.worker.args.extend(extra.iter().map(|a| (*a).to_owned()));
+        self.worker.restart().await;
+    }
+
+    /// Another gateway with its own projections, on `nats_url` (this stack's
+    /// NATS, or a proxy in front of it), ready; returns it and an admin client.
+    pub async fn start_gateway(&self, name: &str, nats_url: &str) -> (Proc, Client) {
+        let data = self.root().join(name).to_string_lossy().into_owned();
+        let env = vec![("VMPLANE_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned())];
+        for attempt in 1.. {
+            let listen = format!("127.0.0.1:{}", free_port());
+            let args = ["gateway", "--nats-url", nats_url, "--data-dir", &data, "--listen", &listen].map(str::to_owned).to_vec();
+            let mut gw = Proc::start(name, BIN, args, env.clone(), self.root().join(format!("{name}.log")));
+            let base = format!("http://{listen}");
+            match gateway_ready(&mut gw, &Client::new(&base, None)).await {
+                Ok(()) => return (gw, Client::new(&base, Some(ADMIN_TOKEN))),
+                Err(_) if attempt < 3 && gw.log_mentions("address already in use") => continue,
+                Err(status) => panic!("{name} exited at start ({status})\n{}", gw.log_tail(40)),
+            }
+        }
+        unreachable!()
+    }
+
+    /// A NATS client of this stack's server, for reading streams and buckets.
+    pub async fn nats_client(&self) -> async_nats::Client {
+        async_nats::connect(self.nats.url()).await.expect("connecting to the stack's nats-server")
+    }
+}

@@ -38,14 +38,23 @@ async fn handle(bus: &Bus, msg: &Message) -> Result<(), BusError> {
     let Command::Tenancy { command } = env.command else {
         return Err(BusError::Other(format!("{}: not a tenancy command", env.op)));
     };
-    let (org, id) = match &command {
-        TenancyCommand::CreateOrg { id, .. } => (*id, id.to_string()),
-        TenancyCommand::CreateProject { id, org, .. } => (*org, id.to_string()),
-        TenancyCommand::CreateApiKey { id, org, .. } => (*org, id.to_string()),
-    };
+    let (org, id) = (command.org(), command.target());
     let org_exists = org == OrgId::DEFAULT || !bus.load(&subjects::tenancy_events(org, &org.to_string())).await?.is_empty();
     let subject = subjects::tenancy_events(org, &id);
-    let event = match tenancy::decide(&command, false, org_exists) {
+    // Creations append to a new subject (expected 0); a revocation appends
+    // after the key's own history, and only to a key that is active.
+    let (exists, expected) = match &command {
+        TenancyCommand::RevokeApiKey { .. } => {
+            let history = bus.load(&subject).await?;
+            let active = tenancy::key_is_active(history.iter().filter_map(|(_, e)| match &e.event {
+                Event::Tenancy(t) => Some(t),
+                _ => None,
+            }));
+            (active, history.last().map_or(0, |(seq, _)| *seq))
+        }
+        _ => (false, 0),
+    };
+    let event = match tenancy::decide(&command, exists, org_exists) {
         Ok(ev) => ev,
         Err(e) => {
             tracing::warn!(op = %env.op, error = %e, "tenancy command refused");
@@ -53,7 +62,7 @@ async fn handle(bus: &Bus, msg: &Message) -> Result<(), BusError> {
         }
     };
     let out = Envelope::new(org, None, id, Some(env.op), Event::Tenancy(event), OffsetDateTime::now_utc());
-    match bus.append(&subject, &out, 0).await {
+    match bus.append(&subject, &out, expected).await {
         Ok(_) => Ok(()),
         // Already created: a redelivery of this same command, or a duplicate id.
         Err(BusError::Conflict { .. }) => {
