@@ -505,15 +505,20 @@ async fn bad_input_on_the_driver_path_is_refused_or_fails_cleanly() {
     assert_eq!((s, b["code"].as_str()), (422, Some("unknown_image")), "{b}");
     assert_eq!(c.vm_total("").await, 0, "refused requests created nothing");
 
+    // Requested host ports must lie in the worker's --port-range: take its
+    // top end, which automatic allocation (from the bottom) reaches last.
+    let (_, hosts) = c.get("/v1/hosts").await;
+    let last = hosts[0]["port_range"]["last"].as_u64().unwrap_or_else(|| panic!("no port range announced: {hosts}")) as u16;
+
     // A host port another VM forwards: 409 before anything runs.
-    let port = free_port();
+    let port = last;
     let first = c.create_vm(json!({"name": "p1", "memory_mib": 256, "port_forwards": [{"guest_port": 80, "host_port": port}]})).await;
     let (s, b) = c.post("/v1/vms", &json!({"name": "p2", "port_forwards": [{"guest_port": 80, "host_port": port}]})).await;
     assert_eq!((s, b["code"].as_str()), (409, Some("port_conflict")), "{b}");
     g.wait_op(str_of(&first["operation"]["id"])).await;
 
     // A host port some other program holds: the VM fails with the reason, and nothing is left running.
-    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let holder = (last - 20..last).rev().find_map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok()).expect("a free port in the range");
     let held = holder.local_addr().unwrap().port();
     let vm = c.create_vm(json!({"name": "p3", "port_forwards": [{"guest_port": 80, "host_port": held}]})).await;
     let id = str_of(&vm["id"]).to_owned();

@@ -48,7 +48,11 @@ async fn post_with_key(c: &Client, path: &str, key: &str, body: &Value) -> Resp 
 }
 
 /// A WebSocket to a VM's terminal, or the HTTP status that refused it.
-async fn terminal(base: &str, token: &str, vm: &str) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, u16> {
+async fn terminal(
+    base: &str,
+    token: &str,
+    vm: &str,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, u16> {
     let url = format!("{}/v1/vms/{vm}/terminal", base.replace("http://", "ws://"));
     let mut req = tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
     req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -259,7 +263,10 @@ async fn a_publish_whose_acknowledgement_is_lost_makes_one_vm() {
     assert_eq!(s, 200);
     let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|v| str_of(&v["id"])).collect();
     assert_eq!(ids, [vm.as_str()], "one create, one VM: {list}");
-    let guests = std::fs::read_dir(stack.data_dir().join("worker").join("sim")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".json")).count();
+    let guests = std::fs::read_dir(stack.data_dir().join("worker").join("sim"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".json"))
+        .count();
     assert_eq!(guests, 1, "the worker booted exactly one guest");
     stack.admin.wait_vm_status(&vm, "running").await;
 }
@@ -290,7 +297,8 @@ async fn parallel_creates_never_overcommit_a_host() {
     let admin = &stack.admin;
 
     // Six at once asking for one host port: exactly one gets it.
-    let bodies = (0..6).map(|i| json!({ "name": format!("port-{i}"), "memory_mib": 128, "port_forwards": [{ "guest_port": 80, "host_port": 25000 }] })).collect();
+    let bodies =
+        (0..6).map(|i| json!({ "name": format!("port-{i}"), "memory_mib": 128, "port_forwards": [{ "guest_port": 80, "host_port": 25000 }] })).collect();
     let answers = parallel_creates(admin, bodies).await;
     let accepted = answers.iter().filter(|(s, _)| *s == 202).count();
     assert_eq!(accepted, 1, "{answers:?}");
@@ -326,7 +334,7 @@ async fn host_ports_stay_in_the_operators_range_and_bridge_addresses_are_unique(
         assert_eq!((s, b["code"].as_str()), (422, Some("port_out_of_range")), "host port {port}: {b}");
     }
     assert_eq!(admin.vm_total("").await, 0, "refused creates created nothing");
-    for port in [20000, 29999] {
+    for port in [20500, 29999] {
         let b = admin.create_vm(json!({ "name": format!("p{port}"), "port_forwards": [{ "guest_port": 80, "host_port": port }] })).await;
         admin.wait_op_succeeded(str_of(&b["operation"]["id"])).await;
     }
@@ -604,7 +612,9 @@ async fn cross_tenant_matrix_every_foreign_access_is_404_or_403_and_changes_noth
     // A's terminal is not there for B.
     assert_eq!(terminal(&stack.base, &key_b, &vm_a).await.err(), Some(404));
     // A reaches none of B's either.
-    for (method, path) in [(Method::GET, format!("/v1/vms/{vm_b}")), (Method::POST, format!("/v1/vms/{vm_b}/stop")), (Method::GET, format!("/v1/volumes/{vol_b}"))] {
+    for (method, path) in
+        [(Method::GET, format!("/v1/vms/{vm_b}")), (Method::POST, format!("/v1/vms/{vm_b}/stop")), (Method::GET, format!("/v1/volumes/{vol_b}"))]
+    {
         let r = a.send(a.request(method.clone(), &path)).await;
         assert_eq!(r.status, 404, "A {method} {path}: {:?}", r.body);
     }

@@ -174,8 +174,17 @@ mod tests {
 
     #[test]
     fn imports_add_or_replace_images_by_name() {
-        let mut info =
-            HostInfo { name: "h".into(), driver: "qemu".into(), driver_detail: None, cpus: 1, memory_mib: 1, disk_gb: 1, images: vec![], bridge_cidr: None, port_range: None };
+        let mut info = HostInfo {
+            name: "h".into(),
+            driver: "qemu".into(),
+            driver_detail: None,
+            cpus: 1,
+            memory_mib: 1,
+            disk_gb: 1,
+            images: vec![],
+            bridge_cidr: None,
+            port_range: None,
+        };
         let img = |name: &str, size| ImageInfo {
             name: name.into(),
             os: "linux".into(),

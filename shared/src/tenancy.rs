@@ -30,7 +30,10 @@ pub enum TenancyCommand {
         secret_sha256: String,
     },
     /// Revoke an API key: every gateway refuses it once the event is projected.
-    RevokeApiKey { id: ApiKeyId, org: OrgId },
+    RevokeApiKey {
+        id: ApiKeyId,
+        org: OrgId,
+    },
 }
 
 impl TenancyCommand {

@@ -12,8 +12,8 @@ use crate::auth::Principal;
 use crate::error::ApiResult;
 use crate::projection::operations::{OpStatus, Operation};
 use std::time::Duration;
-use vmplane_bus::BusError;
 use time::OffsetDateTime;
+use vmplane_bus::BusError;
 use vmplane_domain::{Command, CommandEnvelope, OpId, ProjectId};
 
 /// How long a publish is retried before the request answers 503 (the
@@ -75,12 +75,16 @@ pub fn accepted_before(state: &AppState, op: OpId) -> ApiResult<Option<Operation
     Ok(state.proj.operation(op)?.filter(|o| o.status != OpStatus::Pending))
 }
 
-/// Publish, again while the outcome is unknown, up to [`PUBLISH_RETRY_FOR`].
+/// Publish; once an attempt may have reached NATS without a confirmation,
+/// publish again with the same id until confirmed, up to [`PUBLISH_RETRY_FOR`].
+/// Without a connection nothing was sent, and the request fails at once.
 async fn publish(state: &AppState, subject: String, env: &CommandEnvelope) -> Result<u64, BusError> {
     let deadline = tokio::time::Instant::now() + PUBLISH_RETRY_FOR;
+    let mut maybe_sent = false;
     loop {
+        maybe_sent |= state.bus.is_connected();
         match state.bus.publish_command(subject.clone(), env).await {
-            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+            Err(e) if e.is_transient() && maybe_sent && tokio::time::Instant::now() < deadline => {
                 tracing::warn!(op = %env.op, error = %e, "command publish unconfirmed; sending it again with the same id");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }

@@ -126,7 +126,9 @@ struct Keys {
 impl Keys {
     fn derive(token: &str, name: &str) -> Self {
         let mut okm = [0u8; 96];
-        Hkdf::<Sha256>::new(Some(name.as_bytes()), token.as_bytes()).expand(b"vmplane idempotency v1", &mut okm).expect("96 bytes is a valid HKDF-SHA256 length");
+        Hkdf::<Sha256>::new(Some(name.as_bytes()), token.as_bytes())
+            .expand(b"vmplane idempotency v1", &mut okm)
+            .expect("96 bytes is a valid HKDF-SHA256 length");
         let part = |i: usize| -> [u8; 32] { okm[i * 32..(i + 1) * 32].try_into().expect("32-byte slice") };
         Self { seal: ChaCha20Poly1305::new(&part(0).into()), mac: part(1), random: part(2) }
     }
@@ -224,6 +226,7 @@ async fn handle(state: AppState, req: Request, next: Next) -> Result<Response, R
     let keys = Keys::derive(bearer(&parts.headers).unwrap_or_default(), &name);
     let request_mac = keys.request_mac(&parts.method, &parts.uri, &body);
 
+    state.bus.ensure_connected().map_err(|e| ApiError::from(e).into_response())?;
     let kv = state.bus.bucket(subjects::IDEMPOTENCY_BUCKET).await.map_err(|e| ApiError::from(e).into_response())?;
     let (record, revision) = match claim(&kv, &name, &request_mac, &keys).await? {
         Claim::Run(record, revision) => (record, revision),
@@ -254,7 +257,8 @@ async fn claim(kv: &async_nats::jetstream::kv::Store, name: &str, request_mac: &
     let unavailable = |e: &dyn std::fmt::Display| ApiError::Unavailable(format!("idempotency store: {e}")).into_response();
     let in_progress = || ApiError::Conflict("idempotency_in_progress", "a request with this Idempotency-Key is still in progress".into()).into_response();
     for _ in 0..3 {
-        let fresh = Record { request_mac: request_mac.to_owned(), phase: Phase::InProgress, since: now(), op: Ulid::new(), resource: Ulid::new(), sealed: None };
+        let fresh =
+            Record { request_mac: request_mac.to_owned(), phase: Phase::InProgress, since: now(), op: Ulid::new(), resource: Ulid::new(), sealed: None };
         match kv.create(name, encode(&fresh)).await {
             Ok(revision) => return Ok(Claim::Run(fresh, revision)),
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}

@@ -139,6 +139,7 @@ pub async fn place(
     check: impl Fn(&Host, &Taken) -> Option<Unfit>,
     room: impl Fn(&Host, &Taken) -> u64,
 ) -> ApiResult<HostId> {
+    state.bus.ensure_connected()?;
     let store = state.bus.bucket(subjects::PLACEMENT_BUCKET).await?;
     for _ in 0..ATTEMPTS {
         let mut online = false;
@@ -191,9 +192,10 @@ fn refusal(online: bool, reason: Option<Unfit>) -> ApiError {
         _ if !online => ApiError::Unavailable("no worker host is online".into()),
         Some(Unfit::NoImage(image)) => ApiError::Unprocessable("unknown_image", format!("no online host has the image `{image}`; see GET /v1/images")),
         Some(Unfit::NoBridge) => ApiError::Unprocessable("unsupported", "no online host has a bridge for bridge networking (worker --bridge)".into()),
-        Some(Unfit::PortOutOfRange(p)) => {
-            ApiError::Unprocessable("port_out_of_range", format!("host port {p} is outside the port range the hosts forward from (see port_range in GET /v1/hosts)"))
-        }
+        Some(Unfit::PortOutOfRange(p)) => ApiError::Unprocessable(
+            "port_out_of_range",
+            format!("host port {p} is outside the port range the hosts forward from (see port_range in GET /v1/hosts)"),
+        ),
         Some(Unfit::AddressTaken(what)) => ApiError::Conflict("address_conflict", format!("{what} is already another vm's on the bridge")),
         Some(Unfit::PortTaken(p)) => ApiError::Conflict("port_conflict", format!("host port {p} is already forwarded to another vm")),
         Some(Unfit::NoRoom) | None => ApiError::Conflict("insufficient_capacity", "no online host has room for this".into()),

@@ -2,9 +2,9 @@
 //! VM's event history, and per-host resource usage for placement.
 
 use super::{Projections, Txn, key};
-use vmplane_domain::event::Envelope;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use vmplane_domain::event::Envelope;
 use vmplane_domain::host::Resources;
 use vmplane_domain::spec::NetworkMode;
 use vmplane_domain::vm::{Vm, VmEvent, VmStatus, evolve};

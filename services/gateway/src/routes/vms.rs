@@ -18,9 +18,9 @@ use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
+use vmplane_domain::host::{Host, PortRange};
 use vmplane_domain::spec::{DataDisk, ExposedPort, GpuSpec, NetworkMode, NetworkSpec, PortForward, VmSpec, VolumeMount};
 use vmplane_domain::vm::{DiskInfo, ResolvedPortForward, Vm, VmCommand, VmStatus, decide, evolve};
-use vmplane_domain::host::{Host, PortRange};
 use vmplane_domain::{Command, HostId, ImageId, ProjectId, VmId, VolumeId, subjects};
 
 /// Routes of this module.
@@ -378,42 +378,72 @@ async fn get_vm(State(state): State<AppState>, who: Principal, PathId(id): PathI
 /// Delete a VM and, unless `delete_root_disk` is false, its root disk.
 #[utoipa::path(delete, path = "/v1/vms/{id}", tag = "vms", params(("id" = String, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn delete_vm(State(state): State<AppState>, who: Principal, alloc: Allocation, PathId(id): PathId<VmId>) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+async fn delete_vm(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<VmId>,
+) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     act(state, who, alloc, id, VmCommand::Delete).await
 }
 
 /// Start a stopped VM. Starting a running VM is accepted and changes nothing.
 #[utoipa::path(post, path = "/v1/vms/{id}/start", tag = "vms", params(("id" = String, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn start_vm(State(state): State<AppState>, who: Principal, alloc: Allocation, PathId(id): PathId<VmId>) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+async fn start_vm(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<VmId>,
+) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     act(state, who, alloc, id, VmCommand::Start).await
 }
 
 /// Stop a VM: ACPI power-down, then a hard stop. Stopping a stopped VM is accepted and changes nothing.
 #[utoipa::path(post, path = "/v1/vms/{id}/stop", tag = "vms", params(("id" = String, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn stop_vm(State(state): State<AppState>, who: Principal, alloc: Allocation, PathId(id): PathId<VmId>) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+async fn stop_vm(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<VmId>,
+) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     act(state, who, alloc, id, VmCommand::Stop).await
 }
 
 /// Reboot a running VM.
 #[utoipa::path(post, path = "/v1/vms/{id}/restart", tag = "vms", params(("id" = String, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn restart_vm(State(state): State<AppState>, who: Principal, alloc: Allocation, PathId(id): PathId<VmId>) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+async fn restart_vm(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<VmId>,
+) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     act(state, who, alloc, id, VmCommand::Restart).await
 }
 
 /// Snapshot a running VM's memory and devices to disk and stop it (`standby`).
 #[utoipa::path(post, path = "/v1/vms/{id}/standby", tag = "vms", params(("id" = String, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn standby_vm(State(state): State<AppState>, who: Principal, alloc: Allocation, PathId(id): PathId<VmId>) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+async fn standby_vm(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<VmId>,
+) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     act(state, who, alloc, id, VmCommand::Standby).await
 }
 
 /// Resume a VM in standby from its snapshot, memory intact.
 #[utoipa::path(post, path = "/v1/vms/{id}/restore", tag = "vms", params(("id" = String, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn restore_vm(State(state): State<AppState>, who: Principal, alloc: Allocation, PathId(id): PathId<VmId>) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+async fn restore_vm(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<VmId>,
+) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     act(state, who, alloc, id, VmCommand::Restore).await
 }
 
