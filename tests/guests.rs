@@ -662,17 +662,22 @@ async fn bridge_mode_guests_get_addresses_from_the_bridge_cidr() {
     assert!(g.ssh(&a, "ip -4 -o addr show").contains(&format!("{chosen}/24")));
     assert_eq!(g.ssh(&b, &format!("ping -c 1 -W 5 {chosen} >/dev/null && echo reached")).trim(), "reached");
 
-    // An address in use, or outside the network, fails the VM with the reason.
-    let (s, dup) = g.admin.post("/v1/vms", &json!({"name": "br-c", "network": {"mode": "bridge", "guest_ip": chosen}})).await;
-    assert_eq!(s, 202, "{dup}");
-    let id = str_of(&dup["id"]).to_owned();
+    // An address or MAC another guest of the host holds is refused at once.
+    for network in [json!({"mode": "bridge", "guest_ip": chosen}), json!({"mode": "bridge", "guest_mac": "02:FC:00:00:00:0A"})] {
+        let (s, dup) = g.admin.post("/v1/vms", &json!({"name": "br-c", "network": network})).await;
+        assert_eq!((s, dup["code"].as_str()), (409, Some("address_conflict")), "{dup}");
+    }
+    // An address outside the network fails the VM with the reason.
+    let (s, out) = g.admin.post("/v1/vms", &json!({"name": "br-c", "network": {"mode": "bridge", "guest_ip": "192.0.2.50"}})).await;
+    assert_eq!(s, 202, "{out}");
+    let id = str_of(&out["id"]).to_owned();
     let c = &g.admin;
-    let failed = wait_for("the duplicate address to fail", BOOT, async || {
+    let failed = wait_for("the outside address to fail", BOOT, async || {
         let vm = c.vm(&id).await;
         if vm["status"] == "failed" { Ok(vm) } else { Err(vm.to_string()) }
     })
     .await;
-    assert!(str_of(&failed["message"]).contains("already in use"), "{failed}");
+    assert!(str_of(&failed["message"]).contains("is not a guest address"), "{failed}");
     let (s, b2) = g.admin.post("/v1/vms", &json!({"name": "br-d", "network": {"mode": "bridge"}, "port_forwards": [{"guest_port": 80}]})).await;
     assert_eq!((s, b2["code"].as_str()), (422, Some("validation_failed")), "{b2}");
 
