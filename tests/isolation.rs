@@ -13,7 +13,7 @@ use common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite;
@@ -159,76 +159,78 @@ async fn idempotency_runs_after_authentication_is_scoped_sealed_and_bounded() {
     assert!(r.headers.get("idempotent-replayed").is_none());
 }
 
-/// A TCP proxy in front of nats-server. Once armed, it forwards the first
-/// command publish it sees, swallows the server's acknowledgement and cuts
-/// that connection: a publish the client cannot know the outcome of.
+/// A TCP proxy in front of nats-server that can lose the server's
+/// acknowledgements of command publishes (the publishes themselves arrive):
+/// the client cannot know whether its command was stored. It reads the
+/// server's protocol frame by frame and drops the messages carrying an
+/// acknowledgement from the command stream.
 struct AckLosingProxy {
     port: u16,
-    armed: Arc<AtomicBool>,
-    tripped: Arc<AtomicBool>,
+    /// Drop acknowledgements while this many remain to drop.
+    drop: Arc<std::sync::atomic::AtomicUsize>,
+    dropped: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl AckLosingProxy {
     async fn start(upstream: u16) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy listener");
         let port = listener.local_addr().unwrap().port();
-        let (armed, tripped) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-        let (a, t) = (armed.clone(), tripped.clone());
+        let proxy = Self { port, drop: Arc::default(), dropped: Arc::default() };
+        let (drop, dropped) = (proxy.drop.clone(), proxy.dropped.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(Self::relay(client, upstream, a.clone(), t.clone()));
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { continue };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+                let (drop, dropped) = (drop.clone(), dropped.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = vec![0u8; 64 << 10];
+                    while let Ok(n) = sr.read(&mut chunk).await {
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(len) = frame_len(&buf) {
+                            let frame: Vec<u8> = buf.drain(..len).collect();
+                            let is_ack = frame.starts_with(b"MSG ") || frame.starts_with(b"HMSG ");
+                            if is_ack && contains(&frame, b"\"stream\":\"VMPLANE_COMMANDS\"") && take_one(&drop) {
+                                dropped.fetch_add(1, Ordering::SeqCst);
+                                continue;
+                            }
+                            if cw.write_all(&frame).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
             }
         });
-        Self { port, armed, tripped }
+        proxy
     }
 
-    async fn relay(client: tokio::net::TcpStream, upstream: u16, armed: Arc<AtomicBool>, tripped: Arc<AtomicBool>) {
-        let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { return };
-        let (mut cr, mut cw) = client.into_split();
-        let (mut sr, mut sw) = server.into_split();
-        let swallowing = Arc::new(AtomicBool::new(false));
-        let sw_flag = swallowing.clone();
-        let down = tokio::spawn(async move {
-            let mut buf = vec![0u8; 64 << 10];
-            let mut swallowed = Vec::new();
-            while let Ok(n) = sr.read(&mut buf).await {
-                if n == 0 {
-                    return;
-                }
-                if sw_flag.load(Ordering::SeqCst) {
-                    // The command stream's acknowledgement: swallowed, then the connection is cut.
-                    swallowed.extend_from_slice(&buf[..n]);
-                    if contains(&swallowed, b"\"stream\":\"VMPLANE_COMMANDS\"") {
-                        return;
-                    }
-                } else if cw.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let mut buf = vec![0u8; 64 << 10];
-        let mut tail: Vec<u8> = Vec::new();
-        while let Ok(n) = cr.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            tail.extend_from_slice(&buf[..n]);
-            let trip = armed.load(Ordering::SeqCst) && contains(&tail, b"PUB vmplane.cmd.") && !tripped.swap(true, Ordering::SeqCst);
-            if trip {
-                swallowing.store(true, Ordering::SeqCst);
-            }
-            if sw.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-            if trip {
-                let _ = tokio::time::timeout(Duration::from_secs(10), down).await;
-                return;
-            }
-            let keep = tail.len().saturating_sub(64);
-            tail.drain(..keep);
-        }
-        down.abort();
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
     }
+}
+
+/// Decrement if positive; whether it was.
+fn take_one(n: &std::sync::atomic::AtomicUsize) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1)).is_ok()
+}
+
+/// The length of the first complete server protocol frame in `buf`: one line,
+/// or for `MSG` / `HMSG` the line, the payload its last field sizes, and CRLF.
+fn frame_len(buf: &[u8]) -> Option<usize> {
+    let eol = buf.windows(2).position(|w| w == b"\r\n")? + 2;
+    let line = std::str::from_utf8(&buf[..eol - 2]).ok()?;
+    if !(line.starts_with("MSG ") || line.starts_with("HMSG ")) {
+        return Some(eol);
+    }
+    let size: usize = line.rsplit(' ').next()?.parse().ok()?;
+    let len = eol + size + 2;
+    (buf.len() >= len).then_some(len)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,39 +238,55 @@ async fn a_publish_whose_acknowledgement_is_lost_makes_one_vm() {
     let stack = Stack::start().await;
     let nc = stack.nats_client().await;
     let proxy = AckLosingProxy::start(stack.nats.port).await;
-    let (_gw, via_proxy) = stack.start_gateway("gateway-proxied", &format!("nats://127.0.0.1:{}", proxy.port)).await;
-
-    proxy.armed.store(true, Ordering::SeqCst);
+    let (_gw, via_proxy) = stack.start_gateway("gateway-proxied", &proxy.url()).await;
     let body = json!({ "name": "once" });
-    // A client retrying with the same key until it gets an answer it can keep.
+
+    // One acknowledgement lost: the gateway publishes again with the same
+    // message id, JetStream deduplicates, the client gets its 202.
+    proxy.drop.store(1, Ordering::SeqCst);
     let mut answers = Vec::new();
     for _ in 0..5 {
         let r = post_with_key(&via_proxy, "/v1/vms", "make-once", &body).await;
         let done = r.status == 202;
-        answers.push(r);
+        answers.push((r.status, r.body));
         if done {
             break;
         }
     }
-    assert!(proxy.tripped.load(Ordering::SeqCst), "the proxy saw the command publish");
-    let last = answers.last().unwrap();
-    assert_eq!(last.status, 202, "{:?}", answers.iter().map(|r| (r.status, r.body.clone())).collect::<Vec<_>>());
-    let vm = str_of(&last.body["id"]).to_owned();
-    // And a later retry gets the same VM.
+    assert_eq!(proxy.dropped.load(Ordering::SeqCst), 1, "the proxy lost an acknowledgement");
+    let (status, last) = answers.last().unwrap();
+    assert_eq!(*status, 202, "{answers:?}");
+    let vm = str_of(&last["id"]).to_owned();
     let again = post_with_key(&via_proxy, "/v1/vms", "make-once", &body).await;
     assert_eq!((again.status, again.body["id"].as_str()), (202, Some(vm.as_str())), "{:?}", again.body);
+
+    // Every acknowledgement lost for longer than the gateway retries: a 503,
+    // though the command was stored. The client's retry with the same key
+    // runs with the same ids and gets that VM, not a second one.
+    proxy.drop.store(usize::MAX, Ordering::SeqCst);
+    let body = json!({ "name": "twice-asked" });
+    let r = post_with_key(&via_proxy.with_timeout(Duration::from_secs(60)), "/v1/vms", "make-once-more", &body).await;
+    assert_eq!((r.status, r.body["code"].as_str()), (503, Some("unavailable")), "{:?}", r.body);
+    proxy.drop.store(0, Ordering::SeqCst);
+    let retry = post_with_key(&via_proxy, "/v1/vms", "make-once-more", &body).await;
+    assert_eq!(retry.status, 202, "{:?}", retry.body);
+    let second = str_of(&retry.body["id"]).to_owned();
 
     settle(&stack, &nc).await;
     let (s, list) = stack.admin.get("/v1/vms?limit=100").await;
     assert_eq!(s, 200);
-    let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|v| str_of(&v["id"])).collect();
-    assert_eq!(ids, [vm.as_str()], "one create, one VM: {list}");
+    let mut ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|v| str_of(&v["id"])).collect();
+    ids.sort();
+    let mut want = [vm.as_str(), second.as_str()];
+    want.sort();
+    assert_eq!(ids, want, "two creates, two VMs: {list}");
     let guests = std::fs::read_dir(stack.data_dir().join("worker").join("sim"))
         .unwrap()
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".json"))
         .count();
-    assert_eq!(guests, 1, "the worker booted exactly one guest");
+    assert_eq!(guests, 2, "the worker booted exactly one guest per create");
     stack.admin.wait_vm_status(&vm, "running").await;
+    stack.admin.wait_vm_status(&second, "running").await;
 }
 
 /// Wait until the host announces what a restarted worker was given.
@@ -281,9 +299,10 @@ async fn wait_host(stack: &Stack, what: &str, ok: impl Fn(&Value) -> bool) -> Va
     .await
 }
 
-async fn parallel_creates(c: &Client, bodies: Vec<Value>) -> Vec<(u16, Value)> {
-    futures::future::join_all(bodies.into_iter().map(|b| {
-        let c = c.clone();
+/// POST every body at once, spread over the given gateways in turn.
+async fn parallel_creates(gateways: &[&Client], bodies: Vec<Value>) -> Vec<(u16, Value)> {
+    futures::future::join_all(bodies.into_iter().enumerate().map(|(i, b)| {
+        let c = gateways[i % gateways.len()].clone();
         async move { c.post("/v1/vms", &b).await }
     }))
     .await
@@ -295,18 +314,21 @@ async fn parallel_creates_never_overcommit_a_host() {
     stack.restart_worker_with(&["--sim-memory-mib", "2048"]).await;
     wait_host(&stack, "the host to announce 2048 MiB", |h| h["memory_mib"] == 2048).await;
     let admin = &stack.admin;
+    // Two gateways accept at once: each sees the other's claims only through NATS.
+    let (_gw2, admin2) = stack.start_gateway("gateway-2", &stack.nats.url()).await;
+    let both = [admin, &admin2];
 
     // Six at once asking for one host port: exactly one gets it.
     let bodies =
         (0..6).map(|i| json!({ "name": format!("port-{i}"), "memory_mib": 128, "port_forwards": [{ "guest_port": 80, "host_port": 25000 }] })).collect();
-    let answers = parallel_creates(admin, bodies).await;
+    let answers = parallel_creates(&both, bodies).await;
     let accepted = answers.iter().filter(|(s, _)| *s == 202).count();
     assert_eq!(accepted, 1, "{answers:?}");
     assert!(answers.iter().all(|(s, b)| *s == 202 || (*s == 409 && b["code"] == "port_conflict")), "{answers:?}");
 
     // Eight at once of 512 MiB where 1920 MiB are left: exactly three fit.
     let bodies = (0..8).map(|i| json!({ "name": format!("mem-{i}"), "memory_mib": 512 })).collect();
-    let answers = parallel_creates(admin, bodies).await;
+    let answers = parallel_creates(&both, bodies).await;
     let accepted: Vec<&Value> = answers.iter().filter(|(s, _)| *s == 202).map(|(_, b)| b).collect();
     assert_eq!(accepted.len(), 3, "{answers:?}");
     assert!(answers.iter().all(|(s, b)| *s == 202 || (*s == 409 && b["code"] == "insufficient_capacity")), "{answers:?}");
@@ -355,7 +377,7 @@ async fn host_ports_stay_in_the_operators_range_and_bridge_addresses_are_unique(
     admin.wait_op_succeeded(str_of(&first["operation"]["id"])).await;
     // Racing for one address: one wins.
     let bodies = (0..4).map(|i| json!({ "name": format!("race-{i}"), "network": net("10.99.0.20", &format!("02:fc:00:00:01:0{i}")) })).collect();
-    let answers = parallel_creates(&admin, bodies).await;
+    let answers = parallel_creates(&[&admin], bodies).await;
     assert_eq!(answers.iter().filter(|(s, _)| *s == 202).count(), 1, "{answers:?}");
     assert!(answers.iter().all(|(s, b)| *s == 202 || b["code"] == "address_conflict"), "{answers:?}");
     let other = admin.create_vm(json!({ "name": "b2", "network": net("10.99.0.30", "02:fc:00:00:00:0c") })).await;

@@ -51,6 +51,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub limiter: Arc<limiter::Limiter>,
     pub sessions: Arc<sessions::Sessions>,
+    /// Placements of this gateway take turns (see `placement`).
+    pub placing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The OpenAPI document's root; paths are added by the router.
@@ -127,6 +129,7 @@ pub async fn serve(
     let state = AppState {
         limiter: Arc::new(limiter::Limiter::new(cfg.rate_limit_per_key)),
         sessions: Arc::new(sessions::Sessions::new(cfg.session_caps)),
+        placing: Arc::default(),
         bus,
         proj: proj.clone(),
         cfg: Arc::new(cfg),

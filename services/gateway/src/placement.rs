@@ -8,7 +8,8 @@
 //! with compare-and-set: what a host has taken is its projected use plus
 //! the claims its projection does not show yet. Two gateways placing at
 //! once cannot both take the last room; the loser sees the other's claim and
-//! places again.
+//! places again. Within one gateway placements take turns, so parallel
+//! requests queue instead of spinning on conflicts.
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -23,7 +24,7 @@ use vmplane_domain::{HostId, VmId, VolumeId, subjects};
 /// (its command was refused or never carried out).
 const CLAIM_TTL_SECS: i64 = 600;
 /// A claim the projection shows is kept this long more, for slower gateways.
-const PROJECTED_GRACE_SECS: i64 = 60;
+const PROJECTED_GRACE_SECS: i64 = 5;
 /// Attempts when other gateways keep changing the same ledger.
 const ATTEMPTS: usize = 16;
 
@@ -49,13 +50,13 @@ pub enum Unfit {
 pub struct Claim {
     pub resources: Resources,
     /// Requested host ports.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
     /// Requested bridge address.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_ip: Option<Ipv4Addr>,
     /// Requested MAC, lower case.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
     /// Unix seconds of acceptance.
     #[serde(default)]
@@ -93,20 +94,32 @@ impl Ledger {
     }
 }
 
+impl Claim {
+    /// Whether checking it needs the host's ports and addresses.
+    fn wants_addresses(&self) -> bool {
+        !self.ports.is_empty() || self.guest_ip.is_some() || self.guest_mac.is_some()
+    }
+}
+
 /// Whether this gateway's projection already shows the resource (and counts it).
 fn projected(state: &AppState, id: &str) -> sled::Result<bool> {
     if let Ok(vm) = id.parse::<VmId>() {
-        return Ok(state.proj.vm(vm)?.is_some());
+        return state.proj.has_vm(vm);
     }
     if let Ok(vol) = id.parse::<VolumeId>() {
-        return Ok(state.proj.volume(vol)?.is_some());
+        return state.proj.has_volume(vol);
     }
     Ok(false)
 }
 
-fn taken(state: &AppState, host: HostId, ledger: &Ledger, except: &str) -> ApiResult<Taken> {
-    let addresses = state.proj.host_addresses(host)?;
-    let mut t = Taken { used: state.proj.host_usage(host)?, ports: addresses.ports, ips: addresses.ips, macs: addresses.macs };
+/// What a host has taken; its ports and addresses only when `addresses`
+/// (they take a scan of the VMs).
+fn taken(state: &AppState, host: HostId, ledger: &Ledger, except: &str, addresses: bool) -> ApiResult<Taken> {
+    let mut t = Taken { used: state.proj.host_usage(host)?, ..Taken::default() };
+    if addresses {
+        let a = state.proj.host_addresses(host)?;
+        (t.ports, t.ips, t.macs) = (a.ports, a.ips, a.macs);
+    }
     for (id, c) in &ledger.claims {
         if id == except || projected(state, id)? {
             continue;
@@ -141,6 +154,7 @@ pub async fn place(
 ) -> ApiResult<HostId> {
     state.bus.ensure_connected()?;
     let store = state.bus.bucket(subjects::PLACEMENT_BUCKET).await?;
+    let _turn = state.placing.lock().await;
     for _ in 0..ATTEMPTS {
         let mut online = false;
         let mut reason: Option<Unfit> = None;
@@ -151,7 +165,7 @@ pub async fn place(
             }
             online = true;
             let (ledger, revision) = load(&store, host.id).await?;
-            let taken = taken(state, host.id, &ledger, id)?;
+            let taken = taken(state, host.id, &ledger, id, claim.wants_addresses())?;
             let unfit = match check(&host, &taken) {
                 Some(u) => Some(u),
                 None if !Resources::fits(&host.info, &taken.used, &claim.resources) => Some(Unfit::NoRoom),

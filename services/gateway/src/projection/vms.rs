@@ -57,6 +57,11 @@ impl Projections {
         self.get(&key(&[&"vm", &id]))
     }
 
+    /// Whether the VM is projected, without reading it.
+    pub fn has_vm(&self, id: VmId) -> sled::Result<bool> {
+        self.tree.contains_key(key(&[&"vm", &id]))
+    }
+
     /// VMs matching `filter`, oldest first: one page and the total count.
     pub fn list_vms(&self, filter: &VmFilter, offset: usize, limit: usize) -> sled::Result<(Vec<Vm>, usize)> {
         let mut page = Vec::new();

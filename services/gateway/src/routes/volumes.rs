@@ -228,7 +228,10 @@ async fn attach_volume(
     let mount =
         VolumeMount { volume_id: vol_id, mount_path: req.mount_path, readonly: req.readonly, overlay: req.overlay, overlay_size_mib: req.overlay_size_mib };
     mount.validate()?;
-    volume::claim(Some(&vol), vm.id, vm.host).map_err(volume_error)?;
+    // A retry of an attach carried out already finds the volume claimed by this VM.
+    if accepted_before(&state, alloc.op())?.is_none() {
+        volume::claim(Some(&vol), vm.id, vm.host).map_err(volume_error)?;
+    }
     act(state, who, alloc, vm_id, VmCommand::AttachVolume { mount }).await
 }
 
