@@ -112,24 +112,46 @@ fn projected(state: &AppState, id: &str) -> sled::Result<bool> {
     Ok(false)
 }
 
-/// What a host has taken; its ports and addresses only when `addresses`
-/// (they take a scan of the VMs).
-fn taken(state: &AppState, host: HostId, ledger: &Ledger, except: &str, addresses: bool) -> ApiResult<Taken> {
-    let mut t = Taken { used: state.proj.host_usage(host)?, ..Taken::default() };
-    if addresses {
-        let a = state.proj.host_addresses(host)?;
-        (t.ports, t.ips, t.macs) = (a.ports, a.ips, a.macs);
-    }
+/// The ledger's claims this gateway's projection does not show yet.
+fn unprojected<'a>(state: &AppState, ledger: &'a Ledger, except: &str) -> sled::Result<Vec<(&'a String, &'a Claim)>> {
+    let mut out = Vec::new();
     for (id, c) in &ledger.claims {
-        if id == except || projected(state, id)? {
-            continue;
+        if id != except && !projected(state, id)? {
+            out.push((id, c));
         }
-        t.used += c.resources;
-        t.ports.extend(&c.ports);
-        t.ips.extend(c.guest_ip);
-        t.macs.extend(c.guest_mac.clone());
     }
-    Ok(t)
+    Ok(out)
+}
+
+/// What a host has taken; its ports and addresses only when `addresses`
+/// (they take a scan of the VMs). The projection moves on meanwhile: the
+/// claims it does not show are picked before and after reading it, again
+/// until both agree, so every claim is counted exactly once. Claims only
+/// ever become projected, so the set picked before holds every claim the
+/// projection lacked: if it keeps moving, some are counted twice, none missed.
+fn taken(state: &AppState, host: HostId, ledger: &Ledger, except: &str, addresses: bool) -> ApiResult<Taken> {
+    const TRIES: usize = 8;
+    let mut before = unprojected(state, ledger, except)?;
+    let mut tries = 1;
+    loop {
+        let mut t = Taken { used: state.proj.host_usage(host)?, ..Taken::default() };
+        if addresses {
+            let a = state.proj.host_addresses(host)?;
+            (t.ports, t.ips, t.macs) = (a.ports, a.ips, a.macs);
+        }
+        let after = unprojected(state, ledger, except)?;
+        if after == before || tries == TRIES {
+            for (_, c) in before {
+                t.used += c.resources;
+                t.ports.extend(&c.ports);
+                t.ips.extend(c.guest_ip);
+                t.macs.extend(c.guest_mac.clone());
+            }
+            return Ok(t);
+        }
+        before = after;
+        tries += 1;
+    }
 }
 
 async fn load(store: &kv::Store, host: HostId) -> ApiResult<(Ledger, Option<u64>)> {
