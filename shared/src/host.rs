@@ -23,6 +23,33 @@ pub struct HostInfo {
     /// The CIDR of the bridge VMs in bridge mode join, when the operator configured one.
     #[serde(default)]
     pub bridge_cidr: Option<String>,
+    /// The host ports the operator lets VMs forward from (worker `--port-range`);
+    /// a requested host port outside it is refused. Absent from older workers.
+    #[serde(default)]
+    pub port_range: Option<PortRange>,
+}
+
+/// An inclusive range of host ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Whether `port` lies in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+
+    /// The range a host that announced none is held to: every unprivileged port.
+    pub const UNPRIVILEGED: Self = Self { first: 1024, last: u16::MAX };
+}
+
+impl From<(u16, u16)> for PortRange {
+    fn from((first, last): (u16, u16)) -> Self {
+        Self { first, last }
+    }
 }
 
 /// A bootable image as a host announces it.
@@ -147,8 +174,17 @@ mod tests {
 
     #[test]
     fn imports_add_or_replace_images_by_name() {
-        let mut info =
-            HostInfo { name: "h".into(), driver: "qemu".into(), driver_detail: None, cpus: 1, memory_mib: 1, disk_gb: 1, images: vec![], bridge_cidr: None };
+        let mut info = HostInfo {
+            name: "h".into(),
+            driver: "qemu".into(),
+            driver_detail: None,
+            cpus: 1,
+            memory_mib: 1,
+            disk_gb: 1,
+            images: vec![],
+            bridge_cidr: None,
+            port_range: None,
+        };
         let img = |name: &str, size| ImageInfo {
             name: name.into(),
             os: "linux".into(),
@@ -175,7 +211,10 @@ mod tests {
             disk_gb: 100,
             images: vec![],
             bridge_cidr: None,
+            port_range: Some((20000, 29999).into()),
         };
+        assert!(host.port_range.is_some_and(|r| r.contains(20000) && r.contains(29999) && !r.contains(19999) && !r.contains(30000)));
+        assert!(!PortRange::UNPRIVILEGED.contains(1023) && PortRange::UNPRIVILEGED.contains(1024));
         let used = Resources { vcpus: 16, memory_mib: 512, disk_gb: 50 };
         assert!(Resources::fits(&host, &used, &Resources { vcpus: 4, memory_mib: 512, disk_gb: 50 }));
         assert!(!Resources::fits(&host, &used, &Resources { vcpus: 5, memory_mib: 1, disk_gb: 1 }));

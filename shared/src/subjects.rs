@@ -35,6 +35,9 @@ pub const TERMINAL_OPEN_ALL: &str = "vmplane.term.open.*";
 pub const HEARTBEAT_BUCKET: &str = "vmplane_heartbeats";
 /// Key-value bucket holding idempotency records (24 h).
 pub const IDEMPOTENCY_BUCKET: &str = "vmplane_idempotency";
+/// Key-value bucket holding each host's placement ledger: what gateways
+/// accepted for it that its events may not show yet.
+pub const PLACEMENT_BUCKET: &str = "vmplane_placement";
 
 /// Events of one VM: the optimistic-concurrency unit.
 pub fn vm_events(org: OrgId, vm: VmId) -> String {

@@ -29,6 +29,11 @@ pub enum TenancyCommand {
         name: String,
         secret_sha256: String,
     },
+    /// Revoke an API key: every gateway refuses it once the event is projected.
+    RevokeApiKey {
+        id: ApiKeyId,
+        org: OrgId,
+    },
 }
 
 impl TenancyCommand {
@@ -36,7 +41,26 @@ impl TenancyCommand {
     pub fn org(&self) -> OrgId {
         match self {
             Self::CreateOrg { id, .. } => *id,
-            Self::CreateProject { org, .. } | Self::CreateApiKey { org, .. } => *org,
+            Self::CreateProject { org, .. } | Self::CreateApiKey { org, .. } | Self::RevokeApiKey { org, .. } => *org,
+        }
+    }
+
+    /// The id of the aggregate the command acts on, whose subject its event goes to.
+    pub fn target(&self) -> String {
+        match self {
+            Self::CreateOrg { id, .. } => id.to_string(),
+            Self::CreateProject { id, .. } => id.to_string(),
+            Self::CreateApiKey { id, .. } | Self::RevokeApiKey { id, .. } => id.to_string(),
+        }
+    }
+
+    /// The operation kind shown in operations.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::CreateOrg { .. } => "create_org",
+            Self::CreateProject { .. } => "create_project",
+            Self::CreateApiKey { .. } => "create_api_key",
+            Self::RevokeApiKey { .. } => "revoke_api_key",
         }
     }
 }
@@ -48,6 +72,7 @@ pub enum TenancyEvent {
     OrgCreated { id: OrgId, name: String },
     ProjectCreated { id: ProjectId, org: OrgId, name: String },
     ApiKeyCreated { id: ApiKeyId, org: OrgId, name: String, secret_sha256: String },
+    ApiKeyRevoked { id: ApiKeyId, org: OrgId },
 }
 
 impl TenancyEvent {
@@ -57,6 +82,7 @@ impl TenancyEvent {
             Self::OrgCreated { .. } => "org_created",
             Self::ProjectCreated { .. } => "project_created",
             Self::ApiKeyCreated { .. } => "api_key_created",
+            Self::ApiKeyRevoked { .. } => "api_key_revoked",
         }
     }
 }
@@ -110,16 +136,30 @@ pub enum TenancyError {
     OrgNotFound,
     #[error("already exists")]
     AlreadyExists,
+    #[error("api key not found")]
+    KeyNotFound,
 }
 
-/// Decide a tenancy command. `exists` tells whether the target id is already
-/// taken and `org_exists` whether the owning org exists (the caller looks both
-/// up in its state; this function stays pure).
-pub fn decide(cmd: &TenancyCommand, exists: bool, org_exists: bool) -> Result<TenancyEvent, TenancyError> {
-    if exists {
-        return Err(TenancyError::AlreadyExists);
+impl TenancyError {
+    /// Machine-readable code, shared by HTTP errors and failed operations.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadName => "validation_failed",
+            Self::OrgNotFound | Self::KeyNotFound => "not_found",
+            Self::AlreadyExists => "conflict",
+        }
     }
+}
+
+/// Decide a tenancy command. `exists` tells whether the target is already
+/// there (for a revocation: whether the key exists and is not revoked) and
+/// `org_exists` whether the owning org exists (the caller looks both up in
+/// its state; this function stays pure).
+pub fn decide(cmd: &TenancyCommand, exists: bool, org_exists: bool) -> Result<TenancyEvent, TenancyError> {
     match cmd {
+        TenancyCommand::RevokeApiKey { id, org } if exists => Ok(TenancyEvent::ApiKeyRevoked { id: *id, org: *org }),
+        TenancyCommand::RevokeApiKey { .. } => Err(TenancyError::KeyNotFound),
+        _ if exists => Err(TenancyError::AlreadyExists),
         TenancyCommand::CreateOrg { id, name } => {
             if !is_dns_label(name) {
                 return Err(TenancyError::BadName);
@@ -147,6 +187,15 @@ pub fn decide(cmd: &TenancyCommand, exists: bool, org_exists: bool) -> Result<Te
     }
 }
 
+/// Whether a key's history (the events of its subject, in order) leaves it usable.
+pub fn key_is_active<'a>(history: impl IntoIterator<Item = &'a TenancyEvent>) -> bool {
+    history.into_iter().fold(false, |active, ev| match ev {
+        TenancyEvent::ApiKeyCreated { .. } => true,
+        TenancyEvent::ApiKeyRevoked { .. } => false,
+        _ => active,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +220,19 @@ mod tests {
         assert_eq!(decide(&k, false, true).unwrap().type_name(), "api_key_created");
         let k = TenancyCommand::CreateApiKey { id: ApiKeyId::new(), org, name: String::new(), secret_sha256: "ab".into() };
         assert_eq!(decide(&k, false, true), Err(TenancyError::BadName));
+    }
+
+    #[test]
+    fn only_an_active_key_is_revoked() {
+        let (id, org) = (ApiKeyId::new(), OrgId::new());
+        let revoke = TenancyCommand::RevokeApiKey { id, org };
+        assert_eq!(decide(&revoke, true, true), Ok(TenancyEvent::ApiKeyRevoked { id, org }));
+        assert_eq!(decide(&revoke, false, true), Err(TenancyError::KeyNotFound));
+        let created = TenancyEvent::ApiKeyCreated { id, org, name: "k".into(), secret_sha256: "ab".into() };
+        let revoked = TenancyEvent::ApiKeyRevoked { id, org };
+        assert!(!key_is_active([]));
+        assert!(key_is_active([&created]));
+        assert!(!key_is_active([&created, &revoked]));
+        assert_eq!((revoke.kind(), revoke.target(), revoke.org()), ("revoke_api_key", id.to_string(), org));
     }
 }

@@ -846,4 +846,33 @@ impl Stack {
         }
         pids
     }
+
+    /// Restart the worker with `extra` arguments added to its command line
+    /// (e.g. `--sim-memory-mib 2048`); it re-announces its host. Callers wait
+    /// for the change they need in `GET /v1/hosts`.
+    pub async fn restart_worker_with(&mut self, extra: &[&str]) {
+        self.worker.args.extend(extra.iter().map(|a| (*a).to_owned()));
+        self.worker.restart().await;
+    }
+
+    /// Another gateway with its own projections, on `nats_url` (this stack's
+    /// NATS, or a proxy in front of it), ready; returns it and an admin client.
+    pub async fn start_gateway(&self, name: &str, nats_url: &str) -> (Proc, Client) {
+        let data = self.root().join(name).to_string_lossy().into_owned();
+        let env = vec![("VMPLANE_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned())];
+        for attempt in 1.. {
+            let listen = format!("127.0.0.1:{}", free_port());
+            let mut args = vec!["gateway".to_owned()];
+            args.extend(nats_args(&self.nats.dir, nats_url, "gateway"));
+            args.extend(["--data-dir", &data, "--listen", &listen].map(str::to_owned));
+            let mut gw = Proc::start(name, BIN, args, env.clone(), self.root().join(format!("{name}.log")));
+            let base = format!("http://{listen}");
+            match gateway_ready(&mut gw, &Client::new(&base, None)).await {
+                Ok(()) => return (gw, Client::new(&base, Some(ADMIN_TOKEN))),
+                Err(_) if attempt < 3 && gw.log_mentions("address already in use") => continue,
+                Err(status) => panic!("{name} exited at start ({status})\n{}", gw.log_tail(40)),
+            }
+        }
+        unreachable!()
+    }
 }

@@ -71,8 +71,9 @@ impl Role {
         let logs = subjects::LOG_STREAM;
         let heartbeats = format!("KV_{}", subjects::HEARTBEAT_BUCKET);
         let idempotency = format!("KV_{}", subjects::IDEMPOTENCY_BUCKET);
+        let placement = format!("KV_{}", subjects::PLACEMENT_BUCKET);
         // Every process may see and create (never update, purge or delete) the streams.
-        let all_streams = [events, commands, logs, heartbeats.as_str(), idempotency.as_str()];
+        let all_streams = [events, commands, logs, heartbeats.as_str(), idempotency.as_str(), placement.as_str()];
         let mut publish: Vec<String> = api("STREAM.INFO", &all_streams);
         publish.extend(api("STREAM.CREATE", &all_streams));
         publish.push("$JS.API.INFO".into());
@@ -81,9 +82,12 @@ impl Role {
             Self::Gateway => {
                 publish.extend([subjects::COMMANDS_ALL.to_owned(), subjects::TERMINAL_OPEN_ALL.to_owned(), subjects::terminal_input("*")]);
                 publish.extend(consumers(&[events, logs, heartbeats.as_str()]));
-                publish.extend(api("STREAM.MSG.GET", &[events, logs, idempotency.as_str()]));
-                publish.extend([format!("$JS.API.DIRECT.GET.{idempotency}"), format!("$JS.API.DIRECT.GET.{idempotency}.>")]);
-                publish.push(format!("$KV.{}.>", subjects::IDEMPOTENCY_BUCKET));
+                // Idempotency records and the placement ledger are the gateway's own buckets.
+                publish.extend(api("STREAM.MSG.GET", &[events, logs, idempotency.as_str(), placement.as_str()]));
+                for bucket in [&idempotency, &placement] {
+                    publish.extend([format!("$JS.API.DIRECT.GET.{bucket}"), format!("$JS.API.DIRECT.GET.{bucket}.>")]);
+                }
+                publish.extend([format!("$KV.{}.>", subjects::IDEMPOTENCY_BUCKET), format!("$KV.{}.>", subjects::PLACEMENT_BUCKET)]);
                 (vec![subjects::terminal_output("*")], false)
             }
             Self::Worker => {

@@ -67,6 +67,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 pub const LOG_LINES_PER_VM: i64 = 10_000;
 /// The largest console message (a line is cut at 4096 bytes; room for headers).
 pub const LOG_LINE_BYTES: i32 = 8 << 10;
+/// Most idempotency records kept at once.
+pub const IDEMPOTENCY_MAX_RECORDS: i64 = 200_000;
+/// Most bytes of idempotency records kept at once.
+pub const IDEMPOTENCY_MAX_BYTES: i64 = 256 << 20;
 
 /// A connection to NATS with the JetStream context vmplane uses.
 #[derive(Clone)]
@@ -162,19 +166,29 @@ impl Bus {
         })
         .await
         .map_err(|e| unavailable(format!("log stream: {e}")))?;
-        for (bucket, ttl) in [(subjects::HEARTBEAT_BUCKET, Duration::from_secs(60)), (subjects::IDEMPOTENCY_BUCKET, Duration::from_secs(24 * 3600))] {
+        // Idempotency records are bounded (callers choose their keys): when
+        // full, the oldest records go first. Placement ledgers are one small
+        // value per host.
+        let unbounded = (-1, -1, DiscardPolicy::New);
+        for (bucket, ttl, (max_messages, max_bytes, discard)) in [
+            (subjects::HEARTBEAT_BUCKET, Duration::from_secs(60), unbounded),
+            (subjects::IDEMPOTENCY_BUCKET, Duration::from_secs(24 * 3600), (IDEMPOTENCY_MAX_RECORDS, IDEMPOTENCY_MAX_BYTES, DiscardPolicy::Old)),
+            (subjects::PLACEMENT_BUCKET, Duration::from_secs(3600), unbounded),
+        ] {
             // The stream a key-value bucket is, spelled out: async-nats' own
             // bucket creation queries account fields that nats-server 2.9 lacks.
             self.stream(stream::Config {
                 name: format!("KV_{bucket}"),
                 subjects: vec![format!("$KV.{bucket}.>")],
                 max_messages_per_subject: 1,
+                max_messages,
+                max_bytes,
                 max_age: ttl,
                 storage: StorageType::File,
                 allow_rollup: true,
                 deny_delete: true,
                 allow_direct: true,
-                discard: DiscardPolicy::New,
+                discard,
                 // The server's own choice when unset, spelled out so configs compare equal.
                 duplicate_window: ttl.min(Duration::from_secs(120)),
                 ..Default::default()

@@ -22,7 +22,7 @@ pub const PROJECT_HEADER: &str = "x-vmplane-project";
 pub const KEY_SECRET_PREFIX: &str = "vmp_";
 
 /// The authenticated caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Actor {
     Admin,
     Key(ApiKeyId),
@@ -73,10 +73,15 @@ pub fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-/// A new API key secret embedding the key id, so verification is one lookup.
-pub fn new_secret(id: ApiKeyId) -> String {
-    let bytes: [u8; 32] = rand::random();
-    format!("{KEY_SECRET_PREFIX}{id}_{}", hex::encode(bytes))
+/// An API key secret embedding the key id, so verification is one lookup;
+/// `random` is 256 bits no one else can guess (see `idempotency::Allocation`).
+pub fn new_secret(id: ApiKeyId, random: [u8; 32]) -> String {
+    format!("{KEY_SECRET_PREFIX}{id}_{}", hex::encode(random))
+}
+
+/// The bearer token of a request, if it has one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
 fn header<'a>(parts: &'a Parts, name: &str) -> Result<Option<&'a str>, ApiError> {
@@ -87,6 +92,11 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Authenticated once per request: a middleware that needed the caller
+        // first (idempotency) left it here, and its rate-limit token is spent.
+        if let Some(who) = parts.extensions.get::<Self>() {
+            return Ok(*who);
+        }
         let token = header(parts, "authorization")?.and_then(|v| v.strip_prefix("Bearer ")).map(str::trim).ok_or(ApiError::Unauthorized)?;
         let actor = authenticate(state, token)?;
         let org_header = header(parts, ORG_HEADER)?;
@@ -115,7 +125,9 @@ impl FromRequestParts<AppState> for Principal {
         if let Actor::Key(id) = actor {
             state.limiter.check(id)?;
         }
-        Ok(Self { actor, org, project, org_explicit: org_header.is_some() || actor != Actor::Admin })
+        let who = Self { actor, org, project, org_explicit: org_header.is_some() || actor != Actor::Admin };
+        parts.extensions.insert(who);
+        Ok(who)
     }
 }
 

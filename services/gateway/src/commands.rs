@@ -1,6 +1,11 @@
 //! Accepting a command: append it to JetStream, record its operation as
 //! pending, and wait (briefly) until the worker's first event for it has been
 //! projected, so that a read right after the 202 sees the change.
+//!
+//! A publish whose outcome is unknown (NATS did not acknowledge in time) is
+//! sent again with the same message id, the operation id, which JetStream
+//! deduplicates: retrying never appends a command twice, answering 503
+//! instead could lose one the client believes refused.
 
 use crate::AppState;
 use crate::auth::Principal;
@@ -8,10 +13,17 @@ use crate::error::ApiResult;
 use crate::projection::operations::{OpStatus, Operation};
 use std::time::Duration;
 use time::OffsetDateTime;
+use vmplane_bus::BusError;
 use vmplane_domain::{Command, CommandEnvelope, OpId, ProjectId};
+
+/// How long a publish is retried before the request answers 503 (the
+/// Idempotency-Key record keeps the operation id for the client's retry).
+pub const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(12);
 
 /// What a command is and where it goes.
 pub struct Submission {
+    /// The operation id: fixed by the request's [`crate::idempotency::Allocation`].
+    pub op: OpId,
     pub subject: String,
     pub kind: &'static str,
     pub target_id: String,
@@ -21,7 +33,10 @@ pub struct Submission {
 
 /// Append the command and return its operation as last projected.
 pub async fn submit(state: &AppState, who: &Principal, sub: Submission) -> ApiResult<Operation> {
-    let op = OpId::new();
+    let op = sub.op;
+    if let Some(done) = accepted_before(state, op)? {
+        return Ok(done);
+    }
     let now = OffsetDateTime::now_utc();
     // The operation belongs to the org its events will name (a tenancy
     // command's target org), so a projection rebuilt from the stream agrees.
@@ -44,13 +59,38 @@ pub async fn submit(state: &AppState, who: &Principal, sub: Submission) -> ApiRe
     // projected before the publish returns, and must find this record (events
     // do not say the operation's kind) instead of creating one without it.
     state.proj.accept_operation(&pending)?;
-    if let Err(e) = state.bus.publish_command(sub.subject, &env).await {
+    if let Err(e) = publish(state, sub.subject, &env).await {
         state.proj.withdraw_operation(&pending)?;
         return Err(e.into());
     }
     metrics::counter!("vmplane_gateway_commands_total", "kind" => sub.kind).increment(1);
     let seen = wait_for(state, op, state.cfg.accept_wait, |o| o.status != OpStatus::Pending).await?;
     Ok(seen.unwrap_or(pending))
+}
+
+/// The operation, if an earlier attempt with the same id (a retry under one
+/// Idempotency-Key) was accepted and the worker has taken it up: then the
+/// request answers with it instead of deciding and appending again.
+pub fn accepted_before(state: &AppState, op: OpId) -> ApiResult<Option<Operation>> {
+    Ok(state.proj.operation(op)?.filter(|o| o.status != OpStatus::Pending))
+}
+
+/// Publish; once an attempt may have reached NATS without a confirmation,
+/// publish again with the same id until confirmed, up to [`PUBLISH_RETRY_FOR`].
+/// Without a connection nothing was sent, and the request fails at once.
+async fn publish(state: &AppState, subject: String, env: &CommandEnvelope) -> Result<u64, BusError> {
+    let deadline = tokio::time::Instant::now() + PUBLISH_RETRY_FOR;
+    let mut maybe_sent = false;
+    loop {
+        maybe_sent |= state.bus.is_connected();
+        match state.bus.publish_command(subject.clone(), env).await {
+            Err(e) if e.is_transient() && maybe_sent && tokio::time::Instant::now() < deadline => {
+                tracing::warn!(op = %env.op, error = %e, "command publish unconfirmed; sending it again with the same id");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Wait up to `max` for the operation to satisfy `done`; returns its latest view.

@@ -14,7 +14,8 @@ use vmplane_domain::vm::DecideError;
 pub struct ErrorBody {
     /// Machine-readable: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
     /// `conflict`, `invalid_state`, `payload_too_large`, `unsupported_media_type`,
-    /// `validation_failed`, `idempotency_key_reused`, `rate_limited`, `unavailable`, ...
+    /// `validation_failed`, `idempotency_key_reused`, `rate_limited`, `too_many_sessions`,
+    /// `port_conflict`, `port_out_of_range`, `address_conflict`, `insufficient_capacity`, `unavailable`, ...
     pub code: String,
     pub message: String,
 }
@@ -40,6 +41,9 @@ pub enum ApiError {
     Unprocessable(&'static str, String),
     #[error("too many requests")]
     RateLimited { retry_after_secs: u64 },
+    /// The caller has as many streams or terminals open as it may.
+    #[error("{0}")]
+    TooManySessions(String),
     #[error("{0}")]
     Unavailable(String),
     /// A bug: logged, never expected.
@@ -60,6 +64,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Self::Unprocessable(code, _) => (StatusCode::UNPROCESSABLE_ENTITY, code),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::TooManySessions(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_sessions"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -12,6 +12,7 @@ pub mod placement;
 pub mod projection;
 pub mod routes;
 pub mod schemas;
+pub mod sessions;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -37,6 +38,8 @@ pub struct GatewayConfig {
     pub accept_wait: Duration,
     /// Requests per second per API key (0 = unlimited).
     pub rate_limit_per_key: u32,
+    /// Concurrent event streams, log follows and terminals per caller.
+    pub session_caps: sessions::Caps,
 }
 
 /// Shared state of every handler.
@@ -47,6 +50,9 @@ pub struct AppState {
     pub cfg: Arc<GatewayConfig>,
     pub metrics: PrometheusHandle,
     pub limiter: Arc<limiter::Limiter>,
+    pub sessions: Arc<sessions::Sessions>,
+    /// Placements of this gateway take turns (see `placement`).
+    pub placing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The OpenAPI document's root; paths are added by the router.
@@ -120,7 +126,15 @@ pub async fn serve(
         let (hb, bus) = (proj.heartbeats.clone(), bus.clone());
         async move { hb.follow(bus).await }
     });
-    let state = AppState { limiter: Arc::new(limiter::Limiter::new(cfg.rate_limit_per_key)), bus, proj: proj.clone(), cfg: Arc::new(cfg), metrics };
+    let state = AppState {
+        limiter: Arc::new(limiter::Limiter::new(cfg.rate_limit_per_key)),
+        sessions: Arc::new(sessions::Sessions::new(cfg.session_caps)),
+        placing: Arc::default(),
+        bus,
+        proj: proj.clone(),
+        cfg: Arc::new(cfg),
+        metrics,
+    };
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     let served = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await;
     follower.abort();

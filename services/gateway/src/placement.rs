@@ -1,10 +1,32 @@
 //! Choosing a host for a new VM or volume: among the online hosts that can
 //! take it, the one with the most room left by the given measure.
+//!
+//! Projections lag accepted commands (a VM counts there once the worker's
+//! first event arrives), so placement alone would let parallel creates
+//! overcommit a host. Accepting therefore records a claim in the host's
+//! ledger, one key-value entry per host shared by every gateway and written
+//! with compare-and-set: what a host has taken is its projected use plus
+//! the claims its projection does not show yet. Two gateways placing at
+//! once cannot both take the last room; the loser sees the other's claim and
+//! places again. Within one gateway placements take turns, so parallel
+//! requests queue instead of spinning on conflicts.
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use vmplane_domain::HostId;
+use async_nats::jetstream::kv;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use vmplane_domain::host::{Host, Resources};
+use vmplane_domain::{HostId, VmId, VolumeId, subjects};
+
+/// A claim is dropped from the ledger after this long whatever happened to it
+/// (its command was refused or never carried out).
+const CLAIM_TTL_SECS: i64 = 600;
+/// A claim the projection shows is kept this long more, for slower gateways.
+const PROJECTED_GRACE_SECS: i64 = 5;
+/// Attempts when other gateways keep changing the same ledger.
+const ATTEMPTS: usize = 16;
 
 /// Why a host cannot take the resource, worst first when reporting.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -13,55 +35,205 @@ pub enum Unfit {
     NoRoom,
     /// A requested host port is forwarded to another VM there.
     PortTaken(u16),
+    /// A requested bridge address (IP or MAC) is another VM's there.
+    AddressTaken(String),
+    /// A requested host port lies outside the host's `--port-range`.
+    PortOutOfRange(u16),
     /// Bridge networking was asked for and the host has no bridge.
     NoBridge,
     /// The host does not have the image.
     NoImage(String),
 }
 
-/// Pick a host. `check` rules out hosts for reasons of the caller's own;
-/// `room` measures what a host has left (higher is better).
-pub fn place(
-    state: &AppState,
-    want: &Resources,
-    check: impl Fn(&Host) -> ApiResult<Option<Unfit>>,
-    room: impl Fn(&Host, &Resources) -> u64,
-) -> ApiResult<HostId> {
-    let mut online = false;
-    let mut reason: Option<Unfit> = None;
-    let mut best: Option<(u64, HostId)> = None;
-    for host in state.proj.hosts()? {
-        if !state.proj.heartbeats.is_online(host.id) {
-            continue;
+/// What a new resource takes from its host, recorded when it is accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub resources: Resources,
+    /// Requested host ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    /// Requested bridge address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_ip: Option<Ipv4Addr>,
+    /// Requested MAC, lower case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+    /// Unix seconds of acceptance.
+    #[serde(default)]
+    pub at: i64,
+}
+
+/// What a host has taken: projected use plus claims not projected yet.
+#[derive(Debug, Default)]
+pub struct Taken {
+    pub used: Resources,
+    pub ports: BTreeSet<u16>,
+    /// Bridge-mode guests' addresses.
+    pub ips: BTreeSet<Ipv4Addr>,
+    pub macs: BTreeSet<String>,
+}
+
+/// One host's ledger: claims by resource id.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Ledger {
+    claims: BTreeMap<String, Claim>,
+}
+
+impl Ledger {
+    /// Forget claims that expired, or that every gateway's projection shows by now.
+    fn prune(&mut self, state: &AppState, now: i64) -> sled::Result<()> {
+        let mut keep = BTreeMap::new();
+        for (id, claim) in std::mem::take(&mut self.claims) {
+            let age = now.saturating_sub(claim.at);
+            if age < CLAIM_TTL_SECS && (age < PROJECTED_GRACE_SECS || !projected(state, &id)?) {
+                keep.insert(id, claim);
+            }
         }
-        online = true;
-        let used = state.proj.host_usage(host.id)?;
-        let unfit = match check(&host)? {
-            Some(u) => Some(u),
-            None if !Resources::fits(&host.info, &used, want) => Some(Unfit::NoRoom),
-            None => None,
-        };
-        match unfit {
-            // Report the reason of the host that came closest.
-            Some(u) => reason = Some(reason.map_or(u.clone(), |r| r.min(u))),
-            None => {
-                let left = room(&host, &used);
-                if best.is_none_or(|(l, _)| left > l) {
-                    best = Some((left, host.id));
+        self.claims = keep;
+        Ok(())
+    }
+}
+
+impl Claim {
+    /// Whether checking it needs the host's ports and addresses.
+    fn wants_addresses(&self) -> bool {
+        !self.ports.is_empty() || self.guest_ip.is_some() || self.guest_mac.is_some()
+    }
+}
+
+/// Whether this gateway's projection already shows the resource (and counts it).
+fn projected(state: &AppState, id: &str) -> sled::Result<bool> {
+    if let Ok(vm) = id.parse::<VmId>() {
+        return state.proj.has_vm(vm);
+    }
+    if let Ok(vol) = id.parse::<VolumeId>() {
+        return state.proj.has_volume(vol);
+    }
+    Ok(false)
+}
+
+/// The ledger's claims this gateway's projection does not show yet.
+fn unprojected<'a>(state: &AppState, ledger: &'a Ledger, except: &str) -> sled::Result<Vec<(&'a String, &'a Claim)>> {
+    let mut out = Vec::new();
+    for (id, c) in &ledger.claims {
+        if id != except && !projected(state, id)? {
+            out.push((id, c));
+        }
+    }
+    Ok(out)
+}
+
+/// What a host has taken; its ports and addresses only when `addresses`
+/// (they take a scan of the VMs). The projection moves on meanwhile: the
+/// claims it does not show are picked before and after reading it, again
+/// until both agree, so every claim is counted exactly once. Claims only
+/// ever become projected, so the set picked before holds every claim the
+/// projection lacked: if it keeps moving, some are counted twice, none missed.
+fn taken(state: &AppState, host: HostId, ledger: &Ledger, except: &str, addresses: bool) -> ApiResult<Taken> {
+    const TRIES: usize = 8;
+    let mut before = unprojected(state, ledger, except)?;
+    let mut tries = 1;
+    loop {
+        let mut t = Taken { used: state.proj.host_usage(host)?, ..Taken::default() };
+        if addresses {
+            let a = state.proj.host_addresses(host)?;
+            (t.ports, t.ips, t.macs) = (a.ports, a.ips, a.macs);
+        }
+        let after = unprojected(state, ledger, except)?;
+        if after == before || tries == TRIES {
+            for (_, c) in before {
+                t.used += c.resources;
+                t.ports.extend(&c.ports);
+                t.ips.extend(c.guest_ip);
+                t.macs.extend(c.guest_mac.clone());
+            }
+            return Ok(t);
+        }
+        before = after;
+        tries += 1;
+    }
+}
+
+async fn load(store: &kv::Store, host: HostId) -> ApiResult<(Ledger, Option<u64>)> {
+    let entry = store.entry(host.to_string()).await.map_err(|e| ApiError::Unavailable(format!("placement ledger: {e}")))?;
+    Ok(match entry {
+        Some(e) if e.operation == kv::Operation::Put => (serde_json::from_slice(&e.value).unwrap_or_default(), Some(e.revision)),
+        Some(e) => (Ledger::default(), Some(e.revision)),
+        None => (Ledger::default(), None),
+    })
+}
+
+/// Pick a host for resource `id` and record `claim` in its ledger. `check`
+/// rules out hosts for reasons of the caller's own; `room` measures what a
+/// host has left (higher is better). A retry for the same `id` replaces its
+/// own claim rather than adding a second.
+pub async fn place(
+    state: &AppState,
+    id: &str,
+    claim: Claim,
+    check: impl Fn(&Host, &Taken) -> Option<Unfit>,
+    room: impl Fn(&Host, &Taken) -> u64,
+) -> ApiResult<HostId> {
+    state.bus.ensure_connected()?;
+    let store = state.bus.bucket(subjects::PLACEMENT_BUCKET).await?;
+    let _turn = state.placing.lock().await;
+    for _ in 0..ATTEMPTS {
+        let mut online = false;
+        let mut reason: Option<Unfit> = None;
+        let mut best: Option<(u64, HostId, Ledger, Option<u64>)> = None;
+        for host in state.proj.hosts()? {
+            if !state.proj.heartbeats.is_online(host.id) {
+                continue;
+            }
+            online = true;
+            let (ledger, revision) = load(&store, host.id).await?;
+            let taken = taken(state, host.id, &ledger, id, claim.wants_addresses())?;
+            let unfit = match check(&host, &taken) {
+                Some(u) => Some(u),
+                None if !Resources::fits(&host.info, &taken.used, &claim.resources) => Some(Unfit::NoRoom),
+                None => None,
+            };
+            match unfit {
+                // Report the reason of the host that came closest.
+                Some(u) => reason = Some(reason.map_or(u.clone(), |r| r.min(u))),
+                None => {
+                    let left = room(&host, &taken);
+                    if best.as_ref().is_none_or(|(l, ..)| left > *l) {
+                        best = Some((left, host.id, ledger, revision));
+                    }
                 }
             }
         }
+        let Some((_, host, mut ledger, revision)) = best else { return Err(refusal(online, reason)) };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        ledger.prune(state, now)?;
+        ledger.claims.insert(id.to_owned(), Claim { at: now, ..claim.clone() });
+        let value: bytes::Bytes = serde_json::to_vec(&ledger).expect("ledger encodes").into();
+        let written = match revision {
+            Some(rev) => store.update(host.to_string(), value, rev).await.map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string())),
+            None => store.create(host.to_string(), value).await.map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string())),
+        };
+        match written {
+            Ok(_) => return Ok(host),
+            // Another gateway placed on this host meanwhile: look again.
+            Err((true, _)) => continue,
+            Err((false, e)) => return Err(ApiError::Unavailable(format!("placement ledger: {e}"))),
+        }
     }
-    match (best, reason) {
-        (Some((_, id)), _) => Ok(id),
-        _ if !online => Err(ApiError::Unavailable("no worker host is online".into())),
-        (None, Some(Unfit::NoImage(image))) => {
-            Err(ApiError::Unprocessable("unknown_image", format!("no online host has the image `{image}`; see GET /v1/images")))
-        }
-        (None, Some(Unfit::NoBridge)) => {
-            Err(ApiError::Unprocessable("unsupported", "no online host has a bridge for bridge networking (worker --bridge)".into()))
-        }
-        (None, Some(Unfit::PortTaken(p))) => Err(ApiError::Conflict("port_conflict", format!("host port {p} is already forwarded to another vm"))),
-        (None, _) => Err(ApiError::Conflict("insufficient_capacity", "no online host has room for this".into())),
+    Err(ApiError::Unavailable("placement is contended; retry".into()))
+}
+
+fn refusal(online: bool, reason: Option<Unfit>) -> ApiError {
+    match reason {
+        _ if !online => ApiError::Unavailable("no worker host is online".into()),
+        Some(Unfit::NoImage(image)) => ApiError::Unprocessable("unknown_image", format!("no online host has the image `{image}`; see GET /v1/images")),
+        Some(Unfit::NoBridge) => ApiError::Unprocessable("unsupported", "no online host has a bridge for bridge networking (worker --bridge)".into()),
+        Some(Unfit::PortOutOfRange(p)) => ApiError::Unprocessable(
+            "port_out_of_range",
+            format!("host port {p} is outside the port range the hosts forward from (see port_range in GET /v1/hosts)"),
+        ),
+        Some(Unfit::AddressTaken(what)) => ApiError::Conflict("address_conflict", format!("{what} is already another vm's on the bridge")),
+        Some(Unfit::PortTaken(p)) => ApiError::Conflict("port_conflict", format!("host port {p} is already forwarded to another vm")),
+        Some(Unfit::NoRoom) | None => ApiError::Conflict("insufficient_capacity", "no online host has room for this".into()),
     }
 }

@@ -77,6 +77,7 @@ mod tests {
             "org_created",
             "project_created",
             "api_key_created",
+            "api_key_revoked",
             "registered",
         ] {
             assert!(json.contains(&format!("\"{ty}\"")), "event type {ty} missing from the schema");

@@ -20,6 +20,7 @@ use vmplane_bus::auth::Role;
 use vmplane_domain::host::{HostInfo, ImageInfo};
 use vmplane_gateway::GatewayConfig;
 use vmplane_gateway::projection::Projections;
+use vmplane_gateway::sessions::Caps as SessionCaps;
 use vmplane_worker::WorkerConfig;
 use vmplane_worker::claim::DataDirLock;
 use vmplane_worker::driver::Driver;
@@ -112,6 +113,15 @@ struct GatewayOpts {
     /// Requests per second per API key (0 = unlimited); the admin token is not limited.
     #[arg(long, env = "VMPLANE_RATE_LIMIT", default_value_t = 50)]
     rate_limit: u32,
+    /// Concurrent `GET /v1/events` streams per API key (and for the admin token).
+    #[arg(long, env = "VMPLANE_MAX_EVENT_STREAMS", default_value_t = SessionCaps::default().events)]
+    max_event_streams: usize,
+    /// Concurrent log follows (`logs?follow=true`) per API key.
+    #[arg(long, env = "VMPLANE_MAX_LOG_FOLLOWS", default_value_t = SessionCaps::default().log_follows)]
+    max_log_follows: usize,
+    /// Concurrent terminal sessions per API key.
+    #[arg(long, env = "VMPLANE_MAX_TERMINALS", default_value_t = SessionCaps::default().terminals)]
+    max_terminals: usize,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -382,6 +392,7 @@ async fn driver(opts: &WorkerOpts, data_dir: &Path) -> anyhow::Result<Arc<dyn Dr
                 disk_gb: host_disk_gb(&dir),
                 images: vmplane_worker::driver::qemu::image::list(&images_dir),
                 bridge_cidr: opts.bridge_cidr.map(|c| c.to_string()),
+                port_range: Some(opts.port_range.into()),
             };
             Arc::new(QemuDriver::new(QemuConfig {
                 dir,
@@ -417,7 +428,8 @@ async fn driver(opts: &WorkerOpts, data_dir: &Path) -> anyhow::Result<Arc<dyn Dr
                     boot: "simulated".into(),
                     kernel_version: None,
                 }],
-                bridge_cidr: None,
+                bridge_cidr: opts.bridge_cidr.map(|c| c.to_string()),
+                port_range: Some(opts.port_range.into()),
             },
             port_range: opts.port_range,
         })?),
@@ -449,7 +461,12 @@ async fn gateway(bus: Bus, common: &CommonArgs, opts: &GatewayOpts, admin_token:
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
     let proj = Projections::open(&projections_dir(&common.data_dir)).context("opening projections (is another gateway using this data dir?)")?;
     let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
-    let cfg = GatewayConfig { admin_token, accept_wait: Duration::from_millis(opts.accept_wait_ms), rate_limit_per_key: opts.rate_limit };
+    let cfg = GatewayConfig {
+        admin_token,
+        accept_wait: Duration::from_millis(opts.accept_wait_ms),
+        rate_limit_per_key: opts.rate_limit,
+        session_caps: SessionCaps { events: opts.max_event_streams, log_follows: opts.max_log_follows, terminals: opts.max_terminals },
+    };
     vmplane_gateway::serve(bus, proj, cfg, metrics, listener, shutdown_signal()).await?;
     tracing::info!("gateway stopped");
     Ok(())

@@ -38,15 +38,6 @@ pub async fn consume(bus: Bus, cfg: WorkerConfig) -> anyhow::Result<()> {
     .await
 }
 
-/// The code a refused tenancy command's operation fails with (the same the gateway answers with).
-fn refusal_code(e: &TenancyError) -> &'static str {
-    match e {
-        TenancyError::BadName => "validation_failed",
-        TenancyError::OrgNotFound => "not_found",
-        TenancyError::AlreadyExists => "conflict",
-    }
-}
-
 async fn handle(bus: &Bus, msg: &Message, delivered: i64, max_deliveries: i64) -> Result<(), BusError> {
     let env = match decode_command(&msg.payload) {
         Ok(env) => env,
@@ -59,11 +50,7 @@ async fn handle(bus: &Bus, msg: &Message, delivered: i64, max_deliveries: i64) -
         let message = "a host's command was addressed to the tenancy consumer; no worker carries it out there";
         return record_operation_failed(bus, Some(env.org), env.op, &env.org.to_string(), "misrouted", message.into()).await;
     };
-    let (org, id) = match &command {
-        TenancyCommand::CreateOrg { id, .. } => (*id, id.to_string()),
-        TenancyCommand::CreateProject { id, org, .. } => (*org, id.to_string()),
-        TenancyCommand::CreateApiKey { id, org, .. } => (*org, id.to_string()),
-    };
+    let (org, id) = (command.org(), command.target());
     let fail = async |code: &str, message: String| record_operation_failed(bus, Some(org), env.op, &id, code, message).await;
     if delivered > max_deliveries {
         tracing::warn!(op = %env.op, delivered, "tenancy command past its delivery limit; failing its operation");
@@ -71,15 +58,32 @@ async fn handle(bus: &Bus, msg: &Message, delivered: i64, max_deliveries: i64) -
     }
     let org_exists = org == OrgId::DEFAULT || !bus.load(&subjects::tenancy_events(org, &org.to_string())).await?.is_empty();
     let subject = subjects::tenancy_events(org, &id);
-    let event = match tenancy::decide(&command, false, org_exists) {
+    // Creations append to a new subject (expected 0); a revocation appends
+    // after the key's own history, and only to a key that is active.
+    let (exists, expected) = match &command {
+        TenancyCommand::RevokeApiKey { .. } => {
+            let history = bus.load(&subject).await?;
+            if history.iter().any(|(_, e)| e.operation == Some(env.op)) {
+                tracing::info!(op = %env.op, "revocation already applied");
+                return Ok(());
+            }
+            let active = tenancy::key_is_active(history.iter().filter_map(|(_, e)| match &e.event {
+                Event::Tenancy(t) => Some(t),
+                _ => None,
+            }));
+            (active, history.last().map_or(0, |(seq, _)| *seq))
+        }
+        _ => (false, 0),
+    };
+    let event = match tenancy::decide(&command, exists, org_exists) {
         Ok(ev) => ev,
         Err(e) => {
             tracing::warn!(op = %env.op, error = %e, "tenancy command refused; failing its operation");
-            return fail(refusal_code(&e), e.to_string()).await;
+            return fail(e.code(), e.to_string()).await;
         }
     };
     let out = Envelope::new(org, None, id.clone(), Some(env.op), Event::Tenancy(event), OffsetDateTime::now_utc());
-    match bus.append(&subject, &out, 0).await {
+    match bus.append(&subject, &out, expected).await {
         Ok(_) => Ok(()),
         // Already created: by a redelivery of this same command, or (ids are
         // random, so hardly ever) by another command with the same id.
@@ -89,7 +93,7 @@ async fn handle(bus: &Bus, msg: &Message, delivered: i64, max_deliveries: i64) -
                 tracing::info!(op = %env.op, "tenancy command already applied");
                 Ok(())
             } else {
-                fail(refusal_code(&TenancyError::AlreadyExists), TenancyError::AlreadyExists.to_string()).await
+                fail(TenancyError::AlreadyExists.code(), TenancyError::AlreadyExists.to_string()).await
             }
         }
         Err(e) => Err(e),

@@ -186,7 +186,8 @@ pub async fn ordered_events(
 pub(crate) struct Txn<'a> {
     tree: &'a sled::Tree,
     batch: sled::Batch,
-    overlay: HashMap<Vec<u8>, Vec<u8>>,
+    /// Writes of this event so far; `None` = removed.
+    overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl<'a> Txn<'a> {
@@ -196,7 +197,7 @@ impl<'a> Txn<'a> {
 
     pub(crate) fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
         let bytes = match self.overlay.get(key) {
-            Some(v) => Some(v.clone()),
+            Some(v) => v.clone(),
             None => self.tree.get(key).ok().flatten().map(|v| v.to_vec()),
         };
         bytes.and_then(|b| event::decode(&b).ok())
@@ -208,7 +209,12 @@ impl<'a> Txn<'a> {
 
     pub(crate) fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.batch.insert(key.clone(), value.clone());
-        self.overlay.insert(key, value);
+        self.overlay.insert(key, Some(value));
+    }
+
+    pub(crate) fn remove(&mut self, key: Vec<u8>) {
+        self.batch.remove(key.clone());
+        self.overlay.insert(key, None);
     }
 
     fn commit(self) -> sled::Result<()> {

@@ -1,5 +1,5 @@
-//! Orgs, projects and API keys (hashes only). The `default` org and project
-//! are synthesised, never stored.
+//! Orgs, projects and API keys (hashes only; a revoked key is removed). The
+//! `default` org and project are synthesised, never stored.
 
 use super::{Projections, Txn, key};
 use vmplane_domain::event::Envelope;
@@ -14,6 +14,8 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope, ev: &TenancyEvent) {
         TenancyEvent::ApiKeyCreated { id, org, name, secret_sha256 } => {
             txn.put(key(&[&"key", id]), &ApiKey { id: *id, org: *org, name: name.clone(), secret_sha256: secret_sha256.clone(), created_at: at })
         }
+        // A revoked key is forgotten: authentication finds nothing to match.
+        TenancyEvent::ApiKeyRevoked { id, .. } => txn.remove(key(&[&"key", id])),
     }
 }
 

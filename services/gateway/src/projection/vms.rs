@@ -2,8 +2,11 @@
 //! VM's event history, and per-host resource usage for placement.
 
 use super::{Projections, Txn, key};
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use vmplane_domain::event::Envelope;
 use vmplane_domain::host::Resources;
+use vmplane_domain::spec::NetworkMode;
 use vmplane_domain::vm::{Vm, VmEvent, VmStatus, evolve};
 use vmplane_domain::{HostId, OrgId, ProjectId, VmId};
 
@@ -31,6 +34,15 @@ pub(super) fn apply(txn: &mut Txn, seq: u64, env: &Envelope, ev: &VmEvent, paylo
     txn.put(key(&[&"vm", &id]), &after);
 }
 
+/// Host ports and bridge addresses the VMs of one host hold.
+#[derive(Debug, Default)]
+pub struct HostAddresses {
+    pub ports: BTreeSet<u16>,
+    pub ips: BTreeSet<Ipv4Addr>,
+    /// Lower case.
+    pub macs: BTreeSet<String>,
+}
+
 /// A filter for listing VMs.
 pub struct VmFilter {
     pub org: OrgId,
@@ -43,6 +55,11 @@ impl Projections {
     /// One VM, whatever org it belongs to (callers check ownership).
     pub fn vm(&self, id: VmId) -> sled::Result<Option<Vm>> {
         self.get(&key(&[&"vm", &id]))
+    }
+
+    /// Whether the VM is projected, without reading it.
+    pub fn has_vm(&self, id: VmId) -> sled::Result<bool> {
+        self.tree.contains_key(key(&[&"vm", &id]))
     }
 
     /// VMs matching `filter`, oldest first: one page and the total count.
@@ -68,22 +85,49 @@ impl Projections {
         Ok((page, total))
     }
 
-    /// Host ports forwarded to VMs on `host` (requested or allocated), for
-    /// refusing a conflicting request before it reaches the worker.
-    pub fn host_ports_in_use(&self, host: HostId) -> sled::Result<std::collections::BTreeSet<u16>> {
-        let mut ports = std::collections::BTreeSet::new();
+    /// Host ports forwarded to VMs on `host` (requested or allocated) and
+    /// the addresses its bridge-mode VMs hold, for refusing a conflicting
+    /// request before it reaches the worker.
+    pub fn host_addresses(&self, host: HostId) -> sled::Result<HostAddresses> {
+        let mut out = HostAddresses::default();
         for vm in self.scan::<Vm>(b"vm/") {
             let vm = vm?;
             if vm.host != host || vm.status == VmStatus::Deleted {
                 continue;
             }
-            ports.extend(vm.spec.port_forwards.iter().filter_map(|p| p.host_port));
+            out.ports.extend(vm.spec.port_forwards.iter().filter_map(|p| p.host_port));
             if let Some(net) = &vm.network {
-                ports.extend(net.ssh_port);
-                ports.extend(net.port_forwards.iter().map(|p| p.host_port));
+                out.ports.extend(net.ssh_port);
+                out.ports.extend(net.port_forwards.iter().map(|p| p.host_port));
+            }
+            let spec_net = &vm.spec.network;
+            if spec_net.enabled && spec_net.mode == NetworkMode::Bridge {
+                out.ips.extend(spec_net.guest_ip);
+                out.macs.extend(spec_net.guest_mac.as_deref().map(str::to_ascii_lowercase));
+                if let Some(net) = &vm.network {
+                    out.ips.extend(net.ip.as_deref().and_then(|ip| ip.parse::<Ipv4Addr>().ok()));
+                    out.macs.extend(net.mac.as_deref().map(str::to_ascii_lowercase));
+                }
             }
         }
-        Ok(ports)
+        Ok(out)
+    }
+
+    /// What one org's VMs and volumes take on a host (what a tenant may see of it).
+    pub fn org_usage_on_host(&self, org: OrgId, host: HostId) -> sled::Result<Resources> {
+        let mut used = Resources::default();
+        let filter = VmFilter { org, project: None, status: None };
+        for vm in self.list_vms(&filter, 0, usize::MAX)?.0 {
+            if vm.host == host {
+                used += vm.spec.resources();
+            }
+        }
+        for vol in self.list_volumes(org, 0, usize::MAX)?.0 {
+            if vol.host == host {
+                used += Resources { disk_gb: u64::from(vol.spec.size_gb), ..Resources::default() };
+            }
+        }
+        Ok(used)
     }
 
     /// A VM's events in stream order, with their sequences.

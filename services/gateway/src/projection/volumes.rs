@@ -33,6 +33,11 @@ impl Projections {
         self.get(&key(&[&"vol", &id]))
     }
 
+    /// Whether the volume is projected, without reading it.
+    pub fn has_volume(&self, id: VolumeId) -> sled::Result<bool> {
+        self.tree.contains_key(key(&[&"vol", &id]))
+    }
+
     /// An org's volumes that are not deleted, oldest first: one page and the total.
     pub fn list_volumes(&self, org: OrgId, offset: usize, limit: usize) -> sled::Result<(Vec<Volume>, usize)> {
         let mut page = Vec::new();

@@ -10,6 +10,7 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Query;
 use crate::projection::ordered_events;
+use crate::sessions::{Kind, revoked};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -94,6 +95,7 @@ async fn event_feed(
         .transpose()?;
     let last = from_header.or(q.last_event_id).unwrap_or(0);
     let filter = if who.sees_all_orgs() { subjects::EVENTS_ALL.to_owned() } else { subjects::org_events(who.org) };
+    let session = state.sessions.acquire(who.actor, Kind::Events)?;
     state.bus.ensure_connected()?;
     let messages = ordered_events(&state.bus, filter, last.saturating_add(1)).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let stream = messages.take_while(|m| futures::future::ready(m.is_ok())).filter_map(|m| async move {
@@ -103,6 +105,11 @@ async fn event_feed(
         let kind = env.event.type_name();
         let data = serde_json::to_string(&EventView::new(seq, env)).ok()?;
         Some(Ok(SseEvent::default().id(seq.to_string()).event(kind).data(data)))
+    });
+    // The session's place is held while the stream lives; a revoked key's stream ends.
+    let stream = stream.take_until(revoked(state, who.actor)).map(move |e| {
+        let _held = &session;
+        e
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -1,7 +1,11 @@
 //! `GET /v1/hosts`: the hosts, their capacity, use and liveness.
+//!
+//! The admin sees what every org uses and what is left. An API key sees its
+//! own org's use only, and not what is left, from which the others' use
+//! would follow.
 
 use crate::AppState;
-use crate::auth::Principal;
+use crate::auth::{Actor, Principal};
 use crate::error::{ApiResult, ErrorBody};
 use axum::extract::State;
 use serde::Serialize;
@@ -27,10 +31,12 @@ pub struct HostView {
     #[serde(with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_heartbeat: Option<OffsetDateTime>,
-    /// What the host's VMs take.
+    /// What the host's VMs and volumes take: all of them for the admin, the
+    /// caller's org's for an API key.
     pub used: Resources,
-    /// What is left for new VMs.
-    pub available: Resources,
+    /// What is left for new VMs (admin only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub available: Option<Resources>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub registered_at: OffsetDateTime,
@@ -38,13 +44,21 @@ pub struct HostView {
 
 /// Every registered host.
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, body = Vec<HostView>), (status = "4XX", body = ErrorBody)))]
-async fn list_hosts(State(state): State<AppState>, _who: Principal) -> ApiResult<axum::Json<Vec<HostView>>> {
+async fn list_hosts(State(state): State<AppState>, who: Principal) -> ApiResult<axum::Json<Vec<HostView>>> {
     let mut out = Vec::new();
     for host in state.proj.hosts()? {
-        let used = state.proj.host_usage(host.id)?;
-        let mut available = Resources { vcpus: u64::from(host.info.cpus), memory_mib: host.info.memory_mib, disk_gb: host.info.disk_gb };
-        available.memory_mib = available.memory_mib.saturating_sub(used.memory_mib);
-        available.disk_gb = available.disk_gb.saturating_sub(used.disk_gb);
+        let (used, available) = match who.actor {
+            Actor::Admin => {
+                let used = state.proj.host_usage(host.id)?;
+                let available = Resources {
+                    vcpus: u64::from(host.info.cpus),
+                    memory_mib: host.info.memory_mib.saturating_sub(used.memory_mib),
+                    disk_gb: host.info.disk_gb.saturating_sub(used.disk_gb),
+                };
+                (used, Some(available))
+            }
+            Actor::Key(_) => (state.proj.org_usage_on_host(who.org, host.id)?, None),
+        };
         out.push(HostView {
             id: host.id,
             status: if state.proj.heartbeats.is_online(host.id) { "online" } else { "offline" },

@@ -2,9 +2,10 @@
 
 use crate::AppState;
 use crate::auth::Principal;
-use crate::commands::{Submission, submit};
+use crate::commands::{Submission, accepted_before, submit};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Json;
+use crate::idempotency::Allocation;
 use crate::projection::operations::Operation;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -77,13 +78,24 @@ pub struct ImportAccepted {
 /// as a bootable image (admin only). Watch the operation for the outcome.
 #[utoipa::path(post, path = "/v1/images", tag = "images", request_body = ImportRequest,
     responses((status = 202, body = ImportAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn import_image(State(state): State<AppState>, who: Principal, Json(req): Json<ImportRequest>) -> ApiResult<(StatusCode, axum::Json<ImportAccepted>)> {
+async fn import_image(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    Json(req): Json<ImportRequest>,
+) -> ApiResult<(StatusCode, axum::Json<ImportAccepted>)> {
     who.require_admin()?;
     if !is_dns_label(&req.name) {
         return Err(ApiError::Unprocessable("validation_failed", "name: must be a DNS label".into()));
     }
     if !req.source.starts_with('/') || req.source.len() > 4096 || req.source.contains('\0') {
         return Err(ApiError::Unprocessable("validation_failed", "source: must be an absolute path on the host".into()));
+    }
+    // A retry (same Idempotency-Key) of an import the worker took up already.
+    if let Some(operation) = accepted_before(&state, alloc.op())?
+        && let Ok(host_id) = operation.target_id.parse::<HostId>()
+    {
+        return Ok((StatusCode::ACCEPTED, axum::Json(ImportAccepted { id: ImageId::for_slug(&req.name), name: req.name, host_id, operation })));
     }
     let hosts = state.proj.hosts()?;
     let host = match req.host_id {
@@ -99,6 +111,7 @@ async fn import_image(State(state): State<AppState>, who: Principal, Json(req): 
     }
     let command = HostCommand::ImportImage { name: req.name.clone(), source: req.source, format: req.format };
     let sub = Submission {
+        op: alloc.op(),
         subject: subjects::host_command(host.id),
         kind: "import_image",
         target_id: host.id.to_string(),

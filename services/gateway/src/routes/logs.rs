@@ -7,6 +7,7 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{PathId, Query};
 use crate::routes::vms::visible_vm;
+use crate::sessions::{Kind, revoked};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -56,6 +57,8 @@ async fn vm_logs(State(state): State<AppState>, who: Principal, PathId(id): Path
     if tail > MAX_TAIL {
         return Err(ApiError::BadRequest("invalid_query", format!("tail must be at most {MAX_TAIL}")));
     }
+    let follow = q.follow.unwrap_or(false);
+    let session = follow.then(|| state.sessions.acquire(who.actor, Kind::LogFollow)).transpose()?;
     state.bus.ensure_connected()?;
     let unavailable = |e: &dyn std::fmt::Display| ApiError::Unavailable(format!("log stream: {e}"));
     let stream = state.bus.js.get_stream(subjects::LOG_STREAM).await.map_err(|e| unavailable(&e))?;
@@ -84,7 +87,7 @@ async fn vm_logs(State(state): State<AppState>, who: Principal, PathId(id): Path
             }
         }
     }
-    if !q.follow.unwrap_or(false) {
+    if !follow {
         return Ok(axum::Json(LogLines { vm_id: vm.id, lines: recent.into_iter().map(|(_, l)| l).collect() }).into_response());
     }
     let backlog = futures::stream::iter(recent.into_iter().map(|(seq, line)| Ok::<_, Infallible>(line_event(seq, line))));
@@ -93,7 +96,12 @@ async fn vm_logs(State(state): State<AppState>, who: Principal, PathId(id): Path
         let seq = msg.info().ok()?.stream_sequence;
         Some(Ok(line_event(seq, String::from_utf8_lossy(&msg.payload).into_owned())))
     });
-    Ok(Sse::new(backlog.chain(live)).keep_alive(KeepAlive::default()).into_response())
+    // The session's place is held while the stream lives; a revoked key's stream ends.
+    let stream = backlog.chain(live).take_until(revoked(state, who.actor)).map(move |e| {
+        let _held = &session;
+        e
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 
 fn line_event(seq: u64, line: String) -> SseEvent {

@@ -4,9 +4,10 @@
 
 use crate::AppState;
 use crate::auth::{Principal, hash_secret, new_secret};
-use crate::commands::{Submission, submit};
+use crate::commands::{Submission, accepted_before, submit};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, PathId};
+use crate::idempotency::Allocation;
 use crate::projection::operations::{OpStatus, Operation};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -19,7 +20,11 @@ use vmplane_domain::{ApiKeyId, Command, OrgId, ProjectId, subjects};
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(create_org, list_orgs)).routes(routes!(create_project, list_projects)).routes(routes!(create_api_key, list_api_keys))
+    OpenApiRouter::new()
+        .routes(routes!(create_org, list_orgs))
+        .routes(routes!(create_project, list_projects))
+        .routes(routes!(create_api_key, list_api_keys))
+        .routes(routes!(revoke_api_key))
 }
 
 /// `POST /v1/orgs` body.
@@ -109,20 +114,28 @@ impl From<ApiKey> for ApiKeyView {
 }
 
 /// Validate with the same pure rule the worker applies, then submit.
-async fn submit_tenancy(state: &AppState, who: &Principal, org: OrgId, target: String, command: TenancyCommand) -> ApiResult<(StatusCode, Operation)> {
+async fn submit_tenancy(state: &AppState, who: &Principal, alloc: Allocation, command: TenancyCommand) -> ApiResult<(StatusCode, Operation)> {
+    let org = command.org();
+    if let Some(op) = accepted_before(state, alloc.op())? {
+        return Ok((if op.status == OpStatus::Succeeded { StatusCode::CREATED } else { StatusCode::ACCEPTED }, op));
+    }
     let org_exists = state.proj.org(org)?.is_some();
-    tenancy::decide(&command, false, org_exists).map_err(|e| match e {
-        TenancyError::BadName => ApiError::Unprocessable("validation_failed", e.to_string()),
+    // Callers checked that a key to revoke exists; creations make new ids.
+    let exists = matches!(command, TenancyCommand::RevokeApiKey { .. });
+    tenancy::decide(&command, exists, org_exists).map_err(|e| match e {
+        TenancyError::BadName => ApiError::Unprocessable(e.code(), e.to_string()),
         TenancyError::OrgNotFound => ApiError::NotFound(format!("org {org}")),
-        TenancyError::AlreadyExists => ApiError::Conflict("conflict", e.to_string()),
+        TenancyError::KeyNotFound => ApiError::NotFound(e.to_string()),
+        TenancyError::AlreadyExists => ApiError::Conflict(e.code(), e.to_string()),
     })?;
-    let kind = match command {
-        TenancyCommand::CreateOrg { .. } => "create_org",
-        TenancyCommand::CreateProject { .. } => "create_project",
-        TenancyCommand::CreateApiKey { .. } => "create_api_key",
+    let sub = Submission {
+        op: alloc.op(),
+        subject: subjects::tenancy_command(org),
+        kind: command.kind(),
+        target_id: command.target(),
+        project: ProjectId::DEFAULT,
+        command: Command::Tenancy { command },
     };
-    let sub =
-        Submission { subject: subjects::tenancy_command(org), kind, target_id: target, project: ProjectId::DEFAULT, command: Command::Tenancy { command } };
     let op = submit(state, who, sub).await?;
     let status = if op.status == OpStatus::Succeeded { StatusCode::CREATED } else { StatusCode::ACCEPTED };
     Ok((status, op))
@@ -131,10 +144,15 @@ async fn submit_tenancy(state: &AppState, who: &Principal, org: OrgId, target: S
 /// Create an org.
 #[utoipa::path(post, path = "/v1/orgs", tag = "tenancy", request_body = CreateOrgRequest,
     responses((status = 201, body = OrgView), (status = 202, body = OrgView), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn create_org(State(state): State<AppState>, who: Principal, Json(req): Json<CreateOrgRequest>) -> ApiResult<(StatusCode, axum::Json<OrgView>)> {
+async fn create_org(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    Json(req): Json<CreateOrgRequest>,
+) -> ApiResult<(StatusCode, axum::Json<OrgView>)> {
     who.require_admin()?;
-    let id = OrgId::new();
-    let (status, op) = submit_tenancy(&state, &who, id, id.to_string(), TenancyCommand::CreateOrg { id, name: req.name.clone() }).await?;
+    let id = OrgId(alloc.resource());
+    let (status, op) = submit_tenancy(&state, &who, alloc, TenancyCommand::CreateOrg { id, name: req.name.clone() }).await?;
     Ok((status, axum::Json(OrgView { id, name: req.name, created_at: op.created_at, operation: Some(op) })))
 }
 
@@ -151,13 +169,14 @@ async fn list_orgs(State(state): State<AppState>, who: Principal) -> ApiResult<a
 async fn create_project(
     State(state): State<AppState>,
     who: Principal,
+    alloc: Allocation,
     PathId(org): PathId<OrgId>,
     Json(req): Json<CreateProjectRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<ProjectView>)> {
     who.require_admin()?;
-    let id = ProjectId::new();
+    let id = ProjectId(alloc.resource());
     let cmd = TenancyCommand::CreateProject { id, org, name: req.name.clone() };
-    let (status, op) = submit_tenancy(&state, &who, org, id.to_string(), cmd).await?;
+    let (status, op) = submit_tenancy(&state, &who, alloc, cmd).await?;
     Ok((status, axum::Json(ProjectView { id, org_id: org, name: req.name, created_at: op.created_at, operation: Some(op) })))
 }
 
@@ -176,14 +195,17 @@ async fn list_projects(State(state): State<AppState>, who: Principal, PathId(org
 async fn create_api_key(
     State(state): State<AppState>,
     who: Principal,
+    alloc: Allocation,
     Json(req): Json<CreateApiKeyRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<ApiKeyView>)> {
     who.require_admin()?;
     let org = req.org_id.unwrap_or(who.org);
-    let id = ApiKeyId::new();
-    let secret = new_secret(id);
+    let id = ApiKeyId(alloc.resource());
+    // The same secret on a retry under the same Idempotency-Key, which only
+    // this caller can reproduce; never stored.
+    let secret = new_secret(id, alloc.random());
     let cmd = TenancyCommand::CreateApiKey { id, org, name: req.name.clone(), secret_sha256: hash_secret(&secret) };
-    let (status, op) = submit_tenancy(&state, &who, org, id.to_string(), cmd).await?;
+    let (status, op) = submit_tenancy(&state, &who, alloc, cmd).await?;
     Ok((status, axum::Json(ApiKeyView { id, org_id: org, name: req.name, secret: Some(secret), created_at: op.created_at, operation: Some(op) })))
 }
 
@@ -192,4 +214,23 @@ async fn create_api_key(
 async fn list_api_keys(State(state): State<AppState>, who: Principal) -> ApiResult<axum::Json<Vec<ApiKeyView>>> {
     who.require_admin()?;
     Ok(axum::Json(state.proj.api_keys(who.org)?.into_iter().map(ApiKeyView::from).collect()))
+}
+
+/// Revoke an API key (any org's): once the revocation is projected, which
+/// every gateway does as the event arrives, the key gets 401 everywhere and
+/// its open event, log and terminal streams end. 200 when this gateway has
+/// projected it, 202 if that takes longer.
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "tenancy", params(("id" = String, Path, description = "API key id")),
+    responses((status = 200, body = ApiKeyView), (status = 202, body = ApiKeyView), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn revoke_api_key(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<ApiKeyId>,
+) -> ApiResult<(StatusCode, axum::Json<ApiKeyView>)> {
+    who.require_admin()?;
+    let key = state.proj.api_key(id)?.ok_or_else(|| ApiError::NotFound(format!("api key {id}")))?;
+    let (status, op) = submit_tenancy(&state, &who, alloc, TenancyCommand::RevokeApiKey { id, org: key.org }).await?;
+    let status = if status == StatusCode::CREATED { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, axum::Json(ApiKeyView { operation: Some(op), ..key.into() })))
 }

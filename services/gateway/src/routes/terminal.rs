@@ -7,6 +7,7 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::PathId;
 use crate::routes::vms::visible_vm;
+use crate::sessions::{Kind, revoked};
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -20,6 +21,9 @@ use vmplane_domain::{VmId, subjects};
 
 /// How often the gateway tells the worker the session is still wanted.
 const KEEPALIVE: Duration = Duration::from_secs(10);
+/// Largest WebSocket message (and frame) a client may send: keystrokes and
+/// pastes, not bulk data; a larger one closes the session.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 10;
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -53,6 +57,7 @@ async fn terminal(
     }
     // In the API's error format, not axum's plain-text rejection.
     let ws = ws.map_err(|r| ApiError::BadRequest("websocket_required", format!("this route is a WebSocket; {}", r.body_text())))?;
+    let session_place = state.sessions.acquire(who.actor, Kind::Terminal)?;
     state.bus.ensure_connected()?;
     let session = format!("{}", vmplane_domain::OpId::new()).replace("op_", "term_");
     let req = serde_json::to_vec(&OpenRequest { vm: vm.id, session: &session }).expect("request encodes");
@@ -67,15 +72,21 @@ async fn terminal(
         return Err(ApiError::Conflict("terminal_unavailable", error));
     }
     let client = state.bus.client.clone();
-    Ok(ws.on_upgrade(move |socket| bridge(socket, client, output, session)))
+    let revoked = revoked(state, who.actor);
+    Ok(ws.max_message_size(MAX_MESSAGE_BYTES).max_frame_size(MAX_MESSAGE_BYTES).on_upgrade(move |socket| async move {
+        bridge(socket, client, output, session, revoked).await;
+        drop(session_place);
+    }))
 }
 
-async fn bridge(socket: WebSocket, client: async_nats::Client, mut output: async_nats::Subscriber, session: String) {
+async fn bridge(socket: WebSocket, client: async_nats::Client, mut output: async_nats::Subscriber, session: String, revoked: impl Future<Output = ()>) {
     let (mut ws_tx, mut ws_rx) = socket.split();
     let input = subjects::terminal_input(&session);
     let mut keepalive = tokio::time::interval(KEEPALIVE);
+    let mut revoked = std::pin::pin!(revoked);
     loop {
         tokio::select! {
+            () = &mut revoked => break,
             out = output.next() => match out {
                 Some(m) if !m.payload.is_empty() => {
                     if ws_tx.send(Message::Binary(m.payload)).await.is_err() {

@@ -2,10 +2,11 @@
 
 use crate::AppState;
 use crate::auth::Principal;
-use crate::commands::{Submission, submit};
+use crate::commands::{Submission, accepted_before, submit};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, PathId, Query};
-use crate::placement::{Unfit, place};
+use crate::idempotency::Allocation;
+use crate::placement::{Claim, Taken, Unfit, place};
 use crate::projection::operations::Operation;
 use crate::projection::vms::VmFilter;
 use crate::routes::events::EventView;
@@ -17,6 +18,7 @@ use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
+use vmplane_domain::host::{Host, PortRange};
 use vmplane_domain::spec::{DataDisk, ExposedPort, GpuSpec, NetworkMode, NetworkSpec, PortForward, VmSpec, VolumeMount};
 use vmplane_domain::vm::{DiskInfo, ResolvedPortForward, Vm, VmCommand, VmStatus, decide, evolve};
 use vmplane_domain::{Command, HostId, ImageId, ProjectId, VmId, VolumeId, subjects};
@@ -247,27 +249,50 @@ pub fn visible_vm(state: &AppState, who: &Principal, id: VmId) -> ApiResult<Vm> 
     state.proj.vm(id)?.filter(|vm| vm.org == who.org).ok_or_else(|| ApiError::NotFound(format!("vm {id}")))
 }
 
-/// Pick the online host with the most free memory that has the image and
-/// the requested host ports free.
-fn place_vm(state: &AppState, spec: &VmSpec) -> ApiResult<HostId> {
+/// Pick the online host with the most free memory that has the image, the
+/// requested host ports free and inside its port range, and (bridge mode)
+/// the requested address free; record the claim there.
+async fn place_vm(state: &AppState, id: VmId, spec: &VmSpec) -> ApiResult<HostId> {
     let has_image = |i: &vmplane_domain::host::ImageInfo| i.name == spec.image || ImageId::for_slug(&i.name).to_string() == spec.image;
-    let check = |host: &vmplane_domain::host::Host| -> ApiResult<Option<Unfit>> {
-        if !host.info.images.iter().any(has_image) {
-            return Ok(Some(Unfit::NoImage(spec.image.clone())));
-        }
-        if spec.network.enabled && spec.network.mode == NetworkMode::Bridge && host.info.bridge_cidr.is_none() {
-            return Ok(Some(Unfit::NoBridge));
-        }
-        let in_use = state.proj.host_ports_in_use(host.id)?;
-        Ok(spec.port_forwards.iter().filter_map(|pf| pf.host_port).find(|p| in_use.contains(p)).map(Unfit::PortTaken))
+    let bridged = spec.network.enabled && spec.network.mode == NetworkMode::Bridge;
+    let claim = Claim {
+        resources: spec.resources(),
+        ports: spec.port_forwards.iter().filter_map(|pf| pf.host_port).collect(),
+        guest_ip: spec.network.guest_ip.filter(|_| bridged),
+        guest_mac: spec.network.guest_mac.as_deref().filter(|_| bridged).map(str::to_ascii_lowercase),
+        at: 0,
     };
-    place(state, &spec.resources(), check, |host, used| host.info.memory_mib.saturating_sub(used.memory_mib))
+    let check = |host: &Host, taken: &Taken| -> Option<Unfit> {
+        if !host.info.images.iter().any(has_image) {
+            return Some(Unfit::NoImage(spec.image.clone()));
+        }
+        if bridged && host.info.bridge_cidr.is_none() {
+            return Some(Unfit::NoBridge);
+        }
+        let range = host.info.port_range.unwrap_or(PortRange::UNPRIVILEGED);
+        if let Some(p) = claim.ports.iter().find(|p| !range.contains(**p)) {
+            return Some(Unfit::PortOutOfRange(*p));
+        }
+        if let Some(p) = claim.ports.iter().find(|p| taken.ports.contains(p)) {
+            return Some(Unfit::PortTaken(*p));
+        }
+        if let Some(ip) = claim.guest_ip.filter(|ip| taken.ips.contains(ip)) {
+            return Some(Unfit::AddressTaken(format!("guest_ip {ip}")));
+        }
+        claim.guest_mac.as_ref().filter(|m| taken.macs.contains(*m)).map(|m| Unfit::AddressTaken(format!("guest_mac {m}")))
+    };
+    place(state, &id.to_string(), claim.clone(), check, |host, taken| host.info.memory_mib.saturating_sub(taken.used.memory_mib)).await
 }
 
 /// Create a VM: 202 with the VM (`pending`) and its operation.
 #[utoipa::path(post, path = "/v1/vms", tag = "vms", request_body = CreateVmRequest,
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn create_vm(State(state): State<AppState>, who: Principal, Json(req): Json<CreateVmRequest>) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+async fn create_vm(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    Json(req): Json<CreateVmRequest>,
+) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     let spec = req.into_spec();
     spec.validate()?;
     if !spec.volumes.is_empty() || !spec.data_disks.is_empty() || spec.root_volume.is_some() {
@@ -277,35 +302,51 @@ async fn create_vm(State(state): State<AppState>, who: Principal, Json(req): Jso
         ));
     }
 
-    let id = VmId::new();
+    let id = VmId(alloc.resource());
+    // A retry (same Idempotency-Key) of a create the worker carried out already.
+    if let Some(vm) = state.proj.vm(id)?.filter(|vm| vm.org == who.org)
+        && let Some(operation) = accepted_before(&state, alloc.op())?
+    {
+        return Ok((StatusCode::ACCEPTED, axum::Json(VmAccepted { vm: vm.into(), operation })));
+    }
     let project = who.project_or_default();
-    let host = place_vm(&state, &spec)?;
+    let host = place_vm(&state, id, &spec).await?;
     let command = VmCommand::Create { spec: Box::new(spec), host };
-    accept(&state, &who, None, id, project, host, command).await
+    accept(&state, &who, alloc, None, id, project, host, command).await
 }
 
 /// Accept a command on an existing VM the caller may see.
-pub(crate) async fn act(state: AppState, who: Principal, id: VmId, command: VmCommand) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+pub(crate) async fn act(state: AppState, who: Principal, alloc: Allocation, id: VmId, command: VmCommand) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     let vm = visible_vm(&state, &who, id)?;
     let (project, host) = (vm.project, vm.host);
-    accept(&state, &who, Some(vm), id, project, host, command).await
+    accept(&state, &who, alloc, Some(vm), id, project, host, command).await
 }
 
 /// Decide the command against the projected VM (refusing early what the state
 /// forbids), append it, and answer with the VM as the command leaves it.
+#[allow(clippy::too_many_arguments)]
 async fn accept(
     state: &AppState,
     who: &Principal,
+    alloc: Allocation,
     vm: Option<Vm>,
     id: VmId,
     project: ProjectId,
     host: HostId,
     command: VmCommand,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+    // A retry of a command the worker took up already: deciding again would
+    // refuse it (the VM moved on), so answer with what it did.
+    if let Some(operation) = accepted_before(state, alloc.op())?
+        && let Some(vm) = vm.as_ref().filter(|_| operation.target_id == id.to_string())
+    {
+        return Ok((StatusCode::ACCEPTED, axum::Json(VmAccepted { vm: vm.clone().into(), operation })));
+    }
     let events = decide(vm.as_ref(), who.org, project, &command)?;
     let now = OffsetDateTime::now_utc();
     let after = events.iter().fold(vm, |s, e| evolve(s, id, None, now, e)).ok_or_else(|| ApiError::Internal("decided events left no vm".into()))?;
     let sub = Submission {
+        op: alloc.op(),
         subject: subjects::vm_command(host, id),
         kind: command.kind().as_str(),
         target_id: id.to_string(),
@@ -337,43 +378,73 @@ async fn get_vm(State(state): State<AppState>, who: Principal, PathId(id): PathI
 /// Delete a VM and, unless `delete_root_disk` is false, its root disk.
 #[utoipa::path(delete, path = "/v1/vms/{id}", tag = "vms", params(("id" = String, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn delete_vm(State(state): State<AppState>, who: Principal, PathId(id): PathId<VmId>) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    act(state, who, id, VmCommand::Delete).await
+async fn delete_vm(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<VmId>,
+) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+    act(state, who, alloc, id, VmCommand::Delete).await
 }
 
 /// Start a stopped VM. Starting a running VM is accepted and changes nothing.
 #[utoipa::path(post, path = "/v1/vms/{id}/start", tag = "vms", params(("id" = String, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn start_vm(State(state): State<AppState>, who: Principal, PathId(id): PathId<VmId>) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    act(state, who, id, VmCommand::Start).await
+async fn start_vm(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<VmId>,
+) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+    act(state, who, alloc, id, VmCommand::Start).await
 }
 
 /// Stop a VM: ACPI power-down, then a hard stop. Stopping a stopped VM is accepted and changes nothing.
 #[utoipa::path(post, path = "/v1/vms/{id}/stop", tag = "vms", params(("id" = String, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn stop_vm(State(state): State<AppState>, who: Principal, PathId(id): PathId<VmId>) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    act(state, who, id, VmCommand::Stop).await
+async fn stop_vm(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<VmId>,
+) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+    act(state, who, alloc, id, VmCommand::Stop).await
 }
 
 /// Reboot a running VM.
 #[utoipa::path(post, path = "/v1/vms/{id}/restart", tag = "vms", params(("id" = String, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn restart_vm(State(state): State<AppState>, who: Principal, PathId(id): PathId<VmId>) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    act(state, who, id, VmCommand::Restart).await
+async fn restart_vm(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<VmId>,
+) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+    act(state, who, alloc, id, VmCommand::Restart).await
 }
 
 /// Snapshot a running VM's memory and devices to disk and stop it (`standby`).
 #[utoipa::path(post, path = "/v1/vms/{id}/standby", tag = "vms", params(("id" = String, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn standby_vm(State(state): State<AppState>, who: Principal, PathId(id): PathId<VmId>) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    act(state, who, id, VmCommand::Standby).await
+async fn standby_vm(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<VmId>,
+) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+    act(state, who, alloc, id, VmCommand::Standby).await
 }
 
 /// Resume a VM in standby from its snapshot, memory intact.
 #[utoipa::path(post, path = "/v1/vms/{id}/restore", tag = "vms", params(("id" = String, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn restore_vm(State(state): State<AppState>, who: Principal, PathId(id): PathId<VmId>) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    act(state, who, id, VmCommand::Restore).await
+async fn restore_vm(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<VmId>,
+) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+    act(state, who, alloc, id, VmCommand::Restore).await
 }
 
 /// `POST /v1/vms/{id}/memory` body.
@@ -391,10 +462,11 @@ pub struct ResizeMemoryRequest {
 async fn resize_memory(
     State(state): State<AppState>,
     who: Principal,
+    alloc: Allocation,
     PathId(id): PathId<VmId>,
     Json(req): Json<ResizeMemoryRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    act(state, who, id, VmCommand::ResizeMemory { memory_mib: req.memory_mib }).await
+    act(state, who, alloc, id, VmCommand::ResizeMemory { memory_mib: req.memory_mib }).await
 }
 
 /// A VM's history: every event, oldest first.

@@ -3,10 +3,11 @@
 
 use crate::AppState;
 use crate::auth::Principal;
-use crate::commands::{Submission, submit};
+use crate::commands::{Submission, accepted_before, submit};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path, PathId, Query};
-use crate::placement::place;
+use crate::idempotency::Allocation;
+use crate::placement::{Claim, place};
 use crate::projection::operations::Operation;
 use crate::routes::pagination::{Page, PageQuery};
 use crate::routes::vms::{VmAccepted, act, visible_vm};
@@ -114,11 +115,22 @@ fn volume_error(e: volume::VolumeError) -> ApiError {
 /// Create a volume on the online host with the most free disk.
 #[utoipa::path(post, path = "/v1/volumes", tag = "volumes", request_body = VolumeSpec,
     responses((status = 202, body = VolumeAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn create_volume(State(state): State<AppState>, who: Principal, Json(spec): Json<VolumeSpec>) -> ApiResult<(StatusCode, axum::Json<VolumeAccepted>)> {
+async fn create_volume(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    Json(spec): Json<VolumeSpec>,
+) -> ApiResult<(StatusCode, axum::Json<VolumeAccepted>)> {
     spec.validate()?;
-    let want = Resources { disk_gb: u64::from(spec.size_gb), ..Resources::default() };
-    let host = place(&state, &want, |_| Ok(None), |host, used| host.info.disk_gb.saturating_sub(used.disk_gb))?;
-    let id = VolumeId::new();
+    let id = VolumeId(alloc.resource());
+    // A retry (same Idempotency-Key) of a create the worker carried out already.
+    if let Some(vol) = state.proj.volume(id)?.filter(|v| v.org == who.org)
+        && let Some(operation) = accepted_before(&state, alloc.op())?
+    {
+        return Ok((StatusCode::ACCEPTED, axum::Json(VolumeAccepted { volume: vol.into(), operation })));
+    }
+    let claim = Claim { resources: Resources { disk_gb: u64::from(spec.size_gb), ..Resources::default() }, ..Claim::default() };
+    let host = place(&state, &id.to_string(), claim, |_, _| None, |host, taken| host.info.disk_gb.saturating_sub(taken.used.disk_gb)).await?;
     let project = who.project_or_default();
     let command = VolumeCommand::Create { spec, host };
     let events = volume::decide(None, who.org, project, &command).map_err(volume_error)?;
@@ -126,6 +138,7 @@ async fn create_volume(State(state): State<AppState>, who: Principal, Json(spec)
     let view =
         events.iter().fold(None, |s, e| volume::evolve(s, id, None, now, e)).ok_or_else(|| ApiError::Internal("decided events left no volume".into()))?;
     let sub = Submission {
+        op: alloc.op(),
         subject: subjects::volume_command(host, id),
         kind: "create_volume",
         target_id: id.to_string(),
@@ -155,7 +168,17 @@ async fn get_volume(State(state): State<AppState>, who: Principal, PathId(id): P
 /// Delete a volume; 409 while it is attached.
 #[utoipa::path(delete, path = "/v1/volumes/{id}", tag = "volumes", params(("id" = String, Path, description = "Volume id")),
     responses((status = 202, body = VolumeAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn delete_volume(State(state): State<AppState>, who: Principal, PathId(id): PathId<VolumeId>) -> ApiResult<(StatusCode, axum::Json<VolumeAccepted>)> {
+async fn delete_volume(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<VolumeId>,
+) -> ApiResult<(StatusCode, axum::Json<VolumeAccepted>)> {
+    if let Some(operation) = accepted_before(&state, alloc.op())?
+        && let Some(vol) = state.proj.volume(id)?.filter(|v| v.org == who.org && operation.target_id == id.to_string())
+    {
+        return Ok((StatusCode::ACCEPTED, axum::Json(VolumeAccepted { volume: vol.into(), operation })));
+    }
     let vol = visible_volume(&state, &who, id)?;
     let command = VolumeCommand::Delete;
     let events = volume::decide(Some(&vol), who.org, vol.project, &command).map_err(volume_error)?;
@@ -163,6 +186,7 @@ async fn delete_volume(State(state): State<AppState>, who: Principal, PathId(id)
     let (host, project) = (vol.host, vol.project);
     let view = events.iter().try_fold(vol, |s, e| volume::evolve(Some(s), id, None, now, e)).ok_or_else(|| ApiError::Internal("volume vanished".into()))?;
     let sub = Submission {
+        op: alloc.op(),
         subject: subjects::volume_command(host, id),
         kind: "delete_volume",
         target_id: id.to_string(),
@@ -194,6 +218,7 @@ fn parse_ids(p: &VmVolumePath) -> ApiResult<(VmId, VolumeId)> {
 async fn attach_volume(
     State(state): State<AppState>,
     who: Principal,
+    alloc: Allocation,
     Path(p): Path<VmVolumePath>,
     Json(req): Json<AttachRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
@@ -203,15 +228,25 @@ async fn attach_volume(
     let mount =
         VolumeMount { volume_id: vol_id, mount_path: req.mount_path, readonly: req.readonly, overlay: req.overlay, overlay_size_mib: req.overlay_size_mib };
     mount.validate()?;
-    volume::claim(Some(&vol), vm.id, vm.host).map_err(volume_error)?;
-    act(state, who, vm_id, VmCommand::AttachVolume { mount }).await
+    // A retry of an attach carried out already finds the volume claimed by this VM.
+    if accepted_before(&state, alloc.op())?.is_none() {
+        volume::claim(Some(&vol), vm.id, vm.host).map_err(volume_error)?;
+    }
+    act(state, who, alloc, vm_id, VmCommand::AttachVolume { mount }).await
 }
 
 /// Unmount and detach a volume from a VM.
 #[utoipa::path(delete, path = "/v1/vms/{id}/volumes/{volume_id}", tag = "volumes",
     params(("id" = String, Path, description = "VM id"), ("volume_id" = String, Path, description = "Volume id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn detach_volume(State(state): State<AppState>, who: Principal, Path(p): Path<VmVolumePath>) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+async fn detach_volume(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    Path(p): Path<VmVolumePath>,
+) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     let (vm_id, vol_id) = parse_ids(&p)?;
-    act(state, who, vm_id, VmCommand::DetachVolume { volume: vol_id }).await
+    // Another org's volume is not there for the caller, attached or not.
+    visible_volume(&state, &who, vol_id)?;
+    act(state, who, alloc, vm_id, VmCommand::DetachVolume { volume: vol_id }).await
 }

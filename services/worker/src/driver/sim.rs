@@ -5,6 +5,9 @@
 //! worker crash just as real qemu processes do, and they count boots so tests
 //! can prove that a redelivered command never boots a guest twice.
 //!
+//! A running guest's serial console is a unix socket that echoes what it is
+//! sent, so terminal sessions can be tested without a real guest.
+//!
 //! Faults are injected per VM through labels, which only this driver reads:
 //! `sim.fail=<step>` fails that step for good, `sim.fail-once=<step>` fails it
 //! once with a retryable error, `sim.crash=<step>` aborts the whole worker
@@ -64,6 +67,8 @@ pub struct SimDriver {
     lock: Mutex<()>,
     /// Host ports per guest, loaded once at start and kept in step with the files.
     ports: Mutex<HashMap<VmId, Vec<u16>>>,
+    /// Guests whose console socket is being served.
+    consoles: Mutex<BTreeSet<VmId>>,
 }
 
 impl SimDriver {
@@ -78,7 +83,11 @@ impl SimDriver {
                 ports.insert(id, g.host_ports);
             }
         }
-        Ok(Self { cfg, lock: Mutex::new(()), ports: Mutex::new(ports) })
+        Ok(Self { cfg, lock: Mutex::new(()), ports: Mutex::new(ports), consoles: Mutex::default() })
+    }
+
+    fn console_path(&self, vm: VmId) -> PathBuf {
+        self.cfg.dir.join(format!("{vm}.console"))
     }
 
     /// Where a guest's state lives; tests read it to count boots.
@@ -126,6 +135,28 @@ impl SimDriver {
 impl Driver for SimDriver {
     fn host_info(&self) -> HostInfo {
         self.cfg.host.clone()
+    }
+
+    fn console_socket(&self, vm: VmId) -> Option<PathBuf> {
+        if !self.read(vm).ok().flatten()?.running {
+            return None;
+        }
+        let path = self.console_path(vm);
+        let mut serving = self.consoles.lock().unwrap_or_else(|p| p.into_inner());
+        if !serving.contains(&vm) {
+            let _ = std::fs::remove_file(&path);
+            let listener = tokio::net::UnixListener::bind(&path).ok()?;
+            serving.insert(vm);
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(async move {
+                        let (mut rd, mut wr) = stream.into_split();
+                        let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                    });
+                }
+            });
+        }
+        Some(path)
     }
 
     async fn allocate_network(&self, vm: &Vm) -> Result<NetworkRuntime, DriverError> {
@@ -285,6 +316,7 @@ impl Driver for SimDriver {
     async fn destroy(&self, vm: &Vm) -> Result<(), DriverError> {
         self.update(vm, "destroy", |_| Ok(()))?;
         self.ports.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm.id);
+        let _ = std::fs::remove_file(self.console_path(vm.id));
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         match std::fs::remove_file(Self::guest_path(&self.cfg.dir, vm.id)) {
             Ok(()) => Ok(()),
@@ -316,6 +348,7 @@ mod tests {
                 disk_gb: 100,
                 images: vec![],
                 bridge_cidr: None,
+                port_range: Some((30000, 30003).into()),
             },
             port_range: (30000, 30003),
         })
