@@ -374,6 +374,11 @@ async fn host_ports_stay_in_the_operators_range_and_bridge_addresses_are_unique(
         let (s, b) = admin.post("/v1/vms", &json!({ "name": "dup", "network": network })).await;
         assert_eq!((s, b["code"].as_str()), (409, Some("address_conflict")), "{what}: {b}");
     }
+    // An address that is not a guest address of the bridge's network: the network, its gateway, outside it.
+    for ip in ["10.99.0.0", "10.99.0.1", "10.99.0.255", "192.0.2.50"] {
+        let (s, b) = admin.post("/v1/vms", &json!({ "name": "outside", "network": net(ip, "02:fc:00:00:00:0f") })).await;
+        assert_eq!((s, b["code"].as_str()), (422, Some("validation_failed")), "{ip}: {b}");
+    }
     admin.wait_op_succeeded(str_of(&first["operation"]["id"])).await;
     // Racing for one address: one wins.
     let bodies = (0..4).map(|i| json!({ "name": format!("race-{i}"), "network": net("10.99.0.20", &format!("02:fc:00:00:01:0{i}")) })).collect();

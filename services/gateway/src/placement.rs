@@ -39,6 +39,8 @@ pub enum Unfit {
     AddressTaken(String),
     /// A requested host port lies outside the host's `--port-range`.
     PortOutOfRange(u16),
+    /// A requested bridge address is not a guest address of the host's bridge network.
+    AddressOutsideNetwork(std::net::Ipv4Addr),
     /// Bridge networking was asked for and the host has no bridge.
     NoBridge,
     /// The host does not have the image.
@@ -231,6 +233,10 @@ fn refusal(online: bool, reason: Option<Unfit>) -> ApiError {
         Some(Unfit::PortOutOfRange(p)) => ApiError::Unprocessable(
             "port_out_of_range",
             format!("host port {p} is outside the port range the hosts forward from (see port_range in GET /v1/hosts)"),
+        ),
+        Some(Unfit::AddressOutsideNetwork(ip)) => ApiError::Unprocessable(
+            "validation_failed",
+            format!("guest_ip {ip} is not a guest address of the hosts' bridge network (see bridge_cidr in GET /v1/hosts)"),
         ),
         Some(Unfit::AddressTaken(what)) => ApiError::Conflict("address_conflict", format!("{what} is already another vm's on the bridge")),
         Some(Unfit::PortTaken(p)) => ApiError::Conflict("port_conflict", format!("host port {p} is already forwarded to another vm")),

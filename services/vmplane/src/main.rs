@@ -169,8 +169,8 @@ struct WorkerOpts {
     #[arg(long, requires = "bridge_cidr", value_parser = parse_interface)]
     bridge: Option<String>,
     /// qemu: the bridge's network; guests get addresses from it.
-    #[arg(long, requires = "bridge", value_parser = |s: &str| s.parse::<bridge::Cidr>())]
-    bridge_cidr: Option<bridge::Cidr>,
+    #[arg(long, requires = "bridge", value_parser = |s: &str| s.parse::<vmplane_domain::cidr::Cidr>())]
+    bridge_cidr: Option<vmplane_domain::cidr::Cidr>,
     /// qemu: the address host port forwards listen on.
     #[arg(long, default_value = "127.0.0.1")]
     forward_bind: std::net::IpAddr,

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
+use vmplane_domain::cidr::Cidr;
 use vmplane_domain::host::{Host, PortRange};
 use vmplane_domain::spec::{DataDisk, ExposedPort, GpuSpec, NetworkMode, NetworkSpec, PortForward, VmSpec, VolumeMount};
 use vmplane_domain::vm::{DiskInfo, ResolvedPortForward, Vm, VmCommand, VmStatus, decide, evolve};
@@ -268,6 +269,12 @@ async fn place_vm(state: &AppState, id: VmId, spec: &VmSpec) -> ApiResult<HostId
         }
         if bridged && host.info.bridge_cidr.is_none() {
             return Some(Unfit::NoBridge);
+        }
+        let network = host.info.bridge_cidr.as_deref().and_then(|c| c.parse::<Cidr>().ok());
+        if let (Some(ip), Some(network)) = (claim.guest_ip, network)
+            && !network.is_guest(ip)
+        {
+            return Some(Unfit::AddressOutsideNetwork(ip));
         }
         let range = host.info.port_range.unwrap_or(PortRange::UNPRIVILEGED);
         if let Some(p) = claim.ports.iter().find(|p| !range.contains(**p)) {
