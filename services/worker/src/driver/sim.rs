@@ -166,12 +166,19 @@ impl Driver for SimDriver {
                 return Ok(g.host_ports.clone());
             }
             let mut taken: BTreeSet<u16> = all.iter().filter(|(id, _)| **id != vm.id).flat_map(|(_, p)| p.iter().copied()).collect();
-            let mut next = self.cfg.port_range.0;
-            let mut pick = |wanted: Option<u16>| -> Result<u16, DriverError> {
-                if let Some(p) = wanted {
-                    return if taken.insert(p) { Ok(p) } else { Err(DriverError::Fatal(format!("host port {p} is already in use"))) };
+            let (lo, hi) = self.cfg.port_range;
+            // Requested ports first, so that no automatic choice takes one of them.
+            for p in vm.spec.port_forwards.iter().filter_map(|pf| pf.host_port) {
+                if !(lo..=hi).contains(&p) {
+                    return Err(DriverError::Fatal(format!("host port {p} is outside this host's port range {lo}-{hi}")));
                 }
-                while next <= self.cfg.port_range.1 {
+                if !taken.insert(p) {
+                    return Err(DriverError::Fatal(format!("host port {p} is already in use")));
+                }
+            }
+            let mut next = lo;
+            let mut pick = || -> Result<u16, DriverError> {
+                while next <= hi {
                     let p = next;
                     next += 1;
                     if taken.insert(p) {
@@ -180,9 +187,9 @@ impl Driver for SimDriver {
                 }
                 Err(DriverError::Fatal("no free host port left in the range".into()))
             };
-            let mut ports = vec![pick(None)?];
+            let mut ports = vec![pick()?];
             for pf in &vm.spec.port_forwards {
-                ports.push(pick(pf.host_port)?);
+                ports.push(pf.host_port.map_or_else(&mut pick, Ok)?);
             }
             g.host_ports = ports.clone();
             Ok(ports)
@@ -348,9 +355,9 @@ mod tests {
                 disk_gb: 100,
                 images: vec![],
                 bridge_cidr: None,
-                port_range: Some((30000, 30003).into()),
+                port_range: Some((30000, 30009).into()),
             },
-            port_range: (30000, 30003),
+            port_range: (30000, 30009),
         })
         .unwrap()
     }
@@ -396,6 +403,15 @@ mod tests {
         assert_eq!(d.allocate_network(&b).await, Err(DriverError::Fatal("host port 30002 is already in use".into())));
         let c = vm(VmSpec::named("c"));
         assert_eq!(d.allocate_network(&c).await.unwrap().ssh_port, Some(30001));
+        // A requested port is never the automatic choice of the same VM (its SSH port).
+        let mut spec = VmSpec::named("d");
+        spec.port_forwards = vec![PortForward { guest_port: 80, host_port: Some(30003), protocol: Default::default() }];
+        let net = d.allocate_network(&vm(spec)).await.unwrap();
+        assert_eq!((net.ssh_port, net.port_forwards[0].host_port), (Some(30004), 30003));
+        // Nor one outside the operator's range.
+        let mut spec = VmSpec::named("e");
+        spec.port_forwards = vec![PortForward { guest_port: 80, host_port: Some(22), protocol: Default::default() }];
+        assert!(matches!(d.allocate_network(&vm(spec)).await, Err(DriverError::Fatal(m)) if m.contains("outside")));
     }
 
     #[tokio::test]

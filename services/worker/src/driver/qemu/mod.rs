@@ -439,20 +439,25 @@ impl Driver for QemuDriver {
         let mac = vm.spec.network.guest_mac.clone().unwrap_or_else(|| generated(0));
         let mut taken = self.used_ports(vm.id);
         let (lo, hi) = self.cfg.port_range;
-        let mut next = lo;
         let bind = self.cfg.forward_bind;
         let free = |p: u16, protocol: Protocol| match protocol {
             Protocol::Tcp => std::net::TcpListener::bind((bind, p)).is_ok(),
             Protocol::Udp => std::net::UdpSocket::bind((bind, p)).is_ok(),
         };
-        let mut pick = |wanted: Option<u16>, protocol: Protocol| -> Result<u16, DriverError> {
-            if let Some(p) = wanted {
-                if taken.contains(&p) || !free(p, protocol) {
-                    return Err(fatal(format!("host port {p} is already in use")));
-                }
-                taken.insert(p);
-                return Ok(p);
+        let enabled = vm.spec.network.enabled;
+        let forwards = if enabled { vm.spec.port_forwards.as_slice() } else { &[] };
+        // Requested ports first, so that no automatic choice takes one of them.
+        for pf in forwards {
+            let Some(p) = pf.host_port else { continue };
+            if !(lo..=hi).contains(&p) {
+                return Err(fatal(format!("host port {p} is outside this host's port range {lo}-{hi}")));
             }
+            if !taken.insert(p) || !free(p, pf.protocol) {
+                return Err(fatal(format!("host port {p} is already in use")));
+            }
+        }
+        let mut next = lo;
+        let mut pick = |protocol: Protocol| -> Result<u16, DriverError> {
             while next <= hi {
                 let p = next;
                 next += 1;
@@ -463,14 +468,13 @@ impl Driver for QemuDriver {
             }
             Err(fatal(format!("no free host port left in {lo}-{hi}")))
         };
-        let enabled = vm.spec.network.enabled;
-        let ssh_port = if enabled { Some(pick(None, Protocol::Tcp)?) } else { None };
-        let mut forwards = Vec::new();
-        if enabled {
-            for pf in &vm.spec.port_forwards {
-                forwards.push(ResolvedPortForward { guest_port: pf.guest_port, host_port: pick(pf.host_port, pf.protocol)?, protocol: pf.protocol });
-            }
-        }
+        let ssh_port = if enabled { Some(pick(Protocol::Tcp)?) } else { None };
+        let forwards = forwards
+            .iter()
+            .map(|pf| {
+                Ok(ResolvedPortForward { guest_port: pf.guest_port, host_port: pf.host_port.map_or_else(|| pick(pf.protocol), Ok)?, protocol: pf.protocol })
+            })
+            .collect::<Result<Vec<_>, DriverError>>()?;
         let network = NetworkRuntime { ip: enabled.then(|| passt::GUEST_ADDR.to_string()), mac: enabled.then_some(mac), ssh_port, port_forwards: forwards };
         let bytes = serde_json::to_vec(&Allocated { network: network.clone(), tap: None }).map_err(fatal)?;
         write_private(&dir.network(), &bytes).map_err(retry)?;
