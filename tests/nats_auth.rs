@@ -262,3 +262,35 @@ async fn the_harness_stack_runs_with_authorization_and_refuses_strangers() {
     assert!(!stack.nats.proc.log_mentions("violation"), "{}", stack.nats.proc.log_tail(40));
     assert_eq!(shared_paths(&stack.data_dir()), vec![], "files readable by group or others");
 }
+
+#[tokio::test]
+async fn a_user_and_password_in_the_nats_url_are_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let args = ["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "--user", "gw", "--pass", "s3cr@t", "-sd", &dir.path().join("nats").display().to_string()]
+        .map(str::to_owned)
+        .to_vec();
+    let _nats = Proc::start("nats-server", nats_server_bin(), args, vec![], dir.path().join("nats.log"));
+    let gateway = |password: &str, name: &str| {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let url = format!("nats://gw:{password}@127.0.0.1:{port}");
+        let args = ["gateway", "--nats-url", &url, "--data-dir", &dir.path().join(name).display().to_string(), "--listen", &listen].map(str::to_owned).to_vec();
+        let env = vec![("VMPLANE_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned())];
+        (Proc::start(name, BIN, args, env, dir.path().join(format!("{name}.log"))), Client::new(&format!("http://{listen}"), None))
+    };
+    // The password is percent-encoded in the URL, as URLs want.
+    let (_good, good) = gateway("s3cr%40t", "good");
+    wait_for("the gateway connected with the URL's user", WAIT, async || match good.try_get("/readyz").await {
+        Some((200, _)) => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .await;
+    let (bad_proc, bad) = gateway("wrong", "bad");
+    // Refused by the server, so never ready.
+    wait_for("the server to refuse the wrong password", WAIT, async || {
+        if bad_proc.log_mentions("authorization violation") { Ok(()) } else { Err(bad_proc.log_tail(5)) }
+    })
+    .await;
+    let (status, body) = bad.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+}

@@ -185,10 +185,14 @@ impl Credentials {
         Ok(Self::NkeySeed(path.to_owned()))
     }
 
-    /// Connect options carrying these credentials.
-    pub async fn options(&self) -> Result<ConnectOptions, BusError> {
+    /// Connect options carrying these credentials, or the user and password
+    /// in `url` (`nats://user:password@host:port`) when there are none.
+    pub async fn options(&self, url: &str) -> Result<ConnectOptions, BusError> {
         match self {
-            Self::None => Ok(ConnectOptions::new()),
+            Self::None => Ok(match url_user(url) {
+                Some((user, password)) => ConnectOptions::new().user_and_password(user, password),
+                None => ConnectOptions::new(),
+            }),
             Self::NkeySeed(path) => {
                 let seed = std::fs::read_to_string(path).map_err(|e| BusError::Other(format!("{}: {e}", path.display())))?;
                 Ok(ConnectOptions::with_nkey(seed.trim().to_owned()))
@@ -196,6 +200,14 @@ impl Credentials {
             Self::JwtCreds(path) => ConnectOptions::with_credentials_file(path).await.map_err(|e| BusError::Other(format!("{}: {e}", path.display()))),
         }
     }
+}
+
+/// The user and password of a URL's userinfo, percent-decoded. async-nats
+/// parses them but does not send them by itself.
+pub fn url_user(url: &str) -> Option<(String, String)> {
+    let addr: async_nats::ServerAddr = url.parse().ok()?;
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    addr.username().map(|u| (decode(u), decode(addr.password().unwrap_or_default())))
 }
 
 #[cfg(test)]
@@ -222,6 +234,12 @@ mod tests {
         let gw = Role::Gateway.permissions().unwrap();
         assert!(gw.subscribe.contains(&"_INBOX_gateway.>".to_owned()));
         assert!(!gw.subscribe.iter().any(|s| s.starts_with("_INBOX_worker")));
+    }
+
+    #[test]
+    fn a_user_and_password_in_the_url_are_found() {
+        assert_eq!(url_user("nats://gw:p%40ss@127.0.0.1:4222"), Some(("gw".into(), "p@ss".into())));
+        assert_eq!(url_user("nats://127.0.0.1:4222"), None);
     }
 
     #[test]

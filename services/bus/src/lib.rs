@@ -87,7 +87,7 @@ impl Bus {
     /// succeeds, and keep reconnecting forever after that.
     pub async fn connect(url: &str, role: auth::Role, creds: &auth::Credentials) -> Result<Self, BusError> {
         let client = creds
-            .options()
+            .options(url)
             .await?
             .name(format!("vmplane-{}", role.name()))
             .custom_inbox_prefix(role.inbox_prefix())
@@ -100,7 +100,7 @@ impl Bus {
             .await
             .map_err(unavailable)?;
         let js = jetstream::ContextBuilder::new().timeout(REQUEST_TIMEOUT).build(client.clone());
-        let reconfigure = role == auth::Role::Admin || (*creds == auth::Credentials::None && !url.contains('@'));
+        let reconfigure = role == auth::Role::Admin || (*creds == auth::Credentials::None && auth::url_user(url).is_none());
         Ok(Self { client, js, reconfigure })
     }
 

@@ -135,7 +135,7 @@ pub async fn resolve(common: &crate::CommonArgs) -> anyhow::Result<Connection> {
     };
     match &common.nats_url {
         Some(url) => {
-            if given == Credentials::None && !url.contains('@') {
+            if given == Credentials::None && auth::url_user(url).is_none() {
                 tracing::warn!(
                     "connecting to NATS without credentials (--nats-creds, or user:password in --nats-url): only a server that accepts anonymous clients lets us in"
                 );
