@@ -8,7 +8,7 @@ use vmplane_domain::event::Envelope;
 
 /// The OpenAPI document, as served at `/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    crate::api().split_for_parts().1
+    crate::routes::native::router().split_for_parts().1
 }
 
 #[derive(OpenApi)]

@@ -1,13 +1,6 @@
-//! HTTP routes, one module per resource.
+//! The HTTP layer: one module per dialect, each parsing its own requests into
+//! use case input, calling `app`, and rendering its own responses and errors;
+//! and the system routes every dialect shares. No dialect imports another.
 
-pub mod events;
-pub mod hosts;
-pub mod images;
-pub mod logs;
-pub mod operations;
-pub mod pagination;
+pub mod native;
 pub mod system;
-pub mod tenancy;
-pub mod terminal;
-pub mod vms;
-pub mod volumes;

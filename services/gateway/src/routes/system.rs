@@ -1,8 +1,9 @@
 //! Health, readiness, metrics, the OpenAPI document, and the fallbacks that
-//! keep even unknown routes in the API's error format.
+//! keep even unknown routes in the `/v1` error format.
 
+use super::native::error::ApiError;
 use crate::AppState;
-use crate::error::ApiError;
+use crate::app::health;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode};
@@ -10,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Unversioned operational routes.
 pub fn router(doc: Arc<utoipa::openapi::OpenApi>) -> Router<AppState> {
@@ -23,19 +24,10 @@ pub fn router(doc: Arc<utoipa::openapi::OpenApi>) -> Router<AppState> {
 
 /// 200 only when NATS is connected and the projections hold every event in the stream.
 async fn readyz(State(state): State<AppState>) -> Response {
-    if !state.bus.is_connected() {
-        return ApiError::Unavailable("not connected to NATS".into()).into_response();
+    match health::readiness(&state.app).await {
+        Ok(applied) => axum::Json(serde_json::json!({"status": "ready", "applied_sequence": applied})).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
-    let last = match tokio::time::timeout(Duration::from_secs(2), state.bus.events_last_sequence()).await {
-        Ok(Ok(last)) => last,
-        Ok(Err(e)) => return ApiError::from(e).into_response(),
-        Err(_) => return ApiError::Unavailable("NATS did not answer".into()).into_response(),
-    };
-    let applied = state.proj.applied();
-    if applied < last {
-        return ApiError::Unavailable(format!("projections catching up: {applied} of {last} events applied")).into_response();
-    }
-    axum::Json(serde_json::json!({"status": "ready", "applied_sequence": applied})).into_response()
 }
 
 /// Unknown route.

@@ -1,6 +1,6 @@
 //! Per-API-key rate limiting (token bucket); the admin token is not limited.
 
-use crate::error::ApiError;
+use super::AppError;
 use governor::{
     DefaultKeyedRateLimiter, Quota,
     clock::{Clock, DefaultClock},
@@ -21,11 +21,11 @@ impl Limiter {
     }
 
     /// Take one request from the key's bucket, or say when to come back.
-    pub fn check(&self, key: ApiKeyId) -> Result<(), ApiError> {
+    pub fn check(&self, key: ApiKeyId) -> Result<(), AppError> {
         let Some(limiter) = &self.0 else { return Ok(()) };
         limiter.check_key(&key).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            ApiError::RateLimited { retry_after_secs: wait.as_secs().max(1) }
+            AppError::RateLimited { retry_after_secs: wait.as_secs().max(1) }
         })
     }
 }

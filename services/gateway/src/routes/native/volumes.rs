@@ -1,27 +1,22 @@
 //! Volumes: `/v1/volumes`, and attaching them to VMs at
 //! `/v1/vms/{id}/volumes/{volume_id}`.
 
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::{Json, Path, PathId, Query};
+use super::pagination::{Page, PageQuery};
+use super::vms::{VmAccepted, accepted};
 use crate::AppState;
-use crate::auth::Principal;
-use crate::commands::{Submission, accepted_before, submit};
-use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{Json, Path, PathId, Query};
-use crate::idempotency::Allocation;
-use crate::placement::{Claim, place};
-use crate::projection::operations::Operation;
-use crate::routes::pagination::{Page, PageQuery};
-use crate::routes::vms::{VmAccepted, act, visible_vm};
+use crate::app::volumes;
+use crate::app::{Accepted, Allocation, Operation, Principal};
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
-use vmplane_domain::host::Resources;
 use vmplane_domain::spec::VolumeMount;
-use vmplane_domain::vm::VmCommand;
-use vmplane_domain::volume::{self, Volume, VolumeCommand, VolumeSpec, VolumeStatus};
-use vmplane_domain::{Command, HostId, ProjectId, VmId, VolumeId, subjects};
+use vmplane_domain::volume::{Volume, VolumeSpec, VolumeStatus};
+use vmplane_domain::{HostId, ProjectId, VmId, VolumeId};
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -101,14 +96,9 @@ pub struct ListVolumesQuery {
     pub limit: Option<u64>,
 }
 
-fn visible_volume(state: &AppState, who: &Principal, id: VolumeId) -> ApiResult<Volume> {
-    state.proj.volume(id)?.filter(|v| v.org == who.org && v.status != VolumeStatus::Deleted).ok_or_else(|| ApiError::NotFound(format!("volume {id}")))
-}
-
-fn volume_error(e: volume::VolumeError) -> ApiError {
-    match e {
-        volume::VolumeError::NotFound => ApiError::NotFound("volume".into()),
-        other => ApiError::Conflict(other.code(), other.to_string()),
+impl From<Accepted<Volume>> for VolumeAccepted {
+    fn from(a: Accepted<Volume>) -> Self {
+        Self { volume: a.resource.into(), operation: a.operation }
     }
 }
 
@@ -121,32 +111,7 @@ async fn create_volume(
     alloc: Allocation,
     Json(spec): Json<VolumeSpec>,
 ) -> ApiResult<(StatusCode, axum::Json<VolumeAccepted>)> {
-    spec.validate()?;
-    let id = VolumeId(alloc.resource());
-    // A retry (same Idempotency-Key) of a create the worker carried out already.
-    if let Some(vol) = state.proj.volume(id)?.filter(|v| v.org == who.org)
-        && let Some(operation) = accepted_before(&state, alloc.op())?
-    {
-        return Ok((StatusCode::ACCEPTED, axum::Json(VolumeAccepted { volume: vol.into(), operation })));
-    }
-    let claim = Claim { resources: Resources { disk_gb: u64::from(spec.size_gb), ..Resources::default() }, ..Claim::default() };
-    let host = place(&state, &id.to_string(), claim, |_, _| None, |host, taken| host.info.disk_gb.saturating_sub(taken.used.disk_gb)).await?;
-    let project = who.project_or_default();
-    let command = VolumeCommand::Create { spec, host };
-    let events = volume::decide(None, who.org, project, &command).map_err(volume_error)?;
-    let now = OffsetDateTime::now_utc();
-    let view =
-        events.iter().fold(None, |s, e| volume::evolve(s, id, None, now, e)).ok_or_else(|| ApiError::Internal("decided events left no volume".into()))?;
-    let sub = Submission {
-        op: alloc.op(),
-        subject: subjects::volume_command(host, id),
-        kind: "create_volume",
-        target_id: id.to_string(),
-        project,
-        command: Command::Volume { volume: id, command },
-    };
-    let operation = submit(&state, &who, sub).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(VolumeAccepted { volume: view.into(), operation })))
+    Ok((StatusCode::ACCEPTED, axum::Json(volumes::create(&state.app, &who, alloc, spec).await?.into())))
 }
 
 /// The org's volumes, oldest first.
@@ -154,15 +119,15 @@ async fn create_volume(
     responses((status = 200, body = Page<VolumeView>), (status = "4XX", body = ErrorBody)))]
 async fn list_volumes(State(state): State<AppState>, who: Principal, Query(q): Query<ListVolumesQuery>) -> ApiResult<axum::Json<Page<VolumeView>>> {
     let pq = PageQuery::new(q.page, q.limit)?;
-    let (vols, total) = state.proj.list_volumes(who.org, pq.offset(), pq.limit())?;
-    Ok(axum::Json(pq.page(vols.into_iter().map(VolumeView::from).collect(), total)))
+    let listed = volumes::list(&state.app, &who, pq.window())?;
+    Ok(axum::Json(pq.page(listed.items.into_iter().map(VolumeView::from).collect(), listed.total)))
 }
 
 /// One volume.
 #[utoipa::path(get, path = "/v1/volumes/{id}", tag = "volumes", params(("id" = String, Path, description = "Volume id")),
     responses((status = 200, body = VolumeView), (status = "4XX", body = ErrorBody)))]
 async fn get_volume(State(state): State<AppState>, who: Principal, PathId(id): PathId<VolumeId>) -> ApiResult<axum::Json<VolumeView>> {
-    Ok(axum::Json(visible_volume(&state, &who, id)?.into()))
+    Ok(axum::Json(volumes::get(&state.app, &who, id)?.into()))
 }
 
 /// Delete a volume; 409 while it is attached.
@@ -174,27 +139,7 @@ async fn delete_volume(
     alloc: Allocation,
     PathId(id): PathId<VolumeId>,
 ) -> ApiResult<(StatusCode, axum::Json<VolumeAccepted>)> {
-    if let Some(operation) = accepted_before(&state, alloc.op())?
-        && let Some(vol) = state.proj.volume(id)?.filter(|v| v.org == who.org && operation.target_id == id.to_string())
-    {
-        return Ok((StatusCode::ACCEPTED, axum::Json(VolumeAccepted { volume: vol.into(), operation })));
-    }
-    let vol = visible_volume(&state, &who, id)?;
-    let command = VolumeCommand::Delete;
-    let events = volume::decide(Some(&vol), who.org, vol.project, &command).map_err(volume_error)?;
-    let now = OffsetDateTime::now_utc();
-    let (host, project) = (vol.host, vol.project);
-    let view = events.iter().try_fold(vol, |s, e| volume::evolve(Some(s), id, None, now, e)).ok_or_else(|| ApiError::Internal("volume vanished".into()))?;
-    let sub = Submission {
-        op: alloc.op(),
-        subject: subjects::volume_command(host, id),
-        kind: "delete_volume",
-        target_id: id.to_string(),
-        project,
-        command: Command::Volume { volume: id, command },
-    };
-    let operation = submit(&state, &who, sub).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(VolumeAccepted { volume: view.into(), operation })))
+    Ok((StatusCode::ACCEPTED, axum::Json(volumes::delete(&state.app, &who, alloc, id).await?.into())))
 }
 
 /// The two path parameters of attach/detach.
@@ -223,16 +168,9 @@ async fn attach_volume(
     Json(req): Json<AttachRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     let (vm_id, vol_id) = parse_ids(&p)?;
-    let vm = visible_vm(&state, &who, vm_id)?;
-    let vol = visible_volume(&state, &who, vol_id)?;
     let mount =
         VolumeMount { volume_id: vol_id, mount_path: req.mount_path, readonly: req.readonly, overlay: req.overlay, overlay_size_mib: req.overlay_size_mib };
-    mount.validate()?;
-    // A retry of an attach carried out already finds the volume claimed by this VM.
-    if accepted_before(&state, alloc.op())?.is_none() {
-        volume::claim(Some(&vol), vm.id, vm.host).map_err(volume_error)?;
-    }
-    act(state, who, alloc, vm_id, VmCommand::AttachVolume { mount }).await
+    Ok(accepted(volumes::attach(&state.app, &who, alloc, vm_id, mount).await?))
 }
 
 /// Unmount and detach a volume from a VM.
@@ -246,7 +184,5 @@ async fn detach_volume(
     Path(p): Path<VmVolumePath>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     let (vm_id, vol_id) = parse_ids(&p)?;
-    // Another org's volume is not there for the caller, attached or not.
-    visible_volume(&state, &who, vol_id)?;
-    act(state, who, alloc, vm_id, VmCommand::DetachVolume { volume: vol_id }).await
+    Ok(accepted(volumes::detach(&state.app, &who, alloc, vm_id, vol_id).await?))
 }

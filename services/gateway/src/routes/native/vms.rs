@@ -1,16 +1,12 @@
 //! The native VM API: `/v1/vms`.
 
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::events::EventView;
+use super::extract::{Json, PathId, Query};
+use super::pagination::{Page, PageQuery};
 use crate::AppState;
-use crate::auth::Principal;
-use crate::commands::{Submission, accepted_before, submit};
-use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{Json, PathId, Query};
-use crate::idempotency::Allocation;
-use crate::placement::{Claim, Taken, Unfit, place};
-use crate::projection::operations::Operation;
-use crate::projection::vms::VmFilter;
-use crate::routes::events::EventView;
-use crate::routes::pagination::{Page, PageQuery};
+use crate::app::vms::{self, Action};
+use crate::app::{Accepted, Allocation, Operation, Principal};
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -18,11 +14,9 @@ use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
-use vmplane_domain::cidr::Cidr;
-use vmplane_domain::host::{Host, PortRange};
-use vmplane_domain::spec::{DataDisk, ExposedPort, GpuSpec, NetworkMode, NetworkSpec, PortForward, VmSpec, VolumeMount};
-use vmplane_domain::vm::{DiskInfo, ResolvedPortForward, Vm, VmCommand, VmStatus, decide, evolve};
-use vmplane_domain::{Command, HostId, ImageId, ProjectId, VmId, VolumeId, subjects};
+use vmplane_domain::spec::{DataDisk, ExposedPort, GpuSpec, NetworkSpec, PortForward, VmSpec, VolumeMount};
+use vmplane_domain::vm::{DiskInfo, ResolvedPortForward, Vm, VmStatus};
+use vmplane_domain::{HostId, ProjectId, VmId, VolumeId};
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -233,6 +227,17 @@ pub struct VmAccepted {
     pub operation: Operation,
 }
 
+impl From<Accepted<Vm>> for VmAccepted {
+    fn from(a: Accepted<Vm>) -> Self {
+        Self { vm: a.resource.into(), operation: a.operation }
+    }
+}
+
+/// The answer to a command on a VM: 202 with the VM as the command leaves it.
+pub(super) fn accepted(a: Accepted<Vm>) -> (StatusCode, axum::Json<VmAccepted>) {
+    (StatusCode::ACCEPTED, axum::Json(a.into()))
+}
+
 /// Filters of `GET /v1/vms`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -245,52 +250,6 @@ pub struct ListVmsQuery {
     pub status: Option<String>,
 }
 
-/// Find a VM the caller may see.
-pub fn visible_vm(state: &AppState, who: &Principal, id: VmId) -> ApiResult<Vm> {
-    state.proj.vm(id)?.filter(|vm| vm.org == who.org).ok_or_else(|| ApiError::NotFound(format!("vm {id}")))
-}
-
-/// Pick the online host with the most free memory that has the image, the
-/// requested host ports free and inside its port range, and (bridge mode)
-/// the requested address free; record the claim there.
-async fn place_vm(state: &AppState, id: VmId, spec: &VmSpec) -> ApiResult<HostId> {
-    let has_image = |i: &vmplane_domain::host::ImageInfo| i.name == spec.image || ImageId::for_slug(&i.name).to_string() == spec.image;
-    let bridged = spec.network.enabled && spec.network.mode == NetworkMode::Bridge;
-    let claim = Claim {
-        resources: spec.resources(),
-        ports: spec.port_forwards.iter().filter_map(|pf| pf.host_port).collect(),
-        guest_ip: spec.network.guest_ip.filter(|_| bridged),
-        guest_mac: spec.network.guest_mac.as_deref().filter(|_| bridged).map(str::to_ascii_lowercase),
-        at: 0,
-    };
-    let check = |host: &Host, taken: &Taken| -> Option<Unfit> {
-        if !host.info.images.iter().any(has_image) {
-            return Some(Unfit::NoImage(spec.image.clone()));
-        }
-        if bridged && host.info.bridge_cidr.is_none() {
-            return Some(Unfit::NoBridge);
-        }
-        let network = host.info.bridge_cidr.as_deref().and_then(|c| c.parse::<Cidr>().ok());
-        if let (Some(ip), Some(network)) = (claim.guest_ip, network)
-            && !network.is_guest(ip)
-        {
-            return Some(Unfit::AddressOutsideNetwork(ip));
-        }
-        let range = host.info.port_range.unwrap_or(PortRange::UNPRIVILEGED);
-        if let Some(p) = claim.ports.iter().find(|p| !range.contains(**p)) {
-            return Some(Unfit::PortOutOfRange(*p));
-        }
-        if let Some(p) = claim.ports.iter().find(|p| taken.ports.contains(p)) {
-            return Some(Unfit::PortTaken(*p));
-        }
-        if let Some(ip) = claim.guest_ip.filter(|ip| taken.ips.contains(ip)) {
-            return Some(Unfit::AddressTaken(format!("guest_ip {ip}")));
-        }
-        claim.guest_mac.as_ref().filter(|m| taken.macs.contains(*m)).map(|m| Unfit::AddressTaken(format!("guest_mac {m}")))
-    };
-    place(state, &id.to_string(), claim.clone(), check, |host, taken| host.info.memory_mib.saturating_sub(taken.used.memory_mib)).await
-}
-
 /// Create a VM: 202 with the VM (`pending`) and its operation.
 #[utoipa::path(post, path = "/v1/vms", tag = "vms", request_body = CreateVmRequest,
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -300,68 +259,7 @@ async fn create_vm(
     alloc: Allocation,
     Json(req): Json<CreateVmRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    let spec = req.into_spec();
-    spec.validate()?;
-    if !spec.volumes.is_empty() || !spec.data_disks.is_empty() || spec.root_volume.is_some() {
-        return Err(ApiError::Unprocessable(
-            "unsupported",
-            "volumes, data_disks and root_volume_id cannot be given at create yet: create the VM, then POST /v1/vms/{id}/volumes/{volume_id}".into(),
-        ));
-    }
-
-    let id = VmId(alloc.resource());
-    // A retry (same Idempotency-Key) of a create the worker carried out already.
-    if let Some(vm) = state.proj.vm(id)?.filter(|vm| vm.org == who.org)
-        && let Some(operation) = accepted_before(&state, alloc.op())?
-    {
-        return Ok((StatusCode::ACCEPTED, axum::Json(VmAccepted { vm: vm.into(), operation })));
-    }
-    let project = who.project_or_default();
-    let host = place_vm(&state, id, &spec).await?;
-    let command = VmCommand::Create { spec: Box::new(spec), host };
-    accept(&state, &who, alloc, None, id, project, host, command).await
-}
-
-/// Accept a command on an existing VM the caller may see.
-pub(crate) async fn act(state: AppState, who: Principal, alloc: Allocation, id: VmId, command: VmCommand) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    let vm = visible_vm(&state, &who, id)?;
-    let (project, host) = (vm.project, vm.host);
-    accept(&state, &who, alloc, Some(vm), id, project, host, command).await
-}
-
-/// Decide the command against the projected VM (refusing early what the state
-/// forbids), append it, and answer with the VM as the command leaves it.
-#[allow(clippy::too_many_arguments)]
-async fn accept(
-    state: &AppState,
-    who: &Principal,
-    alloc: Allocation,
-    vm: Option<Vm>,
-    id: VmId,
-    project: ProjectId,
-    host: HostId,
-    command: VmCommand,
-) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    // A retry of a command the worker took up already: deciding again would
-    // refuse it (the VM moved on), so answer with what it did.
-    if let Some(operation) = accepted_before(state, alloc.op())?
-        && let Some(vm) = vm.as_ref().filter(|_| operation.target_id == id.to_string())
-    {
-        return Ok((StatusCode::ACCEPTED, axum::Json(VmAccepted { vm: vm.clone().into(), operation })));
-    }
-    let events = decide(vm.as_ref(), who.org, project, &command)?;
-    let now = OffsetDateTime::now_utc();
-    let after = events.iter().fold(vm, |s, e| evolve(s, id, None, now, e)).ok_or_else(|| ApiError::Internal("decided events left no vm".into()))?;
-    let sub = Submission {
-        op: alloc.op(),
-        subject: subjects::vm_command(host, id),
-        kind: command.kind().as_str(),
-        target_id: id.to_string(),
-        project,
-        command: Command::Vm { vm: id, command },
-    };
-    let operation = submit(state, who, sub).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(VmAccepted { vm: after.into(), operation })))
+    Ok(accepted(vms::create(&state.app, &who, alloc, req.into_spec()).await?))
 }
 
 /// List VMs, oldest first.
@@ -370,16 +268,15 @@ async fn accept(
 async fn list_vms(State(state): State<AppState>, who: Principal, Query(q): Query<ListVmsQuery>) -> ApiResult<axum::Json<Page<VmView>>> {
     let pq = PageQuery::new(q.page, q.limit)?;
     let status = q.status.map(|s| s.parse::<VmStatus>().map_err(|()| ApiError::BadRequest("invalid_query", format!("unknown status `{s}`")))).transpose()?;
-    let filter = VmFilter { org: who.org, project: who.project, status };
-    let (vms, total) = state.proj.list_vms(&filter, pq.offset(), pq.limit())?;
-    Ok(axum::Json(pq.page(vms.into_iter().map(VmView::from).collect(), total)))
+    let listed = vms::list(&state.app, &who, status, pq.window())?;
+    Ok(axum::Json(pq.page(listed.items.into_iter().map(VmView::from).collect(), listed.total)))
 }
 
 /// One VM.
 #[utoipa::path(get, path = "/v1/vms/{id}", tag = "vms", params(("id" = String, Path, description = "VM id")),
     responses((status = 200, body = VmView), (status = "4XX", body = ErrorBody)))]
 async fn get_vm(State(state): State<AppState>, who: Principal, PathId(id): PathId<VmId>) -> ApiResult<axum::Json<VmView>> {
-    Ok(axum::Json(visible_vm(&state, &who, id)?.into()))
+    Ok(axum::Json(vms::get(&state.app, &who, id)?.into()))
 }
 
 /// Delete a VM and, unless `delete_root_disk` is false, its root disk.
@@ -391,7 +288,7 @@ async fn delete_vm(
     alloc: Allocation,
     PathId(id): PathId<VmId>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    act(state, who, alloc, id, VmCommand::Delete).await
+    Ok(accepted(vms::act(&state.app, &who, alloc, id, Action::Delete).await?))
 }
 
 /// Start a stopped VM. Starting a running VM is accepted and changes nothing.
@@ -403,7 +300,7 @@ async fn start_vm(
     alloc: Allocation,
     PathId(id): PathId<VmId>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    act(state, who, alloc, id, VmCommand::Start).await
+    Ok(accepted(vms::act(&state.app, &who, alloc, id, Action::Start).await?))
 }
 
 /// Stop a VM: ACPI power-down, then a hard stop. Stopping a stopped VM is accepted and changes nothing.
@@ -415,7 +312,7 @@ async fn stop_vm(
     alloc: Allocation,
     PathId(id): PathId<VmId>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    act(state, who, alloc, id, VmCommand::Stop).await
+    Ok(accepted(vms::act(&state.app, &who, alloc, id, Action::Stop).await?))
 }
 
 /// Reboot a running VM.
@@ -427,7 +324,7 @@ async fn restart_vm(
     alloc: Allocation,
     PathId(id): PathId<VmId>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    act(state, who, alloc, id, VmCommand::Restart).await
+    Ok(accepted(vms::act(&state.app, &who, alloc, id, Action::Restart).await?))
 }
 
 /// Snapshot a running VM's memory and devices to disk and stop it (`standby`).
@@ -439,7 +336,7 @@ async fn standby_vm(
     alloc: Allocation,
     PathId(id): PathId<VmId>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    act(state, who, alloc, id, VmCommand::Standby).await
+    Ok(accepted(vms::act(&state.app, &who, alloc, id, Action::Standby).await?))
 }
 
 /// Resume a VM in standby from its snapshot, memory intact.
@@ -451,7 +348,7 @@ async fn restore_vm(
     alloc: Allocation,
     PathId(id): PathId<VmId>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    act(state, who, alloc, id, VmCommand::Restore).await
+    Ok(accepted(vms::act(&state.app, &who, alloc, id, Action::Restore).await?))
 }
 
 /// `POST /v1/vms/{id}/memory` body.
@@ -473,15 +370,14 @@ async fn resize_memory(
     PathId(id): PathId<VmId>,
     Json(req): Json<ResizeMemoryRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    act(state, who, alloc, id, VmCommand::ResizeMemory { memory_mib: req.memory_mib }).await
+    Ok(accepted(vms::resize_memory(&state.app, &who, alloc, id, req.memory_mib).await?))
 }
 
 /// A VM's history: every event, oldest first.
 #[utoipa::path(get, path = "/v1/vms/{id}/events", tag = "vms", params(("id" = String, Path, description = "VM id")),
     responses((status = 200, body = Vec<EventView>), (status = "4XX", body = ErrorBody)))]
 async fn vm_events(State(state): State<AppState>, who: Principal, PathId(id): PathId<VmId>) -> ApiResult<axum::Json<Vec<EventView>>> {
-    visible_vm(&state, &who, id)?;
-    Ok(axum::Json(state.proj.vm_events(id)?.into_iter().map(|(seq, env)| EventView::new(seq, env)).collect()))
+    Ok(axum::Json(vms::history(&state.app, &who, id)?.into_iter().map(|(seq, env)| EventView::new(seq, env)).collect()))
 }
 
 #[cfg(test)]

@@ -11,8 +11,7 @@
 //! places again. Within one gateway placements take turns, so parallel
 //! requests queue instead of spinning on conflicts.
 
-use crate::AppState;
-use crate::error::{ApiError, ApiResult};
+use super::{App, AppError, AppResult};
 use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,7 +29,7 @@ const ATTEMPTS: usize = 16;
 
 /// Why a host cannot take the resource, worst first when reporting.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Unfit {
+pub(super) enum Unfit {
     /// Not enough free resources.
     NoRoom,
     /// A requested host port is forwarded to another VM there.
@@ -49,7 +48,7 @@ pub enum Unfit {
 
 /// What a new resource takes from its host, recorded when it is accepted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claim {
+pub(super) struct Claim {
     pub resources: Resources,
     /// Requested host ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -67,7 +66,7 @@ pub struct Claim {
 
 /// What a host has taken: projected use plus claims not projected yet.
 #[derive(Debug, Default)]
-pub struct Taken {
+pub(super) struct Taken {
     pub used: Resources,
     pub ports: BTreeSet<u16>,
     /// Bridge-mode guests' addresses.
@@ -83,11 +82,11 @@ struct Ledger {
 
 impl Ledger {
     /// Forget claims that expired, or that every gateway's projection shows by now.
-    fn prune(&mut self, state: &AppState, now: i64) -> sled::Result<()> {
+    fn prune(&mut self, app: &App, now: i64) -> sled::Result<()> {
         let mut keep = BTreeMap::new();
         for (id, claim) in std::mem::take(&mut self.claims) {
             let age = now.saturating_sub(claim.at);
-            if age < CLAIM_TTL_SECS && (age < PROJECTED_GRACE_SECS || !projected(state, &id)?) {
+            if age < CLAIM_TTL_SECS && (age < PROJECTED_GRACE_SECS || !projected(app, &id)?) {
                 keep.insert(id, claim);
             }
         }
@@ -104,21 +103,21 @@ impl Claim {
 }
 
 /// Whether this gateway's projection already shows the resource (and counts it).
-fn projected(state: &AppState, id: &str) -> sled::Result<bool> {
+fn projected(app: &App, id: &str) -> sled::Result<bool> {
     if let Ok(vm) = id.parse::<VmId>() {
-        return state.proj.has_vm(vm);
+        return app.proj.has_vm(vm);
     }
     if let Ok(vol) = id.parse::<VolumeId>() {
-        return state.proj.has_volume(vol);
+        return app.proj.has_volume(vol);
     }
     Ok(false)
 }
 
 /// The ledger's claims this gateway's projection does not show yet.
-fn unprojected<'a>(state: &AppState, ledger: &'a Ledger, except: &str) -> sled::Result<Vec<(&'a String, &'a Claim)>> {
+fn unprojected<'a>(app: &App, ledger: &'a Ledger, except: &str) -> sled::Result<Vec<(&'a String, &'a Claim)>> {
     let mut out = Vec::new();
     for (id, c) in &ledger.claims {
-        if id != except && !projected(state, id)? {
+        if id != except && !projected(app, id)? {
             out.push((id, c));
         }
     }
@@ -131,17 +130,17 @@ fn unprojected<'a>(state: &AppState, ledger: &'a Ledger, except: &str) -> sled::
 /// until both agree, so every claim is counted exactly once. Claims only
 /// ever become projected, so the set picked before holds every claim the
 /// projection lacked: if it keeps moving, some are counted twice, none missed.
-fn taken(state: &AppState, host: HostId, ledger: &Ledger, except: &str, addresses: bool) -> ApiResult<Taken> {
+fn taken(app: &App, host: HostId, ledger: &Ledger, except: &str, addresses: bool) -> AppResult<Taken> {
     const TRIES: usize = 8;
-    let mut before = unprojected(state, ledger, except)?;
+    let mut before = unprojected(app, ledger, except)?;
     let mut tries = 1;
     loop {
-        let mut t = Taken { used: state.proj.host_usage(host)?, ..Taken::default() };
+        let mut t = Taken { used: app.proj.host_usage(host)?, ..Taken::default() };
         if addresses {
-            let a = state.proj.host_addresses(host)?;
+            let a = app.proj.host_addresses(host)?;
             (t.ports, t.ips, t.macs) = (a.ports, a.ips, a.macs);
         }
-        let after = unprojected(state, ledger, except)?;
+        let after = unprojected(app, ledger, except)?;
         if after == before || tries == TRIES {
             for (_, c) in before {
                 t.used += c.resources;
@@ -156,8 +155,8 @@ fn taken(state: &AppState, host: HostId, ledger: &Ledger, except: &str, addresse
     }
 }
 
-async fn load(store: &kv::Store, host: HostId) -> ApiResult<(Ledger, Option<u64>)> {
-    let entry = store.entry(host.to_string()).await.map_err(|e| ApiError::Unavailable(format!("placement ledger: {e}")))?;
+async fn load(store: &kv::Store, host: HostId) -> AppResult<(Ledger, Option<u64>)> {
+    let entry = store.entry(host.to_string()).await.map_err(|e| AppError::Unavailable(format!("placement ledger: {e}")))?;
     Ok(match entry {
         Some(e) if e.operation == kv::Operation::Put => (serde_json::from_slice(&e.value).unwrap_or_default(), Some(e.revision)),
         Some(e) => (Ledger::default(), Some(e.revision)),
@@ -169,27 +168,27 @@ async fn load(store: &kv::Store, host: HostId) -> ApiResult<(Ledger, Option<u64>
 /// rules out hosts for reasons of the caller's own; `room` measures what a
 /// host has left (higher is better). A retry for the same `id` replaces its
 /// own claim rather than adding a second.
-pub async fn place(
-    state: &AppState,
+pub(super) async fn place(
+    app: &App,
     id: &str,
     claim: Claim,
     check: impl Fn(&Host, &Taken) -> Option<Unfit>,
     room: impl Fn(&Host, &Taken) -> u64,
-) -> ApiResult<HostId> {
-    state.bus.ensure_connected()?;
-    let store = state.bus.bucket(subjects::PLACEMENT_BUCKET).await?;
-    let _turn = state.placing.lock().await;
+) -> AppResult<HostId> {
+    app.bus.ensure_connected()?;
+    let store = app.bus.bucket(subjects::PLACEMENT_BUCKET).await?;
+    let _turn = app.placing.lock().await;
     for _ in 0..ATTEMPTS {
         let mut online = false;
         let mut reason: Option<Unfit> = None;
         let mut best: Option<(u64, HostId, Ledger, Option<u64>)> = None;
-        for host in state.proj.hosts()? {
-            if !state.proj.heartbeats.is_online(host.id) {
+        for host in app.proj.hosts()? {
+            if !app.proj.heartbeats.is_online(host.id) {
                 continue;
             }
             online = true;
             let (ledger, revision) = load(&store, host.id).await?;
-            let taken = taken(state, host.id, &ledger, id, claim.wants_addresses())?;
+            let taken = taken(app, host.id, &ledger, id, claim.wants_addresses())?;
             let unfit = match check(&host, &taken) {
                 Some(u) => Some(u),
                 None if !Resources::fits(&host.info, &taken.used, &claim.resources) => Some(Unfit::NoRoom),
@@ -208,7 +207,7 @@ pub async fn place(
         }
         let Some((_, host, mut ledger, revision)) = best else { return Err(refusal(online, reason)) };
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        ledger.prune(state, now)?;
+        ledger.prune(app, now)?;
         ledger.claims.insert(id.to_owned(), Claim { at: now, ..claim.clone() });
         let value: bytes::Bytes = serde_json::to_vec(&ledger).expect("ledger encodes").into();
         let written = match revision {
@@ -219,27 +218,26 @@ pub async fn place(
             Ok(_) => return Ok(host),
             // Another gateway placed on this host meanwhile: look again.
             Err((true, _)) => continue,
-            Err((false, e)) => return Err(ApiError::Unavailable(format!("placement ledger: {e}"))),
+            Err((false, e)) => return Err(AppError::Unavailable(format!("placement ledger: {e}"))),
         }
     }
-    Err(ApiError::Unavailable("placement is contended; retry".into()))
+    Err(AppError::Unavailable("placement is contended; retry".into()))
 }
 
-fn refusal(online: bool, reason: Option<Unfit>) -> ApiError {
+fn refusal(online: bool, reason: Option<Unfit>) -> AppError {
     match reason {
-        _ if !online => ApiError::Unavailable("no worker host is online".into()),
-        Some(Unfit::NoImage(image)) => ApiError::Unprocessable("unknown_image", format!("no online host has the image `{image}`; see GET /v1/images")),
-        Some(Unfit::NoBridge) => ApiError::Unprocessable("unsupported", "no online host has a bridge for bridge networking (worker --bridge)".into()),
-        Some(Unfit::PortOutOfRange(p)) => ApiError::Unprocessable(
-            "port_out_of_range",
-            format!("host port {p} is outside the port range the hosts forward from (see port_range in GET /v1/hosts)"),
-        ),
-        Some(Unfit::AddressOutsideNetwork(ip)) => ApiError::Unprocessable(
+        _ if !online => AppError::Unavailable("no worker host is online".into()),
+        Some(Unfit::NoImage(image)) => AppError::Invalid("unknown_image", format!("no online host has the image `{image}`; see GET /v1/images")),
+        Some(Unfit::NoBridge) => AppError::Invalid("unsupported", "no online host has a bridge for bridge networking (worker --bridge)".into()),
+        Some(Unfit::PortOutOfRange(p)) => {
+            AppError::Invalid("port_out_of_range", format!("host port {p} is outside the port range the hosts forward from (see port_range in GET /v1/hosts)"))
+        }
+        Some(Unfit::AddressOutsideNetwork(ip)) => AppError::Invalid(
             "validation_failed",
             format!("guest_ip {ip} is not a guest address of the hosts' bridge network (see bridge_cidr in GET /v1/hosts)"),
         ),
-        Some(Unfit::AddressTaken(what)) => ApiError::Conflict("address_conflict", format!("{what} is already another vm's on the bridge")),
-        Some(Unfit::PortTaken(p)) => ApiError::Conflict("port_conflict", format!("host port {p} is already forwarded to another vm")),
-        Some(Unfit::NoRoom) | None => ApiError::Conflict("insufficient_capacity", "no online host has room for this".into()),
+        Some(Unfit::AddressTaken(what)) => AppError::Conflict("address_conflict", format!("{what} is already another vm's on the bridge")),
+        Some(Unfit::PortTaken(p)) => AppError::Conflict("port_conflict", format!("host port {p} is already forwarded to another vm")),
+        Some(Unfit::NoRoom) | None => AppError::Conflict("insufficient_capacity", "no online host has room for this".into()),
     }
 }

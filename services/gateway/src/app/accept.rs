@@ -1,28 +1,25 @@
 //! Accepting a command: append it to JetStream, record its operation as
 //! pending, and wait (briefly) until the worker's first event for it has been
-//! projected, so that a read right after the 202 sees the change.
+//! projected, so that a read right after the answer sees the change.
 //!
 //! A publish whose outcome is unknown (NATS did not acknowledge in time) is
 //! sent again with the same message id, the operation id, which JetStream
-//! deduplicates: retrying never appends a command twice, answering 503
-//! instead could lose one the client believes refused.
+//! deduplicates: retrying never appends a command twice, answering
+//! "unavailable" instead could lose one the client believes refused.
 
-use crate::AppState;
-use crate::auth::Principal;
-use crate::error::ApiResult;
-use crate::projection::operations::{OpStatus, Operation};
+use super::{App, AppResult, OpStatus, Operation, Principal};
 use std::time::Duration;
 use time::OffsetDateTime;
 use vmplane_bus::BusError;
 use vmplane_domain::{Command, CommandEnvelope, OpId, ProjectId};
 
-/// How long a publish is retried before the request answers 503 (the
-/// Idempotency-Key record keeps the operation id for the client's retry).
-pub const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(12);
+/// How long a publish is retried before the request fails as unavailable
+/// (the Idempotency-Key record keeps the operation id for the client's retry).
+const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(12);
 
 /// What a command is and where it goes.
-pub struct Submission {
-    /// The operation id: fixed by the request's [`crate::idempotency::Allocation`].
+pub(super) struct Submission {
+    /// The operation id: fixed by the request's [`super::Allocation`].
     pub op: OpId,
     pub subject: String,
     pub kind: &'static str,
@@ -32,9 +29,9 @@ pub struct Submission {
 }
 
 /// Append the command and return its operation as last projected.
-pub async fn submit(state: &AppState, who: &Principal, sub: Submission) -> ApiResult<Operation> {
+pub(super) async fn submit(app: &App, who: &Principal, sub: Submission) -> AppResult<Operation> {
     let op = sub.op;
-    if let Some(done) = accepted_before(state, op)? {
+    if let Some(done) = accepted_before(app, op)? {
         return Ok(done);
     }
     let now = OffsetDateTime::now_utc();
@@ -58,32 +55,32 @@ pub async fn submit(state: &AppState, who: &Principal, sub: Submission) -> ApiRe
     // Record the operation before publishing: the worker's first event can be
     // projected before the publish returns, and must find this record (events
     // do not say the operation's kind) instead of creating one without it.
-    state.proj.accept_operation(&pending)?;
-    if let Err(e) = publish(state, sub.subject, &env).await {
-        state.proj.withdraw_operation(&pending)?;
+    app.proj.accept_operation(&pending)?;
+    if let Err(e) = publish(app, sub.subject, &env).await {
+        app.proj.withdraw_operation(&pending)?;
         return Err(e.into());
     }
     metrics::counter!("vmplane_gateway_commands_total", "kind" => sub.kind).increment(1);
-    let seen = wait_for(state, op, state.cfg.accept_wait, |o| o.status != OpStatus::Pending).await?;
+    let seen = wait_for(app, op, app.cfg.accept_wait, |o| o.status != OpStatus::Pending).await?;
     Ok(seen.unwrap_or(pending))
 }
 
 /// The operation, if an earlier attempt with the same id (a retry under one
 /// Idempotency-Key) was accepted and the worker has taken it up: then the
 /// request answers with it instead of deciding and appending again.
-pub fn accepted_before(state: &AppState, op: OpId) -> ApiResult<Option<Operation>> {
-    Ok(state.proj.operation(op)?.filter(|o| o.status != OpStatus::Pending))
+pub(super) fn accepted_before(app: &App, op: OpId) -> AppResult<Option<Operation>> {
+    Ok(app.proj.operation(op)?.filter(|o| o.status != OpStatus::Pending))
 }
 
 /// Publish; once an attempt may have reached NATS without a confirmation,
 /// publish again with the same id until confirmed, up to [`PUBLISH_RETRY_FOR`].
 /// Without a connection nothing was sent, and the request fails at once.
-async fn publish(state: &AppState, subject: String, env: &CommandEnvelope) -> Result<u64, BusError> {
+async fn publish(app: &App, subject: String, env: &CommandEnvelope) -> Result<u64, BusError> {
     let deadline = tokio::time::Instant::now() + PUBLISH_RETRY_FOR;
     let mut maybe_sent = false;
     loop {
-        maybe_sent |= state.bus.is_connected();
-        match state.bus.publish_command(subject.clone(), env).await {
+        maybe_sent |= app.bus.is_connected();
+        match app.bus.publish_command(subject.clone(), env).await {
             Err(e) if e.is_transient() && maybe_sent && tokio::time::Instant::now() < deadline => {
                 tracing::warn!(op = %env.op, error = %e, "command publish unconfirmed; sending it again with the same id");
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -94,11 +91,11 @@ async fn publish(state: &AppState, subject: String, env: &CommandEnvelope) -> Re
 }
 
 /// Wait up to `max` for the operation to satisfy `done`; returns its latest view.
-pub async fn wait_for(state: &AppState, op: OpId, max: Duration, done: impl Fn(&Operation) -> bool) -> ApiResult<Option<Operation>> {
-    let mut applied = state.proj.subscribe();
+pub(super) async fn wait_for(app: &App, op: OpId, max: Duration, done: impl Fn(&Operation) -> bool) -> AppResult<Option<Operation>> {
+    let mut applied = app.proj.subscribe();
     let deadline = tokio::time::Instant::now() + max;
     loop {
-        let current = state.proj.operation(op)?;
+        let current = app.proj.operation(op)?;
         if current.as_ref().is_some_and(&done) || tokio::time::Instant::now() >= deadline {
             return Ok(current);
         }

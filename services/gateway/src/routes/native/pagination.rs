@@ -1,6 +1,7 @@
-//! Page arithmetic shared by every list endpoint.
+//! Page arithmetic shared by every `/v1` list endpoint.
 
-use crate::error::ApiError;
+use super::error::ApiError;
+use crate::app::Window;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -30,14 +31,9 @@ impl PageQuery {
         Ok(Self { page, limit })
     }
 
-    /// Items to skip.
-    pub fn offset(&self) -> usize {
-        ((self.page - 1) * self.limit) as usize
-    }
-
-    /// Items per page.
-    pub fn limit(&self) -> usize {
-        self.limit as usize
+    /// The part of the list this page shows.
+    pub fn window(&self) -> Window {
+        Window { offset: ((self.page - 1) * self.limit) as usize, limit: self.limit as usize }
     }
 
     /// Wrap one page of items with the counts.
@@ -73,11 +69,11 @@ mod tests {
     #[test]
     fn arithmetic() {
         let q = PageQuery::new(Some(3), Some(10)).unwrap();
-        assert_eq!(q.offset(), 20);
+        assert_eq!(q.window(), Window { offset: 20, limit: 10 });
         let p = q.page(vec![1, 2, 3], 23);
         assert_eq!((p.pagination.total_pages, p.pagination.current_page, p.pagination.items_per_page), (3, 3, 10));
         assert_eq!(PageQuery::new(None, None).unwrap().page::<u8>(vec![], 0).pagination.total_pages, 0);
-        assert_eq!(PageQuery::new(None, None).unwrap().limit(), 20);
+        assert_eq!(PageQuery::new(None, None).unwrap().window().limit, 20);
     }
 
     #[test]

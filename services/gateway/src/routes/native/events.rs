@@ -1,16 +1,14 @@
 //! The event feed over Server-Sent Events, and the JSON shape of an event.
 //!
-//! The feed reads the event stream directly through an ordered JetStream
-//! consumer, filtered to the caller's org subjects. Each SSE `id:` is the
-//! event's stream sequence; reconnecting with `Last-Event-ID: N` resumes at
-//! N+1, so nothing is lost and nothing repeats.
+//! Each SSE `id:` is the event's stream sequence; reconnecting with
+//! `Last-Event-ID: N` resumes at N+1, so nothing is lost and nothing repeats
+//! (see `app::events`).
 
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::Query;
 use crate::AppState;
-use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::Query;
-use crate::projection::ordered_events;
-use crate::sessions::{Kind, revoked};
+use crate::app::Principal;
+use crate::app::events;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -21,7 +19,7 @@ use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use vmplane_domain::event::{Envelope, Event};
-use vmplane_domain::{EventId, OpId, OrgId, ProjectId, subjects};
+use vmplane_domain::{EventId, OpId, OrgId, ProjectId};
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -94,22 +92,11 @@ async fn event_feed(
         })
         .transpose()?;
     let last = from_header.or(q.last_event_id).unwrap_or(0);
-    let filter = if who.sees_all_orgs() { subjects::EVENTS_ALL.to_owned() } else { subjects::org_events(who.org) };
-    let session = state.sessions.acquire(who.actor, Kind::Events)?;
-    state.bus.ensure_connected()?;
-    let messages = ordered_events(&state.bus, filter, last.saturating_add(1)).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let stream = messages.take_while(|m| futures::future::ready(m.is_ok())).filter_map(|m| async move {
-        let msg = m.ok()?;
-        let seq = msg.info().ok()?.stream_sequence;
-        let env = Envelope::decode(&msg.payload).ok()?;
+    let events = events::feed(&state.app, &who, last).await?;
+    let stream = events.filter_map(|(seq, env)| async move {
         let kind = env.event.type_name();
         let data = serde_json::to_string(&EventView::new(seq, env)).ok()?;
         Some(Ok(SseEvent::default().id(seq.to_string()).event(kind).data(data)))
-    });
-    // The session's place is held while the stream lives; a revoked key's stream ends.
-    let stream = stream.take_until(revoked(state, who.actor)).map(move |e| {
-        let _held = &session;
-        e
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -1,20 +1,16 @@
 //! `GET /v1/operations/{id}`, with an optional long poll.
 
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::{PathId, Query};
 use crate::AppState;
-use crate::auth::Principal;
-use crate::commands::wait_for;
-use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{PathId, Query};
-use crate::projection::operations::Operation;
+use crate::app::operations::{self, MAX_WAIT};
+use crate::app::{Operation, Principal};
 use axum::extract::State;
 use serde::Deserialize;
 use std::time::Duration;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use vmplane_domain::OpId;
-
-/// Longest accepted `wait`.
-pub const MAX_WAIT_SECS: u64 = 60;
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -38,12 +34,9 @@ async fn get_operation(
     PathId(id): PathId<OpId>,
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<axum::Json<Operation>> {
-    let wait = q.wait.unwrap_or(0);
-    if wait > MAX_WAIT_SECS {
-        return Err(ApiError::BadRequest("invalid_query", format!("wait must be at most {MAX_WAIT_SECS} seconds")));
+    let wait = Duration::from_secs(q.wait.unwrap_or(0));
+    if wait > MAX_WAIT {
+        return Err(ApiError::BadRequest("invalid_query", format!("wait must be at most {} seconds", MAX_WAIT.as_secs())));
     }
-    let not_found = || ApiError::NotFound(format!("operation {id}"));
-    state.proj.operation(id)?.filter(|o| who.sees_all_orgs() || o.org_id == who.org).ok_or_else(not_found)?;
-    let op = wait_for(&state, id, Duration::from_secs(wait), |o| o.status.is_terminal()).await?;
-    op.map(axum::Json).ok_or_else(not_found)
+    Ok(axum::Json(operations::get(&state.app, &who, id, wait).await?))
 }

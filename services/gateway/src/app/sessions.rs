@@ -1,23 +1,21 @@
 //! Caps on a caller's concurrent long-lived sessions: event feeds, log
 //! follows and terminals. Each holds a connection and a NATS consumer or
 //! subscription for as long as the client likes, so one key must not open
-//! them without bound; past its cap a caller gets 429. A session also ends
+//! them without bound; past its cap a caller is refused. A session also ends
 //! when its API key is revoked.
 
-use crate::AppState;
-use crate::auth::Actor;
-use crate::error::ApiError;
+use super::{Actor, App, AppError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// What kind of session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    /// `GET /v1/events`
+pub(super) enum Kind {
+    /// The event feed.
     Events,
-    /// `GET /v1/vms/{id}/logs?follow=true`
+    /// Following a VM's console log.
     LogFollow,
-    /// `GET /v1/vms/{id}/terminal`
+    /// A VM's serial terminal.
     Terminal,
 }
 
@@ -57,14 +55,14 @@ impl Caps {
 
 /// Open sessions per caller and kind.
 #[derive(Debug, Default)]
-pub struct Sessions {
+pub(super) struct Sessions {
     caps: Caps,
     open: Mutex<HashMap<(Actor, Kind), usize>>,
 }
 
 /// One open session; dropping it (the stream or socket ends) frees its place.
 #[derive(Debug)]
-pub struct Guard {
+pub(super) struct Guard {
     sessions: Arc<Sessions>,
     key: (Actor, Kind),
 }
@@ -82,17 +80,17 @@ impl Drop for Guard {
 }
 
 impl Sessions {
-    pub fn new(caps: Caps) -> Self {
+    pub(super) fn new(caps: Caps) -> Self {
         Self { caps, open: Mutex::default() }
     }
 
-    /// Take a place for a session, or 429 when the caller has its cap open.
-    pub fn acquire(self: &Arc<Self>, actor: Actor, kind: Kind) -> Result<Guard, ApiError> {
+    /// Take a place for a session, unless the caller has its cap open.
+    pub(super) fn acquire(self: &Arc<Self>, actor: Actor, kind: Kind) -> Result<Guard, AppError> {
         let cap = self.caps.of(kind);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry((actor, kind)).or_insert(0);
         if *n >= cap {
-            return Err(ApiError::TooManySessions(format!("at most {cap} concurrent {} per caller; close one first", kind.describe())));
+            return Err(AppError::TooManySessions(format!("at most {cap} concurrent {} per caller; close one first", kind.describe())));
         }
         *n += 1;
         Ok(Guard { sessions: self.clone(), key: (actor, kind) })
@@ -100,11 +98,11 @@ impl Sessions {
 }
 
 /// Resolves when the caller's API key is revoked (never for the admin).
-pub async fn revoked(state: AppState, actor: Actor) {
+pub(super) async fn revoked(app: App, actor: Actor) {
     let Actor::Key(id) = actor else { return std::future::pending().await };
-    let mut applied = state.proj.subscribe();
+    let mut applied = app.proj.subscribe();
     loop {
-        if matches!(state.proj.api_key(id), Ok(None)) {
+        if matches!(app.proj.api_key(id), Ok(None)) {
             return;
         }
         if applied.changed().await.is_err() {
@@ -124,7 +122,7 @@ mod tests {
         let (a, b) = (Actor::Key(ApiKeyId::new()), Actor::Key(ApiKeyId::new()));
         let one = s.acquire(a, Kind::Events).unwrap();
         let _two = s.acquire(a, Kind::Events).unwrap();
-        assert!(matches!(s.acquire(a, Kind::Events), Err(ApiError::TooManySessions(_))));
+        assert!(matches!(s.acquire(a, Kind::Events), Err(AppError::TooManySessions(_))));
         let _other_kind = s.acquire(a, Kind::Terminal).unwrap();
         let _other_caller = s.acquire(b, Kind::Events).unwrap();
         drop(one);

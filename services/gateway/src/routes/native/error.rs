@@ -1,13 +1,12 @@
-//! The one place errors become HTTP responses: every failure is
-//! `{"code","message"}` with the status its kind calls for.
+//! The `/v1` error shape: every failure is `{"code","message"}` with the
+//! status its kind calls for. Use case errors ([`AppError`]) are mapped here,
+//! once; the rest are the HTTP layer's own (bad JSON, unknown routes, ...).
 
+use crate::app::AppError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
-use vmplane_bus::BusError;
-use vmplane_domain::spec::SpecError;
-use vmplane_domain::vm::DecideError;
 
 /// The error body of every non-2xx response.
 #[derive(Debug, Serialize, ToSchema)]
@@ -91,36 +90,19 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<BusError> for ApiError {
-    fn from(e: BusError) -> Self {
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
         match e {
-            BusError::Unavailable(m) => Self::Unavailable(format!("event store unavailable, retry shortly: {m}")),
-            BusError::Conflict { .. } => Self::Conflict("conflict", "concurrent modification; retry".into()),
-            BusError::Codec(e) => Self::Internal(e.to_string()),
-            BusError::Other(m) => Self::Unavailable(m),
+            AppError::Invalid(code, m) => Self::Unprocessable(code, m),
+            AppError::NotFound(what) => Self::NotFound(what),
+            AppError::Conflict(code, m) => Self::Conflict(code, m),
+            AppError::Forbidden(m) => Self::Forbidden(m),
+            AppError::Unauthenticated => Self::Unauthorized,
+            AppError::RateLimited { retry_after_secs } => Self::RateLimited { retry_after_secs },
+            AppError::TooManySessions(m) => Self::TooManySessions(m),
+            AppError::Unavailable(m) => Self::Unavailable(m),
+            AppError::Internal(detail) => Self::Internal(detail),
         }
-    }
-}
-
-impl From<SpecError> for ApiError {
-    fn from(e: SpecError) -> Self {
-        Self::Unprocessable("validation_failed", e.to_string())
-    }
-}
-
-impl From<DecideError> for ApiError {
-    fn from(e: DecideError) -> Self {
-        match e {
-            DecideError::NotFound => Self::NotFound("vm".into()),
-            DecideError::MemoryOutOfRange(m) => Self::Unprocessable("memory_out_of_range", m),
-            other => Self::Conflict(other.code(), other.to_string()),
-        }
-    }
-}
-
-impl From<sled::Error> for ApiError {
-    fn from(e: sled::Error) -> Self {
-        Self::Internal(format!("projection store: {e}"))
     }
 }
 

@@ -2,21 +2,19 @@
 //! command stream like everything else; the response is 201 once the worker's
 //! event is projected (the new key works at once), 202 if that takes longer.
 
+use super::error::{ApiResult, ErrorBody};
+use super::extract::{Json, PathId};
 use crate::AppState;
-use crate::auth::{Principal, hash_secret, new_secret};
-use crate::commands::{Submission, accepted_before, submit};
-use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{Json, PathId};
-use crate::idempotency::Allocation;
-use crate::projection::operations::{OpStatus, Operation};
+use crate::app::tenancy::{self, NewApiKey};
+use crate::app::{Accepted, Allocation, OpStatus, Operation, Principal};
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
-use vmplane_domain::tenancy::{self, ApiKey, Org, Project, TenancyCommand, TenancyError};
-use vmplane_domain::{ApiKeyId, Command, OrgId, ProjectId, subjects};
+use vmplane_domain::tenancy::{ApiKey, Org, Project};
+use vmplane_domain::{ApiKeyId, OrgId, ProjectId};
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -113,32 +111,28 @@ impl From<ApiKey> for ApiKeyView {
     }
 }
 
-/// Validate with the same pure rule the worker applies, then submit.
-async fn submit_tenancy(state: &AppState, who: &Principal, alloc: Allocation, command: TenancyCommand) -> ApiResult<(StatusCode, Operation)> {
-    let org = command.org();
-    if let Some(op) = accepted_before(state, alloc.op())? {
-        return Ok((if op.status == OpStatus::Succeeded { StatusCode::CREATED } else { StatusCode::ACCEPTED }, op));
+impl From<Accepted<Org>> for OrgView {
+    fn from(a: Accepted<Org>) -> Self {
+        Self { operation: Some(a.operation), ..a.resource.into() }
     }
-    let org_exists = state.proj.org(org)?.is_some();
-    // Callers checked that a key to revoke exists; creations make new ids.
-    let exists = matches!(command, TenancyCommand::RevokeApiKey { .. });
-    tenancy::decide(&command, exists, org_exists).map_err(|e| match e {
-        TenancyError::BadName => ApiError::Unprocessable(e.code(), e.to_string()),
-        TenancyError::OrgNotFound => ApiError::NotFound(format!("org {org}")),
-        TenancyError::KeyNotFound => ApiError::NotFound(e.to_string()),
-        TenancyError::AlreadyExists => ApiError::Conflict(e.code(), e.to_string()),
-    })?;
-    let sub = Submission {
-        op: alloc.op(),
-        subject: subjects::tenancy_command(org),
-        kind: command.kind(),
-        target_id: command.target(),
-        project: ProjectId::DEFAULT,
-        command: Command::Tenancy { command },
-    };
-    let op = submit(state, who, sub).await?;
-    let status = if op.status == OpStatus::Succeeded { StatusCode::CREATED } else { StatusCode::ACCEPTED };
-    Ok((status, op))
+}
+
+impl From<Accepted<Project>> for ProjectView {
+    fn from(a: Accepted<Project>) -> Self {
+        Self { operation: Some(a.operation), ..a.resource.into() }
+    }
+}
+
+impl From<Accepted<NewApiKey>> for ApiKeyView {
+    fn from(a: Accepted<NewApiKey>) -> Self {
+        Self { secret: Some(a.resource.secret), operation: Some(a.operation), ..a.resource.key.into() }
+    }
+}
+
+/// 201 once the worker's event is projected, 202 if that takes longer.
+fn created<T: From<Accepted<R>>, R>(a: Accepted<R>) -> (StatusCode, axum::Json<T>) {
+    let status = if a.operation.status == OpStatus::Succeeded { StatusCode::CREATED } else { StatusCode::ACCEPTED };
+    (status, axum::Json(a.into()))
 }
 
 /// Create an org.
@@ -150,17 +144,13 @@ async fn create_org(
     alloc: Allocation,
     Json(req): Json<CreateOrgRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<OrgView>)> {
-    who.require_admin()?;
-    let id = OrgId(alloc.resource());
-    let (status, op) = submit_tenancy(&state, &who, alloc, TenancyCommand::CreateOrg { id, name: req.name.clone() }).await?;
-    Ok((status, axum::Json(OrgView { id, name: req.name, created_at: op.created_at, operation: Some(op) })))
+    Ok(created(tenancy::create_org(&state.app, &who, alloc, req.name).await?))
 }
 
 /// Every org.
 #[utoipa::path(get, path = "/v1/orgs", tag = "tenancy", responses((status = 200, body = Vec<OrgView>), (status = "4XX", body = ErrorBody)))]
 async fn list_orgs(State(state): State<AppState>, who: Principal) -> ApiResult<axum::Json<Vec<OrgView>>> {
-    who.require_admin()?;
-    Ok(axum::Json(state.proj.orgs()?.into_iter().map(OrgView::from).collect()))
+    Ok(axum::Json(tenancy::orgs(&state.app, &who)?.into_iter().map(OrgView::from).collect()))
 }
 
 /// Create a project in an org.
@@ -173,20 +163,14 @@ async fn create_project(
     PathId(org): PathId<OrgId>,
     Json(req): Json<CreateProjectRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<ProjectView>)> {
-    who.require_admin()?;
-    let id = ProjectId(alloc.resource());
-    let cmd = TenancyCommand::CreateProject { id, org, name: req.name.clone() };
-    let (status, op) = submit_tenancy(&state, &who, alloc, cmd).await?;
-    Ok((status, axum::Json(ProjectView { id, org_id: org, name: req.name, created_at: op.created_at, operation: Some(op) })))
+    Ok(created(tenancy::create_project(&state.app, &who, alloc, org, req.name).await?))
 }
 
 /// Every project of an org.
 #[utoipa::path(get, path = "/v1/orgs/{org}/projects", tag = "tenancy", params(("org" = String, Path, description = "Org id")),
     responses((status = 200, body = Vec<ProjectView>), (status = "4XX", body = ErrorBody)))]
 async fn list_projects(State(state): State<AppState>, who: Principal, PathId(org): PathId<OrgId>) -> ApiResult<axum::Json<Vec<ProjectView>>> {
-    who.require_admin()?;
-    state.proj.org(org)?.ok_or_else(|| ApiError::NotFound(format!("org {org}")))?;
-    Ok(axum::Json(state.proj.projects(org)?.into_iter().map(ProjectView::from).collect()))
+    Ok(axum::Json(tenancy::projects(&state.app, &who, org)?.into_iter().map(ProjectView::from).collect()))
 }
 
 /// Create an API key; its secret is in this response only.
@@ -198,22 +182,13 @@ async fn create_api_key(
     alloc: Allocation,
     Json(req): Json<CreateApiKeyRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<ApiKeyView>)> {
-    who.require_admin()?;
-    let org = req.org_id.unwrap_or(who.org);
-    let id = ApiKeyId(alloc.resource());
-    // The same secret on a retry under the same Idempotency-Key, which only
-    // this caller can reproduce; never stored.
-    let secret = new_secret(id, alloc.random());
-    let cmd = TenancyCommand::CreateApiKey { id, org, name: req.name.clone(), secret_sha256: hash_secret(&secret) };
-    let (status, op) = submit_tenancy(&state, &who, alloc, cmd).await?;
-    Ok((status, axum::Json(ApiKeyView { id, org_id: org, name: req.name, secret: Some(secret), created_at: op.created_at, operation: Some(op) })))
+    Ok(created(tenancy::create_api_key(&state.app, &who, alloc, req.org_id, req.name).await?))
 }
 
 /// The API keys of the org the admin acts in (never their secrets).
 #[utoipa::path(get, path = "/v1/api-keys", tag = "tenancy", responses((status = 200, body = Vec<ApiKeyView>), (status = "4XX", body = ErrorBody)))]
 async fn list_api_keys(State(state): State<AppState>, who: Principal) -> ApiResult<axum::Json<Vec<ApiKeyView>>> {
-    who.require_admin()?;
-    Ok(axum::Json(state.proj.api_keys(who.org)?.into_iter().map(ApiKeyView::from).collect()))
+    Ok(axum::Json(tenancy::api_keys(&state.app, &who)?.into_iter().map(ApiKeyView::from).collect()))
 }
 
 /// Revoke an API key (any org's): once the revocation is projected, which
@@ -228,9 +203,7 @@ async fn revoke_api_key(
     alloc: Allocation,
     PathId(id): PathId<ApiKeyId>,
 ) -> ApiResult<(StatusCode, axum::Json<ApiKeyView>)> {
-    who.require_admin()?;
-    let key = state.proj.api_key(id)?.ok_or_else(|| ApiError::NotFound(format!("api key {id}")))?;
-    let (status, op) = submit_tenancy(&state, &who, alloc, TenancyCommand::RevokeApiKey { id, org: key.org }).await?;
-    let status = if status == StatusCode::CREATED { StatusCode::OK } else { StatusCode::ACCEPTED };
-    Ok((status, axum::Json(ApiKeyView { operation: Some(op), ..key.into() })))
+    let revoked = tenancy::revoke_api_key(&state.app, &who, alloc, id).await?;
+    let status = if revoked.operation.status == OpStatus::Succeeded { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, axum::Json(ApiKeyView { operation: Some(revoked.operation), ..revoked.resource.into() })))
 }

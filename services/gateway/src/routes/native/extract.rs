@@ -1,7 +1,7 @@
 //! Extractors whose rejections speak the API's error format instead of axum's
 //! plain-text defaults.
 
-use crate::error::ApiError;
+use super::error::ApiError;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;

@@ -1,12 +1,10 @@
-//! `GET /v1/hosts`: the hosts, their capacity, use and liveness.
-//!
-//! The admin sees what every org uses and what is left. An API key sees its
-//! own org's use only, and not what is left, from which the others' use
-//! would follow.
+//! `GET /v1/hosts`: the hosts, their capacity, use and liveness (what the
+//! caller may see of them: see `app::hosts`).
 
+use super::error::{ApiResult, ErrorBody};
 use crate::AppState;
-use crate::auth::{Actor, Principal};
-use crate::error::{ApiResult, ErrorBody};
+use crate::app::Principal;
+use crate::app::hosts::{self, HostUsage};
 use axum::extract::State;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -42,32 +40,22 @@ pub struct HostView {
     pub registered_at: OffsetDateTime,
 }
 
+impl From<HostUsage> for HostView {
+    fn from(h: HostUsage) -> Self {
+        Self {
+            id: h.host.id,
+            status: if h.online { "online" } else { "offline" },
+            last_heartbeat: h.last_heartbeat,
+            used: h.used,
+            available: h.available,
+            registered_at: h.host.registered_at,
+            info: h.host.info,
+        }
+    }
+}
+
 /// Every registered host.
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, body = Vec<HostView>), (status = "4XX", body = ErrorBody)))]
 async fn list_hosts(State(state): State<AppState>, who: Principal) -> ApiResult<axum::Json<Vec<HostView>>> {
-    let mut out = Vec::new();
-    for host in state.proj.hosts()? {
-        let (used, available) = match who.actor {
-            Actor::Admin => {
-                let used = state.proj.host_usage(host.id)?;
-                let available = Resources {
-                    vcpus: u64::from(host.info.cpus),
-                    memory_mib: host.info.memory_mib.saturating_sub(used.memory_mib),
-                    disk_gb: host.info.disk_gb.saturating_sub(used.disk_gb),
-                };
-                (used, Some(available))
-            }
-            Actor::Key(_) => (state.proj.org_usage_on_host(who.org, host.id)?, None),
-        };
-        out.push(HostView {
-            id: host.id,
-            status: if state.proj.heartbeats.is_online(host.id) { "online" } else { "offline" },
-            last_heartbeat: state.proj.heartbeats.last(host.id),
-            used,
-            available,
-            registered_at: host.registered_at,
-            info: host.info,
-        });
-    }
-    Ok(axum::Json(out))
+    Ok(axum::Json(hosts::list(&state.app, &who)?.into_iter().map(HostView::from).collect()))
 }

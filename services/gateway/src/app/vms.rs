@@ -1,0 +1,179 @@
+//! VMs: create, the lifecycle actions, memory resize, and reads (one VM, a
+//! list, a VM's history). A VM of another org is not found.
+
+use super::accept::{Submission, accepted_before, submit};
+use super::placement::{Claim, Taken, Unfit, place};
+use super::{Accepted, Allocation, App, AppError, AppResult, Listed, Principal, Window};
+use crate::projection::vms::VmFilter;
+use time::OffsetDateTime;
+use vmplane_domain::cidr::Cidr;
+use vmplane_domain::event::Envelope;
+use vmplane_domain::host::{Host, ImageInfo, PortRange};
+use vmplane_domain::spec::{NetworkMode, VmSpec};
+use vmplane_domain::vm::{Vm, VmCommand, VmStatus, decide, evolve};
+use vmplane_domain::{Command, HostId, ImageId, ProjectId, VmId, subjects};
+
+/// What can be done to an existing VM without more input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Start a stopped VM; a running one is left as it is.
+    Start,
+    /// ACPI power-down, then a hard stop; a stopped one is left as it is.
+    Stop,
+    /// Reboot a running VM.
+    Restart,
+    /// Snapshot a running VM's memory and devices to disk and stop it.
+    Standby,
+    /// Resume a VM in standby from its snapshot, memory intact.
+    Restore,
+    /// Delete the VM and, unless its spec keeps it, its root disk.
+    Delete,
+}
+
+impl Action {
+    fn command(self) -> VmCommand {
+        match self {
+            Self::Start => VmCommand::Start,
+            Self::Stop => VmCommand::Stop,
+            Self::Restart => VmCommand::Restart,
+            Self::Standby => VmCommand::Standby,
+            Self::Restore => VmCommand::Restore,
+            Self::Delete => VmCommand::Delete,
+        }
+    }
+}
+
+/// A VM the caller may see.
+pub fn get(app: &App, who: &Principal, id: VmId) -> AppResult<Vm> {
+    app.proj.vm(id)?.filter(|vm| vm.org == who.org).ok_or_else(|| AppError::NotFound(format!("vm {id}")))
+}
+
+/// The caller's VMs (of its project, if it named one), oldest first: those in
+/// `status`, or without it every VM that is not deleted.
+pub fn list(app: &App, who: &Principal, status: Option<VmStatus>, window: Window) -> AppResult<Listed<Vm>> {
+    let filter = VmFilter { org: who.org, project: who.project, status };
+    let (items, total) = app.proj.list_vms(&filter, window.offset, window.limit)?;
+    Ok(Listed { items, total })
+}
+
+/// A VM's history: every event with its stream sequence, oldest first.
+pub fn history(app: &App, who: &Principal, id: VmId) -> AppResult<Vec<(u64, Envelope)>> {
+    get(app, who, id)?;
+    Ok(app.proj.vm_events(id)?)
+}
+
+/// Create a VM from `spec` (defaults already filled in) in the caller's
+/// project, on the online host with the most free memory that can take it.
+pub async fn create(app: &App, who: &Principal, alloc: Allocation, spec: VmSpec) -> AppResult<Accepted<Vm>> {
+    spec.validate()?;
+    if !spec.volumes.is_empty() || !spec.data_disks.is_empty() || spec.root_volume.is_some() {
+        return Err(AppError::Invalid(
+            "unsupported",
+            "volumes, data_disks and root_volume_id cannot be given at create yet: create the VM, then POST /v1/vms/{id}/volumes/{volume_id}".into(),
+        ));
+    }
+    let id = VmId(alloc.resource());
+    // A retry (same idempotency key) of a create the worker carried out already.
+    if let Some(vm) = app.proj.vm(id)?.filter(|vm| vm.org == who.org)
+        && let Some(operation) = accepted_before(app, alloc.op())?
+    {
+        return Ok(Accepted { resource: vm, operation });
+    }
+    let project = who.project_or_default();
+    let host = place_vm(app, id, &spec).await?;
+    let command = VmCommand::Create { spec: Box::new(spec), host };
+    accept(app, who, alloc, None, id, project, host, command).await
+}
+
+/// Start, stop, restart, standby, restore or delete a VM.
+pub async fn act(app: &App, who: &Principal, alloc: Allocation, id: VmId, action: Action) -> AppResult<Accepted<Vm>> {
+    command(app, who, alloc, id, action.command()).await
+}
+
+/// Hot-plug memory into a running VM, up to `memory_mib` in all.
+pub async fn resize_memory(app: &App, who: &Principal, alloc: Allocation, id: VmId, memory_mib: u64) -> AppResult<Accepted<Vm>> {
+    command(app, who, alloc, id, VmCommand::ResizeMemory { memory_mib }).await
+}
+
+/// Accept a command on an existing VM the caller may see.
+pub(super) async fn command(app: &App, who: &Principal, alloc: Allocation, id: VmId, command: VmCommand) -> AppResult<Accepted<Vm>> {
+    let vm = get(app, who, id)?;
+    let (project, host) = (vm.project, vm.host);
+    accept(app, who, alloc, Some(vm), id, project, host, command).await
+}
+
+/// Decide the command against the projected VM (refusing early what the state
+/// forbids), append it, and answer with the VM as the command leaves it.
+#[allow(clippy::too_many_arguments)]
+async fn accept(
+    app: &App,
+    who: &Principal,
+    alloc: Allocation,
+    vm: Option<Vm>,
+    id: VmId,
+    project: ProjectId,
+    host: HostId,
+    command: VmCommand,
+) -> AppResult<Accepted<Vm>> {
+    // A retry of a command the worker took up already: deciding again would
+    // refuse it (the VM moved on), so answer with what it did.
+    if let Some(operation) = accepted_before(app, alloc.op())?
+        && let Some(vm) = vm.as_ref().filter(|_| operation.target_id == id.to_string())
+    {
+        return Ok(Accepted { resource: vm.clone(), operation });
+    }
+    let events = decide(vm.as_ref(), who.org, project, &command)?;
+    let now = OffsetDateTime::now_utc();
+    let after = events.iter().fold(vm, |s, e| evolve(s, id, None, now, e)).ok_or_else(|| AppError::Internal("decided events left no vm".into()))?;
+    let sub = Submission {
+        op: alloc.op(),
+        subject: subjects::vm_command(host, id),
+        kind: command.kind().as_str(),
+        target_id: id.to_string(),
+        project,
+        command: Command::Vm { vm: id, command },
+    };
+    let operation = submit(app, who, sub).await?;
+    Ok(Accepted { resource: after, operation })
+}
+
+/// Pick the online host with the most free memory that has the image, the
+/// requested host ports free and inside its port range, and (bridge mode)
+/// the requested address free; record the claim there.
+async fn place_vm(app: &App, id: VmId, spec: &VmSpec) -> AppResult<HostId> {
+    let has_image = |i: &ImageInfo| i.name == spec.image || ImageId::for_slug(&i.name).to_string() == spec.image;
+    let bridged = spec.network.enabled && spec.network.mode == NetworkMode::Bridge;
+    let claim = Claim {
+        resources: spec.resources(),
+        ports: spec.port_forwards.iter().filter_map(|pf| pf.host_port).collect(),
+        guest_ip: spec.network.guest_ip.filter(|_| bridged),
+        guest_mac: spec.network.guest_mac.as_deref().filter(|_| bridged).map(str::to_ascii_lowercase),
+        at: 0,
+    };
+    let check = |host: &Host, taken: &Taken| -> Option<Unfit> {
+        if !host.info.images.iter().any(has_image) {
+            return Some(Unfit::NoImage(spec.image.clone()));
+        }
+        if bridged && host.info.bridge_cidr.is_none() {
+            return Some(Unfit::NoBridge);
+        }
+        let network = host.info.bridge_cidr.as_deref().and_then(|c| c.parse::<Cidr>().ok());
+        if let (Some(ip), Some(network)) = (claim.guest_ip, network)
+            && !network.is_guest(ip)
+        {
+            return Some(Unfit::AddressOutsideNetwork(ip));
+        }
+        let range = host.info.port_range.unwrap_or(PortRange::UNPRIVILEGED);
+        if let Some(p) = claim.ports.iter().find(|p| !range.contains(**p)) {
+            return Some(Unfit::PortOutOfRange(*p));
+        }
+        if let Some(p) = claim.ports.iter().find(|p| taken.ports.contains(p)) {
+            return Some(Unfit::PortTaken(*p));
+        }
+        if let Some(ip) = claim.guest_ip.filter(|ip| taken.ips.contains(ip)) {
+            return Some(Unfit::AddressTaken(format!("guest_ip {ip}")));
+        }
+        claim.guest_mac.as_ref().filter(|m| taken.macs.contains(*m)).map(|m| Unfit::AddressTaken(format!("guest_mac {m}")))
+    };
+    place(app, &id.to_string(), claim.clone(), check, |host, taken| host.info.memory_mib.saturating_sub(taken.used.memory_mib)).await
+}

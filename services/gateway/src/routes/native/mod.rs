@@ -1,0 +1,59 @@
+//! The native dialect: the `/v1` API. Each module parses its requests
+//! (extractors, request shapes) into use case input, calls `app`, and renders
+//! the result (views, status codes); errors take the `/v1` shape once, in
+//! `error`.
+
+pub mod auth;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod hosts;
+pub mod idempotency;
+pub mod images;
+pub mod logs;
+pub mod operations;
+pub mod pagination;
+pub mod tenancy;
+pub mod terminal;
+pub mod vms;
+pub mod volumes;
+
+use crate::AppState;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+/// The OpenAPI document's root; paths are added by the router.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "vmplane", description = "Virtual machines on KVM through an event-sourced control plane. Every mutation returns 202 with an operation; reads come from projections of the event stream."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    components(schemas(error::ErrorBody))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+/// The documented `/v1` routes, and their OpenAPI document, built from one
+/// list so the two cannot drift apart.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(vms::router())
+        .merge(volumes::router())
+        .merge(logs::router())
+        .merge(terminal::router())
+        .merge(operations::router())
+        .merge(events::router())
+        .merge(hosts::router())
+        .merge(images::router())
+        .merge(tenancy::router())
+}
