@@ -77,11 +77,6 @@ pub struct Window {
     pub limit: usize,
 }
 
-impl Window {
-    /// The whole list.
-    pub const ALL: Self = Self { offset: 0, limit: usize::MAX };
-}
-
 /// One part of a list, and how long the whole list is.
 #[derive(Debug, Clone)]
 pub struct Listed<T> {
