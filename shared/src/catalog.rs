@@ -39,7 +39,7 @@ pub struct Plan {
     /// What dialects report as the disk's kind (Visor's `diskType`).
     #[serde(default = "ssd")]
     pub disk_type: String,
-    /// The VM's vCPUs are its own: placement does not overcommit them.
+    /// The VM's vCPUs are meant to be its own, not shared with other VMs (Visor's `power-dedicated`).
     #[serde(default)]
     pub dedicated: bool,
     /// GPUs passed through to VMs of this plan.

@@ -34,11 +34,13 @@ pub struct HostInfo {
     /// before regions existed serve the default one.
     #[serde(default = "default_region")]
     pub region: String,
-    /// The catalog location the host stands in (`--location`), and its entry.
+    /// The catalog location the host stands in (`--location`).
     #[serde(default)]
     pub location_id: Option<String>,
+    /// That location's catalog entry, as the worker found it. (Boxed, as is
+    /// `pricing`, to keep host events, which carry this struct, small.)
     #[serde(default)]
-    pub location: Option<Location>,
+    pub location: Option<Box<Location>>,
     /// What the operator calls the host's virtualization engine (`--engine`).
     #[serde(default)]
     pub engine: Option<String>,
@@ -50,7 +52,7 @@ pub struct HostInfo {
     pub gpus: BTreeMap<String, u32>,
     /// What the operator charges for this host's resources.
     #[serde(default)]
-    pub pricing: Pricing,
+    pub pricing: Box<Pricing>,
 }
 
 impl Default for HostInfo {
@@ -72,7 +74,7 @@ impl Default for HostInfo {
             engine: None,
             labels: BTreeMap::new(),
             gpus: BTreeMap::new(),
-            pricing: Pricing::default(),
+            pricing: Box::default(),
         }
     }
 }
@@ -158,12 +160,12 @@ impl HostProfile {
             return invalid(format!("a price for GPU model `{model}`, which the host does not have (--gpu {model}:COUNT)"));
         }
         info.region = region;
-        info.location = location.cloned();
+        info.location = location.cloned().map(Box::new);
         info.location_id = self.location;
         info.engine = self.engine;
         info.labels = self.labels;
         info.gpus = self.gpus;
-        info.pricing = self.pricing;
+        *info.pricing = self.pricing;
         Ok(())
     }
 }
