@@ -102,7 +102,7 @@ pub struct ImageEntry {
 
 /// The merged catalog. Build it with [`Catalog::built_in`] or
 /// [`Catalog::with_override`]; it is valid by construction.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Catalog {
     plans: BTreeMap<String, Plan>,
     regions: BTreeMap<String, Region>,
@@ -149,7 +149,8 @@ pub enum LookupError {
     RegionNotServed { code: String, served: String },
     #[error("unknown location `{id}`; locations: {known}")]
     UnknownLocation { id: String, known: String },
-    #[error("`{name}` is not an image name (a slug, an `img_` id, a catalog name or an OCI reference)")]
+    /// (The message leaves the name out: it may be anything, of any length.)
+    #[error("not an image name: a slug, an `img_` id, a catalog name or an OCI reference, up to 200 of letters, digits and `-_.:/@`")]
     BadImageName { name: String },
     #[error(
         "no host can boot image `{name}`{}; an admin imports it with POST /v1/images {{\"name\": \"{slug}\", \"source\": \"<path on the host>\", \"format\": \"raw|qcow2|oci_layout|docker_archive\"}}, or maps `{name}` to an installed image in the data dir's catalog.json",
