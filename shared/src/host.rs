@@ -1,7 +1,10 @@
 //! Hosts: machines that run a worker and its hypervisor driver.
 
+use crate::catalog::{self, Catalog, Location, LookupError};
 use crate::ids::HostId;
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
@@ -27,6 +30,144 @@ pub struct HostInfo {
     /// a requested host port outside it is refused. Absent from older workers.
     #[serde(default)]
     pub port_range: Option<PortRange>,
+    /// The catalog region the host serves (`--region`); hosts announced
+    /// before regions existed serve the default one.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// The catalog location the host stands in (`--location`).
+    #[serde(default)]
+    pub location_id: Option<String>,
+    /// That location's catalog entry, as the worker found it. (Boxed, as is
+    /// `pricing`, to keep host events, which carry this struct, small.)
+    #[serde(default)]
+    pub location: Option<Box<Location>>,
+    /// What the operator calls the host's virtualization engine (`--engine`).
+    #[serde(default)]
+    pub engine: Option<String>,
+    /// The operator's labels (`--label k=v`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// GPUs VMs may be given, by model (`--gpu MODEL:COUNT`).
+    #[serde(default)]
+    pub gpus: BTreeMap<String, u32>,
+    /// What the operator charges for this host's resources.
+    #[serde(default)]
+    pub pricing: Box<Pricing>,
+}
+
+impl Default for HostInfo {
+    /// An empty host in the default region: for struct literals (`..HostInfo::default()`).
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            driver: String::new(),
+            driver_detail: None,
+            cpus: 0,
+            memory_mib: 0,
+            disk_gb: 0,
+            images: Vec::new(),
+            bridge_cidr: None,
+            port_range: None,
+            region: default_region(),
+            location_id: None,
+            location: None,
+            engine: None,
+            labels: BTreeMap::new(),
+            gpus: BTreeMap::new(),
+            pricing: Box::default(),
+        }
+    }
+}
+
+fn default_region() -> String {
+    catalog::DEFAULT_REGION.to_owned()
+}
+
+/// Prices per hour, in the operator's currency, exact decimals (`"0.0015"`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Pricing {
+    /// Per vCPU.
+    #[serde(default)]
+    #[schema(value_type = String)]
+    pub per_vcpu_hr: Decimal,
+    /// Per GB of memory.
+    #[serde(default)]
+    #[schema(value_type = String)]
+    pub per_gb_ram_hr: Decimal,
+    /// Per GB of disk.
+    #[serde(default)]
+    #[schema(value_type = String)]
+    pub per_gb_storage_hr: Decimal,
+    /// Per GPU, by model.
+    #[serde(default)]
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub per_gpu_hr: BTreeMap<String, Decimal>,
+}
+
+/// What the operator says about a host (worker flags), beside what its driver finds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostProfile {
+    /// Default: the location's region, else [`catalog::DEFAULT_REGION`].
+    pub region: Option<String>,
+    pub location: Option<String>,
+    pub engine: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub gpus: BTreeMap<String, u32>,
+    pub pricing: Pricing,
+}
+
+/// Why a host profile was refused at worker start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileError {
+    #[error(transparent)]
+    Catalog(#[from] LookupError),
+    #[error("location `{location}` is in region `{location_region}`, not `{region}`")]
+    RegionMismatch { location: String, location_region: String, region: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl HostProfile {
+    /// Check the profile against the catalog and write it into what the host announces.
+    pub fn apply(self, catalog: &Catalog, info: &mut HostInfo) -> Result<(), ProfileError> {
+        let location = self.location.as_deref().map(|id| catalog.location(id)).transpose()?;
+        let region = match (self.region, location) {
+            (Some(r), Some(l)) if r != l.region => {
+                return Err(ProfileError::RegionMismatch { location: self.location.unwrap_or_default(), location_region: l.region.clone(), region: r });
+            }
+            (Some(r), _) => r,
+            (None, Some(l)) => l.region.clone(),
+            (None, None) => catalog::DEFAULT_REGION.to_owned(),
+        };
+        catalog.region(&region)?;
+        let invalid = |m: String| Err(ProfileError::Invalid(m));
+        if self.engine.as_ref().is_some_and(|e| e.trim().is_empty() || e.len() > 64 || e.chars().any(char::is_control)) {
+            return invalid("engine: one line of 1-64 characters".into());
+        }
+        if self.labels.len() > 64
+            || self.labels.iter().any(|(k, v)| k.is_empty() || k.len() > 63 || v.len() > 255 || format!("{k}{v}").chars().any(char::is_control))
+        {
+            return invalid("labels: at most 64, keys 1-63 and values up to 255 characters".into());
+        }
+        if let Some((model, _)) = self.gpus.iter().find(|(m, n)| !catalog::is_gpu_model(m) || **n == 0) {
+            return invalid(format!("gpu `{model}`: a model of letters, digits, '.', '_' and '-', and a count of at least 1"));
+        }
+        let p = &self.pricing;
+        if [p.per_vcpu_hr, p.per_gb_ram_hr, p.per_gb_storage_hr].iter().chain(p.per_gpu_hr.values()).any(Decimal::is_sign_negative) {
+            return invalid("prices may not be negative".into());
+        }
+        if let Some(model) = p.per_gpu_hr.keys().find(|m| !self.gpus.contains_key(*m)) {
+            return invalid(format!("a price for GPU model `{model}`, which the host does not have (--gpu {model}:COUNT)"));
+        }
+        info.region = region;
+        info.location = location.cloned().map(Box::new);
+        info.location_id = self.location;
+        info.engine = self.engine;
+        info.labels = self.labels;
+        info.gpus = self.gpus;
+        *info.pricing = self.pricing;
+        Ok(())
+    }
 }
 
 /// An inclusive range of host ports.
@@ -168,23 +309,53 @@ impl std::ops::AddAssign for Resources {
     }
 }
 
+/// A host's time up, from its heartbeats: each beat keeps the host up for
+/// `up_for` after it (the gateway's online threshold) and overlapping spans
+/// merge, so the record grows with outages, not with beats.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Uptime {
+    /// Sorted, disjoint `[start, end)` spans in unix seconds, none touching the next.
+    spans: Vec<(i64, i64)>,
+}
+
+impl Uptime {
+    /// Record a heartbeat; beats may come in any order and repeat.
+    pub fn beat(&mut self, at: OffsetDateTime, up_for: time::Duration) {
+        let (mut lo, mut hi) = (at.unix_timestamp(), at.unix_timestamp() + up_for.whole_seconds().max(0));
+        let first = self.spans.partition_point(|&(_, end)| end < lo);
+        let mut last = first;
+        while let Some(&(start, end)) = self.spans.get(last).filter(|&&(start, _)| start <= hi) {
+            (lo, hi) = (lo.min(start), hi.max(end));
+            last += 1;
+        }
+        self.spans.splice(first..last, [(lo, hi)]);
+    }
+
+    /// The percentage of `[from, to)` the host was up (time before its first
+    /// beat counts as down: callers start the window at its registration);
+    /// `None` for an empty window.
+    pub fn percent(&self, from: OffsetDateTime, to: OffsetDateTime) -> Option<f64> {
+        let (from, to) = (from.unix_timestamp(), to.unix_timestamp());
+        if to <= from {
+            return None;
+        }
+        let up: i64 = self.spans.iter().map(|&(start, end)| (end.min(to) - start.max(from)).max(0)).sum();
+        Some(up as f64 * 100.0 / (to - from) as f64)
+    }
+
+    /// Drop what ended before `t`, which no window of interest reaches any more.
+    pub fn forget_before(&mut self, t: OffsetDateTime) {
+        self.spans.retain(|&(_, end)| end > t.unix_timestamp());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn imports_add_or_replace_images_by_name() {
-        let mut info = HostInfo {
-            name: "h".into(),
-            driver: "qemu".into(),
-            driver_detail: None,
-            cpus: 1,
-            memory_mib: 1,
-            disk_gb: 1,
-            images: vec![],
-            bridge_cidr: None,
-            port_range: None,
-        };
+        let mut info = HostInfo { name: "h".into(), driver: "qemu".into(), cpus: 1, memory_mib: 1, disk_gb: 1, ..HostInfo::default() };
         let img = |name: &str, size| ImageInfo {
             name: name.into(),
             os: "linux".into(),
@@ -205,13 +376,11 @@ mod tests {
         let host = HostInfo {
             name: "h".into(),
             driver: "sim".into(),
-            driver_detail: None,
             cpus: 4,
             memory_mib: 1024,
             disk_gb: 100,
-            images: vec![],
-            bridge_cidr: None,
             port_range: Some((20000, 29999).into()),
+            ..HostInfo::default()
         };
         assert!(host.port_range.is_some_and(|r| r.contains(20000) && r.contains(29999) && !r.contains(19999) && !r.contains(30000)));
         assert!(!PortRange::UNPRIVILEGED.contains(1023) && PortRange::UNPRIVILEGED.contains(1024));
@@ -220,5 +389,120 @@ mod tests {
         assert!(!Resources::fits(&host, &used, &Resources { vcpus: 5, memory_mib: 1, disk_gb: 1 }));
         assert!(!Resources::fits(&host, &used, &Resources { vcpus: 1, memory_mib: 513, disk_gb: 1 }));
         assert!(!Resources::fits(&host, &used, &Resources { vcpus: 1, memory_mib: 1, disk_gb: 51 }));
+    }
+
+    fn catalog() -> Catalog {
+        Catalog::with_override(r#"{"locations": {"ams-1": {"region": "eu-west", "city": "Amsterdam", "country": "NL", "tier": 3}}}"#).unwrap()
+    }
+
+    fn price(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_profile_is_checked_and_announced() {
+        let mut info = HostInfo::default();
+        let profile = HostProfile {
+            location: Some("ams-1".into()),
+            engine: Some("Narwhal".into()),
+            labels: [("tier".into(), "gold".into())].into(),
+            gpus: [("A100".into(), 2)].into(),
+            pricing: Pricing { per_vcpu_hr: price("0.0015"), per_gpu_hr: [("A100".into(), price("2.2"))].into(), ..Pricing::default() },
+            ..HostProfile::default()
+        };
+        profile.clone().apply(&catalog(), &mut info).unwrap();
+        assert_eq!((info.region.as_str(), info.location_id.as_deref()), ("eu-west", Some("ams-1")), "the location's region by default");
+        assert_eq!(info.location.as_ref().map(|l| l.city.as_str()), Some("Amsterdam"));
+        assert_eq!((info.engine.as_deref(), info.gpus.get("A100"), info.labels.get("tier").map(String::as_str)), (Some("Narwhal"), Some(&2), Some("gold")));
+        assert_eq!(info.pricing.per_gpu_hr["A100"], price("2.20"));
+
+        let mut plain = HostInfo::default();
+        HostProfile::default().apply(&catalog(), &mut plain).unwrap();
+        assert_eq!(plain.region, catalog::DEFAULT_REGION);
+
+        let refused = |p: HostProfile| p.apply(&catalog(), &mut HostInfo::default()).unwrap_err();
+        assert!(matches!(
+            refused(HostProfile { region: Some("mars".into()), ..HostProfile::default() }),
+            ProfileError::Catalog(LookupError::UnknownRegion { .. })
+        ));
+        assert!(matches!(
+            refused(HostProfile { location: Some("nyc-1".into()), ..HostProfile::default() }),
+            ProfileError::Catalog(LookupError::UnknownLocation { .. })
+        ));
+        assert!(matches!(refused(HostProfile { region: Some("us-east".into()), ..profile.clone() }), ProfileError::RegionMismatch { .. }));
+        assert!(matches!(refused(HostProfile { gpus: [("A 100".into(), 1)].into(), ..HostProfile::default() }), ProfileError::Invalid(_)));
+        assert!(matches!(refused(HostProfile { gpus: [("A100".into(), 0)].into(), ..HostProfile::default() }), ProfileError::Invalid(_)));
+        assert!(matches!(refused(HostProfile { labels: [(String::new(), "x".into())].into(), ..HostProfile::default() }), ProfileError::Invalid(_)));
+        assert!(matches!(refused(HostProfile { engine: Some(" ".into()), ..HostProfile::default() }), ProfileError::Invalid(_)));
+        let negative = Pricing { per_gb_ram_hr: price("-0.1"), ..Pricing::default() };
+        assert!(matches!(refused(HostProfile { pricing: negative, ..HostProfile::default() }), ProfileError::Invalid(m) if m.contains("negative")));
+        let stray = Pricing { per_gpu_hr: [("H100".into(), price("3"))].into(), ..Pricing::default() };
+        assert!(matches!(refused(HostProfile { pricing: stray, ..profile }), ProfileError::Invalid(m) if m.contains("H100")));
+    }
+
+    #[test]
+    fn older_announcements_still_decode() {
+        // What a worker from before regions, GPUs and pricing wrote, in both codecs.
+        #[derive(Serialize)]
+        struct Old {
+            name: String,
+            driver: String,
+            cpus: u32,
+            memory_mib: u64,
+            disk_gb: u64,
+            images: Vec<ImageInfo>,
+        }
+        let old = Old { name: "h".into(), driver: "sim".into(), cpus: 2, memory_mib: 512, disk_gb: 10, images: vec![] };
+        let want = HostInfo { name: "h".into(), driver: "sim".into(), cpus: 2, memory_mib: 512, disk_gb: 10, ..HostInfo::default() };
+        let from_json: HostInfo = serde_json::from_value(serde_json::to_value(&old).unwrap()).unwrap();
+        let from_wire: HostInfo = crate::event::decode(&crate::event::encode(&old).unwrap()).unwrap();
+        assert_eq!((&from_json, &from_wire), (&want, &want));
+        assert_eq!(from_wire.region, "us-east");
+        // And the new fields survive the wire, prices exactly.
+        let mut new = want;
+        HostProfile {
+            location: Some("ams-1".into()),
+            gpus: [("A100".into(), 2)].into(),
+            pricing: Pricing { per_gb_storage_hr: price("0.00005"), per_gpu_hr: [("A100".into(), price("2.2"))].into(), ..Pricing::default() },
+            ..HostProfile::default()
+        }
+        .apply(&catalog(), &mut new)
+        .unwrap();
+        let back: HostInfo = crate::event::decode(&crate::event::encode(&new).unwrap()).unwrap();
+        assert_eq!(back, new);
+        assert_eq!(serde_json::to_value(&new.pricing).unwrap()["per_gb_storage_hr"], "0.00005");
+    }
+
+    fn at(secs: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_700_000_000 + secs).unwrap()
+    }
+
+    #[test]
+    fn uptime_from_heartbeats() {
+        let up_for = time::Duration::seconds(20);
+        let mut u = Uptime::default();
+        assert_eq!(u.percent(at(0), at(100)), Some(0.0), "no beats: down");
+        assert_eq!(u.percent(at(100), at(100)), None, "empty window");
+        // Beats every 5 s for 100 s: up the whole time, and one span.
+        for t in (0..100).step_by(5) {
+            u.beat(at(t), up_for);
+        }
+        assert_eq!(u.percent(at(0), at(100)), Some(100.0));
+        assert_eq!(u.spans.len(), 1);
+        // Silent from 95 to 195: up until 115 (the last beat's 20 s), then down for 80 s.
+        u.beat(at(195), up_for);
+        assert_eq!(u.percent(at(0), at(200)), Some(60.0));
+        assert_eq!(u.percent(at(100), at(200)), Some(20.0));
+        assert_eq!(u.spans, vec![(at(0).unix_timestamp(), at(115).unix_timestamp()), (at(195).unix_timestamp(), at(215).unix_timestamp())]);
+        // Late and repeated beats fill the gap in any order.
+        for t in [175, 115, 135, 155, 135] {
+            u.beat(at(t), up_for);
+        }
+        assert_eq!(u.percent(at(0), at(200)), Some(100.0));
+        assert_eq!(u.spans.len(), 1);
+        // Time before the first beat counts as down.
+        assert_eq!(u.percent(at(-100), at(100)), Some(50.0));
+        u.forget_before(at(300));
+        assert_eq!(u.percent(at(0), at(200)), Some(0.0));
     }
 }

@@ -4,6 +4,7 @@
 //! ([`vm::decide`], [`tenancy::decide`]) and folded back into state
 //! ([`vm::evolve`]). The services crates do the I/O around these.
 
+pub mod catalog;
 pub mod cidr;
 pub mod command;
 pub mod event;

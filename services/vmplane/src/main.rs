@@ -11,13 +11,16 @@ mod nats;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rust_decimal::Decimal;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use vmplane_bus::Bus;
 use vmplane_bus::auth::Role;
-use vmplane_domain::host::{HostInfo, ImageInfo};
+use vmplane_domain::catalog::{self, Catalog};
+use vmplane_domain::host::{HostInfo, HostProfile, Pricing};
 use vmplane_gateway::GatewayConfig;
 use vmplane_gateway::app::sessions::Caps as SessionCaps;
 use vmplane_gateway::projection::Projections;
@@ -181,6 +184,35 @@ struct WorkerOpts {
     /// The host's name as shown in /v1/hosts (default: the machine's hostname).
     #[arg(long)]
     host_name: Option<String>,
+    /// The catalog region this host serves (docs/catalog.md); default: its
+    /// --location's region, else `us-east`.
+    #[arg(long)]
+    region: Option<String>,
+    /// The catalog location this host stands in: an id from the `locations`
+    /// of `<data-dir>/catalog.json`.
+    #[arg(long)]
+    location: Option<String>,
+    /// The engine name shown for this host (default: the driver's name).
+    #[arg(long)]
+    engine: Option<String>,
+    /// A label of this host, `KEY=VALUE`; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// GPUs of this host that VMs may be given, `MODEL:COUNT`; repeatable.
+    #[arg(long = "gpu", value_name = "MODEL:COUNT", value_parser = parse_gpu)]
+    gpus: Vec<(String, u32)>,
+    /// Price of one vCPU for an hour, a decimal in the operator's currency.
+    #[arg(long, default_value = "0")]
+    price_vcpu_hr: Decimal,
+    /// Price of one GB of memory for an hour.
+    #[arg(long, default_value = "0")]
+    price_gb_ram_hr: Decimal,
+    /// Price of one GB of disk for an hour.
+    #[arg(long, default_value = "0")]
+    price_gb_storage_hr: Decimal,
+    /// Price of one GPU of a model (given with --gpu) for an hour, `MODEL=PRICE`; repeatable.
+    #[arg(long = "price-gpu-hr", value_name = "MODEL=PRICE", value_parser = parse_gpu_price)]
+    gpu_prices: Vec<(String, Decimal)>,
     /// On SIGTERM, power off this worker's guests and record them as stopped.
     /// Without it they keep running and the next worker adopts them.
     #[arg(long)]
@@ -255,7 +287,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Up(a) => {
             private_dir(&a.common.data_dir)?;
             let lock = lock_worker_dir(&a.common.data_dir)?;
-            let driver = driver(&a.worker, &a.common.data_dir).await?;
+            let catalog = load_catalog(&a.common.data_dir)?;
+            let driver = driver(&a.worker, &a.common.data_dir, &catalog).await?;
             let admin = admin_token(&a.common.data_dir, true)?;
             let nats = nats::resolve(&a.common).await?;
             if nats.is_local() {
@@ -278,7 +311,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Worker(a) => {
             private_dir(&a.common.data_dir)?;
             let lock = lock_worker_dir(&a.common.data_dir)?;
-            let driver = driver(&a.worker, &a.common.data_dir).await?;
+            let catalog = load_catalog(&a.common.data_dir)?;
+            let driver = driver(&a.worker, &a.common.data_dir, &catalog).await?;
             let nats = nats::resolve(&a.common).await?;
             worker(Bus::connect(&nats.url, Role::Worker, &nats.creds(Role::Worker)).await?, driver, &a.common, &a.worker, &lock).await
         }
@@ -357,6 +391,60 @@ fn admin_token(data_dir: &Path, generate: bool) -> anyhow::Result<Option<String>
     Ok(Some(token))
 }
 
+/// The built-in catalog with `<data-dir>/catalog.json` merged over it when
+/// there is one; a malformed file stops the process with the reason.
+fn load_catalog(data_dir: &Path) -> anyhow::Result<Catalog> {
+    let path = data_dir.join(catalog::OVERRIDE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Catalog::with_override(&text).with_context(|| format!("{} is not a valid catalog (see docs/catalog.md): fix or remove it", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Catalog::built_in()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// What the operator's flags say about the host, checked against the catalog, written into `host`.
+fn describe_host(opts: &WorkerOpts, catalog: &Catalog, host: &mut HostInfo) -> anyhow::Result<()> {
+    let profile = HostProfile {
+        region: opts.region.clone(),
+        location: opts.location.clone(),
+        engine: Some(opts.engine.clone().unwrap_or_else(|| host.driver.clone())),
+        labels: unique("--label", &opts.labels)?,
+        gpus: unique("--gpu", &opts.gpus)?,
+        pricing: Pricing {
+            per_vcpu_hr: opts.price_vcpu_hr,
+            per_gb_ram_hr: opts.price_gb_ram_hr,
+            per_gb_storage_hr: opts.price_gb_storage_hr,
+            per_gpu_hr: unique("--price-gpu-hr", &opts.gpu_prices)?,
+        },
+    };
+    profile.apply(catalog, host).context("describing the host (--region, --location, --engine, --label, --gpu, --price-*)")
+}
+
+/// Repeated `KEY…` flags as a map; a key given twice is refused, not overwritten.
+fn unique<V: Clone>(flag: &str, pairs: &[(String, V)]) -> anyhow::Result<BTreeMap<String, V>> {
+    let mut map = BTreeMap::new();
+    for (k, v) in pairs {
+        if map.insert(k.clone(), v.clone()).is_some() {
+            bail!("{flag} names `{k}` twice");
+        }
+    }
+    Ok(map)
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| "expected KEY=VALUE".into())
+}
+
+fn parse_gpu(s: &str) -> Result<(String, u32), String> {
+    let (model, count) = s.rsplit_once(':').ok_or("expected MODEL:COUNT")?;
+    Ok((model.to_owned(), count.parse().map_err(|_| "COUNT must be a whole number")?))
+}
+
+fn parse_gpu_price(s: &str) -> Result<(String, Decimal), String> {
+    let (model, price) = s.split_once('=').ok_or("expected MODEL=PRICE")?;
+    Ok((model.to_owned(), price.parse().map_err(|_| "PRICE must be a decimal number")?))
+}
+
 fn parse_interface(s: &str) -> Result<String, String> {
     if bridge::is_interface_name(s) { Ok(s.to_owned()) } else { Err("expected an interface name (up to 15 of A-Z, a-z, 0-9, '-', '_', '.')".into()) }
 }
@@ -367,9 +455,22 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
     if a == 0 || a > b { Err("need 0 < FIRST <= LAST".into()) } else { Ok((a, b)) }
 }
 
-async fn driver(opts: &WorkerOpts, data_dir: &Path) -> anyhow::Result<Arc<dyn Driver>> {
+async fn driver(opts: &WorkerOpts, data_dir: &Path, catalog: &Catalog) -> anyhow::Result<Arc<dyn Driver>> {
     let host_name =
         opts.host_name.clone().unwrap_or_else(|| std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "localhost".into()));
+    // What the operator says about the host is checked before anything slow (the image build).
+    let mut host = HostInfo {
+        name: host_name,
+        driver: match opts.driver {
+            DriverKind::Qemu => "qemu",
+            DriverKind::Sim => "sim",
+        }
+        .into(),
+        bridge_cidr: opts.bridge_cidr.map(|c| c.to_string()),
+        port_range: Some(opts.port_range.into()),
+        ..HostInfo::default()
+    };
+    describe_host(opts, catalog, &mut host)?;
     Ok(match opts.driver {
         DriverKind::Qemu => {
             let choice = match opts.accel {
@@ -384,15 +485,12 @@ async fn driver(opts: &WorkerOpts, data_dir: &Path) -> anyhow::Result<Arc<dyn Dr
             let dir = data_dir.join("worker").join("qemu");
             std::fs::create_dir_all(&dir)?;
             let host = HostInfo {
-                name: host_name,
-                driver: "qemu".into(),
                 driver_detail: Some(reason.clone()),
                 cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
                 memory_mib: host_memory_mib(),
                 disk_gb: host_disk_gb(&dir),
                 images: vmplane_worker::driver::qemu::image::list(&images_dir),
-                bridge_cidr: opts.bridge_cidr.map(|c| c.to_string()),
-                port_range: Some(opts.port_range.into()),
+                ..host
             };
             Arc::new(QemuDriver::new(QemuConfig {
                 dir,
@@ -414,22 +512,12 @@ async fn driver(opts: &WorkerOpts, data_dir: &Path) -> anyhow::Result<Arc<dyn Dr
             boot_delay: Duration::from_millis(opts.sim_boot_delay_ms),
             ready_delay: Duration::from_millis(opts.sim_ready_delay_ms),
             host: HostInfo {
-                name: host_name,
-                driver: "sim".into(),
                 driver_detail: Some("simulated guests: nothing really boots".into()),
                 cpus: opts.sim_cpus,
                 memory_mib: opts.sim_memory_mib,
                 disk_gb: opts.sim_disk_gb,
-                images: vec![ImageInfo {
-                    name: vmplane_domain::spec::DEFAULT_IMAGE.into(),
-                    os: "debian".into(),
-                    arch: "x86_64".into(),
-                    size_bytes: 0,
-                    boot: "simulated".into(),
-                    kernel_version: None,
-                }],
-                bridge_cidr: opts.bridge_cidr.map(|c| c.to_string()),
-                port_range: Some(opts.port_range.into()),
+                images: vmplane_worker::driver::sim::catalog_images(catalog),
+                ..host
             },
             port_range: opts.port_range,
         })?),

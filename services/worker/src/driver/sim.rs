@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 use vmplane_domain::VmId;
+use vmplane_domain::catalog::Catalog;
 use vmplane_domain::host::{HostInfo, ImageFormat, ImageInfo};
 use vmplane_domain::spec::VolumeMount;
 use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, Vm};
@@ -40,6 +41,25 @@ pub struct SimConfig {
     pub host: HostInfo,
     /// Host ports handed out for port forwards that name none.
     pub port_range: (u16, u16),
+}
+
+/// What a simulated host boots: the default image and every image of the
+/// catalog, so that any catalog name resolves on it.
+pub fn catalog_images(catalog: &Catalog) -> Vec<ImageInfo> {
+    let image = |name: &str, os: &str| ImageInfo {
+        name: name.into(),
+        os: os.into(),
+        arch: "x86_64".into(),
+        size_bytes: 0,
+        boot: "simulated".into(),
+        kernel_version: None,
+    };
+    let mut images: Vec<ImageInfo> = catalog.images().iter().map(|(slug, e)| image(slug, &e.os)).collect();
+    if !catalog.images().contains_key(vmplane_domain::spec::DEFAULT_IMAGE) {
+        images.push(image(vmplane_domain::spec::DEFAULT_IMAGE, "debian"));
+        images.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    images
 }
 
 /// One simulated guest, persisted as JSON.
@@ -349,13 +369,11 @@ mod tests {
             host: HostInfo {
                 name: "t".into(),
                 driver: "sim".into(),
-                driver_detail: None,
                 cpus: 4,
                 memory_mib: 4096,
                 disk_gb: 100,
-                images: vec![],
-                bridge_cidr: None,
                 port_range: Some((30000, 30009).into()),
+                ..HostInfo::default()
             },
             port_range: (30000, 30009),
         })
@@ -427,5 +445,20 @@ mod tests {
         spec.labels.insert("sim.fail".into(), "disk".into());
         let v = vm(spec);
         assert!(matches!(d.prepare_disk(&v).await, Err(DriverError::Fatal(_))));
+    }
+
+    #[test]
+    fn announces_every_catalog_image() {
+        let names = |c: &Catalog| catalog_images(c).into_iter().map(|i| i.name).collect::<Vec<_>>();
+        let built_in = Catalog::built_in();
+        let images = catalog_images(&built_in);
+        assert_eq!(names(&built_in), built_in.images().keys().cloned().collect::<Vec<_>>());
+        for name in ["ubuntu-24.04", "img_default", "docker.io/library/alpine:latest", "ubuntu2404", "rocky-9"] {
+            built_in.resolve_image(name, &images).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        assert_eq!(images.iter().find(|i| i.name == "ubuntu-2404").map(|i| i.os.as_str()), Some("ubuntu"));
+        // The default image stays bootable when an override drops its entry.
+        let c = Catalog::with_override(r#"{"images": {"debian-minimal": null, "my-app": {"os": "alpine", "version": "3"}}}"#).unwrap();
+        assert!(names(&c).contains(&"debian-minimal".to_owned()) && names(&c).contains(&"my-app".to_owned()));
     }
 }
