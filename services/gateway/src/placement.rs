@@ -45,6 +45,8 @@ pub enum Unfit {
     NoBridge,
     /// The host does not have the image.
     NoImage(String),
+    /// The volumes the VM attaches at create are on another host.
+    VolumesElsewhere,
 }
 
 /// What a new resource takes from its host, recorded when it is accepted.
@@ -240,6 +242,7 @@ fn refusal(online: bool, reason: Option<Unfit>) -> ApiError {
         ),
         Some(Unfit::AddressTaken(what)) => ApiError::Conflict("address_conflict", format!("{what} is already another vm's on the bridge")),
         Some(Unfit::PortTaken(p)) => ApiError::Conflict("port_conflict", format!("host port {p} is already forwarded to another vm")),
+        Some(Unfit::VolumesElsewhere) => ApiError::Unavailable("the host holding the volumes this vm attaches is not online".into()),
         Some(Unfit::NoRoom) | None => ApiError::Conflict("insufficient_capacity", "no online host has room for this".into()),
     }
 }

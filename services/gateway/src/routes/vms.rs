@@ -22,6 +22,7 @@ use vmplane_domain::cidr::Cidr;
 use vmplane_domain::host::{Host, PortRange};
 use vmplane_domain::spec::{DataDisk, ExposedPort, GpuSpec, NetworkMode, NetworkSpec, PortForward, VmSpec, VolumeMount};
 use vmplane_domain::vm::{DiskInfo, ResolvedPortForward, Vm, VmCommand, VmStatus, decide, evolve};
+use vmplane_domain::volume::{self, VolumeStatus};
 use vmplane_domain::{Command, HostId, ImageId, ProjectId, VmId, VolumeId, subjects};
 
 /// Routes of this module.
@@ -54,7 +55,8 @@ pub struct CreateVmRequest {
     pub hotplug_memory_mib: Option<u64>,
     /// Root disk size. Default 10.
     pub disk_gb: Option<u32>,
-    /// Boot from this existing volume instead of a new root disk.
+    /// Boot from this root disk (a volume kept from a deleted VM) instead of
+    /// a new one; the VM runs the image it holds.
     pub root_volume_id: Option<VolumeId>,
     /// Delete the root disk with the VM. Default true.
     pub delete_root_disk: Option<bool>,
@@ -252,8 +254,9 @@ pub fn visible_vm(state: &AppState, who: &Principal, id: VmId) -> ApiResult<Vm> 
 
 /// Pick the online host with the most free memory that has the image, the
 /// requested host ports free and inside its port range, and (bridge mode)
-/// the requested address free; record the claim there.
-async fn place_vm(state: &AppState, id: VmId, spec: &VmSpec) -> ApiResult<HostId> {
+/// the requested address free (the host of the volumes it attaches, if
+/// any); record the claim there.
+async fn place_vm(state: &AppState, id: VmId, spec: &VmSpec, volumes_host: Option<HostId>) -> ApiResult<HostId> {
     let has_image = |i: &vmplane_domain::host::ImageInfo| i.name == spec.image || ImageId::for_slug(&i.name).to_string() == spec.image;
     let bridged = spec.network.enabled && spec.network.mode == NetworkMode::Bridge;
     let claim = Claim {
@@ -264,6 +267,9 @@ async fn place_vm(state: &AppState, id: VmId, spec: &VmSpec) -> ApiResult<HostId
         at: 0,
     };
     let check = |host: &Host, taken: &Taken| -> Option<Unfit> {
+        if volumes_host.is_some_and(|h| h != host.id) {
+            return Some(Unfit::VolumesElsewhere);
+        }
         if !host.info.images.iter().any(has_image) {
             return Some(Unfit::NoImage(spec.image.clone()));
         }
@@ -291,6 +297,27 @@ async fn place_vm(state: &AppState, id: VmId, spec: &VmSpec) -> ApiResult<HostId
     place(state, &id.to_string(), claim.clone(), check, |host, taken| host.info.memory_mib.saturating_sub(taken.used.memory_mib)).await
 }
 
+/// What a create that attaches existing volumes (`volumes`, `root_volume_id`)
+/// needs checked before placement: each volume is the caller's (404
+/// otherwise), free (409 `volume_in_use` when another VM holds it) and on one
+/// host with the others (409); a root volume is a root disk (422), and the VM
+/// then runs that disk's image at its size. Returns the host the VM must be
+/// placed on. The worker claims each volume again when it attaches it, and
+/// fails the create if another VM took one meanwhile.
+fn check_create_disks(state: &AppState, who: &Principal, id: VmId, spec: &mut VmSpec) -> ApiResult<Option<HostId>> {
+    let visible = |vol: VolumeId| {
+        state.proj.volume(vol)?.filter(|v| v.org == who.org && v.status != VolumeStatus::Deleted).ok_or_else(|| ApiError::NotFound(format!("volume {vol}")))
+    };
+    let mut volumes = spec.volumes.iter().map(|m| visible(m.volume_id)).collect::<ApiResult<Vec<_>>>()?;
+    if let Some(root) = spec.root_volume {
+        let vol = visible(root)?;
+        let image = vol.image.clone().ok_or_else(|| ApiError::Unprocessable("not_a_root_disk", volume::VolumeError::NotRootDisk.to_string()))?;
+        (spec.image, spec.disk_gb) = (image, vol.spec.size_gb);
+        volumes.push(vol);
+    }
+    volume::host_for_create(id, &volumes).map_err(|e| ApiError::Conflict(e.code(), e.to_string()))
+}
+
 /// Create a VM: 202 with the VM (`pending`) and its operation.
 #[utoipa::path(post, path = "/v1/vms", tag = "vms", request_body = CreateVmRequest,
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -300,14 +327,8 @@ async fn create_vm(
     alloc: Allocation,
     Json(req): Json<CreateVmRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    let spec = req.into_spec();
+    let mut spec = req.into_spec();
     spec.validate()?;
-    if !spec.volumes.is_empty() || !spec.data_disks.is_empty() || spec.root_volume.is_some() {
-        return Err(ApiError::Unprocessable(
-            "unsupported",
-            "volumes, data_disks and root_volume_id cannot be given at create yet: create the VM, then POST /v1/vms/{id}/volumes/{volume_id}".into(),
-        ));
-    }
 
     let id = VmId(alloc.resource());
     // A retry (same Idempotency-Key) of a create the worker carried out already.
@@ -316,8 +337,9 @@ async fn create_vm(
     {
         return Ok((StatusCode::ACCEPTED, axum::Json(VmAccepted { vm: vm.into(), operation })));
     }
+    let volumes_host = check_create_disks(&state, &who, id, &mut spec)?;
     let project = who.project_or_default();
-    let host = place_vm(&state, id, &spec).await?;
+    let host = place_vm(&state, id, &spec, volumes_host).await?;
     let command = VmCommand::Create { spec: Box::new(spec), host };
     accept(&state, &who, alloc, None, id, project, host, command).await
 }

@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use vmplane_domain::host::Resources;
-use vmplane_domain::spec::VolumeMount;
+use vmplane_domain::spec::{DiskKind, VolumeMount};
 use vmplane_domain::vm::VmCommand;
 use vmplane_domain::volume::{self, Volume, VolumeCommand, VolumeSpec, VolumeStatus};
 use vmplane_domain::{Command, HostId, ProjectId, VmId, VolumeId, subjects};
@@ -35,7 +35,10 @@ pub struct VolumeView {
     pub name: String,
     pub size_gb: u32,
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: DiskKind,
+    /// Set for a root disk (kept from a deleted VM): the image it holds. A
+    /// create with `root_volume_id` boots it.
+    pub image: Option<String>,
     pub status: VolumeStatus,
     pub message: Option<String>,
     pub org_id: vmplane_domain::OrgId,
@@ -58,6 +61,7 @@ impl From<Volume> for VolumeView {
             name: v.spec.name,
             size_gb: v.spec.size_gb,
             kind: v.spec.kind,
+            image: v.image,
             status: v.status,
             message: v.message,
             org_id: v.org,
@@ -225,8 +229,13 @@ async fn attach_volume(
     let (vm_id, vol_id) = parse_ids(&p)?;
     let vm = visible_vm(&state, &who, vm_id)?;
     let vol = visible_volume(&state, &who, vol_id)?;
-    let mount =
-        VolumeMount { volume_id: vol_id, mount_path: req.mount_path, readonly: req.readonly, overlay: req.overlay, overlay_size_mib: req.overlay_size_mib };
+    let mount = VolumeMount {
+        volume_id: vol_id,
+        mount_path: Some(req.mount_path),
+        readonly: req.readonly,
+        overlay: req.overlay,
+        overlay_size_mib: req.overlay_size_mib,
+    };
     mount.validate()?;
     // A retry of an attach carried out already finds the volume claimed by this VM.
     if accepted_before(&state, alloc.op())?.is_none() {
