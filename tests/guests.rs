@@ -617,6 +617,46 @@ async fn volume_attaches_live_detaches_and_carries_data_to_another_guest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disks_given_at_create_are_there_at_first_boot_and_a_kept_root_disk_becomes_a_volume() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    let (s, vol) = g.admin.post("/v1/volumes", &json!({"name": "blk", "size_gb": 1})).await;
+    assert_eq!(s, 202, "{vol}");
+    g.wait_op(str_of(&vol["operation"]["id"])).await;
+    let vol_id = str_of(&vol["id"]).to_owned();
+    let body = json!({"name": "disks", "memory_mib": 256, "ssh_keys": [g.public_key()], "delete_root_disk": false,
+        "data_disks": [{"name": "scratch", "size_gb": 1, "type": "filesystem"}], "volumes": [{"volume_id": vol_id}]});
+    let vm = g.running_vm(body).await;
+    let id = str_of(&vm["id"]).to_owned();
+
+    // The filesystem data disk was formatted and mounted at boot, writable.
+    assert_eq!(g.ssh(&vm, "awk '$2 == \"/mnt/scratch\" {print $3}' /proc/mounts").trim(), "ext4");
+    assert_eq!(g.ssh(&vm, "echo written > /mnt/scratch/probe && cat /mnt/scratch/probe").trim(), "written");
+    // The existing volume is a block device with its serial, mounted nowhere.
+    let serial = &vol_id[vol_id.len() - 20..];
+    let found = g.ssh(&vm, &format!("for s in /sys/block/vd*/serial; do [ \"$(cat $s)\" = {serial} ] && basename ${{s%/serial}}; done"));
+    let dev = found.trim();
+    assert!(dev.starts_with("vd"), "no disk with serial {serial}: {found:?}");
+    assert_eq!(g.ssh(&vm, &format!("grep -c '^/dev/{dev} ' /proc/mounts || true")).trim(), "0", "the block volume was mounted");
+
+    // Deleted, keeping its root disk: that is a volume file now, the data disk is gone.
+    let (s, b) = g.admin.delete(&format!("/v1/vms/{id}")).await;
+    assert_eq!(s, 202, "{b}");
+    g.wait_op(str_of(&b["operation"]["id"])).await;
+    let (_, list) = g.admin.get("/v1/volumes").await;
+    let vols = list["data"].as_array().unwrap();
+    assert_eq!(vols.len(), 2, "{list}");
+    let kept = vols.iter().find(|v| v["image"] == "debian-minimal").unwrap_or_else(|| panic!("no root disk kept: {list}"));
+    assert_eq!((kept["status"].as_str(), kept["size_gb"].as_u64()), (Some("available"), Some(10)), "{kept}");
+    let file = g.data.join("worker").join("qemu").join("volumes").join(format!("{}.qcow2", str_of(&kept["id"])));
+    let info = Command::new("qemu-img").args(["info", "--output=json"]).arg(&file).output().expect("qemu-img");
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap_or_else(|_| panic!("{} is not a disk: {info:?}", file.display()));
+    assert!(str_of(&info["backing-filename"]).ends_with("rootfs.ext4"), "{info}");
+    assert!(!g.vm_dir(&id).exists());
+    assert_eq!(vols.iter().find(|v| v["id"] == vol_id.as_str()).map(|v| v["status"].clone()), Some(json!("available")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_keeps_memory_and_the_lifecycle_leaves_nothing_behind() {
     guests_or_skip!();
     let g = GuestStack::start().await;

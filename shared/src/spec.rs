@@ -19,6 +19,9 @@ pub const MAX_VCPUS: u32 = 256;
 pub const MAX_MEMORY_MIB: u64 = 4 * 1024 * 1024;
 /// See [`MAX_VCPUS`].
 pub const MAX_DISK_GB: u32 = 64 * 1024;
+/// Data disks and volumes a VM can have together, besides its root disk:
+/// the hot-plug slots the qemu driver gives every VM.
+pub const MAX_DISKS: usize = 8;
 
 /// A VM's requested shape and configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -34,16 +37,20 @@ pub struct VmSpec {
     pub hotplug_memory_mib: u64,
     /// Root disk size in GB when the root disk is created from the image.
     pub disk_gb: u32,
-    /// Boot from an existing volume instead of creating a root disk from the image.
+    /// Boot from an existing root disk (a volume kept from a deleted VM)
+    /// instead of creating one from the image. The VM runs the image that disk
+    /// holds; the disk is released with the VM, never deleted.
     #[serde(default)]
     pub root_volume: Option<VolumeId>,
-    /// Whether deleting the VM deletes its root disk.
+    /// Whether deleting the VM deletes the root disk it created from its image.
+    /// When false, that disk is kept as a root-disk volume
+    /// ([`crate::vm::kept_root_disk_id`]) that a later create can boot from.
     #[serde(default = "yes")]
     pub delete_root_disk: bool,
-    /// Data disks created with the VM and owned by it.
+    /// Data disks created as volumes with the VM and attached before its first boot.
     #[serde(default)]
     pub data_disks: Vec<DataDisk>,
-    /// Existing volumes attached at boot.
+    /// Existing volumes attached before the first boot.
     #[serde(default)]
     pub volumes: Vec<VolumeMount>,
     #[serde(default)]
@@ -108,9 +115,11 @@ impl VmSpec {
         }
     }
 
-    /// What the VM takes from its host: hot-pluggable memory is reserved up front.
+    /// What the VM takes from its host: hot-pluggable memory is reserved up
+    /// front. Disks that are volumes (a root volume, data disks) count as volumes.
     pub fn resources(&self) -> crate::host::Resources {
-        crate::host::Resources { vcpus: u64::from(self.vcpus), memory_mib: self.memory_mib + self.hotplug_memory_mib, disk_gb: u64::from(self.disk_gb) }
+        let disk_gb = if self.root_volume.is_some() { 0 } else { u64::from(self.disk_gb) };
+        crate::host::Resources { vcpus: u64::from(self.vcpus), memory_mib: self.memory_mib + self.hotplug_memory_mib, disk_gb }
     }
 
     /// Every rule a spec must satisfy, checked without any I/O.
@@ -136,20 +145,7 @@ impl VmSpec {
         if !(1..=MAX_DISK_GB).contains(&self.disk_gb) {
             return Err(SpecError::new("disk_gb", format!("must be between 1 and {MAX_DISK_GB}")));
         }
-        if self.data_disks.len() > 8 {
-            return Err(SpecError::new("data_disks", "at most 8"));
-        }
-        for d in &self.data_disks {
-            if !is_dns_label(&d.name) || !(1..=MAX_DISK_GB).contains(&d.size_gb) {
-                return Err(SpecError::new("data_disks", format!("each needs a DNS-label name and a size between 1 and {MAX_DISK_GB} GB")));
-            }
-        }
-        if self.volumes.len() > 16 {
-            return Err(SpecError::new("volumes", "at most 16"));
-        }
-        for v in &self.volumes {
-            v.validate()?;
-        }
+        self.validate_disks()?;
         if self.ssh_keys.len() > 10 {
             return Err(SpecError::new("ssh_keys", "at most 10"));
         }
@@ -214,6 +210,36 @@ impl VmSpec {
         }
         Ok(())
     }
+
+    /// Data disks and volumes: within the slots, each volume and name once,
+    /// each mount path once.
+    fn validate_disks(&self) -> Result<(), SpecError> {
+        if self.data_disks.len() + self.volumes.len() > MAX_DISKS {
+            return Err(SpecError::new("data_disks", format!("at most {MAX_DISKS} data disks and volumes together")));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for d in &self.data_disks {
+            d.validate()?;
+            if !names.insert(d.name.as_str()) {
+                return Err(SpecError::new("data_disks", format!("two data disks are named `{}`", d.name)));
+            }
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for v in &self.volumes {
+            v.validate()?;
+            if !ids.insert(v.volume_id) || self.root_volume == Some(v.volume_id) {
+                return Err(SpecError::new("volumes", format!("{} is named twice", v.volume_id)));
+            }
+        }
+        let mut paths = std::collections::BTreeSet::new();
+        let mounted = self.data_disks.iter().filter_map(DataDisk::mount_path).chain(self.volumes.iter().filter_map(|v| v.mount_path.clone()));
+        for path in mounted {
+            if !paths.insert(path.clone()) {
+                return Err(SpecError::new("mount_path", format!("{path} is used twice")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A spec field that breaks a rule; maps to HTTP 422.
@@ -252,24 +278,61 @@ fn is_ssh_public_key(s: &str) -> bool {
         && body.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/' || c == b'=')
 }
 
-/// A data disk created with, and deleted with, its VM.
+/// A data disk created with its VM: a volume of the VM's org on its host,
+/// attached before the first boot and (unless `delete_with_vm` is false)
+/// deleted with the VM. Its id is [`crate::vm::data_disk_id`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataDisk {
+    /// DNS label; the volume's name.
     pub name: String,
     pub size_gb: u32,
-    #[serde(default)]
+    #[serde(default, rename = "type")]
     pub kind: DiskKind,
+    /// Where a `filesystem` disk is mounted; default `/mnt/<name>`. A `block` disk has none.
+    #[serde(default)]
+    pub mount_path: Option<String>,
+    /// Whether deleting the VM deletes this disk; when false it stays as a volume.
+    #[serde(default = "yes")]
+    pub delete_with_vm: bool,
 }
 
-/// How a disk is presented to the guest.
+impl DataDisk {
+    /// Where the guest mounts it: `None` for a block disk.
+    pub fn mount_path(&self) -> Option<String> {
+        match self.kind {
+            DiskKind::Block => None,
+            DiskKind::Filesystem => Some(self.mount_path.clone().unwrap_or_else(|| format!("/mnt/{}", self.name))),
+        }
+    }
+
+    /// How the disk, once it is volume `id`, is attached to its VM.
+    pub fn mount(&self, id: VolumeId) -> VolumeMount {
+        VolumeMount { volume_id: id, mount_path: self.mount_path(), readonly: false, overlay: false, overlay_size_mib: None }
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        if !is_dns_label(&self.name) || !(1..=MAX_DISK_GB).contains(&self.size_gb) {
+            return Err(SpecError::new("data_disks", format!("each needs a DNS-label name and a size between 1 and {MAX_DISK_GB} GB")));
+        }
+        match (&self.mount_path, self.kind) {
+            (Some(_), DiskKind::Block) => Err(SpecError::new("mount_path", "a block disk is not mounted: give the mount path to a filesystem disk")),
+            (Some(path), DiskKind::Filesystem) => validate_mount_path(path),
+            (None, _) => Ok(()),
+        }
+    }
+}
+
+/// What a disk is to the guest.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DiskKind {
-    /// A raw block device.
-    Block,
-    /// Formatted and mounted by the guest agent.
+    /// A raw block device, plugged in and left alone. Volumes made before
+    /// disk types existed were `standard`: that is this.
     #[default]
+    #[serde(alias = "standard")]
+    Block,
+    /// Formatted (when blank) and mounted by the guest agent.
     Filesystem,
 }
 
@@ -278,8 +341,10 @@ pub enum DiskKind {
 #[serde(deny_unknown_fields)]
 pub struct VolumeMount {
     pub volume_id: VolumeId,
-    /// Absolute path in the guest.
-    pub mount_path: String,
+    /// Absolute path in the guest where the guest agent mounts it (formatting
+    /// a blank volume first); without one it is only plugged in, as a block device.
+    #[serde(default)]
+    pub mount_path: Option<String>,
     #[serde(default)]
     pub readonly: bool,
     /// A per-VM writable overlay over a read-only volume.
@@ -293,9 +358,8 @@ pub struct VolumeMount {
 impl VolumeMount {
     /// Rules shared by attach-at-create and live attach.
     pub fn validate(&self) -> Result<(), SpecError> {
-        let p = &self.mount_path;
-        if !p.starts_with('/') || p == "/" || p.len() > 255 || p.split('/').any(|c| c == "..") || p.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err(SpecError::new("mount_path", "must be an absolute path other than /, without spaces or '..'"));
+        if let Some(path) = &self.mount_path {
+            validate_mount_path(path)?;
         }
         if self.overlay && !self.readonly {
             return Err(SpecError::new("overlay", "requires readonly=true"));
@@ -305,6 +369,14 @@ impl VolumeMount {
         }
         Ok(())
     }
+}
+
+/// A path the guest agent can mount at: its protocol splits on blanks.
+fn validate_mount_path(p: &str) -> Result<(), SpecError> {
+    if !p.starts_with('/') || p == "/" || p.len() > 255 || p.split('/').any(|c| c == "..") || p.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(SpecError::new("mount_path", "must be an absolute path other than /, without spaces or '..'"));
+    }
+    Ok(())
 }
 
 /// How the VM is networked.
@@ -487,10 +559,11 @@ mod tests {
 
     #[test]
     fn volume_mounts() {
-        let ok = VolumeMount { volume_id: VolumeId::new(), mount_path: "/mnt/data".into(), readonly: false, overlay: false, overlay_size_mib: None };
+        let ok = VolumeMount { volume_id: VolumeId::new(), mount_path: Some("/mnt/data".into()), readonly: false, overlay: false, overlay_size_mib: None };
         ok.validate().unwrap();
+        VolumeMount { mount_path: None, ..ok.clone() }.validate().unwrap();
         for path in ["mnt", "/", "/a/../b", "/a b"] {
-            let v = VolumeMount { mount_path: path.into(), ..ok.clone() };
+            let v = VolumeMount { mount_path: Some(path.into()), ..ok.clone() };
             assert_eq!(v.validate().unwrap_err().field, "mount_path", "{path}");
         }
         let v = VolumeMount { overlay: true, overlay_size_mib: Some(64), ..ok.clone() };
@@ -498,6 +571,62 @@ mod tests {
         let v = VolumeMount { overlay: true, readonly: true, ..ok.clone() };
         assert_eq!(v.validate().unwrap_err().field, "overlay_size_mib");
         VolumeMount { overlay: true, readonly: true, overlay_size_mib: Some(64), ..ok }.validate().unwrap();
+    }
+
+    fn disk(name: &str, kind: DiskKind) -> DataDisk {
+        DataDisk { name: name.into(), size_gb: 10, kind, mount_path: None, delete_with_vm: true }
+    }
+
+    #[test]
+    fn data_disks_are_block_unless_asked_and_filesystems_mount_under_mnt() {
+        let d: DataDisk = serde_json::from_str(r#"{"name":"raw","size_gb":10}"#).unwrap();
+        assert_eq!((d.kind, d.delete_with_vm, d.mount_path()), (DiskKind::Block, true, None));
+        let d: DataDisk = serde_json::from_str(r#"{"name":"logs","size_gb":10,"type":"filesystem"}"#).unwrap();
+        assert_eq!(d.mount_path().as_deref(), Some("/mnt/logs"));
+        let d = DataDisk { mount_path: Some("/var/lib/db".into()), ..d };
+        assert_eq!(d.mount(VolumeId::new()).mount_path.as_deref(), Some("/var/lib/db"));
+        assert!(serde_json::from_str::<DataDisk>(r#"{"name":"x","size_gb":1,"type":"nvme"}"#).is_err());
+    }
+
+    #[test]
+    fn disks_at_create() {
+        let mut s = VmSpec::named("x");
+        s.data_disks = vec![disk("a", DiskKind::Filesystem), disk("b", DiskKind::Block)];
+        s.validate().unwrap();
+        s.data_disks[1].name = "a".into();
+        assert_eq!(s.validate().unwrap_err().field, "data_disks", "names are unique");
+        s.data_disks[1] = DataDisk { mount_path: Some("/data".into()), ..disk("b", DiskKind::Block) };
+        assert_eq!(s.validate().unwrap_err().field, "mount_path", "a block disk is not mounted");
+        s.data_disks[1] = DataDisk { mount_path: Some("/mnt/a".into()), ..disk("b", DiskKind::Filesystem) };
+        assert_eq!(s.validate().unwrap_err().field, "mount_path", "two disks on one path");
+        s.data_disks[1] = disk("b", DiskKind::Block);
+        let vol = VolumeId::new();
+        let mount = VolumeMount { volume_id: vol, mount_path: Some("/mnt/a".into()), readonly: false, overlay: false, overlay_size_mib: None };
+        s.volumes = vec![mount.clone()];
+        assert_eq!(s.validate().unwrap_err().field, "mount_path", "a volume on a data disk's path");
+        s.volumes = vec![VolumeMount { mount_path: None, ..mount.clone() }];
+        s.validate().unwrap();
+        s.volumes.push(s.volumes[0].clone());
+        assert_eq!(s.validate().unwrap_err().field, "volumes", "a volume twice");
+        s.volumes.pop();
+        s.root_volume = Some(vol);
+        assert_eq!(s.validate().unwrap_err().field, "volumes", "the root volume as a data volume too");
+        s.root_volume = None;
+        s.data_disks = (0..MAX_DISKS).map(|i| disk(&format!("d{i}"), DiskKind::Block)).collect();
+        assert_eq!(s.validate().unwrap_err().field, "data_disks", "more than the slots");
+        s.data_disks.pop();
+        s.validate().unwrap();
+        s.data_disks[0].size_gb = 0;
+        assert_eq!(s.validate().unwrap_err().field, "data_disks");
+    }
+
+    #[test]
+    fn a_root_volume_counts_as_a_volume_not_as_the_vms_disk() {
+        let mut s = VmSpec::named("a");
+        s.data_disks = vec![disk("d", DiskKind::Block)];
+        assert_eq!(s.resources().disk_gb, 10, "data disks count as the volumes they are");
+        s.root_volume = Some(VolumeId::new());
+        assert_eq!(s.resources().disk_gb, 0);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //!   a crash resumes exactly where the last recorded step left off.
 
 use crate::ids::{HostId, OpId, OrgId, ProjectId, VmId, VolumeId};
-use crate::spec::{Protocol, VmSpec, VolumeMount};
+use crate::spec::{DataDisk, Protocol, VmSpec, VolumeMount};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use time::OffsetDateTime;
@@ -232,6 +232,11 @@ pub enum VmEvent {
         reason: String,
     },
     DeleteRequested,
+    /// The root disk the VM created from its image is now the root-disk
+    /// volume `volume` (delete with `delete_root_disk: false`).
+    RootDiskKept {
+        volume: VolumeId,
+    },
     /// Every resource of the VM is released.
     Deleted,
     /// The VM cannot reach its goal.
@@ -284,6 +289,7 @@ impl VmEvent {
             Self::Restored => "restored",
             Self::Stopped { .. } => "stopped",
             Self::DeleteRequested => "delete_requested",
+            Self::RootDiskKept { .. } => "root_disk_kept",
             Self::Deleted => "deleted",
             Self::Failed { .. } => "failed",
             Self::VolumeAttachRequested { .. } => "volume_attach_requested",
@@ -365,6 +371,75 @@ impl Vm {
     pub fn has_finished(&self, op: OpId) -> bool {
         self.finished_ops.contains(&op)
     }
+}
+
+/// What deleting a VM does to a volume it may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposal {
+    /// Given back, free for another VM.
+    Release,
+    /// Deleted with the VM (its own data disks), if the VM still holds it.
+    Delete,
+}
+
+impl Vm {
+    /// The next disk asked for at create that is not attached yet, as a step.
+    /// Only until the VM was first ready: a disk detached later stays detached.
+    fn disk_to_attach(&self) -> Option<Step> {
+        if self.started_at.is_some() {
+            return None;
+        }
+        let attached = |id: VolumeId| self.volumes.iter().any(|v| v.volume_id == id);
+        let mut disks = self.spec.data_disks.iter().enumerate().map(|(i, d)| (data_disk_id(self.id, i), d));
+        if let Some((id, disk)) = disks.find(|(id, _)| !attached(*id)) {
+            return Some(Step::CreateDataDisk { mount: disk.mount(id), disk: disk.clone() });
+        }
+        self.spec.volumes.iter().find(|m| !attached(m.volume_id)).map(|m| Step::AttachAtCreate(m.clone()))
+    }
+
+    /// The volume the root disk becomes when the VM is deleted, if it is kept:
+    /// a root disk the VM created from its image, with `delete_root_disk: false`.
+    pub fn root_disk_to_keep(&self) -> Option<VolumeId> {
+        (!self.spec.delete_root_disk && self.spec.root_volume.is_none() && self.root_disk.is_some()).then(|| kept_root_disk_id(self.id))
+    }
+
+    /// Every volume the VM may hold and what deleting the VM does to it: its
+    /// own data disks go with it unless kept, everything else is released.
+    pub fn disposal(&self) -> Vec<(VolumeId, Disposal)> {
+        let mut out: Vec<(VolumeId, Disposal)> = self
+            .spec
+            .data_disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (data_disk_id(self.id, i), if d.delete_with_vm { Disposal::Delete } else { Disposal::Release }))
+            .collect();
+        let held = self.spec.root_volume.into_iter().chain(self.spec.volumes.iter().map(|m| m.volume_id)).chain(self.volumes.iter().map(|m| m.volume_id));
+        for id in held {
+            if !out.iter().any(|(o, _)| *o == id) {
+                out.push((id, Disposal::Release));
+            }
+        }
+        out
+    }
+}
+
+/// The id of a volume a VM makes for itself, derived from the VM's id so that
+/// a step run again after a crash finds the volume it made: the timestamp
+/// (creation order) is the VM's, the random part the VM's mixed with `slot`.
+fn own_volume_id(vm: VmId, slot: u64) -> VolumeId {
+    const RANDOM_BITS: u128 = (1 << 80) - 1;
+    let mix = (u128::from(slot) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835) & RANDOM_BITS;
+    VolumeId(ulid::Ulid(vm.0.0 ^ mix))
+}
+
+/// The volume a VM's root disk becomes when the VM is deleted with `delete_root_disk: false`.
+pub fn kept_root_disk_id(vm: VmId) -> VolumeId {
+    own_volume_id(vm, 0)
+}
+
+/// The volume the VM's data disk number `index` (in its spec) is.
+pub fn data_disk_id(vm: VmId, index: usize) -> VolumeId {
+    own_volume_id(vm, index as u64 + 1)
 }
 
 /// Why a command is refused.
@@ -461,7 +536,7 @@ pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmComman
                 if vm.volumes.iter().any(|v| v == mount) {
                     return noop();
                 }
-                if vm.volumes.iter().any(|v| v.volume_id == mount.volume_id || v.mount_path == mount.mount_path) {
+                if vm.volumes.iter().any(|v| v.volume_id == mount.volume_id || (mount.mount_path.is_some() && v.mount_path == mount.mount_path)) {
                     return Err(DecideError::VolumeConflict);
                 }
                 Ok(vec![VmEvent::VolumeAttachRequested { mount: mount.clone() }])
@@ -589,6 +664,7 @@ pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime,
             vm.stopped_at = Some(at);
         }
         VmEvent::DeleteRequested => begin(&mut vm, OpKind::Delete, Deleting),
+        VmEvent::RootDiskKept { .. } => vm.root_disk = None,
         VmEvent::Deleted => {
             vm.booted = false;
             vm.has_snapshot = false;
@@ -665,6 +741,15 @@ pub enum Step {
     Snapshot,
     RestoreSnapshot,
     Destroy,
+    /// Create a data disk as a volume of the VM and plug it in (before the first boot).
+    CreateDataDisk {
+        mount: VolumeMount,
+        disk: DataDisk,
+    },
+    /// Claim a volume named at create and plug it in (before the first boot).
+    AttachAtCreate(VolumeMount),
+    /// Make the root disk the root-disk volume with this id (a delete that keeps it).
+    KeepRootDisk(VolumeId),
     /// Plug in (and mount) a volume.
     AttachVolume(VolumeMount),
     /// Hot-plug memory so the VM has this many MiB in all.
@@ -689,6 +774,9 @@ impl Step {
             Self::Snapshot => "snapshot",
             Self::RestoreSnapshot => "restore",
             Self::Destroy => "destroy",
+            Self::CreateDataDisk { .. } => "create_data_disk",
+            Self::AttachAtCreate(_) => "attach_at_create",
+            Self::KeepRootDisk(_) => "keep_root_disk",
             Self::AttachVolume(_) => "attach_volume",
             Self::DetachVolume(_) => "detach_volume",
             Self::PlugMemory(_) => "plug_memory",
@@ -696,9 +784,10 @@ impl Step {
         }
     }
 
-    /// Whether the VM itself fails when this step fails. Volume, memory and
-    /// snapshot steps only fail their operation: the driver leaves the guest
-    /// as it was (a failed snapshot resumes it), so the VM keeps running.
+    /// Whether the VM itself fails when this step fails. Live volume, memory
+    /// and snapshot steps only fail their operation: the driver leaves the
+    /// guest as it was (a failed snapshot resumes it), so the VM keeps running.
+    /// Disks asked for at create fail the create, and with it the VM.
     pub fn failure_fails_vm(&self) -> bool {
         !matches!(self, Self::AttachVolume(_) | Self::DetachVolume(_) | Self::PlugMemory(_) | Self::Snapshot)
     }
@@ -718,6 +807,8 @@ pub fn next_step(vm: &Vm) -> Option<Step> {
             Step::AllocateNetwork
         } else if vm.root_disk.is_none() {
             Step::PrepareDisk
+        } else if let Some(disk) = vm.disk_to_attach() {
+            disk
         } else if !vm.booted {
             Step::Boot
         } else {
@@ -732,7 +823,7 @@ pub fn next_step(vm: &Vm) -> Option<Step> {
         (OpKind::Restart, Starting) => Step::AwaitReady,
         (OpKind::Standby, Stopping) => Step::Snapshot,
         (OpKind::Restore, Restoring) => Step::RestoreSnapshot,
-        (OpKind::Delete, Deleting) => Step::Destroy,
+        (OpKind::Delete, Deleting) => vm.root_disk_to_keep().map_or(Step::Destroy, Step::KeepRootDisk),
         (OpKind::AttachVolume, Running | Stopped) => match &vm.attaching {
             Some(mount) => Step::AttachVolume(mount.clone()),
             None => Step::Finish(Outcome::Succeeded),
@@ -767,7 +858,8 @@ pub fn step_event(step: &Step) -> Option<VmEvent> {
         Step::Snapshot => VmEvent::Snapshotted,
         Step::RestoreSnapshot => VmEvent::Restored,
         Step::Destroy => VmEvent::Deleted,
-        Step::AttachVolume(mount) => VmEvent::VolumeAttached { mount: mount.clone() },
+        Step::CreateDataDisk { mount, .. } | Step::AttachAtCreate(mount) | Step::AttachVolume(mount) => VmEvent::VolumeAttached { mount: mount.clone() },
+        Step::KeepRootDisk(volume) => VmEvent::RootDiskKept { volume: *volume },
         Step::DetachVolume(volume) => VmEvent::VolumeDetached { volume: *volume },
         Step::PlugMemory(total) => VmEvent::MemoryResized { memory_mib: *total },
         Step::Finish(outcome) => VmEvent::OperationFinished { outcome: outcome.clone() },

@@ -2,9 +2,13 @@
 //! is attached to. A volume is attached to at most one VM; the VM's attach
 //! operation claims it (an event on the volume, guarded by its subject
 //! sequence) before hot-plugging it, and releases it on detach or VM delete.
+//!
+//! A VM also makes volumes for itself: its data disks (created attached to
+//! it) and, when it is deleted with `delete_root_disk: false`, its root disk
+//! (a root-disk volume, which names the image it holds and can boot a VM).
 
 use crate::ids::{HostId, OpId, OrgId, ProjectId, VmId};
-use crate::spec::{MAX_DISK_GB, SpecError, is_dns_label};
+use crate::spec::{DiskKind, MAX_DISK_GB, SpecError, is_dns_label};
 use crate::vm::Outcome;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -17,13 +21,9 @@ pub struct VolumeSpec {
     /// DNS label.
     pub name: String,
     pub size_gb: u32,
-    /// Storage class; `standard` is a qcow2 file on the host.
-    #[serde(default = "standard", rename = "type")]
-    pub kind: String,
-}
-
-fn standard() -> String {
-    "standard".into()
+    /// `block` (default) or `filesystem`; a qcow2 file on the host either way.
+    #[serde(default, rename = "type")]
+    pub kind: DiskKind,
 }
 
 impl VolumeSpec {
@@ -34,9 +34,6 @@ impl VolumeSpec {
         }
         if !(1..=MAX_DISK_GB).contains(&self.size_gb) {
             return Err(SpecError { field: "size_gb", reason: format!("must be between 1 and {MAX_DISK_GB}") });
-        }
-        if self.kind != "standard" {
-            return Err(SpecError { field: "type", reason: "the only type is `standard`".into() });
         }
         Ok(())
     }
@@ -71,6 +68,12 @@ pub enum VolumeEvent {
         project: ProjectId,
         spec: VolumeSpec,
         host: HostId,
+        /// A data disk: created by this VM for itself, attached to it from the start.
+        #[serde(default)]
+        attached_to: Option<VmId>,
+        /// A root disk: the image it holds, which a VM booting from it runs.
+        #[serde(default)]
+        image: Option<String>,
     },
     /// The backing file exists.
     VolumeReady {
@@ -122,6 +125,9 @@ pub struct Volume {
     pub message: Option<String>,
     pub location: Option<String>,
     pub attached_to: Option<VmId>,
+    /// Set for a root disk: the image it holds.
+    #[serde(default)]
+    pub image: Option<String>,
     pub pending_op: Option<OpId>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -144,6 +150,12 @@ pub enum VolumeError {
     NotAttachedTo(VmId),
     #[error("volume lives on another host than the vm")]
     OtherHost,
+    #[error("the volumes a vm attaches must all be on one host")]
+    HostsDiffer,
+    #[error("volume is not a root disk (only a root disk kept from a deleted vm can boot one)")]
+    NotRootDisk,
+    #[error("root disk holds image `{0}`, not the vm's")]
+    OtherImage(String),
 }
 
 impl VolumeError {
@@ -154,7 +166,8 @@ impl VolumeError {
             Self::AlreadyExists => "conflict",
             Self::InUse(_) => "volume_in_use",
             Self::NotAvailable(_) | Self::NotAttachedTo(_) => "invalid_state",
-            Self::OtherHost => "volume_on_other_host",
+            Self::OtherHost | Self::HostsDiffer => "volume_on_other_host",
+            Self::NotRootDisk | Self::OtherImage(_) => "not_a_root_disk",
         }
     }
 }
@@ -162,7 +175,9 @@ impl VolumeError {
 /// Decide a volume command.
 pub fn decide(state: Option<&Volume>, org: OrgId, project: ProjectId, cmd: &VolumeCommand) -> Result<Vec<VolumeEvent>, VolumeError> {
     match (state, cmd) {
-        (None, VolumeCommand::Create { spec, host }) => Ok(vec![VolumeEvent::VolumeCreated { org, project, spec: spec.clone(), host: *host }]),
+        (None, VolumeCommand::Create { spec, host }) => {
+            Ok(vec![VolumeEvent::VolumeCreated { org, project, spec: spec.clone(), host: *host, attached_to: None, image: None }])
+        }
         (Some(_), VolumeCommand::Create { .. }) => Err(VolumeError::AlreadyExists),
         (None, VolumeCommand::Delete) => Err(VolumeError::NotFound),
         (Some(v), VolumeCommand::Delete) => match (v.status, v.attached_to) {
@@ -185,6 +200,44 @@ pub fn claim(state: Option<&Volume>, vm: VmId, host: HostId) -> Result<Option<Vo
     }
 }
 
+/// Decide whether `vm` (on `host`, running `image`) may boot from the volume:
+/// a root disk of that image that [`claim`] lets it have.
+pub fn claim_root(state: Option<&Volume>, vm: VmId, host: HostId, image: &str) -> Result<Option<VolumeEvent>, VolumeError> {
+    match state.ok_or(VolumeError::NotFound)?.image.as_deref() {
+        None => Err(VolumeError::NotRootDisk),
+        Some(held) if held != image => Err(VolumeError::OtherImage(held.to_owned())),
+        Some(_) => claim(state, vm, host),
+    }
+}
+
+/// The host a new VM must be placed on to attach these volumes at create:
+/// each must be free (or already `vm`'s, on a retry) and all on one host.
+/// `None` when there are none.
+pub fn host_for_create<'a>(vm: VmId, volumes: impl IntoIterator<Item = &'a Volume>) -> Result<Option<HostId>, VolumeError> {
+    let mut host = None;
+    for v in volumes {
+        match (v.attached_to, v.status) {
+            (Some(owner), _) if owner == vm => {}
+            (Some(owner), _) => return Err(VolumeError::InUse(owner)),
+            (None, VolumeStatus::Available) => {}
+            (None, s) => return Err(VolumeError::NotAvailable(s)),
+        }
+        if host.replace(v.host).is_some_and(|h| h != v.host) {
+            return Err(VolumeError::HostsDiffer);
+        }
+    }
+    Ok(host)
+}
+
+/// The event that starts deleting a volume with the VM that holds it (its
+/// own data disk), bypassing the rule that an attached volume cannot be
+/// deleted; `None` when `vm` does not hold it or its deletion began already.
+pub fn delete_with(state: Option<&Volume>, vm: VmId) -> Option<VolumeEvent> {
+    state
+        .filter(|v| v.attached_to == Some(vm) && !matches!(v.status, VolumeStatus::Deleting | VolumeStatus::Deleted))
+        .map(|_| VolumeEvent::VolumeDeleteRequested)
+}
+
 /// The event releasing the volume from `vm`, if it holds it.
 pub fn release(state: Option<&Volume>, vm: VmId) -> Option<VolumeEvent> {
     state.filter(|v| v.attached_to == Some(vm)).map(|_| VolumeEvent::VolumeDetached { vm })
@@ -192,7 +245,7 @@ pub fn release(state: Option<&Volume>, vm: VmId) -> Option<VolumeEvent> {
 
 /// Fold one event into a volume's state.
 pub fn evolve(state: Option<Volume>, id: crate::ids::VolumeId, op: Option<OpId>, at: OffsetDateTime, event: &VolumeEvent) -> Option<Volume> {
-    if let VolumeEvent::VolumeCreated { org, project, spec, host } = event {
+    if let VolumeEvent::VolumeCreated { org, project, spec, host, attached_to, image } = event {
         return state.or_else(|| {
             Some(Volume {
                 id,
@@ -203,7 +256,8 @@ pub fn evolve(state: Option<Volume>, id: crate::ids::VolumeId, op: Option<OpId>,
                 status: VolumeStatus::Creating,
                 message: None,
                 location: None,
-                attached_to: None,
+                attached_to: *attached_to,
+                image: image.clone(),
                 pending_op: op,
                 created_at: at,
                 updated_at: at,
@@ -283,7 +337,7 @@ mod tests {
 
     fn ready(host: HostId) -> (Option<Volume>, VolumeId) {
         let id = VolumeId::new();
-        let spec = VolumeSpec { name: "data".into(), size_gb: 1, kind: standard() };
+        let spec = VolumeSpec { name: "data".into(), size_gb: 1, kind: DiskKind::Block };
         let mut v = None;
         for e in decide(None, OrgId::DEFAULT, ProjectId::DEFAULT, &VolumeCommand::Create { spec, host }).unwrap() {
             v = evolve(v, id, None, at(), &e);
@@ -294,10 +348,15 @@ mod tests {
 
     #[test]
     fn spec_rules() {
-        VolumeSpec { name: "data".into(), size_gb: 10, kind: standard() }.validate().unwrap();
-        assert_eq!(VolumeSpec { name: "Data".into(), size_gb: 10, kind: standard() }.validate().unwrap_err().field, "name");
-        assert_eq!(VolumeSpec { name: "d".into(), size_gb: 0, kind: standard() }.validate().unwrap_err().field, "size_gb");
-        assert_eq!(VolumeSpec { name: "d".into(), size_gb: 1, kind: "nvme".into() }.validate().unwrap_err().field, "type");
+        VolumeSpec { name: "data".into(), size_gb: 10, kind: DiskKind::Block }.validate().unwrap();
+        assert_eq!(VolumeSpec { name: "Data".into(), size_gb: 10, kind: DiskKind::Block }.validate().unwrap_err().field, "name");
+        assert_eq!(VolumeSpec { name: "d".into(), size_gb: 0, kind: DiskKind::Block }.validate().unwrap_err().field, "size_gb");
+        let parse = |json: &str| serde_json::from_str::<VolumeSpec>(json).map(|s| s.kind);
+        assert!(parse(r#"{"name":"d","size_gb":1,"type":"nvme"}"#).is_err());
+        assert_eq!(parse(r#"{"name":"d","size_gb":1}"#).unwrap(), DiskKind::Block);
+        assert_eq!(parse(r#"{"name":"d","size_gb":1,"type":"filesystem"}"#).unwrap(), DiskKind::Filesystem);
+        // Volumes recorded before disk types existed were `standard`: block devices.
+        assert_eq!(parse(r#"{"name":"d","size_gb":1,"type":"standard"}"#).unwrap(), DiskKind::Block);
     }
 
     #[test]
@@ -325,8 +384,14 @@ mod tests {
         let host = HostId::new();
         let id = VolumeId::new();
         let op = OpId::new();
-        let spec = VolumeSpec { name: "d".into(), size_gb: 1, kind: standard() };
-        let mut v = evolve(None, id, Some(op), at(), &VolumeEvent::VolumeCreated { org: OrgId::DEFAULT, project: ProjectId::DEFAULT, spec, host });
+        let spec = VolumeSpec { name: "d".into(), size_gb: 1, kind: DiskKind::Block };
+        let mut v = evolve(
+            None,
+            id,
+            Some(op),
+            at(),
+            &VolumeEvent::VolumeCreated { org: OrgId::DEFAULT, project: ProjectId::DEFAULT, spec, host, attached_to: None, image: None },
+        );
         assert_eq!(next_step(v.as_ref().unwrap()), Some(VolumeStep::Create));
         v = evolve(v, id, Some(op), at(), &VolumeEvent::VolumeReady { location: "/v".into() });
         assert_eq!(next_step(v.as_ref().unwrap()), Some(VolumeStep::Finish(Outcome::Succeeded)));
@@ -345,9 +410,79 @@ mod tests {
     fn creating_volumes_cannot_be_claimed() {
         let id = VolumeId::new();
         let host = HostId::new();
-        let spec = VolumeSpec { name: "d".into(), size_gb: 1, kind: standard() };
-        let v = evolve(None, id, None, at(), &VolumeEvent::VolumeCreated { org: OrgId::DEFAULT, project: ProjectId::DEFAULT, spec, host });
+        let spec = VolumeSpec { name: "d".into(), size_gb: 1, kind: DiskKind::Block };
+        let v = evolve(
+            None,
+            id,
+            None,
+            at(),
+            &VolumeEvent::VolumeCreated { org: OrgId::DEFAULT, project: ProjectId::DEFAULT, spec, host, attached_to: None, image: None },
+        );
         assert_eq!(claim(v.as_ref(), VmId::new(), host), Err(VolumeError::NotAvailable(VolumeStatus::Creating)));
         assert_eq!(claim(None, VmId::new(), host), Err(VolumeError::NotFound));
+    }
+
+    fn made(attached_to: Option<VmId>, image: Option<&str>, host: HostId) -> Option<Volume> {
+        let spec = VolumeSpec { name: "d".into(), size_gb: 1, kind: DiskKind::Filesystem };
+        let id = VolumeId::new();
+        let created = VolumeEvent::VolumeCreated { org: OrgId::DEFAULT, project: ProjectId::DEFAULT, spec, host, attached_to, image: image.map(Into::into) };
+        let v = evolve(None, id, None, at(), &created);
+        evolve(v, id, None, at(), &VolumeEvent::VolumeReady { location: "/v".into() })
+    }
+
+    #[test]
+    fn a_data_disk_is_its_vms_from_the_start_and_goes_with_it() {
+        let (host, vm) = (HostId::new(), VmId::new());
+        let mut v = made(Some(vm), None, host);
+        let id = v.as_ref().unwrap().id;
+        assert_eq!((v.as_ref().unwrap().status, v.as_ref().unwrap().attached_to), (VolumeStatus::InUse, Some(vm)));
+        assert_eq!(claim(v.as_ref(), VmId::new(), host), Err(VolumeError::InUse(vm)), "nobody else can take it, not even between creation and readiness");
+        assert_eq!(delete_with(v.as_ref(), VmId::new()), None, "another vm cannot delete it");
+        assert_eq!(delete_with(v.as_ref(), vm), Some(VolumeEvent::VolumeDeleteRequested));
+        v = evolve(v, id, None, at(), &VolumeEvent::VolumeDeleteRequested);
+        assert_eq!(delete_with(v.as_ref(), vm), None, "deletion began already");
+        assert_eq!(claim(v.as_ref(), VmId::new(), host), Err(VolumeError::InUse(vm)));
+        // One that was detached from it is no longer its to delete.
+        let (free, _) = ready(host);
+        assert_eq!(delete_with(free.as_ref(), vm), None);
+    }
+
+    #[test]
+    fn only_a_free_root_disk_of_the_vms_image_boots_it() {
+        let (host, vm) = (HostId::new(), VmId::new());
+        let root = made(None, Some("debian-minimal"), host);
+        assert_eq!(claim_root(root.as_ref(), vm, host, "debian-minimal"), Ok(Some(VolumeEvent::VolumeAttached { vm })));
+        assert_eq!(claim_root(root.as_ref(), vm, host, "alpine"), Err(VolumeError::OtherImage("debian-minimal".into())));
+        let (data, _) = ready(host);
+        assert_eq!(claim_root(data.as_ref(), vm, host, "debian-minimal"), Err(VolumeError::NotRootDisk));
+        let other = VmId::new();
+        let taken = made(Some(other), Some("debian-minimal"), host);
+        assert_eq!(claim_root(taken.as_ref(), vm, host, "debian-minimal"), Err(VolumeError::InUse(other)));
+        assert_eq!(claim_root(None, vm, host, "debian-minimal"), Err(VolumeError::NotFound));
+    }
+
+    #[test]
+    fn volumes_attached_at_create_choose_the_host() {
+        let (a, b, vm) = (HostId::new(), HostId::new(), VmId::new());
+        let (one, _) = ready(a);
+        let (two, _) = ready(a);
+        let (elsewhere, _) = ready(b);
+        let (one, two, elsewhere) = (one.unwrap(), two.unwrap(), elsewhere.unwrap());
+        assert_eq!(host_for_create(vm, []), Ok(None));
+        assert_eq!(host_for_create(vm, [&one, &two]), Ok(Some(a)));
+        assert_eq!(host_for_create(vm, [&one, &elsewhere]), Err(VolumeError::HostsDiffer));
+        let other = VmId::new();
+        let held = made(Some(other), None, a).unwrap();
+        assert_eq!(host_for_create(vm, [&one, &held]), Err(VolumeError::InUse(other)));
+        assert_eq!(host_for_create(other, [&one, &held]), Ok(Some(a)), "a retry of the create that holds it");
+        let creating = evolve(
+            None,
+            VolumeId::new(),
+            None,
+            at(),
+            &VolumeEvent::VolumeCreated { org: OrgId::DEFAULT, project: ProjectId::DEFAULT, spec: one.spec.clone(), host: a, attached_to: None, image: None },
+        )
+        .unwrap();
+        assert_eq!(host_for_create(vm, [&creating]), Err(VolumeError::NotAvailable(VolumeStatus::Creating)));
     }
 }

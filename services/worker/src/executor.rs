@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use vmplane_bus::{Bus, BusError};
 use vmplane_domain::host::{HostCommand, HostEvent};
-use vmplane_domain::spec::VolumeMount;
-use vmplane_domain::vm::{Outcome, Step, Vm, VmCommand, VmEvent, decide, next_step, step_event};
-use vmplane_domain::volume::{self, VolumeCommand, VolumeEvent, VolumeStep};
+use vmplane_domain::spec::{DataDisk, DiskKind, VolumeMount};
+use vmplane_domain::vm::{DiskInfo, Disposal, Outcome, Step, Vm, VmCommand, VmEvent, decide, next_step, step_event};
+use vmplane_domain::volume::{self, VolumeCommand, VolumeEvent, VolumeSpec, VolumeStatus, VolumeStep};
 use vmplane_domain::{HostId, OpId, OrgId, ProjectId, VmId, VolumeId};
 
 /// How many times a command is decided again after losing an append race.
@@ -153,7 +153,13 @@ impl Executor {
         let d = &self.driver;
         match step {
             Step::AllocateNetwork => return Ok(VmEvent::NetworkAllocated { network: d.allocate_network(vm).await? }),
-            Step::PrepareDisk => return Ok(VmEvent::DiskPrepared { disk: d.prepare_disk(vm).await? }),
+            Step::PrepareDisk => {
+                let disk = match vm.spec.root_volume {
+                    Some(root) => self.claim_root_volume(vm, root).await?,
+                    None => d.prepare_disk(vm).await?,
+                };
+                return Ok(VmEvent::DiskPrepared { disk });
+            }
             Step::Boot => d.boot(vm).await?,
             Step::AwaitReady => d.wait_ready(vm).await?,
             Step::PowerOff => d.power_off(vm).await?,
@@ -162,11 +168,16 @@ impl Executor {
             Step::RestoreSnapshot => d.restore(vm).await?,
             Step::Destroy => {
                 d.destroy(vm).await?;
-                for m in &vm.volumes {
-                    self.release_volume(vm, m.volume_id).await?;
+                for (id, disposal) in vm.disposal() {
+                    match disposal {
+                        Disposal::Release => self.release_volume(vm, id).await?,
+                        Disposal::Delete => self.delete_with_vm(vm, id).await?,
+                    }
                 }
             }
-            Step::AttachVolume(mount) => self.attach_volume(vm, mount).await?,
+            Step::CreateDataDisk { mount, disk } => self.create_data_disk(vm, mount, disk).await?,
+            Step::KeepRootDisk(id) => self.keep_root_disk(vm, *id).await?,
+            Step::AttachAtCreate(mount) | Step::AttachVolume(mount) => self.attach_volume(vm, mount).await?,
             Step::PlugMemory(total) => d.plug_memory(vm, *total).await?,
             Step::DetachVolume(volume) => {
                 if let Some(mount) = vm.volumes.iter().find(|m| m.volume_id == *volume) {
@@ -195,6 +206,71 @@ impl Executor {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Claim the root volume the VM boots from; it is the VM's root disk.
+    async fn claim_root_volume(&self, vm: &Vm, id: VolumeId) -> Result<DiskInfo, DriverError> {
+        let bus_err = |e: BusError| DriverError::Retryable(e.to_string());
+        let mut vol = VolumeAggregate::load(&self.bus, vm.org, id).await.map_err(bus_err)?;
+        if let Some(claim) = volume::claim_root(vol.state.as_ref(), vm.id, vm.host, &vm.spec.image).map_err(|e| DriverError::Fatal(e.to_string()))? {
+            vol.append(&self.bus, vm.project, None, claim).await.map_err(bus_err)?;
+        }
+        let v = vol.state.as_ref().expect("claimed above");
+        let location = v.location.clone().ok_or_else(|| DriverError::Fatal("root volume has no storage".into()))?;
+        Ok(DiskInfo { location, size_gb: v.spec.size_gb })
+    }
+
+    /// Create a data disk as a volume of the VM, attached to it from the
+    /// start (so no one else can claim it), and plug it in.
+    async fn create_data_disk(&self, vm: &Vm, mount: &VolumeMount, disk: &DataDisk) -> Result<(), DriverError> {
+        let spec = VolumeSpec { name: disk.name.clone(), size_gb: disk.size_gb, kind: disk.kind };
+        let location = self.make_volume(vm, mount.volume_id, spec, Some(vm.id), None).await?;
+        self.driver.attach_volume(vm, &location, mount).await
+    }
+
+    /// Make the VM's root disk the root-disk volume `id`: free, holding the VM's image.
+    async fn keep_root_disk(&self, vm: &Vm, id: VolumeId) -> Result<(), DriverError> {
+        let size_gb = vm.root_disk.as_ref().map_or(vm.spec.disk_gb, |d| d.size_gb);
+        let spec = VolumeSpec { name: vm.spec.name.clone(), size_gb, kind: DiskKind::Filesystem };
+        self.make_volume(vm, id, spec, None, Some(vm.spec.image.clone())).await.map(drop)
+    }
+
+    /// Create volume `id` for the VM unless it exists, then its storage
+    /// unless it has some: for a root disk (`image`), the VM's root disk moved
+    /// there. Returns where the storage is.
+    async fn make_volume(&self, vm: &Vm, id: VolumeId, spec: VolumeSpec, attached_to: Option<VmId>, image: Option<String>) -> Result<String, DriverError> {
+        let bus_err = |e: BusError| DriverError::Retryable(e.to_string());
+        let mut vol = VolumeAggregate::load(&self.bus, vm.org, id).await.map_err(bus_err)?;
+        if vol.state.is_none() {
+            let created = VolumeEvent::VolumeCreated { org: vm.org, project: vm.project, spec, host: vm.host, attached_to, image };
+            vol.append(&self.bus, vm.project, None, created).await.map_err(bus_err)?;
+        }
+        let v = vol.state.clone().expect("created above");
+        if let Some(location) = v.location {
+            return Ok(location);
+        }
+        let location = match v.image {
+            Some(_) => self.driver.keep_root_disk(vm, id).await?,
+            None => self.driver.create_volume(&v).await?,
+        };
+        vol.append(&self.bus, vm.project, None, VolumeEvent::VolumeReady { location: location.clone() }).await.map_err(bus_err)?;
+        Ok(location)
+    }
+
+    /// Delete the VM's own data disk with it, if the VM still holds it.
+    async fn delete_with_vm(&self, vm: &Vm, id: VolumeId) -> Result<(), DriverError> {
+        let bus_err = |e: BusError| DriverError::Retryable(e.to_string());
+        let mut vol = VolumeAggregate::load(&self.bus, vm.org, id).await.map_err(bus_err)?;
+        if let Some(ev) = volume::delete_with(vol.state.as_ref(), vm.id) {
+            vol.append(&self.bus, vm.project, None, ev).await.map_err(bus_err)?;
+        }
+        match vol.state.clone() {
+            Some(v) if v.attached_to == Some(vm.id) && v.status == VolumeStatus::Deleting => {
+                self.driver.delete_volume(&v).await?;
+                vol.append(&self.bus, vm.project, None, VolumeEvent::VolumeDeleted).await.map_err(bus_err)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Give a volume's claim back, if the VM holds it.

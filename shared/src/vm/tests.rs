@@ -1,5 +1,5 @@
 use super::*;
-use crate::spec::VolumeMount;
+use crate::spec::{DataDisk, DiskKind, VolumeMount};
 use proptest::prelude::*;
 
 fn t0() -> OffsetDateTime {
@@ -194,6 +194,7 @@ fn status_words_roundtrip() {
 fn any_command() -> impl Strategy<Value = VmCommand> {
     prop_oneof![
         Just(VmCommand::Create { spec: Box::new(VmSpec::named("p")), host: HostId(ulid::Ulid::nil()) }),
+        Just(VmCommand::Create { spec: Box::new(with_disks()), host: HostId(ulid::Ulid::nil()) }),
         Just(VmCommand::Start),
         Just(VmCommand::Stop),
         Just(VmCommand::Restart),
@@ -207,7 +208,7 @@ fn any_command() -> impl Strategy<Value = VmCommand> {
 }
 
 fn test_mount() -> VolumeMount {
-    VolumeMount { volume_id: VolumeId(ulid::Ulid::nil()), mount_path: "/mnt/data".into(), readonly: false, overlay: false, overlay_size_mib: None }
+    VolumeMount { volume_id: VolumeId(ulid::Ulid::nil()), mount_path: Some("/mnt/data".into()), readonly: false, overlay: false, overlay_size_mib: None }
 }
 
 #[test]
@@ -357,4 +358,138 @@ proptest! {
         let replayed = log.iter().fold(None, |s, e| evolve(s, id, None, t0(), e));
         prop_assert_eq!(replayed.map(|v| v.status), vm.map(|v| v.status));
     }
+}
+
+/// A spec with a filesystem and a block data disk (the second kept), an
+/// existing volume, and a root disk kept at delete.
+fn with_disks() -> VmSpec {
+    let mut spec = VmSpec::named("disks");
+    spec.data_disks = vec![
+        DataDisk { name: "logs".into(), size_gb: 10, kind: DiskKind::Filesystem, mount_path: None, delete_with_vm: true },
+        DataDisk { name: "raw".into(), size_gb: 20, kind: DiskKind::Block, mount_path: None, delete_with_vm: false },
+    ];
+    spec.volumes = vec![test_mount()];
+    spec.delete_root_disk = false;
+    spec
+}
+
+#[test]
+fn create_makes_and_attaches_its_disks_before_the_first_boot() {
+    let id = VmId::new();
+    let mut vm = None;
+    let log = run(&mut vm, id, VmCommand::Create { spec: Box::new(with_disks()), host: HostId::new() }).unwrap();
+    assert_eq!(
+        types(&log),
+        [
+            "created",
+            "provisioning_started",
+            "network_allocated",
+            "disk_prepared",
+            "vm_volume_attached",
+            "vm_volume_attached",
+            "vm_volume_attached",
+            "booted",
+            "ready",
+            "operation_finished"
+        ]
+    );
+    let v = vm.unwrap();
+    let mounts: Vec<(VolumeId, Option<&str>)> = v.volumes.iter().map(|m| (m.volume_id, m.mount_path.as_deref())).collect();
+    assert_eq!(mounts, [(data_disk_id(id, 0), Some("/mnt/logs")), (data_disk_id(id, 1), None), (test_mount().volume_id, Some("/mnt/data"))]);
+    assert_eq!(v.status, VmStatus::Running);
+}
+
+#[test]
+fn a_disk_detached_after_the_first_boot_stays_detached() {
+    let id = VmId::new();
+    let mut vm = None;
+    run(&mut vm, id, VmCommand::Create { spec: Box::new(with_disks()), host: HostId::new() }).unwrap();
+    run(&mut vm, id, VmCommand::DetachVolume { volume: data_disk_id(id, 0) }).unwrap();
+    run(&mut vm, id, VmCommand::Stop).unwrap();
+    assert_eq!(types(&run(&mut vm, id, VmCommand::Start).unwrap()), ["start_requested", "booted", "ready", "operation_finished"]);
+    assert_eq!(vm.unwrap().volumes.len(), 2);
+}
+
+#[test]
+fn a_create_that_failed_at_a_disk_attaches_it_when_started() {
+    let id = VmId::new();
+    let op = OpId::new();
+    let created = VmEvent::Created { org: OrgId::DEFAULT, project: ProjectId::DEFAULT, spec: Box::new(with_disks()), host: HostId::new() };
+    let mut vm = evolve(None, id, Some(op), t0(), &created);
+    let network = VmEvent::NetworkAllocated { network: NetworkRuntime::default() };
+    let disk = VmEvent::DiskPrepared { disk: DiskInfo { location: "d".into(), size_gb: 10 } };
+    for e in [VmEvent::ProvisioningStarted, network, disk] {
+        vm = evolve(vm, id, Some(op), t0(), &e);
+    }
+    for _ in 0..2 {
+        let step = vm.as_ref().and_then(next_step).unwrap();
+        assert!(matches!(step, Step::CreateDataDisk { .. }) && step.failure_fails_vm(), "{step:?}");
+        vm = evolve(vm, id, Some(op), t0(), &step_event(&step).unwrap());
+    }
+    let step = vm.as_ref().and_then(next_step).unwrap();
+    assert_eq!(step, Step::AttachAtCreate(test_mount()));
+    assert!(step.failure_fails_vm(), "a volume that cannot be had fails the create");
+    // The volume is another VM's: the step fails, and the VM with it.
+    vm = evolve(vm, id, Some(op), t0(), &VmEvent::Failed { message: "attach_at_create: volume is attached to another vm".into() });
+    let finish = vm.as_ref().and_then(next_step).unwrap();
+    vm = evolve(vm, id, Some(op), t0(), &step_event(&finish).unwrap());
+    assert_eq!(vm.as_ref().unwrap().status, VmStatus::Failed);
+    let log = run(&mut vm, id, VmCommand::Start).unwrap();
+    assert_eq!(types(&log), ["start_requested", "vm_volume_attached", "booted", "ready", "operation_finished"]);
+    assert_eq!(vm.unwrap().volumes.len(), 3);
+}
+
+#[test]
+fn delete_keeps_the_root_disk_as_a_volume_when_asked() {
+    let id = VmId::new();
+    let mut vm = None;
+    run(&mut vm, id, VmCommand::Create { spec: Box::new(with_disks()), host: HostId::new() }).unwrap();
+    assert_eq!(vm.as_ref().unwrap().root_disk_to_keep(), Some(kept_root_disk_id(id)));
+    let log = run(&mut vm, id, VmCommand::Delete).unwrap();
+    assert_eq!(types(&log), ["delete_requested", "root_disk_kept", "deleted", "operation_finished"]);
+    assert_eq!(log[1], VmEvent::RootDiskKept { volume: kept_root_disk_id(id) });
+
+    // Deleted with its root disk (the default), or booted from a root volume: nothing is kept.
+    let (mut vm, id) = created();
+    assert_eq!(types(&run(&mut vm, id, VmCommand::Delete).unwrap()), ["delete_requested", "deleted", "operation_finished"]);
+    let mut spec = VmSpec::named("b");
+    spec.delete_root_disk = false;
+    spec.root_volume = Some(VolumeId::new());
+    let (mut vm, id) = (None, VmId::new());
+    run(&mut vm, id, VmCommand::Create { spec: Box::new(spec), host: HostId::new() }).unwrap();
+    assert_eq!(vm.as_ref().unwrap().root_disk_to_keep(), None);
+    assert_eq!(types(&run(&mut vm, id, VmCommand::Delete).unwrap()), ["delete_requested", "deleted", "operation_finished"]);
+}
+
+#[test]
+fn deleting_a_vm_deletes_its_own_disks_and_releases_the_rest() {
+    let id = VmId::new();
+    let mut vm = None;
+    let mut spec = with_disks();
+    let root = VolumeId::new();
+    spec.root_volume = Some(root);
+    run(&mut vm, id, VmCommand::Create { spec: Box::new(spec), host: HostId::new() }).unwrap();
+    let live = VolumeMount { volume_id: VolumeId::new(), mount_path: Some("/live".into()), ..test_mount() };
+    run(&mut vm, id, VmCommand::AttachVolume { mount: live.clone() }).unwrap();
+    assert_eq!(
+        vm.unwrap().disposal(),
+        [
+            (data_disk_id(id, 0), Disposal::Delete),
+            (data_disk_id(id, 1), Disposal::Release),
+            (root, Disposal::Release),
+            (test_mount().volume_id, Disposal::Release),
+            (live.volume_id, Disposal::Release),
+        ]
+    );
+}
+
+#[test]
+fn a_vms_own_volume_ids_are_stable_distinct_and_sort_with_it() {
+    let vm = VmId::new();
+    let mut ids: Vec<VolumeId> = (0..crate::spec::MAX_DISKS).map(|i| data_disk_id(vm, i)).collect();
+    ids.push(kept_root_disk_id(vm));
+    assert_eq!(ids.iter().collect::<std::collections::BTreeSet<_>>().len(), ids.len());
+    assert_eq!(data_disk_id(vm, 3), data_disk_id(vm, 3));
+    assert!(ids.iter().all(|v| v.0.timestamp_ms() == vm.0.timestamp_ms()));
+    assert_ne!(data_disk_id(VmId::new(), 0), data_disk_id(vm, 0));
 }

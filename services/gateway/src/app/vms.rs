@@ -11,6 +11,7 @@ use vmplane_domain::event::Envelope;
 use vmplane_domain::host::{Host, ImageInfo, PortRange};
 use vmplane_domain::spec::{NetworkMode, VmSpec};
 use vmplane_domain::vm::{Vm, VmCommand, VmStatus, decide, evolve};
+use vmplane_domain::volume;
 use vmplane_domain::{Command, HostId, ImageId, ProjectId, VmId, subjects};
 
 /// What can be done to an existing VM without more input.
@@ -64,14 +65,8 @@ pub fn history(app: &App, who: &Principal, id: VmId) -> AppResult<Vec<(u64, Enve
 
 /// Create a VM from `spec` (defaults already filled in) in the caller's
 /// project, on the online host with the most free memory that can take it.
-pub async fn create(app: &App, who: &Principal, alloc: Allocation, spec: VmSpec) -> AppResult<Accepted<Vm>> {
+pub async fn create(app: &App, who: &Principal, alloc: Allocation, mut spec: VmSpec) -> AppResult<Accepted<Vm>> {
     spec.validate()?;
-    if !spec.volumes.is_empty() || !spec.data_disks.is_empty() || spec.root_volume.is_some() {
-        return Err(AppError::Invalid(
-            "unsupported",
-            "volumes, data_disks and root_volume_id cannot be given at create yet: create the VM, then POST /v1/vms/{id}/volumes/{volume_id}".into(),
-        ));
-    }
     let id = VmId(alloc.resource());
     // A retry (same idempotency key) of a create the worker carried out already.
     if let Some(vm) = app.proj.vm(id)?.filter(|vm| vm.org == who.org)
@@ -79,8 +74,9 @@ pub async fn create(app: &App, who: &Principal, alloc: Allocation, spec: VmSpec)
     {
         return Ok(Accepted { resource: vm, operation });
     }
+    let volumes_host = check_create_disks(app, who, id, &mut spec)?;
     let project = who.project_or_default();
-    let host = place_vm(app, id, &spec).await?;
+    let host = place_vm(app, id, &spec, volumes_host).await?;
     let command = VmCommand::Create { spec: Box::new(spec), host };
     accept(app, who, alloc, None, id, project, host, command).await
 }
@@ -139,8 +135,9 @@ async fn accept(
 
 /// Pick the online host with the most free memory that has the image, the
 /// requested host ports free and inside its port range, and (bridge mode)
-/// the requested address free; record the claim there.
-async fn place_vm(app: &App, id: VmId, spec: &VmSpec) -> AppResult<HostId> {
+/// the requested address free (the host of the volumes it attaches, if
+/// any); record the claim there.
+async fn place_vm(app: &App, id: VmId, spec: &VmSpec, volumes_host: Option<HostId>) -> AppResult<HostId> {
     let has_image = |i: &ImageInfo| i.name == spec.image || ImageId::for_slug(&i.name).to_string() == spec.image;
     let bridged = spec.network.enabled && spec.network.mode == NetworkMode::Bridge;
     let claim = Claim {
@@ -151,6 +148,9 @@ async fn place_vm(app: &App, id: VmId, spec: &VmSpec) -> AppResult<HostId> {
         at: 0,
     };
     let check = |host: &Host, taken: &Taken| -> Option<Unfit> {
+        if volumes_host.is_some_and(|h| h != host.id) {
+            return Some(Unfit::VolumesElsewhere);
+        }
         if !host.info.images.iter().any(has_image) {
             return Some(Unfit::NoImage(spec.image.clone()));
         }
@@ -176,4 +176,22 @@ async fn place_vm(app: &App, id: VmId, spec: &VmSpec) -> AppResult<HostId> {
         claim.guest_mac.as_ref().filter(|m| taken.macs.contains(*m)).map(|m| Unfit::AddressTaken(format!("guest_mac {m}")))
     };
     place(app, &id.to_string(), claim.clone(), check, |host, taken| host.info.memory_mib.saturating_sub(taken.used.memory_mib)).await
+}
+
+/// What a create that attaches existing volumes (`volumes`, `root_volume_id`)
+/// needs checked before placement: each volume is the caller's (404
+/// otherwise), free (409 `volume_in_use` when another VM holds it) and on one
+/// host with the others (409); a root volume is a root disk (422), and the VM
+/// then runs that disk's image at its size. Returns the host the VM must be
+/// placed on. The worker claims each volume again when it attaches it, and
+/// fails the create if another VM took one meanwhile.
+fn check_create_disks(app: &App, who: &Principal, id: VmId, spec: &mut VmSpec) -> AppResult<Option<HostId>> {
+    let mut volumes = spec.volumes.iter().map(|m| super::volumes::get(app, who, m.volume_id)).collect::<AppResult<Vec<_>>>()?;
+    if let Some(root) = spec.root_volume {
+        let vol = super::volumes::get(app, who, root)?;
+        let image = vol.image.clone().ok_or_else(|| AppError::Invalid("not_a_root_disk", volume::VolumeError::NotRootDisk.to_string()))?;
+        (spec.image, spec.disk_gb) = (image, vol.spec.size_gb);
+        volumes.push(vol);
+    }
+    volume::host_for_create(id, &volumes).map_err(|e| AppError::Conflict(e.code(), e.to_string()))
 }

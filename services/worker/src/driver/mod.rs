@@ -15,7 +15,7 @@ use vmplane_domain::host::{HostInfo, ImageFormat, ImageInfo};
 use vmplane_domain::spec::VolumeMount;
 use vmplane_domain::vm::{DiskInfo, NetworkRuntime, Vm};
 use vmplane_domain::volume::Volume;
-use vmplane_domain::{OrgId, VmId};
+use vmplane_domain::{OrgId, VmId, VolumeId};
 
 /// A guest that stopped without being asked to: the worker records it as an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,8 +94,13 @@ pub trait Driver: Send + Sync + 'static {
     async fn create_volume(&self, volume: &Volume) -> Result<String, DriverError>;
     /// Remove a volume's backing storage; already gone is success.
     async fn delete_volume(&self, volume: &Volume) -> Result<(), DriverError>;
-    /// Plug a volume into the VM and mount it (hot-plug when the guest runs;
-    /// a stopped VM gets it at its next boot). Already attached is success.
+    /// Stop the guest and make its root disk the storage of root-disk volume
+    /// `volume` (a delete that keeps the disk); returns where it is. Already
+    /// done is success.
+    async fn keep_root_disk(&self, vm: &Vm, volume: VolumeId) -> Result<String, DriverError>;
+    /// Plug a volume into the VM and, when the mount names a path, mount it
+    /// (hot-plug when the guest runs; a stopped or new VM gets it at its next
+    /// boot). Already attached is success.
     async fn attach_volume(&self, vm: &Vm, location: &str, mount: &VolumeMount) -> Result<(), DriverError>;
     /// Unmount and unplug a volume; already detached is success.
     async fn detach_volume(&self, vm: &Vm, mount: &VolumeMount) -> Result<(), DriverError>;

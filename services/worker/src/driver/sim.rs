@@ -12,22 +12,22 @@
 //! `sim.fail=<step>` fails that step for good, `sim.fail-once=<step>` fails it
 //! once with a retryable error, `sim.crash=<step>` aborts the whole worker
 //! process whenever that step runs (a driver that takes its host down). Steps: `network`, `disk`, `boot`, `ready`,
-//! `power_off`, `reboot`, `snapshot`, `restore`, `destroy`, `attach_volume`,
-//! `detach_volume`, `plug_memory`.
+//! `power_off`, `reboot`, `snapshot`, `restore`, `destroy`, `attach_volume`
+//! (also the disks attached at create), `detach_volume`, `keep_root_disk`, `plug_memory`.
 
 use super::{Driver, DriverError};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
-use vmplane_domain::VmId;
 use vmplane_domain::catalog::Catalog;
 use vmplane_domain::host::{HostInfo, ImageFormat, ImageInfo};
 use vmplane_domain::spec::VolumeMount;
 use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, Vm};
 use vmplane_domain::volume::Volume;
+use vmplane_domain::{VmId, VolumeId};
 
 /// Knobs for tests and benchmarks.
 #[derive(Debug, Clone)]
@@ -75,6 +75,12 @@ pub struct SimGuest {
     /// Attached volume ids.
     #[serde(default)]
     pub volumes: BTreeSet<String>,
+    /// Where attached volumes are mounted (block devices are not): volume id -> path.
+    #[serde(default)]
+    pub mounts: BTreeMap<String, String>,
+    /// The root disk the guest last booted from.
+    #[serde(default)]
+    pub root_disk: Option<String>,
     /// Memory after the last hot-plug (0 = never resized).
     #[serde(default)]
     pub memory_mib: u64,
@@ -246,6 +252,7 @@ impl Driver for SimDriver {
             if !g.running {
                 g.running = true;
                 g.boots += 1;
+                g.root_disk = vm.root_disk.as_ref().map(|d| d.location.clone());
             }
             Ok(())
         })
@@ -312,16 +319,29 @@ impl Driver for SimDriver {
         Ok(())
     }
 
+    async fn keep_root_disk(&self, vm: &Vm, volume: VolumeId) -> Result<String, DriverError> {
+        self.update(vm, "keep_root_disk", |g| {
+            g.running = false;
+            Ok(format!("sim://volumes/{volume}"))
+        })
+    }
+
     async fn attach_volume(&self, vm: &Vm, _location: &str, mount: &VolumeMount) -> Result<(), DriverError> {
         self.update(vm, "attach_volume", |g| {
-            g.volumes.insert(mount.volume_id.to_string());
+            let id = mount.volume_id.to_string();
+            if let Some(path) = &mount.mount_path {
+                g.mounts.insert(id.clone(), path.clone());
+            }
+            g.volumes.insert(id);
             Ok(())
         })
     }
 
     async fn detach_volume(&self, vm: &Vm, mount: &VolumeMount) -> Result<(), DriverError> {
         self.update(vm, "detach_volume", |g| {
-            g.volumes.remove(&mount.volume_id.to_string());
+            let id = mount.volume_id.to_string();
+            g.mounts.remove(&id);
+            g.volumes.remove(&id);
             Ok(())
         })
     }

@@ -48,7 +48,8 @@ pub struct CreateVmRequest {
     pub hotplug_memory_mib: Option<u64>,
     /// Root disk size. Default 10.
     pub disk_gb: Option<u32>,
-    /// Boot from this existing volume instead of a new root disk.
+    /// Boot from this root disk (a volume kept from a deleted VM) instead of
+    /// a new one; the VM runs the image it holds.
     pub root_volume_id: Option<VolumeId>,
     /// Delete the root disk with the VM. Default true.
     pub delete_root_disk: Option<bool>,

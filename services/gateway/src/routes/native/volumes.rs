@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
-use vmplane_domain::spec::VolumeMount;
+use vmplane_domain::spec::{DiskKind, VolumeMount};
 use vmplane_domain::volume::{Volume, VolumeSpec, VolumeStatus};
 use vmplane_domain::{HostId, ProjectId, VmId, VolumeId};
 
@@ -30,7 +30,10 @@ pub struct VolumeView {
     pub name: String,
     pub size_gb: u32,
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: DiskKind,
+    /// Set for a root disk (kept from a deleted VM): the image it holds. A
+    /// create with `root_volume_id` boots it.
+    pub image: Option<String>,
     pub status: VolumeStatus,
     pub message: Option<String>,
     pub org_id: vmplane_domain::OrgId,
@@ -53,6 +56,7 @@ impl From<Volume> for VolumeView {
             name: v.spec.name,
             size_gb: v.spec.size_gb,
             kind: v.spec.kind,
+            image: v.image,
             status: v.status,
             message: v.message,
             org_id: v.org,
@@ -168,8 +172,13 @@ async fn attach_volume(
     Json(req): Json<AttachRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     let (vm_id, vol_id) = parse_ids(&p)?;
-    let mount =
-        VolumeMount { volume_id: vol_id, mount_path: req.mount_path, readonly: req.readonly, overlay: req.overlay, overlay_size_mib: req.overlay_size_mib };
+    let mount = VolumeMount {
+        volume_id: vol_id,
+        mount_path: Some(req.mount_path),
+        readonly: req.readonly,
+        overlay: req.overlay,
+        overlay_size_mib: req.overlay_size_mib,
+    };
     Ok(accepted(volumes::attach(&state.app, &who, alloc, vm_id, mount).await?))
 }
 

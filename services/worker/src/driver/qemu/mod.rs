@@ -39,7 +39,7 @@ use vmplane_domain::host::{HostInfo, ImageFormat, ImageInfo};
 use vmplane_domain::spec::{NetworkMode, Protocol, VolumeMount};
 use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, Vm};
 use vmplane_domain::volume::Volume;
-use vmplane_domain::{OrgId, VmId};
+use vmplane_domain::{OrgId, VmId, VolumeId};
 
 /// The line the guest prints on its serial console when it is ready.
 pub const READY_LINE: &[u8] = b"VMPLANE-READY";
@@ -513,7 +513,7 @@ impl Driver for QemuDriver {
         let image = self.image(vm)?;
         let network = vm.network.clone().unwrap_or_default();
         let _ = std::fs::remove_file(dir.expected_exit());
-        let plugged: String = volumes::plugged(&dir).iter().map(volumes::Plugged::seed_line).collect();
+        let plugged: String = volumes::plugged(&dir).iter().filter_map(volumes::Plugged::seed_line).collect();
         seed::write(vm, &dir.seed(), plugged).await.map_err(fatal)?;
         std::fs::set_permissions(dir.seed(), std::fs::Permissions::from_mode(0o600)).map_err(retry)?;
         self.mark_ready_from(&dir)?;
@@ -636,6 +636,20 @@ impl Driver for QemuDriver {
         }
     }
 
+    async fn keep_root_disk(&self, vm: &Vm, volume: VolumeId) -> Result<String, DriverError> {
+        let dir = self.dir(vm.id);
+        let target = volumes::volume_file(&self.cfg.dir, volume);
+        if dir.root_disk().exists() {
+            self.stop_process(vm, &dir, true).await?;
+            self.unwatch(vm.id);
+            std::fs::create_dir_all(target.parent().expect("volume files have a parent")).map_err(retry)?;
+            std::fs::rename(dir.root_disk(), &target).map_err(retry)?;
+        } else if !target.exists() {
+            return Err(fatal("the vm has no root disk to keep"));
+        }
+        Ok(target.display().to_string())
+    }
+
     async fn attach_volume(&self, vm: &Vm, location: &str, mount: &VolumeMount) -> Result<(), DriverError> {
         let dir = self.dir(vm.id);
         volumes::attach(&dir, location, mount, running_pid(&dir, vm).is_some()).await
@@ -675,11 +689,6 @@ impl Driver for QemuDriver {
         self.unwatch(vm.id);
         if let Some((tap, _)) = allocated(&dir).and_then(|a| a.tap) {
             bridge::remove_tap(&tap).await;
-        }
-        if !vm.spec.delete_root_disk && dir.root_disk().exists() {
-            let kept = self.cfg.dir.join("retained");
-            std::fs::create_dir_all(&kept).map_err(retry)?;
-            std::fs::rename(dir.root_disk(), kept.join(format!("{}-root.qcow2", vm.id))).map_err(retry)?;
         }
         match std::fs::remove_dir_all(dir.path()) {
             Ok(()) => Ok(()),

@@ -56,6 +56,12 @@ impl Launch<'_> {
         self.tap.is_none() && self.vm.spec.network.enabled && matches!(self.user_net, UserNet::Passt { .. })
     }
 
+    /// The root disk: the one the VM's disk step prepared (a root volume's
+    /// file, or the VM's own overlay over its image).
+    fn root_disk(&self) -> String {
+        self.vm.root_disk.as_ref().map_or_else(|| self.dir.root_disk().display().to_string(), |d| d.location.clone())
+    }
+
     /// The full argument list; `passt_fd` is qemu's end of the socket pair
     /// with passt (used only when passt serves the guest).
     pub fn args(&self, passt_fd: RawFd) -> Vec<String> {
@@ -95,7 +101,7 @@ impl Launch<'_> {
             "-append".into(),
             cmdline(&self.image.cmdline, vm, self.tap.as_ref()),
             "-drive".into(),
-            format!("if=none,id=root,file={},format=qcow2,cache=writeback,discard=unmap", opt(p(&d.root_disk()))),
+            format!("if=none,id=root,file={},format=qcow2,cache=writeback,discard=unmap", opt(self.root_disk())),
             "-device".into(),
             "virtio-blk-pci,drive=root,serial=root".into(),
             "-drive".into(),
@@ -370,6 +376,19 @@ mod tests {
             assert!(drives.iter().any(|d| d.starts_with("if=none,id=root,file=/srv/a,,readonly=off/vms/")), "{drives:?}");
             assert_eq!(values(&a, "-netdev").len(), 1, "{a:?}");
         }
+    }
+
+    #[test]
+    fn the_root_disk_is_the_one_the_disk_step_prepared() {
+        let mut v = vm(VmSpec::named("a"));
+        let dir = VmDir::new(Path::new("/d"), v.id);
+        let root = |a: &[String]| values(a, "-drive").into_iter().find(|d| d.starts_with("if=none,id=root,")).map(str::to_owned);
+        let own = root(&launch_args(&v, &dir, &UserNet::Restricted, None)).unwrap();
+        assert!(own.starts_with(&format!("if=none,id=root,file=/d/vms/{}/root.qcow2,", v.id)), "{own}");
+        // Booted from a root volume: its file, whatever its name holds.
+        v.root_disk = Some(vmplane_domain::vm::DiskInfo { location: "/d/volumes/vol_a,b.qcow2".into(), size_gb: 12 });
+        let volume = root(&launch_args(&v, &dir, &UserNet::Restricted, None)).unwrap();
+        assert!(volume.starts_with("if=none,id=root,file=/d/volumes/vol_a,,b.qcow2,format=qcow2,"), "{volume}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Volumes on the qemu driver: qcow2 files under `<qemu dir>/volumes/`,
 //! plugged into guests on PCIe root ports (hot-plug over QMP when the guest
-//! runs, on the command line at boot otherwise) and mounted by the guest
-//! agent over its virtio-serial channel.
+//! runs, on the command line at boot otherwise) and, when the mount names a
+//! path, mounted by the guest agent over its virtio-serial channel (at boot,
+//! from the seed's `volumes` file); the others stay plain block devices.
 
 use super::layout::VmDir;
 use super::process::HOTPLUG_PORTS;
@@ -23,7 +24,8 @@ pub struct Plugged {
     pub serial: String,
     /// The file qemu opens: the volume, or the VM's overlay over it.
     pub file: PathBuf,
-    pub mount_path: String,
+    /// Where the guest mounts it; `None`: a block device left alone.
+    pub mount_path: Option<String>,
     /// The guest mounts read-only (and qemu opens the file read-only).
     pub readonly: bool,
     /// The PCIe root port (`hpN`) it sits on.
@@ -49,9 +51,9 @@ impl Plugged {
         ]
     }
 
-    /// The line of the seed's `volumes` file that mounts it at boot.
-    pub fn seed_line(&self) -> String {
-        format!("{} {} {}\n", self.serial, self.mount_path, if self.readonly { "ro" } else { "rw" })
+    /// The line of the seed's `volumes` file that mounts it at boot, if it is mounted.
+    pub fn seed_line(&self) -> Option<String> {
+        Some(format!("{} {} {}\n", self.serial, self.mount_path.as_ref()?, if self.readonly { "ro" } else { "rw" }))
     }
 }
 
@@ -147,7 +149,8 @@ pub async fn attach(dir: &VmDir, location: &str, mount: &VolumeMount, running: b
         return Err(fatal(e));
     }
     drop(q);
-    let mounted = agent(dir, &format!("mount {} {} {}", entry.serial, entry.mount_path, if entry.readonly { "ro" } else { "rw" })).await;
+    let Some(path) = &entry.mount_path else { return Ok(()) };
+    let mounted = agent(dir, &format!("mount {} {path} {}", entry.serial, if entry.readonly { "ro" } else { "rw" })).await;
     if let Err(DriverError::Fatal(why)) = &mounted {
         // Leave the guest as it was: the volume goes back out, free for another VM.
         if let Err(e) = unplug(dir, &entry).await {
@@ -185,7 +188,8 @@ pub async fn detach(dir: &VmDir, mount: &VolumeMount, running: bool) -> Result<(
     let mut list = plugged(dir);
     let Some(entry) = list.iter().find(|p| p.volume_id == mount.volume_id).cloned() else { return Ok(()) };
     if running {
-        if let Err(e) = agent(dir, &format!("umount {}", entry.mount_path)).await
+        if let Some(path) = &entry.mount_path
+            && let Err(e) = agent(dir, &format!("umount {path}")).await
             && !e.to_string().contains("not a mount point")
         {
             return Err(e);
@@ -263,9 +267,12 @@ mod tests {
 
     #[test]
     fn cold_plug_args_and_seed_line() {
-        let p = Plugged { volume_id: VolumeId::new(), serial: "abc".into(), file: "/v.qcow2".into(), mount_path: "/data".into(), readonly: true, port: 2 };
+        let p =
+            Plugged { volume_id: VolumeId::new(), serial: "abc".into(), file: "/v.qcow2".into(), mount_path: Some("/data".into()), readonly: true, port: 2 };
         assert_eq!(p.args()[1], "if=none,id=vol-abc,file=/v.qcow2,format=qcow2,readonly=on");
         assert_eq!(p.args()[3], "virtio-blk-pci,drive=vol-abc,id=dev-abc,serial=abc,bus=hp2");
-        assert_eq!(p.seed_line(), "abc /data ro\n");
+        assert_eq!(p.seed_line().as_deref(), Some("abc /data ro\n"));
+        let block = Plugged { mount_path: None, ..p };
+        assert_eq!(block.seed_line(), None, "a block device is not mounted at boot");
     }
 }
