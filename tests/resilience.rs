@@ -50,13 +50,14 @@ async fn capture(stack: &Stack, orgs: &[String], ops: &[(Option<String>, String)
     let (s, orgs) = stack.admin.get("/v1/orgs").await;
     assert_eq!(s, 200);
     out.insert("GET /v1/orgs".into(), orgs);
-    // Hosts: liveness (last heartbeat) is not history; everything else is.
+    // Hosts: liveness (last heartbeat, uptime) is not history; everything else is.
     let (s, mut hosts) = stack.admin.get("/v1/hosts").await;
     assert_eq!(s, 200);
     for h in hosts.as_array_mut().unwrap() {
         h.as_object_mut().unwrap().remove("last_heartbeat");
+        h.as_object_mut().unwrap().remove("uptime_percentage");
     }
-    out.insert("GET /v1/hosts (without last_heartbeat)".into(), hosts);
+    out.insert("GET /v1/hosts (without last_heartbeat and uptime)".into(), hosts);
     for (org, op) in ops {
         let c = match org {
             Some(org) => stack.admin.with_header("x-vmplane-org", org),

@@ -2,6 +2,7 @@
 
 use crate::host::HostCommand;
 use crate::ids::{HostId, OpId, OrgId, ProjectId, VmId, VolumeId};
+use crate::ssh_key::SshKeyCommand;
 use crate::tenancy::TenancyCommand;
 use crate::vm::VmCommand;
 use crate::volume::VolumeCommand;
@@ -35,4 +36,6 @@ pub enum Command {
     Host { host: HostId, command: HostCommand },
     /// Executed by any worker.
     Tenancy { command: TenancyCommand },
+    /// Executed by any worker, from the same consumer as tenancy commands.
+    SshKey { command: SshKeyCommand },
 }

@@ -7,6 +7,7 @@
 use crate::host::HostEvent;
 use crate::ids::{EventId, OpId, OrgId, ProjectId};
 use crate::operation::OperationEvent;
+use crate::ssh_key::SshKeyEvent;
 use crate::tenancy::TenancyEvent;
 use crate::vm::VmEvent;
 use crate::volume::VolumeEvent;
@@ -46,6 +47,7 @@ pub enum Event {
     Volume(VolumeEvent),
     /// An operation that ended without an event of its aggregate (see [`crate::operation`]).
     Operation(OperationEvent),
+    SshKey(SshKeyEvent),
 }
 
 impl Event {
@@ -57,6 +59,7 @@ impl Event {
             Self::Host(e) => e.type_name(),
             Self::Volume(e) => e.type_name(),
             Self::Operation(e) => e.type_name(),
+            Self::SshKey(e) => e.type_name(),
         }
     }
 }

@@ -309,6 +309,33 @@ impl std::ops::AddAssign for Resources {
     }
 }
 
+/// The GPUs of each model a host has left: what it announced less what
+/// `taken` holds. A request naming a model takes from that model; one naming
+/// none takes from the first model (by name) with enough left, the way
+/// [`gpus_fit`] lets it in. What no model can hold any more is dropped.
+pub fn free_gpus<'a>(announced: &BTreeMap<String, u32>, taken: impl IntoIterator<Item = &'a crate::spec::GpuSpec>) -> BTreeMap<String, u32> {
+    let mut free = announced.clone();
+    let (named, unnamed): (Vec<_>, Vec<_>) = taken.into_iter().partition(|g| g.model.is_some());
+    for g in named.into_iter().chain(unnamed) {
+        let model = match &g.model {
+            Some(m) => Some(m.clone()),
+            None => free.iter().find(|(_, n)| **n >= g.count).map(|(m, _)| m.clone()),
+        };
+        if let Some(n) = model.and_then(|m| free.get_mut(&m)) {
+            *n = n.saturating_sub(g.count);
+        }
+    }
+    free
+}
+
+/// Whether `want` fits in `free` (see [`free_gpus`]): a VM's GPUs are all of one model.
+pub fn gpus_fit(free: &BTreeMap<String, u32>, want: &crate::spec::GpuSpec) -> bool {
+    match &want.model {
+        Some(m) => free.get(m).is_some_and(|n| *n >= want.count),
+        None => free.values().any(|n| *n >= want.count),
+    }
+}
+
 /// A host's time up, from its heartbeats: each beat keeps the host up for
 /// `up_for` after it (the gateway's online threshold) and overlapping spans
 /// merge, so the record grows with outages, not with beats.
@@ -389,6 +416,22 @@ mod tests {
         assert!(!Resources::fits(&host, &used, &Resources { vcpus: 5, memory_mib: 1, disk_gb: 1 }));
         assert!(!Resources::fits(&host, &used, &Resources { vcpus: 1, memory_mib: 513, disk_gb: 1 }));
         assert!(!Resources::fits(&host, &used, &Resources { vcpus: 1, memory_mib: 1, disk_gb: 51 }));
+    }
+
+    #[test]
+    fn gpus_are_taken_by_model() {
+        use crate::spec::GpuSpec;
+        let gpu = |count, model: Option<&str>| GpuSpec { count, model: model.map(Into::into) };
+        let announced: BTreeMap<String, u32> = [("A100".into(), 2), ("H100".into(), 8)].into();
+        assert_eq!(free_gpus(&announced, []), announced);
+        // Named first, whatever the order; an unnamed one goes to the first model with room.
+        let taken = [gpu(2, None), gpu(1, Some("A100"))];
+        assert_eq!(free_gpus(&announced, &taken), [("A100".into(), 1), ("H100".into(), 6)].into());
+        let free = free_gpus(&announced, [&gpu(2, Some("A100"))]);
+        assert!(gpus_fit(&free, &gpu(8, Some("H100"))) && !gpus_fit(&free, &gpu(1, Some("A100"))));
+        assert!(gpus_fit(&free, &gpu(8, None)) && !gpus_fit(&free, &gpu(9, None)));
+        assert!(!gpus_fit(&BTreeMap::new(), &gpu(1, None)));
+        assert!(!gpus_fit(&free, &gpu(1, Some("T4"))));
     }
 
     fn catalog() -> Catalog {

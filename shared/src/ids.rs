@@ -117,6 +117,9 @@ typed_id!(
 typed_id!(
     /// One event in the event stream.
     EventId, "evt");
+typed_id!(
+    /// An SSH public key stored in an org, named by id at create (`ssh_key_ids`).
+    SshKeyId, "sshkey");
 
 impl OrgId {
     /// The `default` org, which always exists; the admin token acts in it when no org is given.

@@ -1,17 +1,19 @@
 //! vmplane's domain: pure types and functions, no I/O.
 //!
 //! Everything that changes state is a command decided into events
-//! ([`vm::decide`], [`tenancy::decide`]) and folded back into state
+//! ([`vm::decide`], [`tenancy::decide`], [`ssh_key::decide`]) and folded back into state
 //! ([`vm::evolve`]). The services crates do the I/O around these.
 
 pub mod catalog;
 pub mod cidr;
+pub mod cloud_init;
 pub mod command;
 pub mod event;
 pub mod host;
 pub mod ids;
 pub mod operation;
 pub mod spec;
+pub mod ssh_key;
 pub mod subjects;
 pub mod tenancy;
 pub mod vm;
@@ -19,4 +21,4 @@ pub mod volume;
 
 pub use command::{Command, CommandEnvelope};
 pub use event::{Envelope, Event};
-pub use ids::{ApiKeyId, EventId, HostId, ImageId, OpId, OrgId, ProjectId, VmId, VolumeId};
+pub use ids::{ApiKeyId, EventId, HostId, ImageId, OpId, OrgId, ProjectId, SshKeyId, VmId, VolumeId};

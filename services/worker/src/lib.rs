@@ -344,6 +344,10 @@ impl VmQueues {
                 let message = "a tenancy command was addressed to a host; no worker carries it out there";
                 record_operation_failed(&self.exec.bus, Some(command.org()), op, &command.org().to_string(), "misrouted", message.into()).await
             }
+            Command::SshKey { command } => {
+                let message = "an ssh key command was addressed to a host; no worker carries it out there";
+                record_operation_failed(&self.exec.bus, Some(command.org()), op, &command.id().to_string(), "misrouted", message.into()).await
+            }
         }
     }
 
@@ -356,6 +360,9 @@ impl VmQueues {
             Command::Volume { volume, .. } => self.exec.fail_volume_op(org, *volume, op, code, message).await,
             Command::Host { host, command } => self.exec.fail_host_op(*host, op, command, message).await,
             Command::Tenancy { command } => {
+                record_operation_failed(&self.exec.bus, Some(command.org()), op, &target_of(&env.command), code, message.into()).await
+            }
+            Command::SshKey { command } => {
                 record_operation_failed(&self.exec.bus, Some(command.org()), op, &target_of(&env.command), code, message.into()).await
             }
         };
@@ -455,6 +462,7 @@ fn target_of(command: &Command) -> String {
         Command::Volume { volume, .. } => volume.to_string(),
         Command::Host { host, .. } => host.to_string(),
         Command::Tenancy { command } => command.org().to_string(),
+        Command::SshKey { command } => command.id().to_string(),
     }
 }
 

@@ -1,8 +1,9 @@
-//! Executes tenancy commands (orgs, projects, API keys). Any worker may take
-//! any of them from the shared consumer; uniqueness of ids is enforced by
-//! appending with "no events yet" as the expected subject sequence. A command
-//! the domain refuses, cannot be read, or went past its delivery limit ends
-//! its operation as failed (`operation_failed`).
+//! Executes control-plane commands: tenancy (orgs, projects, API keys) and
+//! stored SSH keys. Any worker may take any of them from the shared
+//! consumer; uniqueness of ids is enforced by appending with "no events yet"
+//! as the expected subject sequence. A command the domain refuses, cannot be
+//! read, or went past its delivery limit ends its operation as failed
+//! (`operation_failed`).
 
 use crate::aggregate::record_operation_failed;
 use crate::{KeepAlive, WorkerConfig, backoff_delay, consumer_config, deliveries, delivery_limit_message, give_up_undecodable, pull_forever};
@@ -10,6 +11,7 @@ use async_nats::jetstream::{AckKind, Message};
 use time::OffsetDateTime;
 use vmplane_bus::{Bus, BusError, decode_command};
 use vmplane_domain::event::{Envelope, Event};
+use vmplane_domain::ssh_key::{self, SshKey, SshKeyCommand, SshKeyError};
 use vmplane_domain::tenancy::{self, TenancyCommand, TenancyError};
 use vmplane_domain::{Command, OrgId, subjects};
 
@@ -46,9 +48,13 @@ async fn handle(bus: &Bus, msg: &Message, delivered: i64, max_deliveries: i64) -
             return give_up_undecodable(bus, msg, org, &e).await;
         }
     };
-    let Command::Tenancy { command } = env.command else {
-        let message = "a host's command was addressed to the tenancy consumer; no worker carries it out there";
-        return record_operation_failed(bus, Some(env.org), env.op, &env.org.to_string(), "misrouted", message.into()).await;
+    let command = match env.command {
+        Command::Tenancy { command } => command,
+        Command::SshKey { command } => return handle_ssh_key(bus, env.op, command, delivered, max_deliveries).await,
+        _ => {
+            let message = "a host's command was addressed to the tenancy consumer; no worker carries it out there";
+            return record_operation_failed(bus, Some(env.org), env.op, &env.org.to_string(), "misrouted", message.into()).await;
+        }
     };
     let (org, id) = (command.org(), command.target());
     let fail = async |code: &str, message: String| record_operation_failed(bus, Some(org), env.op, &id, code, message).await;
@@ -98,4 +104,42 @@ async fn handle(bus: &Bus, msg: &Message, delivered: i64, max_deliveries: i64) -
         }
         Err(e) => Err(e),
     }
+}
+
+/// Create or delete a stored SSH key: decided against the key's own history,
+/// appended after it (a creation to a new subject), so two commands on one
+/// key cannot both apply.
+async fn handle_ssh_key(bus: &Bus, op: vmplane_domain::OpId, command: SshKeyCommand, delivered: i64, max_deliveries: i64) -> Result<(), BusError> {
+    let (org, id) = (command.org(), command.id());
+    let target = id.to_string();
+    let fail = async |code: &str, message: String| record_operation_failed(bus, Some(org), op, &target, code, message).await;
+    if delivered > max_deliveries {
+        tracing::warn!(%op, delivered, "ssh key command past its delivery limit; failing its operation");
+        return fail("delivery_limit", delivery_limit_message(delivered)).await;
+    }
+    let subject = subjects::ssh_key_events(org, id);
+    let history = bus.load(&subject).await?;
+    if history.iter().any(|(_, e)| e.operation == Some(op)) {
+        tracing::info!(%op, "ssh key command already applied");
+        return Ok(());
+    }
+    let state = history.iter().fold(None::<SshKey>, |state, (_, e)| match &e.event {
+        Event::SshKey(ev) => ssh_key::evolve(state, id, e.time, ev),
+        _ => state,
+    });
+    // A key created and deleted stays gone: its id is never created again.
+    let event = match (&command, history.is_empty()) {
+        (SshKeyCommand::Create { .. }, false) => Err(SshKeyError::AlreadyExists),
+        _ => ssh_key::decide(state.as_ref(), &command),
+    };
+    let event = match event {
+        Ok(ev) => ev,
+        Err(e) => {
+            tracing::warn!(%op, error = %e, "ssh key command refused; failing its operation");
+            return fail(e.code(), e.to_string()).await;
+        }
+    };
+    let out = Envelope::new(org, None, target.clone(), Some(op), Event::SshKey(event), OffsetDateTime::now_utc());
+    // Another command on the key got in first (a conflict): the redelivery decides again.
+    bus.append(&subject, &out, history.last().map_or(0, |(seq, _)| *seq)).await.map(drop)
 }

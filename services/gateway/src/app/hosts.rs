@@ -1,12 +1,17 @@
-//! Hosts: their capacity, use and liveness.
+//! Hosts: what each offers (capacity, what is left of it, prices, location,
+//! uptime) and what the caller uses there.
 //!
-//! The admin sees what every org uses and what is left. An API key sees its
-//! own org's use only, and not what is left, from which the others' use
-//! would follow.
+//! What a host has left (free vCPUs, memory, disk, GPUs by model and host
+//! ports) is shown to every caller: it is what a tenant chooses a host and
+//! its ports by (the marketplace's host nodes). What each org uses is not:
+//! the admin sees every org's use of a host, an API key its own org's only.
 
-use super::{Actor, App, AppResult, Principal};
+use super::placement::host_taken;
+use super::{Actor, App, AppError, AppResult, Principal};
+use std::collections::BTreeMap;
 use time::OffsetDateTime;
-use vmplane_domain::host::{Host, Resources};
+use vmplane_domain::HostId;
+use vmplane_domain::host::{self, Host, PortRange, Resources};
 
 /// A host as the caller may see it.
 #[derive(Debug, Clone)]
@@ -18,27 +23,90 @@ pub struct HostUsage {
     /// What the host's VMs and volumes take: all of them for the admin, the
     /// caller's org's for an API key.
     pub used: Resources,
-    /// What is left for new VMs (admin only).
-    pub available: Option<Resources>,
+    /// What is left for new VMs: vCPUs not given to VMs (vmplane may still
+    /// share vCPUs between VMs), memory and disk not taken, counting what
+    /// was accepted and not yet carried out.
+    pub available: Resources,
+    /// GPUs not given to VMs, by model.
+    pub free_gpus: BTreeMap<String, u32>,
+    /// Host ports of the host's port range that no VM forwards from, as
+    /// ranges in increasing order.
+    pub free_ports: Vec<PortRange>,
+    /// The share of time the host was up (heartbeats arriving), in percent,
+    /// over the last 30 days since it registered, as far as this gateway saw.
+    pub uptime_percent: Option<f64>,
 }
 
 /// Every registered host.
-pub fn list(app: &App, who: &Principal) -> AppResult<Vec<HostUsage>> {
+pub async fn list(app: &App, who: &Principal) -> AppResult<Vec<HostUsage>> {
     let mut out = Vec::new();
     for host in app.proj.hosts()? {
-        let (used, available) = match who.actor {
-            Actor::Admin => {
-                let used = app.proj.host_usage(host.id)?;
-                let available = Resources {
-                    vcpus: u64::from(host.info.cpus),
-                    memory_mib: host.info.memory_mib.saturating_sub(used.memory_mib),
-                    disk_gb: host.info.disk_gb.saturating_sub(used.disk_gb),
-                };
-                (used, Some(available))
-            }
-            Actor::Key(_) => (app.proj.org_usage_on_host(who.org, host.id)?, None),
-        };
-        out.push(HostUsage { online: app.proj.heartbeats.is_online(host.id), last_heartbeat: app.proj.heartbeats.last(host.id), used, available, host });
+        out.push(usage(app, who, host).await?);
     }
     Ok(out)
+}
+
+/// One host.
+pub async fn get(app: &App, who: &Principal, id: HostId) -> AppResult<HostUsage> {
+    let host = app.proj.hosts()?.into_iter().find(|h| h.id == id).ok_or_else(|| AppError::NotFound(format!("host {id}")))?;
+    usage(app, who, host).await
+}
+
+async fn usage(app: &App, who: &Principal, host: Host) -> AppResult<HostUsage> {
+    let taken = host_taken(app, host.id).await?;
+    let used = match who.actor {
+        Actor::Admin => app.proj.host_usage(host.id)?,
+        Actor::Key(_) => app.proj.org_usage_on_host(who.org, host.id)?,
+    };
+    let available = Resources {
+        vcpus: u64::from(host.info.cpus).saturating_sub(taken.used.vcpus),
+        memory_mib: host.info.memory_mib.saturating_sub(taken.used.memory_mib),
+        disk_gb: host.info.disk_gb.saturating_sub(taken.used.disk_gb),
+    };
+    let range = host.info.port_range.unwrap_or(PortRange::UNPRIVILEGED);
+    let free_ports = free_ranges(range, &taken.ports);
+    let now = OffsetDateTime::now_utc();
+    let since = host.registered_at.max(now - time::Duration::days(30));
+    Ok(HostUsage {
+        online: app.proj.heartbeats.is_online(host.id),
+        last_heartbeat: app.proj.heartbeats.last(host.id),
+        uptime_percent: app.proj.heartbeats.uptime_percent(host.id, since, now),
+        free_gpus: host::free_gpus(&host.info.gpus, &taken.gpus),
+        used,
+        available,
+        free_ports,
+        host,
+    })
+}
+
+/// The ports of `range` not in `taken`, as ranges.
+fn free_ranges(range: PortRange, taken: &std::collections::BTreeSet<u16>) -> Vec<PortRange> {
+    let mut out = Vec::new();
+    let mut start = Some(range.first);
+    for p in taken.range(range.first..=range.last).copied() {
+        if let Some(s) = start.filter(|s| *s < p) {
+            out.push(PortRange { first: s, last: p - 1 });
+        }
+        start = p.checked_add(1).filter(|n| *n <= range.last);
+    }
+    if let Some(s) = start {
+        out.push(PortRange { first: s, last: range.last });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_the_gaps() {
+        let r = |first, last| PortRange { first, last };
+        let set = |ports: &[u16]| ports.iter().copied().collect();
+        assert_eq!(free_ranges(r(20000, 20008), &set(&[])), vec![r(20000, 20008)]);
+        assert_eq!(free_ranges(r(20000, 20008), &set(&[19999, 20000, 20003, 20004, 20008, 30000])), vec![r(20001, 20002), r(20005, 20007)]);
+        assert_eq!(free_ranges(r(20000, 20001), &set(&[20000, 20001])), vec![]);
+        assert_eq!(free_ranges(r(65534, 65535), &set(&[65535])), vec![r(65534, 65534)]);
+        assert_eq!(free_ranges(r(65535, 65535), &set(&[])), vec![r(65535, 65535)]);
+    }
 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use vmplane_domain::host::{Host, Resources};
+use vmplane_domain::spec::GpuSpec;
 use vmplane_domain::{HostId, VmId, VolumeId, subjects};
 
 /// A claim is dropped from the ledger after this long whatever happened to it
@@ -32,6 +33,8 @@ const ATTEMPTS: usize = 16;
 pub(super) enum Unfit {
     /// Not enough free resources.
     NoRoom,
+    /// Not enough free GPUs: the count, of the model asked for.
+    NoGpu(u32, Option<String>),
     /// A requested host port is forwarded to another VM there.
     PortTaken(u16),
     /// A requested bridge address (IP or MAC) is another VM's there.
@@ -46,6 +49,8 @@ pub(super) enum Unfit {
     NoImage(String),
     /// The volumes the VM attaches at create are on another host.
     VolumesElsewhere,
+    /// The request names another host.
+    NotTheNamedHost,
 }
 
 /// What a new resource takes from its host, recorded when it is accepted.
@@ -61,6 +66,9 @@ pub(super) struct Claim {
     /// Requested MAC, lower case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
+    /// Requested GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuSpec>,
     /// Unix seconds of acceptance.
     #[serde(default)]
     pub at: i64,
@@ -74,6 +82,8 @@ pub(super) struct Taken {
     /// Bridge-mode guests' addresses.
     pub ips: BTreeSet<Ipv4Addr>,
     pub macs: BTreeSet<String>,
+    /// The GPUs its VMs hold.
+    pub gpus: Vec<GpuSpec>,
 }
 
 /// One host's ledger: claims by resource id.
@@ -98,9 +108,9 @@ impl Ledger {
 }
 
 impl Claim {
-    /// Whether checking it needs the host's ports and addresses.
+    /// Whether checking it needs the host's ports, addresses and GPUs.
     fn wants_addresses(&self) -> bool {
-        !self.ports.is_empty() || self.guest_ip.is_some() || self.guest_mac.is_some()
+        !self.ports.is_empty() || self.guest_ip.is_some() || self.guest_mac.is_some() || self.gpu.is_some()
     }
 }
 
@@ -126,7 +136,7 @@ fn unprojected<'a>(app: &App, ledger: &'a Ledger, except: &str) -> sled::Result<
     Ok(out)
 }
 
-/// What a host has taken; its ports and addresses only when `addresses`
+/// What a host has taken; its ports, addresses and GPUs only when `addresses`
 /// (they take a scan of the VMs). The projection moves on meanwhile: the
 /// claims it does not show are picked before and after reading it, again
 /// until both agree, so every claim is counted exactly once. Claims only
@@ -140,7 +150,7 @@ fn taken(app: &App, host: HostId, ledger: &Ledger, except: &str, addresses: bool
         let mut t = Taken { used: app.proj.host_usage(host)?, ..Taken::default() };
         if addresses {
             let a = app.proj.host_addresses(host)?;
-            (t.ports, t.ips, t.macs) = (a.ports, a.ips, a.macs);
+            (t.ports, t.ips, t.macs, t.gpus) = (a.ports, a.ips, a.macs, a.gpus);
         }
         let after = unprojected(app, ledger, except)?;
         if after == before || tries == TRIES {
@@ -149,6 +159,7 @@ fn taken(app: &App, host: HostId, ledger: &Ledger, except: &str, addresses: bool
                 t.ports.extend(&c.ports);
                 t.ips.extend(c.guest_ip);
                 t.macs.extend(c.guest_mac.clone());
+                t.gpus.extend(c.gpu.clone());
             }
             return Ok(t);
         }
@@ -164,6 +175,26 @@ async fn load(store: &kv::Store, host: HostId) -> AppResult<(Ledger, Option<u64>
         Some(e) => (Ledger::default(), Some(e.revision)),
         None => (Ledger::default(), None),
     })
+}
+
+/// What a host has taken now, ports, addresses and GPUs included: what it
+/// has left to offer. Claims not projected yet count while NATS can be
+/// reached; without it, the projection alone answers (reads keep working).
+pub(super) async fn host_taken(app: &App, host: HostId) -> AppResult<Taken> {
+    let ledger = async {
+        app.bus.ensure_connected()?;
+        let store = app.bus.bucket(subjects::PLACEMENT_BUCKET).await?;
+        load(&store, host).await.map(|(ledger, _)| ledger)
+    };
+    let ledger = match tokio::time::timeout(std::time::Duration::from_secs(2), ledger).await {
+        Ok(Ok(ledger)) => ledger,
+        Ok(Err(e)) => {
+            tracing::debug!(%host, error = %e, "placement ledger unreadable; host view from the projection alone");
+            Ledger::default()
+        }
+        Err(_) => Ledger::default(),
+    };
+    taken(app, host, &ledger, "", true)
 }
 
 /// Pick a host for resource `id` and record `claim` in its ledger. `check`
@@ -241,6 +272,14 @@ fn refusal(online: bool, reason: Option<Unfit>) -> AppError {
         Some(Unfit::AddressTaken(what)) => AppError::Conflict("address_conflict", format!("{what} is already another vm's on the bridge")),
         Some(Unfit::PortTaken(p)) => AppError::Conflict("port_conflict", format!("host port {p} is already forwarded to another vm")),
         Some(Unfit::VolumesElsewhere) => AppError::Unavailable("the host holding the volumes this vm attaches is not online".into()),
+        Some(Unfit::NotTheNamedHost) => AppError::Conflict("host_offline", "the host named is not online".into()),
+        Some(Unfit::NoGpu(count, model)) => AppError::Conflict(
+            "insufficient_gpus",
+            match model {
+                Some(m) => format!("no online host has {count} free GPUs of model `{m}`"),
+                None => format!("no online host has {count} free GPUs of one model"),
+            },
+        ),
         Some(Unfit::NoRoom) | None => AppError::Conflict("insufficient_capacity", "no online host has room for this".into()),
     }
 }

@@ -8,11 +8,11 @@ use crate::projection::vms::VmFilter;
 use time::OffsetDateTime;
 use vmplane_domain::cidr::Cidr;
 use vmplane_domain::event::Envelope;
-use vmplane_domain::host::{Host, ImageInfo, PortRange};
+use vmplane_domain::host::{self, Host, ImageInfo, PortRange};
 use vmplane_domain::spec::{NetworkMode, VmSpec};
 use vmplane_domain::vm::{Vm, VmCommand, VmStatus, decide, evolve};
 use vmplane_domain::volume;
-use vmplane_domain::{Command, HostId, ImageId, ProjectId, VmId, subjects};
+use vmplane_domain::{Command, HostId, ImageId, ProjectId, SshKeyId, VmId, subjects};
 
 /// What can be done to an existing VM without more input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,10 +63,46 @@ pub fn history(app: &App, who: &Principal, id: VmId) -> AppResult<Vec<(u64, Enve
     Ok(app.proj.vm_events(id)?)
 }
 
+/// A create: the spec, and what the request names besides it.
+#[derive(Debug, Clone)]
+pub struct NewVm {
+    /// Defaults already filled in.
+    pub spec: VmSpec,
+    /// Stored SSH keys of the caller's org (`app::ssh_keys`) whose public
+    /// keys join `spec.ssh_keys`; another org's key id is not found.
+    pub ssh_key_ids: Vec<SshKeyId>,
+    /// Place the VM on this host, or refuse: it must exist (else not found),
+    /// be online and pass every check placement makes of any host.
+    pub host: Option<HostId>,
+}
+
+impl From<VmSpec> for NewVm {
+    fn from(spec: VmSpec) -> Self {
+        Self { spec, ssh_key_ids: Vec::new(), host: None }
+    }
+}
+
 /// Create a VM from `spec` (defaults already filled in) in the caller's
 /// project, on the online host with the most free memory that can take it.
-pub async fn create(app: &App, who: &Principal, alloc: Allocation, mut spec: VmSpec) -> AppResult<Accepted<Vm>> {
+pub async fn create(app: &App, who: &Principal, alloc: Allocation, spec: VmSpec) -> AppResult<Accepted<Vm>> {
+    create_with(app, who, alloc, spec.into()).await
+}
+
+/// Create a VM as [`create`] does, with stored SSH keys and on a named host
+/// if the request says so.
+pub async fn create_with(app: &App, who: &Principal, alloc: Allocation, new: NewVm) -> AppResult<Accepted<Vm>> {
+    let NewVm { mut spec, ssh_key_ids, host: pinned } = new;
+    for key in super::ssh_keys::public_keys(app, who, &ssh_key_ids)? {
+        if !spec.ssh_keys.contains(&key) {
+            spec.ssh_keys.push(key);
+        }
+    }
     spec.validate()?;
+    if let Some(host) = pinned
+        && !app.proj.hosts()?.iter().any(|h| h.id == host)
+    {
+        return Err(AppError::NotFound(format!("host {host}")));
+    }
     let id = VmId(alloc.resource());
     // A retry (same idempotency key) of a create the worker carried out already.
     if let Some(vm) = app.proj.vm(id)?.filter(|vm| vm.org == who.org)
@@ -76,7 +112,7 @@ pub async fn create(app: &App, who: &Principal, alloc: Allocation, mut spec: VmS
     }
     let volumes_host = check_create_disks(app, who, id, &mut spec)?;
     let project = who.project_or_default();
-    let host = place_vm(app, id, &spec, volumes_host).await?;
+    let host = place_vm(app, id, &spec, volumes_host, pinned).await?;
     let command = VmCommand::Create { spec: Box::new(spec), host };
     accept(app, who, alloc, None, id, project, host, command).await
 }
@@ -134,10 +170,10 @@ async fn accept(
 }
 
 /// Pick the online host with the most free memory that has the image, the
-/// requested host ports free and inside its port range, and (bridge mode)
-/// the requested address free (the host of the volumes it attaches, if
-/// any); record the claim there.
-async fn place_vm(app: &App, id: VmId, spec: &VmSpec, volumes_host: Option<HostId>) -> AppResult<HostId> {
+/// requested host ports free and inside its port range, (bridge mode) the
+/// requested address free and the GPUs asked for free (the host of the
+/// volumes it attaches, and the host named, if any); record the claim there.
+async fn place_vm(app: &App, id: VmId, spec: &VmSpec, volumes_host: Option<HostId>, pinned: Option<HostId>) -> AppResult<HostId> {
     let has_image = |i: &ImageInfo| i.name == spec.image || ImageId::for_slug(&i.name).to_string() == spec.image;
     let bridged = spec.network.enabled && spec.network.mode == NetworkMode::Bridge;
     let claim = Claim {
@@ -145,9 +181,13 @@ async fn place_vm(app: &App, id: VmId, spec: &VmSpec, volumes_host: Option<HostI
         ports: spec.port_forwards.iter().filter_map(|pf| pf.host_port).collect(),
         guest_ip: spec.network.guest_ip.filter(|_| bridged),
         guest_mac: spec.network.guest_mac.as_deref().filter(|_| bridged).map(str::to_ascii_lowercase),
+        gpu: spec.gpu.clone(),
         at: 0,
     };
     let check = |host: &Host, taken: &Taken| -> Option<Unfit> {
+        if pinned.is_some_and(|h| h != host.id) {
+            return Some(Unfit::NotTheNamedHost);
+        }
         if volumes_host.is_some_and(|h| h != host.id) {
             return Some(Unfit::VolumesElsewhere);
         }
@@ -172,6 +212,9 @@ async fn place_vm(app: &App, id: VmId, spec: &VmSpec, volumes_host: Option<HostI
         }
         if let Some(ip) = claim.guest_ip.filter(|ip| taken.ips.contains(ip)) {
             return Some(Unfit::AddressTaken(format!("guest_ip {ip}")));
+        }
+        if let Some(g) = claim.gpu.as_ref().filter(|g| !host::gpus_fit(&host::free_gpus(&host.info.gpus, &taken.gpus), g)) {
+            return Some(Unfit::NoGpu(g.count, g.model.clone()));
         }
         claim.guest_mac.as_ref().filter(|m| taken.macs.contains(*m)).map(|m| Unfit::AddressTaken(format!("guest_mac {m}")))
     };

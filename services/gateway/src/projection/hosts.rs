@@ -29,20 +29,62 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope, ev: &HostEvent) {
     txn.put(k, &host);
 }
 
-/// Last heartbeat (unix seconds) per host.
-#[derive(Clone, Default)]
-pub struct Heartbeats(Arc<RwLock<HashMap<HostId, i64>>>);
+/// Last heartbeat (unix seconds) and uptime per host, as seen since this
+/// gateway started watching.
+#[derive(Clone)]
+pub struct Heartbeats(Arc<RwLock<Beats>>);
+
+struct Beats {
+    last: HashMap<HostId, i64>,
+    uptime: HashMap<HostId, host::Uptime>,
+    /// When this gateway began watching: it knows nothing of the time before.
+    since: OffsetDateTime,
+}
+
+impl Default for Heartbeats {
+    fn default() -> Self {
+        Self(Arc::new(RwLock::new(Beats { last: HashMap::new(), uptime: HashMap::new(), since: OffsetDateTime::now_utc() })))
+    }
+}
+
+/// How long uptime is remembered.
+const UPTIME_WINDOW: time::Duration = time::Duration::days(30);
 
 impl Heartbeats {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Beats> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// When the host last beat.
     pub fn last(&self, host: HostId) -> Option<OffsetDateTime> {
-        let map = self.0.read().unwrap_or_else(|p| p.into_inner());
-        map.get(&host).and_then(|t| OffsetDateTime::from_unix_timestamp(*t).ok())
+        self.read().last.get(&host).and_then(|t| OffsetDateTime::from_unix_timestamp(*t).ok())
     }
 
     /// Whether the host beat recently.
     pub fn is_online(&self, host: HostId) -> bool {
         self.last(host).is_some_and(|t| OffsetDateTime::now_utc() - t <= ONLINE_WITHIN)
+    }
+
+    /// The percentage of `[from, to)` the host was up (each beat counts it up
+    /// for [`ONLINE_WITHIN`]), over the part of it this gateway watched;
+    /// `None` when that part is empty.
+    pub fn uptime_percent(&self, host: HostId, from: OffsetDateTime, to: OffsetDateTime) -> Option<f64> {
+        let beats = self.read();
+        let from = from.max(beats.since);
+        match beats.uptime.get(&host) {
+            Some(u) => u.percent(from, to),
+            None => host::Uptime::default().percent(from, to),
+        }
+    }
+
+    /// Record a beat of `host` at unix second `at`.
+    fn beat(&self, host: HostId, at: i64) {
+        let Ok(t) = OffsetDateTime::from_unix_timestamp(at) else { return };
+        let mut beats = self.0.write().unwrap_or_else(|p| p.into_inner());
+        beats.last.insert(host, at);
+        let uptime = beats.uptime.entry(host).or_default();
+        uptime.beat(t, time::Duration::try_from(ONLINE_WITHIN).unwrap_or(time::Duration::ZERO));
+        uptime.forget_before(OffsetDateTime::now_utc() - UPTIME_WINDOW);
     }
 
     /// Follow the heartbeat bucket forever, re-attaching after outages.
@@ -58,7 +100,7 @@ impl Heartbeats {
                         let (Ok(host), Some(at)) = (entry.key.parse::<HostId>(), std::str::from_utf8(&entry.value).ok().and_then(|s| s.parse().ok())) else {
                             continue;
                         };
-                        self.0.write().unwrap_or_else(|p| p.into_inner()).insert(host, at);
+                        self.beat(host, at);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot watch heartbeats"),

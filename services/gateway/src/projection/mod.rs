@@ -7,10 +7,11 @@
 //!
 //! One tree, prefixed keys: `vm/<id>`, `vmidx/<org>/<id>`, `vmevt/<id>/<seq>`,
 //! `op/<id>`, `org/<id>`, `prj/<org>/<id>`, `key/<id>`, `host/<id>`,
-//! `hostuse/<id>`, `vol/<id>`, `volidx/<org>/<id>`, and `meta/applied`.
+//! `hostuse/<id>`, `vol/<id>`, `volidx/<org>/<id>`, `sshkey/<org>/<id>`, and `meta/applied`.
 
 pub mod hosts;
 pub mod operations;
+pub mod ssh_keys;
 pub mod tenancy;
 pub mod vms;
 pub mod volumes;
@@ -75,6 +76,7 @@ impl Projections {
                     Event::Tenancy(ev) => tenancy::apply(&mut txn, &env, ev),
                     Event::Host(ev) => hosts::apply(&mut txn, &env, ev),
                     Event::Volume(ev) => volumes::apply(&mut txn, &env, ev),
+                    Event::SshKey(ev) => ssh_keys::apply(&mut txn, &env, ev),
                     // Operations have no view but their own (below).
                     Event::Operation(_) => {}
                 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use vmplane_domain::event::Envelope;
 use vmplane_domain::host::Resources;
-use vmplane_domain::spec::NetworkMode;
+use vmplane_domain::spec::{GpuSpec, NetworkMode};
 use vmplane_domain::vm::{Vm, VmEvent, VmStatus, evolve};
 use vmplane_domain::{HostId, OrgId, ProjectId, VmId};
 
@@ -34,13 +34,14 @@ pub(super) fn apply(txn: &mut Txn, seq: u64, env: &Envelope, ev: &VmEvent, paylo
     txn.put(key(&[&"vm", &id]), &after);
 }
 
-/// Host ports and bridge addresses the VMs of one host hold.
+/// Host ports, bridge addresses and GPUs the VMs of one host hold.
 #[derive(Debug, Default)]
 pub struct HostAddresses {
     pub ports: BTreeSet<u16>,
     pub ips: BTreeSet<Ipv4Addr>,
     /// Lower case.
     pub macs: BTreeSet<String>,
+    pub gpus: Vec<GpuSpec>,
 }
 
 /// A filter for listing VMs.
@@ -85,9 +86,9 @@ impl Projections {
         Ok((page, total))
     }
 
-    /// Host ports forwarded to VMs on `host` (requested or allocated) and
-    /// the addresses its bridge-mode VMs hold, for refusing a conflicting
-    /// request before it reaches the worker.
+    /// Host ports forwarded to VMs on `host` (requested or allocated), the
+    /// addresses its bridge-mode VMs hold and the GPUs its VMs were given,
+    /// for refusing a conflicting request before it reaches the worker.
     pub fn host_addresses(&self, host: HostId) -> sled::Result<HostAddresses> {
         let mut out = HostAddresses::default();
         for vm in self.scan::<Vm>(b"vm/") {
@@ -96,6 +97,7 @@ impl Projections {
                 continue;
             }
             out.ports.extend(vm.spec.port_forwards.iter().filter_map(|p| p.host_port));
+            out.gpus.extend(vm.spec.gpu.clone());
             if let Some(net) = &vm.network {
                 out.ports.extend(net.ssh_port);
                 out.ports.extend(net.port_forwards.iter().map(|p| p.host_port));

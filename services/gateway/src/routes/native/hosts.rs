@@ -11,7 +11,8 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use vmplane_domain::HostId;
-use vmplane_domain::host::{HostInfo, Resources};
+use std::collections::BTreeMap;
+use vmplane_domain::host::{HostInfo, PortRange, Resources};
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -32,9 +33,16 @@ pub struct HostView {
     /// What the host's VMs and volumes take: all of them for the admin, the
     /// caller's org's for an API key.
     pub used: Resources,
-    /// What is left for new VMs (admin only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub available: Option<Resources>,
+    /// What is left for new VMs (every caller sees it): vCPUs not given to
+    /// VMs (vmplane may still share vCPUs), memory and disk not taken.
+    pub available: Resources,
+    /// GPUs not given to VMs, by model.
+    pub free_gpus: BTreeMap<String, u32>,
+    /// Host ports of `port_range` no VM forwards from, as ranges.
+    pub free_ports: Vec<PortRange>,
+    /// Percentage of the last 30 days (since registration) the host was up,
+    /// as far as this gateway watched; null before a second has passed.
+    pub uptime_percentage: Option<f64>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub registered_at: OffsetDateTime,
@@ -48,6 +56,9 @@ impl From<HostUsage> for HostView {
             last_heartbeat: h.last_heartbeat,
             used: h.used,
             available: h.available,
+            free_gpus: h.free_gpus,
+            free_ports: h.free_ports,
+            uptime_percentage: h.uptime_percent.map(|p| (p * 100.0).round() / 100.0),
             registered_at: h.host.registered_at,
             info: h.host.info,
         }
@@ -57,5 +68,5 @@ impl From<HostUsage> for HostView {
 /// Every registered host.
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, body = Vec<HostView>), (status = "4XX", body = ErrorBody)))]
 async fn list_hosts(State(state): State<AppState>, who: Principal) -> ApiResult<axum::Json<Vec<HostView>>> {
-    Ok(axum::Json(hosts::list(&state.app, &who)?.into_iter().map(HostView::from).collect()))
+    Ok(axum::Json(hosts::list(&state.app, &who).await?.into_iter().map(HostView::from).collect()))
 }
