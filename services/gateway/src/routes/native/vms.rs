@@ -5,7 +5,7 @@ use super::events::EventView;
 use super::extract::{Json, PathId, Query};
 use super::pagination::{Page, PageQuery};
 use crate::AppState;
-use crate::app::vms::{self, Action};
+use crate::app::vms::{self, Action, NewVm};
 use crate::app::{Accepted, Allocation, Operation, Principal};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use vmplane_domain::spec::{DataDisk, ExposedPort, GpuSpec, NetworkSpec, PortForward, VmSpec, VolumeMount};
 use vmplane_domain::vm::{DiskInfo, ResolvedPortForward, Vm, VmStatus};
-use vmplane_domain::{HostId, ProjectId, VmId, VolumeId};
+use vmplane_domain::{HostId, ProjectId, SshKeyId, VmId, VolumeId};
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -59,6 +59,9 @@ pub struct CreateVmRequest {
     pub volumes: Vec<VolumeMount>,
     #[serde(default)]
     pub ssh_keys: Vec<String>,
+    /// Stored keys (`/v1/ssh-keys`) of the caller's org, added to `ssh_keys`.
+    #[serde(default)]
+    pub ssh_key_ids: Vec<SshKeyId>,
     /// cloud-init user data: a `#!` script or `#cloud-config`.
     pub user_data: Option<String>,
     #[serde(default)]
@@ -79,6 +82,12 @@ pub struct CreateVmRequest {
 }
 
 impl CreateVmRequest {
+    /// The create this request asks for.
+    pub fn into_new_vm(mut self) -> NewVm {
+        let ssh_key_ids = std::mem::take(&mut self.ssh_key_ids);
+        NewVm { spec: self.into_spec(), ssh_key_ids, host: None }
+    }
+
     /// The spec this request asks for, defaults filled in.
     pub fn into_spec(self) -> VmSpec {
         let d = VmSpec::named(self.name);
@@ -260,7 +269,7 @@ async fn create_vm(
     alloc: Allocation,
     Json(req): Json<CreateVmRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    Ok(accepted(vms::create(&state.app, &who, alloc, req.into_spec()).await?))
+    Ok(accepted(vms::create_with(&state.app, &who, alloc, req.into_new_vm()).await?))
 }
 
 /// List VMs, oldest first.
