@@ -47,6 +47,8 @@ pub(super) enum Unfit {
     NoBridge,
     /// The host does not have the image.
     NoImage(String),
+    /// The host serves another region than the one asked for.
+    OtherRegion(String),
     /// The volumes the VM attaches at create are on another host.
     VolumesElsewhere,
     /// The request names another host.
@@ -271,6 +273,7 @@ fn refusal(online: bool, reason: Option<Unfit>) -> AppError {
         ),
         Some(Unfit::AddressTaken(what)) => AppError::Conflict("address_conflict", format!("{what} is already another vm's on the bridge")),
         Some(Unfit::PortTaken(p)) => AppError::Conflict("port_conflict", format!("host port {p} is already forwarded to another vm")),
+        Some(Unfit::OtherRegion(code)) => AppError::Invalid("region_not_served", format!("no online host serves region `{code}`")),
         Some(Unfit::VolumesElsewhere) => AppError::Unavailable("the host holding the volumes this vm attaches is not online".into()),
         Some(Unfit::NotTheNamedHost) => AppError::Conflict("host_offline", "the host named is not online".into()),
         Some(Unfit::NoGpu(count, model)) => AppError::Conflict(
