@@ -32,7 +32,11 @@ async fn health_metrics_and_every_documented_route_is_served() {
     let (st, key) = c.post("/v1/api-keys", &json!({ "name": "probe-key", "org_id": org_id })).await;
     assert_eq!(st, 201, "{key}");
     let key_id = str_of(&key["id"]).to_owned();
-    let ids = Ids { vm: &vm_id, op: &op_id, org: &org_id, volume: &vol_id, api_key: &key_id };
+    let public_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl probe";
+    let (st, ssh_key) = c.post("/v1/ssh-keys", &json!({ "name": "probe", "public_key": public_key })).await;
+    assert_eq!(st, 201, "{ssh_key}");
+    let ssh_key_id = str_of(&ssh_key["id"]).to_owned();
+    let ids = Ids { vm: &vm_id, op: &op_id, org: &org_id, volume: &vol_id, api_key: &key_id, ssh_key: &ssh_key_id };
 
     let (s, doc) = anon.get("/openapi.json").await;
     assert_eq!(s, 200, "{doc}");
@@ -64,6 +68,8 @@ async fn health_metrics_and_every_documented_route_is_served() {
         ("GET", "/v1/hosts"),
         ("POST", "/v1/orgs"),
         ("POST", "/v1/api-keys"),
+        ("POST", "/v1/ssh-keys"),
+        ("GET", "/v1/ssh-keys/{id}"),
     ] {
         assert!(calls.iter().any(|(m, p, _, _)| m == method && p == path), "{method} {path} is not documented");
     }
@@ -90,7 +96,7 @@ async fn health_metrics_and_every_documented_route_is_served() {
         if status == 200 && resp.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream")) {
             continue;
         }
-        if *websocket && status == 101 {
+        if (*websocket && status == 101) || status == 204 {
             continue;
         }
         let body: Value = resp.json().await.unwrap_or_else(|e| panic!("{label}, not JSON: {e}"));
@@ -116,6 +122,7 @@ struct Ids<'a> {
     org: &'a str,
     volume: &'a str,
     api_key: &'a str,
+    ssh_key: &'a str,
 }
 
 /// `{id}`-style parameters replaced by real ids.
@@ -127,6 +134,7 @@ fn substitute(path: &str, ids: &Ids) -> String {
             Some("id") if path.starts_with("/v1/operations/") => ids.op.to_owned(),
             Some("id") if path.starts_with("/v1/volumes/") => ids.volume.to_owned(),
             Some("id") if path.starts_with("/v1/api-keys/") => ids.api_key.to_owned(),
+            Some("id") if path.starts_with("/v1/ssh-keys/") => ids.ssh_key.to_owned(),
             Some("volume_id") => ids.volume.to_owned(),
             Some("org") => ids.org.to_owned(),
             Some(other) => panic!("no real id to substitute for {{{other}}} in {path}; teach the test"),
