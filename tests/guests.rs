@@ -1222,3 +1222,50 @@ AGENT
     g.wait_op(str_of(&b["operation"]["id"])).await;
     assert!(g.ssh(&quiet, "awk '$2 == \"/mnt/v\"' /proc/mounts").contains("/mnt/v"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialect_marketplace_guest_runs_its_user_data() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    let c = &g.admin;
+    // A port the host node offers, for the guest's SSH.
+    let (s, nodes) = c.get("/api/v2/hostnodes").await;
+    assert_eq!(s, 200, "{nodes}");
+    let node_id = str_of(&nodes["data"]["hostnodes"][0]["id"]).to_owned();
+    let (s, node) = c.get(&format!("/api/v2/hostnodes/{node_id}")).await;
+    assert_eq!(s, 200, "{node}");
+    let port = node["data"]["available_resources"]["available_ports"][0].as_u64().expect("a free port");
+    let doc = json!({"data": {"type": "virtualmachine", "attributes": {
+        "name": "market-guest",
+        "image": "debian-12",
+        "hostnode_id": node_id,
+        "resources": {"vcpu_count": 1, "ram_gb": 1, "storage_gb": 2},
+        "port_forwards": [{"internal_port": 22, "external_port": port}],
+        "ssh_key": g.public_key(),
+        "cloud_init": {"runcmd": ["echo marketplace-runcmd-$((6*7))", "echo 'Hello World'"], "packages": ["curl"], "package_update": true}
+    }}});
+    let (s, b) = c.post("/api/v2/instances", &doc).await;
+    assert_eq!(s, 201, "{b}");
+    let id = str_of(&b["data"]["id"]).to_owned();
+    let running = wait_for("the marketplace instance running", BOOT, async || match c.try_get(&format!("/api/v2/instances/{id}")).await {
+        Some((200, b)) if b["data"]["status"] == "running" => Ok(b["data"].clone()),
+        Some((200, b)) if b["data"]["status"] == "failed" => panic!("{b}\n{}", g.worker.log_tail(40)),
+        other => Err(format!("{other:?}")),
+    })
+    .await;
+    assert_eq!(running["port_forwards"], json!([{"internal_port": 22, "external_port": port}]), "{running}");
+    // runcmd ran in the guest's shell ($((6*7)) evaluated), its output on the console.
+    let lines = wait_for("the runcmd output in the console log", Duration::from_secs(60), async || {
+        let (s, tail) = c.get(&format!("/v1/vms/{id}/logs?tail=500")).await;
+        let lines: Vec<String> = tail["lines"].as_array().into_iter().flatten().filter_map(|l| l.as_str().map(str::to_owned)).collect();
+        if s == 200 && lines.iter().any(|l| l.ends_with("marketplace-runcmd-42")) { Ok(lines) } else { Err(format!("{s} {lines:?}")) }
+    })
+    .await;
+    assert!(lines.iter().any(|l| l.ends_with("Hello World")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("VMPLANE-READY")), "{lines:?}");
+    // The external port reaches the guest's port 22, with the key given.
+    assert_eq!(g.ssh(&json!({"ssh_port": port}), "echo ssh-$((40+2))").trim(), "ssh-42");
+    assert!(g.ssh(&json!({"ssh_port": port}), "cat /var/lib/cloud/packages-requested").contains("curl"));
+    let (s, b) = c.delete(&format!("/api/v2/instances/{id}")).await;
+    assert_eq!(s, 202, "{b}");
+}
