@@ -1258,11 +1258,12 @@ async fn dialect_marketplace_guest_runs_its_user_data() {
     let lines = wait_for("the runcmd output in the console log", Duration::from_secs(60), async || {
         let (s, tail) = c.get(&format!("/v1/vms/{id}/logs?tail=500")).await;
         let lines: Vec<String> = tail["lines"].as_array().into_iter().flatten().filter_map(|l| l.as_str().map(str::to_owned)).collect();
-        if s == 200 && lines.iter().any(|l| l.ends_with("marketplace-runcmd-42")) { Ok(lines) } else { Err(format!("{s} {lines:?}")) }
+        // Lines are shipped shortly after the guest prints them: wait for the readiness line too.
+        let ready = lines.iter().any(|l| l.starts_with("VMPLANE-READY"));
+        if s == 200 && ready && lines.iter().any(|l| l.ends_with("marketplace-runcmd-42")) { Ok(lines) } else { Err(format!("{s} {lines:?}")) }
     })
     .await;
     assert!(lines.iter().any(|l| l.ends_with("Hello World")), "{lines:?}");
-    assert!(lines.iter().any(|l| l.starts_with("VMPLANE-READY")), "{lines:?}");
     // The external port reaches the guest's port 22, with the key given.
     assert_eq!(g.ssh(&json!({"ssh_port": port}), "echo ssh-$((40+2))").trim(), "ssh-42");
     assert!(g.ssh(&json!({"ssh_port": port}), "cat /var/lib/cloud/packages-requested").contains("curl"));
