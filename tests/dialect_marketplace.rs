@@ -339,8 +339,7 @@ async fn every_seed_example_verbatim_and_used_resources_leave_the_host_node() {
     let vm = c.vm(&id).await;
     assert_eq!(vm["ssh_keys"], json!([ED25519]), "{vm}");
     assert_eq!(
-        vm["user_data"],
-        "#cloud-config\npackage_update: true\npackages:\n- curl\n- git\nruncmd:\n- echo 'Hello World'\n- apt-get install -y nginx\n",
+        vm["user_data"], "#cloud-config\npackage_update: true\npackages:\n- curl\n- git\nruncmd:\n- echo 'Hello World'\n- apt-get install -y nginx\n",
         "{vm}"
     );
 
@@ -352,11 +351,7 @@ async fn every_seed_example_verbatim_and_used_resources_leave_the_host_node() {
     assert!(![20000, 20001, ssh_port].iter().any(|p| left.contains(p)), "{left:?}");
     assert_eq!(left.len(), 9 - 3, "{left:?}");
     let after = &node["available_resources"];
-    assert_eq!(
-        (&after["vcpu_count"], &after["ram_gb"], &after["storage_gb"]),
-        (&json!(64 - 2), &json!(1024 - 4), &json!(100_000 - 300)),
-        "{after}"
-    );
+    assert_eq!((&after["vcpu_count"], &after["ram_gb"], &after["storage_gb"]), (&json!(64 - 2), &json!(1024 - 4), &json!(100_000 - 300)), "{after}");
     assert_eq!((gpu(&node, RTX), gpu(&node, H100)), (1, 8));
 
     // The cloud_init example, verbatim, on an instance vmplane places itself.
@@ -424,8 +419,18 @@ async fn every_rule_is_a_jsonapi_4xx_that_changes_nothing_and_tenants_see_only_t
         ("neither ssh_key nor ssh_key_id", with(&|d| drop(d["data"]["attributes"].as_object_mut().unwrap().remove("ssh_key_id"))), 400, "ssh_key_required"),
         ("both ssh_key and ssh_key_id", with(&attr("ssh_key", json!(ED25519))), 400, "ssh_key_required"),
         ("an external port another instance has", with(&attr("port_forwards", json!([{"internal_port": 80, "external_port": 20000}]))), 409, "port_conflict"),
-        ("an external port outside the host node's", with(&attr("port_forwards", json!([{"internal_port": 80, "external_port": 30000}]))), 400, "port_out_of_range"),
-        ("one internal port twice", with(&attr("port_forwards", json!([{"internal_port": 80, "external_port": 20005}, {"internal_port": 80, "external_port": 20006}]))), 400, "validation_failed"),
+        (
+            "an external port outside the host node's",
+            with(&attr("port_forwards", json!([{"internal_port": 80, "external_port": 30000}]))),
+            400,
+            "port_out_of_range",
+        ),
+        (
+            "one internal port twice",
+            with(&attr("port_forwards", json!([{"internal_port": 80, "external_port": 20005}, {"internal_port": 80, "external_port": 20006}]))),
+            400,
+            "validation_failed",
+        ),
         ("internal port 0", with(&attr("port_forwards", json!([{"internal_port": 0, "external_port": 20005}]))), 400, "validation_failed"),
         ("external port 70000", with(&attr("port_forwards", json!([{"internal_port": 80, "external_port": 70000}]))), 400, "invalid_document"),
         ("more vCPUs than available", with(&attr("resources", json!({"vcpu_count": 63}))), 409, "insufficient_capacity"),
@@ -439,10 +444,15 @@ async fn every_rule_is_a_jsonapi_4xx_that_changes_nothing_and_tenants_see_only_t
         ("an unknown host node", with(&attr("hostnode_id", json!("host_01jdx3v9k6m2w8q4r5t7y9z0ab"))), 404, "not_found"),
         ("a host node id of another system", with(&attr("hostnode_id", json!("hn-uuid-12345"))), 404, "not_found"),
         ("an unknown ssh_key_id", with(&attr("ssh_key_id", json!("sshkey_01jdx3v9k6m2w8q4r5t7y9z0ab"))), 404, "not_found"),
-        ("a bad ssh_key", with(&|d| {
-            d["data"]["attributes"].as_object_mut().unwrap().remove("ssh_key_id");
-            d["data"]["attributes"]["ssh_key"] = json!("ssh-ed25519 AAAA");
-        }), 400, "validation_failed"),
+        (
+            "a bad ssh_key",
+            with(&|d| {
+                d["data"]["attributes"].as_object_mut().unwrap().remove("ssh_key_id");
+                d["data"]["attributes"]["ssh_key"] = json!("ssh-ed25519 AAAA");
+            }),
+            400,
+            "validation_failed",
+        ),
         ("a name that is not a DNS label", with(&attr("name", json!("My Instance"))), 400, "validation_failed"),
         ("an image no catalog or host knows", with(&attr("image", json!("windows11"))), 400, "unknown_image"),
         ("no image", with(&|d| drop(d["data"]["attributes"].as_object_mut().unwrap().remove("image"))), 400, "invalid_document"),

@@ -83,7 +83,12 @@ async fn every_rule_is_a_4xx_that_stores_nothing() {
         ("two keys", json!({ "name": "k", "public_key": format!("{ED25519}\n{ECDSA}") }), 422, "validation_failed"),
         ("authorized_keys options", json!({ "name": "k", "public_key": format!("command=\"/bin/sh\" {ED25519}") }), 422, "validation_failed"),
         ("an RSA key of 1024 bits", json!({ "name": "k", "public_key": RSA_1024 }), 422, "validation_failed"),
-        ("a private key", json!({ "name": "k", "public_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----" }), 422, "validation_failed"),
+        (
+            "a private key",
+            json!({ "name": "k", "public_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----" }),
+            422,
+            "validation_failed",
+        ),
     ];
     for (case, body, status, code) in cases {
         let (s, b) = c.post("/v1/ssh-keys", &body).await;

@@ -96,10 +96,7 @@ mod tests {
             package_upgrade: false,
         };
         c.validate().unwrap();
-        assert_eq!(
-            c.render(),
-            "#cloud-config\npackage_update: true\npackages:\n- curl\n- git\nruncmd:\n- echo 'Hello World'\n- apt-get install -y nginx\n"
-        );
+        assert_eq!(c.render(), "#cloud-config\npackage_update: true\npackages:\n- curl\n- git\nruncmd:\n- echo 'Hello World'\n- apt-get install -y nginx\n");
         assert_eq!(CloudConfig::default().render(), "#cloud-config\n");
     }
 
@@ -129,7 +126,8 @@ mod tests {
 
     #[test]
     fn bounds() {
-        let bad_cmds = [vec![String::new()], vec!["a\u{7}b".into()], vec!["a\u{2028}b".into()], vec!["x".repeat(MAX_COMMAND_LEN + 1)], vec!["ls".into(); MAX_ITEMS + 1]];
+        let bad_cmds =
+            [vec![String::new()], vec!["a\u{7}b".into()], vec!["a\u{2028}b".into()], vec!["x".repeat(MAX_COMMAND_LEN + 1)], vec!["ls".into(); MAX_ITEMS + 1]];
         for runcmd in bad_cmds {
             assert_eq!(CloudConfig { runcmd, ..CloudConfig::default() }.validate().unwrap_err().field, "runcmd");
         }

@@ -188,9 +188,8 @@ pub fn decide(state: Option<&SshKey>, cmd: &SshKeyCommand) -> Result<SshKeyEvent
 /// Fold one event into the key's state.
 pub fn evolve(state: Option<SshKey>, id: SshKeyId, at: OffsetDateTime, event: &SshKeyEvent) -> Option<SshKey> {
     match event {
-        SshKeyEvent::SshKeyCreated { org, name, public_key, fingerprint } => state.or_else(|| {
-            Some(SshKey { id, org: *org, name: name.clone(), public_key: public_key.clone(), fingerprint: fingerprint.clone(), created_at: at })
-        }),
+        SshKeyEvent::SshKeyCreated { org, name, public_key, fingerprint } => state
+            .or_else(|| Some(SshKey { id, org: *org, name: name.clone(), public_key: public_key.clone(), fingerprint: fingerprint.clone(), created_at: at })),
         SshKeyEvent::SshKeyDeleted => None,
     }
 }
@@ -203,8 +202,14 @@ mod tests {
     const ED25519: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl user@host";
 
     /// `ssh-keygen -t rsa -b 2048`, `-t ecdsa`, `-t rsa -b 1024` and `-t dsa`, with their `ssh-keygen -l` fingerprints.
-    const RSA_2048: (&str, &str) = ("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQDMJkO50LJE2s86NAyHRAZv2YwJoSOO8sS8GUL56jDs4uH/NW54WQuY4QaLDxn4XFaeYOMKlvUZnLSZB/2NY8OPdrIaii6emHW5W5R6hPUEYKMQgdUOgBX+wSrrhFGmJqnJyoO6UNutSysLPtggn/TR3iIJI7iVtd7tSiwPCsoGLGaT5ctWHfhzq4sBZihP4lTkfKg7iZ8IUZUHvA3//zCgIKaa0XToTxux4jwtWxTdyJmjdLS3RHNPY4OVrsAu1yA/2M0OhpvkLcSywukEXR15ZhZimjvwIrF/BtEh5lPcioF2URdzbGJr1jo6FslVqikC7IQKEirO4lTxs26CK5U9 rsa", "SHA256:yo2OEbmEC1zcz5JWZ7VYXZylE7YUrgSvrNOt2kQLypg");
-    const ECDSA: (&str, &str) = ("ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBD+zGslh3aJqGmGFfKzkdvOYDlGXtaMMyNC0e9qrmVC+NkVNp3lDmW5OJ2x+mrE2ar9sbsnSU1zNO1rxEJfelPs= ec", "SHA256:HWMLHkhQF8Z1/HyuB8jYKqdg8i85zUuIxf/Pnhrlkws");
+    const RSA_2048: (&str, &str) = (
+        "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQDMJkO50LJE2s86NAyHRAZv2YwJoSOO8sS8GUL56jDs4uH/NW54WQuY4QaLDxn4XFaeYOMKlvUZnLSZB/2NY8OPdrIaii6emHW5W5R6hPUEYKMQgdUOgBX+wSrrhFGmJqnJyoO6UNutSysLPtggn/TR3iIJI7iVtd7tSiwPCsoGLGaT5ctWHfhzq4sBZihP4lTkfKg7iZ8IUZUHvA3//zCgIKaa0XToTxux4jwtWxTdyJmjdLS3RHNPY4OVrsAu1yA/2M0OhpvkLcSywukEXR15ZhZimjvwIrF/BtEh5lPcioF2URdzbGJr1jo6FslVqikC7IQKEirO4lTxs26CK5U9 rsa",
+        "SHA256:yo2OEbmEC1zcz5JWZ7VYXZylE7YUrgSvrNOt2kQLypg",
+    );
+    const ECDSA: (&str, &str) = (
+        "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBD+zGslh3aJqGmGFfKzkdvOYDlGXtaMMyNC0e9qrmVC+NkVNp3lDmW5OJ2x+mrE2ar9sbsnSU1zNO1rxEJfelPs= ec",
+        "SHA256:HWMLHkhQF8Z1/HyuB8jYKqdg8i85zUuIxf/Pnhrlkws",
+    );
     const RSA_1024: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC4d7vbLE+nVSokKm13xi/qVugHIq/r+8acPHU0wbAyQAj69AHhVkyKtFPlE+6yFQsEwJ7QeeqYPhpfsmpXHUVW7BpbUj9ky1eNM8rzq6I3vEVm/RgZB0oUsE09pDc6aFY6+/MTJUvPE97ja3xflrPVDEKAKDQfSFzph2PtYuJ9Jw== small";
     const DSA: &str = "ssh-dss AAAAB3NzaC1kc3MAAACBALMtw6HAQpu/z0K/EwyiTlS6AXXlCbwV+Ovqdx2A8QH2ZRijpwJCsOiZNEZX6dMOWMzeWqP9L9zrzYfUazrUs+Lo+Xs+fZlOFtECeNa99pD6rv2W+7Mqt5hfaXzdD+AbjZAsSa/m6MLr8zgeuveJRUruyynCuokgS1eYWNMxnPQDAAAAFQCWfrmt8XIoLbra/V6RU9avuRFKCwAAAIBUVnMO44wNpaEyG6eZfL9nH2X2zdnGHe+H3zArEwFfHPuyivk1gqR6+UQbdvnGf3+zppPIirMFrzTClRrBkoprYRcxNFD0iwlI3ZVZJumUFbMYav4TJ/aqB5byIAog8GGcj5pHYTacsRM+dBX+lhDkR187AK3iHr5PD8zUrTngmgAAAIB1N+PRuV4CZAqCOR0AS4ApPX7nIz2KyXsevj7A0FaLUNgFAZ3A6xqBrv3WWah4zEUhrczSPI9o3lE8XHElSHGXWkaEw4AoDzFth6oZAXJi+ldBHpvJFiMRE6ICM4NlaiTBJ8ATI+qDHl/8AabF09YMG6f+vraVwPf1WVuBxTjJ9w== dsa";
 

@@ -67,7 +67,8 @@ impl IntoResponse for MarketError {
             tracing::error!(code = self.code, detail = %self.detail, "marketplace request failed");
         }
         let title = self.status.canonical_reason().unwrap_or("Error").to_owned();
-        let body = ErrorDocument { errors: vec![ErrorObject { status: self.status.as_u16().to_string(), code: self.code.to_owned(), title, detail: self.detail }] };
+        let body =
+            ErrorDocument { errors: vec![ErrorObject { status: self.status.as_u16().to_string(), code: self.code.to_owned(), title, detail: self.detail }] };
         let mut resp = (self.status, axum::Json(body)).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_API));
         if let Some(secs) = self.retry_after {
@@ -119,11 +120,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
 fn rejection(r: JsonRejection) -> MarketError {
     match r.status() {
         StatusCode::PAYLOAD_TOO_LARGE => MarketError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the document is larger than 1 MiB"),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => MarketError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!("expected Content-Type: {JSON_API} (or application/json)"),
-        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            MarketError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", format!("expected Content-Type: {JSON_API} (or application/json)"))
+        }
         StatusCode::UNPROCESSABLE_ENTITY => MarketError::bad_request("invalid_document", r.body_text()),
         _ => MarketError::bad_request("malformed_json", r.body_text()),
     }

@@ -3,9 +3,9 @@
 //! online hosts; one host is shown whatever its state. Only the single view
 //! lists `available_ports`, as in the original.
 
+use super::JsonApi;
 use super::auth::Caller;
 use super::error::{ErrorDocument, MarketError, MarketResult, PathParam};
-use super::JsonApi;
 use crate::AppState;
 use crate::app::hosts::{self, HostUsage};
 use axum::extract::State;

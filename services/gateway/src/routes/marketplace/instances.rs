@@ -196,10 +196,11 @@ pub struct InstancePort {
 impl Instance {
     pub fn new(vm: Vm) -> Self {
         let memory_mib = vm.memory_mib();
-        let ram_gb = if memory_mib % 1024 == 0 {
-            serde_json::Number::from(memory_mib / 1024)
-        } else {
-            serde_json::Number::from_f64(memory_mib as f64 / 1024.0).unwrap_or_else(|| serde_json::Number::from(0))
+        // Whole GB as an integer, as requests give it; MiB sizes from other APIs as a fraction.
+        let (whole, rest) = (memory_mib / 1024, memory_mib - memory_mib / 1024 * 1024);
+        let ram_gb = match rest {
+            0 => serde_json::Number::from(whole),
+            _ => serde_json::Number::from_f64(memory_mib as f64 / 1024.0).unwrap_or_else(|| serde_json::Number::from(whole)),
         };
         let net = vm.network.unwrap_or_default();
         let s = vm.spec;
@@ -237,7 +238,11 @@ impl CreateInstanceDocument {
         spec.image = a.image;
         let r = a.resources.unwrap_or(ResourcesRequest { vcpu_count: None, ram_gb: None, storage_gb: None, gpus: BTreeMap::new() });
         spec.vcpus = r.vcpu_count.unwrap_or(DEFAULT_VCPUS);
-        spec.memory_mib = r.ram_gb.unwrap_or(DEFAULT_RAM_GB).checked_mul(1024).ok_or_else(|| MarketError::bad_request("validation_failed", "resources.ram_gb is too large"))?;
+        spec.memory_mib = r
+            .ram_gb
+            .unwrap_or(DEFAULT_RAM_GB)
+            .checked_mul(1024)
+            .ok_or_else(|| MarketError::bad_request("validation_failed", "resources.ram_gb is too large"))?;
         spec.disk_gb = r.storage_gb.unwrap_or(DEFAULT_STORAGE_GB);
         if r.gpus.len() > 1 {
             return Err(MarketError::bad_request("validation_failed", "resources.gpus: an instance's GPUs are all of one model"));
@@ -247,7 +252,10 @@ impl CreateInstanceDocument {
             a.port_forwards.iter().map(|p| PortForward { guest_port: p.internal_port, host_port: p.external_port, protocol: Protocol::Tcp }).collect();
         let mut ssh_key_ids = Vec::new();
         match (a.ssh_key, a.ssh_key_id) {
-            (Some(key), None) => spec.ssh_keys = vec![ssh_key::parse_public_key(&key).map_err(|e| MarketError::bad_request("validation_failed", format!("ssh_key: {e}")))?.openssh],
+            (Some(key), None) => {
+                spec.ssh_keys =
+                    vec![ssh_key::parse_public_key(&key).map_err(|e| MarketError::bad_request("validation_failed", format!("ssh_key: {e}")))?.openssh]
+            }
             (None, Some(id)) => ssh_key_ids.push(id.parse::<SshKeyId>().map_err(|_| MarketError::not_found(format!("ssh key {id} not found")))?),
             _ => return Err(MarketError::bad_request("ssh_key_required", "give exactly one of ssh_key (a public key) and ssh_key_id (a stored key)")),
         }
@@ -272,7 +280,11 @@ async fn check_against_hostnode(app: &App, who: &Principal, host: HostId, spec: 
     })?;
     let a = node.available;
     let too_much = |what: &str, want: String, has: String| {
-        Err(MarketError::new(StatusCode::CONFLICT, "insufficient_capacity", format!("resources.{what} {want} is more than hostnode {host} has available ({has})")))
+        Err(MarketError::new(
+            StatusCode::CONFLICT,
+            "insufficient_capacity",
+            format!("resources.{what} {want} is more than hostnode {host} has available ({has})"),
+        ))
     };
     if u64::from(spec.vcpus) > a.vcpus {
         return too_much("vcpu_count", spec.vcpus.to_string(), a.vcpus.to_string());
@@ -386,10 +398,7 @@ mod tests {
     fn exactly_one_ssh_key() {
         let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
         let id = SshKeyId::new().to_string();
-        for attrs in [
-            serde_json::json!({"name": "a", "image": "x"}),
-            serde_json::json!({"name": "a", "image": "x", "ssh_key": key, "ssh_key_id": id}),
-        ] {
+        for attrs in [serde_json::json!({"name": "a", "image": "x"}), serde_json::json!({"name": "a", "image": "x", "ssh_key": key, "ssh_key_id": id})] {
             let e = doc(attrs).unwrap().into_new_vm().unwrap_err();
             assert_eq!((e.status.as_u16(), e.code), (400, "ssh_key_required"));
         }

@@ -7,11 +7,11 @@ use crate::app::Principal;
 use crate::app::hosts::{self, HostUsage};
 use axum::extract::State;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use vmplane_domain::HostId;
-use std::collections::BTreeMap;
 use vmplane_domain::host::{HostInfo, PortRange, Resources};
 
 /// Routes of this module.
