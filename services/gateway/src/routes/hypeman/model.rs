@@ -32,6 +32,7 @@ use vmplane_domain::spec::{VmSpec, VolumeMount};
 use vmplane_domain::vm::{OpKind, Vm, VmStatus};
 use vmplane_domain::{VmId, VolumeId};
 
+
 use super::error::HypemanError;
 
 /// hypeman's defaults for what a create leaves out.
@@ -122,23 +123,38 @@ pub struct CreateInstanceRequest {
     pub volumes: Option<Vec<VolumeMountBody>>,
 }
 
-/// A volume mount as a create names it.
-#[derive(Debug, Deserialize, ToSchema)]
+/// A volume mount: as a create names it, and as an instance shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = VolumeMount)]
 pub struct VolumeMountBody {
-    /// Volume id or name.
+    /// Volume identifier (a create may give the volume's name).
     pub volume_id: String,
-    /// Path where the volume is mounted in the guest.
+    /// Path where the volume is mounted in the guest ("" shown for a volume
+    /// another API attached as a bare block device).
     #[schema(example = "/mnt/data")]
     pub mount_path: String,
     /// Whether the volume is mounted read-only. Default false.
     pub readonly: Option<bool>,
     /// Create a per-instance overlay for writes (requires readonly=true). Default false.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub overlay: Option<bool>,
     /// Max overlay size as human-readable string (e.g. "1GB"). Required if overlay=true.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = "1GB")]
     pub overlay_size: Option<String>,
+}
+
+impl From<VolumeMount> for VolumeMountBody {
+    fn from(m: VolumeMount) -> Self {
+        Self {
+            volume_id: m.volume_id.to_string(),
+            mount_path: m.mount_path.unwrap_or_default(),
+            readonly: Some(m.readonly),
+            overlay: m.overlay.then_some(true),
+            overlay_size: m.overlay_size_mib.filter(|_| m.overlay).map(|mib| size::format(mib * MIB)),
+        }
+    }
 }
 
 /// Request body of `POST /instances/{id}/volumes/{volumeId}`: hypeman's
@@ -251,37 +267,6 @@ pub struct NetworkView {
     pub mac: Option<String>,
 }
 
-/// A volume attached to an instance.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(as = VolumeMountView)]
-pub struct VolumeMountView {
-    /// Volume identifier.
-    pub volume_id: VolumeId,
-    /// Path where the volume is mounted in the guest ("" for a volume another
-    /// API attached as a bare block device).
-    pub mount_path: String,
-    /// Whether the volume is mounted read-only.
-    pub readonly: bool,
-    /// Present (true) when writes go to a per-instance overlay.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub overlay: Option<bool>,
-    /// The overlay's size, with `overlay`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub overlay_size: Option<String>,
-}
-
-impl From<VolumeMount> for VolumeMountView {
-    fn from(m: VolumeMount) -> Self {
-        Self {
-            volume_id: m.volume_id,
-            mount_path: m.mount_path.unwrap_or_default(),
-            readonly: m.readonly,
-            overlay: m.overlay.then_some(true),
-            overlay_size: m.overlay_size_mib.filter(|_| m.overlay).map(|mib| size::format(mib * MIB)),
-        }
-    }
-}
-
 /// An instance.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Instance {
@@ -307,7 +292,7 @@ pub struct Instance {
     pub env: BTreeMap<String, String>,
     pub network: NetworkView,
     /// Volumes attached to the instance.
-    pub volumes: Vec<VolumeMountView>,
+    pub volumes: Vec<VolumeMountBody>,
     /// Creation timestamp (RFC3339).
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
@@ -348,7 +333,7 @@ impl Instance {
                 ip: net.ip.filter(|_| enabled),
                 mac: net.mac.filter(|_| enabled),
             },
-            volumes: vm.volumes.into_iter().map(VolumeMountView::from).collect(),
+            volumes: vm.volumes.into_iter().map(VolumeMountBody::from).collect(),
             created_at: vm.created_at,
             started_at: vm.started_at,
             stopped_at: vm.stopped_at,
