@@ -248,8 +248,7 @@ async fn every_seed_operation_answers_in_hypeman_shapes() {
 
     // Attach volume to instance (both named), read-only with an overlay, then detach it.
     let vol = volume(c, "data").await;
-    let (s, att) =
-        c.post("/instances/web-1/volumes/data", &json!({"mount_path": "/mnt/data", "readonly": true, "overlay": true, "overlay_size": "1GB"})).await;
+    let (s, att) = c.post("/instances/web-1/volumes/data", &json!({"mount_path": "/mnt/data", "readonly": true, "overlay": true, "overlay_size": "1GB"})).await;
     assert_eq!(s, 200, "{att}");
     check_instance(&att);
     assert_eq!(att["volumes"], json!([{"volume_id": vol, "mount_path": "/mnt/data", "readonly": true, "overlay": true, "overlay_size": "1GB"}]), "{att}");
@@ -440,7 +439,9 @@ async fn every_validation_rule_is_a_4xx_in_hypeman_shape_and_changes_nothing() {
 
     // Without a valid token: 401 in the same shape.
     for client in [stack.anonymous(), stack.client("vmp_not_a_key")] {
-        for (method, path) in [(Method::GET, "/instances".to_owned()), (Method::POST, format!("/instances/{id}/stop")), (Method::DELETE, format!("/instances/{id}"))] {
+        for (method, path) in
+            [(Method::GET, "/instances".to_owned()), (Method::POST, format!("/instances/{id}/stop")), (Method::DELETE, format!("/instances/{id}"))]
+        {
             let r = client.send(client.request(method, &path)).await;
             assert_eq!(r.status, 401, "{path}: {:?}", r.body);
             check_error(&r.body, "unauthorized");
@@ -575,7 +576,8 @@ async fn the_openapi_document_and_the_router_agree_and_hold_the_seeds_operations
 
     // The models as the seed lists them.
     let schemas = &doc["components"]["schemas"];
-    let props = |name: &str| -> BTreeSet<String> { schemas[name]["properties"].as_object().unwrap_or_else(|| panic!("{name}: {schemas}")).keys().cloned().collect() };
+    let props =
+        |name: &str| -> BTreeSet<String> { schemas[name]["properties"].as_object().unwrap_or_else(|| panic!("{name}: {schemas}")).keys().cloned().collect() };
     assert_eq!(props("Instance"), INSTANCE_FIELDS.iter().map(|s| s.to_string()).collect());
     let required: BTreeSet<&str> = schemas["Instance"]["required"].as_array().unwrap().iter().map(str_of).collect();
     assert!(["id", "created_at", "image", "name", "state"].iter().all(|f| required.contains(f)), "{required:?}");
@@ -600,7 +602,9 @@ async fn the_openapi_document_and_the_router_agree_and_hold_the_seeds_operations
         let fallback = r.status == 404 && r.body["message"].as_str().is_some_and(|m| m.starts_with("route "));
         assert!(!fallback && r.status != 405, "{method} {concrete}: {} {:?}", r.status, r.body);
     }
-    for (method, path) in [(Method::PUT, "/instances"), (Method::PATCH, "/instances/x"), (Method::GET, "/instances/x/start"), (Method::GET, "/instances/x/volumes/y")] {
+    for (method, path) in
+        [(Method::PUT, "/instances"), (Method::PATCH, "/instances/x"), (Method::GET, "/instances/x/start"), (Method::GET, "/instances/x/volumes/y")]
+    {
         let r = c.send(c.request(method.clone(), path)).await;
         assert_eq!(r.status, 405, "{method} {path}: {:?}", r.body);
     }

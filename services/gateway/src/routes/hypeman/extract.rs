@@ -72,10 +72,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     type Rejection = HypemanError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HypemanError> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| Self(q.0))
-            .map_err(|r| HypemanError::BadRequest("bad_request", r.body_text()))
+        axum::extract::Query::<T>::from_request_parts(parts, state).await.map(|q| Self(q.0)).map_err(|r| HypemanError::BadRequest("bad_request", r.body_text()))
     }
 }
 
@@ -86,9 +83,6 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
     type Rejection = HypemanError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HypemanError> {
-        axum::extract::Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|p| Self(p.0))
-            .map_err(|r| HypemanError::BadRequest("bad_request", r.body_text()))
+        axum::extract::Path::<T>::from_request_parts(parts, state).await.map(|p| Self(p.0)).map_err(|r| HypemanError::BadRequest("bad_request", r.body_text()))
     }
 }

@@ -162,14 +162,24 @@ async fn stop_instance(State(state): State<AppState>, Caller(who): Caller, alloc
 /// Put instance in standby (pause, snapshot, stop the VMM).
 #[utoipa::path(post, path = "/instances/{id}/standby", tag = "instances", operation_id = "standbyInstance", params(("id" = String, Path, description = "Instance ID, name or ID prefix")),
     responses((status = 200, body = Instance, description = "Instance in standby"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "Instance not running"), (status = 500, body = ErrorBody)))]
-async fn standby_instance(State(state): State<AppState>, Caller(who): Caller, alloc: Allocation, Path(key): Path<String>) -> HypemanResult<axum::Json<Instance>> {
+async fn standby_instance(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    alloc: Allocation,
+    Path(key): Path<String>,
+) -> HypemanResult<axum::Json<Instance>> {
     lifecycle(&state, &who, alloc, &key, Action::Standby, "standby").await
 }
 
 /// Restore instance from standby.
 #[utoipa::path(post, path = "/instances/{id}/restore", tag = "instances", operation_id = "restoreInstance", params(("id" = String, Path, description = "Instance ID, name or ID prefix")),
     responses((status = 200, body = Instance, description = "Instance restored"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "Instance not in standby, no snapshot"), (status = 500, body = ErrorBody)))]
-async fn restore_instance(State(state): State<AppState>, Caller(who): Caller, alloc: Allocation, Path(key): Path<String>) -> HypemanResult<axum::Json<Instance>> {
+async fn restore_instance(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    alloc: Allocation,
+    Path(key): Path<String>,
+) -> HypemanResult<axum::Json<Instance>> {
     lifecycle(&state, &who, alloc, &key, Action::Restore, "restore").await
 }
 

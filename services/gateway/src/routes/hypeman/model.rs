@@ -32,7 +32,6 @@ use vmplane_domain::spec::{VmSpec, VolumeMount};
 use vmplane_domain::vm::{OpKind, Vm, VmStatus};
 use vmplane_domain::{VmId, VolumeId};
 
-
 use super::error::HypemanError;
 
 /// hypeman's defaults for what a create leaves out.
@@ -222,7 +221,7 @@ pub fn parse_size(code: &'static str, field: &str, text: &str) -> Result<u64, Hy
 /// A memory size in whole MiB.
 fn memory_mib(code: &'static str, field: &str, text: Option<&str>, default: u64) -> Result<u64, HypemanError> {
     let bytes = text.map(|t| parse_size(code, field, t)).transpose()?.unwrap_or(default);
-    if bytes % MIB != 0 {
+    if !bytes.is_multiple_of(MIB) {
         return Err(HypemanError::BadRequest(code, format!("{field} must be a whole number of MB")));
     }
     Ok(bytes / MIB)
@@ -327,12 +326,7 @@ impl Instance {
             overlay_size: size::format(u64::from(s.disk_gb) * GIB),
             vcpus: s.vcpus,
             env: s.env,
-            network: NetworkView {
-                enabled,
-                name: enabled.then(|| "default".to_owned()),
-                ip: net.ip.filter(|_| enabled),
-                mac: net.mac.filter(|_| enabled),
-            },
+            network: NetworkView { enabled, name: enabled.then(|| "default".to_owned()), ip: net.ip.filter(|_| enabled), mac: net.mac.filter(|_| enabled) },
             volumes: vm.volumes.into_iter().map(VolumeMountBody::from).collect(),
             created_at: vm.created_at,
             started_at: vm.started_at,

@@ -54,7 +54,7 @@ pub fn parse(text: &str) -> Result<u64, SizeError> {
 
 /// `bytes` in the largest unit that divides it exactly: `1GB`, `512MB`, `0B`.
 pub fn format(bytes: u64) -> String {
-    let (multiple, unit) = UNITS.into_iter().find(|(m, _)| bytes % m == 0 && bytes >= *m).unwrap_or((1, "B"));
+    let (multiple, unit) = UNITS.into_iter().find(|(m, _)| bytes.is_multiple_of(*m) && bytes >= *m).unwrap_or((1, "B"));
     format!("{}{unit}", bytes / multiple)
 }
 
