@@ -253,7 +253,7 @@ async fn every_seed_operation_answers_in_hypeman_shapes() {
     check_instance(&att);
     assert_eq!(att["volumes"], json!([{"volume_id": vol, "mount_path": "/mnt/data", "readonly": true, "overlay": true, "overlay_size": "1GB"}]), "{att}");
     let (_, v) = c.get(&format!("/v1/volumes/{vol}")).await;
-    assert_eq!(v["attached_to"], id.as_str(), "{v}");
+    assert_eq!((&v["vm_id"], &v["status"]), (&json!(id), &json!("in_use")), "{v}");
     assert_eq!(c.vm(&id).await["volumes"][0]["overlay_size_mib"], 1024);
     let (s, det) = c.delete(&format!("/instances/{id}/volumes/{vol}")).await;
     assert_eq!(s, 200, "{det}");
@@ -276,7 +276,7 @@ async fn every_seed_operation_answers_in_hypeman_shapes() {
     let (s, list) = c.get("/instances").await;
     assert_eq!((s, list.as_array().map(Vec::len)), (200, Some(1)), "{list}");
     let (_, v) = c.get(&format!("/v1/volumes/{vol}")).await;
-    assert!(v["attached_to"].is_null(), "{v}");
+    assert!(v["vm_id"].is_null() && v["status"] == "available", "{v}");
     assert_eq!(c.vm(&id).await["status"], "deleted");
 }
 
@@ -369,7 +369,7 @@ async fn every_validation_rule_is_a_4xx_in_hypeman_shape_and_changes_nothing() {
         (ok(json!({"network": {"bandwidth": "1Gbps"}})), 400, "bad_request"),
         (ok(json!({"cpus": 2})), 400, "bad_request"),
         (ok(json!({"image": "docker.io/library/nosuch:1"})), 400, "unknown_image"),
-        (ok(json!({"image": "no spaces"})), 400, "unknown_image"),
+        (ok(json!({"image": "no spaces"})), 400, "validation_failed"),
         (json!({"name": "keeper", "image": IMAGE}), 400, "name_conflict"),
         // VolumeMount: overlay needs readonly and overlay_size; paths are absolute.
         (mount(json!({"volume_id": vol, "mount_path": "/mnt/d", "overlay": true, "overlay_size": "1GB"})), 400, "invalid_volume_mount"),
@@ -456,7 +456,7 @@ async fn every_validation_rule_is_a_4xx_in_hypeman_shape_and_changes_nothing() {
     assert_eq!(c.event_types(&id).await.len(), events_before);
     assert_eq!(c.vm_total("").await, 1);
     let (_, v) = c.get(&format!("/v1/volumes/{vol}")).await;
-    assert!(v["attached_to"].is_null(), "{v}");
+    assert!(v["vm_id"].is_null() && v["status"] == "available", "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

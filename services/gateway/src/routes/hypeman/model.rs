@@ -23,11 +23,12 @@
 //! A `deleted` VM is not an instance any more: it is not found.
 
 use super::size::{self, GIB, MIB, SizeError};
-use crate::app::App;
+use crate::app::{App, catalog};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
+use vmplane_domain::catalog::normalize_oci;
 use vmplane_domain::spec::{VmSpec, VolumeMount};
 use vmplane_domain::vm::{OpKind, Vm, VmStatus};
 use vmplane_domain::{VmId, VolumeId};
@@ -339,6 +340,7 @@ impl Instance {
 /// The OCI reference of the installed image `slug`: the first OCI alias its
 /// catalog entry lists (`debian-minimal` is `docker.io/library/debian:12`),
 /// or the slug for an image the catalog gives none.
-pub fn image_reference(_app: &App, slug: &str) -> String {
-    slug.to_owned()
+pub fn image_reference(app: &App, slug: &str) -> String {
+    let entry = catalog::get(app).images().get(slug);
+    entry.and_then(|e| e.aliases.iter().filter(|a| a.contains('/')).find_map(|a| normalize_oci(a))).unwrap_or_else(|| slug.to_owned())
 }
