@@ -11,7 +11,7 @@ use super::model::{CreateInstanceRequest, Instance, InstanceState, state_of};
 use super::volumes::resolve_volume;
 use crate::AppState;
 use crate::app::vms::{self, Action};
-use crate::app::{Accepted, Allocation, App, OpStatus, Principal, Window, operations};
+use crate::app::{Accepted, Allocation, App, AppError, OpStatus, Principal, Window, operations};
 use axum::extract::State;
 use axum::http::StatusCode;
 use std::time::Duration;
@@ -45,7 +45,11 @@ fn all(app: &App, who: &Principal) -> HypemanResult<Vec<Vm>> {
 pub(super) fn resolve(app: &App, who: &Principal, key: &str) -> HypemanResult<Vm> {
     let not_found = || HypemanError::NotFound(format!("instance {key}"));
     if let Ok(id) = key.parse::<VmId>() {
-        return vms::get(app, who, id).ok().filter(|vm| vm.status != VmStatus::Deleted).ok_or_else(not_found);
+        return match vms::get(app, who, id) {
+            Ok(vm) if vm.status != VmStatus::Deleted => Ok(vm),
+            Ok(_) | Err(AppError::NotFound(_)) => Err(not_found()),
+            Err(e) => Err(e.into()),
+        };
     }
     let vms = all(app, who)?;
     let by_name: Vec<&Vm> = vms.iter().filter(|vm| vm.spec.name == key).collect();

@@ -198,6 +198,7 @@ impl Mount {
             (true, Some(s)) => Some(size::ceil_div(parse_size("invalid_overlay_size", "overlay_size", s)?, MIB).max(1)),
         };
         let mount = Self { mount_path: mount_path.to_owned(), readonly, overlay_size_mib };
+        // The domain's rules for the path (the volume is resolved later; any id will do here).
         mount.on(VolumeId::new()).validate().map_err(|e| bad(&e.to_string()))?;
         Ok(mount)
     }
