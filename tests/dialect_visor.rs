@@ -314,8 +314,8 @@ async fn every_validation_rule_is_a_trpc_4xx_that_changes_nothing() {
     assert_eq!(s, 202, "{vol}");
     c.wait_op_succeeded(str_of(&vol["operation"]["id"])).await;
     let vol = str_of(&vol["id"]).to_owned();
-    let unknown_vm = "vm_01ARZ3NDEKTSV4RRFFQ69G5FAV";
-    let unknown_vol = "vol_01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    let unknown_vm = "vm_01arz3ndektsv4rrffq69g5fav";
+    let unknown_vol = "vol_01arz3ndektsv4rrffq69g5fav";
     let base = json!({"organizationId": org, "name": "web", "plan": "small", "region": "us-east", "os": "debian-12"});
     let with = |k: &str, v: Value| {
         let mut b = base.clone();
