@@ -275,7 +275,7 @@ async fn every_example_of_the_visor_document_verbatim() {
     assert_eq!((data(&b)["id"].as_str(), data(&b)["status"].as_str()), (Some(vm.as_str()), Some("stopping")), "{b}");
     wait_visor_status(&c, &vm, "stopped").await;
     // The terminal needs a running VM.
-    let (s, b) = terminal(&stack.base, &secret, &format!("vmId={vm}")).await.err().expect("refused");
+    let (s, b) = terminal(&stack.base, &secret, &format!("vmId={vm}")).await.expect_err("refused");
     assert_trpc_error(s, &b, 409, "CONFLICT", "vm.terminal", "terminal of a stopped VM");
 
     // Start VM.
@@ -331,12 +331,12 @@ async fn every_validation_rule_is_a_trpc_4xx_that_changes_nothing() {
     // (what, method, path, body (JSON) or None, status, tRPC code, message fragment)
     type Row = (&'static str, Method, String, Option<Value>, u16, &'static str, &'static str);
     let mut rows: Vec<Row> = vec![];
-    for field in ["organizationId", "name", "plan", "region", "os"] {
-        rows.push(("launch without a required field", Method::POST, "/api/vm.launch".into(), Some(without(field)), 400, "BAD_REQUEST", field));
-        rows.push(("launch with an empty required field", Method::POST, "/api/vm.launch".into(), Some(with(field, json!(""))), 400, "BAD_REQUEST", field));
-        rows.push(("launch with a required field not a string", Method::POST, "/api/vm.launch".into(), Some(with(field, json!(7))), 400, "BAD_REQUEST", "invalid type"));
-    }
     let launch = |what, body, code, fragment| -> Row { (what, Method::POST, "/api/vm.launch".into(), Some(body), 400, code, fragment) };
+    for field in ["organizationId", "name", "plan", "region", "os"] {
+        rows.push(launch("launch without a required field", without(field), "BAD_REQUEST", field));
+        rows.push(launch("launch with an empty required field", with(field, json!("")), "BAD_REQUEST", field));
+        rows.push(launch("launch with a required field not a string", with(field, json!(7)), "BAD_REQUEST", "invalid type"));
+    }
     rows.extend([
         launch("unknown plan", with("plan", json!("huge")), "BAD_REQUEST", "plan `huge`"),
         launch("unknown region", with("region", json!("mars-1")), "BAD_REQUEST", "region `mars-1`"),
@@ -359,15 +359,7 @@ async fn every_validation_rule_is_a_trpc_4xx_that_changes_nothing() {
         rows.push(post(path, "an unknown vmId", json!({"vmId": unknown_vm}), 404, "NOT_FOUND", unknown_vm));
     }
     rows.extend([
-        (
-            "destroy without vmId",
-            Method::DELETE,
-            "/api/vm.destroy".to_owned(),
-            Some(json!({})),
-            400,
-            "BAD_REQUEST",
-            "vmId",
-        ),
+        ("destroy without vmId", Method::DELETE, "/api/vm.destroy".to_owned(), Some(json!({})), 400, "BAD_REQUEST", "vmId"),
         ("destroy an unknown VM", Method::DELETE, "/api/vm.destroy".into(), Some(json!({"vmId": unknown_vm})), 404, "NOT_FOUND", unknown_vm),
         ("one without vmId", Method::GET, "/api/vm.one".into(), None, 400, "BAD_REQUEST", "vmId"),
         ("one with a malformed vmId", Method::GET, "/api/vm.one?vmId=vm_abc123".into(), None, 400, "BAD_REQUEST", "vmId"),
@@ -382,11 +374,25 @@ async fn every_validation_rule_is_a_trpc_4xx_that_changes_nothing() {
         ("terminal without a WebSocket upgrade", Method::GET, format!("/api/vm.terminal?vmId={vm}"), None, 400, "BAD_REQUEST", "WebSocket"),
         post("/api/vm.attachVolume", "attach without volumeId", json!({"vmId": vm}), 400, "BAD_REQUEST", "volumeId"),
         post("/api/vm.attachVolume", "attach without vmId", json!({"volumeId": vol}), 400, "BAD_REQUEST", "vmId"),
-        post("/api/vm.attachVolume", "attach with a relative mountPath", json!({"vmId": vm, "volumeId": vol, "mountPath": "mnt"}), 400, "BAD_REQUEST", "mountPath"),
+        post(
+            "/api/vm.attachVolume",
+            "attach with a relative mountPath",
+            json!({"vmId": vm, "volumeId": vol, "mountPath": "mnt"}),
+            400,
+            "BAD_REQUEST",
+            "mountPath",
+        ),
         post("/api/vm.attachVolume", "attach an unknown volume", json!({"vmId": vm, "volumeId": unknown_vol}), 404, "NOT_FOUND", unknown_vol),
         post("/api/vm.attachVolume", "attach to an unknown VM", json!({"vmId": unknown_vm, "volumeId": vol}), 404, "NOT_FOUND", unknown_vm),
         post("/api/vm.detachVolume", "detach a volume not attached", json!({"vmId": vm, "volumeId": vol}), 409, "CONFLICT", "not attached"),
-        post("/api/vm.detachVolume", "detach with a mountPath", json!({"vmId": vm, "volumeId": vol, "mountPath": "/mnt/data"}), 400, "BAD_REQUEST", "mountPath"),
+        post(
+            "/api/vm.detachVolume",
+            "detach with a mountPath",
+            json!({"vmId": vm, "volumeId": vol, "mountPath": "/mnt/data"}),
+            400,
+            "BAD_REQUEST",
+            "mountPath",
+        ),
         post("/api/vm.detachVolume", "detach without volumeId", json!({"vmId": vm}), 400, "BAD_REQUEST", "volumeId"),
         ("launch with GET", Method::GET, "/api/vm.launch".into(), None, 405, "METHOD_NOT_SUPPORTED", "method"),
         ("destroy with POST", Method::POST, "/api/vm.destroy".into(), Some(json!({"vmId": vm})), 405, "METHOD_NOT_SUPPORTED", "method"),
@@ -478,7 +484,7 @@ async fn another_orgs_vms_are_not_found_and_its_id_is_forbidden() {
     assert_trpc_error(s, &body, 404, "NOT_FOUND", "vm.attachVolume", "B attaches to A's VM");
     let r = delete_json(&b, "/api/vm.destroy", &json!({"vmId": vm})).await;
     assert_trpc_error(r.status, &r.body, 404, "NOT_FOUND", "vm.destroy", "B destroys A's VM");
-    let (s, body) = terminal(&stack.base, &b_secret, &format!("vmId={vm}")).await.err().expect("refused");
+    let (s, body) = terminal(&stack.base, &b_secret, &format!("vmId={vm}")).await.expect_err("refused");
     assert_trpc_error(s, &body, 404, "NOT_FOUND", "vm.terminal", "B opens A's terminal");
     // B's list is its own org's: empty.
     let (s, body) = b.get(&format!("/api/vm.all?organizationId={org_b}")).await;

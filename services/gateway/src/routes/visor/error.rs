@@ -110,9 +110,8 @@ impl IntoResponse for VisorError {
             tracing::error!(detail = %self.message, "internal error");
         }
         let message = if self.code == Code::InternalServerError { "internal error".to_owned() } else { self.message };
-        let envelope = ErrorEnvelope {
-            error: ErrorBody { message, code: self.code, data: ErrorData { code: self.code, http_status: status.as_u16(), path: None } },
-        };
+        let envelope =
+            ErrorEnvelope { error: ErrorBody { message, code: self.code, data: ErrorData { code: self.code, http_status: status.as_u16(), path: None } } };
         let mut resp = (status, axum::Json(envelope.clone())).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -76,8 +76,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Input<T> {
 
 fn query_input(query: &str) -> VisorResult<Value> {
     let uri: axum::http::Uri = format!("/?{query}").parse().map_err(|_| VisorError::bad_request("invalid query string"))?;
-    let axum::extract::Query(pairs) =
-        axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri).map_err(|e| VisorError::bad_request(format!("invalid query string: {}", e.body_text())))?;
+    let axum::extract::Query(pairs) = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri)
+        .map_err(|e| VisorError::bad_request(format!("invalid query string: {}", e.body_text())))?;
     if let Some((_, input)) = pairs.iter().find(|(k, _)| k == "input") {
         if pairs.len() > 1 {
             return Err(VisorError::bad_request("give the input either as `input` or as parameters, not both"));

@@ -168,7 +168,7 @@ impl VmDetail {
     pub fn new(app: &App, who: &Principal, vm: &Vm) -> Self {
         let (ip, private_ip) = addresses(vm);
         let memory_mib = vm.memory_mib();
-        let memory_gb = if memory_mib % 1024 == 0 { Value::from(memory_mib / 1024) } else { Value::from(memory_mib as f64 / 1024.0) };
+        let memory_gb = if memory_mib.is_multiple_of(1024) { Value::from(memory_mib / 1024) } else { Value::from(memory_mib as f64 / 1024.0) };
         let disk_type = vm.spec.plan.as_deref().and_then(|p| app::catalog::plan(app, p).ok()).map(|p| p.disk_type);
         Self {
             id: vm.id,
