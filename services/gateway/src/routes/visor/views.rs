@@ -34,7 +34,7 @@ pub fn envelope<T>(data: T) -> axum::Json<Envelope<T>> {
 /// | vmplane | Visor |
 /// |---|---|
 /// | pending, provisioning | provisioning |
-/// | starting (first boot, `vm.start`, restore) | provisioning |
+/// | starting (first boot, `vm.start`) | provisioning |
 /// | starting (after a reboot), restarting | restarting |
 /// | running | running |
 /// | stopping | stopping |
