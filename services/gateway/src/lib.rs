@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
     let doc = Arc::new(doc);
     api.merge(routes::system::router(doc))
         .merge(routes::hypeman::router())
+        .merge(routes::visor::router())
         .fallback(routes::system::not_found)
         .method_not_allowed_fallback(routes::system::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), routes::native::idempotency::layer))

@@ -5,3 +5,4 @@
 pub mod hypeman;
 pub mod native;
 pub mod system;
+pub mod visor;
