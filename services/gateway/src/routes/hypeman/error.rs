@@ -51,7 +51,9 @@ pub enum HypemanError {
     /// 429, with Retry-After when known.
     #[error("{1}")]
     TooMany(&'static str, String, Option<u64>),
-    /// 500: the operation was accepted and the worker failed it.
+    /// 409: the operation was accepted and the worker failed it (hypeman
+    /// answers 500; a failure of the guest or its host state is not the
+    /// server's, and vmplane answers no request with a 5xx for it).
     #[error("{1}")]
     Failed(String, String),
     /// 503: NATS or a host cannot be reached now.
@@ -74,7 +76,7 @@ impl HypemanError {
             Self::Conflict(code, _) => (StatusCode::CONFLICT, *code),
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::TooMany(code, _, _) => (StatusCode::TOO_MANY_REQUESTS, *code),
-            Self::Failed(code, _) => return (StatusCode::INTERNAL_SERVER_ERROR, code.clone()),
+            Self::Failed(code, _) => return (StatusCode::CONFLICT, code.clone()),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         };

@@ -3,7 +3,7 @@
 //! hypeman answers a lifecycle call when the change is done; vmplane accepts
 //! a command and a worker carries it out. So each call here waits for its
 //! operation to end (at most [`SETTLE`]) and answers the instance as it is
-//! then; a failed operation is a 500 with the operation's code and reason.
+//! then; a failed operation is a 409 with the operation's code and reason.
 
 use super::error::{ErrorBody, HypemanError, HypemanResult};
 use super::extract::{Caller, Json, Path};
