@@ -538,13 +538,16 @@ async fn the_openapi_document_and_the_routes_agree() {
         let r = c.send(rb).await;
         assert!(r.status < 300, "{method} {path} (as {concrete}): {}", r.body);
     }
-    // And nothing else: other methods on those paths are 405, other paths JSON:API 404s.
-    for path in ["/api/v2/hostnodes", "/api/v2/instances"] {
+    // And nothing else: other methods on those paths are 405, other paths 404, both JSON:API.
+    let (host_path, vm_path) = (format!("/api/v2/hostnodes/{}", str_of(&host["id"])), format!("/api/v2/instances/{}", str_of(&vm["id"])));
+    for path in ["/api/v2/hostnodes", "/api/v2/instances", &host_path, &vm_path] {
         for method in [Method::PUT, Method::PATCH] {
-            assert_eq!(c.send(c.request(method.clone(), path)).await.status, 405, "{method} {path}");
+            assert_error(&c.send(c.request(method.clone(), path)).await, 405, "method_not_allowed", &format!("{method} {path}"));
         }
     }
-    assert_eq!(c.send(c.request(Method::POST, "/api/v2/hostnodes")).await.status, 405);
+    for (method, path) in [(Method::POST, "/api/v2/hostnodes"), (Method::DELETE, "/api/v2/hostnodes"), (Method::POST, vm_path.as_str())] {
+        assert_error(&c.send(c.request(method.clone(), path)).await, 405, "method_not_allowed", &format!("{method} {path}"));
+    }
     for path in ["/api/v2", "/api/v2/hostnodes/x/y", "/api/v2/instances/x/start", "/api/v2/sshkeys"] {
         let r = c.send(c.request(Method::GET, path)).await;
         assert_error(&r, 404, "route_not_found", path);

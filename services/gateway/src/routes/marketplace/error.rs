@@ -141,6 +141,11 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
     }
 }
 
+/// A method the path does not have.
+pub async fn method_not_allowed(req: Request) -> MarketError {
+    MarketError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{} is not a method of {}", req.method(), req.uri().path()))
+}
+
 /// Any route under `/api/v2` that does not exist.
 pub async fn no_route(req: Request) -> MarketError {
     MarketError::new(StatusCode::NOT_FOUND, "route_not_found", format!("no route {} {}", req.method(), req.uri().path()))

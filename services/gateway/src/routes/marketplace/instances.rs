@@ -197,10 +197,9 @@ impl Instance {
     pub fn new(vm: Vm) -> Self {
         let memory_mib = vm.memory_mib();
         // Whole GB as an integer, as requests give it; MiB sizes from other APIs as a fraction.
-        let (whole, rest) = (memory_mib / 1024, memory_mib - memory_mib / 1024 * 1024);
-        let ram_gb = match rest {
-            0 => serde_json::Number::from(whole),
-            _ => serde_json::Number::from_f64(memory_mib as f64 / 1024.0).unwrap_or_else(|| serde_json::Number::from(whole)),
+        let ram_gb = match memory_mib.is_multiple_of(1024) {
+            true => serde_json::Number::from(memory_mib / 1024),
+            false => serde_json::Number::from_f64(memory_mib as f64 / 1024.0).unwrap_or_else(|| serde_json::Number::from(memory_mib / 1024)),
         };
         let net = vm.network.unwrap_or_default();
         let s = vm.spec;

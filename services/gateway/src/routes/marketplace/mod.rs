@@ -19,7 +19,8 @@ use axum::routing::{any, get};
 use serde::Serialize;
 use std::sync::Arc;
 use utoipa::OpenApi;
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+use utoipa_axum::routes;
 
 /// A 2xx JSON:API document, sent as `application/vnd.api+json`.
 pub struct JsonApi<T>(pub T);
@@ -56,13 +57,19 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// A path whose other methods answer 405 as a JSON:API error.
+fn path(r: UtoipaMethodRouter<AppState>) -> UtoipaMethodRouter<AppState> {
+    let (schemas, paths, method_router) = r;
+    (schemas, paths, method_router.fallback(error::method_not_allowed))
+}
+
 /// The documented routes and their OpenAPI document, from one list.
 pub fn documented() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(MarketplaceDoc::openapi())
-        .routes(routes!(hostnodes::list_hostnodes))
-        .routes(routes!(hostnodes::get_hostnode))
-        .routes(routes!(instances::create_instance, instances::list_instances))
-        .routes(routes!(instances::get_instance, instances::delete_instance))
+        .routes(path(routes!(hostnodes::list_hostnodes)))
+        .routes(path(routes!(hostnodes::get_hostnode)))
+        .routes(path(routes!(instances::create_instance, instances::list_instances)))
+        .routes(path(routes!(instances::get_instance, instances::delete_instance)))
 }
 
 /// The OpenAPI document of this dialect.
