@@ -3,4 +3,5 @@
 //! and the system routes every dialect shares. No dialect imports another.
 
 pub mod native;
+pub mod neevcloud;
 pub mod system;
