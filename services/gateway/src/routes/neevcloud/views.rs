@@ -88,18 +88,21 @@ pub struct VmResponse {
     /// The ID of the VM configuration used for the VM.
     pub vm_config_id: String,
     /// The number of GPU configurations attached to the VM.
+    #[schema(required = false)]
     pub gpu_config_count: u32,
     /// The pricing plan ID for billing the VM.
     pub plan_id: String,
     /// The ID of the platform image the root disk was cloned from.
     pub image_id: String,
     /// Root (boot) disk for the VM.
+    #[schema(required = false)]
     pub root_disk: DiskResponse,
     /// Additional data disks attached to the VM.
     pub data_disks: Option<Vec<DiskResponse>>,
     /// Public IP allocated for the VM when external networking is enabled and ready.
     pub public_ip: Option<String>,
     /// Ports exposed on the VM public IP for inbound access.
+    #[schema(required = false)]
     pub exposed_ports: Vec<ExposedPort>,
     /// When the VM was created.
     #[serde(with = "time::serde::rfc3339")]
