@@ -5,6 +5,7 @@ use super::events::EventView;
 use super::extract::{Json, PathId, Query};
 use super::pagination::{Page, PageQuery};
 use crate::AppState;
+use crate::app::catalog;
 use crate::app::vms::{self, Action};
 use crate::app::{Accepted, Allocation, Operation, Principal};
 use axum::extract::State;
@@ -14,6 +15,7 @@ use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
+use vmplane_domain::catalog::Plan;
 use vmplane_domain::spec::{DataDisk, ExposedPort, GpuSpec, NetworkSpec, PortForward, VmSpec, VolumeMount};
 use vmplane_domain::vm::{DiskInfo, ResolvedPortForward, Vm, VmStatus};
 use vmplane_domain::{HostId, ProjectId, VmId, VolumeId};
@@ -79,15 +81,16 @@ pub struct CreateVmRequest {
 }
 
 impl CreateVmRequest {
-    /// The spec this request asks for, defaults filled in.
-    pub fn into_spec(self) -> VmSpec {
+    /// The spec this request asks for, defaults filled in: the named plan's
+    /// sizes, else vmplane's.
+    pub fn into_spec(self, plan: Option<&Plan>) -> VmSpec {
         let d = VmSpec::named(self.name);
         VmSpec {
             image: self.image.unwrap_or(d.image),
-            vcpus: self.vcpus.unwrap_or(d.vcpus),
-            memory_mib: self.memory_mib.unwrap_or(d.memory_mib),
+            vcpus: self.vcpus.or(plan.map(|p| p.vcpus)).unwrap_or(d.vcpus),
+            memory_mib: self.memory_mib.or(plan.map(|p| p.memory_mib)).unwrap_or(d.memory_mib),
             hotplug_memory_mib: self.hotplug_memory_mib.unwrap_or(d.hotplug_memory_mib),
-            disk_gb: self.disk_gb.unwrap_or(d.disk_gb),
+            disk_gb: self.disk_gb.or(plan.map(|p| p.disk_gb)).unwrap_or(d.disk_gb),
             root_volume: self.root_volume_id,
             delete_root_disk: self.delete_root_disk.unwrap_or(d.delete_root_disk),
             root_disk_name: d.root_disk_name,
@@ -100,7 +103,7 @@ impl CreateVmRequest {
             network: self.network.unwrap_or(d.network),
             port_forwards: self.port_forwards,
             exposed_ports: self.exposed_ports,
-            gpu: self.gpu,
+            gpu: self.gpu.or_else(|| plan.and_then(|p| p.gpu.clone())),
             plan: self.plan,
             region: self.region,
             template: self.template,
@@ -261,7 +264,8 @@ async fn create_vm(
     alloc: Allocation,
     Json(req): Json<CreateVmRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    Ok(accepted(vms::create(&state.app, &who, alloc, req.into_spec()).await?))
+    let plan = req.plan.as_deref().map(|name| catalog::plan(&state.app, name)).transpose()?;
+    Ok(accepted(vms::create(&state.app, &who, alloc, req.into_spec(plan.as_ref())).await?))
 }
 
 /// List VMs, oldest first.
@@ -389,9 +393,17 @@ mod tests {
     #[test]
     fn only_name_is_required_and_defaults_are_documented_ones() {
         let req: CreateVmRequest = serde_json::from_str(r#"{"name":"web"}"#).unwrap();
-        let spec = req.into_spec();
+        let spec = req.into_spec(None);
         assert_eq!(spec, VmSpec::named("web"));
         assert_eq!((spec.vcpus, spec.memory_mib, spec.image.as_str()), (1, 512, "debian-minimal"));
+    }
+
+    #[test]
+    fn a_plan_gives_the_defaults_and_explicit_sizes_win() {
+        let plan = Plan { vcpus: 8, memory_mib: 16384, disk_gb: 320, disk_type: "ssd".into(), dedicated: false, gpu: None };
+        let req: CreateVmRequest = serde_json::from_str(r#"{"name":"web","plan":"power","memory_mib":1024}"#).unwrap();
+        let spec = req.into_spec(Some(&plan));
+        assert_eq!((spec.vcpus, spec.memory_mib, spec.disk_gb, spec.plan.as_deref()), (8, 1024, 320, Some("power")));
     }
 
     #[test]
