@@ -634,6 +634,7 @@ async fn unknown_orgs_projects_vms_regions_images_and_disks_are_404_and_bad_ids_
     let before = c.vm_total("").await;
     for (what, body) in [
         ("unknown region", with(minimal("r"), "region_id", Some(json!("mars-1")))),
+        ("a region no host serves", with(minimal("r"), "region_id", Some(json!("eu-west")))),
         ("unknown image", with(minimal("i"), "root_disk.create_disk_request.image_id", Some(json!("plan9-4")))),
         ("unknown data disk", with(minimal("d"), "data_disks", Some(json!({"attached_disks": [{"disk_id": UNKNOWN}]})))),
         ("unknown root disk", with(minimal("o"), "root_disk", Some(json!({"attach_disk_request": {"disk_id": UNKNOWN}})))),

@@ -5,7 +5,7 @@
 use super::ids::uuid;
 use super::requests::{DataDiskType, ExposedPort, PortProtocol};
 use crate::app::volumes::{self, RootDisk};
-use crate::app::{App, Principal, hosts};
+use crate::app::{App, Principal, catalog, hosts};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
@@ -205,7 +205,7 @@ impl<'a> Render<'a> {
 
     /// The name this API shows for an installed image.
     fn image(&self, slug: &str) -> String {
-        slug.to_owned()
+        catalog::image(self.app, slug).name
     }
 
     /// A volume as a disk, if the caller may still see it.

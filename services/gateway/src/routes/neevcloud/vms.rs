@@ -8,21 +8,15 @@ use super::requests::CreateVmRequest;
 use super::views::{Render, VmListResponse, VmResponse};
 use crate::AppState;
 use crate::app::vms::{self, Action};
-use crate::app::{Allocation, App, Principal};
+use crate::app::{Allocation, App, Principal, catalog};
 use axum::extract::State;
 use axum::http::StatusCode;
 use vmplane_domain::VmId;
-use vmplane_domain::catalog::{Catalog, Plan};
 use vmplane_domain::vm::{Vm, VmStatus};
 
 /// A VM of the caller's org in the path's project (404 otherwise).
 fn vm_in_project(app: &App, who: &Principal, id: VmId) -> NeevResult<Vm> {
     vms::get(app, who, id).ok().filter(|vm| Some(vm.project) == who.project).ok_or_else(|| NeevError::not_found(format!("vm {}", super::ids::uuid(id.0))))
-}
-
-/// The catalog plan `name` (`vm_config_id`, `plan_id`): 400 when unknown.
-fn plan(_app: &App, name: &str) -> NeevResult<Plan> {
-    Catalog::built_in().plan(name).cloned().map_err(|e| NeevError::bad_request("unknown_plan", e.to_string()))
 }
 
 /// List VMs
@@ -73,7 +67,7 @@ async fn create_vm(
 ) -> NeevResult<(StatusCode, axum::Json<VmResponse>)> {
     let (app, who) = (&state.app, &caller.who);
     let checked = req.check()?;
-    let plan = plan(app, &checked.plan)?;
+    let plan = catalog::plan(app, &checked.plan)?;
     let spec = checked.into_spec(app, who, &plan)?;
     let created = vms::create(app, who, alloc, spec).await?;
     Ok((StatusCode::CREATED, axum::Json(Render::new(app, who).vm(created.resource))))
