@@ -656,7 +656,9 @@ async fn a_root_disk_attached_elsewhere_is_409() {
     let from = |name: &str, disk: &str| with(minimal(name), "root_disk", Some(json!({"attach_disk_request": {"disk_id": disk}})));
 
     // A live VM's own root disk is attached to it.
-    assert_error(&c.post(&format!("{at}/vms"), &from("thief", &root)).await, 409, "another vm's own root disk");
+    let refused = c.post(&format!("{at}/vms"), &from("thief", &root)).await;
+    assert_error(&refused, 409, "another vm's own root disk");
+    assert!(str_of(&refused.1["message"]).contains(str_of(&owner["id"])), "the holder, by its UUID: {}", refused.1);
     assert_error(&c.delete(&format!("{at}/root_disks/{root}")).await, 409, "delete a live vm's root disk");
 
     // Kept at delete, it boots one VM; a second is 409.

@@ -35,7 +35,7 @@ pub type NeevResult<T> = Result<T, NeevError>;
 
 impl NeevError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after: None }
+        Self { status, code, message: uuids_in(&message.into()), retry_after: None }
     }
 
     /// 400: the request breaks a documented rule.
@@ -95,6 +95,32 @@ impl From<AppError> for NeevError {
     }
 }
 
+/// `message` with every vmplane id in it (`vm_…`, `vol_…`, `org_…`, `prj_…`)
+/// written as the UUID this API shows for it.
+fn uuids_in(message: &str) -> String {
+    const PREFIXES: [&str; 4] = ["vm_", "vol_", "org_", "prj_"];
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some((at, prefix)) = PREFIXES.iter().filter_map(|p| rest.find(p).map(|i| (i, *p))).min() {
+        let start = at + prefix.len();
+        let candidate = rest.get(start..start + 26).filter(|_| at == 0 || !rest.as_bytes()[at - 1].is_ascii_alphanumeric());
+        let ends = rest.as_bytes().get(start + 26).is_none_or(|b| !b.is_ascii_alphanumeric());
+        match candidate.and_then(|c| ulid::Ulid::from_string(c).ok()).filter(|_| ends) {
+            Some(id) => {
+                out.push_str(&rest[..at]);
+                out.push_str(&super::ids::uuid(id));
+                rest = &rest[start + 26..];
+            }
+            None => {
+                out.push_str(&rest[..start]);
+                rest = &rest[start..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A JSON body: anything that does not parse into `T` (malformed, a wrong
 /// type, a missing required field, not JSON) is a 400; too large a 413.
 pub struct Json<T>(pub T);
@@ -126,6 +152,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vmplane_ids_in_messages_are_uuids() {
+        let vm = vmplane_domain::VmId::new();
+        let text = uuids_in(&format!("volume is attached to {vm}; detach it first"));
+        assert_eq!(text, format!("volume is attached to {}; detach it first", super::super::ids::uuid(vm.0)));
+        for kept in ["no ids here", "vm_short", "a vm_ alone", "xvm_01jdx3v9k6m2w8q4r5t7y9z0ab", "vm_01jdx3v9k6m2w8q4r5t7y9z0abc"] {
+            assert_eq!(uuids_in(kept), kept);
+        }
+        let vol = vmplane_domain::VolumeId::new();
+        assert_eq!(uuids_in(&format!("{vol} not found")), format!("{} not found", super::super::ids::uuid(vol.0)));
+    }
 
     #[test]
     fn use_case_errors_take_the_documented_statuses() {
