@@ -351,7 +351,10 @@ async fn every_operation_answers_its_documented_shape_and_drives_the_same_vm() {
     let (s, b) = c.delete(&format!("{at}/root_disks/{root}")).await;
     assert_eq!((s, &b), (202, &Value::String(String::new())), "deleteRootDiskVolume");
     wait_for("the root disk to go", WAIT, async || match c.get(&format!("{at}/root_disks/{root}")).await {
-        (404, b) => Ok(check_error(&b)),
+        (404, b) => {
+            check_error(&b);
+            Ok(())
+        }
         other => Err(format!("{other:?}")),
     })
     .await;
@@ -854,4 +857,24 @@ fn check_error_or_ok(b: &Value) {
     if b.get("code").is_some() {
         check_error(b);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_on_its_way_to_running_ignores_start_and_refuses_stop_with_400() {
+    // Slow boots keep the VM provisioning while we ask.
+    let stack = Stack::start_with(StackOpts { sim_boot_delay_ms: 5000, ..StackOpts::default() }).await;
+    let c = &stack.admin;
+    let at = home();
+    let id = str_of(&create(c, &at, &minimal("slow")).await["id"]).to_owned();
+    let before = events(c, &id).await;
+    let (s, b) = c.post_empty(&format!("{at}/vms/{id}/start")).await;
+    assert_eq!(s, 202, "{b}");
+    assert!(["pending", "provisioning", "starting"].contains(&str_of(&b["status"])), "{b}");
+    let stop = c.post_empty(&format!("{at}/vms/{id}/stop")).await;
+    assert_error(&stop, 400, "stop while provisioning");
+    assert_eq!(stop.1["code"], "invalid_state");
+    let after = settled(c, &id).await;
+    assert_eq!(after[..before.len()], before[..], "{after:?}");
+    assert_eq!(after.iter().filter(|t| *t == "operation_finished").count(), 1, "only the create's operation: {after:?}");
+    wait_status(c, &at, &id, "running").await;
 }

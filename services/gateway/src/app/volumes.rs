@@ -110,10 +110,10 @@ pub async fn detach(app: &App, who: &Principal, alloc: Allocation, vm: VmId, vol
 #[derive(Debug, Clone)]
 pub enum RootDisk {
     /// A live VM's own root disk, created from its image; attached to it.
-    OfVm(Vm),
+    OfVm(Box<Vm>),
     /// A root-disk volume, with the VM that created it (for its plan and
     /// region) when the projections still have it.
-    Volume { volume: Volume, made_by: Option<Vm> },
+    Volume { volume: Box<Volume>, made_by: Option<Box<Vm>> },
 }
 
 impl RootDisk {
@@ -152,11 +152,11 @@ fn root_disk_of_vm(app: &App, who: &Principal, id: VolumeId) -> AppResult<Option
 pub fn root_disk(app: &App, who: &Principal, id: VolumeId) -> AppResult<RootDisk> {
     let found = match get(app, who, id) {
         Ok(volume) if volume.image.is_some() => {
-            let made_by = app.proj.vm(root_disk_vm(id))?.filter(|vm| vm.org == who.org && kept_root_disk_id(vm.id) == id);
-            Some(RootDisk::Volume { volume, made_by })
+            let made_by = app.proj.vm(root_disk_vm(id))?.filter(|vm| vm.org == who.org && kept_root_disk_id(vm.id) == id).map(Box::new);
+            Some(RootDisk::Volume { volume: Box::new(volume), made_by })
         }
         Ok(_) => None,
-        Err(AppError::NotFound(_)) => root_disk_of_vm(app, who, id)?.map(RootDisk::OfVm),
+        Err(AppError::NotFound(_)) => root_disk_of_vm(app, who, id)?.map(|vm| RootDisk::OfVm(Box::new(vm))),
         Err(e) => return Err(e),
     };
     found.filter(|d| who.project.is_none_or(|p| d.project() == p)).ok_or_else(|| AppError::NotFound(format!("root disk {id}")))
@@ -170,11 +170,11 @@ pub fn root_disks(app: &App, who: &Principal, window: Window) -> AppResult<Liste
     let (volumes, _) = app.proj.list_volumes(who.org, 0, usize::MAX)?;
     let mut disks: Vec<RootDisk> = Vec::new();
     for volume in volumes.into_iter().filter(|v| v.image.is_some() && who.project.is_none_or(|p| v.project == p)) {
-        let made_by = app.proj.vm(root_disk_vm(volume.id))?.filter(|vm| vm.org == who.org && kept_root_disk_id(vm.id) == volume.id);
-        disks.push(RootDisk::Volume { volume, made_by });
+        let made_by = app.proj.vm(root_disk_vm(volume.id))?.filter(|vm| vm.org == who.org && kept_root_disk_id(vm.id) == volume.id).map(Box::new);
+        disks.push(RootDisk::Volume { volume: Box::new(volume), made_by });
     }
     // A VM being deleted whose disk is already the kept volume shows once, as that volume.
-    let own = vms.into_iter().filter(|vm| vm.spec.root_volume.is_none()).map(RootDisk::OfVm).collect::<Vec<_>>();
+    let own = vms.into_iter().filter(|vm| vm.spec.root_volume.is_none()).map(|vm| RootDisk::OfVm(Box::new(vm))).collect::<Vec<_>>();
     for disk in own {
         if !disks.iter().any(|d| d.id() == disk.id()) {
             disks.push(disk);

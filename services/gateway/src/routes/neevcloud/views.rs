@@ -303,7 +303,7 @@ impl<'a> Render<'a> {
                 }
             }
             RootDisk::Volume { volume, made_by } => {
-                let Volume { spec, status, message, image, org, project, host, created_at, updated_at, .. } = volume;
+                let Volume { spec, status, message, image, org, project, host, created_at, updated_at, .. } = *volume;
                 RootDiskVolumeResponse {
                     id,
                     name: spec.name,

@@ -125,16 +125,18 @@ enum Power {
     Restart,
 }
 
-/// Start, stop or restart; a start of a running VM, a stop of a stopped one
-/// and a restart of one that is not running have no effect (202, nothing
-/// appended). A start of a VM on standby (another API's) resumes it.
+/// Start, stop or restart; a start of a running VM (or one on its way to
+/// running), a stop of a stopped one (or one stopping) and a restart of one
+/// that is not running have no effect (202, nothing appended). A start of a
+/// VM on standby (another API's) resumes it.
 async fn power(state: &AppState, caller: &Caller, alloc: Allocation, power: Power) -> NeevResult<(StatusCode, axum::Json<VmResponse>)> {
     let (app, who) = (&state.app, &caller.who);
     let id = VmId(caller.uuid("vm_id")?);
     let vm = vm_in_project(app, who, id)?;
     let action = match (power, vm.status) {
         (_, VmStatus::Deleted) => return Err(NeevError::not_found(format!("vm {}", super::ids::uuid(id.0)))),
-        (Power::Start, VmStatus::Running) | (Power::Stop, VmStatus::Stopped | VmStatus::Standby) => None,
+        (Power::Start, VmStatus::Running | VmStatus::Pending | VmStatus::Provisioning | VmStatus::Starting | VmStatus::Restarting | VmStatus::Restoring)
+        | (Power::Stop, VmStatus::Stopped | VmStatus::Standby | VmStatus::Stopping) => None,
         (Power::Restart, s) if s != VmStatus::Running => None,
         (Power::Start, VmStatus::Standby) => Some(Action::Restore),
         (Power::Start, _) => Some(Action::Start),
