@@ -1223,6 +1223,59 @@ AGENT
     assert!(g.ssh(&quiet, "awk '$2 == \"/mnt/v\"' /proc/mounts").contains("/mnt/v"));
 }
 
+/// A real guest launched through the Visor dialect (docs/dialects/visor.md):
+/// `vm.launch` with plan, region and os from the catalog reaches `running`,
+/// shows what it booted, runs its `userData` (the output is in its console)
+/// and takes its `sshKeys`; `vm.destroy` leaves no qemu behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialect_visor_guest_runs_its_user_data() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    let org = g.admin.create_org("visor").await;
+    let v = g.admin.with_token(&g.admin.create_key(&org, "visor").await);
+    let user_data = "#!/bin/sh\necho visor-user-data-$((6*7))\n";
+    let launch = json!({"organizationId": org, "name": "visor-guest", "plan": "nano", "region": "us-east", "os": "debian-12",
+                        "sshKeys": [g.public_key()], "userData": user_data});
+    let (s, b) = v.post("/api/vm.launch", &launch).await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["result"]["data"]["status"], "provisioning", "{b}");
+    let id = str_of(&b["result"]["data"]["id"]).to_owned();
+
+    let one = wait_for("the Visor VM running", BOOT, async || {
+        let (s, b) = v.get(&format!("/api/vm.one?vmId={id}")).await;
+        let d = &b["result"]["data"];
+        assert!(d["status"] != "error", "{b}\n{}", g.worker.log_tail(40));
+        if s == 200 && d["status"] == "running" { Ok(d.clone()) } else { Err(format!("{s} {b}")) }
+    })
+    .await;
+    assert_eq!(
+        (one["os"].as_str(), one["plan"].as_str(), one["region"].as_str(), &one["ip"], one["privateIp"].as_str()),
+        (Some("debian-12"), Some("nano"), Some("us-east"), &Value::Null, Some("10.0.2.15")),
+        "{one}"
+    );
+    assert_eq!(one["specs"], json!({"vcpu": 1, "memoryGb": 0.5, "diskGb": 10, "diskType": "ssd"}), "{one}");
+
+    // The user data ran: its output is in the console log.
+    wait_for("the user data's output in the console", Duration::from_secs(120), async || {
+        let (s, tail) = v.get(&format!("/v1/vms/{id}/logs?tail=500")).await;
+        let lines: Vec<&str> = tail["lines"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        if s == 200 && lines.iter().any(|l| l.ends_with("visor-user-data-42")) { Ok(()) } else { Err(format!("{s} {lines:?}")) }
+    })
+    .await;
+    // The key given as sshKeys logs in, through the forwarded port (`sshPort`).
+    let vm = v.vm(&id).await;
+    assert_eq!(vm["ssh_port"], one["sshPort"], "{vm}");
+    assert_eq!(g.ssh(&vm, "echo visor-ssh-$((40+2))").trim(), "visor-ssh-42");
+
+    let r = v.send(v.request(reqwest::Method::DELETE, "/api/vm.destroy").json(&json!({"vmId": id}))).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    wait_for("the destroyed VM gone, without qemu", BOOT, async || {
+        let (s, b) = v.get(&format!("/api/vm.one?vmId={id}")).await;
+        if s == 404 && qemu_processes(&id) == 0 { Ok(()) } else { Err(format!("{s} {b}, {} qemu", qemu_processes(&id))) }
+    })
+    .await;
+}
+
 /// The UUID the NeevCloud dialect shows for a vmplane id, and back.
 fn neev_uuid(id: &str) -> String {
     let h = format!("{:032x}", ulid::Ulid::from_string(id.split_once('_').expect("a vmplane id").1).expect("a ulid").0);

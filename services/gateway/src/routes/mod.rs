@@ -5,3 +5,4 @@
 pub mod native;
 pub mod neevcloud;
 pub mod system;
+pub mod visor;
