@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
     let (api, doc) = routes::native::router().split_for_parts();
     let doc = Arc::new(doc);
     api.merge(routes::system::router(doc))
+        .merge(routes::hypeman::router())
         .merge(routes::visor::router())
         .merge(routes::neevcloud::router())
         .fallback(routes::system::not_found)
