@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
     api.merge(routes::system::router(doc))
         .merge(routes::hypeman::router())
         .merge(routes::visor::router())
+        .merge(routes::neevcloud::router())
         .merge(routes::marketplace::router())
         .fallback(routes::system::not_found)
         .method_not_allowed_fallback(routes::system::method_not_allowed)

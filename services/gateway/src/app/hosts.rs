@@ -6,7 +6,7 @@
 //! its ports by (the marketplace's host nodes). What each org uses is not:
 //! the admin sees every org's use of a host, an API key its own org's only.
 
-use super::placement::host_taken;
+use super::placement::projected_taken;
 use super::{Actor, App, AppError, AppResult, Principal};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
@@ -24,8 +24,9 @@ pub struct HostUsage {
     /// caller's org's for an API key.
     pub used: Resources,
     /// What is left for new VMs: vCPUs not given to VMs (vmplane may still
-    /// share vCPUs between VMs), memory and disk not taken, counting what
-    /// was accepted and not yet carried out.
+    /// share vCPUs between VMs), memory and disk not taken, as projected (an
+    /// accepted create counts from its first event on; placement also counts
+    /// the claims of other gateways that are not projected yet).
     pub available: Resources,
     /// GPUs not given to VMs, by model.
     pub free_gpus: BTreeMap<String, u32>,
@@ -38,22 +39,18 @@ pub struct HostUsage {
 }
 
 /// Every registered host.
-pub async fn list(app: &App, who: &Principal) -> AppResult<Vec<HostUsage>> {
-    let mut out = Vec::new();
-    for host in app.proj.hosts()? {
-        out.push(usage(app, who, host).await?);
-    }
-    Ok(out)
+pub fn list(app: &App, who: &Principal) -> AppResult<Vec<HostUsage>> {
+    app.proj.hosts()?.into_iter().map(|host| usage(app, who, host)).collect()
 }
 
 /// One host.
-pub async fn get(app: &App, who: &Principal, id: HostId) -> AppResult<HostUsage> {
+pub fn get(app: &App, who: &Principal, id: HostId) -> AppResult<HostUsage> {
     let host = app.proj.hosts()?.into_iter().find(|h| h.id == id).ok_or_else(|| AppError::NotFound(format!("host {id}")))?;
-    usage(app, who, host).await
+    usage(app, who, host)
 }
 
-async fn usage(app: &App, who: &Principal, host: Host) -> AppResult<HostUsage> {
-    let taken = host_taken(app, host.id).await?;
+fn usage(app: &App, who: &Principal, host: Host) -> AppResult<HostUsage> {
+    let taken = projected_taken(app, host.id)?;
     let used = match who.actor {
         Actor::Admin => app.proj.host_usage(host.id)?,
         Actor::Key(_) => app.proj.org_usage_on_host(who.org, host.id)?,

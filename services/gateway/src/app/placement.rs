@@ -179,24 +179,11 @@ async fn load(store: &kv::Store, host: HostId) -> AppResult<(Ledger, Option<u64>
     })
 }
 
-/// What a host has taken now, ports, addresses and GPUs included: what it
-/// has left to offer. Claims not projected yet count while NATS can be
-/// reached; without it, the projection alone answers (reads keep working).
-pub(super) async fn host_taken(app: &App, host: HostId) -> AppResult<Taken> {
-    let ledger = async {
-        app.bus.ensure_connected()?;
-        let store = app.bus.bucket(subjects::PLACEMENT_BUCKET).await?;
-        load(&store, host).await.map(|(ledger, _)| ledger)
-    };
-    let ledger = match tokio::time::timeout(std::time::Duration::from_secs(2), ledger).await {
-        Ok(Ok(ledger)) => ledger,
-        Ok(Err(e)) => {
-            tracing::debug!(%host, error = %e, "placement ledger unreadable; host view from the projection alone");
-            Ledger::default()
-        }
-        Err(_) => Ledger::default(),
-    };
-    taken(app, host, &ledger, "", true)
+/// What a host has taken as this gateway's projection shows it, ports,
+/// addresses and GPUs included: what it has left to offer. A create shows
+/// there once its first event is projected, which accepting it waits for.
+pub(super) fn projected_taken(app: &App, host: HostId) -> AppResult<Taken> {
+    taken(app, host, &Ledger::default(), "", true)
 }
 
 /// Pick a host for resource `id` and record `claim` in its ledger. `check`

@@ -169,7 +169,7 @@ pub(super) fn host_id(raw: &str) -> MarketResult<HostId> {
 #[utoipa::path(get, path = "/api/v2/hostnodes", tag = "hostnodes",
     responses((status = 200, body = HostnodeList), (status = "4XX", body = ErrorDocument)))]
 pub(super) async fn list_hostnodes(State(state): State<AppState>, Caller(who): Caller) -> MarketResult<JsonApi<HostnodeList>> {
-    let hostnodes = hosts::list(&state.app, &who).await?.into_iter().filter(|h| h.online).map(|h| Hostnode::new(h, false)).collect();
+    let hostnodes = hosts::list(&state.app, &who)?.into_iter().filter(|h| h.online).map(|h| Hostnode::new(h, false)).collect();
     Ok(JsonApi(HostnodeList { data: Hostnodes { hostnodes } }))
 }
 
@@ -178,7 +178,7 @@ pub(super) async fn list_hostnodes(State(state): State<AppState>, Caller(who): C
     responses((status = 200, body = HostnodeDocument), (status = "4XX", body = ErrorDocument)))]
 pub(super) async fn get_hostnode(State(state): State<AppState>, Caller(who): Caller, PathParam(uuid): PathParam) -> MarketResult<JsonApi<HostnodeDocument>> {
     let id = host_id(&uuid)?;
-    let host = hosts::get(&state.app, &who, id).await.map_err(|e| match e {
+    let host = hosts::get(&state.app, &who, id).map_err(|e| match e {
         crate::app::AppError::NotFound(_) => MarketError::not_found(format!("hostnode {uuid} not found")),
         other => other.into(),
     })?;

@@ -272,8 +272,8 @@ impl CreateInstanceDocument {
 /// disk and GPUs as `GET /api/v2/hostnodes/{id}` shows them. (Placement
 /// reserves memory, disk, GPUs and ports for real; vCPUs, which vmplane
 /// may share, are checked here only.)
-async fn check_against_hostnode(app: &App, who: &Principal, host: HostId, spec: &VmSpec) -> MarketResult<()> {
-    let node = hosts::get(app, who, host).await.map_err(|e| match e {
+fn check_against_hostnode(app: &App, who: &Principal, host: HostId, spec: &VmSpec) -> MarketResult<()> {
+    let node = hosts::get(app, who, host).map_err(|e| match e {
         AppError::NotFound(_) => MarketError::not_found(format!("hostnode {host} not found")),
         other => other.into(),
     })?;
@@ -328,7 +328,7 @@ pub(super) async fn create_instance(
 ) -> MarketResult<(StatusCode, JsonApi<InstanceDocument>)> {
     let new = doc.into_new_vm()?;
     if let Some(host) = new.host {
-        check_against_hostnode(&state.app, &who, host, &new.spec).await?;
+        check_against_hostnode(&state.app, &who, host, &new.spec)?;
     }
     let accepted = vms::create_with(&state.app, &who, alloc, new).await?;
     Ok((StatusCode::CREATED, JsonApi(InstanceDocument { data: Instance::new(accepted.resource) })))

@@ -68,5 +68,5 @@ impl From<HostUsage> for HostView {
 /// Every registered host.
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, body = Vec<HostView>), (status = "4XX", body = ErrorBody)))]
 async fn list_hosts(State(state): State<AppState>, who: Principal) -> ApiResult<axum::Json<Vec<HostView>>> {
-    Ok(axum::Json(hosts::list(&state.app, &who).await?.into_iter().map(HostView::from).collect()))
+    Ok(axum::Json(hosts::list(&state.app, &who)?.into_iter().map(HostView::from).collect()))
 }
