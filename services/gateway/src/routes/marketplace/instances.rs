@@ -208,7 +208,8 @@ impl Instance {
         } else {
             net.port_forwards.iter().map(|p| InstancePort { internal_port: p.guest_port, external_port: Some(p.host_port) }).collect()
         };
-        let gpus = s.gpu.map(|g| (g.model.unwrap_or_default(), InstanceGpu { count: g.count })).into_iter().collect();
+        // A VM created elsewhere may ask for GPUs of no particular model.
+        let gpus = s.gpu.map(|g| (g.model.unwrap_or_else(|| "any".into()), InstanceGpu { count: g.count })).into_iter().collect();
         Self {
             kind: TYPE,
             id: vm.id,
