@@ -22,6 +22,7 @@ pub mod logs;
 pub mod operations;
 mod placement;
 pub mod sessions;
+pub mod templates;
 pub mod tenancy;
 pub mod terminal;
 pub mod vms;
