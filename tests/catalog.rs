@@ -134,3 +134,40 @@ async fn a_malformed_catalog_or_a_contradicting_flag_stops_the_worker() {
     let _worker = Proc::start("worker (fixed)", BIN, args, vec![], stack.root().join("fixed.log"));
     host_where(&stack, "the host online in ap-south", |h| h["region"] == "ap-south").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_resolve_plans_regions_and_image_names_through_the_catalog() {
+    let stack = Stack::start().await;
+    stack.wait_host_online().await;
+    let c = &stack.admin;
+
+    // A plan gives the sizes; an explicit size wins. Catalog names, aliases and
+    // OCI references all boot the installed slug, and the VM says which.
+    let vm = c.create_vm(json!({"name": "planned", "plan": "medium", "memory_mib": 2048, "region": "us-east", "image": "ubuntu-24.04"})).await;
+    assert_eq!(
+        (vm["vcpus"].as_u64(), vm["memory_mib"].as_u64(), vm["disk_gb"].as_u64(), vm["image"].as_str(), vm["plan"].as_str(), vm["region"].as_str()),
+        (Some(4), Some(2048), Some(160), Some("ubuntu-2404"), Some("medium"), Some("us-east")),
+        "{vm}"
+    );
+    for (name, slug) in
+        [("docker.io/library/debian:12", "debian-minimal"), ("img_default", "debian-minimal"), ("ubuntu2204", "ubuntu-2204"), ("alpine:latest", "alpine-3")]
+    {
+        let vm = c.create_vm(json!({"name": format!("named-{slug}-{}", name.len()), "image": name})).await;
+        assert_eq!(vm["image"], slug, "{name}: {vm}");
+    }
+
+    // What does not resolve is a 4xx that says why, and creates nothing.
+    let before = c.get("/v1/vms").await.1["data"].as_array().map(Vec::len);
+    for (body, code, says) in [
+        (json!({"name": "x", "plan": "huge"}), "unknown_plan", "plans: medium, micro, nano, power, power-dedicated, small"),
+        (json!({"name": "x", "region": "mars-1"}), "unknown_region", "regions: ap-south, eu-west, us-east, us-west"),
+        (json!({"name": "x", "region": "eu-west"}), "region_not_served", "served: us-east"),
+        (json!({"name": "x", "image": "windows-11"}), "unknown_image", "POST /v1/images"),
+        (json!({"name": "x", "image": "quay.io/acme/tool:2"}), "unknown_image", "catalog.json"),
+    ] {
+        let (s, b) = c.post("/v1/vms", &body).await;
+        assert_eq!((s, b["code"].as_str()), (422, Some(code)), "{body}: {b}");
+        assert!(b["message"].as_str().is_some_and(|m| m.contains(says)), "{body}: {b}");
+    }
+    assert_eq!(c.get("/v1/vms").await.1["data"].as_array().map(Vec::len), before);
+}

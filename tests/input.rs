@@ -127,7 +127,7 @@ async fn malformed_input_is_a_json_4xx_and_creates_nothing() {
         case("negative vcpus", post(), "/v1/vms", 422).json(&json!({ "name": "a", "vcpus": -1 })),
         case("memory too small", post(), "/v1/vms", 422).json(&json!({ "name": "a", "memory_mib": 1 })).code("validation_failed"),
         case("disk 0", post(), "/v1/vms", 422).json(&json!({ "name": "a", "disk_gb": 0 })).code("validation_failed"),
-        case("image no host has", post(), "/v1/vms", 422).json(&json!({ "name": "a", "image": "ubuntu-24.04" })).code("unknown_image"),
+        case("image no host has", post(), "/v1/vms", 422).json(&json!({ "name": "a", "image": "windows-11" })).code("unknown_image"),
         case("bad ssh key", post(), "/v1/vms", 422).json(&json!({ "name": "a", "ssh_keys": ["not a key"] })).code("validation_failed"),
         case("port 0", post(), "/v1/vms", 422).json(&json!({ "name": "a", "port_forwards": [{ "guest_port": 0 }] })).code("validation_failed"),
         case("guest_ip without bridge", post(), "/v1/vms", 422).json(&json!({ "name": "a", "network": { "guest_ip": "10.0.0.5" } })).code("validation_failed"),

@@ -14,7 +14,7 @@
 
 use crate::host::ImageInfo;
 use crate::ids::ImageId;
-use crate::spec::{GpuSpec, MAX_DISK_GB, MAX_MEMORY_MIB, MAX_VCPUS, is_dns_label};
+use crate::spec::{GpuSpec, MAX_DISK_GB, MAX_MEMORY_MIB, MAX_VCPUS, is_dns_label, is_image_name};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -454,11 +454,6 @@ pub fn normalize_oci(reference: &str) -> Option<String> {
     }
     let tag = tag.or(if digest.is_some() { None } else { Some("latest") });
     Some(format!("{registry}/{repo}{}{}", tag.map(|t| format!(":{t}")).unwrap_or_default(), digest.map(|d| format!("@{d}")).unwrap_or_default()))
-}
-
-/// What a request may name an image: slugs, ids, catalog names, OCI references.
-fn is_image_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 200 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b))
 }
 
 /// A GPU model as hosts announce it (`A100`, `h100-sxm5-80gb`).

@@ -4,7 +4,7 @@
 //! each API dialect translates its request onto it. Validation lives here so
 //! every dialect rejects the same things the same way.
 
-use crate::ids::{ImageId, VolumeId};
+use crate::ids::VolumeId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -127,11 +127,11 @@ impl VmSpec {
         if !is_dns_label(&self.name) {
             return Err(SpecError::new("name", "must be a DNS label: 1-63 of a-z, 0-9 and '-', not starting or ending with '-'"));
         }
-        if self.image.is_empty() || self.image.len() > 128 || !self.image.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
-            return Err(SpecError::new("image", "must be an image slug or id of at most 128 characters"));
-        }
-        if self.image.starts_with("img_") && self.image.parse::<ImageId>().is_err() {
-            return Err(SpecError::new("image", "is not a valid image id"));
+        if !is_image_name(&self.image) {
+            return Err(SpecError::new(
+                "image",
+                "must be an image name: a slug, an `img_` id, a catalog name or an OCI reference, up to 200 of letters, digits and `-_.:/@`",
+            ));
         }
         if !(1..=MAX_VCPUS).contains(&self.vcpus) {
             return Err(SpecError::new("vcpus", format!("must be between 1 and {MAX_VCPUS}")));
@@ -254,6 +254,12 @@ impl SpecError {
     fn new(field: &'static str, reason: impl Into<String>) -> Self {
         Self { field, reason: reason.into() }
     }
+}
+
+/// What a request may name an image by (see `catalog::Catalog::resolve_image`):
+/// the gateway resolves it to an installed slug before a command carries it.
+pub fn is_image_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 200 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b))
 }
 
 /// RFC 1123 label: what a hostname component may be.

@@ -35,6 +35,9 @@ pub struct GatewayConfig {
     pub rate_limit_per_key: u32,
     /// Concurrent event streams, log follows and terminals per caller.
     pub session_caps: app::sessions::Caps,
+    /// Plans, regions and image names (built in, with the data dir's
+    /// `catalog.json` over them: the same one the worker reads).
+    pub catalog: vmplane_domain::catalog::Catalog,
 }
 
 /// Shared state of every handler: the use cases, and the metrics registry.

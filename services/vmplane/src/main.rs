@@ -554,6 +554,7 @@ async fn gateway(bus: Bus, common: &CommonArgs, opts: &GatewayOpts, admin_token:
         accept_wait: Duration::from_millis(opts.accept_wait_ms),
         rate_limit_per_key: opts.rate_limit,
         session_caps: SessionCaps { events: opts.max_event_streams, log_follows: opts.max_log_follows, terminals: opts.max_terminals },
+        catalog: load_catalog(&common.data_dir)?,
     };
     vmplane_gateway::serve(bus, proj, cfg, metrics, listener, shutdown_signal()).await?;
     tracing::info!("gateway stopped");

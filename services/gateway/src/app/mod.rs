@@ -11,6 +11,7 @@
 
 mod accept;
 pub mod caller;
+pub mod catalog;
 mod error;
 pub mod events;
 pub mod health;

@@ -44,6 +44,8 @@ pub(super) enum Unfit {
     NoBridge,
     /// The host does not have the image.
     NoImage(String),
+    /// The host serves another region than the one asked for.
+    OtherRegion(String),
     /// The volumes the VM attaches at create are on another host.
     VolumesElsewhere,
 }
@@ -240,6 +242,7 @@ fn refusal(online: bool, reason: Option<Unfit>) -> AppError {
         ),
         Some(Unfit::AddressTaken(what)) => AppError::Conflict("address_conflict", format!("{what} is already another vm's on the bridge")),
         Some(Unfit::PortTaken(p)) => AppError::Conflict("port_conflict", format!("host port {p} is already forwarded to another vm")),
+        Some(Unfit::OtherRegion(code)) => AppError::Invalid("region_not_served", format!("no online host serves region `{code}`")),
         Some(Unfit::VolumesElsewhere) => AppError::Unavailable("the host holding the volumes this vm attaches is not online".into()),
         Some(Unfit::NoRoom) | None => AppError::Conflict("insufficient_capacity", "no online host has room for this".into()),
     }

@@ -106,6 +106,7 @@ pub async fn create(app: &App, who: &Principal, alloc: Allocation, new: impl Int
     }
     spec.validate()?;
     let volumes_host = check_create_disks(app, who, id, &mut spec)?;
+    resolve_names(app, &mut spec)?;
     let project = who.project_or_default();
     let host = place_vm(app, id, &spec, volumes_host).await?;
     let command = VmCommand::Create { spec: Box::new(spec), host };
@@ -194,6 +195,9 @@ async fn place_vm(app: &App, id: VmId, spec: &VmSpec, volumes_host: Option<HostI
         if volumes_host.is_some_and(|h| h != host.id) {
             return Some(Unfit::VolumesElsewhere);
         }
+        if let Some(region) = spec.region.as_ref().filter(|r| **r != host.info.region) {
+            return Some(Unfit::OtherRegion(region.clone()));
+        }
         if !host.info.images.iter().any(has_image) {
             return Some(Unfit::NoImage(spec.image.clone()));
         }
@@ -237,4 +241,27 @@ fn check_create_disks(app: &App, who: &Principal, id: VmId, spec: &mut VmSpec) -
         volumes.push(vol);
     }
     volume::host_for_create(id, &volumes).map_err(|e| AppError::Conflict(e.code(), e.to_string()))
+}
+
+/// Check the catalog names a create uses against the online hosts: the plan
+/// exists, the region is one some online host serves, and the image name (a
+/// catalog name or alias, an OCI reference, an installed slug or an `img_`
+/// id) resolves to an image a host of that region has; `spec.image` becomes
+/// that installed slug, so the VM's views say which image really runs. With
+/// no host online there is nothing to resolve against, and placement answers.
+fn resolve_names(app: &App, spec: &mut VmSpec) -> AppResult<()> {
+    let catalog = super::catalog::get(app);
+    if let Some(plan) = &spec.plan {
+        catalog.plan(plan)?;
+    }
+    let online: Vec<Host> = app.proj.hosts()?.into_iter().filter(|h| app.proj.heartbeats.is_online(h.id)).collect();
+    if online.is_empty() {
+        return Ok(());
+    }
+    if let Some(code) = &spec.region {
+        catalog.served_region(code, online.iter().map(|h| h.info.region.as_str()))?;
+    }
+    let candidates = online.iter().filter(|h| spec.region.as_ref().is_none_or(|r| *r == h.info.region));
+    spec.image = catalog.resolve_image(&spec.image, candidates.flat_map(|h| &h.info.images))?.slug;
+    Ok(())
 }

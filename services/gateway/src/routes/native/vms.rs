@@ -5,6 +5,7 @@ use super::events::EventView;
 use super::extract::{Json, PathId, Query};
 use super::pagination::{Page, PageQuery};
 use crate::AppState;
+use crate::app::catalog;
 use crate::app::vms::{self, Action, NewVm};
 use crate::app::{Accepted, Allocation, Operation, Principal};
 use axum::extract::State;
@@ -14,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
+use vmplane_domain::catalog::Plan;
 use vmplane_domain::spec::{DataDisk, ExposedPort, GpuSpec, NetworkSpec, PortForward, VmSpec, VolumeMount};
 use vmplane_domain::template::Field;
 use vmplane_domain::vm::{DiskInfo, ResolvedPortForward, Vm, VmStatus};
@@ -82,15 +84,17 @@ pub struct CreateVmRequest {
 }
 
 impl CreateVmRequest {
-    /// The fields a template may fill that this request leaves out.
+    /// The fields a template may fill that this request leaves out (a plan
+    /// gives the sizes).
     fn unset(&self) -> BTreeSet<Field> {
         let network = self.network.is_none();
+        let sized = |size: bool| size || self.plan.is_some();
         let absent = |f: &Field| match f {
             Field::Image => self.image.is_none(),
-            Field::Vcpus => self.vcpus.is_none(),
-            Field::MemoryMib => self.memory_mib.is_none(),
+            Field::Vcpus => !sized(self.vcpus.is_some()),
+            Field::MemoryMib => !sized(self.memory_mib.is_some()),
             Field::HotplugMemoryMib => self.hotplug_memory_mib.is_none(),
-            Field::DiskGb => self.disk_gb.is_none(),
+            Field::DiskGb => !sized(self.disk_gb.is_some()),
             Field::BootArgs => self.boot_args.is_none(),
             Field::UserData => self.user_data.is_none(),
             Field::EnableNetwork | Field::NetworkMode => network,
@@ -102,22 +106,24 @@ impl CreateVmRequest {
         Field::ALL.into_iter().filter(absent).collect()
     }
 
-    /// The create this request asks for: the spec with defaults filled in,
-    /// and which fields a template may fill.
-    pub fn into_new_vm(self) -> NewVm {
+    /// The create this request asks for: the spec with defaults filled in
+    /// (the named plan's sizes, else vmplane's), and which fields a template
+    /// may fill.
+    pub fn into_new_vm(self, plan: Option<&Plan>) -> NewVm {
         let unset = self.unset();
-        NewVm { spec: self.into_spec(), unset }
+        NewVm { spec: self.into_spec(plan), unset }
     }
 
-    /// The spec this request asks for, defaults filled in.
-    pub fn into_spec(self) -> VmSpec {
+    /// The spec this request asks for, defaults filled in: the named plan's
+    /// sizes, else vmplane's.
+    pub fn into_spec(self, plan: Option<&Plan>) -> VmSpec {
         let d = VmSpec::named(self.name);
         VmSpec {
             image: self.image.unwrap_or(d.image),
-            vcpus: self.vcpus.unwrap_or(d.vcpus),
-            memory_mib: self.memory_mib.unwrap_or(d.memory_mib),
+            vcpus: self.vcpus.or(plan.map(|p| p.vcpus)).unwrap_or(d.vcpus),
+            memory_mib: self.memory_mib.or(plan.map(|p| p.memory_mib)).unwrap_or(d.memory_mib),
             hotplug_memory_mib: self.hotplug_memory_mib.unwrap_or(d.hotplug_memory_mib),
-            disk_gb: self.disk_gb.unwrap_or(d.disk_gb),
+            disk_gb: self.disk_gb.or(plan.map(|p| p.disk_gb)).unwrap_or(d.disk_gb),
             root_volume: self.root_volume_id,
             delete_root_disk: self.delete_root_disk.unwrap_or(d.delete_root_disk),
             data_disks: self.data_disks,
@@ -129,7 +135,7 @@ impl CreateVmRequest {
             network: self.network.unwrap_or(d.network),
             port_forwards: self.port_forwards,
             exposed_ports: self.exposed_ports,
-            gpu: self.gpu,
+            gpu: self.gpu.or_else(|| plan.and_then(|p| p.gpu.clone())),
             plan: self.plan,
             region: self.region,
             template: self.template,
@@ -290,7 +296,8 @@ async fn create_vm(
     alloc: Allocation,
     Json(req): Json<CreateVmRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    Ok(accepted(vms::create(&state.app, &who, alloc, req.into_new_vm()).await?))
+    let plan = req.plan.as_deref().map(|name| catalog::plan(&state.app, name)).transpose()?;
+    Ok(accepted(vms::create(&state.app, &who, alloc, req.into_new_vm(plan.as_ref())).await?))
 }
 
 /// List VMs, oldest first.
@@ -418,7 +425,7 @@ mod tests {
     #[test]
     fn only_name_is_required_and_defaults_are_documented_ones() {
         let req: CreateVmRequest = serde_json::from_str(r#"{"name":"web"}"#).unwrap();
-        let spec = req.into_spec();
+        let spec = req.into_spec(None);
         assert_eq!(spec, VmSpec::named("web"));
         assert_eq!((spec.vcpus, spec.memory_mib, spec.image.as_str()), (1, 512, "debian-minimal"));
     }
@@ -426,10 +433,20 @@ mod tests {
     #[test]
     fn a_template_fills_only_what_the_request_leaves_out() {
         let req: CreateVmRequest = serde_json::from_str(r#"{"name":"web","vcpus":1,"user_data":"x","template":"t"}"#).unwrap();
-        let new = req.into_new_vm();
+        let new = req.into_new_vm(None);
         assert!(!new.unset.contains(&Field::Vcpus) && !new.unset.contains(&Field::UserData));
         assert!(new.unset.contains(&Field::MemoryMib) && new.unset.contains(&Field::Image) && new.unset.contains(&Field::EnableNetwork));
         assert_eq!(new.spec.template.as_deref(), Some("t"));
+        let req: CreateVmRequest = serde_json::from_str(r#"{"name":"web","plan":"small","template":"t"}"#).unwrap();
+        assert!(!req.unset().contains(&Field::MemoryMib), "a plan gives the sizes");
+    }
+
+    #[test]
+    fn a_plan_gives_the_defaults_and_explicit_sizes_win() {
+        let plan = Plan { vcpus: 8, memory_mib: 16384, disk_gb: 320, disk_type: "ssd".into(), dedicated: false, gpu: None };
+        let req: CreateVmRequest = serde_json::from_str(r#"{"name":"web","plan":"power","memory_mib":1024}"#).unwrap();
+        let spec = req.into_spec(Some(&plan));
+        assert_eq!((spec.vcpus, spec.memory_mib, spec.disk_gb, spec.plan.as_deref()), (8, 1024, 320, Some("power")));
     }
 
     #[test]
