@@ -38,6 +38,8 @@ pub struct GatewayConfig {
     /// Plans, regions and image names (built in, with the data dir's
     /// `catalog.json` over them: the same one the worker reads).
     pub catalog: vmplane_domain::catalog::Catalog,
+    /// The Hatch dialect's defaults (`HATCH_DEFAULT_VCPU`, `HATCH_DEFAULT_MEM_MIB`).
+    pub hatch: routes::hatch::HatchConfig,
 }
 
 /// Shared state of every handler: the use cases, and the metrics registry.
@@ -51,7 +53,8 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let (api, doc) = routes::native::router().split_for_parts();
     let doc = Arc::new(doc);
-    api.merge(routes::system::router(doc))
+    api.merge(routes::hatch::router())
+        .merge(routes::system::router(doc))
         .fallback(routes::system::not_found)
         .method_not_allowed_fallback(routes::system::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), routes::native::idempotency::layer))

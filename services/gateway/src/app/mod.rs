@@ -52,6 +52,11 @@ pub struct App {
 }
 
 impl App {
+    /// The gateway's settings, read once at start; dialects read their own defaults here.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.cfg
+    }
+
     pub fn new(bus: Bus, proj: Projections, cfg: GatewayConfig) -> Self {
         Self {
             limiter: Arc::new(limiter::Limiter::new(cfg.rate_limit_per_key)),

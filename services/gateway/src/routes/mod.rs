@@ -2,5 +2,6 @@
 //! use case input, calling `app`, and rendering its own responses and errors;
 //! and the system routes every dialect shares. No dialect imports another.
 
+pub mod hatch;
 pub mod native;
 pub mod system;
