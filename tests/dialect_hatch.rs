@@ -20,8 +20,9 @@ fn assert_vm_shape(vm: &Value) {
     let obj = vm.as_object().unwrap_or_else(|| panic!("a VM is an object: {vm}"));
     for (k, v) in obj {
         let ok = match k.as_str() {
-            "id" | "image_id" | "template_id" | "state" | "guest_ip" | "guest_mac" | "tap_name" | "socket_path" | "user_data" | "created_at"
-            | "updated_at" => v.is_string(),
+            "id" | "image_id" | "template_id" | "state" | "guest_ip" | "guest_mac" | "tap_name" | "socket_path" | "user_data" | "created_at" | "updated_at" => {
+                v.is_string()
+            }
             "vcpu_count" | "mem_mib" | "ssh_port" => v.is_u64(),
             "enable_network" => v.is_boolean(),
             other => panic!("undocumented field {other}: {vm}"),
@@ -264,7 +265,12 @@ async fn another_orgs_vm_is_not_found() {
     let org = c.create_org("elsewhere").await;
     let other = stack.client(&c.create_key(&org, "k").await);
 
-    for (method, path) in [(Method::GET, format!("/vms/{id}")), (Method::POST, format!("/vms/{id}/stop")), (Method::POST, format!("/vms/{id}/start")), (Method::DELETE, format!("/vms/{id}"))] {
+    for (method, path) in [
+        (Method::GET, format!("/vms/{id}")),
+        (Method::POST, format!("/vms/{id}/stop")),
+        (Method::POST, format!("/vms/{id}/start")),
+        (Method::DELETE, format!("/vms/{id}")),
+    ] {
         let r = other.send(other.request(method.clone(), &path)).await;
         assert_eq!(r.status, 404, "{method} {path}: {}", r.body);
         assert_error_shape(r.status, &r.body, &path);
@@ -294,7 +300,8 @@ async fn defaults_come_from_the_environment_and_templates_fill_what_a_request_le
     assert_eq!((vm["vcpu_count"].as_u64(), vm["mem_mib"].as_u64()), (Some(1), Some(512)), "the request wins: {vm}");
 
     // A template (/v1/templates): its values beat Hatch's defaults, the request beats both.
-    let (s, t) = c.post("/v1/templates", &json!({"name": "big", "vcpus": 4, "memory_mib": 2048, "user_data": "#!/bin/sh\necho tpl", "enable_network": false})).await;
+    let (s, t) =
+        c.post("/v1/templates", &json!({"name": "big", "vcpus": 4, "memory_mib": 2048, "user_data": "#!/bin/sh\necho tpl", "enable_network": false})).await;
     assert_eq!(s, 201, "{t}");
     let tpl = str_of(&t["id"]).to_owned();
     let (s, vm) = c.post("/vms", &json!({"template_id": tpl, "mem_mib": 1024})).await;
@@ -328,7 +335,9 @@ async fn the_openapi_document_and_the_router_agree() {
         }
     }
     // Every operation of the seed document (and vmplane's start).
-    for (method, path) in [("POST", "/vms"), ("GET", "/vms"), ("GET", "/vms/{id}"), ("DELETE", "/vms/{id}"), ("POST", "/vms/{id}/stop"), ("POST", "/vms/{id}/start")] {
+    for (method, path) in
+        [("POST", "/vms"), ("GET", "/vms"), ("GET", "/vms/{id}"), ("DELETE", "/vms/{id}"), ("POST", "/vms/{id}/stop"), ("POST", "/vms/{id}/start")]
+    {
         assert!(documented.iter().any(|(m, p)| m == method && p == path), "{method} {path} is not documented");
     }
     assert_eq!(documented.len(), 6, "{documented:?}");

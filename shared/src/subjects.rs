@@ -122,7 +122,14 @@ mod tests {
     #[test]
     fn subjects_are_well_formed_tokens() {
         let (org, vm, host) = (OrgId::new(), VmId::new(), HostId::new());
-        for s in [vm_events(org, vm), tenancy_events(org, &org.to_string()), host_events(host), vm_command(host, vm), tenancy_command(org), template_events(org, TemplateId::new())] {
+        for s in [
+            vm_events(org, vm),
+            tenancy_events(org, &org.to_string()),
+            host_events(host),
+            vm_command(host, vm),
+            tenancy_command(org),
+            template_events(org, TemplateId::new()),
+        ] {
             assert!(s.split('.').all(|t| !t.is_empty() && !t.contains(['*', '>', ' '])), "{s}");
         }
         assert!(vm_events(org, vm).starts_with(org_events(org).trim_end_matches('>')));

@@ -162,7 +162,7 @@ fn set_some<T: Clone>(into: &mut Option<T>, from: &Option<T>) {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum TemplateCommand {
-    Create { spec: TemplateSpec },
+    Create { spec: Box<TemplateSpec> },
     Delete,
 }
 
@@ -180,7 +180,7 @@ impl TemplateCommand {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum TemplateEvent {
-    TemplateCreated { org: OrgId, project: ProjectId, spec: TemplateSpec },
+    TemplateCreated { org: OrgId, project: ProjectId, spec: Box<TemplateSpec> },
     TemplateDeleted,
 }
 
@@ -249,7 +249,7 @@ pub fn decide(state: Option<&Template>, org: OrgId, project: ProjectId, cmd: &Te
 pub fn evolve(state: Option<Template>, id: TemplateId, op: Option<OpId>, at: OffsetDateTime, event: &TemplateEvent) -> Option<Template> {
     match event {
         TemplateEvent::TemplateCreated { org, project, spec } => state.or_else(|| {
-            Some(Template { id, org: *org, project: *project, spec: spec.clone(), deleted: false, last_op: op, created_at: at, updated_at: at })
+            Some(Template { id, org: *org, project: *project, spec: (**spec).clone(), deleted: false, last_op: op, created_at: at, updated_at: at })
         }),
         TemplateEvent::TemplateDeleted => state.map(|t| Template { deleted: true, last_op: op, updated_at: at, ..t }),
     }
@@ -313,24 +313,24 @@ mod tests {
     #[test]
     fn lifecycle() {
         let (id, org, at) = (TemplateId::new(), OrgId::new(), OffsetDateTime::UNIX_EPOCH);
-        let create = TemplateCommand::Create { spec: spec() };
+        let create = TemplateCommand::Create { spec: Box::new(spec()) };
         let events = decide(None, org, ProjectId::DEFAULT, &create).unwrap();
         let t = events.iter().fold(None, |s, e| evolve(s, id, None, at, e)).unwrap();
         assert_eq!((t.org, t.deleted, t.spec.name.as_str()), (org, false, "web"));
         assert_eq!(decide(Some(&t), org, ProjectId::DEFAULT, &create), Err(TemplateError::AlreadyExists));
         let events = decide(Some(&t), org, ProjectId::DEFAULT, &TemplateCommand::Delete).unwrap();
         assert_eq!(events, vec![TemplateEvent::TemplateDeleted]);
-        let t = events.iter().fold(Some(t), |s, e| evolve(s, id, None, at, e)).unwrap();
+        let t = evolve(Some(t), id, None, at, &events[0]).unwrap();
         assert!(t.deleted);
         assert_eq!(decide(Some(&t), org, ProjectId::DEFAULT, &TemplateCommand::Delete), Err(TemplateError::NotFound));
         assert_eq!(decide(None, org, ProjectId::DEFAULT, &TemplateCommand::Delete), Err(TemplateError::NotFound));
-        let bad = TemplateCommand::Create { spec: TemplateSpec { name: String::new(), ..spec() } };
+        let bad = TemplateCommand::Create { spec: Box::new(TemplateSpec { name: String::new(), ..spec() }) };
         assert!(matches!(decide(None, org, ProjectId::DEFAULT, &bad), Err(TemplateError::Invalid(_))));
     }
 
     #[test]
     fn events_survive_the_binary_codec() {
-        let ev = TemplateEvent::TemplateCreated { org: OrgId::new(), project: ProjectId::DEFAULT, spec: spec() };
+        let ev = TemplateEvent::TemplateCreated { org: OrgId::new(), project: ProjectId::DEFAULT, spec: Box::new(spec()) };
         let back: TemplateEvent = rmp_serde::from_slice(&rmp_serde::to_vec_named(&ev).unwrap()).unwrap();
         assert_eq!(back, ev);
         assert_eq!(serde_json::to_value(&TemplateEvent::TemplateDeleted).unwrap(), serde_json::json!({"type": "template_deleted"}));

@@ -53,7 +53,7 @@ pub async fn create(app: &App, who: &Principal, alloc: Allocation, spec: Templat
     if by_name(app, who, &spec.name)?.is_some() {
         return Err(AppError::Conflict("template_exists", format!("the org has a template named `{}` already", spec.name)));
     }
-    accept(app, who, alloc, None, id, TemplateCommand::Create { spec }).await
+    accept(app, who, alloc, None, id, TemplateCommand::Create { spec: Box::new(spec) }).await
 }
 
 /// Delete a template. VMs created from it keep what it gave them.

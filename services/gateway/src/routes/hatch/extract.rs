@@ -28,7 +28,8 @@ impl FromRequestParts<AppState> for Caller {
         if let Some(who) = parts.extensions.get::<Principal>() {
             return Ok(Self(*who));
         }
-        let header = |name: &str| parts.headers.get(name).map(|v| v.to_str().map_err(|_| HatchError::bad_request(format!("{name} is not valid text")))).transpose();
+        let header =
+            |name: &str| parts.headers.get(name).map(|v| v.to_str().map_err(|_| HatchError::bad_request(format!("{name} is not valid text")))).transpose();
         let token = header("authorization")?
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)

@@ -17,10 +17,10 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use vmplane_domain::VmId;
 use vmplane_domain::spec::{MAX_MEMORY_MIB, MAX_VCPUS, NetworkMode, VmSpec};
 use vmplane_domain::template::Field;
 use vmplane_domain::vm::{Vm, VmStatus, tap_name};
-use vmplane_domain::VmId;
 
 /// The image name Hatch calls its default image: a catalog alias (of
 /// `debian-minimal`, unless the operator's catalog maps it elsewhere).
@@ -80,8 +80,10 @@ impl CreateVmRequest {
     /// VMs have no names.
     fn into_new_vm(self, id: VmId, cfg: &HatchConfig) -> HatchResult<NewVm> {
         let size = |field: &str, v: Option<i64>, lo: u64, hi: u64| -> HatchResult<Option<u64>> {
-            v.map(|n| u64::try_from(n).ok().filter(|n| (lo..=hi).contains(n)).ok_or_else(|| HatchError::bad_request(format!("{field} must be between {lo} and {hi}"))))
-                .transpose()
+            v.map(|n| {
+                u64::try_from(n).ok().filter(|n| (lo..=hi).contains(n)).ok_or_else(|| HatchError::bad_request(format!("{field} must be between {lo} and {hi}")))
+            })
+            .transpose()
         };
         let vcpus = size("vcpu_count", self.vcpu_count, 1, u64::from(MAX_VCPUS))?.map(|n| n as u32);
         let memory_mib = size("mem_mib", self.mem_mib, 64, MAX_MEMORY_MIB)?;
