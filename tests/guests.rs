@@ -1223,6 +1223,130 @@ AGENT
     assert!(g.ssh(&quiet, "awk '$2 == \"/mnt/v\"' /proc/mounts").contains("/mnt/v"));
 }
 
+/// Through the hypeman dialect: `POST /instances` launches a real guest that
+/// reaches `Running`. hypeman's create has no user data; what it gives the
+/// guest is `env`, which the guest writes to `/run/vmplane/env` at boot. Its
+/// console, read through hypeman's SSE logs, shows the boot's readiness line
+/// and then, typed on the serial terminal, the value the create passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialect_hypeman_guest_runs_its_user_data() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    let c = &g.admin;
+    let body = json!({"name": "hype", "image": "docker.io/library/debian:12", "size": "256MB", "hotplug_size": "0B", "overlay_size": "2GB",
+                      "vcpus": 1, "env": {"GREETING": "hello-from-hypeman"}});
+    let (s, i) = c.post("/instances", &body).await;
+    assert_eq!(s, 201, "{i}\n{}", g.worker.log_tail(40));
+    let id = str_of(&i["id"]).to_owned();
+    // The create waits at most 30 s for the boot; under TCG it may take longer.
+    let i = wait_for("the instance to run", BOOT, async || {
+        let (s, i) = c.get("/instances/hype").await;
+        assert!(s == 200 && i["state"] != "Unknown", "{i}");
+        if i["state"] == "Running" && i["started_at"].is_string() { Ok(i) } else { Err(i.to_string()) }
+    })
+    .await;
+    assert_eq!((&i["image"], &i["size"], &i["env"]["GREETING"]), (&json!("docker.io/library/debian:12"), &json!("256MB"), &json!("hello-from-hypeman")), "{i}");
+    assert_eq!(c.vm(&id).await["status"], "running");
+
+    // hypeman's log stream: `data: "<line>"` events, the boot's readiness line among them.
+    let resp = c.request_untimed(reqwest::Method::GET, "/instances/hype/logs?follow=true&tail=1000").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    let ready = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(Ok(chunk)) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains("data: \"VMPLANE-READY") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(ready, Ok(true), "{text}");
+
+    // The env the create gave, read in the guest on its serial console (the
+    // terminal is the same VM's, in /v1), shows in hypeman's log stream.
+    let url = format!("{}/v1/vms/{id}/terminal", c.base.replace("http://", "ws://"));
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {ADMIN_TOKEN}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("websocket");
+    let shown = tokio::time::timeout(Duration::from_secs(90), async {
+        loop {
+            // Keystrokes sent before the serial shell reads are lost: type again until it answers.
+            ws.send(tokio_tungstenite::tungstenite::Message::binary(b"\n. /run/vmplane/env; echo \"env-says-$GREETING\"\n".to_vec())).await.unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, body.next()).await {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                if text.contains("env-says-hello-from-hypeman") {
+                    return true;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(shown, Ok(true), "{text}");
+    assert!(text.lines().filter(|l| !l.is_empty() && !l.starts_with(':')).all(|l| l.starts_with("data: \"")), "only data events: {text}");
+
+    let r = c.send(c.request(reqwest::Method::DELETE, "/instances/hype")).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert_eq!(c.get("/instances/hype").await.0, 404);
+}
+
+/// A real guest launched through the Visor dialect (docs/dialects/visor.md):
+/// `vm.launch` with plan, region and os from the catalog reaches `running`,
+/// shows what it booted, runs its `userData` (the output is in its console)
+/// and takes its `sshKeys`; `vm.destroy` leaves no qemu behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialect_visor_guest_runs_its_user_data() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    let org = g.admin.create_org("visor").await;
+    let v = g.admin.with_token(&g.admin.create_key(&org, "visor").await);
+    let user_data = "#!/bin/sh\necho visor-user-data-$((6*7))\n";
+    let launch = json!({"organizationId": org, "name": "visor-guest", "plan": "nano", "region": "us-east", "os": "debian-12",
+                        "sshKeys": [g.public_key()], "userData": user_data});
+    let (s, b) = v.post("/api/vm.launch", &launch).await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["result"]["data"]["status"], "provisioning", "{b}");
+    let id = str_of(&b["result"]["data"]["id"]).to_owned();
+
+    let one = wait_for("the Visor VM running", BOOT, async || {
+        let (s, b) = v.get(&format!("/api/vm.one?vmId={id}")).await;
+        let d = &b["result"]["data"];
+        assert!(d["status"] != "error", "{b}\n{}", g.worker.log_tail(40));
+        if s == 200 && d["status"] == "running" { Ok(d.clone()) } else { Err(format!("{s} {b}")) }
+    })
+    .await;
+    assert_eq!(
+        (one["os"].as_str(), one["plan"].as_str(), one["region"].as_str(), &one["ip"], one["privateIp"].as_str()),
+        (Some("debian-12"), Some("nano"), Some("us-east"), &Value::Null, Some("10.0.2.15")),
+        "{one}"
+    );
+    assert_eq!(one["specs"], json!({"vcpu": 1, "memoryGb": 0.5, "diskGb": 10, "diskType": "ssd"}), "{one}");
+
+    // The user data ran: its output is in the console log.
+    wait_for("the user data's output in the console", Duration::from_secs(120), async || {
+        let (s, tail) = v.get(&format!("/v1/vms/{id}/logs?tail=500")).await;
+        let lines: Vec<&str> = tail["lines"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        if s == 200 && lines.iter().any(|l| l.ends_with("visor-user-data-42")) { Ok(()) } else { Err(format!("{s} {lines:?}")) }
+    })
+    .await;
+    // The key given as sshKeys logs in, through the forwarded port (`sshPort`).
+    let vm = v.vm(&id).await;
+    assert_eq!(vm["ssh_port"], one["sshPort"], "{vm}");
+    assert_eq!(g.ssh(&vm, "echo visor-ssh-$((40+2))").trim(), "visor-ssh-42");
+
+    let r = v.send(v.request(reqwest::Method::DELETE, "/api/vm.destroy").json(&json!({"vmId": id}))).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    wait_for("the destroyed VM gone, without qemu", BOOT, async || {
+        let (s, b) = v.get(&format!("/api/vm.one?vmId={id}")).await;
+        if s == 404 && qemu_processes(&id) == 0 { Ok(()) } else { Err(format!("{s} {b}, {} qemu", qemu_processes(&id))) }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dialect_hatch_guest_runs_its_user_data() {
     guests_or_skip!();

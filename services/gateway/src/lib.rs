@@ -53,8 +53,10 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let (api, doc) = routes::native::router().split_for_parts();
     let doc = Arc::new(doc);
-    api.merge(routes::hatch::router())
-        .merge(routes::system::router(doc))
+    api.merge(routes::system::router(doc))
+        .merge(routes::hatch::router())
+        .merge(routes::hypeman::router())
+        .merge(routes::visor::router())
         .fallback(routes::system::not_found)
         .method_not_allowed_fallback(routes::system::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), routes::native::idempotency::layer))

@@ -3,5 +3,7 @@
 //! and the system routes every dialect shares. No dialect imports another.
 
 pub mod hatch;
+pub mod hypeman;
 pub mod native;
 pub mod system;
+pub mod visor;
