@@ -368,3 +368,38 @@ async fn the_openapi_document_and_the_router_agree() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_that_does_not_get_there_is_a_409_naming_it_and_shows_as_error() {
+    let stack = Stack::start().await;
+    let c = &stack.admin;
+    // The sim driver fails the step a VM's `sim.fail` label names; a template carries labels to a Hatch create.
+    for (name, step) in [("no-boot", "boot"), ("no-stop", "power_off")] {
+        let (s, t) = c.post("/v1/templates", &json!({"name": name, "labels": {"sim.fail": step}})).await;
+        assert_eq!(s, 201, "{t}");
+    }
+
+    // A create whose guest does not boot: 409 naming the VM, which stays in state error until deleted.
+    let (s, b) = c.post("/vms", &json!({"template_id": "no-boot"})).await;
+    assert_eq!(s, 409, "{b}");
+    assert_error_shape(s, &b, "a failed create");
+    let (_, list) = c.get("/vms").await;
+    let failed = list.as_array().and_then(|a| a.first()).cloned().unwrap_or_else(|| panic!("the failed VM is listed: {list}"));
+    let id = str_of(&failed["id"]).to_owned();
+    assert!(str_of(&b["error"]).contains(&id) && str_of(&b["error"]).contains("injected failure at boot"), "{b}");
+    assert_vm_shape(&failed);
+    assert_eq!(failed["state"], "error", "{failed}");
+    let (s, b) = c.delete(&format!("/vms/{id}")).await;
+    assert_eq!((s, b), (200, json!({"status": "deleted"})));
+
+    // A stop that fails: 409, and the VM shows what became of it.
+    let (s, vm) = c.post("/vms", &json!({"template_id": "no-stop"})).await;
+    assert_eq!((s, vm["state"].as_str()), (201, Some("running")), "{vm}");
+    let id = str_of(&vm["id"]).to_owned();
+    let (s, b) = c.post_empty(&format!("/vms/{id}/stop")).await;
+    assert_eq!(s, 409, "{b}");
+    assert_error_shape(s, &b, "a failed stop");
+    assert!(str_of(&b["error"]).contains("injected failure at power_off"), "{b}");
+    let (s, vm) = c.get(&format!("/vms/{id}")).await;
+    assert_eq!((s, vm["state"].as_str()), (200, Some("error")), "{vm}");
+}

@@ -227,8 +227,10 @@ fn visible(app: &App, who: &Principal, id: VmId) -> HatchResult<Vm> {
 }
 
 /// Wait for an accepted command's operation: when it succeeded, `done` and
-/// the VM; when it failed, a 500 saying why; when it is still under way, 202
-/// and the VM as it is.
+/// the VM; when it failed (the guest did not boot, did not stop, ...), a 409
+/// saying why and naming the VM, which stays (in state `error` when it
+/// failed); when it is still under way, 202 and the VM as it is. A guest's
+/// failure is never a 5xx.
 async fn settle(app: &App, who: &Principal, accepted: Accepted<Vm>, done: StatusCode) -> HatchResult<(StatusCode, Vm)> {
     let a = vms::wait(app, who, accepted, WAIT).await?;
     match a.operation.status {
@@ -236,7 +238,7 @@ async fn settle(app: &App, who: &Principal, accepted: Accepted<Vm>, done: Status
         OpStatus::Failed => {
             let why = a.operation.error.map_or_else(|| "unknown reason".to_owned(), |e| e.message);
             let id = a.resource.id;
-            Err(HatchError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("vm {id} failed: {why} (GET /vms/{id} shows it; DELETE removes it)")))
+            Err(HatchError::new(StatusCode::CONFLICT, format!("vm {id} failed: {why} (GET /vms/{id} shows it; DELETE removes it)")))
         }
         OpStatus::Pending | OpStatus::Running => Ok((StatusCode::ACCEPTED, a.resource)),
     }
@@ -254,7 +256,7 @@ async fn act(state: &AppState, who: &Principal, alloc: Allocation, id: VmId, act
 /// Create and start a VM; answers 201 once it is running.
 #[utoipa::path(post, path = "/vms", tag = "vms", request_body = CreateVmRequest,
     responses((status = 201, description = "Running", body = VmView), (status = 202, description = "Still starting after the wait", body = VmView),
-        (status = "4XX", body = ErrorBody), (status = 500, description = "The VM did not start", body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = "4XX", body = ErrorBody), (status = 409, description = "The VM did not start (it stays, in state error)", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn create_vm(
     State(state): State<AppState>,
     Caller(who): Caller,
@@ -286,7 +288,7 @@ async fn get_vm(State(state): State<AppState>, Caller(who): Caller, VmPath(id): 
 /// Stop and delete a VM; answers once it is gone.
 #[utoipa::path(delete, path = "/vms/{id}", tag = "vms", params(("id" = String, Path, description = "The VM id")),
     responses((status = 200, description = "Deleted", body = DeleteResponse), (status = 202, description = "Still deleting after the wait", body = DeleteResponse),
-        (status = "4XX", body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = "4XX", description = "409 also when the VM did not get there", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_vm(
     State(state): State<AppState>,
     Caller(who): Caller,
@@ -304,7 +306,7 @@ async fn delete_vm(
 /// Gracefully stop a running VM (ACPI power-down, then a hard stop); answers the VM once stopped.
 #[utoipa::path(post, path = "/vms/{id}/stop", tag = "vms", params(("id" = String, Path, description = "The VM id")),
     responses((status = 200, description = "Stopped", body = VmView), (status = 202, description = "Still stopping after the wait", body = VmView),
-        (status = "4XX", body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = "4XX", description = "409 also when the VM did not get there", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn stop_vm(State(state): State<AppState>, Caller(who): Caller, alloc: Allocation, VmPath(id): VmPath) -> HatchResult<(StatusCode, axum::Json<VmView>)> {
     act(&state, &who, alloc, id, Action::Stop).await
 }
@@ -312,7 +314,7 @@ async fn stop_vm(State(state): State<AppState>, Caller(who): Caller, alloc: Allo
 /// Start a stopped VM (not in the Hatch document: vmplane's addition); answers the VM once running.
 #[utoipa::path(post, path = "/vms/{id}/start", tag = "vms", params(("id" = String, Path, description = "The VM id")),
     responses((status = 200, description = "Running", body = VmView), (status = 202, description = "Still starting after the wait", body = VmView),
-        (status = "4XX", body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = "4XX", description = "409 also when the VM did not get there", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn start_vm(State(state): State<AppState>, Caller(who): Caller, alloc: Allocation, VmPath(id): VmPath) -> HatchResult<(StatusCode, axum::Json<VmView>)> {
     act(&state, &who, alloc, id, Action::Start).await
 }
