@@ -173,10 +173,17 @@ async fn guest_ip_and_guest_mac_take_the_bridge() {
     }
     assert_eq!(vm_count(c).await, before, "refused creates made nothing");
 
-    // Without guest_ip a VM uses user-mode networking, bridge or not.
+    // Without guest_ip a VM uses user-mode networking, bridge or not ...
     let (s, vm) = c.post("/vms", &json!({})).await;
     assert_eq!(s, 201, "{vm}");
     assert!(vm["ssh_port"].is_u64() && vm.get("tap_name").is_none(), "{vm}");
+    // ... unless its template says bridge: then it gets the first free address, as Hatch does.
+    let (s, t) = c.post("/v1/templates", &json!({"name": "bridged", "network_mode": "bridge"})).await;
+    assert_eq!(s, 201, "{t}");
+    let (s, vm) = c.post("/vms", &json!({"template_id": "bridged"})).await;
+    assert_eq!(s, 201, "{vm}");
+    assert_eq!(vm["guest_ip"], "172.16.0.2", "{vm}");
+    assert!(vm["tap_name"].is_string() && vm.get("ssh_port").is_none(), "{vm}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
