@@ -1347,6 +1347,112 @@ async fn dialect_visor_guest_runs_its_user_data() {
     .await;
 }
 
+/// The UUID the NeevCloud dialect shows for a vmplane id, and back.
+fn neev_uuid(id: &str) -> String {
+    let h = format!("{:032x}", ulid::Ulid::from_string(id.split_once('_').expect("a vmplane id").1).expect("a ulid").0);
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+fn neev_vm_id(uuid: &str) -> String {
+    format!("vm_{}", ulid::Ulid(u128::from_str_radix(&uuid.replace('-', ""), 16).expect("hex")).to_string().to_ascii_lowercase())
+}
+
+/// A guest launched through the NeevCloud dialect. Its document has no user
+/// data; what reaches the guest is the rest of `CreateVMRequest`: the root
+/// disk from the image at its size, the created data disk (formatted and
+/// mounted at boot, on the console), the SSH keys (we log in with ours),
+/// the VM's name as hostname, and the exposed port (reached through its
+/// host port), all shown below from inside the guest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialect_neevcloud_guest_runs_its_user_data() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    let c = &g.admin;
+    let nil = neev_uuid("org_00000000000000000000000000");
+    let at = format!("/api/v1/orgs/{nil}/projects/{nil}");
+    let body = json!({
+        "name": "neev-guest",
+        "region_id": "us-east",
+        "vm_config_id": "nano",
+        "plan_id": "nano",
+        "root_disk": {"create_disk_request": {"name": "neev-boot", "size_gb": 20, "image_id": "debian-12"}},
+        "data_disks": {"create_disks": [{"name": "scratch", "type": "filesystem", "size_gb": 10}]},
+        "ssh_keys": [g.public_key()],
+        "exposed_ports": [{"port": 8000, "protocol": "tcp"}],
+    });
+    let (s, created) = c.post(&format!("{at}/vms"), &body).await;
+    assert_eq!(s, 201, "{created}");
+    let uuid = str_of(&created["id"]).to_owned();
+    let vm = wait_for("the guest to run", BOOT, async || {
+        let (s, b) = c.get(&format!("{at}/vms/{uuid}")).await;
+        assert_eq!(s, 200, "{b}");
+        assert_ne!(b["status"], "failed", "{b}\n{}", g.worker.log_tail(40));
+        if b["status"] == "running" { Ok(b) } else { Err(b["status"].to_string()) }
+    })
+    .await;
+    assert_eq!((vm["image_id"].as_str(), vm["vm_config_id"].as_str()), (Some("debian-12"), Some("nano")), "{vm}");
+    let id = neev_vm_id(&uuid);
+    let native = c.vm(&id).await;
+    assert_eq!((native["image"].as_str(), native["vcpus"].as_u64(), native["memory_mib"].as_u64()), (Some("debian-minimal"), Some(1), Some(512)));
+
+    // The console: the data disk mounted at boot, then the readiness line.
+    let lines = wait_for("the console lines", Duration::from_secs(60), async || {
+        let (s, tail) = c.get(&format!("/v1/vms/{id}/logs?tail=500")).await;
+        let lines: Vec<String> = tail["lines"].as_array().into_iter().flatten().filter_map(|l| l.as_str().map(str::to_owned)).collect();
+        if s == 200 && lines.iter().any(|l| l.starts_with("VMPLANE-READY")) { Ok(lines) } else { Err(format!("{s} {lines:?}")) }
+    })
+    .await;
+    eprintln!("console of {uuid} (NeevCloud):\n{}", lines.join("\n"));
+    assert!(lines.iter().any(|l| l.contains("mounted at /mnt/scratch (rw)")), "{lines:?}");
+    assert!(lines.iter().any(|l| l == &format!("VMPLANE-READY instance-id={id}")), "{lines:?}");
+
+    // Inside: our key lets us in, the name is the hostname, the root disk has
+    // the 20 GB asked for, the data disk is a mounted filesystem.
+    let seen = g.ssh(
+        &native,
+        "hostname; for d in /sys/block/vd*; do [ \"$(cat $d/serial)\" = root ] && echo $(( $(cat $d/size) * 512 )); done; \
+         awk '$2 == \"/mnt/scratch\" {print $3}' /proc/mounts",
+    );
+    eprintln!("inside the guest:\n{seen}");
+    assert_eq!(seen.lines().collect::<Vec<_>>(), ["neev-guest", "21474836480", "ext4"], "{seen}");
+
+    // The exposed port reaches a listener in the guest through its host port.
+    g.ssh(&native, "mkdir -p /www && echo neev-port-ok > /www/index.html && httpd -p 8000 -h /www");
+    let port = native["port_forwards"][0]["host_port"].as_u64().expect("a host port for the exposed port") as u16;
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut last = String::new();
+        for _ in 0..30 {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let _ = s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n");
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                if out.contains("neev-port-ok") {
+                    return out;
+                }
+                last = out;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        last
+    })
+    .await
+    .unwrap();
+    assert!(answer.contains("neev-port-ok"), "{answer}");
+
+    // Stopped and deleted through the dialect.
+    let (s, b) = c.post_empty(&format!("{at}/vms/{uuid}/stop")).await;
+    assert_eq!(s, 202, "{b}");
+    wait_for("the guest to stop", BOOT, async || {
+        let (_, b) = c.get(&format!("{at}/vms/{uuid}")).await;
+        if b["status"] == "stopped" { Ok(()) } else { Err(b["status"].to_string()) }
+    })
+    .await;
+    assert_eq!(qemu_processes(&id), 0);
+    let (s, _) = c.delete(&format!("{at}/vms/{uuid}")).await;
+    assert_eq!(s, 202);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dialect_hatch_guest_runs_its_user_data() {
     guests_or_skip!();

@@ -47,6 +47,10 @@ pub struct VmSpec {
     /// ([`crate::vm::kept_root_disk_id`]) that a later create can boot from.
     #[serde(default = "yes")]
     pub delete_root_disk: bool,
+    /// The name of the root disk created from the image, which the root-disk
+    /// volume kept at delete takes; without one, the VM's name.
+    #[serde(default)]
+    pub root_disk_name: Option<String>,
     /// Data disks created as volumes with the VM and attached before its first boot.
     #[serde(default)]
     pub data_disks: Vec<DataDisk>,
@@ -98,6 +102,7 @@ impl VmSpec {
             disk_gb: 10,
             root_volume: None,
             delete_root_disk: true,
+            root_disk_name: None,
             data_disks: Vec::new(),
             volumes: Vec::new(),
             ssh_keys: Vec::new(),
@@ -144,6 +149,9 @@ impl VmSpec {
         }
         if !(1..=MAX_DISK_GB).contains(&self.disk_gb) {
             return Err(SpecError::new("disk_gb", format!("must be between 1 and {MAX_DISK_GB}")));
+        }
+        if self.root_disk_name.as_deref().is_some_and(|n| !is_dns_label(n)) {
+            return Err(SpecError::new("root_disk_name", "must be a DNS label"));
         }
         self.validate_disks()?;
         if self.ssh_keys.len() > 10 {
@@ -522,6 +530,15 @@ mod tests {
         for good in ["a", "a-b", "0", &"a".repeat(63)] {
             VmSpec::named(good).validate().unwrap();
         }
+    }
+
+    #[test]
+    fn a_root_disk_name_is_a_dns_label() {
+        let mut s = VmSpec::named("x");
+        s.root_disk_name = Some("boot-1".into());
+        s.validate().unwrap();
+        s.root_disk_name = Some("Boot".into());
+        assert_eq!(s.validate().unwrap_err().field, "root_disk_name");
     }
 
     #[test]

@@ -434,14 +434,24 @@ impl Vm {
 /// a step run again after a crash finds the volume it made: the timestamp
 /// (creation order) is the VM's, the random part the VM's mixed with `slot`.
 fn own_volume_id(vm: VmId, slot: u64) -> VolumeId {
+    VolumeId(ulid::Ulid(vm.0.0 ^ own_volume_mix(slot)))
+}
+
+/// What [`own_volume_id`] mixes into the random part for `slot`.
+fn own_volume_mix(slot: u64) -> u128 {
     const RANDOM_BITS: u128 = (1 << 80) - 1;
-    let mix = (u128::from(slot) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835) & RANDOM_BITS;
-    VolumeId(ulid::Ulid(vm.0.0 ^ mix))
+    (u128::from(slot) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835) & RANDOM_BITS
 }
 
 /// The volume a VM's root disk becomes when the VM is deleted with `delete_root_disk: false`.
 pub fn kept_root_disk_id(vm: VmId) -> VolumeId {
     own_volume_id(vm, 0)
+}
+
+/// The VM whose root disk is (or would become) the volume `id`: the inverse
+/// of [`kept_root_disk_id`]. For any other id it names a VM that does not exist.
+pub fn root_disk_vm(id: VolumeId) -> VmId {
+    VmId(ulid::Ulid(id.0.0 ^ own_volume_mix(0)))
 }
 
 /// The volume the VM's data disk number `index` (in its spec) is.

@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::hatch::router())
         .merge(routes::hypeman::router())
         .merge(routes::visor::router())
+        .merge(routes::neevcloud::router())
         .fallback(routes::system::not_found)
         .method_not_allowed_fallback(routes::system::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), routes::native::idempotency::layer))

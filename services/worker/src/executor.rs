@@ -231,7 +231,8 @@ impl Executor {
     /// Make the VM's root disk the root-disk volume `id`: free, holding the VM's image.
     async fn keep_root_disk(&self, vm: &Vm, id: VolumeId) -> Result<(), DriverError> {
         let size_gb = vm.root_disk.as_ref().map_or(vm.spec.disk_gb, |d| d.size_gb);
-        let spec = VolumeSpec { name: vm.spec.name.clone(), size_gb, kind: DiskKind::Filesystem };
+        let name = vm.spec.root_disk_name.clone().unwrap_or_else(|| vm.spec.name.clone());
+        let spec = VolumeSpec { name, size_gb, kind: DiskKind::Filesystem };
         self.make_volume(vm, id, spec, None, Some(vm.spec.image.clone())).await.map(drop)
     }
 

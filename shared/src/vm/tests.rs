@@ -492,4 +492,6 @@ fn a_vms_own_volume_ids_are_stable_distinct_and_sort_with_it() {
     assert_eq!(data_disk_id(vm, 3), data_disk_id(vm, 3));
     assert!(ids.iter().all(|v| v.0.timestamp_ms() == vm.0.timestamp_ms()));
     assert_ne!(data_disk_id(VmId::new(), 0), data_disk_id(vm, 0));
+    assert_eq!(root_disk_vm(kept_root_disk_id(vm)), vm, "a root disk names the vm that made it");
+    assert_ne!(root_disk_vm(data_disk_id(vm, 0)), vm);
 }

@@ -228,14 +228,24 @@ async fn place_vm(app: &App, id: VmId, spec: &VmSpec, volumes_host: Option<HostI
 /// What a create that attaches existing volumes (`volumes`, `root_volume_id`)
 /// needs checked before placement: each volume is the caller's (404
 /// otherwise), free (409 `volume_in_use` when another VM holds it) and on one
-/// host with the others (409); a root volume is a root disk (422), and the VM
-/// then runs that disk's image at its size. Returns the host the VM must be
-/// placed on. The worker claims each volume again when it attaches it, and
-/// fails the create if another VM took one meanwhile.
+/// host with the others (409); a root volume is a root disk (422; the own
+/// root disk of a live VM is one, held by that VM: 409), and the VM then runs
+/// that disk's image at its size. Returns the host the VM must be placed on.
+/// The worker claims each volume again when it attaches it, and fails the
+/// create if another VM took one meanwhile.
 fn check_create_disks(app: &App, who: &Principal, id: VmId, spec: &mut VmSpec) -> AppResult<Option<HostId>> {
     let mut volumes = spec.volumes.iter().map(|m| super::volumes::get(app, who, m.volume_id)).collect::<AppResult<Vec<_>>>()?;
     if let Some(root) = spec.root_volume {
-        let vol = super::volumes::get(app, who, root)?;
+        let vol = match super::volumes::get(app, who, root) {
+            Err(AppError::NotFound(what)) => {
+                let anywhere = Principal { project: None, ..*who };
+                return match super::volumes::root_disk(app, &anywhere, root) {
+                    Ok(super::volumes::RootDisk::OfVm(vm)) => Err(AppError::Conflict("volume_in_use", volume::VolumeError::InUse(vm.id).to_string())),
+                    _ => Err(AppError::NotFound(what)),
+                };
+            }
+            other => other?,
+        };
         let image = vol.image.clone().ok_or_else(|| AppError::Invalid("not_a_root_disk", volume::VolumeError::NotRootDisk.to_string()))?;
         (spec.image, spec.disk_gb) = (image, vol.spec.size_gb);
         volumes.push(vol);

@@ -7,8 +7,8 @@ use super::{Accepted, Allocation, App, AppError, AppResult, Listed, Principal, W
 use time::OffsetDateTime;
 use vmplane_domain::host::Resources;
 use vmplane_domain::spec::VolumeMount;
-use vmplane_domain::vm::{Vm, VmCommand};
-use vmplane_domain::volume::{self, Volume, VolumeCommand, VolumeSpec, VolumeStatus};
+use vmplane_domain::vm::{Vm, VmCommand, VmStatus, kept_root_disk_id, root_disk_vm};
+use vmplane_domain::volume::{self, Volume, VolumeCommand, VolumeError, VolumeSpec, VolumeStatus};
 use vmplane_domain::{Command, HostId, ProjectId, VmId, VolumeId, subjects};
 
 /// A volume the caller may see.
@@ -101,4 +101,102 @@ pub async fn detach(app: &App, who: &Principal, alloc: Allocation, vm: VmId, vol
     // Another org's volume is not there for the caller, attached or not.
     get(app, who, volume)?;
     vms::command(app, who, alloc, vm, VmCommand::DetachVolume { volume }).await
+}
+
+/// A root disk: a disk holding a bootable image, which a VM runs from. It is
+/// either the disk a VM created from its image (not a volume while the VM
+/// lives; its id is the volume it becomes when kept, `vm::kept_root_disk_id`),
+/// or a root-disk volume (kept from a deleted VM), free or booting a VM.
+#[derive(Debug, Clone)]
+pub enum RootDisk {
+    /// A live VM's own root disk, created from its image; attached to it.
+    OfVm(Box<Vm>),
+    /// A root-disk volume, with the VM that created it (for its plan and
+    /// region) when the projections still have it.
+    Volume { volume: Box<Volume>, made_by: Option<Box<Vm>> },
+}
+
+impl RootDisk {
+    /// The disk's id: the volume's, or the one the VM's disk becomes when kept.
+    pub fn id(&self) -> VolumeId {
+        match self {
+            Self::OfVm(vm) => kept_root_disk_id(vm.id),
+            Self::Volume { volume, .. } => volume.id,
+        }
+    }
+
+    /// The VM it is attached to (boots), if any.
+    pub fn attached_to(&self) -> Option<VmId> {
+        match self {
+            Self::OfVm(vm) => Some(vm.id),
+            Self::Volume { volume, .. } => volume.attached_to,
+        }
+    }
+
+    fn project(&self) -> ProjectId {
+        match self {
+            Self::OfVm(vm) => vm.project,
+            Self::Volume { volume, .. } => volume.project,
+        }
+    }
+}
+
+/// The VM whose own root disk `id` is, if that VM is the caller's and lives
+/// (a deleted VM's kept disk is a volume).
+fn root_disk_of_vm(app: &App, who: &Principal, id: VolumeId) -> AppResult<Option<Vm>> {
+    let vm = app.proj.vm(root_disk_vm(id))?;
+    Ok(vm.filter(|vm| vm.org == who.org && vm.status != VmStatus::Deleted && vm.spec.root_volume.is_none()))
+}
+
+/// A root disk the caller may see (of its project, if it named one).
+pub fn root_disk(app: &App, who: &Principal, id: VolumeId) -> AppResult<RootDisk> {
+    let found = match get(app, who, id) {
+        Ok(volume) if volume.image.is_some() => {
+            let made_by = app.proj.vm(root_disk_vm(id))?.filter(|vm| vm.org == who.org && kept_root_disk_id(vm.id) == id).map(Box::new);
+            Some(RootDisk::Volume { volume: Box::new(volume), made_by })
+        }
+        Ok(_) => None,
+        Err(AppError::NotFound(_)) => root_disk_of_vm(app, who, id)?.map(|vm| RootDisk::OfVm(Box::new(vm))),
+        Err(e) => return Err(e),
+    };
+    found.filter(|d| who.project.is_none_or(|p| d.project() == p)).ok_or_else(|| AppError::NotFound(format!("root disk {id}")))
+}
+
+/// The caller's root disks (of its project, if it named one), oldest first:
+/// its live VMs' own root disks and its root-disk volumes that are not deleted.
+pub fn root_disks(app: &App, who: &Principal, window: Window) -> AppResult<Listed<RootDisk>> {
+    let filter = crate::projection::vms::VmFilter { org: who.org, project: who.project, status: None };
+    let (vms, _) = app.proj.list_vms(&filter, 0, usize::MAX)?;
+    let (volumes, _) = app.proj.list_volumes(who.org, 0, usize::MAX)?;
+    let mut disks: Vec<RootDisk> = Vec::new();
+    for volume in volumes.into_iter().filter(|v| v.image.is_some() && who.project.is_none_or(|p| v.project == p)) {
+        let made_by = app.proj.vm(root_disk_vm(volume.id))?.filter(|vm| vm.org == who.org && kept_root_disk_id(vm.id) == volume.id).map(Box::new);
+        disks.push(RootDisk::Volume { volume: Box::new(volume), made_by });
+    }
+    // A VM being deleted whose disk is already the kept volume shows once, as that volume.
+    let own = vms.into_iter().filter(|vm| vm.spec.root_volume.is_none()).map(|vm| RootDisk::OfVm(Box::new(vm))).collect::<Vec<_>>();
+    for disk in own {
+        if !disks.iter().any(|d| d.id() == disk.id()) {
+            disks.push(disk);
+        }
+    }
+    disks.sort_by_key(RootDisk::id);
+    let total = disks.len();
+    let items = disks.into_iter().skip(window.offset).take(window.limit).collect();
+    Ok(Listed { items, total })
+}
+
+/// Delete a root disk: a root-disk volume that no VM boots (409 otherwise;
+/// a live VM's own root disk goes with the VM, or is kept, when it is deleted).
+pub async fn delete_root_disk(app: &App, who: &Principal, alloc: Allocation, id: VolumeId) -> AppResult<Accepted<Volume>> {
+    // A retry of a delete the worker took up already.
+    if let Some(operation) = accepted_before(app, alloc.op())?
+        && let Some(vol) = app.proj.volume(id)?.filter(|v| v.org == who.org && operation.target_id == id.to_string())
+    {
+        return Ok(Accepted { resource: vol, operation });
+    }
+    match root_disk(app, who, id)? {
+        RootDisk::OfVm(vm) => Err(AppError::Conflict("volume_in_use", VolumeError::InUse(vm.id).to_string())),
+        RootDisk::Volume { .. } => delete(app, who, alloc, id).await,
+    }
 }

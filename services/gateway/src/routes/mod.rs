@@ -5,5 +5,6 @@
 pub mod hatch;
 pub mod hypeman;
 pub mod native;
+pub mod neevcloud;
 pub mod system;
 pub mod visor;

@@ -126,6 +126,7 @@ impl CreateVmRequest {
             disk_gb: self.disk_gb.or(plan.map(|p| p.disk_gb)).unwrap_or(d.disk_gb),
             root_volume: self.root_volume_id,
             delete_root_disk: self.delete_root_disk.unwrap_or(d.delete_root_disk),
+            root_disk_name: d.root_disk_name,
             data_disks: self.data_disks,
             volumes: self.volumes,
             ssh_keys: self.ssh_keys,
