@@ -13,10 +13,11 @@ pub mod ids;
 pub mod operation;
 pub mod spec;
 pub mod subjects;
+pub mod template;
 pub mod tenancy;
 pub mod vm;
 pub mod volume;
 
 pub use command::{Command, CommandEnvelope};
 pub use event::{Envelope, Event};
-pub use ids::{ApiKeyId, EventId, HostId, ImageId, OpId, OrgId, ProjectId, VmId, VolumeId};
+pub use ids::{ApiKeyId, EventId, HostId, ImageId, OpId, OrgId, ProjectId, TemplateId, VmId, VolumeId};

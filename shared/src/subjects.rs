@@ -5,15 +5,16 @@
 //! vmplane.evt.<org_id>.vm.<vm_id>          VM events
 //! vmplane.evt.<org_id>.volume.<vol_id>     volume events
 //! vmplane.evt.<org_id>.tenancy.<id>        org / project / API key events
+//! vmplane.evt.<org_id>.template.<tpl_id>   template events
 //! vmplane.evt.system.host.<host_id>        host events
 //! vmplane.log.<org_id>.vm.<vm_id>          VM serial console lines
 //! vmplane.cmd.host.<host_id>.<id>          VM and volume commands, to the worker of that host
 //! vmplane.term.open.<host_id>              core NATS request: open a serial terminal session
 //! vmplane.term.<session>.in / .out         core NATS: terminal bytes to / from the guest
-//! vmplane.cmd.tenancy.<org_id>             tenancy commands, to any worker
+//! vmplane.cmd.tenancy.<org_id>             tenancy and template commands, to any worker
 //! ```
 
-use crate::ids::{HostId, OrgId, VmId, VolumeId};
+use crate::ids::{HostId, OrgId, TemplateId, VmId, VolumeId};
 
 /// The event stream's name.
 pub const EVENT_STREAM: &str = "VMPLANE_EVENTS";
@@ -84,6 +85,11 @@ pub fn tenancy_events(org: OrgId, id: &str) -> String {
     format!("vmplane.evt.{org}.tenancy.{id}")
 }
 
+/// Events of one template: its optimistic-concurrency unit.
+pub fn template_events(org: OrgId, template: TemplateId) -> String {
+    format!("vmplane.evt.{org}.template.{template}")
+}
+
 /// Events of one host.
 pub fn host_events(host: HostId) -> String {
     format!("vmplane.evt.system.host.{host}")
@@ -104,7 +110,7 @@ pub fn vm_command(host: HostId, vm: VmId) -> String {
     format!("vmplane.cmd.host.{host}.{vm}")
 }
 
-/// One tenancy command.
+/// One tenancy or template command (control-plane commands of an org, to any worker).
 pub fn tenancy_command(org: OrgId) -> String {
     format!("vmplane.cmd.tenancy.{org}")
 }
@@ -116,7 +122,14 @@ mod tests {
     #[test]
     fn subjects_are_well_formed_tokens() {
         let (org, vm, host) = (OrgId::new(), VmId::new(), HostId::new());
-        for s in [vm_events(org, vm), tenancy_events(org, &org.to_string()), host_events(host), vm_command(host, vm), tenancy_command(org)] {
+        for s in [
+            vm_events(org, vm),
+            tenancy_events(org, &org.to_string()),
+            host_events(host),
+            vm_command(host, vm),
+            tenancy_command(org),
+            template_events(org, TemplateId::new()),
+        ] {
             assert!(s.split('.').all(|t| !t.is_empty() && !t.contains(['*', '>', ' '])), "{s}");
         }
         assert!(vm_events(org, vm).starts_with(org_events(org).trim_end_matches('>')));

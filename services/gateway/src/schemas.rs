@@ -79,6 +79,8 @@ mod tests {
             "api_key_created",
             "api_key_revoked",
             "registered",
+            "template_created",
+            "template_deleted",
         ] {
             assert!(json.contains(&format!("\"{ty}\"")), "event type {ty} missing from the schema");
         }

@@ -7,10 +7,12 @@
 //!
 //! One tree, prefixed keys: `vm/<id>`, `vmidx/<org>/<id>`, `vmevt/<id>/<seq>`,
 //! `op/<id>`, `org/<id>`, `prj/<org>/<id>`, `key/<id>`, `host/<id>`,
-//! `hostuse/<id>`, `vol/<id>`, `volidx/<org>/<id>`, and `meta/applied`.
+//! `hostuse/<id>`, `vol/<id>`, `volidx/<org>/<id>`, `tpl/<id>`, `tplidx/<org>/<id>`,
+//! and `meta/applied`.
 
 pub mod hosts;
 pub mod operations;
+pub mod templates;
 pub mod tenancy;
 pub mod vms;
 pub mod volumes;
@@ -75,6 +77,7 @@ impl Projections {
                     Event::Tenancy(ev) => tenancy::apply(&mut txn, &env, ev),
                     Event::Host(ev) => hosts::apply(&mut txn, &env, ev),
                     Event::Volume(ev) => volumes::apply(&mut txn, &env, ev),
+                    Event::Template(ev) => templates::apply(&mut txn, &env, ev),
                     // Operations have no view but their own (below).
                     Event::Operation(_) => {}
                 }

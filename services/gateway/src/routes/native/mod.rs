@@ -13,6 +13,7 @@ pub mod images;
 pub mod logs;
 pub mod operations;
 pub mod pagination;
+pub mod templates;
 pub mod tenancy;
 pub mod terminal;
 pub mod vms;
@@ -56,4 +57,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(hosts::router())
         .merge(images::router())
         .merge(tenancy::router())
+        .merge(templates::router())
 }

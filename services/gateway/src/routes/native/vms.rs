@@ -6,17 +6,18 @@ use super::extract::{Json, PathId, Query};
 use super::pagination::{Page, PageQuery};
 use crate::AppState;
 use crate::app::catalog;
-use crate::app::vms::{self, Action};
+use crate::app::vms::{self, Action, NewVm};
 use crate::app::{Accepted, Allocation, Operation, Principal};
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use vmplane_domain::catalog::Plan;
 use vmplane_domain::spec::{DataDisk, ExposedPort, GpuSpec, NetworkSpec, PortForward, VmSpec, VolumeMount};
+use vmplane_domain::template::Field;
 use vmplane_domain::vm::{DiskInfo, ResolvedPortForward, Vm, VmStatus};
 use vmplane_domain::{HostId, ProjectId, VmId, VolumeId};
 
@@ -75,12 +76,44 @@ pub struct CreateVmRequest {
     pub gpu: Option<GpuSpec>,
     pub plan: Option<String>,
     pub region: Option<String>,
+    /// A template's id or name (`/v1/templates`): its values fill every field
+    /// this request leaves out (an empty list or map counts as left out).
     pub template: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
 
 impl CreateVmRequest {
+    /// The fields a template may fill that this request leaves out (a plan
+    /// gives the sizes).
+    fn unset(&self) -> BTreeSet<Field> {
+        let network = self.network.is_none();
+        let sized = |size: bool| size || self.plan.is_some();
+        let absent = |f: &Field| match f {
+            Field::Image => self.image.is_none(),
+            Field::Vcpus => !sized(self.vcpus.is_some()),
+            Field::MemoryMib => !sized(self.memory_mib.is_some()),
+            Field::HotplugMemoryMib => self.hotplug_memory_mib.is_none(),
+            Field::DiskGb => !sized(self.disk_gb.is_some()),
+            Field::BootArgs => self.boot_args.is_none(),
+            Field::UserData => self.user_data.is_none(),
+            Field::EnableNetwork | Field::NetworkMode => network,
+            Field::PortForwards => self.port_forwards.is_empty(),
+            Field::SshKeys => self.ssh_keys.is_empty(),
+            Field::Env => self.env.is_empty(),
+            Field::Labels => self.labels.is_empty(),
+        };
+        Field::ALL.into_iter().filter(absent).collect()
+    }
+
+    /// The create this request asks for: the spec with defaults filled in
+    /// (the named plan's sizes, else vmplane's), and which fields a template
+    /// may fill.
+    pub fn into_new_vm(self, plan: Option<&Plan>) -> NewVm {
+        let unset = self.unset();
+        NewVm { spec: self.into_spec(plan), unset }
+    }
+
     /// The spec this request asks for, defaults filled in: the named plan's
     /// sizes, else vmplane's.
     pub fn into_spec(self, plan: Option<&Plan>) -> VmSpec {
@@ -265,7 +298,7 @@ async fn create_vm(
     Json(req): Json<CreateVmRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     let plan = req.plan.as_deref().map(|name| catalog::plan(&state.app, name)).transpose()?;
-    Ok(accepted(vms::create(&state.app, &who, alloc, req.into_spec(plan.as_ref())).await?))
+    Ok(accepted(vms::create(&state.app, &who, alloc, req.into_new_vm(plan.as_ref())).await?))
 }
 
 /// List VMs, oldest first.
@@ -396,6 +429,17 @@ mod tests {
         let spec = req.into_spec(None);
         assert_eq!(spec, VmSpec::named("web"));
         assert_eq!((spec.vcpus, spec.memory_mib, spec.image.as_str()), (1, 512, "debian-minimal"));
+    }
+
+    #[test]
+    fn a_template_fills_only_what_the_request_leaves_out() {
+        let req: CreateVmRequest = serde_json::from_str(r#"{"name":"web","vcpus":1,"user_data":"x","template":"t"}"#).unwrap();
+        let new = req.into_new_vm(None);
+        assert!(!new.unset.contains(&Field::Vcpus) && !new.unset.contains(&Field::UserData));
+        assert!(new.unset.contains(&Field::MemoryMib) && new.unset.contains(&Field::Image) && new.unset.contains(&Field::EnableNetwork));
+        assert_eq!(new.spec.template.as_deref(), Some("t"));
+        let req: CreateVmRequest = serde_json::from_str(r#"{"name":"web","plan":"small","template":"t"}"#).unwrap();
+        assert!(!req.unset().contains(&Field::MemoryMib), "a plan gives the sizes");
     }
 
     #[test]
