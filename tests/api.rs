@@ -32,11 +32,14 @@ async fn health_metrics_and_every_documented_route_is_served() {
     let (st, key) = c.post("/v1/api-keys", &json!({ "name": "probe-key", "org_id": org_id })).await;
     assert_eq!(st, 201, "{key}");
     let key_id = str_of(&key["id"]).to_owned();
+    let (st, tpl) = c.post("/v1/templates", &json!({ "name": "probe-tpl" })).await;
+    assert_eq!(st, 201, "{tpl}");
+    let tpl_id = str_of(&tpl["id"]).to_owned();
     let public_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl probe";
     let (st, ssh_key) = c.post("/v1/ssh-keys", &json!({ "name": "probe", "public_key": public_key })).await;
     assert_eq!(st, 201, "{ssh_key}");
     let ssh_key_id = str_of(&ssh_key["id"]).to_owned();
-    let ids = Ids { vm: &vm_id, op: &op_id, org: &org_id, volume: &vol_id, api_key: &key_id, ssh_key: &ssh_key_id };
+    let ids = Ids { vm: &vm_id, op: &op_id, org: &org_id, volume: &vol_id, api_key: &key_id, template: &tpl_id, ssh_key: &ssh_key_id };
 
     let (s, doc) = anon.get("/openapi.json").await;
     assert_eq!(s, 200, "{doc}");
@@ -122,6 +125,7 @@ struct Ids<'a> {
     org: &'a str,
     volume: &'a str,
     api_key: &'a str,
+    template: &'a str,
     ssh_key: &'a str,
 }
 
@@ -134,6 +138,7 @@ fn substitute(path: &str, ids: &Ids) -> String {
             Some("id") if path.starts_with("/v1/operations/") => ids.op.to_owned(),
             Some("id") if path.starts_with("/v1/volumes/") => ids.volume.to_owned(),
             Some("id") if path.starts_with("/v1/api-keys/") => ids.api_key.to_owned(),
+            Some("id") if path.starts_with("/v1/templates/") => ids.template.to_owned(),
             Some("id") if path.starts_with("/v1/ssh-keys/") => ids.ssh_key.to_owned(),
             Some("volume_id") => ids.volume.to_owned(),
             Some("org") => ids.org.to_owned(),

@@ -1454,6 +1454,37 @@ async fn dialect_neevcloud_guest_runs_its_user_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialect_hatch_guest_runs_its_user_data() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    // Hatch's create answers once the guest runs: under TCG that is a long request.
+    let c = g.admin.with_timeout(BOOT + Duration::from_secs(60));
+    // The seed's example, with `#!/bin/sh`: the default image's shell is busybox's (no bash).
+    let (s, vm) = c.post("/vms", &json!({"vcpu_count": 1, "mem_mib": 256, "enable_network": true, "user_data": "#!/bin/sh\necho 'Hello from Hatch'"})).await;
+    assert_eq!(s, 201, "{vm}\n{}", g.worker.log_tail(40));
+    assert_eq!((vm["state"].as_str(), vm["image_id"].as_str(), vm["guest_ip"].as_str()), (Some("running"), Some("img_default"), Some("10.0.2.15")), "{vm}");
+    assert!(vm["ssh_port"].is_u64() && vm["guest_mac"].is_string(), "{vm}");
+    let id = str_of(&vm["id"]).to_owned();
+
+    // Its console shows the user data's output.
+    wait_for("the user data's output in the console", Duration::from_secs(60), async || {
+        let (s, tail) = c.get(&format!("/v1/vms/{id}/logs?tail=500")).await;
+        let lines: Vec<String> = tail["lines"].as_array().into_iter().flatten().filter_map(|l| l.as_str().map(str::to_owned)).collect();
+        if s == 200 && lines.iter().any(|l| l.ends_with("Hello from Hatch")) { Ok(()) } else { Err(format!("{s} {lines:?}")) }
+    })
+    .await;
+
+    // Stopped and deleted through Hatch, each answered when done; no qemu is left.
+    let (s, b) = c.post_empty(&format!("/vms/{id}/stop")).await;
+    assert_eq!((s, b["state"].as_str()), (200, Some("stopped")), "{b}");
+    assert_eq!(qemu_processes(&id), 0);
+    let (s, b) = c.delete(&format!("/vms/{id}")).await;
+    assert_eq!((s, b), (200, json!({"status": "deleted"})));
+    let (s, _) = c.get(&format!("/vms/{id}")).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dialect_marketplace_guest_runs_its_user_data() {
     guests_or_skip!();
     let g = GuestStack::start().await;

@@ -1,8 +1,9 @@
 //! The command envelope: what the gateway appends to the command stream.
 
 use crate::host::HostCommand;
-use crate::ids::{HostId, OpId, OrgId, ProjectId, VmId, VolumeId};
+use crate::ids::{HostId, OpId, OrgId, ProjectId, TemplateId, VmId, VolumeId};
 use crate::ssh_key::SshKeyCommand;
+use crate::template::TemplateCommand;
 use crate::tenancy::TenancyCommand;
 use crate::vm::VmCommand;
 use crate::volume::VolumeCommand;
@@ -36,6 +37,8 @@ pub enum Command {
     Host { host: HostId, command: HostCommand },
     /// Executed by any worker.
     Tenancy { command: TenancyCommand },
+    /// Executed by any worker (with the tenancy commands): control-plane data, no host step.
+    Template { template: TemplateId, command: TemplateCommand },
     /// Executed by any worker, from the same consumer as tenancy commands.
     SshKey { command: SshKeyCommand },
 }

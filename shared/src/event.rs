@@ -8,6 +8,7 @@ use crate::host::HostEvent;
 use crate::ids::{EventId, OpId, OrgId, ProjectId};
 use crate::operation::OperationEvent;
 use crate::ssh_key::SshKeyEvent;
+use crate::template::TemplateEvent;
 use crate::tenancy::TenancyEvent;
 use crate::vm::VmEvent;
 use crate::volume::VolumeEvent;
@@ -45,6 +46,8 @@ pub enum Event {
     Tenancy(TenancyEvent),
     Host(HostEvent),
     Volume(VolumeEvent),
+    /// Control-plane data: default values for creating VMs.
+    Template(TemplateEvent),
     /// An operation that ended without an event of its aggregate (see [`crate::operation`]).
     Operation(OperationEvent),
     SshKey(SshKeyEvent),
@@ -58,6 +61,7 @@ impl Event {
             Self::Tenancy(e) => e.type_name(),
             Self::Host(e) => e.type_name(),
             Self::Volume(e) => e.type_name(),
+            Self::Template(e) => e.type_name(),
             Self::Operation(e) => e.type_name(),
             Self::SshKey(e) => e.type_name(),
         }

@@ -115,6 +115,9 @@ typed_id!(
     /// A bootable image.
     ImageId, "img");
 typed_id!(
+    /// A template: default values for creating VMs.
+    TemplateId, "tpl");
+typed_id!(
     /// One event in the event stream.
     EventId, "evt");
 typed_id!(

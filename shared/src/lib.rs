@@ -15,10 +15,11 @@ pub mod operation;
 pub mod spec;
 pub mod ssh_key;
 pub mod subjects;
+pub mod template;
 pub mod tenancy;
 pub mod vm;
 pub mod volume;
 
 pub use command::{Command, CommandEnvelope};
 pub use event::{Envelope, Event};
-pub use ids::{ApiKeyId, EventId, HostId, ImageId, OpId, OrgId, ProjectId, SshKeyId, VmId, VolumeId};
+pub use ids::{ApiKeyId, EventId, HostId, ImageId, OpId, OrgId, ProjectId, SshKeyId, TemplateId, VmId, VolumeId};

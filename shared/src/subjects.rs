@@ -6,15 +6,16 @@
 //! vmplane.evt.<org_id>.volume.<vol_id>     volume events
 //! vmplane.evt.<org_id>.tenancy.<id>        org / project / API key events
 //! vmplane.evt.<org_id>.ssh_key.<key_id>    SSH key events
+//! vmplane.evt.<org_id>.template.<tpl_id>   template events
 //! vmplane.evt.system.host.<host_id>        host events
 //! vmplane.log.<org_id>.vm.<vm_id>          VM serial console lines
 //! vmplane.cmd.host.<host_id>.<id>          VM and volume commands, to the worker of that host
 //! vmplane.term.open.<host_id>              core NATS request: open a serial terminal session
 //! vmplane.term.<session>.in / .out         core NATS: terminal bytes to / from the guest
-//! vmplane.cmd.tenancy.<org_id>             tenancy and SSH key commands, to any worker
+//! vmplane.cmd.tenancy.<org_id>             tenancy, SSH key and template commands, to any worker
 //! ```
 
-use crate::ids::{HostId, OrgId, SshKeyId, VmId, VolumeId};
+use crate::ids::{HostId, OrgId, SshKeyId, TemplateId, VmId, VolumeId};
 
 /// The event stream's name.
 pub const EVENT_STREAM: &str = "VMPLANE_EVENTS";
@@ -90,6 +91,11 @@ pub fn ssh_key_events(org: OrgId, key: SshKeyId) -> String {
     format!("vmplane.evt.{org}.ssh_key.{key}")
 }
 
+/// Events of one template: its optimistic-concurrency unit.
+pub fn template_events(org: OrgId, template: TemplateId) -> String {
+    format!("vmplane.evt.{org}.template.{template}")
+}
+
 /// Events of one host.
 pub fn host_events(host: HostId) -> String {
     format!("vmplane.evt.system.host.{host}")
@@ -110,7 +116,7 @@ pub fn vm_command(host: HostId, vm: VmId) -> String {
     format!("vmplane.cmd.host.{host}.{vm}")
 }
 
-/// One tenancy command.
+/// One tenancy or template command (control-plane commands of an org, to any worker).
 pub fn tenancy_command(org: OrgId) -> String {
     format!("vmplane.cmd.tenancy.{org}")
 }
@@ -123,9 +129,15 @@ mod tests {
     fn subjects_are_well_formed_tokens() {
         let (org, vm, host) = (OrgId::new(), VmId::new(), HostId::new());
         let key = SshKeyId::new();
-        for s in
-            [vm_events(org, vm), tenancy_events(org, &org.to_string()), host_events(host), vm_command(host, vm), tenancy_command(org), ssh_key_events(org, key)]
-        {
+        for s in [
+            vm_events(org, vm),
+            tenancy_events(org, &org.to_string()),
+            host_events(host),
+            vm_command(host, vm),
+            tenancy_command(org),
+            template_events(org, TemplateId::new()),
+            ssh_key_events(org, key),
+        ] {
             assert!(s.split('.').all(|t| !t.is_empty() && !t.contains(['*', '>', ' '])), "{s}");
         }
         assert!(vm_events(org, vm).starts_with(org_events(org).trim_end_matches('>')));

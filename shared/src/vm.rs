@@ -167,6 +167,13 @@ pub struct NetworkRuntime {
     pub port_forwards: Vec<ResolvedPortForward>,
 }
 
+/// The host's tap device of a VM in bridge mode (`vt` and the end of its
+/// id): at most 15 bytes (IFNAMSIZ). Views show it; the qemu driver makes it.
+pub fn tap_name(vm: VmId) -> String {
+    let s = vm.to_string();
+    format!("vt{}", &s[s.len() - 12..])
+}
+
 /// A port forward after the host port has been chosen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ResolvedPortForward {

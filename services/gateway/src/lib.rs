@@ -38,6 +38,8 @@ pub struct GatewayConfig {
     /// Plans, regions and image names (built in, with the data dir's
     /// `catalog.json` over them: the same one the worker reads).
     pub catalog: vmplane_domain::catalog::Catalog,
+    /// The Hatch dialect's defaults (`HATCH_DEFAULT_VCPU`, `HATCH_DEFAULT_MEM_MIB`).
+    pub hatch: routes::hatch::HatchConfig,
 }
 
 /// Shared state of every handler: the use cases, and the metrics registry.
@@ -52,6 +54,7 @@ pub fn router(state: AppState) -> Router {
     let (api, doc) = routes::native::router().split_for_parts();
     let doc = Arc::new(doc);
     api.merge(routes::system::router(doc))
+        .merge(routes::hatch::router())
         .merge(routes::hypeman::router())
         .merge(routes::visor::router())
         .merge(routes::neevcloud::router())

@@ -81,6 +81,8 @@ mod tests {
             "registered",
             "ssh_key_created",
             "ssh_key_deleted",
+            "template_created",
+            "template_deleted",
         ] {
             assert!(json.contains(&format!("\"{ty}\"")), "event type {ty} missing from the schema");
         }

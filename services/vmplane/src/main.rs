@@ -24,6 +24,7 @@ use vmplane_domain::host::{HostInfo, HostProfile, Pricing};
 use vmplane_gateway::GatewayConfig;
 use vmplane_gateway::app::sessions::Caps as SessionCaps;
 use vmplane_gateway::projection::Projections;
+use vmplane_gateway::routes::hatch::HatchConfig;
 use vmplane_worker::WorkerConfig;
 use vmplane_worker::claim::DataDirLock;
 use vmplane_worker::driver::Driver;
@@ -125,6 +126,12 @@ struct GatewayOpts {
     /// Concurrent terminal sessions per API key.
     #[arg(long, env = "VMPLANE_MAX_TERMINALS", default_value_t = SessionCaps::default().terminals)]
     max_terminals: usize,
+    /// Hatch dialect (`/vms`): vCPUs of a VM created without `vcpu_count`.
+    #[arg(long, env = "HATCH_DEFAULT_VCPU", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(vmplane_domain::spec::MAX_VCPUS)))]
+    hatch_default_vcpu: u32,
+    /// Hatch dialect (`/vms`): memory in MiB of a VM created without `mem_mib`.
+    #[arg(long, env = "HATCH_DEFAULT_MEM_MIB", default_value_t = 512, value_parser = clap::value_parser!(u64).range(64..=vmplane_domain::spec::MAX_MEMORY_MIB))]
+    hatch_default_mem_mib: u64,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -554,6 +561,7 @@ async fn gateway(bus: Bus, common: &CommonArgs, opts: &GatewayOpts, admin_token:
         accept_wait: Duration::from_millis(opts.accept_wait_ms),
         rate_limit_per_key: opts.rate_limit,
         session_caps: SessionCaps { events: opts.max_event_streams, log_follows: opts.max_log_follows, terminals: opts.max_terminals },
+        hatch: HatchConfig { default_vcpus: opts.hatch_default_vcpu, default_memory_mib: opts.hatch_default_mem_mib },
         catalog: load_catalog(&common.data_dir)?,
     };
     vmplane_gateway::serve(bus, proj, cfg, metrics, listener, shutdown_signal()).await?;

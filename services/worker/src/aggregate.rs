@@ -7,9 +7,10 @@ use vmplane_bus::{Bus, BusError};
 use vmplane_domain::event::{Envelope, Event};
 use vmplane_domain::host::{self, HostEvent, HostInfo};
 use vmplane_domain::operation::{self, OperationEvent};
+use vmplane_domain::template::{self, Template, TemplateEvent};
 use vmplane_domain::vm::{self, Vm, VmEvent};
 use vmplane_domain::volume::{self, Volume, VolumeEvent};
-use vmplane_domain::{HostId, OpId, OrgId, ProjectId, VmId, VolumeId, subjects};
+use vmplane_domain::{HostId, OpId, OrgId, ProjectId, TemplateId, VmId, VolumeId, subjects};
 
 /// What the worker needs to know to fold and append one kind of aggregate.
 pub trait Kind {
@@ -71,6 +72,30 @@ impl Kind for VolumeKind {
     }
 }
 
+/// Templates.
+pub struct TemplateKind;
+
+impl Kind for TemplateKind {
+    type Id = TemplateId;
+    type State = Template;
+    type Event = TemplateEvent;
+    fn subject(org: OrgId, id: TemplateId) -> String {
+        subjects::template_events(org, id)
+    }
+    fn wrap(ev: TemplateEvent) -> Event {
+        Event::Template(ev)
+    }
+    fn unwrap(ev: &Event) -> Option<&TemplateEvent> {
+        if let Event::Template(e) = ev { Some(e) } else { None }
+    }
+    fn evolve(state: Option<Template>, id: TemplateId, op: Option<OpId>, at: OffsetDateTime, ev: &TemplateEvent) -> Option<Template> {
+        template::evolve(state, id, op, at, ev)
+    }
+    fn type_name(ev: &TemplateEvent) -> &'static str {
+        ev.type_name()
+    }
+}
+
 /// Hosts: their state is what they announced.
 pub struct HostKind;
 
@@ -116,6 +141,8 @@ pub struct Aggregate<K: Kind> {
 pub type VmAggregate = Aggregate<VmKind>;
 /// A volume as the worker holds it.
 pub type VolumeAggregate = Aggregate<VolumeKind>;
+/// A template as the worker holds it.
+pub type TemplateAggregate = Aggregate<TemplateKind>;
 /// A host as the worker holds it.
 pub type HostAggregate = Aggregate<HostKind>;
 

@@ -4,7 +4,8 @@
 //!
 //! Commands for the same VM run one after another, in stream order, on a
 //! per-VM task; different VMs run in parallel up to a bound. Tenancy commands
-//! (orgs, projects, API keys) come from one consumer shared by all workers.
+//! (orgs, projects, API keys) and template commands come from one consumer
+//! shared by all workers.
 //!
 //! Nothing accepted is lost or left pending:
 //! - JetStream redelivers an unacknowledged command without limit; the worker
@@ -344,6 +345,10 @@ impl VmQueues {
                 let message = "a tenancy command was addressed to a host; no worker carries it out there";
                 record_operation_failed(&self.exec.bus, Some(command.org()), op, &command.org().to_string(), "misrouted", message.into()).await
             }
+            Command::Template { template, .. } => {
+                let message = "a template command was addressed to a host; no worker carries it out there";
+                record_operation_failed(&self.exec.bus, Some(org), op, &template.to_string(), "misrouted", message.into()).await
+            }
             Command::SshKey { command } => {
                 let message = "an ssh key command was addressed to a host; no worker carries it out there";
                 record_operation_failed(&self.exec.bus, Some(command.org()), op, &command.id().to_string(), "misrouted", message.into()).await
@@ -362,6 +367,7 @@ impl VmQueues {
             Command::Tenancy { command } => {
                 record_operation_failed(&self.exec.bus, Some(command.org()), op, &target_of(&env.command), code, message.into()).await
             }
+            Command::Template { .. } => record_operation_failed(&self.exec.bus, Some(org), op, &target_of(&env.command), code, message.into()).await,
             Command::SshKey { command } => {
                 record_operation_failed(&self.exec.bus, Some(command.org()), op, &target_of(&env.command), code, message.into()).await
             }
@@ -462,6 +468,7 @@ fn target_of(command: &Command) -> String {
         Command::Volume { volume, .. } => volume.to_string(),
         Command::Host { host, .. } => host.to_string(),
         Command::Tenancy { command } => command.org().to_string(),
+        Command::Template { template, .. } => template.to_string(),
         Command::SshKey { command } => command.id().to_string(),
     }
 }

@@ -1,19 +1,21 @@
-//! Executes control-plane commands: tenancy (orgs, projects, API keys) and
-//! stored SSH keys. Any worker may take any of them from the shared
-//! consumer; uniqueness of ids is enforced by appending with "no events yet"
-//! as the expected subject sequence. A command the domain refuses, cannot be
-//! read, or went past its delivery limit ends its operation as failed
-//! (`operation_failed`).
+//! Executes control-plane commands, data that no host acts on: tenancy
+//! (orgs, projects, API keys), stored SSH keys and templates. Any worker may
+//! take any of them from the shared consumer; uniqueness of ids is enforced
+//! by appending with "no events yet" as the expected subject sequence (a
+//! template's or key's later events name the sequence its history ends at).
+//! A command the domain refuses, cannot be read, or went past its delivery
+//! limit ends its operation as failed (`operation_failed`).
 
-use crate::aggregate::record_operation_failed;
+use crate::aggregate::{TemplateAggregate, record_operation_failed};
 use crate::{KeepAlive, WorkerConfig, backoff_delay, consumer_config, deliveries, delivery_limit_message, give_up_undecodable, pull_forever};
 use async_nats::jetstream::{AckKind, Message};
 use time::OffsetDateTime;
 use vmplane_bus::{Bus, BusError, decode_command};
 use vmplane_domain::event::{Envelope, Event};
 use vmplane_domain::ssh_key::{self, SshKey, SshKeyCommand, SshKeyError};
+use vmplane_domain::template::{self, TemplateCommand};
 use vmplane_domain::tenancy::{self, TenancyCommand, TenancyError};
-use vmplane_domain::{Command, OrgId, subjects};
+use vmplane_domain::{Command, CommandEnvelope, OrgId, TemplateId, subjects};
 
 /// Consume tenancy commands forever.
 pub async fn consume(bus: Bus, cfg: WorkerConfig) -> anyhow::Result<()> {
@@ -51,6 +53,7 @@ async fn handle(bus: &Bus, msg: &Message, delivered: i64, max_deliveries: i64) -
     let command = match env.command {
         Command::Tenancy { command } => command,
         Command::SshKey { command } => return handle_ssh_key(bus, env.op, command, delivered, max_deliveries).await,
+        Command::Template { template, ref command } => return handle_template(bus, &env, template, command, delivered, max_deliveries).await,
         _ => {
             let message = "a host's command was addressed to the tenancy consumer; no worker carries it out there";
             return record_operation_failed(bus, Some(env.org), env.op, &env.org.to_string(), "misrouted", message.into()).await;
@@ -142,4 +145,40 @@ async fn handle_ssh_key(bus: &Bus, op: vmplane_domain::OpId, command: SshKeyComm
     let out = Envelope::new(org, None, target.clone(), Some(op), Event::SshKey(event), OffsetDateTime::now_utc());
     // Another command on the key got in first (a conflict): the redelivery decides again.
     bus.append(&subject, &out, history.last().map_or(0, |(seq, _)| *seq)).await.map(drop)
+}
+
+/// Carry out a template command: fold the template's history, decide, and
+/// append after the last event it saw (a concurrent writer makes the append
+/// fail, and the redelivery decides again). The template belongs to the
+/// command's org and project.
+async fn handle_template(
+    bus: &Bus,
+    env: &CommandEnvelope,
+    id: TemplateId,
+    command: &TemplateCommand,
+    delivered: i64,
+    max_deliveries: i64,
+) -> Result<(), BusError> {
+    let fail = async |code: &str, message: String| record_operation_failed(bus, Some(env.org), env.op, &id.to_string(), code, message).await;
+    if delivered > max_deliveries {
+        tracing::warn!(op = %env.op, delivered, "template command past its delivery limit; failing its operation");
+        return fail("delivery_limit", delivery_limit_message(delivered)).await;
+    }
+    let mut agg = TemplateAggregate::load(bus, env.org, id).await?;
+    if agg.state.as_ref().is_some_and(|t| t.last_op == Some(env.op)) {
+        tracing::info!(op = %env.op, "template command already applied");
+        return Ok(());
+    }
+    match template::decide(agg.state.as_ref(), env.org, env.project, command) {
+        Ok(events) => {
+            for event in events {
+                agg.append(bus, env.project, Some(env.op), event).await?;
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(op = %env.op, error = %e, "template command refused; failing its operation");
+            fail(e.code(), e.to_string()).await
+        }
+    }
 }

@@ -24,6 +24,7 @@ pub mod operations;
 mod placement;
 pub mod sessions;
 pub mod ssh_keys;
+pub mod templates;
 pub mod tenancy;
 pub mod terminal;
 pub mod vms;
@@ -52,6 +53,11 @@ pub struct App {
 }
 
 impl App {
+    /// The gateway's settings, read once at start; dialects read their own defaults here.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.cfg
+    }
+
     pub fn new(bus: Bus, proj: Projections, cfg: GatewayConfig) -> Self {
         Self {
             limiter: Arc::new(limiter::Limiter::new(cfg.rate_limit_per_key)),

@@ -1,15 +1,19 @@
-//! VMs: create, the lifecycle actions, memory resize, and reads (one VM, a
-//! list, a VM's history). A VM of another org is not found.
+//! VMs: create (from a template, if named), the lifecycle actions, memory
+//! resize, reads (one VM, a list, a VM's history), and waiting for an
+//! accepted command to end. A VM of another org is not found.
 
-use super::accept::{Submission, accepted_before, submit};
+use super::accept::{Submission, accepted_before, submit, wait_for};
 use super::placement::{Claim, Taken, Unfit, place};
 use super::{Accepted, Allocation, App, AppError, AppResult, Listed, Principal, Window};
 use crate::projection::vms::VmFilter;
+use std::collections::BTreeSet;
+use std::time::Duration;
 use time::OffsetDateTime;
 use vmplane_domain::cidr::Cidr;
 use vmplane_domain::event::Envelope;
 use vmplane_domain::host::{self, Host, ImageInfo, PortRange};
 use vmplane_domain::spec::{NetworkMode, VmSpec};
+use vmplane_domain::template::Field;
 use vmplane_domain::vm::{Vm, VmCommand, VmStatus, decide, evolve};
 use vmplane_domain::volume;
 use vmplane_domain::{Command, HostId, ImageId, ProjectId, SshKeyId, VmId, subjects};
@@ -63,11 +67,15 @@ pub fn history(app: &App, who: &Principal, id: VmId) -> AppResult<Vec<(u64, Enve
     Ok(app.proj.vm_events(id)?)
 }
 
-/// A create: the spec, and what the request names besides it.
+/// What a create asks for: the spec with the dialect's defaults filled in,
+/// and the fields the request left to those defaults. When the spec names a
+/// template (`spec.template`), the template's values go into those fields
+/// first: what the request gave wins, then the template, then the defaults.
 #[derive(Debug, Clone)]
 pub struct NewVm {
-    /// Defaults already filled in.
     pub spec: VmSpec,
+    /// Fields the request did not give.
+    pub unset: BTreeSet<Field>,
     /// Stored SSH keys of the caller's org (`app::ssh_keys`) whose public
     /// keys join `spec.ssh_keys`; another org's key id is not found.
     pub ssh_key_ids: Vec<SshKeyId>,
@@ -76,22 +84,33 @@ pub struct NewVm {
     pub host: Option<HostId>,
 }
 
+/// A bare spec: the fields that hold no value (no user data, no port
+/// forwards, ...) count as not given; every other one as given.
 impl From<VmSpec> for NewVm {
     fn from(spec: VmSpec) -> Self {
-        Self { spec, ssh_key_ids: Vec::new(), host: None }
+        Self { unset: Field::empty_in(&spec), spec, ssh_key_ids: Vec::new(), host: None }
     }
 }
 
-/// Create a VM from `spec` (defaults already filled in) in the caller's
-/// project, on the online host with the most free memory that can take it.
-pub async fn create(app: &App, who: &Principal, alloc: Allocation, spec: VmSpec) -> AppResult<Accepted<Vm>> {
-    create_with(app, who, alloc, spec.into()).await
-}
-
-/// Create a VM as [`create`] does, with stored SSH keys and on a named host
-/// if the request says so.
-pub async fn create_with(app: &App, who: &Principal, alloc: Allocation, new: NewVm) -> AppResult<Accepted<Vm>> {
-    let NewVm { mut spec, ssh_key_ids, host: pinned } = new;
+/// Create a VM in the caller's project, on the online host with the most
+/// free memory that can take it (or on the host named). A template named by
+/// `spec.template` (id or name, see `templates::resolve`) fills the fields
+/// the request left unset, and the VM's spec then names the template by its
+/// id; the public keys of the stored SSH keys named are added to its keys.
+pub async fn create(app: &App, who: &Principal, alloc: Allocation, new: impl Into<NewVm>) -> AppResult<Accepted<Vm>> {
+    let NewVm { mut spec, unset, ssh_key_ids, host: pinned } = new.into();
+    let id = VmId(alloc.resource());
+    // A retry (same idempotency key) of a create the worker carried out already.
+    if let Some(vm) = app.proj.vm(id)?.filter(|vm| vm.org == who.org)
+        && let Some(operation) = accepted_before(app, alloc.op())?
+    {
+        return Ok(Accepted { resource: vm, operation });
+    }
+    if let Some(name) = spec.template.clone() {
+        let template = super::templates::resolve(app, who, &name)?;
+        template.spec.fill(&mut spec, &unset);
+        spec.template = Some(template.id.to_string());
+    }
     for key in super::ssh_keys::public_keys(app, who, &ssh_key_ids)? {
         if !spec.ssh_keys.contains(&key) {
             spec.ssh_keys.push(key);
@@ -102,13 +121,6 @@ pub async fn create_with(app: &App, who: &Principal, alloc: Allocation, new: New
         && !app.proj.hosts()?.iter().any(|h| h.id == host)
     {
         return Err(AppError::NotFound(format!("host {host}")));
-    }
-    let id = VmId(alloc.resource());
-    // A retry (same idempotency key) of a create the worker carried out already.
-    if let Some(vm) = app.proj.vm(id)?.filter(|vm| vm.org == who.org)
-        && let Some(operation) = accepted_before(app, alloc.op())?
-    {
-        return Ok(Accepted { resource: vm, operation });
     }
     let volumes_host = check_create_disks(app, who, id, &mut spec)?;
     resolve_names(app, &mut spec)?;
@@ -121,6 +133,18 @@ pub async fn create_with(app: &App, who: &Principal, alloc: Allocation, new: New
 /// Start, stop, restart, standby, restore or delete a VM.
 pub async fn act(app: &App, who: &Principal, alloc: Allocation, id: VmId, action: Action) -> AppResult<Accepted<Vm>> {
     command(app, who, alloc, id, action.command()).await
+}
+
+/// Wait, at most `timeout`, until the operation of an accepted VM command has
+/// ended (`succeeded` or `failed`), and answer the VM as it then is with the
+/// operation as it then stands (still `pending` or `running` when the time
+/// ran out). A create's operation ends when the guest is running (or could
+/// not get there), a stop's when it is stopped, a delete's when it is gone.
+pub async fn wait(app: &App, who: &Principal, accepted: Accepted<Vm>, timeout: Duration) -> AppResult<Accepted<Vm>> {
+    let op = accepted.operation.id;
+    let operation = wait_for(app, op, timeout, |o| o.status.is_terminal()).await?.unwrap_or(accepted.operation);
+    let resource = get(app, who, accepted.resource.id).unwrap_or(accepted.resource);
+    Ok(Accepted { resource, operation })
 }
 
 /// Hot-plug memory into a running VM, up to `memory_mib` in all.

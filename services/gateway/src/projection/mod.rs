@@ -7,11 +7,13 @@
 //!
 //! One tree, prefixed keys: `vm/<id>`, `vmidx/<org>/<id>`, `vmevt/<id>/<seq>`,
 //! `op/<id>`, `org/<id>`, `prj/<org>/<id>`, `key/<id>`, `host/<id>`,
-//! `hostuse/<id>`, `vol/<id>`, `volidx/<org>/<id>`, `sshkey/<org>/<id>`, and `meta/applied`.
+//! `hostuse/<id>`, `vol/<id>`, `volidx/<org>/<id>`, `tpl/<id>`, `tplidx/<org>/<id>`,
+//! `sshkey/<org>/<id>`, and `meta/applied`.
 
 pub mod hosts;
 pub mod operations;
 pub mod ssh_keys;
+pub mod templates;
 pub mod tenancy;
 pub mod vms;
 pub mod volumes;
@@ -76,6 +78,7 @@ impl Projections {
                     Event::Tenancy(ev) => tenancy::apply(&mut txn, &env, ev),
                     Event::Host(ev) => hosts::apply(&mut txn, &env, ev),
                     Event::Volume(ev) => volumes::apply(&mut txn, &env, ev),
+                    Event::Template(ev) => templates::apply(&mut txn, &env, ev),
                     Event::SshKey(ev) => ssh_keys::apply(&mut txn, &env, ev),
                     // Operations have no view but their own (below).
                     Event::Operation(_) => {}

@@ -2,6 +2,7 @@
 //! use case input, calling `app`, and rendering its own responses and errors;
 //! and the system routes every dialect shares. No dialect imports another.
 
+pub mod hatch;
 pub mod hypeman;
 pub mod marketplace;
 pub mod native;

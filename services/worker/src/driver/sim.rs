@@ -19,12 +19,14 @@ use super::{Driver, DriverError};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 use vmplane_domain::catalog::Catalog;
+use vmplane_domain::cidr::Cidr;
 use vmplane_domain::host::{HostInfo, ImageFormat, ImageInfo};
-use vmplane_domain::spec::VolumeMount;
+use vmplane_domain::spec::{NetworkMode, VolumeMount};
 use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, Vm};
 use vmplane_domain::volume::Volume;
 use vmplane_domain::{VmId, VolumeId};
@@ -84,6 +86,9 @@ pub struct SimGuest {
     /// Memory after the last hot-plug (0 = never resized).
     #[serde(default)]
     pub memory_mib: u64,
+    /// Its address on the bridge, in bridge mode.
+    #[serde(default)]
+    pub bridge_ip: Option<Ipv4Addr>,
 }
 
 /// See the module docs.
@@ -136,6 +141,44 @@ impl SimDriver {
         std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &path)).map_err(|e| DriverError::Retryable(e.to_string()))
     }
 
+    /// Bridge mode, as the qemu driver does it: the requested address (or
+    /// the first free one of the bridge network the host announces), the
+    /// requested MAC (or a generated one), no forwarded ports.
+    fn bridge_network(&self, vm: &Vm) -> Result<NetworkRuntime, DriverError> {
+        let fatal = |m: String| DriverError::Fatal(m);
+        let cidr: Cidr = self
+            .cfg
+            .host
+            .bridge_cidr
+            .as_deref()
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| fatal("bridge networking is not configured on this host (worker --bridge)".into()))?;
+        let ip = self.update(vm, "network", |g| {
+            if let Some(ip) = g.bridge_ip {
+                return Ok(ip);
+            }
+            // Under the lock: the addresses of every other guest.
+            let taken: BTreeSet<Ipv4Addr> = std::fs::read_dir(&self.cfg.dir)
+                .map_err(|e| DriverError::Retryable(e.to_string()))?
+                .flatten()
+                .filter(|e| e.file_name() != format!("{}.json", vm.id).as_str())
+                .filter_map(|e| std::fs::read(e.path()).ok().and_then(|b| serde_json::from_slice::<SimGuest>(&b).ok()))
+                .filter_map(|other| other.bridge_ip)
+                .collect();
+            let ip = match vm.spec.network.guest_ip {
+                Some(ip) if !cidr.is_guest(ip) => return Err(fatal(format!("guest_ip {ip} is not a guest address of {cidr}"))),
+                Some(ip) if taken.contains(&ip) => return Err(fatal(format!("guest_ip {ip} is already in use"))),
+                Some(ip) => ip,
+                None => cidr.guests().find(|ip| !taken.contains(ip)).ok_or_else(|| fatal(format!("no free address left in {cidr}")))?,
+            };
+            g.bridge_ip = Some(ip);
+            Ok(ip)
+        })?;
+        let b = vm.id.0.to_bytes();
+        let mac = vm.spec.network.guest_mac.clone().unwrap_or_else(|| format!("02:fc:{:02x}:{:02x}:{:02x}:{:02x}", b[12], b[13], b[14], b[15]));
+        Ok(NetworkRuntime { ip: Some(ip.to_string()), mac: Some(mac), ssh_port: None, port_forwards: Vec::new() })
+    }
+
     /// Read-modify-write one guest under the lock; the closure's error aborts without writing.
     fn update<T>(&self, vm: &Vm, step: &str, f: impl FnOnce(&mut SimGuest) -> Result<T, DriverError>) -> Result<T, DriverError> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -186,6 +229,9 @@ impl Driver for SimDriver {
     }
 
     async fn allocate_network(&self, vm: &Vm) -> Result<NetworkRuntime, DriverError> {
+        if vm.spec.network.enabled && vm.spec.network.mode == NetworkMode::Bridge {
+            return self.bridge_network(vm);
+        }
         let mut all = self.ports.lock().unwrap_or_else(|p| p.into_inner());
         let ports = self.update(vm, "network", |g| {
             if !g.host_ports.is_empty() {
@@ -450,6 +496,27 @@ mod tests {
         let mut spec = VmSpec::named("e");
         spec.port_forwards = vec![PortForward { guest_port: 80, host_port: Some(22), protocol: Default::default() }];
         assert!(matches!(d.allocate_network(&vm(spec)).await, Err(DriverError::Fatal(m)) if m.contains("outside")));
+    }
+
+    #[tokio::test]
+    async fn bridge_mode_takes_addresses_from_the_announced_network() {
+        let dir = tmp();
+        let mut d = driver(dir.path());
+        let mut spec = VmSpec::named("a");
+        spec.network.mode = NetworkMode::Bridge;
+        assert!(matches!(d.allocate_network(&vm(spec.clone())).await, Err(DriverError::Fatal(m)) if m.contains("not configured")));
+        d.cfg.host.bridge_cidr = Some("172.16.0.0/24".into());
+        let first = vm(spec.clone());
+        let net = d.allocate_network(&first).await.unwrap();
+        assert_eq!((net.ip.as_deref(), net.ssh_port), (Some("172.16.0.2"), None), "the first guest address; nothing forwarded");
+        assert_eq!(d.allocate_network(&first).await.unwrap(), net, "allocation is idempotent");
+        spec.network.guest_ip = Some(Ipv4Addr::new(172, 16, 0, 10));
+        spec.network.guest_mac = Some("02:FC:00:00:00:0A".into());
+        let net = d.allocate_network(&vm(spec.clone())).await.unwrap();
+        assert_eq!((net.ip.as_deref(), net.mac.as_deref()), (Some("172.16.0.10"), Some("02:FC:00:00:00:0A")));
+        assert!(matches!(d.allocate_network(&vm(spec.clone())).await, Err(DriverError::Fatal(m)) if m.contains("in use")));
+        spec.network.guest_ip = Some(Ipv4Addr::new(10, 0, 0, 1));
+        assert!(matches!(d.allocate_network(&vm(spec)).await, Err(DriverError::Fatal(m)) if m.contains("not a guest address")));
     }
 
     #[tokio::test]

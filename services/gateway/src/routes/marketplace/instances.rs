@@ -265,7 +265,7 @@ impl CreateInstanceDocument {
             spec.user_data = Some(config.render());
         }
         let host = a.hostnode_id.as_deref().map(host_id).transpose()?;
-        Ok(NewVm { spec, ssh_key_ids, host })
+        Ok(NewVm { ssh_key_ids, host, ..NewVm::from(spec) })
     }
 }
 
@@ -331,7 +331,7 @@ pub(super) async fn create_instance(
     if let Some(host) = new.host {
         check_against_hostnode(&state.app, &who, host, &new.spec)?;
     }
-    let accepted = vms::create_with(&state.app, &who, alloc, new).await?;
+    let accepted = vms::create(&state.app, &who, alloc, new).await?;
     Ok((StatusCode::CREATED, JsonApi(InstanceDocument { data: Instance::new(accepted.resource) })))
 }
 

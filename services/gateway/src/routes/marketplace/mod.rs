@@ -2,7 +2,7 @@
 //! their free resources, ports, prices, location and uptime, and instances
 //! created on them as JSON:API documents (`/api/v2/...`). It parses its own
 //! documents into use case input, calls `app` (hosts, vms, ssh keys through
-//! `vms::create_with`), and renders its own documents and JSON:API errors.
+//! `vms::create`), and renders its own documents and JSON:API errors.
 //! Its OpenAPI document is served at `/openapi/marketplace.json`.
 //! See `docs/dialects/marketplace.md`.
 

@@ -14,6 +14,7 @@ pub mod logs;
 pub mod operations;
 pub mod pagination;
 pub mod ssh_keys;
+pub mod templates;
 pub mod tenancy;
 pub mod terminal;
 pub mod vms;
@@ -58,4 +59,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(images::router())
         .merge(tenancy::router())
         .merge(ssh_keys::router())
+        .merge(templates::router())
 }

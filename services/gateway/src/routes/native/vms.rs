@@ -11,12 +11,13 @@ use crate::app::{Accepted, Allocation, Operation, Principal};
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use vmplane_domain::catalog::Plan;
 use vmplane_domain::spec::{DataDisk, ExposedPort, GpuSpec, NetworkSpec, PortForward, VmSpec, VolumeMount};
+use vmplane_domain::template::Field;
 use vmplane_domain::vm::{DiskInfo, ResolvedPortForward, Vm, VmStatus};
 use vmplane_domain::{HostId, ProjectId, SshKeyId, VmId, VolumeId};
 
@@ -78,16 +79,43 @@ pub struct CreateVmRequest {
     pub gpu: Option<GpuSpec>,
     pub plan: Option<String>,
     pub region: Option<String>,
+    /// A template's id or name (`/v1/templates`): its values fill every field
+    /// this request leaves out (an empty list or map counts as left out).
     pub template: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
 
 impl CreateVmRequest {
-    /// The create this request asks for, with the named plan's sizes as defaults.
+    /// The fields a template may fill that this request leaves out (a plan
+    /// gives the sizes).
+    fn unset(&self) -> BTreeSet<Field> {
+        let network = self.network.is_none();
+        let sized = |size: bool| size || self.plan.is_some();
+        let absent = |f: &Field| match f {
+            Field::Image => self.image.is_none(),
+            Field::Vcpus => !sized(self.vcpus.is_some()),
+            Field::MemoryMib => !sized(self.memory_mib.is_some()),
+            Field::HotplugMemoryMib => self.hotplug_memory_mib.is_none(),
+            Field::DiskGb => !sized(self.disk_gb.is_some()),
+            Field::BootArgs => self.boot_args.is_none(),
+            Field::UserData => self.user_data.is_none(),
+            Field::EnableNetwork | Field::NetworkMode => network,
+            Field::PortForwards => self.port_forwards.is_empty(),
+            Field::SshKeys => self.ssh_keys.is_empty(),
+            Field::Env => self.env.is_empty(),
+            Field::Labels => self.labels.is_empty(),
+        };
+        Field::ALL.into_iter().filter(absent).collect()
+    }
+
+    /// The create this request asks for: the spec with defaults filled in
+    /// (the named plan's sizes, else vmplane's), and which fields a template
+    /// may fill.
     pub fn into_new_vm(mut self, plan: Option<&Plan>) -> NewVm {
+        let unset = self.unset();
         let ssh_key_ids = std::mem::take(&mut self.ssh_key_ids);
-        NewVm { spec: self.into_spec(plan), ssh_key_ids, host: None }
+        NewVm { spec: self.into_spec(plan), unset, ssh_key_ids, host: None }
     }
 
     /// The spec this request asks for, defaults filled in: the named plan's
@@ -274,7 +302,7 @@ async fn create_vm(
     Json(req): Json<CreateVmRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     let plan = req.plan.as_deref().map(|name| catalog::plan(&state.app, name)).transpose()?;
-    Ok(accepted(vms::create_with(&state.app, &who, alloc, req.into_new_vm(plan.as_ref())).await?))
+    Ok(accepted(vms::create(&state.app, &who, alloc, req.into_new_vm(plan.as_ref())).await?))
 }
 
 /// List VMs, oldest first.
@@ -405,6 +433,17 @@ mod tests {
         let spec = req.into_spec(None);
         assert_eq!(spec, VmSpec::named("web"));
         assert_eq!((spec.vcpus, spec.memory_mib, spec.image.as_str()), (1, 512, "debian-minimal"));
+    }
+
+    #[test]
+    fn a_template_fills_only_what_the_request_leaves_out() {
+        let req: CreateVmRequest = serde_json::from_str(r#"{"name":"web","vcpus":1,"user_data":"x","template":"t"}"#).unwrap();
+        let new = req.into_new_vm(None);
+        assert!(!new.unset.contains(&Field::Vcpus) && !new.unset.contains(&Field::UserData));
+        assert!(new.unset.contains(&Field::MemoryMib) && new.unset.contains(&Field::Image) && new.unset.contains(&Field::EnableNetwork));
+        assert_eq!(new.spec.template.as_deref(), Some("t"));
+        let req: CreateVmRequest = serde_json::from_str(r#"{"name":"web","plan":"small","template":"t"}"#).unwrap();
+        assert!(!req.unset().contains(&Field::MemoryMib), "a plan gives the sizes");
     }
 
     #[test]

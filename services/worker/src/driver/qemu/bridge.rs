@@ -5,7 +5,6 @@
 
 use crate::driver::DriverError;
 use tokio::process::Command;
-use vmplane_domain::VmId;
 pub use vmplane_domain::cidr::Cidr;
 
 /// The bridge a host's bridge-mode VMs join.
@@ -21,11 +20,7 @@ pub fn is_interface_name(name: &str) -> bool {
     !name.is_empty() && name.len() < 16 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-/// The tap device of a VM: at most 15 bytes (IFNAMSIZ).
-pub fn tap_name(vm: VmId) -> String {
-    let s = vm.to_string();
-    format!("vt{}", &s[s.len() - 12..])
-}
+pub use vmplane_domain::vm::tap_name;
 
 async fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip").args(args).output().await.map_err(|e| format!("ip: {e} (install iproute2)"))?;
@@ -52,6 +47,7 @@ pub async fn remove_tap(tap: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmplane_domain::VmId;
 
     #[test]
     fn tap_names_fit_ifnamsiz() {
