@@ -119,11 +119,14 @@ async fn one_vm_is_the_same_vm_through_all_six_apis() {
     // One history in the feed, whichever API moved it: each command once.
     let events = feed.read_until(WAIT, |e| e.data["type"] == "deleted" && e.data["aggregate_id"] == id.as_str()).await;
     let types: Vec<&str> = events.iter().filter(|e| e.data["aggregate_id"] == id.as_str()).map(|e| e.data["type"].as_str().unwrap_or_default()).collect();
-X
+    assert_eq!(types.iter().map(|t| t.to_string()).collect::<Vec<_>>(), c.event_types(&id).await, "the feed carries the VM's history");
     for (kind, n) in [("created", 1), ("stop_requested", 1), ("start_requested", 1), ("restart_requested", 1), ("delete_requested", 1), ("deleted", 1)] {
         assert_eq!(types.iter().filter(|t| **t == kind).count(), n, "{kind} in {types:?}");
     }
 }
+
+/// Whether an error body has the dialect's own shape.
+type Shaped = fn(&Value) -> bool;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dialect_serves_its_openapi_document_and_answers_unknown_ids_in_its_own_shape() {
@@ -138,7 +141,7 @@ async fn every_dialect_serves_its_openapi_document_and_answers_unknown_ids_in_it
     }
     let ghost = "vm_01m8nnmg34qycgta7hjapmc6z1";
     let zero = uuid("org_00000000000000000000000000");
-    let cases: [(String, fn(&Value) -> bool); 5] = [
+    let cases: [(String, Shaped); 5] = [
         (format!("/api/vm.one?vmId={ghost}"), |b| b["error"]["code"] == "NOT_FOUND" && b["error"]["data"]["httpStatus"] == 404),
         (format!("/instances/{ghost}"), |b| b["code"].is_string() && b["message"].is_string()),
         (format!("/api/v1/orgs/{zero}/projects/{}/vms/{}", uuid("prj_00000000000000000000000000"), uuid(ghost)), |b| b.is_object()),
