@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use vmplane_domain::cloud_init::CloudConfig;
 use vmplane_domain::spec::{GpuSpec, PortForward, Protocol, VmSpec};
-use vmplane_domain::vm::Vm;
+use vmplane_domain::vm::{Vm, VmStatus};
 use vmplane_domain::{HostId, SshKeyId, VmId, ssh_key};
 
 /// The only resource type of this collection.
@@ -309,6 +309,15 @@ fn vm_id(raw: &str) -> MarketResult<VmId> {
     raw.parse().map_err(|_| MarketError::not_found(format!("instance {raw} not found")))
 }
 
+/// The caller's instance `raw`; a deleted one is gone, as it is from the list.
+fn visible(app: &App, who: &Principal, raw: &str) -> MarketResult<Vm> {
+    let vm = vms::get(app, who, vm_id(raw)?).map_err(instance_not_found(raw))?;
+    if vm.status == VmStatus::Deleted {
+        return Err(MarketError::not_found(format!("instance {raw} not found")));
+    }
+    Ok(vm)
+}
+
 /// Not found, in the words of this collection.
 fn instance_not_found(id: &str) -> impl Fn(AppError) -> MarketError + '_ {
     move |e| match e {
@@ -343,15 +352,15 @@ pub(super) async fn list_instances(State(state): State<AppState>, Caller(who): C
     Ok(JsonApi(InstanceList { data: listed.items.into_iter().map(Instance::new).collect(), meta: ListMeta { total: listed.total } }))
 }
 
-/// One instance.
+/// One instance (a deleted one is not found).
 #[utoipa::path(get, path = "/api/v2/instances/{id}", tag = "instances", params(("id" = String, Path, description = "Instance id (`vm_…`)")),
     responses((status = 200, body = InstanceDocument), (status = "4XX", body = ErrorDocument)))]
 pub(super) async fn get_instance(State(state): State<AppState>, Caller(who): Caller, PathParam(raw): PathParam) -> MarketResult<JsonApi<InstanceDocument>> {
-    let vm = vms::get(&state.app, &who, vm_id(&raw)?).map_err(instance_not_found(&raw))?;
-    Ok(JsonApi(InstanceDocument { data: Instance::new(vm) }))
+    Ok(JsonApi(InstanceDocument { data: Instance::new(visible(&state.app, &who, &raw)?) }))
 }
 
-/// Delete an instance: 202 with it as the deletion leaves it (`deleting`).
+/// Delete an instance: 202 with it as the deletion leaves it (`deleting`);
+/// one deleted already is not found.
 #[utoipa::path(delete, path = "/api/v2/instances/{id}", tag = "instances", params(("id" = String, Path, description = "Instance id (`vm_…`)")),
     responses((status = 202, body = InstanceDocument), (status = "4XX", body = ErrorDocument), (status = 503, body = ErrorDocument)))]
 pub(super) async fn delete_instance(
@@ -360,7 +369,8 @@ pub(super) async fn delete_instance(
     alloc: Allocation,
     PathParam(raw): PathParam,
 ) -> MarketResult<(StatusCode, JsonApi<InstanceDocument>)> {
-    let deleted = vms::act(&state.app, &who, alloc, vm_id(&raw)?, Action::Delete).await.map_err(instance_not_found(&raw))?;
+    let id = visible(&state.app, &who, &raw)?.id;
+    let deleted = vms::act(&state.app, &who, alloc, id, Action::Delete).await.map_err(instance_not_found(&raw))?;
     Ok((StatusCode::ACCEPTED, JsonApi(InstanceDocument { data: Instance::new(deleted.resource) })))
 }
 
