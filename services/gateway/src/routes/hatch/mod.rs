@@ -7,6 +7,7 @@ mod error;
 mod extract;
 mod vms;
 
+use super::shared::BearerAuth;
 use crate::AppState;
 use axum::Router;
 use axum::routing::get;
@@ -41,17 +42,6 @@ impl Default for HatchConfig {
     components(schemas(error::ErrorBody))
 )]
 struct HatchDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        doc.components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
-    }
-}
 
 /// The documented routes and their OpenAPI document, built from one list.
 fn documented() -> OpenApiRouter<AppState> {

@@ -37,12 +37,10 @@ pub struct HypemanDoc;
 
 struct BearerAuth;
 
+/// hypeman's document names the scheme `bearerAuth`.
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        doc.components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme("bearerAuth", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        super::shared::add_bearer_scheme(doc, "bearerAuth");
     }
 }
 

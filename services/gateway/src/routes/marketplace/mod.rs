@@ -11,6 +11,7 @@ pub mod error;
 pub mod hostnodes;
 pub mod instances;
 
+use super::shared::BearerAuth;
 use crate::AppState;
 use axum::Router;
 use axum::http::{HeaderValue, header};
@@ -45,17 +46,6 @@ impl<T: Serialize> IntoResponse for JsonApi<T> {
     components(schemas(error::ErrorDocument))
 )]
 pub struct MarketplaceDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        doc.components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
-    }
-}
 
 /// A path whose other methods answer 405 as a JSON:API error.
 fn path(r: UtoipaMethodRouter<AppState>) -> UtoipaMethodRouter<AppState> {

@@ -20,6 +20,7 @@ pub mod terminal;
 pub mod vms;
 pub mod volumes;
 
+use super::shared::BearerAuth;
 use crate::AppState;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -33,17 +34,6 @@ use utoipa_axum::router::OpenApiRouter;
     components(schemas(error::ErrorBody))
 )]
 pub struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        doc.components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
-    }
-}
 
 /// The documented `/v1` routes, and their OpenAPI document, built from one
 /// list so the two cannot drift apart.

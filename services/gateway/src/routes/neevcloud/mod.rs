@@ -39,11 +39,10 @@ struct NeevDoc;
 
 struct BearerAuth;
 
+/// The original document names the scheme `BearerAuth`.
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("A vmplane API key secret or the admin token.")).build();
-        doc.components.get_or_insert_with(Default::default).add_security_scheme("BearerAuth", SecurityScheme::Http(scheme));
+        super::shared::add_bearer_scheme(doc, "BearerAuth");
     }
 }
 

@@ -11,6 +11,7 @@ pub mod views;
 pub mod vms;
 pub mod volumes;
 
+use super::shared::BearerAuth;
 use crate::AppState;
 use axum::Router;
 use axum::routing::get;
@@ -28,17 +29,6 @@ use utoipa_axum::routes;
     components(schemas(error::ErrorEnvelope))
 )]
 pub struct VisorDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        doc.components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
-    }
-}
 
 /// A procedure whose other HTTP methods answer METHOD_NOT_SUPPORTED in the tRPC shape.
 fn procedure(r: UtoipaMethodRouter<AppState>) -> UtoipaMethodRouter<AppState> {
