@@ -54,6 +54,19 @@ pub enum Event {
 }
 
 impl Event {
+    /// The aggregate type, as the JSON `aggregate_type` tag spells it (`vm`, `ssh_key`, ...).
+    pub fn aggregate_type(&self) -> &'static str {
+        match self {
+            Self::Vm(_) => "vm",
+            Self::Tenancy(_) => "tenancy",
+            Self::Host(_) => "host",
+            Self::Volume(_) => "volume",
+            Self::Template(_) => "template",
+            Self::Operation(_) => "operation",
+            Self::SshKey(_) => "ssh_key",
+        }
+    }
+
     /// The snake_case type name, unique across aggregates.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -110,6 +123,12 @@ mod tests {
     use super::*;
     use crate::ids::{HostId, VmId};
     use crate::spec::VmSpec;
+
+    #[test]
+    fn aggregate_type_is_the_json_tag() {
+        let ev = Event::Vm(VmEvent::Failed { message: "m".into() });
+        assert_eq!(serde_json::to_value(&ev).unwrap()["aggregate_type"], ev.aggregate_type());
+    }
 
     #[test]
     fn envelope_roundtrip() {
