@@ -102,10 +102,8 @@ async fn an_org_subscriber_reads_its_org_through_a_durable_consumer_and_nothing_
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    // The summary is the JSON document at the end of stdout (after any log lines).
-    let stdout = String::from_utf8(run.stdout).unwrap();
-    let start = stdout.lines().position(|l| l == "{").expect("a JSON summary");
-    let summary: Value = serde_json::from_str(&stdout.lines().skip(start).collect::<Vec<_>>().join("\n")).expect("a JSON summary");
+    // Logs go to stderr: stdout is the JSON summary alone.
+    let summary: Value = serde_json::from_slice(&run.stdout).expect("a JSON summary");
     assert_eq!(summary["reloaded"], true, "{summary}");
     assert_eq!(summary["credentials"], out.display().to_string());
     assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);

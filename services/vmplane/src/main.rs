@@ -314,7 +314,10 @@ async fn main() {
     // SAFETY: umask(2) only sets this process's file creation mask; it is set
     // before anything creates a file, and children (qemu, nats-server) inherit it.
     unsafe { libc::umask(0o077) };
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into())).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into()))
+        .init();
     if let Err(e) = run(Cli::parse()).await {
         eprintln!("vmplane: {e:#}");
         std::process::exit(1);
