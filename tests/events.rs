@@ -133,3 +133,142 @@ async fn the_unfiltered_admin_feed_resumes_at_exactly_the_next_sequence() {
     let r = c.send(c.request(Method::GET, "/v1/events").header("last-event-id", "abc")).await;
     assert_eq!((r.status, r.body["code"].as_str()), (400, Some("bad_header")), "{:?}", r.body);
 }
+
+/// An SSE stream of `path`, resuming after `last` when given.
+async fn sse_at(c: &Client, path: &str, last: Option<u64>) -> SseStream {
+    let mut rb = c.request_untimed(Method::GET, path).header("accept", "text/event-stream");
+    if let Some(id) = last {
+        rb = rb.header("last-event-id", id.to_string());
+    }
+    SseStream::open(rb).await
+}
+
+/// The SSE events of `path` up to and including stream sequence `max`.
+async fn feed_until(c: &Client, path: &str, max: u64) -> Vec<SseEvent> {
+    sse_at(c, path, None).await.read_until(READ, |e| e.id >= max).await
+}
+
+fn seqs(events: &[SseEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_filters_by_type_patterns_and_by_vm() {
+    let stack = Stack::start().await;
+    let admin = &stack.admin;
+    let org = admin.create_org("acme").await;
+    let k = stack.client(&admin.create_key(&org, "feed").await);
+    let a = str_of(&k.create_running_vm("fa").await["id"]).to_owned();
+    let b = str_of(&k.create_running_vm("fb").await["id"]).to_owned();
+    k.act_and_wait(&a, "stop", "stopped").await;
+    let ha = k.vm_events(&a).await;
+    let hb = k.vm_events(&b).await;
+    let all: Vec<&serde_json::Value> = ha.iter().chain(&hb).collect();
+    let seq = |e: &serde_json::Value| e["seq"].as_u64().unwrap();
+    let max = all.iter().map(|e| seq(e)).max().unwrap();
+    let expect = |keep: &dyn Fn(&serde_json::Value) -> bool| -> Vec<u64> {
+        let mut v: Vec<u64> = all.iter().filter(|e| keep(e)).map(|e| seq(e)).collect();
+        v.sort();
+        v
+    };
+
+    // Unfiltered, the org's feed also carries its tenancy events (the key's creation).
+    let unfiltered = feed_until(&k, "/v1/events", max).await;
+    assert!(unfiltered.iter().any(|e| e.data["event"]["aggregate_type"] == "tenancy"), "{unfiltered:?}");
+
+    // `vm.*`: every VM event and nothing else; matched against `<aggregate_type>.<type>`.
+    let vm_only = feed_until(&k, "/v1/events?type=vm.*", max).await;
+    assert!(vm_only.iter().all(|e| e.data["event"]["aggregate_type"] == "vm"), "{vm_only:?}");
+    assert_eq!(seqs(&vm_only), expect(&|_| true));
+
+    // A bare pattern matches the type: `*_requested` (the stop), and a list is any of them.
+    let want = expect(&|e| str_of(&e["type"]).ends_with("_requested"));
+    let requested = feed_until(&k, "/v1/events?type=*_requested", *want.last().unwrap()).await;
+    assert!(requested.iter().all(|e| e.event.ends_with("_requested")), "{requested:?}");
+    assert_eq!(seqs(&requested), want);
+    let want = expect(&|e| e["type"] == "created" || e["type"] == "stopped");
+    let two = feed_until(&k, "/v1/events?type=created,vm.stopped", *want.last().unwrap()).await;
+    assert_eq!(seqs(&two), want);
+    assert_eq!(two.iter().filter(|e| e.event == "created").count(), 2, "{two:?}");
+
+    // `vm_id`: one VM's events only, combinable with `type`.
+    let last_a = ha.iter().map(seq).max().unwrap();
+    let only_a = feed_until(&k, &format!("/v1/events?vm_id={a}"), last_a).await;
+    assert_eq!(seqs(&only_a), ha.iter().map(seq).collect::<Vec<_>>());
+    let stopped_at = ha.iter().filter(|e| e["type"] == "stopped").map(seq).max().unwrap();
+    let a_stopped = feed_until(&k, &format!("/v1/events?vm_id={a}&type=stopped"), stopped_at).await;
+    assert_eq!(a_stopped.iter().map(|e| (e.event.as_str(), str_of(&e.data["aggregate_id"]))).collect::<Vec<_>>(), [("stopped", a.as_str())]);
+    // Live, filtered: b's stop arrives on a `stopped` feed of b, after nothing else.
+    let mut live = sse_at(&k, &format!("/v1/events?vm_id={b}&type=stopped"), Some(max)).await;
+    k.act(&b, "stop").await;
+    let got = live.next_event(READ).await.expect("b's stopped, live");
+    assert_eq!((got.event.as_str(), &got.data["aggregate_id"]), ("stopped", &json!(b)));
+    // The admin acting in no org sees any org's VM by id.
+    let by_admin = feed_until(admin, &format!("/v1/events?vm_id={a}"), last_a).await;
+    assert_eq!(seqs(&by_admin), seqs(&only_a));
+
+    // Another org's VM is not found; bad filters are 400s.
+    let foreign = admin.create_vm(json!({ "name": "foreign" })).await;
+    let r = k.send(k.request(Method::GET, &format!("/v1/events?vm_id={}", str_of(&foreign["id"])))).await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
+    assert!(r.body["code"].is_string() && r.body["message"].is_string(), "{:?}", r.body);
+    for (query, code) in [
+        ("type=VM.*", "bad_filter"),
+        ("type=vm.created.x", "bad_filter"),
+        ("type=vm.", "bad_filter"),
+        ("type=", "bad_filter"),
+        ("type=vm.%3E", "bad_filter"),
+        ("vm_id=nope", "invalid_query"),
+        ("colour=red", "invalid_query"),
+    ] {
+        let r = k.send(k.request(Method::GET, &format!("/v1/events?{query}"))).await;
+        assert_eq!((r.status, r.body["code"].as_str()), (400, Some(code)), "{query}: {:?}", r.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_event_stream_follows_its_history_then_live() {
+    let stack = Stack::start().await;
+    let admin = &stack.admin;
+    let org = admin.create_org("acme").await;
+    let k = stack.client(&admin.create_key(&org, "follow").await);
+    let vm = str_of(&k.create_running_vm("f1").await["id"]).to_owned();
+    let other = str_of(&k.create_running_vm("f2").await["id"]).to_owned();
+    let history = k.vm_events(&vm).await;
+    let hseqs: Vec<u64> = history.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let last = *hseqs.last().unwrap();
+
+    // Without `follow`: the history as JSON, as before; `type` filters it.
+    let (s, only_created) = k.get(&format!("/v1/vms/{vm}/events?type=created")).await;
+    assert_eq!(s, 200, "{only_created}");
+    assert_eq!(only_created.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect::<Vec<_>>(), ["created"]);
+
+    // With `follow=true`: SSE, the same history first, then live events of this VM only.
+    let path = format!("/v1/vms/{vm}/events?follow=true");
+    let mut feed = sse_at(&k, &path, None).await;
+    let head = feed.read_until(READ, |e| e.id >= last).await;
+    head.iter().for_each(check_format);
+    assert_eq!(seqs(&head), hseqs);
+    assert_eq!(head.iter().map(|e| e.data.clone()).collect::<Vec<_>>(), history, "the same documents as the JSON history");
+    k.act_and_wait(&other, "stop", "stopped").await;
+    k.act(&vm, "stop").await;
+    let live = feed.read_until(READ, |e| e.event == "stopped").await;
+    assert!(live.iter().all(|e| e.id > last && e.data["aggregate_id"] == vm.as_str()), "{live:?}");
+    assert!(live.iter().any(|e| e.event == "stop_requested"), "{live:?}");
+
+    // Resuming with Last-Event-ID skips what was seen.
+    let stopped = live.last().unwrap().id;
+    let resumed = sse_at(&k, &path, Some(last)).await.read_until(READ, |e| e.id >= stopped).await;
+    assert_eq!(seqs(&resumed), seqs(&live));
+
+    // Another org's VM is not found, followed or not; a bad filter is a 400.
+    let foreign = admin.create_vm(json!({ "name": "foreign" })).await;
+    for q in ["", "?follow=true"] {
+        let r = k.send(k.request(Method::GET, &format!("/v1/vms/{}/events{q}", str_of(&foreign["id"])))).await;
+        assert_eq!(r.status, 404, "{q}: {:?}", r.body);
+    }
+    let r = k.send(k.request(Method::GET, &format!("{path}&type=a.b.c"))).await;
+    assert_eq!((r.status, r.body["code"].as_str()), (400, Some("bad_filter")), "{:?}", r.body);
+    let r = k.send(k.request(Method::GET, &format!("/v1/vms/{vm}/events?follow=maybe"))).await;
+    assert_eq!((r.status, r.body["code"].as_str()), (400, Some("invalid_query")), "{:?}", r.body);
+}

@@ -54,6 +54,19 @@ pub enum Event {
 }
 
 impl Event {
+    /// The aggregate type, as the JSON `aggregate_type` tag spells it (`vm`, `ssh_key`, ...).
+    pub fn aggregate_type(&self) -> &'static str {
+        match self {
+            Self::Vm(_) => "vm",
+            Self::Tenancy(_) => "tenancy",
+            Self::Host(_) => "host",
+            Self::Volume(_) => "volume",
+            Self::Template(_) => "template",
+            Self::Operation(_) => "operation",
+            Self::SshKey(_) => "ssh_key",
+        }
+    }
+
     /// The snake_case type name, unique across aggregates.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -110,6 +123,26 @@ mod tests {
     use super::*;
     use crate::ids::{HostId, VmId};
     use crate::spec::VmSpec;
+
+    /// The subscriber contract (`schemas/subscribers.md`): a message read
+    /// with any MessagePack decoder is the JSON document of its envelope.
+    #[test]
+    fn the_messagepack_of_an_envelope_is_its_json_document() {
+        let vm = VmId::new();
+        let spec = VmSpec::named("a");
+        let ev = Event::Vm(VmEvent::Created { org: OrgId::new(), project: ProjectId::DEFAULT, spec: Box::new(spec), host: HostId::new() });
+        let env = Envelope::new(OrgId::new(), Some(ProjectId::DEFAULT), vm.to_string(), None, ev, OffsetDateTime::now_utc());
+        let generic: serde_json::Value = rmp_serde::from_slice(&encode(&env).unwrap()).unwrap();
+        assert_eq!(generic, serde_json::to_value(&env).unwrap());
+        assert_eq!(generic["event"]["aggregate_type"], "vm");
+        assert_eq!(generic["event"]["data"]["type"], "created");
+    }
+
+    #[test]
+    fn aggregate_type_is_the_json_tag() {
+        let ev = Event::Vm(VmEvent::Failed { message: "m".into() });
+        assert_eq!(serde_json::to_value(&ev).unwrap()["aggregate_type"], ev.aggregate_type());
+    }
 
     #[test]
     fn envelope_roundtrip() {

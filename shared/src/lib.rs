@@ -9,6 +9,7 @@ pub mod cidr;
 pub mod cloud_init;
 pub mod command;
 pub mod event;
+pub mod event_filter;
 pub mod host;
 pub mod ids;
 pub mod operation;

@@ -332,6 +332,9 @@ pub struct Stack {
     pub base: String,
     /// A client with the admin token.
     pub admin: Client,
+    /// NATS users (public keys) a test makes break the rules on purpose:
+    /// their permission violations do not fail it.
+    expected_violators: std::sync::Mutex<Vec<String>>,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -387,7 +390,7 @@ impl Stack {
             }
         };
         let admin = Client::new(&base, Some(ADMIN_TOKEN));
-        let stack = Self { gateway, worker, nats, base, admin, dir: Some(dir) };
+        let stack = Self { gateway, worker, nats, base, admin, expected_violators: Default::default(), dir: Some(dir) };
         stack.wait_host_online().await;
         stack
     }
@@ -467,11 +470,26 @@ async fn gateway_ready(gateway: &mut Proc, c: &Client) -> Result<(), ExitStatus>
     }
 }
 
+impl Stack {
+    /// The NATS user with this public key is tested against its permissions:
+    /// its violations (nats-server logs the user's key) are expected.
+    pub fn expect_violations_of(&self, nkey: &str) {
+        self.expected_violators.lock().unwrap().push(nkey.to_owned());
+    }
+
+    /// Whether nats-server logged a violation by any user not expected to make one.
+    fn unexpected_violations(&self) -> bool {
+        let expected = self.expected_violators.lock().unwrap();
+        let log = std::fs::read_to_string(&self.nats.proc.log).unwrap_or_default();
+        log.lines().any(|l| l.to_lowercase().contains("violation") && !expected.iter().any(|k| l.contains(k.as_str())))
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         // Every process runs with only its role's NATS permissions: anything
         // the stack needed and was denied is a failure of the test that ran it.
-        if !std::thread::panicking() && self.nats.proc.log_mentions("violation") {
+        if !std::thread::panicking() && self.unexpected_violations() {
             panic!("NATS denied a vmplane process something it needed:\n{}", self.nats.proc.log_tail(20));
         }
         if std::thread::panicking() {

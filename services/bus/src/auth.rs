@@ -146,9 +146,54 @@ pub fn public_key(seed: &str) -> Result<String, BusError> {
     nkeys::KeyPair::from_seed(seed.trim()).map(|kp| kp.public_key()).map_err(|e| BusError::Other(format!("not an NKey seed: {e}")))
 }
 
-/// nats-server's `authorization` block for the given users (role, public key).
-pub fn authorization(users: &[(Role, String)]) -> Value {
-    let users: Vec<Value> = users
+/// An outside event subscriber of one org (`vmplane subscribers create`):
+/// an NKey user that may read that org's events and nothing else.
+///
+/// nats-server 2.9 authorizes a consumer's creation by the API subject
+/// (`$JS.API.CONSUMER.DURABLE.CREATE.<stream>.<name>`), which does not carry
+/// the consumer's filter: a user allowed to create consumers could create
+/// one on another org's subjects. So a subscriber creates none: its durable
+/// pull consumer, filtered to `vmplane.evt.<org>.>`, is created for it by the
+/// admin, and its user may only read that consumer (info, next messages,
+/// acks), its own reply inbox and, live without durability, its org's event
+/// subjects. No command, log, terminal or KV subject, no other org.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Subscriber {
+    pub org: vmplane_domain::OrgId,
+    /// The durable consumer on the event stream, and the inbox prefix's name.
+    pub durable: String,
+    /// The NKey user's public key.
+    pub nkey: String,
+}
+
+impl Subscriber {
+    /// The durable consumer name for a new subscriber of `org`.
+    pub fn durable_name(org: vmplane_domain::OrgId, nkey: &str) -> String {
+        // The public key's tail is random: unique per credential.
+        format!("sub_{org}_{}", &nkey[nkey.len().saturating_sub(10)..].to_ascii_lowercase())
+    }
+
+    /// The prefix of this subscriber's reply inboxes (set it in the client).
+    pub fn inbox_prefix(&self) -> String {
+        format!("_INBOX_{}", self.durable)
+    }
+
+    /// What this subscriber may publish and subscribe to.
+    pub fn permissions(&self) -> Permissions {
+        let stream = subjects::EVENT_STREAM;
+        let d = &self.durable;
+        Permissions {
+            publish: vec![format!("$JS.API.CONSUMER.INFO.{stream}.{d}"), format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{d}"), format!("$JS.ACK.{stream}.{d}.>")],
+            subscribe: vec![subjects::org_events(self.org), format!("{}.>", self.inbox_prefix())],
+            allow_responses: false,
+        }
+    }
+}
+
+/// nats-server's `authorization` block for the given users (role, public
+/// key) and event subscribers.
+pub fn authorization(users: &[(Role, String)], subscribers: &[Subscriber]) -> Value {
+    let mut users: Vec<Value> = users
         .iter()
         .map(|(role, key)| {
             let mut u = json!({ "nkey": key });
@@ -158,6 +203,7 @@ pub fn authorization(users: &[(Role, String)]) -> Value {
             u
         })
         .collect();
+    users.extend(subscribers.iter().map(|s| json!({ "nkey": s.nkey, "permissions": s.permissions().to_config() })));
     json!({ "users": users })
 }
 
@@ -227,6 +273,17 @@ mod tests {
             assert!(!p.publish.iter().chain(&p.subscribe).any(|s| s == ">" || s == "$JS.API.>" || s.starts_with("_INBOX.")));
         }
         assert!(Role::Admin.permissions().is_none());
+    }
+
+    #[test]
+    fn a_subscriber_reads_only_its_org_and_its_own_consumer() {
+        let org = vmplane_domain::OrgId::new();
+        let (_, nkey) = new_user();
+        let s = Subscriber { org, durable: Subscriber::durable_name(org, &nkey), nkey };
+        let p = s.permissions();
+        assert_eq!(p.subscribe, [format!("vmplane.evt.{org}.>"), format!("_INBOX_{}.>", s.durable)]);
+        assert!(p.publish.iter().all(|x| x.ends_with(&s.durable) || x.ends_with(&format!("{}.>", s.durable))), "{p:?}");
+        assert!(!p.publish.iter().any(|x| x.contains("CREATE") || x.contains("DELETE") || x.starts_with("vmplane.")));
     }
 
     #[test]

@@ -58,6 +58,38 @@ enum Cmd {
         #[command(subcommand)]
         command: NatsCmd,
     },
+    /// Outside event subscribers on NATS (admin).
+    Subscribers {
+        #[command(subcommand)]
+        command: SubscribersCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SubscribersCmd {
+    /// Give an org's event subscriber its own NATS user: writes its NKey seed
+    /// (0600), creates its durable pull consumer on the org's event subjects
+    /// on the running server, adds the user to nats.conf (it may read only
+    /// that consumer, its inbox and the org's event subjects) and reloads the
+    /// running nats-server (SIGHUP to the pid in nats.pid). Prints a JSON
+    /// summary: url, credentials file, stream, durable, inbox prefix.
+    Create(SubscribersCreateArgs),
+}
+
+#[derive(Args)]
+struct SubscribersCreateArgs {
+    /// The org (`org_…`) whose events the subscriber may read.
+    #[arg(long)]
+    org: String,
+    /// Where vmplane keeps its state; its NATS files are in `<data-dir>/nats`.
+    #[arg(long, default_value = "./.vmplane")]
+    data_dir: PathBuf,
+    /// The directory `vmplane nats init --out-dir` wrote (default: `<data-dir>/nats`).
+    #[arg(long)]
+    nats_dir: Option<PathBuf>,
+    /// Where the credentials (NKey seed) go (default: `<nats-dir>/subscribers/<durable>.nk`); never overwritten.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -282,7 +314,10 @@ async fn main() {
     // SAFETY: umask(2) only sets this process's file creation mask; it is set
     // before anything creates a file, and children (qemu, nats-server) inherit it.
     unsafe { libc::umask(0o077) };
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into())).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into()))
+        .init();
     if let Err(e) = run(Cli::parse()).await {
         eprintln!("vmplane: {e:#}");
         std::process::exit(1);
@@ -336,6 +371,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("rebuilt {} from {last} events", dir.display());
             Ok(())
         }
+        Cmd::Subscribers { command: SubscribersCmd::Create(a) } => subscribers_create(a).await,
         Cmd::Nats { command: NatsCmd::Init(a) } => {
             let files = nats::NatsFiles::new(&a.out_dir);
             files.init(&a.listen, a.store.as_deref().unwrap_or(&a.out_dir), &a.server_name)?;
@@ -343,6 +379,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `vmplane subscribers create`: see [`SubscribersCmd::Create`].
+async fn subscribers_create(a: SubscribersCreateArgs) -> anyhow::Result<()> {
+    use vmplane_bus::async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    use vmplane_bus::auth::{Subscriber, new_user};
+    let org: vmplane_domain::OrgId = a.org.parse().map_err(|e| anyhow::anyhow!("--org: {e}"))?;
+    let files = nats::NatsFiles::new(&a.nats_dir.unwrap_or_else(|| a.data_dir.join("nats")));
+    let config = files.read_config()?;
+    let listen = config["listen"].as_str().context("nats.conf has no `listen`")?;
+    let url = format!("nats://{}", listen.replace("0.0.0.0", "127.0.0.1"));
+    let (seed, nkey) = new_user();
+    let sub = Subscriber { org, durable: Subscriber::durable_name(org, &nkey), nkey };
+    let out = a.out.unwrap_or_else(|| files.dir.join("subscribers").join(format!("{}.nk", sub.durable)));
+
+    // The durable consumer is the admin's to create (see `auth::Subscriber`).
+    let bus = Bus::connect(&url, Role::Admin, &files.creds(Role::Admin))
+        .await
+        .with_context(|| format!("connecting to {url} as admin: the consumer is made on the running server, start it (`vmplane up`) first"))?;
+    let js = vmplane_bus::async_nats::jetstream::new(bus.client.clone());
+    let consumer = pull::Config {
+        durable_name: Some(sub.durable.clone()),
+        description: Some(format!("event subscriber of {org}")),
+        filter_subject: vmplane_domain::subjects::org_events(org),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ..Default::default()
+    };
+    js.create_consumer_on_stream(consumer, vmplane_domain::subjects::EVENT_STREAM).await.context("creating the durable consumer")?;
+
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    nats::write_seed(&out, &seed)?;
+    files.add_subscriber(sub.clone())?;
+    let reloaded = files.reload()?;
+    if !reloaded {
+        tracing::warn!("no running nats-server found through {}: the new user is admitted from its next start", files.pid_file().display());
+    }
+    let summary = serde_json::json!({
+        "org": org,
+        "url": url,
+        "credentials": out,
+        "stream": vmplane_domain::subjects::EVENT_STREAM,
+        "durable": sub.durable,
+        "inbox_prefix": sub.inbox_prefix(),
+        "subjects": vmplane_domain::subjects::org_events(org),
+        "reloaded": reloaded,
+    });
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
 }
 
 fn projections_dir(data_dir: &Path) -> PathBuf {

@@ -59,11 +59,76 @@ impl NatsFiles {
         let config = serde_json::json!({
             "server_name": server_name,
             "listen": listen,
+            "pid_file": self.pid_file(),
             "jetstream": { "store_dir": store },
-            "authorization": auth::authorization(&users),
+            "authorization": auth::authorization(&users, &self.subscribers()?),
         });
         write_private(&self.config(), &serde_json::to_vec_pretty(&config)?, false)
     }
+
+    /// Where nats-server writes its pid (so a change of users can reload it).
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.join("nats.pid")
+    }
+
+    /// The event subscribers `vmplane subscribers create` added.
+    fn subscribers_file(&self) -> PathBuf {
+        self.dir.join("subscribers.json")
+    }
+
+    pub fn subscribers(&self) -> anyhow::Result<Vec<auth::Subscriber>> {
+        match std::fs::read(self.subscribers_file()) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("reading {}", self.subscribers_file().display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", self.subscribers_file().display())),
+        }
+    }
+
+    /// The written server configuration.
+    pub fn read_config(&self) -> anyhow::Result<serde_json::Value> {
+        let bytes =
+            std::fs::read(self.config()).with_context(|| format!("reading {} (run `vmplane up` or `vmplane nats init` first)", self.config().display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is not the JSON `vmplane nats init` writes", self.config().display()))
+    }
+
+    /// Record a subscriber and rewrite the server configuration's users
+    /// (everything else in it is kept).
+    pub fn add_subscriber(&self, sub: auth::Subscriber) -> anyhow::Result<()> {
+        let mut subs = self.subscribers()?;
+        subs.push(sub);
+        let mut config = self.read_config()?;
+        let mut users = Vec::new();
+        for role in Role::ALL {
+            let path = role.seed_file(&self.dir);
+            let seed = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            users.push((role, auth::public_key(&seed).with_context(|| format!("{}", path.display()))?));
+        }
+        config["authorization"] = auth::authorization(&users, &subs);
+        config["pid_file"] = serde_json::json!(self.pid_file());
+        write_private(&self.subscribers_file(), &serde_json::to_vec_pretty(&subs)?, false)?;
+        write_private(&self.config(), &serde_json::to_vec_pretty(&config)?, false)
+    }
+
+    /// Ask the running nats-server to reread its configuration (SIGHUP to
+    /// the pid in its pid file). `Ok(false)` when none is running.
+    pub fn reload(&self) -> anyhow::Result<bool> {
+        let Ok(text) = std::fs::read_to_string(self.pid_file()) else { return Ok(false) };
+        let pid: libc::pid_t = text.trim().parse().with_context(|| format!("{} holds no pid", self.pid_file().display()))?;
+        // SAFETY: kill(2) with signal 0 only checks the process exists; SIGHUP asks nats-server to reload.
+        if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
+            return Ok(false);
+        }
+        // SAFETY: as above.
+        if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+            bail!("could not signal nats-server (pid {pid}): {}", std::io::Error::last_os_error());
+        }
+        Ok(true)
+    }
+}
+
+/// Write a subscriber's NKey seed, refusing to overwrite a file.
+pub fn write_seed(path: &Path, seed: &str) -> anyhow::Result<()> {
+    write_private(path, format!("{seed}\n").as_bytes(), true)
 }
 
 /// Write a file only its owner can read, whatever the umask.

@@ -8,10 +8,11 @@ use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::Query;
 use crate::AppState;
 use crate::app::Principal;
-use crate::app::events;
+use crate::app::events::{self, FeedFilter};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
@@ -19,6 +20,8 @@ use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use vmplane_domain::event::{Envelope, Event};
+use vmplane_domain::event_filter::TypeFilter;
+use vmplane_domain::ids::VmId;
 use vmplane_domain::{EventId, OpId, OrgId, ProjectId};
 
 /// Routes of this module.
@@ -63,15 +66,54 @@ impl EventView {
     }
 }
 
-/// Where to resume the feed.
+/// Where to resume the feed, and which events it carries.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
     /// Same as the `Last-Event-ID` header, for clients that cannot set headers.
     pub last_event_id: Option<u64>,
+    /// Only events of these types: comma-separated patterns, each matched
+    /// against the type (`created`, `*_requested`) or, when it has a `.`,
+    /// against `<aggregate_type>.<type>` (`vm.*`, `host.host_registered`);
+    /// `*` is any run of characters within one part. See the README.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub types: Option<String>,
+    /// Only the events of this VM (404 when the caller cannot see it).
+    pub vm_id: Option<VmId>,
 }
 
-/// Every event the caller may see, from the beginning or after `Last-Event-ID`, then live.
+/// Parse a `type` filter; a bad one is a 400 `bad_filter`.
+pub(crate) fn type_filter(list: Option<&str>) -> ApiResult<Option<TypeFilter>> {
+    list.map(|l| TypeFilter::parse(l).map_err(|e| ApiError::BadRequest("bad_filter", e.to_string()))).transpose()
+}
+
+/// Where to resume: `Last-Event-ID`, else the query's `last_event_id`, else 0.
+pub(crate) fn resume_after(headers: &HeaderMap, query: Option<u64>) -> ApiResult<u64> {
+    let from_header = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::BadRequest("bad_header", "Last-Event-ID must be a stream sequence number".into()))
+        })
+        .transpose()?;
+    Ok(from_header.or(query).unwrap_or(0))
+}
+
+/// Events as SSE: `id` = stream sequence, `event` = type, `data` = [`EventView`].
+pub(crate) fn sse(events: BoxStream<'static, (u64, Envelope)>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let stream = events.filter_map(|(seq, env)| async move {
+        let kind = env.event.type_name();
+        let data = serde_json::to_string(&EventView::new(seq, env)).ok()?;
+        Some(Ok(SseEvent::default().id(seq.to_string()).event(kind).data(data)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// Every event the caller may see, from the beginning or after `Last-Event-ID`, then live;
+/// optionally only some types, or one VM's.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(FeedQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume right after this stream sequence")),
     responses((status = 200, content_type = "text/event-stream", description = "SSE: `id` = stream sequence, `event` = type, `data` = EventView JSON"),
@@ -82,21 +124,8 @@ async fn event_feed(
     headers: HeaderMap,
     Query(q): Query<FeedQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
-    let from_header = headers
-        .get("last-event-id")
-        .map(|v| {
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| ApiError::BadRequest("bad_header", "Last-Event-ID must be a stream sequence number".into()))
-        })
-        .transpose()?;
-    let last = from_header.or(q.last_event_id).unwrap_or(0);
-    let events = events::feed(&state.app, &who, last).await?;
-    let stream = events.filter_map(|(seq, env)| async move {
-        let kind = env.event.type_name();
-        let data = serde_json::to_string(&EventView::new(seq, env)).ok()?;
-        Some(Ok(SseEvent::default().id(seq.to_string()).event(kind).data(data)))
-    });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    let after = resume_after(&headers, q.last_event_id)?;
+    let types = type_filter(q.types.as_deref())?;
+    let events = events::feed(&state.app, &who, FeedFilter { after, types, vm: q.vm_id }).await?;
+    Ok(sse(events))
 }

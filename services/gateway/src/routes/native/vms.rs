@@ -1,15 +1,17 @@
 //! The native VM API: `/v1/vms`.
 
 use super::error::{ApiError, ApiResult, ErrorBody};
-use super::events::EventView;
+use super::events::{EventView, resume_after, sse, type_filter};
 use super::extract::{Json, PathId, Query};
 use super::pagination::{Page, PageQuery};
 use crate::AppState;
 use crate::app::catalog;
+use crate::app::events::{self as app_events, FeedFilter};
 use crate::app::vms::{self, Action, NewVm};
 use crate::app::{Accepted, Allocation, Operation, Principal};
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use time::OffsetDateTime;
@@ -416,11 +418,47 @@ async fn resize_memory(
     Ok(accepted(vms::resize_memory(&state.app, &who, alloc, id, req.memory_mib).await?))
 }
 
-/// A VM's history: every event, oldest first.
-#[utoipa::path(get, path = "/v1/vms/{id}/events", tag = "vms", params(("id" = String, Path, description = "VM id")),
-    responses((status = 200, body = Vec<EventView>), (status = "4XX", body = ErrorBody)))]
-async fn vm_events(State(state): State<AppState>, who: Principal, PathId(id): PathId<VmId>) -> ApiResult<axum::Json<Vec<EventView>>> {
-    Ok(axum::Json(vms::history(&state.app, &who, id)?.into_iter().map(|(seq, env)| EventView::new(seq, env)).collect()))
+/// Query of `GET /v1/vms/{id}/events`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct VmEventsQuery {
+    /// `true`: Server-Sent Events, the history then live (as `GET /v1/events`);
+    /// otherwise the history as a JSON array.
+    #[serde(default)]
+    pub follow: bool,
+    /// Only events after this stream sequence (with `follow`, as `Last-Event-ID`).
+    pub last_event_id: Option<u64>,
+    /// Only events of these types (the `type` filter of `GET /v1/events`).
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub types: Option<String>,
+}
+
+/// A VM's history: every event, oldest first; with `follow=true` as SSE, then live.
+#[utoipa::path(get, path = "/v1/vms/{id}/events", tag = "vms", params(("id" = String, Path, description = "VM id"), VmEventsQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "With `follow`: resume right after this stream sequence")),
+    responses((status = 200, body = Vec<EventView>, description = "The history (JSON), or with `follow=true` SSE: `id` = stream sequence, `event` = type, `data` = EventView JSON"),
+        (status = "4XX", body = ErrorBody)))]
+async fn vm_events(
+    State(state): State<AppState>,
+    who: Principal,
+    PathId(id): PathId<VmId>,
+    headers: HeaderMap,
+    Query(q): Query<VmEventsQuery>,
+) -> ApiResult<Response> {
+    let types = type_filter(q.types.as_deref())?;
+    if q.follow {
+        let after = resume_after(&headers, q.last_event_id)?;
+        let events = app_events::feed(&state.app, &who, FeedFilter { after, types, vm: Some(id) }).await?;
+        return Ok(sse(events).into_response());
+    }
+    let history = vms::history(&state.app, &who, id)?;
+    let views: Vec<EventView> = history
+        .into_iter()
+        .filter(|(seq, env)| *seq > q.last_event_id.unwrap_or(0) && types.as_ref().is_none_or(|t| t.matches(&env.event)))
+        .map(|(seq, env)| EventView::new(seq, env))
+        .collect();
+    Ok(axum::Json(views).into_response())
 }
 
 #[cfg(test)]
