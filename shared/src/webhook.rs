@@ -197,6 +197,25 @@ impl SecretRecord {
     }
 }
 
+/// The `webhook-signature` header of a delivery, as the Standard Webhooks
+/// specification has it: for each secret (`whsec_` + base64 key), `v1,` +
+/// base64 of HMAC-SHA256 over `{id}.{timestamp}.{body}`, space-separated
+/// (two during a rotation's overlap). A secret that is not `whsec_` + base64
+/// signs nothing.
+pub fn signature_header(secrets: &[&str], id: &str, timestamp: i64, body: &[u8]) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let sign = |secret: &str| {
+        let key = b64.decode(secret.strip_prefix(SECRET_PREFIX)?).ok()?;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).ok()?;
+        mac.update(format!("{id}.{timestamp}.").as_bytes());
+        mac.update(body);
+        Some(format!("v1,{}", b64.encode(mac.finalize().into_bytes())))
+    };
+    secrets.iter().filter_map(|s| sign(s)).collect::<Vec<_>>().join(" ")
+}
+
 /// Why a webhook command is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WebhookError {
@@ -466,6 +485,20 @@ mod tests {
         assert_eq!(rec.signing(at() + Duration::hours(23)), vec!["whsec_b", "whsec_a"]);
         assert_eq!(rec.signing(at() + SECRET_OVERLAP), vec!["whsec_b"]);
         assert_eq!(rec.rotated("whsec_c".into(), at()).signing(at()), vec!["whsec_c", "whsec_b"], "two at most");
+    }
+
+    #[test]
+    fn signatures_follow_standard_webhooks() {
+        // The specification's own test vector.
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let (id, ts, body) = ("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
+        assert_eq!(signature_header(&[secret], id, ts, body), "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        let both = signature_header(&["whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", secret], id, ts, body);
+        let parts: Vec<&str> = both.split(' ').collect();
+        assert_eq!(parts.len(), 2, "{both}");
+        assert_eq!(parts[1], "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        assert_ne!(signature_header(&[secret], id, ts, br#"{"test": 2432232315}"#), parts[1], "another body, another signature");
+        assert_eq!(signature_header(&["not-a-secret", "whsec_!!"], id, ts, body), "");
     }
 
     #[test]
