@@ -7,6 +7,7 @@ use crate::template::TemplateCommand;
 use crate::tenancy::TenancyCommand;
 use crate::vm::VmCommand;
 use crate::volume::VolumeCommand;
+use crate::webhook::WebhookCommand;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -41,4 +42,6 @@ pub enum Command {
     Template { template: TemplateId, command: TemplateCommand },
     /// Executed by any worker, from the same consumer as tenancy commands.
     SshKey { command: SshKeyCommand },
+    /// Executed by any worker, from the same consumer as tenancy commands.
+    Webhook { command: WebhookCommand },
 }

@@ -12,6 +12,7 @@ use crate::template::TemplateEvent;
 use crate::tenancy::TenancyEvent;
 use crate::vm::VmEvent;
 use crate::volume::VolumeEvent;
+use crate::webhook::WebhookEvent;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -51,6 +52,8 @@ pub enum Event {
     /// An operation that ended without an event of its aggregate (see [`crate::operation`]).
     Operation(OperationEvent),
     SshKey(SshKeyEvent),
+    /// A webhook endpoint of an org (its signing secrets are not in events).
+    Webhook(WebhookEvent),
 }
 
 impl Event {
@@ -64,6 +67,7 @@ impl Event {
             Self::Template(_) => "template",
             Self::Operation(_) => "operation",
             Self::SshKey(_) => "ssh_key",
+            Self::Webhook(_) => "webhook",
         }
     }
 
@@ -77,6 +81,7 @@ impl Event {
             Self::Template(e) => e.type_name(),
             Self::Operation(e) => e.type_name(),
             Self::SshKey(e) => e.type_name(),
+            Self::Webhook(e) => e.type_name(),
         }
     }
 }

@@ -123,6 +123,9 @@ typed_id!(
 typed_id!(
     /// An SSH public key stored in an org, named by id at create (`ssh_key_ids`).
     SshKeyId, "sshkey");
+typed_id!(
+    /// A webhook endpoint of an org: where its events are delivered.
+    WebhookId, "wh");
 
 impl OrgId {
     /// The `default` org, which always exists; the admin token acts in it when no org is given.

@@ -20,7 +20,8 @@ pub mod template;
 pub mod tenancy;
 pub mod vm;
 pub mod volume;
+pub mod webhook;
 
 pub use command::{Command, CommandEnvelope};
 pub use event::{Envelope, Event};
-pub use ids::{ApiKeyId, EventId, HostId, ImageId, OpId, OrgId, ProjectId, SshKeyId, TemplateId, VmId, VolumeId};
+pub use ids::{ApiKeyId, EventId, HostId, ImageId, OpId, OrgId, ProjectId, SshKeyId, TemplateId, VmId, VolumeId, WebhookId};

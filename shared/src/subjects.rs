@@ -6,16 +6,17 @@
 //! vmplane.evt.<org_id>.volume.<vol_id>     volume events
 //! vmplane.evt.<org_id>.tenancy.<id>        org / project / API key events
 //! vmplane.evt.<org_id>.ssh_key.<key_id>    SSH key events
+//! vmplane.evt.<org_id>.webhook.<wh_id>    webhook endpoint events
 //! vmplane.evt.<org_id>.template.<tpl_id>   template events
 //! vmplane.evt.system.host.<host_id>        host events
 //! vmplane.log.<org_id>.vm.<vm_id>          VM serial console lines
 //! vmplane.cmd.host.<host_id>.<id>          VM and volume commands, to the worker of that host
 //! vmplane.term.open.<host_id>              core NATS request: open a serial terminal session
 //! vmplane.term.<session>.in / .out         core NATS: terminal bytes to / from the guest
-//! vmplane.cmd.tenancy.<org_id>             tenancy, SSH key and template commands, to any worker
+//! vmplane.cmd.tenancy.<org_id>             tenancy, SSH key, template and webhook commands, to any worker
 //! ```
 
-use crate::ids::{HostId, OrgId, SshKeyId, TemplateId, VmId, VolumeId};
+use crate::ids::{HostId, OrgId, SshKeyId, TemplateId, VmId, VolumeId, WebhookId};
 
 /// The event stream's name.
 pub const EVENT_STREAM: &str = "VMPLANE_EVENTS";
@@ -40,6 +41,10 @@ pub const IDEMPOTENCY_BUCKET: &str = "vmplane_idempotency";
 /// Key-value bucket holding each host's placement ledger: what gateways
 /// accepted for it that its events may not show yet.
 pub const PLACEMENT_BUCKET: &str = "vmplane_placement";
+/// Key-value bucket of webhook signing secrets, one entry per endpoint
+/// (`<webhook id>`): written by the gateway, read by the roles that sign
+/// deliveries; never by subscribers or workers.
+pub const WEBHOOK_SECRET_BUCKET: &str = "vmplane_webhook_secrets";
 
 /// Events of one VM: the optimistic-concurrency unit.
 pub fn vm_events(org: OrgId, vm: VmId) -> String {
@@ -89,6 +94,11 @@ pub fn tenancy_events(org: OrgId, id: &str) -> String {
 /// Events of one SSH key: its optimistic-concurrency unit.
 pub fn ssh_key_events(org: OrgId, key: SshKeyId) -> String {
     format!("vmplane.evt.{org}.ssh_key.{key}")
+}
+
+/// Events of one webhook endpoint: its optimistic-concurrency unit.
+pub fn webhook_events(org: OrgId, webhook: WebhookId) -> String {
+    format!("vmplane.evt.{org}.webhook.{webhook}")
 }
 
 /// Events of one template: its optimistic-concurrency unit.

@@ -72,8 +72,9 @@ impl Role {
         let heartbeats = format!("KV_{}", subjects::HEARTBEAT_BUCKET);
         let idempotency = format!("KV_{}", subjects::IDEMPOTENCY_BUCKET);
         let placement = format!("KV_{}", subjects::PLACEMENT_BUCKET);
+        let webhook_secrets = format!("KV_{}", subjects::WEBHOOK_SECRET_BUCKET);
         // Every process may see and create (never update, purge or delete) the streams.
-        let all_streams = [events, commands, logs, heartbeats.as_str(), idempotency.as_str(), placement.as_str()];
+        let all_streams = [events, commands, logs, heartbeats.as_str(), idempotency.as_str(), placement.as_str(), webhook_secrets.as_str()];
         let mut publish: Vec<String> = api("STREAM.INFO", &all_streams);
         publish.extend(api("STREAM.CREATE", &all_streams));
         publish.push("$JS.API.INFO".into());
@@ -82,12 +83,16 @@ impl Role {
             Self::Gateway => {
                 publish.extend([subjects::COMMANDS_ALL.to_owned(), subjects::TERMINAL_OPEN_ALL.to_owned(), subjects::terminal_input("*")]);
                 publish.extend(consumers(&[events, logs, heartbeats.as_str()]));
-                // Idempotency records and the placement ledger are the gateway's own buckets.
-                publish.extend(api("STREAM.MSG.GET", &[events, logs, idempotency.as_str(), placement.as_str()]));
-                for bucket in [&idempotency, &placement] {
+                // Idempotency records, the placement ledger and webhook secrets are the gateway's own buckets.
+                publish.extend(api("STREAM.MSG.GET", &[events, logs, idempotency.as_str(), placement.as_str(), webhook_secrets.as_str()]));
+                for bucket in [&idempotency, &placement, &webhook_secrets] {
                     publish.extend([format!("$JS.API.DIRECT.GET.{bucket}"), format!("$JS.API.DIRECT.GET.{bucket}.>")]);
                 }
-                publish.extend([format!("$KV.{}.>", subjects::IDEMPOTENCY_BUCKET), format!("$KV.{}.>", subjects::PLACEMENT_BUCKET)]);
+                publish.extend([
+                    format!("$KV.{}.>", subjects::IDEMPOTENCY_BUCKET),
+                    format!("$KV.{}.>", subjects::PLACEMENT_BUCKET),
+                    format!("$KV.{}.>", subjects::WEBHOOK_SECRET_BUCKET),
+                ]);
                 (vec![subjects::terminal_output("*")], false)
             }
             Self::Worker => {
@@ -284,6 +289,15 @@ mod tests {
         assert_eq!(p.subscribe, [format!("vmplane.evt.{org}.>"), format!("_INBOX_{}.>", s.durable)]);
         assert!(p.publish.iter().all(|x| x.ends_with(&s.durable) || x.ends_with(&format!("{}.>", s.durable))), "{p:?}");
         assert!(!p.publish.iter().any(|x| x.contains("CREATE") || x.contains("DELETE") || x.starts_with("vmplane.")));
+    }
+
+    #[test]
+    fn only_the_gateway_reads_and_writes_webhook_secrets() {
+        let reads = |p: &Permissions| {
+            p.publish.iter().any(|s| s.contains(subjects::WEBHOOK_SECRET_BUCKET) && !s.contains("STREAM.INFO") && !s.contains("STREAM.CREATE"))
+        };
+        assert!(reads(&Role::Gateway.permissions().unwrap()));
+        assert!(!reads(&Role::Worker.permissions().unwrap()), "workers never see a secret");
     }
 
     #[test]

@@ -174,6 +174,8 @@ impl Bus {
             (subjects::HEARTBEAT_BUCKET, Duration::from_secs(60), unbounded),
             (subjects::IDEMPOTENCY_BUCKET, Duration::from_secs(24 * 3600), (IDEMPOTENCY_MAX_RECORDS, IDEMPOTENCY_MAX_BYTES, DiscardPolicy::Old)),
             (subjects::PLACEMENT_BUCKET, Duration::from_secs(3600), unbounded),
+            // Secrets live as long as their endpoint (no age limit).
+            (subjects::WEBHOOK_SECRET_BUCKET, Duration::ZERO, unbounded),
         ] {
             // The stream a key-value bucket is, spelled out: async-nats' own
             // bucket creation queries account fields that nats-server 2.9 lacks.
@@ -190,7 +192,7 @@ impl Bus {
                 allow_direct: true,
                 discard,
                 // The server's own choice when unset, spelled out so configs compare equal.
-                duplicate_window: ttl.min(Duration::from_secs(120)),
+                duplicate_window: if ttl.is_zero() { Duration::from_secs(120) } else { ttl.min(Duration::from_secs(120)) },
                 ..Default::default()
             })
             .await

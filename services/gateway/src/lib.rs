@@ -40,6 +40,9 @@ pub struct GatewayConfig {
     pub catalog: vmplane_domain::catalog::Catalog,
     /// The Hatch dialect's defaults (`HATCH_DEFAULT_VCPU`, `HATCH_DEFAULT_MEM_MIB`).
     pub hatch: routes::hatch::HatchConfig,
+    /// Accept webhook URLs whose host is a loopback, private, link-local or
+    /// metadata address (`--webhook-allow-private`; local setups and tests).
+    pub webhook_allow_private: bool,
 }
 
 /// Shared state of every handler: the use cases, and the metrics registry.

@@ -83,6 +83,10 @@ mod tests {
             "ssh_key_deleted",
             "template_created",
             "template_deleted",
+            "webhook_endpoint_created",
+            "webhook_endpoint_updated",
+            "webhook_endpoint_deleted",
+            "webhook_secret_rotated",
         ] {
             assert!(json.contains(&format!("\"{ty}\"")), "event type {ty} missing from the schema");
         }

@@ -164,6 +164,10 @@ struct GatewayOpts {
     /// Hatch dialect (`/vms`): memory in MiB of a VM created without `mem_mib`.
     #[arg(long, env = "HATCH_DEFAULT_MEM_MIB", default_value_t = 512, value_parser = clap::value_parser!(u64).range(64..=vmplane_domain::spec::MAX_MEMORY_MIB))]
     hatch_default_mem_mib: u64,
+    /// Accept webhook URLs whose host is or resolves to a loopback, private,
+    /// link-local or metadata address (refused by default).
+    #[arg(long, env = "VMPLANE_WEBHOOK_ALLOW_PRIVATE")]
+    webhook_allow_private: bool,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -650,6 +654,7 @@ async fn gateway(bus: Bus, common: &CommonArgs, opts: &GatewayOpts, admin_token:
         session_caps: SessionCaps { events: opts.max_event_streams, log_follows: opts.max_log_follows, terminals: opts.max_terminals },
         hatch: HatchConfig { default_vcpus: opts.hatch_default_vcpu, default_memory_mib: opts.hatch_default_mem_mib },
         catalog: load_catalog(&common.data_dir)?,
+        webhook_allow_private: opts.webhook_allow_private,
     };
     vmplane_gateway::serve(bus, proj, cfg, metrics, listener, shutdown_signal()).await?;
     tracing::info!("gateway stopped");

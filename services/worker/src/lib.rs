@@ -353,6 +353,10 @@ impl VmQueues {
                 let message = "an ssh key command was addressed to a host; no worker carries it out there";
                 record_operation_failed(&self.exec.bus, Some(command.org()), op, &command.id().to_string(), "misrouted", message.into()).await
             }
+            Command::Webhook { command } => {
+                let message = "a webhook command was addressed to a host; no worker carries it out there";
+                record_operation_failed(&self.exec.bus, Some(command.org()), op, &command.id().to_string(), "misrouted", message.into()).await
+            }
         }
     }
 
@@ -369,6 +373,9 @@ impl VmQueues {
             }
             Command::Template { .. } => record_operation_failed(&self.exec.bus, Some(org), op, &target_of(&env.command), code, message.into()).await,
             Command::SshKey { command } => {
+                record_operation_failed(&self.exec.bus, Some(command.org()), op, &target_of(&env.command), code, message.into()).await
+            }
+            Command::Webhook { command } => {
                 record_operation_failed(&self.exec.bus, Some(command.org()), op, &target_of(&env.command), code, message.into()).await
             }
         };
@@ -470,6 +477,7 @@ fn target_of(command: &Command) -> String {
         Command::Tenancy { command } => command.org().to_string(),
         Command::Template { template, .. } => template.to_string(),
         Command::SshKey { command } => command.id().to_string(),
+        Command::Webhook { command } => command.id().to_string(),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Executes control-plane commands, data that no host acts on: tenancy
-//! (orgs, projects, API keys), stored SSH keys and templates. Any worker may
+//! (orgs, projects, API keys), stored SSH keys, webhook endpoints and templates. Any worker may
 //! take any of them from the shared consumer; uniqueness of ids is enforced
 //! by appending with "no events yet" as the expected subject sequence (a
 //! template's or key's later events name the sequence its history ends at).
@@ -15,6 +15,7 @@ use vmplane_domain::event::{Envelope, Event};
 use vmplane_domain::ssh_key::{self, SshKey, SshKeyCommand, SshKeyError};
 use vmplane_domain::template::{self, TemplateCommand};
 use vmplane_domain::tenancy::{self, TenancyCommand, TenancyError};
+use vmplane_domain::webhook::{self, Webhook, WebhookCommand, WebhookError};
 use vmplane_domain::{Command, CommandEnvelope, OrgId, TemplateId, subjects};
 
 /// Consume tenancy commands forever.
@@ -53,6 +54,7 @@ async fn handle(bus: &Bus, msg: &Message, delivered: i64, max_deliveries: i64) -
     let command = match env.command {
         Command::Tenancy { command } => command,
         Command::SshKey { command } => return handle_ssh_key(bus, env.op, command, delivered, max_deliveries).await,
+        Command::Webhook { command } => return handle_webhook(bus, env.op, command, delivered, max_deliveries).await,
         Command::Template { template, ref command } => return handle_template(bus, &env, template, command, delivered, max_deliveries).await,
         _ => {
             let message = "a host's command was addressed to the tenancy consumer; no worker carries it out there";
@@ -144,6 +146,46 @@ async fn handle_ssh_key(bus: &Bus, op: vmplane_domain::OpId, command: SshKeyComm
     };
     let out = Envelope::new(org, None, target.clone(), Some(op), Event::SshKey(event), OffsetDateTime::now_utc());
     // Another command on the key got in first (a conflict): the redelivery decides again.
+    bus.append(&subject, &out, history.last().map_or(0, |(seq, _)| *seq)).await.map(drop)
+}
+
+/// Create, change, rotate the secret of or delete a webhook endpoint, as
+/// SSH keys are: decided against the endpoint's own history and appended
+/// after it (a creation to a new subject), so two commands on one endpoint
+/// cannot both apply. The secret itself is not in the command (see
+/// `vmplane_domain::webhook`).
+async fn handle_webhook(bus: &Bus, op: vmplane_domain::OpId, command: WebhookCommand, delivered: i64, max_deliveries: i64) -> Result<(), BusError> {
+    let (org, id) = (command.org(), command.id());
+    let target = id.to_string();
+    let fail = async |code: &str, message: String| record_operation_failed(bus, Some(org), op, &target, code, message).await;
+    if delivered > max_deliveries {
+        tracing::warn!(%op, delivered, "webhook command past its delivery limit; failing its operation");
+        return fail("delivery_limit", delivery_limit_message(delivered)).await;
+    }
+    let subject = subjects::webhook_events(org, id);
+    let history = bus.load(&subject).await?;
+    if history.iter().any(|(_, e)| e.operation == Some(op)) {
+        tracing::info!(%op, "webhook command already applied");
+        return Ok(());
+    }
+    let state = history.iter().fold(None::<Webhook>, |state, (_, e)| match &e.event {
+        Event::Webhook(ev) => webhook::evolve(state, id, e.time, ev),
+        _ => state,
+    });
+    // An endpoint created and deleted stays gone: its id is never created again.
+    let event = match (&command, history.is_empty()) {
+        (WebhookCommand::Create { .. }, false) => Err(WebhookError::AlreadyExists),
+        _ => webhook::decide(state.as_ref(), &command),
+    };
+    let event = match event {
+        Ok(ev) => ev,
+        Err(e) => {
+            tracing::warn!(%op, error = %e, "webhook command refused; failing its operation");
+            return fail(e.code(), e.to_string()).await;
+        }
+    };
+    let out = Envelope::new(org, None, target.clone(), Some(op), Event::Webhook(event), OffsetDateTime::now_utc());
+    // Another command on the endpoint got in first (a conflict): the redelivery decides again.
     bus.append(&subject, &out, history.last().map_or(0, |(seq, _)| *seq)).await.map(drop)
 }
 

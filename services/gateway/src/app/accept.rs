@@ -40,6 +40,7 @@ pub(super) async fn submit(app: &App, who: &Principal, sub: Submission) -> AppRe
     let org = match &sub.command {
         Command::Tenancy { command } => command.org(),
         Command::SshKey { command } => command.org(),
+        Command::Webhook { command } => command.org(),
         _ => who.org,
     };
     let env = CommandEnvelope { op, org: who.org, project: sub.project, actor: who.actor.to_string(), issued_at: now, command: sub.command };

@@ -29,6 +29,7 @@ pub mod tenancy;
 pub mod terminal;
 pub mod vms;
 pub mod volumes;
+pub mod webhooks;
 
 pub use crate::projection::operations::{OpError, OpStatus, Operation};
 pub use caller::{Actor, Principal};

@@ -8,7 +8,7 @@
 //! One tree, prefixed keys: `vm/<id>`, `vmidx/<org>/<id>`, `vmevt/<id>/<seq>`,
 //! `op/<id>`, `org/<id>`, `prj/<org>/<id>`, `key/<id>`, `host/<id>`,
 //! `hostuse/<id>`, `vol/<id>`, `volidx/<org>/<id>`, `tpl/<id>`, `tplidx/<org>/<id>`,
-//! `sshkey/<org>/<id>`, and `meta/applied`.
+//! `sshkey/<org>/<id>`, `wh/<org>/<id>`, and `meta/applied`.
 
 pub mod hosts;
 pub mod operations;
@@ -17,6 +17,7 @@ pub mod templates;
 pub mod tenancy;
 pub mod vms;
 pub mod volumes;
+pub mod webhooks;
 
 use futures::StreamExt;
 use serde::{Serialize, de::DeserializeOwned};
@@ -80,6 +81,7 @@ impl Projections {
                     Event::Volume(ev) => volumes::apply(&mut txn, &env, ev),
                     Event::Template(ev) => templates::apply(&mut txn, &env, ev),
                     Event::SshKey(ev) => ssh_keys::apply(&mut txn, &env, ev),
+                    Event::Webhook(ev) => webhooks::apply(&mut txn, &env, ev),
                     // Operations have no view but their own (below).
                     Event::Operation(_) => {}
                 }

@@ -88,9 +88,12 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope) {
             op.status = OpStatus::Failed;
             op.error = Some(OpError { code: "import_failed".into(), message: message.clone() });
         }
-        Event::Vm(VmEvent::OperationFinished { outcome: Outcome::Succeeded }) | Event::Tenancy(_) | Event::Template(_) | Event::Host(_) | Event::SshKey(_) => {
-            op.status = OpStatus::Succeeded
-        }
+        Event::Vm(VmEvent::OperationFinished { outcome: Outcome::Succeeded })
+        | Event::Tenancy(_)
+        | Event::Template(_)
+        | Event::Host(_)
+        | Event::SshKey(_)
+        | Event::Webhook(_) => op.status = OpStatus::Succeeded,
         Event::Volume(VolumeEvent::VolumeOperationFinished { outcome: Outcome::Succeeded }) => op.status = OpStatus::Succeeded,
         Event::Vm(VmEvent::OperationFinished { outcome: Outcome::Failed { code, message } })
         | Event::Volume(VolumeEvent::VolumeOperationFinished { outcome: Outcome::Failed { code, message } })

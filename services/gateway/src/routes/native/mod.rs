@@ -19,6 +19,7 @@ pub mod tenancy;
 pub mod terminal;
 pub mod vms;
 pub mod volumes;
+pub mod webhooks;
 
 use super::shared::BearerAuth;
 use crate::AppState;
@@ -49,5 +50,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(images::router())
         .merge(tenancy::router())
         .merge(ssh_keys::router())
+        .merge(webhooks::router())
         .merge(templates::router())
 }
