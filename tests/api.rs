@@ -39,7 +39,12 @@ async fn health_metrics_and_every_documented_route_is_served() {
     let (st, ssh_key) = c.post("/v1/ssh-keys", &json!({ "name": "probe", "public_key": public_key })).await;
     assert_eq!(st, 201, "{ssh_key}");
     let ssh_key_id = str_of(&ssh_key["id"]).to_owned();
-    let ids = Ids { vm: &vm_id, op: &op_id, org: &org_id, volume: &vol_id, api_key: &key_id, template: &tpl_id, ssh_key: &ssh_key_id };
+    // A public address literal: accepted without --webhook-allow-private, and
+    // nothing is ever sent to it (no deliverer runs here).
+    let (st, webhook) = c.post("/v1/webhooks", &json!({ "url": "https://93.184.215.14/hook" })).await;
+    assert_eq!(st, 201, "{webhook}");
+    let webhook_id = str_of(&webhook["id"]).to_owned();
+    let ids = Ids { vm: &vm_id, op: &op_id, org: &org_id, volume: &vol_id, api_key: &key_id, template: &tpl_id, ssh_key: &ssh_key_id, webhook: &webhook_id };
 
     let (s, doc) = anon.get("/openapi.json").await;
     assert_eq!(s, 200, "{doc}");
@@ -127,6 +132,7 @@ struct Ids<'a> {
     api_key: &'a str,
     template: &'a str,
     ssh_key: &'a str,
+    webhook: &'a str,
 }
 
 /// `{id}`-style parameters replaced by real ids.
@@ -140,6 +146,7 @@ fn substitute(path: &str, ids: &Ids) -> String {
             Some("id") if path.starts_with("/v1/api-keys/") => ids.api_key.to_owned(),
             Some("id") if path.starts_with("/v1/templates/") => ids.template.to_owned(),
             Some("id") if path.starts_with("/v1/ssh-keys/") => ids.ssh_key.to_owned(),
+            Some("id") if path.starts_with("/v1/webhooks/") => ids.webhook.to_owned(),
             Some("volume_id") => ids.volume.to_owned(),
             Some("org") => ids.org.to_owned(),
             Some(other) => panic!("no real id to substitute for {{{other}}} in {path}; teach the test"),

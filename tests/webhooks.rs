@@ -207,7 +207,7 @@ async fn every_rule_is_a_4xx_that_changes_nothing() {
         ("credentials in the url", json!({ "url": "http://u:p@127.0.0.1/" }), 422, "validation_failed"),
         ("a url of 3000 characters", json!({ "url": format!("http://127.0.0.1/{}", "a".repeat(3000)) }), 422, "validation_failed"),
         ("an uppercase event type", json!({ "url": "http://127.0.0.1/", "event_types": ["VM.*"] }), 422, "validation_failed"),
-        ("a wildcard inside", json!({ "url": "http://127.0.0.1/", "event_types": ["*.running"] }), 422, "validation_failed"),
+        ("two dots", json!({ "url": "http://127.0.0.1/", "event_types": ["vm.*.x"] }), 422, "validation_failed"),
         ("an empty event type", json!({ "url": "http://127.0.0.1/", "event_types": [""] }), 422, "validation_failed"),
         ("a long description", json!({ "url": "http://127.0.0.1/", "description": "d".repeat(257) }), 422, "validation_failed"),
     ];
