@@ -185,6 +185,7 @@ async fn private_addresses_are_refused_without_the_flag() {
     }
     assert!(list(c).await.is_empty(), "nothing was stored");
     // A public address is accepted (nothing is sent at creation); it cannot be changed to a private one.
+    // This stack must never run a webhook deliverer: nothing may be sent to that address.
     let wh = create(c, json!({ "url": "https://93.184.215.14/hook" })).await;
     let id = str_of(&wh["id"]).to_owned();
     let (s, b) = patch(c, &format!("/v1/webhooks/{id}"), &json!({ "url": "http://127.0.0.1:9/" })).await;
