@@ -28,6 +28,14 @@ pub(super) struct Submission {
     pub command: Command,
 }
 
+impl Submission {
+    /// A command of an org's control-plane resource (SSH keys, webhooks):
+    /// it goes to the org's tenancy subject, where any worker decides it.
+    pub fn to_org(alloc: super::Allocation, org: vmplane_domain::OrgId, project: ProjectId, kind: &'static str, target_id: String, command: Command) -> Self {
+        Self { op: alloc.op(), subject: vmplane_domain::subjects::tenancy_command(org), kind, target_id, project, command }
+    }
+}
+
 /// Append the command and return its operation as last projected.
 pub(super) async fn submit(app: &App, who: &Principal, sub: Submission) -> AppResult<Operation> {
     let op = sub.op;

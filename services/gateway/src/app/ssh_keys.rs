@@ -7,7 +7,7 @@
 use super::accept::{Submission, accepted_before, submit};
 use super::{Accepted, Allocation, App, AppError, AppResult, Operation, Principal};
 use vmplane_domain::ssh_key::{self, SshKey, SshKeyCommand, SshKeyError};
-use vmplane_domain::{Command, SshKeyId, subjects};
+use vmplane_domain::{Command, SshKeyId};
 
 /// Store `public_key` (an OpenSSH public key) as `name` in the caller's org.
 /// Answers the key as it will be stored: canonical form and fingerprint.
@@ -66,13 +66,6 @@ fn refusal(e: SshKeyError) -> AppError {
 }
 
 async fn submit_ssh_key(app: &App, who: &Principal, alloc: Allocation, command: SshKeyCommand) -> AppResult<Operation> {
-    let sub = Submission {
-        op: alloc.op(),
-        subject: subjects::tenancy_command(command.org()),
-        kind: command.kind(),
-        target_id: command.id().to_string(),
-        project: who.project_or_default(),
-        command: Command::SshKey { command },
-    };
-    submit(app, who, sub).await
+    let (org, kind, target) = (command.org(), command.kind(), command.id().to_string());
+    submit(app, who, Submission::to_org(alloc, org, who.project_or_default(), kind, target, Command::SshKey { command })).await
 }

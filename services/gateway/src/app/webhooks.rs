@@ -206,13 +206,6 @@ fn refusal(e: WebhookError) -> AppError {
 }
 
 async fn submit_webhook(app: &App, who: &Principal, alloc: Allocation, command: WebhookCommand) -> AppResult<Operation> {
-    let sub = Submission {
-        op: alloc.op(),
-        subject: subjects::tenancy_command(command.org()),
-        kind: command.kind(),
-        target_id: command.id().to_string(),
-        project: who.project_or_default(),
-        command: Command::Webhook { command },
-    };
-    submit(app, who, sub).await
+    let (org, kind, target) = (command.org(), command.kind(), command.id().to_string());
+    submit(app, who, Submission::to_org(alloc, org, who.project_or_default(), kind, target, Command::Webhook { command })).await
 }
