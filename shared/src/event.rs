@@ -86,6 +86,44 @@ impl Event {
     }
 }
 
+/// One event as JSON: the SSE feed's `data:`, a VM's history entries and
+/// the body of a webhook delivery (one document for all three).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    /// Stream sequence: the SSE id, usable as `Last-Event-ID`.
+    pub seq: u64,
+    pub id: EventId,
+    /// The event type, e.g. `created`, `ready`, `operation_finished`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub time: OffsetDateTime,
+    pub org_id: OrgId,
+    pub project_id: Option<ProjectId>,
+    pub aggregate_id: String,
+    pub operation_id: Option<OpId>,
+    /// The event itself: `{"aggregate_type": ..., "data": {"type": ..., ...}}`.
+    pub event: Event,
+}
+
+impl EventView {
+    /// The view of an envelope read at `seq`.
+    pub fn new(seq: u64, env: Envelope) -> Self {
+        Self {
+            seq,
+            id: env.id,
+            kind: env.event.type_name().to_owned(),
+            time: env.time,
+            org_id: env.org,
+            project_id: env.project,
+            aggregate_id: env.aggregate,
+            operation_id: env.operation,
+            event: env.event,
+        }
+    }
+}
+
 /// Why bytes could not be read as an envelope.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {

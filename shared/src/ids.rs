@@ -126,6 +126,17 @@ typed_id!(
 typed_id!(
     /// A webhook endpoint of an org: where its events are delivered.
     WebhookId, "wh");
+typed_id!(
+    /// One event's delivery to one webhook endpoint: the event's ulid, so a
+    /// delivery keeps its id however often it is attempted.
+    DeliveryId, "dlv");
+
+impl DeliveryId {
+    /// The delivery of `event` (to whichever endpoint names it).
+    pub fn of(event: EventId) -> DeliveryId {
+        DeliveryId(event.0)
+    }
+}
 
 impl OrgId {
     /// The `default` org, which always exists; the admin token acts in it when no org is given.

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod cidr;
 pub mod cloud_init;
 pub mod command;
+pub mod delivery;
 pub mod event;
 pub mod event_filter;
 pub mod host;
@@ -24,4 +25,4 @@ pub mod webhook;
 
 pub use command::{Command, CommandEnvelope};
 pub use event::{Envelope, Event};
-pub use ids::{ApiKeyId, EventId, HostId, ImageId, OpId, OrgId, ProjectId, SshKeyId, TemplateId, VmId, VolumeId, WebhookId};
+pub use ids::{ApiKeyId, DeliveryId, EventId, HostId, ImageId, OpId, OrgId, ProjectId, SshKeyId, TemplateId, VmId, VolumeId, WebhookId};

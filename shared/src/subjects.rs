@@ -7,6 +7,7 @@
 //! vmplane.evt.<org_id>.tenancy.<id>        org / project / API key events
 //! vmplane.evt.<org_id>.ssh_key.<key_id>    SSH key events
 //! vmplane.evt.<org_id>.webhook.<wh_id>    webhook endpoint events
+//! vmplane.evt.<org_id>.webhook.<wh_id>.deliveries   its delivery attempts
 //! vmplane.evt.<org_id>.template.<tpl_id>   template events
 //! vmplane.evt.system.host.<host_id>        host events
 //! vmplane.log.<org_id>.vm.<vm_id>          VM serial console lines
@@ -41,6 +42,10 @@ pub const IDEMPOTENCY_BUCKET: &str = "vmplane_idempotency";
 /// Key-value bucket holding each host's placement ledger: what gateways
 /// accepted for it that its events may not show yet.
 pub const PLACEMENT_BUCKET: &str = "vmplane_placement";
+/// Key-value bucket of the deliverer's state: the queues of deliveries
+/// waiting behind a failing one, each endpoint's failing-since time, and the
+/// lease of the active deliverer.
+pub const WEBHOOK_QUEUE_BUCKET: &str = "vmplane_webhook_queue";
 /// Key-value bucket of webhook signing secrets, one entry per endpoint
 /// (`<webhook id>`): written by the gateway, read by the roles that sign
 /// deliveries; never by subscribers or workers.
@@ -100,6 +105,15 @@ pub fn ssh_key_events(org: OrgId, key: SshKeyId) -> String {
 pub fn webhook_events(org: OrgId, webhook: WebhookId) -> String {
     format!("vmplane.evt.{org}.webhook.{webhook}")
 }
+
+/// Delivery attempts of one webhook endpoint: apart from the endpoint's own
+/// subject, so that attempts never race the endpoint's commands.
+pub fn webhook_deliveries(org: OrgId, webhook: WebhookId) -> String {
+    format!("vmplane.evt.{org}.webhook.{webhook}.deliveries")
+}
+
+/// The webhook endpoints' own events, every org (not their deliveries).
+pub const WEBHOOK_ENDPOINTS_ALL: &str = "vmplane.evt.*.webhook.*";
 
 /// Events of one template: its optimistic-concurrency unit.
 pub fn template_events(org: OrgId, template: TemplateId) -> String {

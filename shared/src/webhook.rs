@@ -18,8 +18,9 @@
 //! [`is_private`] (pure); resolving the host is the gateway's (and the
 //! deliverer's) part.
 
+use crate::delivery::{DeliveryAttempt, DisableReason};
 use crate::event_filter::TypeFilter;
-use crate::ids::{OrgId, WebhookId};
+use crate::ids::{DeliveryId, OrgId, WebhookId};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use time::{Duration, OffsetDateTime};
@@ -76,20 +77,43 @@ pub enum WebhookCommand {
         #[serde(with = "time::serde::rfc3339")]
         previous_expires_at: OffsetDateTime,
     },
+    /// Send the endpoint a `webhook.test` event.
+    Test {
+        id: WebhookId,
+        org: OrgId,
+    },
+    /// Attempt a delivery again now, whatever its state.
+    RetryDelivery {
+        id: WebhookId,
+        org: OrgId,
+        delivery: DeliveryId,
+        /// The stream sequence of the delivery's event.
+        event_seq: u64,
+    },
 }
 
 impl WebhookCommand {
     /// The org the endpoint belongs to, which its events name.
     pub fn org(&self) -> OrgId {
         match self {
-            Self::Create { org, .. } | Self::Update { org, .. } | Self::Delete { org, .. } | Self::RotateSecret { org, .. } => *org,
+            Self::Create { org, .. }
+            | Self::Update { org, .. }
+            | Self::Delete { org, .. }
+            | Self::RotateSecret { org, .. }
+            | Self::Test { org, .. }
+            | Self::RetryDelivery { org, .. } => *org,
         }
     }
 
     /// The endpoint's id: the aggregate whose subject its events go to.
     pub fn id(&self) -> WebhookId {
         match self {
-            Self::Create { id, .. } | Self::Update { id, .. } | Self::Delete { id, .. } | Self::RotateSecret { id, .. } => *id,
+            Self::Create { id, .. }
+            | Self::Update { id, .. }
+            | Self::Delete { id, .. }
+            | Self::RotateSecret { id, .. }
+            | Self::Test { id, .. }
+            | Self::RetryDelivery { id, .. } => *id,
         }
     }
 
@@ -100,6 +124,8 @@ impl WebhookCommand {
             Self::Update { .. } => "update_webhook",
             Self::Delete { .. } => "delete_webhook",
             Self::RotateSecret { .. } => "rotate_webhook_secret",
+            Self::Test { .. } => "test_webhook",
+            Self::RetryDelivery { .. } => "retry_webhook_delivery",
         }
     }
 }
@@ -129,6 +155,22 @@ pub enum WebhookEvent {
         #[schema(value_type = String, format = DateTime)]
         previous_expires_at: OffsetDateTime,
     },
+    /// The deliverer disabled the endpoint: it answered 410, or kept failing
+    /// (`webhook.endpoint_disabled`). Its owner enables it again with a change.
+    EndpointDisabled {
+        reason: DisableReason,
+    },
+    /// A test event, delivered to this endpoint only (`webhook.test`).
+    Test,
+    /// Its owner asked to attempt a delivery again now; `event_seq` is
+    /// where the delivery's event is in the stream.
+    DeliveryRetryRequested {
+        delivery: DeliveryId,
+        event_seq: u64,
+    },
+    /// One delivery attempt (on the endpoint's delivery subject,
+    /// `subjects::webhook_deliveries`); never delivered to any endpoint.
+    DeliveryAttempted(Box<DeliveryAttempt>),
 }
 
 impl WebhookEvent {
@@ -139,6 +181,10 @@ impl WebhookEvent {
             Self::WebhookEndpointUpdated { .. } => "webhook_endpoint_updated",
             Self::WebhookEndpointDeleted => "webhook_endpoint_deleted",
             Self::WebhookSecretRotated { .. } => "webhook_secret_rotated",
+            Self::EndpointDisabled { .. } => "endpoint_disabled",
+            Self::Test => "test",
+            Self::DeliveryRetryRequested { .. } => "delivery_retry_requested",
+            Self::DeliveryAttempted(_) => "delivery_attempted",
         }
     }
 }
@@ -152,6 +198,9 @@ pub struct Webhook {
     pub event_types: Vec<String>,
     pub description: Option<String>,
     pub enabled: bool,
+    /// Why deliveries disabled it (cleared when its owner enables it again).
+    #[serde(default)]
+    pub disabled_reason: Option<DisableReason>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -377,6 +426,10 @@ pub fn decide(state: Option<&Webhook>, cmd: &WebhookCommand) -> Result<WebhookEv
         (Some(_), WebhookCommand::RotateSecret { previous_expires_at, .. }) => {
             Ok(WebhookEvent::WebhookSecretRotated { previous_expires_at: *previous_expires_at })
         }
+        (Some(_), WebhookCommand::Test { .. }) => Ok(WebhookEvent::Test),
+        (Some(_), WebhookCommand::RetryDelivery { delivery, event_seq, .. }) => {
+            Ok(WebhookEvent::DeliveryRetryRequested { delivery: *delivery, event_seq: *event_seq })
+        }
     }
 }
 
@@ -390,6 +443,7 @@ pub fn evolve(state: Option<Webhook>, id: WebhookId, at: OffsetDateTime, event: 
             event_types: event_types.clone(),
             description: description.clone(),
             enabled: true,
+            disabled_reason: None,
             created_at: at,
             updated_at: at,
             previous_secret_expires_at: None,
@@ -407,6 +461,7 @@ pub fn evolve(state: Option<Webhook>, id: WebhookId, at: OffsetDateTime, event: 
             }
             if let Some(enabled) = enabled {
                 w.enabled = *enabled;
+                w.disabled_reason = None;
             }
             w.updated_at = at;
             Some(w)
@@ -416,6 +471,13 @@ pub fn evolve(state: Option<Webhook>, id: WebhookId, at: OffsetDateTime, event: 
             w.updated_at = at;
             Some(w)
         }
+        (Some(mut w), WebhookEvent::EndpointDisabled { reason }) => {
+            w.enabled = false;
+            w.disabled_reason = Some(*reason);
+            w.updated_at = at;
+            Some(w)
+        }
+        (Some(w), WebhookEvent::Test | WebhookEvent::DeliveryRetryRequested { .. } | WebhookEvent::DeliveryAttempted(_)) => Some(w),
         (_, WebhookEvent::WebhookEndpointDeleted) | (None, _) => None,
     }
 }

@@ -28,17 +28,20 @@ pub enum Role {
     Gateway,
     /// Host workers.
     Worker,
+    /// Webhook deliverers (`vmplane webhooks`).
+    Webhooks,
 }
 
 impl Role {
     /// Every role, in the order the generated files list them.
-    pub const ALL: [Role; 3] = [Role::Admin, Role::Gateway, Role::Worker];
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Gateway, Role::Worker, Role::Webhooks];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Admin => "admin",
             Self::Gateway => "gateway",
             Self::Worker => "worker",
+            Self::Webhooks => "webhooks",
         }
     }
 
@@ -73,8 +76,10 @@ impl Role {
         let idempotency = format!("KV_{}", subjects::IDEMPOTENCY_BUCKET);
         let placement = format!("KV_{}", subjects::PLACEMENT_BUCKET);
         let webhook_secrets = format!("KV_{}", subjects::WEBHOOK_SECRET_BUCKET);
+        let webhook_queue = format!("KV_{}", subjects::WEBHOOK_QUEUE_BUCKET);
         // Every process may see and create (never update, purge or delete) the streams.
-        let all_streams = [events, commands, logs, heartbeats.as_str(), idempotency.as_str(), placement.as_str(), webhook_secrets.as_str()];
+        let all_streams =
+            [events, commands, logs, heartbeats.as_str(), idempotency.as_str(), placement.as_str(), webhook_secrets.as_str(), webhook_queue.as_str()];
         let mut publish: Vec<String> = api("STREAM.INFO", &all_streams);
         publish.extend(api("STREAM.CREATE", &all_streams));
         publish.push("$JS.API.INFO".into());
@@ -106,6 +111,20 @@ impl Role {
                 // Terminal requests are answered on their reply subjects.
                 (vec![subjects::TERMINAL_OPEN_ALL.to_owned(), subjects::terminal_input("*")], true)
             }
+            Self::Webhooks => {
+                // Its durable consumer on the events, and reads of single events.
+                publish.extend(consumers(&[events, webhook_queue.as_str()]));
+                publish.push(format!("$JS.ACK.{events}.>"));
+                publish.extend(api("STREAM.MSG.GET", &[events, webhook_secrets.as_str(), webhook_queue.as_str()]));
+                for bucket in [&webhook_secrets, &webhook_queue] {
+                    publish.extend([format!("$JS.API.DIRECT.GET.{bucket}"), format!("$JS.API.DIRECT.GET.{bucket}.>")]);
+                }
+                // Secrets are read only; the queue bucket is its own.
+                publish.push(format!("$KV.{}.>", subjects::WEBHOOK_QUEUE_BUCKET));
+                // Delivery attempts, and an endpoint disabled by its failures.
+                publish.extend([format!("{}.deliveries", subjects::WEBHOOK_ENDPOINTS_ALL), subjects::WEBHOOK_ENDPOINTS_ALL.to_owned()]);
+                (vec![], false)
+            }
         };
         let mut subscribe = subscribe;
         subscribe.push(format!("{}.>", self.inbox_prefix()));
@@ -116,7 +135,7 @@ impl Role {
 impl std::str::FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL.into_iter().find(|r| r.name() == s).ok_or_else(|| format!("unknown NATS role `{s}` (admin, gateway, worker)"))
+        Self::ALL.into_iter().find(|r| r.name() == s).ok_or_else(|| format!("unknown NATS role `{s}` (admin, gateway, worker, webhooks)"))
     }
 }
 
@@ -289,6 +308,17 @@ mod tests {
         assert_eq!(p.subscribe, [format!("vmplane.evt.{org}.>"), format!("_INBOX_{}.>", s.durable)]);
         assert!(p.publish.iter().all(|x| x.ends_with(&s.durable) || x.ends_with(&format!("{}.>", s.durable))), "{p:?}");
         assert!(!p.publish.iter().any(|x| x.contains("CREATE") || x.contains("DELETE") || x.starts_with("vmplane.")));
+    }
+
+    #[test]
+    fn the_deliverer_reads_secrets_and_appends_only_webhook_events() {
+        let wh = Role::Webhooks.permissions().unwrap();
+        let secrets = format!("$KV.{}.", subjects::WEBHOOK_SECRET_BUCKET);
+        assert!(!wh.publish.iter().any(|s| s.starts_with(&secrets)), "reads secrets, never writes them");
+        assert!(wh.publish.iter().any(|s| s.contains("DIRECT.GET.KV_vmplane_webhook_secrets")));
+        let appends: Vec<_> = wh.publish.iter().filter(|s| s.starts_with("vmplane.")).collect();
+        assert!(appends.iter().all(|s| s.starts_with("vmplane.evt.*.webhook.*")), "{appends:?}");
+        assert!(!wh.publish.iter().any(|s| s.starts_with("vmplane.cmd") || s.contains("CONSUMER") && s.contains(subjects::COMMAND_STREAM)));
     }
 
     #[test]

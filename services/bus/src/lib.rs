@@ -176,6 +176,8 @@ impl Bus {
             (subjects::PLACEMENT_BUCKET, Duration::from_secs(3600), unbounded),
             // Secrets live as long as their endpoint (no age limit).
             (subjects::WEBHOOK_SECRET_BUCKET, Duration::ZERO, unbounded),
+            // Deliveries waiting behind a failing one: as long as they wait.
+            (subjects::WEBHOOK_QUEUE_BUCKET, Duration::ZERO, unbounded),
         ] {
             // The stream a key-value bucket is, spelled out: async-nats' own
             // bucket creation queries account fields that nats-server 2.9 lacks.
@@ -249,6 +251,18 @@ impl Bus {
     pub async fn append(&self, subject: &str, env: &Envelope, expected: u64) -> Result<u64, BusError> {
         let payload = Bytes::from(event::encode(env)?);
         let msg = jetstream::message::PublishMessage::build().payload(payload).message_id(env.id.to_string()).expected_last_subject_sequence(expected);
+        let ack = self.js.send_publish(subject.to_owned(), msg).await.map_err(|e| BusError::from_publish(e, subject))?;
+        let ack = ack.await.map_err(|e| BusError::from_publish(e, subject))?;
+        Ok(ack.sequence)
+    }
+
+    /// Append one event that no decision depends on (a record such as a
+    /// webhook delivery attempt): without an expected sequence, so records
+    /// of one subject never conflict; a retry with the same event id is
+    /// deduplicated. Returns the event's stream sequence.
+    pub async fn record(&self, subject: &str, env: &Envelope) -> Result<u64, BusError> {
+        let payload = Bytes::from(event::encode(env)?);
+        let msg = jetstream::message::PublishMessage::build().payload(payload).message_id(env.id.to_string());
         let ack = self.js.send_publish(subject.to_owned(), msg).await.map_err(|e| BusError::from_publish(e, subject))?;
         let ack = ack.await.map_err(|e| BusError::from_publish(e, subject))?;
         Ok(ack.sequence)

@@ -14,56 +14,18 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::convert::Infallible;
-use time::OffsetDateTime;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
-use vmplane_domain::event::{Envelope, Event};
+use vmplane_domain::event::Envelope;
+pub use vmplane_domain::event::EventView;
 use vmplane_domain::event_filter::TypeFilter;
 use vmplane_domain::ids::VmId;
-use vmplane_domain::{EventId, OpId, OrgId, ProjectId};
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(event_feed))
-}
-
-/// One event as JSON (the SSE `data:` and the VM history entries).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EventView {
-    /// Stream sequence: the SSE id, usable as `Last-Event-ID`.
-    pub seq: u64,
-    pub id: EventId,
-    /// The event type, e.g. `created`, `ready`, `operation_finished`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(with = "time::serde::rfc3339")]
-    #[schema(value_type = String, format = DateTime)]
-    pub time: OffsetDateTime,
-    pub org_id: OrgId,
-    pub project_id: Option<ProjectId>,
-    pub aggregate_id: String,
-    pub operation_id: Option<OpId>,
-    /// The event itself: `{"aggregate_type": ..., "data": {"type": ..., ...}}`.
-    pub event: Event,
-}
-
-impl EventView {
-    /// The view of an envelope read at `seq`.
-    pub fn new(seq: u64, env: Envelope) -> Self {
-        Self {
-            seq,
-            id: env.id,
-            kind: env.event.type_name().to_owned(),
-            time: env.time,
-            org_id: env.org,
-            project_id: env.project,
-            aggregate_id: env.aggregate,
-            operation_id: env.operation,
-            event: env.event,
-        }
-    }
 }
 
 /// Where to resume the feed, and which events it carries.
