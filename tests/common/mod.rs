@@ -313,11 +313,13 @@ pub struct StackOpts {
     pub sim_ready_delay_ms: u64,
     /// Extra environment for the gateway (e.g. `VMPLANE_RATE_LIMIT`).
     pub gateway_env: Vec<(String, String)>,
+    /// Run a webhook deliverer (`vmplane webhooks`) with these extra arguments.
+    pub webhooks: Option<Vec<String>>,
 }
 
 impl Default for StackOpts {
     fn default() -> Self {
-        Self { sim_boot_delay_ms: 50, sim_ready_delay_ms: 50, gateway_env: vec![] }
+        Self { sim_boot_delay_ms: 50, sim_ready_delay_ms: 50, gateway_env: vec![], webhooks: None }
     }
 }
 
@@ -327,6 +329,8 @@ pub struct Stack {
     // Field order is drop order: processes die before the temp dir goes.
     pub gateway: Proc,
     pub worker: Proc,
+    /// The webhook deliverer, when [`StackOpts::webhooks`] asked for one.
+    pub webhooks: Option<Proc>,
     pub nats: Nats,
     /// `http://127.0.0.1:<port>`
     pub base: String,
@@ -389,8 +393,15 @@ impl Stack {
                 Err(status) => panic!("the gateway exited at start ({status})\n{}\n{}", gateway.log_tail(40), worker.log_tail(20)),
             }
         };
+        let webhooks = opts.webhooks.map(|extra| {
+            let mut args = vec!["webhooks".to_owned()];
+            args.extend(nats.args("webhooks"));
+            args.extend(["--data-dir".to_owned(), data.clone()]);
+            args.extend(extra);
+            Proc::start("webhooks", BIN, args, vec![], root.join("webhooks.log"))
+        });
         let admin = Client::new(&base, Some(ADMIN_TOKEN));
-        let stack = Self { gateway, worker, nats, base, admin, expected_violators: Default::default(), dir: Some(dir) };
+        let stack = Self { gateway, worker, webhooks, nats, base, admin, expected_violators: Default::default(), dir: Some(dir) };
         stack.wait_host_online().await;
         stack
     }
@@ -494,6 +505,9 @@ impl Drop for Stack {
         }
         if std::thread::panicking() {
             eprintln!("{}\n{}\n{}", self.nats.proc.log_tail(20), self.worker.log_tail(60), self.gateway.log_tail(60));
+            if let Some(w) = &self.webhooks {
+                eprintln!("{}", w.log_tail(60));
+            }
             if let Some(dir) = self.dir.take() {
                 eprintln!("----- test files kept in {}", dir.keep().display());
             }

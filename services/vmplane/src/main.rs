@@ -48,6 +48,8 @@ enum Cmd {
     Gateway(GatewayArgs),
     /// Run a worker for this host against a shared NATS.
     Worker(WorkerArgs),
+    /// Deliver webhooks against a shared NATS (any number may run; one is active).
+    Webhooks(WebhooksArgs),
     /// Maintain the gateway's projections.
     Projections {
         #[command(subcommand)]
@@ -164,10 +166,49 @@ struct GatewayOpts {
     /// Hatch dialect (`/vms`): memory in MiB of a VM created without `mem_mib`.
     #[arg(long, env = "HATCH_DEFAULT_MEM_MIB", default_value_t = 512, value_parser = clap::value_parser!(u64).range(64..=vmplane_domain::spec::MAX_MEMORY_MIB))]
     hatch_default_mem_mib: u64,
-    /// Accept webhook URLs whose host is or resolves to a loopback, private,
-    /// link-local or metadata address (refused by default).
+}
+
+/// Which webhook URLs are accepted (gateway) and delivered to (deliverer).
+#[derive(Args, Clone)]
+struct WebhookUrlOpts {
+    /// Accept and deliver to webhook URLs whose host is or resolves to a
+    /// loopback, private, link-local or metadata address (refused by default).
     #[arg(long, env = "VMPLANE_WEBHOOK_ALLOW_PRIVATE")]
     webhook_allow_private: bool,
+}
+
+/// How the webhook deliverer delivers.
+#[derive(Args, Clone)]
+struct DelivererOpts {
+    /// The delay before each attempt of a delivery: comma-separated durations.
+    #[arg(long, env = "VMPLANE_WEBHOOK_RETRY_SCHEDULE", default_value = vmplane_domain::delivery::DEFAULT_SCHEDULE)]
+    webhook_retry_schedule: vmplane_domain::delivery::RetrySchedule,
+    /// An attempt taking longer than this has failed.
+    #[arg(long, env = "VMPLANE_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    webhook_timeout: Duration,
+    /// An endpoint failing this long without a success is disabled.
+    #[arg(long, env = "VMPLANE_WEBHOOK_DISABLE_AFTER", default_value = "5d", value_parser = humantime::parse_duration)]
+    webhook_disable_after: Duration,
+    /// Delivery attempts at once, in all.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    webhook_max_in_flight: u32,
+    /// Delivery attempts at once, per endpoint.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    webhook_max_per_endpoint: u32,
+}
+
+impl DelivererOpts {
+    fn config(&self, urls: &WebhookUrlOpts) -> vmplane_webhooks::DelivererConfig {
+        vmplane_webhooks::DelivererConfig {
+            schedule: self.webhook_retry_schedule.clone(),
+            timeout: self.webhook_timeout,
+            allow_private: urls.webhook_allow_private,
+            disable_after: self.webhook_disable_after,
+            max_in_flight: self.webhook_max_in_flight as usize,
+            max_per_endpoint: self.webhook_max_per_endpoint as usize,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -295,6 +336,10 @@ struct UpArgs {
     gateway: GatewayOpts,
     #[command(flatten)]
     worker: WorkerOpts,
+    #[command(flatten)]
+    urls: WebhookUrlOpts,
+    #[command(flatten)]
+    deliverer: DelivererOpts,
 }
 
 #[derive(Args)]
@@ -303,6 +348,18 @@ struct GatewayArgs {
     common: CommonArgs,
     #[command(flatten)]
     gateway: GatewayOpts,
+    #[command(flatten)]
+    urls: WebhookUrlOpts,
+}
+
+#[derive(Args)]
+struct WebhooksArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    urls: WebhookUrlOpts,
+    #[command(flatten)]
+    deliverer: DelivererOpts,
 }
 
 #[derive(Args)]
@@ -343,16 +400,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let gateway_bus = Bus::connect(&nats.url, Role::Gateway, &nats.creds(Role::Gateway)).await?;
             let worker_bus = Bus::connect(&nats.url, Role::Worker, &nats.creds(Role::Worker)).await?;
-            let gateway = gateway(gateway_bus, &a.common, &a.gateway, admin);
+            let deliverer_bus = Bus::connect(&nats.url, Role::Webhooks, &nats.creds(Role::Webhooks)).await?;
+            let gateway = gateway(gateway_bus, &a.common, &a.gateway, &a.urls, admin);
             let worker = worker(worker_bus, driver, &a.common, &a.worker, &lock);
-            // Both end on SIGTERM; the worker may still be stopping guests when the gateway is done.
-            tokio::try_join!(gateway, worker).map(drop)
+            let deliverer = vmplane_webhooks::run(deliverer_bus, a.deliverer.config(&a.urls), shutdown_signal());
+            // All end on SIGTERM; the worker may still be stopping guests when the gateway is done.
+            tokio::try_join!(gateway, worker, deliverer).map(drop)
         }
         Cmd::Gateway(a) => {
             private_dir(&a.common.data_dir)?;
             let admin = admin_token(&a.common.data_dir, false)?;
             let nats = nats::resolve(&a.common).await?;
-            gateway(Bus::connect(&nats.url, Role::Gateway, &nats.creds(Role::Gateway)).await?, &a.common, &a.gateway, admin).await
+            gateway(Bus::connect(&nats.url, Role::Gateway, &nats.creds(Role::Gateway)).await?, &a.common, &a.gateway, &a.urls, admin).await
+        }
+        Cmd::Webhooks(a) => {
+            private_dir(&a.common.data_dir)?;
+            let nats = nats::resolve(&a.common).await?;
+            let bus = Bus::connect(&nats.url, Role::Webhooks, &nats.creds(Role::Webhooks)).await?;
+            vmplane_webhooks::run(bus, a.deliverer.config(&a.urls), shutdown_signal()).await
         }
         Cmd::Worker(a) => {
             private_dir(&a.common.data_dir)?;
@@ -643,7 +708,7 @@ fn host_disk_gb(dir: &Path) -> u64 {
     }
 }
 
-async fn gateway(bus: Bus, common: &CommonArgs, opts: &GatewayOpts, admin_token: Option<String>) -> anyhow::Result<()> {
+async fn gateway(bus: Bus, common: &CommonArgs, opts: &GatewayOpts, urls: &WebhookUrlOpts, admin_token: Option<String>) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
     let proj = Projections::open(&projections_dir(&common.data_dir)).context("opening projections (is another gateway using this data dir?)")?;
     let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
@@ -654,7 +719,7 @@ async fn gateway(bus: Bus, common: &CommonArgs, opts: &GatewayOpts, admin_token:
         session_caps: SessionCaps { events: opts.max_event_streams, log_follows: opts.max_log_follows, terminals: opts.max_terminals },
         hatch: HatchConfig { default_vcpus: opts.hatch_default_vcpu, default_memory_mib: opts.hatch_default_mem_mib },
         catalog: load_catalog(&common.data_dir)?,
-        webhook_allow_private: opts.webhook_allow_private,
+        webhook_allow_private: urls.webhook_allow_private,
     };
     vmplane_gateway::serve(bus, proj, cfg, metrics, listener, shutdown_signal()).await?;
     tracing::info!("gateway stopped");
