@@ -120,7 +120,7 @@ mod tests {
         t.apply(10, &env(a, wa.to_string(), created(a, &[])));
         t.apply(11, &env(b, wb.to_string(), created(b, &[])));
         t.apply(12, &env(a, wf.to_string(), created(a, &["volume.*"])));
-        let vm = env(a, VmId::new().to_string(), Event::Vm(VmEvent::Started));
+        let vm = env(a, VmId::new().to_string(), Event::Vm(VmEvent::Ready));
         assert_eq!(t.targets(13, &vm).iter().map(|x| x.webhook).collect::<Vec<_>>(), vec![wa], "org a, matching filter");
         assert!(t.targets(10, &vm).is_empty(), "not to an endpoint created later");
 
