@@ -143,6 +143,8 @@ async fn vmplane_up_admits_only_its_users_each_to_its_own_part_and_keeps_its_fil
     // The whole path works under these permissions: a VM created over HTTP runs.
     let vm = admin_http.create_running_vm("perm-check").await;
     assert_eq!(vm["status"], "running");
+    // `up` runs a webhook deliverer too, and it took the lease.
+    wait_for("up's deliverer active", WAIT, async || if up.proc.log_mentions("this deliverer is active") { Ok(()) } else { Err(up.proc.log_tail(5)) }).await;
     // Normal operation needed nothing it was denied.
     assert!(!up.proc.log_mentions("violation"), "permission violations in normal operation:\n{}", up.proc.log_tail(80));
 
@@ -151,7 +153,7 @@ async fn vmplane_up_admits_only_its_users_each_to_its_own_part_and_keeps_its_fil
     let token = std::fs::read_to_string(up.data.join("admin-token")).unwrap();
     let hex = token.strip_prefix("vmpadmin_").expect("admin token prefix");
     assert!(hex.len() >= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()), "256 random bits, hex: {token}");
-    for f in ["admin-token", "nats/nats.conf", "nats/admin.nk", "nats/gateway.nk", "nats/worker.nk"] {
+    for f in ["admin-token", "nats/nats.conf", "nats/admin.nk", "nats/gateway.nk", "nats/worker.nk", "nats/webhooks.nk"] {
         assert_eq!(mode(&up.data.join(f)), 0o600, "{f}");
     }
     assert_eq!(shared_paths(&up.data), vec![], "files readable by group or others");
@@ -195,6 +197,17 @@ async fn vmplane_up_admits_only_its_users_each_to_its_own_part_and_keeps_its_fil
     let purged = async { purge.get_stream(subjects::EVENT_STREAM).await.map_err(|e| e.to_string())?.purge().await.map_err(|e| e.to_string()) }.await;
     assert!(purged.is_err(), "the gateway purged the event stream");
     assert!(stream_messages(&nats_admin, subjects::EVENT_STREAM).await >= events_before);
+
+    // The deliverer's user appends only webhook records: no command, no VM
+    // event, and it cannot write a webhook secret (it only reads them).
+    let webhooks = up.connect(Some("webhooks")).await.expect("the deliverer connects");
+    let (_, payload) = api_key_command(org, "from-deliverer");
+    assert!(js_publish(&webhooks, subjects::tenancy_command(org), payload).await.is_err(), "the deliverer published a command");
+    let vm_subject = subjects::vm_events(org, vmplane_domain::VmId::new());
+    assert!(js_publish(&webhooks, vm_subject, b"forged".to_vec()).await.is_err(), "the deliverer appended a VM event");
+    let secret = format!("$KV.{}.wh_x", subjects::WEBHOOK_SECRET_BUCKET);
+    assert!(js_publish(&webhooks, secret, b"forged".to_vec()).await.is_err(), "the deliverer wrote a webhook secret");
+    assert_eq!(stream_messages(&nats_admin, &format!("KV_{}", subjects::WEBHOOK_SECRET_BUCKET)).await, 0);
 
     // A role reads only its own inbox: the worker cannot listen in on the gateway's replies.
     use futures::StreamExt;

@@ -423,3 +423,62 @@ async fn a_private_address_is_refused_at_delivery() {
     }
     assert!(rx.at("p").is_empty() && rx.at("q").is_empty(), "nothing reached the loopback receiver");
 }
+
+/// An endpoint that has failed without a success for the disable period
+/// (here `--webhook-disable-after 1s`; 5 days by default) is disabled, with
+/// a `webhook.endpoint_disabled` event saying why.
+#[tokio::test]
+async fn an_endpoint_failing_for_the_disable_period_is_disabled() {
+    let stack = stack(true, &["--webhook-retry-schedule", FAST, "--webhook-disable-after", "1s"]).await;
+    let rx = Receiver::start().await;
+    let (_, c) = tenant(&stack, "failing").await;
+    rx.script("down", Box::new(|_, _| (500, vec![])));
+    let (id, _) = endpoint(&c, &rx.url("down"), json!(["vm.created"])).await;
+    let mut feed = c.sse(None).await;
+    c.create_running_vm("f").await;
+    let disabled = feed.read_until(WAIT, |e| e.event == "endpoint_disabled").await.pop().unwrap();
+    assert_eq!(disabled.data["aggregate_id"], id.as_str());
+    assert_eq!(disabled.data["event"]["data"]["reason"], "failing", "{}", disabled.data);
+    let (_, endpoint) = c.get(&format!("/v1/webhooks/{id}")).await;
+    assert_eq!(endpoint["enabled"], false, "{endpoint}");
+    let tries = rx.at("down").len();
+    assert!(tries >= 3, "it was retried until the period ran out: {tries}");
+    // Its owner enables it again; it is delivered to once more.
+    rx.script("down", Box::new(|_, _| (200, vec![])));
+    let r = c.send(c.request(Method::PATCH, &format!("/v1/webhooks/{id}")).json(&json!({ "enabled": true }))).await;
+    assert!(r.status == 200 || r.status == 202, "{r:?}");
+    c.create_running_vm("g").await;
+    rx.wait("a delivery after enabling it again", "down", |g| g.iter().any(|r| r.answered == 200)).await;
+}
+
+/// Two deliverers: one is active, the other stands by, and nothing is sent
+/// twice; when the active one stops, the other takes over.
+#[tokio::test]
+async fn a_standby_deliverer_takes_over_without_double_delivery() {
+    let mut stack = stack(true, &["--webhook-retry-schedule", FAST]).await;
+    let mut args = vec!["webhooks".to_owned()];
+    args.extend(stack.nats.args("webhooks"));
+    args.extend(["--data-dir".to_owned(), stack.data_dir().display().to_string(), "--webhook-allow-private".to_owned()]);
+    let mut standby = Proc::start("webhooks-2", BIN, args, vec![], stack.root().join("webhooks-2.log"));
+    let rx = Receiver::start().await;
+    let (_, c) = tenant(&stack, "replicas").await;
+    endpoint(&c, &rx.url("r"), json!(["vm.*"])).await;
+    wait_for("the second deliverer standing by", WAIT, async || if standby.log_mentions("standing by") { Ok(()) } else { Err(standby.log_tail(5)) }).await;
+
+    let one = c.create_running_vm("one").await;
+    let want_one = event_ids(&c, str_of(&one["id"])).await;
+    rx.wait("the first VM's events", "r", |g| want_one.iter().all(|id| g.iter().any(|r| &r.id == id))).await;
+
+    // A clean stop hands the lease over at once.
+    stack.webhooks.as_mut().unwrap().terminate().await;
+    wait_for("the standby active", WAIT, async || if standby.log_mentions("this deliverer is active") { Ok(()) } else { Err(standby.log_tail(5)) }).await;
+    let two = c.create_running_vm("two").await;
+    let want_two = event_ids(&c, str_of(&two["id"])).await;
+    let got = rx.wait("the second VM's events", "r", |g| want_two.iter().all(|id| g.iter().any(|r| &r.id == id))).await;
+    let mut ids: Vec<&str> = got.iter().map(|g| g.id.as_str()).collect();
+    let all = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "no event was delivered twice");
+    standby.terminate().await;
+}
