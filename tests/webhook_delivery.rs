@@ -482,3 +482,26 @@ async fn a_standby_deliverer_takes_over_without_double_delivery() {
     assert_eq!(ids.len(), all, "no event was delivered twice");
     standby.terminate().await;
 }
+
+/// Deliveries parked behind a failing one live in JetStream: a deliverer
+/// killed while they wait is replaced by one that sends them all, in order.
+#[tokio::test]
+async fn parked_deliveries_survive_a_killed_deliverer() {
+    let mut stack = stack(true, &["--webhook-retry-schedule", &vec!["1s"; 30].join(",")]).await;
+    let rx = Receiver::start().await;
+    let (_, c) = tenant(&stack, "parked").await;
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answer = up.clone();
+    rx.script("p", Box::new(move |_, _| (if answer.load(std::sync::atomic::Ordering::SeqCst) { 200 } else { 503 }, vec![])));
+    endpoint(&c, &rx.url("p"), json!(["vm.*"])).await;
+    let vm = c.create_running_vm("parked").await;
+    let want = event_ids(&c, str_of(&vm["id"])).await;
+    rx.wait("the first attempt refused", "p", |g| !g.is_empty()).await;
+    let webhooks = stack.webhooks.as_mut().unwrap();
+    webhooks.kill9();
+    assert!(rx.at("p").iter().all(|g| g.id == want[0]), "nothing behind the failing head was sent");
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    webhooks.respawn();
+    let got = rx.wait("every event after the restart", "p", |g| want.iter().all(|id| g.iter().any(|r| &r.id == id && r.answered == 200))).await;
+    assert_eq!(first_arrivals(got.iter().filter(|g| g.answered == 200)), want, "in order");
+}

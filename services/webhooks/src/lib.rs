@@ -48,7 +48,7 @@ pub const CONSUMER: &str = "webhooks";
 /// How long an event read from the stream may go unacknowledged before it
 /// is sent again. Events still being delivered are kept alive every third of
 /// it; an active turn that finds events its predecessor left unacknowledged
-/// waits this long before reading, so that they come first, in order.
+/// collects them (about this long) before delivering, in stream order.
 const ACK_WAIT: Duration = Duration::from_secs(6);
 
 /// How the deliverer delivers.
@@ -176,18 +176,42 @@ async fn active(bus: &Bus, cfg: &DelivererConfig, cancel: CancellationToken) -> 
     };
     let consumer: async_nats::jetstream::consumer::PullConsumer = events.create_consumer(consumer_cfg).await?;
     let floor = consumer.cached_info().ack_floor.stream_sequence;
-    let known = learn_endpoints(&shared, floor).await?;
+    let known = learn_endpoints(&shared).await?;
     let resumed = queue::resume(&shared).await?;
-    let left = consumer.cached_info().num_ack_pending;
-    if left > 0 {
-        // The stream sends due redeliveries before new events: once the
-        // predecessor's events are due again, each VM's come back in order.
-        tracing::info!(unacknowledged = left, "the previous deliverer left events in flight; waiting for them to come again first");
-        tokio::time::sleep(ACK_WAIT + Duration::from_secs(1)).await;
-    }
+    let info = consumer.cached_info();
+    let (left, last_delivered) = (info.num_ack_pending, info.delivered.stream_sequence);
     tracing::info!(endpoints = known, queues = resumed, from = floor + 1, "delivering");
     tokio::spawn(keep_alive(Arc::downgrade(&shared)));
     let mut messages = consumer.messages().await?;
+    if left > 0 {
+        // The previous deliverer left events unacknowledged. They come again
+        // once their wait runs out, but not necessarily in stream order (a
+        // kept-alive one expires last), and new events come meanwhile: hold
+        // everything until they are all back, then dispatch in stream order.
+        tracing::info!(unacknowledged = left, "the previous deliverer left events in flight; collecting them before delivering");
+        let mut held = std::collections::BTreeMap::new();
+        let mut back = std::collections::HashSet::new();
+        let deadline = tokio::time::Instant::now() + ACK_WAIT * 3;
+        while back.len() < left {
+            let msg = match tokio::time::timeout_at(deadline, messages.next()).await {
+                Ok(Some(msg)) => msg?,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(back = back.len(), left, "not every unacknowledged event came back in time; delivering what did");
+                    break;
+                }
+            };
+            let Ok(seq) = msg.info().map(|i| i.stream_sequence) else { continue };
+            if seq <= last_delivered {
+                back.insert(seq);
+            }
+            // A second copy (its wait ran out again) replaces the first.
+            held.insert(seq, msg);
+        }
+        for msg in held.into_values() {
+            dispatch(&shared, msg);
+        }
+    }
     while let Some(next) = messages.next().await {
         let msg = next?;
         dispatch(&shared, msg);
@@ -206,13 +230,12 @@ async fn keep_alive(shared: Weak<Shared>) {
     }
 }
 
-/// The endpoints as of the consumer's acknowledgement floor (later events of
-/// theirs come through the consumer itself, in order).
-async fn learn_endpoints(shared: &Arc<Shared>, floor: u64) -> anyhow::Result<usize> {
+/// Every endpoint as its events stand now, before any queue resumes (a parked
+/// queue's endpoint may be newer than the consumer's position). Events read
+/// again later change nothing, and an endpoint is sent only the events after
+/// its creation, so knowing the present early is harmless.
+async fn learn_endpoints(shared: &Arc<Shared>) -> anyhow::Result<usize> {
     use async_nats::jetstream::consumer::pull::OrderedConfig;
-    if floor == 0 {
-        return Ok(0);
-    }
     let consumer = shared
         .events
         .create_consumer(OrderedConfig { filter_subject: subjects::WEBHOOK_ENDPOINTS_ALL.into(), deliver_policy: DeliverPolicy::All, ..Default::default() })
@@ -223,9 +246,6 @@ async fn learn_endpoints(shared: &Arc<Shared>, floor: u64) -> anyhow::Result<usi
         let Some(msg) = messages.next().await else { break };
         let msg = msg?;
         let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-        if info.stream_sequence > floor {
-            break;
-        }
         pending = info.pending;
         if let Ok(env) = Envelope::decode(&msg.payload) {
             shared.endpoints.write().expect("endpoints lock").apply(info.stream_sequence, &env);
@@ -255,7 +275,9 @@ fn dispatch(shared: &Arc<Shared>, msg: async_nats::jetstream::Message) {
             return;
         }
     };
-    shared.endpoints.write().expect("endpoints lock").apply(seq, &env);
+    if matches!(env.event, Event::Webhook(_)) {
+        shared.endpoints.write().expect("endpoints lock").apply(seq, &env);
+    }
     let guard = AckGuard::new(seq, msg, shared);
     if let Event::Webhook(WebhookEvent::DeliveryRetryRequested { delivery, event_seq }) = &env.event {
         return retry_requested(shared, &env, *delivery, *event_seq, guard);
