@@ -91,7 +91,9 @@ impl Receiver {
     }
 }
 
-async fn receive(State(inbox): State<Arc<Inbox>>, Path(path): Path<String>, headers: HeaderMap, body: Bytes) -> (StatusCode, HeaderMap) {
+/// Answers as scripted; paths starting with `hang` answer after 5 s, and
+/// with `huge` carry an 8 MiB body.
+async fn receive(State(inbox): State<Arc<Inbox>>, Path(path): Path<String>, headers: HeaderMap, body: Bytes) -> (StatusCode, HeaderMap, Vec<u8>) {
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let mut got = Got {
         path: path.clone(),
@@ -103,16 +105,23 @@ async fn receive(State(inbox): State<Arc<Inbox>>, Path(path): Path<String>, head
         answered: 200,
         at: Instant::now(),
     };
-    let mut all = inbox.got.lock().unwrap();
-    let before: Vec<Got> = all.iter().filter(|g| g.path == path).cloned().collect();
-    let (status, extra) = inbox.scripts.lock().unwrap().get(&path).map_or((200, vec![]), |s| s(&got, &before));
-    got.answered = status;
-    all.push(got);
+    let (status, extra) = {
+        let mut all = inbox.got.lock().unwrap();
+        let before: Vec<Got> = all.iter().filter(|g| g.path == path).cloned().collect();
+        let (status, extra) = inbox.scripts.lock().unwrap().get(&path).map_or((200, vec![]), |s| s(&got, &before));
+        got.answered = status;
+        all.push(got);
+        (status, extra)
+    };
     let mut out = HeaderMap::new();
     for (name, value) in extra {
         out.insert(HeaderName::from_static(name), HeaderValue::from_str(&value).unwrap());
     }
-    (StatusCode::from_u16(status).unwrap(), out)
+    if path.starts_with("hang") {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let body = if path.starts_with("huge") { vec![b'x'; 8 << 20] } else { vec![] };
+    (StatusCode::from_u16(status).unwrap(), out, body)
 }
 
 /// `<aggregate>:<type>` of a received event, for messages.
@@ -504,4 +513,28 @@ async fn parked_deliveries_survive_a_killed_deliverer() {
     webhooks.respawn();
     let got = rx.wait("every event after the restart", "p", |g| want.iter().all(|id| g.iter().any(|r| &r.id == id && r.answered == 200))).await;
     assert_eq!(first_arrivals(got.iter().filter(|g| g.answered == 200)), want, "in order");
+}
+
+/// An endpoint that never answers in time, or answers with a flood, holds up
+/// no other endpoint: attempts end at `--webhook-timeout` and only the start
+/// of an answer is read.
+#[tokio::test]
+async fn a_slow_or_flooding_endpoint_holds_up_no_other() {
+    let stack = stack(true, &["--webhook-retry-schedule", "0s,200ms", "--webhook-timeout", "1s"]).await;
+    let rx = Receiver::start().await;
+    let (_, c) = tenant(&stack, "hostile").await;
+    for path in ["hang", "huge", "ok"] {
+        endpoint(&c, &rx.url(path), json!(["vm.*"])).await;
+    }
+    let mut feed = c.sse(None).await;
+    let vm = c.create_running_vm("h").await;
+    let want = event_ids(&c, str_of(&vm["id"])).await;
+    rx.wait("every event at /ok", "ok", |g| want.iter().all(|id| g.iter().any(|r| &r.id == id))).await;
+    rx.wait("every event at /huge", "huge", |g| want.iter().all(|id| g.iter().any(|r| &r.id == id))).await;
+    // The hanging endpoint's first delivery timed out twice and was given up.
+    let failed = feed.read_until(WAIT, |e| e.event == "delivery_attempted" && e.data["event"]["data"]["outcome"] == "failed").await.pop().unwrap();
+    let attempt = &failed.data["event"]["data"];
+    assert_eq!(attempt["attempt"], 2, "{attempt}");
+    assert!(str_of(&attempt["error"]).contains("timeout"), "{attempt}");
+    assert!(attempt["duration_ms"].as_u64().unwrap() < 4_000, "the attempt ended at the timeout, not the answer: {attempt}");
 }
