@@ -300,9 +300,11 @@ impl Queue {
             }
         };
         let reply = {
-            let _total = self.shared.total.acquire().await.expect("the semaphore is never closed");
+            // The endpoint's own permit first: a busy endpoint's queues wait
+            // without holding permits that other endpoints need.
             let per_endpoint = self.shared.endpoint_permits(endpoint.id);
             let _one = per_endpoint.acquire().await.expect("the semaphore is never closed");
+            let _total = self.shared.total.acquire().await.expect("the semaphore is never closed");
             let now = OffsetDateTime::now_utc();
             let signing = secrets.signing(now);
             self.shared.sender.send(&endpoint.url, &env.id.to_string(), body, &signing).await
