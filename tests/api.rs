@@ -7,6 +7,9 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
+use vmplane_domain::delivery::{AttemptOutcome, DeliveryAttempt};
+use vmplane_domain::webhook::WebhookEvent;
+use vmplane_domain::{DeliveryId, Envelope, Event, EventId, OrgId, WebhookId, subjects};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_and_every_documented_route_is_served() {
@@ -44,7 +47,24 @@ async fn health_metrics_and_every_documented_route_is_served() {
     let (st, webhook) = c.post("/v1/webhooks", &json!({ "url": format!("http://127.0.0.1:{}/hook", free_port()) })).await;
     assert_eq!(st, 201, "{webhook}");
     let webhook_id = str_of(&webhook["id"]).to_owned();
-    let ids = Ids { vm: &vm_id, op: &op_id, org: &org_id, volume: &vol_id, api_key: &key_id, template: &tpl_id, ssh_key: &ssh_key_id, webhook: &webhook_id };
+    let delivery_id = append_delivery(&stack, str_of(&webhook["org_id"]), &webhook_id).await;
+    let delivery_path = format!("/v1/webhooks/{webhook_id}/deliveries/{delivery_id}");
+    wait_for("the delivery in the projection", WAIT, async || match c.get(&delivery_path).await {
+        (200, _) => Ok(()),
+        (s, b) => Err(format!("{s} {b}")),
+    })
+    .await;
+    let ids = Ids {
+        vm: &vm_id,
+        op: &op_id,
+        org: &org_id,
+        volume: &vol_id,
+        api_key: &key_id,
+        template: &tpl_id,
+        ssh_key: &ssh_key_id,
+        webhook: &webhook_id,
+        delivery: &delivery_id,
+    };
 
     let (s, doc) = anon.get("/openapi.json").await;
     assert_eq!(s, 200, "{doc}");
@@ -78,6 +98,10 @@ async fn health_metrics_and_every_documented_route_is_served() {
         ("POST", "/v1/api-keys"),
         ("POST", "/v1/ssh-keys"),
         ("GET", "/v1/ssh-keys/{id}"),
+        ("POST", "/v1/webhooks/{id}/test"),
+        ("GET", "/v1/webhooks/{id}/deliveries"),
+        ("GET", "/v1/webhooks/{id}/deliveries/{delivery_id}"),
+        ("POST", "/v1/webhooks/{id}/deliveries/{delivery_id}/retry"),
     ] {
         assert!(calls.iter().any(|(m, p, _, _)| m == method && p == path), "{method} {path} is not documented");
     }
@@ -133,6 +157,37 @@ struct Ids<'a> {
     template: &'a str,
     ssh_key: &'a str,
     webhook: &'a str,
+    delivery: &'a str,
+}
+
+/// A delivery to endpoint `wh` of `org`, recorded as the deliverer records
+/// one (no deliverer runs here): a `webhook.delivery_attempted` event
+/// appended with its NATS role. Answers the delivery id.
+async fn append_delivery(stack: &Stack, org: &str, wh: &str) -> String {
+    let (org, wh): (OrgId, WebhookId) = (org.parse().expect("an org id"), wh.parse().expect("a webhook id"));
+    let event = EventId::new();
+    let now = time::OffsetDateTime::now_utc();
+    let attempt = DeliveryAttempt {
+        delivery_id: DeliveryId::of(event),
+        event_id: event,
+        event_seq: 1,
+        event_type: "vm.created".into(),
+        aggregate: "vm_probe".into(),
+        attempt: 1,
+        attempted_at: now,
+        status: Some(500),
+        error: None,
+        duration_ms: 3,
+        outcome: AttemptOutcome::Failed,
+        next_retry_at: None,
+        manual: false,
+    };
+    let env = Envelope::new(org, None, wh.to_string(), None, Event::Webhook(WebhookEvent::DeliveryAttempted(Box::new(attempt))), now);
+    let client = stack.nats.connect(Some("webhooks")).await.expect("connecting as the deliverer");
+    let js = vmplane_bus::async_nats::jetstream::new(client);
+    let payload = vmplane_domain::event::encode(&env).expect("an envelope encodes");
+    js.publish(subjects::webhook_deliveries(org, wh), payload.into()).await.expect("publishing").await.expect("the stream's ack");
+    DeliveryId::of(event).to_string()
 }
 
 /// `{id}`-style parameters replaced by real ids.
@@ -148,6 +203,7 @@ fn substitute(path: &str, ids: &Ids) -> String {
             Some("id") if path.starts_with("/v1/ssh-keys/") => ids.ssh_key.to_owned(),
             Some("id") if path.starts_with("/v1/webhooks/") => ids.webhook.to_owned(),
             Some("volume_id") => ids.volume.to_owned(),
+            Some("delivery_id") => ids.delivery.to_owned(),
             Some("org") => ids.org.to_owned(),
             Some(other) => panic!("no real id to substitute for {{{other}}} in {path}; teach the test"),
         })

@@ -5,7 +5,10 @@
 //! private-address URL is refused unless the gateway runs with
 //! `--webhook-allow-private`; every bad input is a 4xx that changes nothing;
 //! and the endpoints are events, so a projection rebuilt from the stream has
-//! them.
+//! them (and the same delivery history). A test event is a `webhook.test` event; deliveries are the
+//! deliverer's `webhook.delivery_attempted` events (appended here as its NATS
+//! role does: no deliverer runs in these stacks), listed, read and retried
+//! through `/v1/webhooks/{id}/deliveries`.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -13,6 +16,10 @@ mod common;
 use base64::Engine;
 use common::*;
 use serde_json::{Value, json};
+use time::OffsetDateTime;
+use vmplane_domain::delivery::{AttemptOutcome, DeliveryAttempt, DisableReason};
+use vmplane_domain::webhook::WebhookEvent;
+use vmplane_domain::{DeliveryId, Envelope, Event, EventId, OrgId, WebhookId, subjects};
 
 /// A stack whose gateway accepts loopback URLs (`--webhook-allow-private`).
 async fn permissive_stack() -> Stack {
@@ -52,6 +59,54 @@ async fn stored_secrets(stack: &Stack, id: &str) -> Value {
     let kv = vmplane_bus::async_nats::jetstream::new(client).get_key_value("vmplane_webhook_secrets").await.expect("the secrets bucket");
     let entry = kv.get(id).await.expect("reading the bucket").expect("a record for the endpoint");
     serde_json::from_slice(&entry).expect("JSON")
+}
+
+/// Append `event` of endpoint `wh` of `org` on `subject` as the deliverer
+/// does: with its NATS role.
+async fn append_as_deliverer(stack: &Stack, subject: String, org: OrgId, wh: WebhookId, event: WebhookEvent) {
+    let client = stack.nats.connect(Some("webhooks")).await.expect("connecting as the deliverer");
+    let js = vmplane_bus::async_nats::jetstream::new(client);
+    let env = Envelope::new(org, None, wh.to_string(), None, Event::Webhook(event), OffsetDateTime::now_utc());
+    let payload = vmplane_domain::event::encode(&env).expect("an envelope encodes");
+    js.publish(subject, payload.into()).await.expect("publishing").await.expect("the stream's ack");
+}
+
+/// A `webhook.delivery_attempted` of `event` (at stream sequence `seq`) to
+/// `wh`, as the deliverer appends it.
+async fn append_attempt(stack: &Stack, org: &str, wh: &str, (event, seq): (EventId, u64), n: u32, status: Option<u16>, outcome: AttemptOutcome) {
+    let (org, wh): (OrgId, WebhookId) = (org.parse().unwrap(), wh.parse().unwrap());
+    let next_retry_at = (outcome == AttemptOutcome::Retrying).then(|| OffsetDateTime::now_utc() + time::Duration::minutes(5));
+    let attempt = DeliveryAttempt {
+        delivery_id: DeliveryId::of(event),
+        event_id: event,
+        event_seq: seq,
+        event_type: "webhook.test".into(),
+        aggregate: wh.to_string(),
+        attempt: n,
+        attempted_at: OffsetDateTime::now_utc(),
+        status,
+        error: status.is_none().then(|| "connection refused".to_owned()),
+        duration_ms: 7,
+        outcome,
+        next_retry_at,
+        manual: false,
+    };
+    append_as_deliverer(stack, subjects::webhook_deliveries(org, wh), org, wh, WebhookEvent::DeliveryAttempted(Box::new(attempt))).await;
+}
+
+/// The events of `path` (`/v1/events?…`) until one satisfies `done`.
+async fn feed_until(c: &Client, path: &str, done: impl FnMut(&SseEvent) -> bool) -> Vec<SseEvent> {
+    let rb = c.request_untimed(Method::GET, path).header("accept", "text/event-stream");
+    SseStream::open(rb).await.read_until(WAIT, done).await
+}
+
+/// `GET path` until it answers `status`.
+async fn get_until(c: &Client, path: &str, what: &str, mut ok: impl FnMut(u16, &Value) -> bool) -> Value {
+    wait_for(what, WAIT, async || {
+        let (s, b) = c.get(path).await;
+        if ok(s, &b) { Ok(b) } else { Err(format!("{s} {b}")) }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,6 +306,14 @@ async fn a_rebuilt_projection_has_the_same_endpoints() {
     let (kept_id, gone_id) = (str_of(&kept["id"]).to_owned(), str_of(&gone["id"]).to_owned());
     assert_eq!(patch(&c, &format!("/v1/webhooks/{kept_id}"), &json!({ "enabled": false })).await.0, 200);
     assert_eq!(c.post_empty(&format!("/v1/webhooks/{kept_id}/rotate-secret")).await.0, 200);
+    // Deliveries: two attempts of one event to `kept`, one to `gone` (which goes with it).
+    let (org, event) = (str_of(&kept["org_id"]).to_owned(), EventId::new());
+    append_attempt(&stack, &org, &kept_id, (event, 3), 1, None, AttemptOutcome::Retrying).await;
+    append_attempt(&stack, &org, &kept_id, (event, 3), 2, Some(200), AttemptOutcome::Delivered).await;
+    append_attempt(&stack, &org, &gone_id, (event, 3), 1, Some(200), AttemptOutcome::Delivered).await;
+    let deliveries = format!("/v1/webhooks/{kept_id}/deliveries");
+    let history = get_until(&c, &deliveries, "the deliveries", |_, b| b["data"][0]["attempts"].as_array().is_some_and(|a| a.len() == 2)).await;
+    get_until(&c, &format!("/v1/webhooks/{gone_id}/deliveries"), "gone's delivery", |_, b| b["pagination"]["total_items"] == 1).await;
     assert_eq!(c.send(c.request(Method::DELETE, &format!("/v1/webhooks/{gone_id}"))).await.status, 204);
     let before = list(&c).await;
     assert_eq!(before.len(), 1);
@@ -262,10 +325,126 @@ async fn a_rebuilt_projection_has_the_same_endpoints() {
     stack.gateway.respawn();
     stack.wait_ready().await;
     assert_eq!(list(&c).await, before, "after `projections rebuild`");
+    assert_eq!(c.get(&deliveries).await.1, history, "the same delivery history");
     stack.gateway.terminate().await;
     std::fs::remove_dir_all(stack.data_dir().join("projections")).expect("removing the projections");
     stack.gateway.respawn();
     stack.wait_ready().await;
     assert_eq!(list(&c).await, before, "after replaying the stream");
     assert_eq!(c.get(&format!("/v1/webhooks/{gone_id}")).await.0, 404);
+    assert_eq!(c.get(&deliveries).await.1, history, "the same delivery history");
+    assert_eq!(c.get(&format!("/v1/webhooks/{gone_id}/deliveries")).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_events_deliveries_and_retries() {
+    let stack = permissive_stack().await;
+    let admin = &stack.admin;
+    let (org_a, org_b) = (admin.create_org("alpha").await, admin.create_org("beta").await);
+    let a = stack.client(&admin.create_key(&org_a, "a").await);
+    let b = stack.client(&admin.create_key(&org_b, "b").await);
+    let wh = create(&a, json!({ "url": "http://127.0.0.1:9/hook", "event_types": ["vm.*"] })).await;
+    let id = str_of(&wh["id"]).to_owned();
+    assert_eq!((&wh["enabled"], &wh["disabled_reason"]), (&json!(true), &Value::Null), "{wh}");
+    let deliveries = format!("/v1/webhooks/{id}/deliveries");
+    let before = a.get(&format!("/v1/webhooks/{id}")).await.1;
+
+    // A new endpoint has no deliveries.
+    let (s, page) = a.get(&deliveries).await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!((&page["data"], &page["pagination"]["total_items"], &page["pagination"]["current_page"]), (&json!([]), &json!(0), &json!(1)), "{page}");
+
+    // A test: 202 with its operation, which records a `webhook.test` event on the endpoint.
+    let (s, op) = a.post_empty(&format!("/v1/webhooks/{id}/test")).await;
+    assert_eq!(s, 202, "{op}");
+    assert_eq!(op["target_id"], id.as_str(), "{op}");
+    a.wait_op_succeeded(str_of(&op["id"])).await;
+    let feed = feed_until(&a, "/v1/events?type=webhook.test", |e| e.data["aggregate_id"] == id.as_str()).await;
+    let test = feed.last().unwrap();
+    assert_eq!((test.event.as_str(), &test.data["event"]["aggregate_type"], &test.data["operation_id"]), ("test", &json!("webhook"), &op["id"]), "{test:?}");
+    assert!(feed.iter().all(|e| e.event == "test"), "only webhook.test events: {feed:?}");
+    let (test_id, test_seq): (EventId, u64) = (str_of(&test.data["id"]).parse().unwrap(), test.id);
+
+    // The deliverer's attempts: a 500, then a 2xx.
+    let dlv = DeliveryId::of(test_id).to_string();
+    append_attempt(&stack, &org_a, &id, (test_id, test_seq), 1, Some(500), AttemptOutcome::Retrying).await;
+    let one = format!("{deliveries}/{dlv}");
+    let d = get_until(&a, &one, "the first attempt", |s, _| s == 200).await;
+    assert_eq!((&d["status"], d["next_retry_at"].is_string(), d["attempts"].as_array().map(Vec::len)), (&json!("retrying"), true, Some(1)), "{d}");
+    append_attempt(&stack, &org_a, &id, (test_id, test_seq), 2, Some(204), AttemptOutcome::Delivered).await;
+    let d = get_until(&a, &one, "the second attempt", |_, b| b["status"] == "delivered").await;
+    assert_eq!((&d["id"], &d["webhook_id"], &d["event_id"], &d["event_seq"]), (&json!(dlv), &json!(id), &test.data["id"], &json!(test_seq)), "{d}");
+    assert_eq!((&d["event_type"], &d["aggregate"], &d["next_retry_at"]), (&json!("webhook.test"), &json!(id), &Value::Null), "{d}");
+    let attempts: Vec<(Value, Value, Value, Value)> =
+        d["attempts"].as_array().unwrap().iter().map(|t| (t["attempt"].clone(), t["status"].clone(), t["outcome"].clone(), t["error"].clone())).collect();
+    assert_eq!(attempts, vec![(json!(1), json!(500), json!("retrying"), Value::Null), (json!(2), json!(204), json!("delivered"), Value::Null)]);
+    assert!(d["attempts"][0]["next_retry_at"].is_string() && d["attempts"][0]["duration_ms"] == 7, "{d}");
+    assert_eq!(d["created_at"], d["attempts"][0]["attempted_at"], "{d}");
+    // Another delivery, failing without an answer: listed first (its event is newer).
+    let later = EventId::new();
+    append_attempt(&stack, &org_a, &id, (later, test_seq + 100), 1, None, AttemptOutcome::Failed).await;
+    let page = get_until(&a, &deliveries, "two deliveries", |_, b| b["pagination"]["total_items"] == 2).await;
+    let listed: Vec<&Value> = page["data"].as_array().unwrap().iter().map(|d| &d["id"]).collect();
+    assert_eq!(listed, [&json!(DeliveryId::of(later).to_string()), &json!(dlv)], "newest first: {page}");
+    assert_eq!(page["data"][0]["attempts"][0]["error"], "connection refused", "{page}");
+    for (query, want) in [("status=delivered", vec![dlv.clone()]), ("status=failed", vec![DeliveryId::of(later).to_string()]), ("status=retrying", vec![])] {
+        let (s, p) = a.get(&format!("{deliveries}?{query}")).await;
+        assert_eq!(s, 200, "{query}: {p}");
+        let got: Vec<&str> = p["data"].as_array().unwrap().iter().map(|d| str_of(&d["id"])).collect();
+        assert_eq!((got, &p["pagination"]["total_items"]), (want.iter().map(String::as_str).collect::<Vec<_>>(), &json!(want.len())), "{query}");
+    }
+    let (s, p) = a.get(&format!("{deliveries}?limit=1&page=2")).await;
+    assert_eq!((s, p["data"][0]["id"].as_str(), &p["pagination"]["total_pages"]), (200, Some(dlv.as_str()), &json!(2)), "{p}");
+    // The endpoint's own record is not touched by its deliveries.
+    assert_eq!(a.get(&format!("/v1/webhooks/{id}")).await.1, before);
+
+    // A retry: 202 with its operation, which asks the deliverer for that event again.
+    let (s, op) = a.post_empty(&format!("{one}/retry")).await;
+    assert_eq!(s, 202, "{op}");
+    a.wait_op_succeeded(str_of(&op["id"])).await;
+    let feed = feed_until(&a, "/v1/events?type=webhook.delivery_retry_requested", |e| e.data["operation_id"] == op["id"]).await;
+    let asked = &feed.last().unwrap().data["event"]["data"];
+    assert_eq!((&asked["delivery"], &asked["event_seq"]), (&json!(dlv), &json!(test_seq)), "{asked}");
+
+    // Unknown and foreign: 404 (nothing shown); bad ids and filters: 400.
+    let unknown = format!("{deliveries}/{}", DeliveryId::of(EventId::new()));
+    for (who, what, (s, body)) in [
+        ("a", "an unknown delivery", a.get(&unknown).await),
+        ("a", "a retry of an unknown delivery", a.post_empty(&format!("{unknown}/retry")).await),
+        ("b", "A's deliveries", b.get(&deliveries).await),
+        ("b", "A's delivery", b.get(&one).await),
+        ("b", "a test of A's endpoint", b.post_empty(&format!("/v1/webhooks/{id}/test")).await),
+        ("b", "a retry of A's delivery", b.post_empty(&format!("{one}/retry")).await),
+        ("admin", "A's delivery, in another org", admin.get(&one).await),
+        ("a", "a test of an unknown endpoint", a.post_empty(&format!("/v1/webhooks/{}/test", WebhookId::new())).await),
+        ("a", "deliveries of an unknown endpoint", a.get(&format!("/v1/webhooks/{}/deliveries", WebhookId::new())).await),
+    ] {
+        assert_eq!((s, body["code"].as_str()), (404, Some("not_found")), "{who}: {what}: {body}");
+        assert!(!body.to_string().contains("127.0.0.1:9"), "{what} shows nothing of it: {body}");
+    }
+    for (what, (s, body), code) in [
+        ("a bad delivery id", a.get(&format!("{deliveries}/dlv_nope")).await, "invalid_id"),
+        ("a delivery id of another kind", a.get(&format!("{deliveries}/{id}")).await, "invalid_id"),
+        ("a bad endpoint id", a.get("/v1/webhooks/wh_nope/deliveries").await, "invalid_id"),
+        ("a retry with a bad id", a.post_empty(&format!("{deliveries}/dlv_nope/retry")).await, "invalid_id"),
+        ("a test with a bad id", a.post_empty("/v1/webhooks/wh_nope/test").await, "invalid_id"),
+        ("an unknown status", a.get(&format!("{deliveries}?status=lost")).await, "invalid_query"),
+        ("an unknown parameter", a.get(&format!("{deliveries}?state=failed")).await, "invalid_query"),
+        ("a zero limit", a.get(&format!("{deliveries}?limit=0")).await, "invalid_query"),
+    ] {
+        assert_eq!((s, body["code"].as_str()), (400, Some(code)), "{what}: {body}");
+    }
+    assert_eq!(
+        b.get(&format!("/v1/webhooks/{}/deliveries", str_of(&create(&b, json!({ "url": "http://127.0.0.1:9/b" })).await["id"]))).await.1["data"],
+        json!([])
+    );
+
+    // Disabled by its deliveries (410): `enabled: false` with the reason, until its owner enables it again.
+    let (org, wh_id): (OrgId, WebhookId) = (org_a.parse().unwrap(), id.parse().unwrap());
+    append_as_deliverer(&stack, subjects::webhook_events(org, wh_id), org, wh_id, WebhookEvent::EndpointDisabled { reason: DisableReason::Gone }).await;
+    let w = get_until(&a, &format!("/v1/webhooks/{id}"), "the endpoint disabled", |_, b| b["enabled"] == false).await;
+    assert_eq!(w["disabled_reason"], "gone", "{w}");
+    assert_eq!(list(&a).await[0]["disabled_reason"], "gone");
+    let (s, w) = patch(&a, &format!("/v1/webhooks/{id}"), &json!({ "enabled": true })).await;
+    assert_eq!((s, &w["enabled"], &w["disabled_reason"]), (200, &json!(true), &Value::Null), "{w}");
 }

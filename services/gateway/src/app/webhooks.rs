@@ -1,7 +1,9 @@
 //! Webhook endpoints of the caller's org: create, list, read, change,
-//! rotate the secret of, delete. Another org's endpoint is not found, never
+//! rotate the secret of, delete, send a test event to; and their deliveries:
+//! list, read, retry. Another org's endpoint or delivery is not found, never
 //! shown. Commands go through the command stream to the control-plane
-//! consumer (as SSH keys do).
+//! consumer (as SSH keys do); deliveries are the deliverer's
+//! `webhook.delivery_attempted` events, folded by the projection.
 //!
 //! **Where the secrets live.** Events are readable by the org's subscribers,
 //! and commands by every worker, so neither carries a secret. The gateway
@@ -14,14 +16,16 @@
 //! either answers the secret stored by the first attempt).
 
 use super::accept::{Submission, accepted_before, submit};
-use super::{Accepted, Allocation, App, AppError, AppResult, Operation, Principal};
+use super::{Accepted, Allocation, App, AppError, AppResult, Listed, Operation, Principal, Window};
+pub use crate::projection::webhooks::{Attempt, Delivery};
 use async_nats::jetstream::kv;
 use base64::Engine;
 use std::net::IpAddr;
 use std::time::Duration;
 use time::OffsetDateTime;
+use vmplane_domain::delivery::AttemptOutcome;
 use vmplane_domain::webhook::{self, CheckedUrl, SECRET_PREFIX, SecretRecord, Webhook, WebhookChange, WebhookCommand, WebhookError};
-use vmplane_domain::{Command, WebhookId, subjects};
+use vmplane_domain::{Command, DeliveryId, WebhookId, subjects};
 
 /// Random bytes in a secret (the issue asks for at least 24).
 const SECRET_BYTES: usize = 32;
@@ -142,6 +146,45 @@ pub async fn delete(app: &App, who: &Principal, alloc: Allocation, id: WebhookId
         tracing::warn!(webhook = %id, error = %e, "the deleted webhook's secrets were not removed");
     }
     Ok(operation)
+}
+
+/// Send an endpoint of the caller's org a `webhook.test` event (the
+/// deliverer delivers it to this endpoint only, whatever its filter).
+pub async fn test(app: &App, who: &Principal, alloc: Allocation, id: WebhookId) -> AppResult<Operation> {
+    if let Some(operation) = accepted_before(app, alloc.op())?.filter(|o| o.target_id == id.to_string()) {
+        return Ok(operation);
+    }
+    let current = get(app, who, id)?;
+    let command = WebhookCommand::Test { id, org: who.org };
+    webhook::decide(Some(&current), &command).map_err(refusal)?;
+    submit_webhook(app, who, alloc, command).await
+}
+
+/// The deliveries to an endpoint of the caller's org, newest event first,
+/// only those whose last attempt ended with `status` when one is given.
+pub fn deliveries(app: &App, who: &Principal, id: WebhookId, status: Option<AttemptOutcome>, window: Window) -> AppResult<Listed<Delivery>> {
+    get(app, who, id)?;
+    let (items, total) = app.proj.webhook_deliveries(who.org, id, status, window.offset, window.limit)?;
+    Ok(Listed { items, total })
+}
+
+/// One delivery to an endpoint of the caller's org.
+pub fn delivery(app: &App, who: &Principal, id: WebhookId, delivery: DeliveryId) -> AppResult<Delivery> {
+    get(app, who, id)?;
+    app.proj.webhook_delivery(who.org, id, delivery)?.ok_or_else(|| AppError::NotFound(format!("delivery {delivery} of webhook {id}")))
+}
+
+/// Ask the deliverer to attempt a delivery again now, whatever its state
+/// (delivered, retrying or failed); it is recorded as a manual attempt.
+pub async fn retry_delivery(app: &App, who: &Principal, alloc: Allocation, id: WebhookId, dlv: DeliveryId) -> AppResult<Operation> {
+    if let Some(operation) = accepted_before(app, alloc.op())?.filter(|o| o.target_id == id.to_string()) {
+        return Ok(operation);
+    }
+    let current = get(app, who, id)?;
+    let found = delivery(app, who, id, dlv)?;
+    let command = WebhookCommand::RetryDelivery { id, org: who.org, delivery: dlv, event_seq: found.event_seq };
+    webhook::decide(Some(&current), &command).map_err(refusal)?;
+    submit_webhook(app, who, alloc, command).await
 }
 
 /// `whsec_` + base64 of [`SECRET_BYTES`] random bytes.

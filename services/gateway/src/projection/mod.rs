@@ -8,7 +8,8 @@
 //! One tree, prefixed keys: `vm/<id>`, `vmidx/<org>/<id>`, `vmevt/<id>/<seq>`,
 //! `op/<id>`, `org/<id>`, `prj/<org>/<id>`, `key/<id>`, `host/<id>`,
 //! `hostuse/<id>`, `vol/<id>`, `volidx/<org>/<id>`, `tpl/<id>`, `tplidx/<org>/<id>`,
-//! `sshkey/<org>/<id>`, `wh/<org>/<id>`, and `meta/applied`.
+//! `sshkey/<org>/<id>`, `wh/<org>/<id>`, `whdlv/<org>/<webhook>/<delivery>`, and
+//! `meta/applied`.
 
 pub mod hosts;
 pub mod operations;
@@ -222,6 +223,13 @@ impl<'a> Txn<'a> {
     pub(crate) fn remove(&mut self, key: Vec<u8>) {
         self.batch.remove(key.clone());
         self.overlay.insert(key, None);
+    }
+
+    /// Remove every key starting with `prefix` (as committed before this event).
+    pub(crate) fn remove_prefix(&mut self, prefix: &[u8]) {
+        for k in self.tree.scan_prefix(prefix).keys().flatten() {
+            self.remove(k.to_vec());
+        }
     }
 
     fn commit(self) -> sled::Result<()> {

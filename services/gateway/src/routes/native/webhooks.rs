@@ -1,20 +1,23 @@
-//! `/v1/webhooks`: the caller's org's webhook endpoints. The signing secret
-//! (`whsec_…`) is in the creation's and the rotation's answer only.
+//! `/v1/webhooks`: the caller's org's webhook endpoints, their test events
+//! and their deliveries. The signing secret (`whsec_…`) is in the
+//! creation's and the rotation's answer only.
 
-use super::error::{ApiResult, ErrorBody};
-use super::extract::{Json, PathId};
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::{Json, Path, PathId, Query};
+use super::pagination::{Page, PageQuery};
 use crate::AppState;
-use crate::app::webhooks::{self, NewWebhook, WithSecret};
+use crate::app::webhooks::{self, Attempt, Delivery, NewWebhook, WithSecret};
 use crate::app::{Accepted, Allocation, OpStatus, Operation, Principal};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
+use vmplane_domain::delivery::{AttemptOutcome, DisableReason};
 use vmplane_domain::webhook::{Webhook, WebhookChange};
-use vmplane_domain::{OrgId, WebhookId};
+use vmplane_domain::{DeliveryId, EventId, OrgId, WebhookId};
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -22,6 +25,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_webhook, list_webhooks))
         .routes(routes!(get_webhook, update_webhook, delete_webhook))
         .routes(routes!(rotate_webhook_secret))
+        .routes(routes!(test_webhook))
+        .routes(routes!(list_webhook_deliveries))
+        .routes(routes!(get_webhook_delivery))
+        .routes(routes!(retry_webhook_delivery))
 }
 
 /// `POST /v1/webhooks` body.
@@ -59,7 +66,12 @@ pub struct WebhookView {
     pub url: String,
     pub event_types: Vec<String>,
     pub description: Option<String>,
+    /// False once disabled by its owner, or by deliveries (see `disabled_reason`).
     pub enabled: bool,
+    /// Why deliveries disabled the endpoint: `gone` (it answered 410) or
+    /// `failing` (it failed for days); null otherwise, and once its owner
+    /// enables it again.
+    pub disabled_reason: Option<DisableReason>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
@@ -88,6 +100,7 @@ impl From<Webhook> for WebhookView {
             event_types: w.event_types,
             description: w.description,
             enabled: w.enabled,
+            disabled_reason: w.disabled_reason,
             created_at: w.created_at,
             updated_at: w.updated_at,
             previous_secret_expires_at: w.previous_secret_expires_at,
@@ -107,6 +120,130 @@ impl From<WithSecret> for WebhookView {
     fn from(w: WithSecret) -> Self {
         Self { secret: Some(w.secret), ..w.accepted.into() }
     }
+}
+
+/// One event's delivery to an endpoint: the outcome of its last attempt,
+/// and its attempts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryView {
+    /// `dlv_` + the event's ulid.
+    pub id: DeliveryId,
+    pub webhook_id: WebhookId,
+    /// The event delivered: the `webhook-id` header of every attempt.
+    pub event_id: EventId,
+    /// Its stream sequence (the SSE id).
+    pub event_seq: u64,
+    /// Its qualified type (`vm.running`).
+    pub event_type: String,
+    /// The aggregate it belongs to (`vm_…`); an endpoint gets one aggregate's events in order.
+    pub aggregate: String,
+    /// The last attempt's outcome: `delivered`, `retrying`, `failed` (the
+    /// retry schedule is spent) or `endpoint_disabled`.
+    pub status: AttemptOutcome,
+    /// The last 50 attempts, oldest first.
+    pub attempts: Vec<AttemptView>,
+    /// When the next automatic attempt is due (with `retrying`).
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub next_retry_at: Option<OffsetDateTime>,
+    /// The first attempt's time.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    /// The last attempt's time.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: OffsetDateTime,
+}
+
+/// One attempt of a delivery.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptView {
+    /// 1 for the first.
+    pub attempt: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub attempted_at: OffsetDateTime,
+    /// The HTTP status the endpoint answered; null without an answer.
+    pub status: Option<u16>,
+    /// Why there was no usable answer (timeout, refused connection, refused address, …).
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    pub outcome: AttemptOutcome,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub next_retry_at: Option<OffsetDateTime>,
+    /// Asked for with `POST /v1/webhooks/{id}/deliveries/{delivery_id}/retry`.
+    pub manual: bool,
+}
+
+impl From<Attempt> for AttemptView {
+    fn from(a: Attempt) -> Self {
+        Self {
+            attempt: a.attempt,
+            attempted_at: a.attempted_at,
+            status: a.status,
+            error: a.error,
+            duration_ms: a.duration_ms,
+            outcome: a.outcome,
+            next_retry_at: a.next_retry_at,
+            manual: a.manual,
+        }
+    }
+}
+
+impl From<Delivery> for DeliveryView {
+    fn from(d: Delivery) -> Self {
+        Self {
+            id: d.id,
+            webhook_id: d.webhook,
+            event_id: d.event_id,
+            event_seq: d.event_seq,
+            event_type: d.event_type,
+            aggregate: d.aggregate,
+            status: d.status,
+            attempts: d.attempts.into_iter().map(AttemptView::from).collect(),
+            next_retry_at: d.next_retry_at,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+        }
+    }
+}
+
+/// Paging and filter of `GET /v1/webhooks/{id}/deliveries`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListDeliveriesQuery {
+    pub page: Option<u64>,
+    pub limit: Option<u64>,
+    /// Only deliveries whose last attempt ended so: `delivered`, `retrying`,
+    /// `failed` or `endpoint_disabled`.
+    pub status: Option<String>,
+}
+
+/// `/v1/webhooks/{id}/deliveries/{delivery_id}`.
+#[derive(Debug, Deserialize)]
+pub struct DeliveryPath {
+    id: String,
+    delivery_id: String,
+}
+
+fn parse_delivery_path(p: &DeliveryPath) -> ApiResult<(WebhookId, DeliveryId)> {
+    let id = p.id.parse().map_err(|e| ApiError::BadRequest("invalid_id", format!("`{}`: {e}", p.id)))?;
+    let delivery = p.delivery_id.parse().map_err(|e| ApiError::BadRequest("invalid_id", format!("`{}`: {e}", p.delivery_id)))?;
+    Ok((id, delivery))
+}
+
+fn parse_outcome(s: &str) -> ApiResult<AttemptOutcome> {
+    Ok(match s {
+        "delivered" => AttemptOutcome::Delivered,
+        "retrying" => AttemptOutcome::Retrying,
+        "failed" => AttemptOutcome::Failed,
+        "endpoint_disabled" => AttemptOutcome::EndpointDisabled,
+        _ => {
+            return Err(ApiError::BadRequest("invalid_query", format!("unknown status `{s}` (delivered, retrying, failed, endpoint_disabled)")));
+        }
+    })
 }
 
 fn settled(operation: &Operation, done: StatusCode) -> StatusCode {
@@ -180,4 +317,57 @@ async fn rotate_webhook_secret(
 ) -> ApiResult<(StatusCode, axum::Json<WebhookView>)> {
     let rotated = webhooks::rotate_secret(&state.app, &who, alloc, id).await?;
     Ok((settled(&rotated.accepted.operation, StatusCode::OK), axum::Json(rotated.into())))
+}
+
+/// Send the endpoint a `webhook.test` event (delivered to this endpoint
+/// only, whatever its `event_types`): 202 with the operation that records it.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks", params(("id" = String, Path, description = "webhook id")),
+    responses((status = 202, body = Operation), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn test_webhook(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<WebhookId>,
+) -> ApiResult<(StatusCode, axum::Json<Operation>)> {
+    Ok((StatusCode::ACCEPTED, axum::Json(webhooks::test(&state.app, &who, alloc, id).await?)))
+}
+
+/// The endpoint's deliveries, newest event first: each with its attempts
+/// (time, HTTP status or error, duration, next retry).
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path, description = "webhook id"), ListDeliveriesQuery),
+    responses((status = 200, body = Page<DeliveryView>), (status = "4XX", body = ErrorBody)))]
+async fn list_webhook_deliveries(
+    State(state): State<AppState>,
+    who: Principal,
+    PathId(id): PathId<WebhookId>,
+    Query(q): Query<ListDeliveriesQuery>,
+) -> ApiResult<axum::Json<Page<DeliveryView>>> {
+    let pq = PageQuery::new(q.page, q.limit)?;
+    let status = q.status.as_deref().map(parse_outcome).transpose()?;
+    let listed = webhooks::deliveries(&state.app, &who, id, status, pq.window())?;
+    Ok(axum::Json(pq.page(listed.items.into_iter().map(DeliveryView::from).collect(), listed.total)))
+}
+
+/// One delivery to the endpoint, with its attempts.
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries/{delivery_id}", tag = "webhooks",
+    params(("id" = String, Path, description = "webhook id"), ("delivery_id" = String, Path, description = "delivery id (`dlv_…`)")),
+    responses((status = 200, body = DeliveryView), (status = "4XX", body = ErrorBody)))]
+async fn get_webhook_delivery(State(state): State<AppState>, who: Principal, Path(p): Path<DeliveryPath>) -> ApiResult<axum::Json<DeliveryView>> {
+    let (id, delivery) = parse_delivery_path(&p)?;
+    Ok(axum::Json(webhooks::delivery(&state.app, &who, id, delivery)?.into()))
+}
+
+/// Attempt a delivery again now, whatever its state (recorded as a manual
+/// attempt): 202 with the operation that asks the deliverer.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/retry", tag = "webhooks",
+    params(("id" = String, Path, description = "webhook id"), ("delivery_id" = String, Path, description = "delivery id (`dlv_…`)")),
+    responses((status = 202, body = Operation), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn retry_webhook_delivery(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    Path(p): Path<DeliveryPath>,
+) -> ApiResult<(StatusCode, axum::Json<Operation>)> {
+    let (id, delivery) = parse_delivery_path(&p)?;
+    Ok((StatusCode::ACCEPTED, axum::Json(webhooks::retry_delivery(&state.app, &who, alloc, id, delivery).await?)))
 }
