@@ -538,3 +538,48 @@ async fn a_slow_or_flooding_endpoint_holds_up_no_other() {
     assert!(str_of(&attempt["error"]).contains("timeout"), "{attempt}");
     assert!(attempt["duration_ms"].as_u64().unwrap() < 4_000, "the attempt ended at the timeout, not the answer: {attempt}");
 }
+
+/// `POST /v1/webhooks/{id}/test` reaches the endpoint as a signed
+/// `webhook.test`; the deliveries list shows each attempt; a manual retry
+/// sends a delivered event again, with the same `webhook-id`.
+#[tokio::test]
+async fn test_events_the_deliveries_list_and_manual_retries() {
+    let stack = stack(true, &["--webhook-retry-schedule", FAST]).await;
+    let rx = Receiver::start().await;
+    let (_, c) = tenant(&stack, "manual").await;
+    let (id, secret) = endpoint(&c, &rx.url("m"), json!(["vm.created"])).await;
+
+    let (s, b) = c.post_empty(&format!("/v1/webhooks/{id}/test")).await;
+    assert_eq!(s, 202, "{b}");
+    let got = rx.wait("the test event", "m", |g| !g.is_empty()).await;
+    assert_eq!(got[0].json["type"], "test", "{}", got[0].json);
+    assert_eq!(got[0].json["event"]["aggregate_type"], "webhook");
+    assert_eq!(got[0].json["aggregate_id"], id.as_str());
+    assert!(verify(&secret, &got[0].id, &got[0].timestamp, &got[0].body, &got[0].signature));
+
+    let vm = c.create_running_vm("m").await;
+    let created = event_ids(&c, str_of(&vm["id"])).await[0].clone();
+    rx.wait("the VM's created", "m", |g| g.iter().any(|r| r.id == created)).await;
+    let delivery = format!("dlv_{}", created.strip_prefix("evt_").unwrap());
+    let record = wait_for("the delivery recorded", WAIT, async || {
+        let (s, b) = c.get(&format!("/v1/webhooks/{id}/deliveries/{delivery}")).await;
+        if s == 200 && b["status"] == "delivered" { Ok(b) } else { Err(format!("{s} {b}")) }
+    })
+    .await;
+    assert_eq!(record["event_id"], created.as_str(), "{record}");
+    assert_eq!(record["attempts"][0]["status"], 200, "{record}");
+    let (s, list) = c.get(&format!("/v1/webhooks/{id}/deliveries")).await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(2), "the test and the created: {list}");
+
+    // A manual retry sends it again, same webhook-id, and is recorded as manual.
+    let (s, b) = c.post_empty(&format!("/v1/webhooks/{id}/deliveries/{delivery}/retry")).await;
+    assert_eq!(s, 202, "{b}");
+    rx.wait("the retried delivery", "m", |g| g.iter().filter(|r| r.id == created).count() == 2).await;
+    wait_for("the manual attempt recorded", WAIT, async || {
+        let (_, b) = c.get(&format!("/v1/webhooks/{id}/deliveries/{delivery}")).await;
+        let attempts = b["attempts"].as_array().cloned().unwrap_or_default();
+        if attempts.iter().any(|a| a["manual"] == true && a["status"] == 200) { Ok(()) } else { Err(b.to_string()) }
+    })
+    .await;
+}
