@@ -1,5 +1,5 @@
-//! The `vmplane` binary: `up` runs everything for one machine; `gateway` and
-//! `worker` run the parts against a shared NATS; `projections rebuild`
+//! The `vmplane` binary: `up` runs everything for one machine; `gateway`,
+//! `worker` and `webhooks` run the parts against a shared NATS; `projections rebuild`
 //! replays the event stream into a fresh projection store; `nats init` writes
 //! the NATS users and server configuration of an installation.
 //!
@@ -42,7 +42,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run everything for one machine: a local nats-server (unless --nats-url), the gateway and one worker.
+    /// Run everything for one machine: a local nats-server (unless --nats-url), the gateway, one worker and a webhook deliverer.
     Up(UpArgs),
     /// Run the HTTP gateway against a shared NATS.
     Gateway(GatewayArgs),
