@@ -203,6 +203,37 @@ fn verify(secret: &str, id: &str, timestamp: &str, body: &[u8], header: &str) ->
     header.split(' ').filter_map(|s| s.strip_prefix("v1,")).filter_map(|s| b64.decode(s).ok()).any(|sig| sig.as_slice() == expected.as_slice())
 }
 
+// ---------------------------------------------------------------- CPU time
+
+/// User + system CPU time of a process so far (`/proc/<pid>/stat`).
+fn cpu_of(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_micros(ticks * 1_000_000 / hz))
+}
+
+/// CPU time so far of each process of the cluster, and of the bench itself.
+fn cpu_now(c: &Cluster) -> Vec<(&'static str, Option<Duration>)> {
+    let pid = |p: &Option<Proc>| p.as_ref().and_then(|p| cpu_of(p.child.id()));
+    vec![
+        ("nats-server", pid(&c.nats)),
+        ("gateway", pid(&c.gateway)),
+        ("worker", pid(&c.worker)),
+        ("webhooks (deliverer)", pid(&c.webhooks)),
+        ("vmplane-bench (clients, receiver, SSE)", cpu_of(std::process::id())),
+    ]
+}
+
+/// CPU used by each process between two snapshots.
+fn cpu_used(before: &[(&'static str, Option<Duration>)], after: &[(&'static str, Option<Duration>)]) -> Vec<(&'static str, Option<Duration>)> {
+    before.iter().zip(after).map(|((n, b), (_, a))| (*n, a.zip(*b).map(|(a, b)| a.saturating_sub(b)))).collect()
+}
+
 // ---------------------------------------------------------------- one row
 
 /// The figures of one row.
@@ -221,6 +252,8 @@ struct Row {
     hook_minus_sse: Stats,
     /// Of those, how many came by webhook first.
     hook_first: usize,
+    /// p50 lags by event type, in the order of a VM's first events: (type, SSE, webhook).
+    by_type: Vec<(String, Stats, Stats)>,
     sse_span: Duration,
     hook_span: Duration,
     /// The last first-receipt of a burst event by webhook.
@@ -237,6 +270,10 @@ struct Row {
     /// Receipt instants more than 5 minutes from `webhook-timestamp`.
     bad_timestamps: usize,
     load: String,
+    /// CPU time per process over the measured window (live: burst start ->
+    /// all delivered; backlog: deliverer start -> all delivered), and the window.
+    cpu: Vec<(&'static str, Option<Duration>)>,
+    cpu_window: Duration,
     errors: Errors,
 }
 
@@ -414,6 +451,8 @@ async fn run_row(args: &WebhookArgs, per_endpoint: u32) -> Result<Row> {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ");
     eprintln!("vmplane-bench: webhooks: burst of {} VMs by {} clients (load {load})", args.webhook_vms, args.concurrency);
     let deadline = Instant::now() + limit;
+    let mut cpu_before = cpu_now(&cluster);
+    let mut window = Instant::now();
     let posted = Instant::now();
     let (vms, e) = create_vms(&api, "wh", args.webhook_vms, args.concurrency, deadline).await;
     let post_wall = posted.elapsed();
@@ -436,11 +475,17 @@ async fn run_row(args: &WebhookArgs, per_endpoint: u32) -> Result<Row> {
         ensure!(receiver.inbox.lock().expect("inbox lock").iter().all(|g| g.seen.as_ref().is_none_or(|s| !vms.contains(&s.aggregate))), "a burst event was delivered while the deliverer was stopped");
         eprintln!("vmplane-bench: webhooks: backlog of {} VMs appended; starting the deliverer", vms.len());
         restarted = Some(OffsetDateTime::now_utc());
+        window = Instant::now();
         cluster.webhooks = Some(deliverer("webhooks-2.log")?);
+        cpu_before = cpu_now(&cluster);
+        // The new process's CPU counts from zero.
+        cpu_before[3].1 = Some(Duration::ZERO);
     }
     if !wait_both(&mut cluster, &feed, &receiver.inbox, &vms, deadline).await? {
         errors.add("webhooks: not every burst event arrived on both paths within the phase time limit");
     }
+    let cpu = cpu_used(&cpu_before, &cpu_now(&cluster));
+    let cpu_window = window.elapsed();
     // Late duplicates would come now.
     tokio::time::sleep(Duration::from_secs(1)).await;
     cluster.check_alive()?;
@@ -492,10 +537,20 @@ async fn run_row(args: &WebhookArgs, per_endpoint: u32) -> Result<Row> {
     let mut order: Vec<&(OffsetDateTime, Seen)> = sse.values().collect();
     order.sort_by_key(|(_, s)| s.time);
     let (mut sse_lag, mut hook_lag, mut hook_minus_sse, mut hook_first) = (Stats::default(), Stats::default(), Stats::default(), 0);
+    let mut by_type: Vec<(String, Stats, Stats)> = Vec::new();
     for (at, s) in order {
         sse_lag.push(since(s.time, *at));
+        let t = match by_type.iter().position(|(k, _, _)| *k == s.kind) {
+            Some(i) => i,
+            None => {
+                by_type.push((s.kind.clone(), Stats::default(), Stats::default()));
+                by_type.len() - 1
+            }
+        };
+        by_type[t].1.push(since(s.time, *at));
         if let Some((hat, _)) = hook.get(s.id.as_str()) {
             hook_lag.push(since(s.time, *hat));
+            by_type[t].2.push(since(s.time, *hat));
             if hat >= at {
                 hook_minus_sse.push(since(*at, *hat));
             } else {
@@ -515,6 +570,7 @@ async fn run_row(args: &WebhookArgs, per_endpoint: u32) -> Result<Row> {
         hook_lag,
         hook_minus_sse,
         hook_first,
+        by_type,
         sse_span: since(first_append, last_sse),
         hook_span: since(first_append, last_hook),
         hook_last: hook.values().map(|(at, _)| *at).max(),
@@ -527,6 +583,8 @@ async fn run_row(args: &WebhookArgs, per_endpoint: u32) -> Result<Row> {
         bad_bodies,
         bad_timestamps,
         load,
+        cpu,
+        cpu_window,
         errors,
     };
     drop(api);
@@ -594,6 +652,11 @@ pub async fn run(args: WebhookArgs) -> Result<bool> {
             if r.hook_first > 0 {
                 writeln!(o, "  ({} events came by webhook before the SSE feed had them)", r.hook_first)?;
             }
+            write!(o, "p50 lag by event type, SSE / webhook (ms):")?;
+            for (kind, sse, hook) in &r.by_type {
+                write!(o, " {kind} {} / {};", ms(sse.p50()), ms(hook.p50()))?;
+            }
+            writeln!(o)?;
         }
         writeln!(o, "{:<44} {:>6} {:>9} {:>11}", "throughput", "events", "wall s", "per second")?;
         let mut spans = vec![("SSE: first append -> last receipt", r.events, r.sse_span)];
@@ -607,6 +670,17 @@ pub async fn run(args: WebhookArgs) -> Result<bool> {
         for (label, n, span) in spans {
             writeln!(o, "{:<44} {:>6} {:>9.3} {:>11.1}", label, n, span.as_secs_f64(), n as f64 / span.as_secs_f64().max(1e-9))?;
         }
+        write!(o, "CPU over the {:.3} s window (s):", r.cpu_window.as_secs_f64())?;
+        for (name, used) in &r.cpu {
+            match used {
+                Some(d) => write!(o, " {name} {:.2};", d.as_secs_f64())?,
+                None => write!(o, " {name} -;")?,
+            }
+        }
+        if let Some((_, Some(d))) = r.cpu.get(3) {
+            write!(o, " deliverer {:.0} us per delivery", d.as_secs_f64() * 1e6 / r.hook_distinct.max(1) as f64)?;
+        }
+        writeln!(o)?;
         writeln!(
             o,
             "checks: duplicates {}, missing {}, unexpected {}; signatures verified {} (failed {}), bodies not the event of webhook-id {}, webhook-timestamp off by > 5 min {}",
