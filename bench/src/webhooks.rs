@@ -327,7 +327,8 @@ async fn wait_both(cluster: &mut Cluster, feed: &Feed, inbox: &Inbox, vms: &Hash
         let (sse_ids, sse_done) = {
             let f = feed.lock().expect("feed lock");
             let ids: HashSet<String> = f.iter().filter(|(_, s)| vms.contains(&s.aggregate)).map(|(_, s)| s.id.clone()).collect();
-            let done = f.iter().filter(|(_, s)| vms.contains(&s.aggregate) && s.kind == "operation_finished").map(|(_, s)| &s.aggregate).collect::<HashSet<_>>().len();
+            let done =
+                f.iter().filter(|(_, s)| vms.contains(&s.aggregate) && s.kind == "operation_finished").map(|(_, s)| &s.aggregate).collect::<HashSet<_>>().len();
             (ids, done)
         };
         let (hook_ids, hook_done) = {
@@ -430,16 +431,16 @@ async fn run_row(args: &WebhookArgs, per_endpoint: u32) -> Result<Row> {
     let sse_http = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let reader = tokio::spawn(read_feed(sse_http, cluster.base.clone(), cluster.admin_token.clone(), feed.clone(), feed_errors.clone()));
 
-    eprintln!(
-        "vmplane-bench: webhooks: host {host} online, deliverer started (--webhook-max-per-endpoint {per_endpoint}); {} warm-up VMs",
-        args.warmup
-    );
+    eprintln!("vmplane-bench: webhooks: host {host} online, deliverer started (--webhook-max-per-endpoint {per_endpoint}); {} warm-up VMs", args.warmup);
     let deadline = Instant::now() + limit;
     let (warm, e) = create_vms(&api, "whwarm", args.warmup, args.concurrency, deadline).await;
     errors.merge(e);
     let warm: HashSet<String> = warm.into_iter().collect();
     if !wait_both(&mut cluster, &feed, &receiver.inbox, &warm, deadline).await? {
-        bail!("the warm-up VMs' events did not all arrive by webhook and SSE within {limit:?}; end of the deliverer's log:\n{}", crate::tail(&dir.join("webhooks.log"), 25));
+        bail!(
+            "the warm-up VMs' events did not all arrive by webhook and SSE within {limit:?}; end of the deliverer's log:\n{}",
+            crate::tail(&dir.join("webhooks.log"), 25)
+        );
     }
 
     if args.backlog {
@@ -472,7 +473,10 @@ async fn run_row(args: &WebhookArgs, per_endpoint: u32) -> Result<Row> {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        ensure!(receiver.inbox.lock().expect("inbox lock").iter().all(|g| g.seen.as_ref().is_none_or(|s| !vms.contains(&s.aggregate))), "a burst event was delivered while the deliverer was stopped");
+        ensure!(
+            receiver.inbox.lock().expect("inbox lock").iter().all(|g| g.seen.as_ref().is_none_or(|s| !vms.contains(&s.aggregate))),
+            "a burst event was delivered while the deliverer was stopped"
+        );
         eprintln!("vmplane-bench: webhooks: backlog of {} VMs appended; starting the deliverer", vms.len());
         restarted = Some(OffsetDateTime::now_utc());
         window = Instant::now();
