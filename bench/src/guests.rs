@@ -638,6 +638,7 @@ pub async fn run(args: GuestArgs) -> Result<bool> {
         keep_tmp: args.keep_tmp,
         accept_wait_ms: None,
         vmplane_log: &args.vmplane_log,
+        gateway_args: Vec::new(),
         worker_args,
         worker_env: vec![("VMPLANE_IMAGES_SRC", images_src.display().to_string())],
     })

@@ -2,7 +2,8 @@
 //! JetStream publish-with-ack, in one process and one run, on loopback
 //! (`vmplane-bench` or `vmplane-bench api`), and real guests booted through
 //! vmplane's qemu driver next to bare qemu and libvirt (`vmplane-bench guests`,
-//! see `guests.rs`).
+//! see `guests.rs`), and webhook delivery next to the SSE feed
+//! (`vmplane-bench webhooks`, see `webhooks.rs`).
 //!
 //! `api` starts its own `nats-server -js` (temp store, free loopback port), then
 //! `vmplane gateway` and `vmplane worker --driver sim` (zero simulated delays)
@@ -29,6 +30,7 @@
 mod bare;
 mod guests;
 mod libvirt;
+mod webhooks;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use async_nats::jetstream::{self, stream};
@@ -55,7 +57,7 @@ const SIM_PORTS: usize = 10_000;
 #[derive(Parser, Debug)]
 #[command(
     name = "vmplane-bench",
-    about = "vmplane benchmarks: API latency and throughput against raw JetStream (default, or `api`), real guest boots against bare qemu and libvirt (`guests`)",
+    about = "vmplane benchmarks: API latency and throughput against raw JetStream (default, or `api`), real guest boots against bare qemu and libvirt (`guests`), webhook delivery against the SSE feed (`webhooks`)",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -72,6 +74,8 @@ enum Cmd {
     Api(ApiArgs),
     /// Real guests (qemu driver): POST /v1/vms -> readiness line next to bare qemu and libvirt, standby/restore, capacity.
     Guests(guests::GuestArgs),
+    /// Webhook delivery (`vmplane webhooks`) to a local receiver: events/s and append -> receipt lag, beside the SSE feed's.
+    Webhooks(webhooks::WebhookArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -138,6 +142,7 @@ async fn main() {
             None => run(cli.api).await,
             Some(Cmd::Api(args)) => run(args).await,
             Some(Cmd::Guests(args)) => guests::run(args).await,
+            Some(Cmd::Webhooks(args)) => webhooks::run(args).await,
         }
     };
     // Dropping the run future (on a signal) drops the Cluster (and the guests
@@ -235,6 +240,8 @@ fn tail(path: &Path, lines: usize) -> String {
 struct Cluster {
     gateway: Option<Proc>,
     worker: Option<Proc>,
+    /// The webhook deliverer, when a bench starts one.
+    webhooks: Option<Proc>,
     nats: Option<Proc>,
     tmp: Option<tempfile::TempDir>,
     keep_tmp: bool,
@@ -247,15 +254,15 @@ struct Cluster {
 
 impl Cluster {
     fn check_alive(&mut self) -> Result<()> {
-        for p in [&mut self.nats, &mut self.gateway, &mut self.worker].into_iter().flatten() {
+        for p in [&mut self.nats, &mut self.gateway, &mut self.worker, &mut self.webhooks].into_iter().flatten() {
             p.check_alive()?;
         }
         Ok(())
     }
 
     fn stop(&mut self) {
-        // The two vmplane processes stop in parallel, then NATS.
-        for p in [&mut self.gateway, &mut self.worker].into_iter().flatten() {
+        // The vmplane processes stop in parallel, then NATS.
+        for p in [&mut self.gateway, &mut self.worker, &mut self.webhooks].into_iter().flatten() {
             if let Ok(None) = p.child.try_wait() {
                 // SAFETY: as in Proc::stop.
                 unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM) };
@@ -263,6 +270,7 @@ impl Cluster {
         }
         drop(self.gateway.take());
         drop(self.worker.take());
+        drop(self.webhooks.take());
         drop(self.nats.take());
         if let Some(tmp) = self.tmp.take()
             && self.keep_tmp
@@ -305,6 +313,8 @@ struct ClusterSpec<'a> {
     keep_tmp: bool,
     accept_wait_ms: Option<u64>,
     vmplane_log: &'a str,
+    /// Extra arguments of the gateway.
+    gateway_args: Vec<OsString>,
     /// The worker's arguments after `worker --nats-url URL --data-dir DIR`.
     worker_args: Vec<OsString>,
     /// Extra environment for the worker.
@@ -337,6 +347,7 @@ async fn start(args: &ApiArgs) -> Result<Cluster> {
         keep_tmp: args.keep_tmp,
         accept_wait_ms: args.accept_wait_ms,
         vmplane_log: &args.vmplane_log,
+        gateway_args: Vec::new(),
         worker_args,
         worker_env: Vec::new(),
     })
@@ -357,6 +368,7 @@ async fn start_cluster(spec: ClusterSpec<'_>) -> Result<Cluster> {
     let mut c = Cluster {
         gateway: None,
         worker: None,
+        webhooks: None,
         nats: None,
         tmp: Some(tmp),
         keep_tmp: spec.keep_tmp,
@@ -404,6 +416,7 @@ async fn start_cluster(spec: ClusterSpec<'_>) -> Result<Cluster> {
     if let Some(ms) = spec.accept_wait_ms {
         gw_args.extend([os("--accept-wait-ms"), os(&ms.to_string())]);
     }
+    gw_args.extend(spec.gateway_args);
     c.gateway = Some(Proc::spawn("vmplane gateway", &vmplane, &gw_args, &env, dir.join("gateway.log"))?);
     let mut wk_args: Vec<OsString> = vec![
         os("worker"),
