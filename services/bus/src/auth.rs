@@ -242,6 +242,8 @@ pub enum Credentials {
     NkeySeed(PathBuf),
     /// A NATS credentials file (user JWT and seed), for servers in operator mode.
     JwtCreds(PathBuf),
+    /// An NKey seed held in memory (read from a `join.json`).
+    Seed(String),
 }
 
 impl Credentials {
@@ -268,14 +270,16 @@ impl Credentials {
                 Ok(ConnectOptions::with_nkey(seed.trim().to_owned()))
             }
             Self::JwtCreds(path) => ConnectOptions::with_credentials_file(path).await.map_err(|e| BusError::Other(format!("{}: {e}", path.display()))),
+            Self::Seed(seed) => Ok(ConnectOptions::with_nkey(seed.trim().to_owned())),
         }
     }
 }
 
-/// The user and password of a URL's userinfo, percent-decoded. async-nats
-/// parses them but does not send them by itself.
+/// The user and password of a URL's userinfo (the first of a
+/// comma-separated list), percent-decoded. async-nats parses them but does
+/// not send them by itself.
 pub fn url_user(url: &str) -> Option<(String, String)> {
-    let addr: async_nats::ServerAddr = url.parse().ok()?;
+    let addr: async_nats::ServerAddr = url.split(',').next()?.trim().parse().ok()?;
     let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
     addr.username().map(|u| (decode(u), decode(addr.password().unwrap_or_default())))
 }
@@ -335,6 +339,12 @@ mod tests {
         let gw = Role::Gateway.permissions().unwrap();
         assert!(gw.subscribe.contains(&"_INBOX_gateway.>".to_owned()));
         assert!(!gw.subscribe.iter().any(|s| s.starts_with("_INBOX_worker")));
+    }
+
+    #[test]
+    fn a_user_and_password_in_the_first_of_several_urls_are_found() {
+        assert_eq!(url_user("nats://u:p%40@a:4222, nats://b:4222"), Some(("u".into(), "p@".into())));
+        assert_eq!(url_user("nats://a:4222,nats://u:p@b:4222"), None, "the first URL's userinfo counts");
     }
 
     #[test]

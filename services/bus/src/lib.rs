@@ -83,9 +83,14 @@ pub struct Bus {
 }
 
 impl Bus {
-    /// Connect as `role` with `creds`, retrying the first connection until it
-    /// succeeds, and keep reconnecting forever after that.
+    /// Connect as `role` with `creds` to `url` (one URL, or several
+    /// comma-separated: the nodes of a cluster), retrying the first
+    /// connection until it succeeds, and keep reconnecting forever after that.
     pub async fn connect(url: &str, role: auth::Role, creds: &auth::Credentials) -> Result<Self, BusError> {
+        let servers = url
+            .split(',')
+            .map(|u| u.trim().parse::<async_nats::ServerAddr>().map_err(|e| BusError::Other(format!("NATS URL `{}`: {e}", u.trim()))))
+            .collect::<Result<Vec<_>, _>>()?;
         let client = creds
             .options(url)
             .await?
@@ -96,7 +101,7 @@ impl Bus {
             .max_reconnects(None)
             .reconnect_delay_callback(|attempt| Duration::from_millis((100 * 2u64.saturating_pow(attempt.min(5) as u32)).min(2_000)))
             .event_callback(|ev| async move { tracing::info!(event = %ev, "nats connection") })
-            .connect(url)
+            .connect(servers)
             .await
             .map_err(unavailable)?;
         let js = jetstream::ContextBuilder::new().timeout(REQUEST_TIMEOUT).build(client.clone());

@@ -138,6 +138,10 @@ struct CommonArgs {
     /// writes one per role) or a NATS `.creds` file (user JWT and seed).
     #[arg(long, env = "NATS_CREDS")]
     nats_creds: Option<PathBuf>,
+    /// Join the control plane whose `vmplane up` wrote this `join.json`
+    /// (its NATS URLs and this role's credentials) instead of --nats-url/--nats-creds.
+    #[arg(long, conflicts_with_all = ["nats_url", "nats_creds"])]
+    join: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -397,6 +401,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if nats.is_local() {
                 // Only the admin may bring existing streams up to date.
                 Bus::connect(&nats.url, Role::Admin, &nats.creds(Role::Admin)).await?.ensure_topology().await?;
+                nats::Join::write(&a.common.data_dir, &nats)?;
             }
             let gateway_bus = Bus::connect(&nats.url, Role::Gateway, &nats.creds(Role::Gateway)).await?;
             let worker_bus = Bus::connect(&nats.url, Role::Worker, &nats.creds(Role::Worker)).await?;

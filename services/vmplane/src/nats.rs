@@ -171,6 +171,8 @@ pub struct Connection {
     pub url: String,
     /// Credentials per role: a local server's own, or `--nats-creds` for every role.
     creds: Option<NatsFiles>,
+    /// Credentials per role from a `join.json`.
+    joined: Option<std::collections::HashMap<Role, Credentials>>,
     given: Credentials,
     /// The local server, when we started it.
     child: Option<NatsChild>,
@@ -184,16 +186,72 @@ impl Connection {
 
     /// The credentials `role` connects with.
     pub fn creds(&self, role: Role) -> Credentials {
-        match &self.creds {
-            Some(files) => files.creds(role),
-            None => self.given.clone(),
+        match (&self.creds, &self.joined) {
+            (Some(files), _) => files.creds(role),
+            (None, Some(joined)) => joined.get(&role).cloned().unwrap_or_default(),
+            (None, None) => self.given.clone(),
         }
     }
 }
 
-/// The NATS to use: `--nats-url` with `--nats-creds`, or a local server
-/// started from the data dir (initialised on first use).
+/// What another process needs to join a control plane (`<data-dir>/join.json`,
+/// written by `vmplane up`, mode 0600): the NATS URLs and, per role, the NKey
+/// seed it connects with. Only roles that run next to a gateway are in it
+/// (worker, gateway, webhooks), never the admin.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Join {
+    /// The format's version.
+    pub version: u32,
+    pub nats_urls: Vec<String>,
+    /// Role name (`worker`, `gateway`, `webhooks`) to NKey seed.
+    pub credentials: std::collections::BTreeMap<String, String>,
+}
+
+/// The roles a `join.json` carries.
+const JOINING_ROLES: [Role; 3] = [Role::Worker, Role::Gateway, Role::Webhooks];
+
+impl Join {
+    /// Where `vmplane up` writes it.
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("join.json")
+    }
+
+    /// Write the file for a local server's connection (0600).
+    pub fn write(data_dir: &Path, conn: &Connection) -> anyhow::Result<()> {
+        let mut credentials = std::collections::BTreeMap::new();
+        for role in JOINING_ROLES {
+            let seed = match conn.creds(role) {
+                Credentials::NkeySeed(path) => std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+                Credentials::Seed(seed) => seed,
+                // Password users and operator-mode creds are the operator's to hand out.
+                Credentials::None | Credentials::JwtCreds(_) => return Ok(()),
+            };
+            credentials.insert(role.name().to_owned(), seed.trim().to_owned());
+        }
+        let join = Join { version: 1, nats_urls: conn.url.split(',').map(str::to_owned).collect(), credentials };
+        write_private(&Self::path(data_dir), &serde_json::to_vec_pretty(&join)?, false)
+    }
+
+    fn read(path: &Path) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let join: Join = serde_json::from_slice(&bytes).with_context(|| format!("{} is not the join.json `vmplane up` writes", path.display()))?;
+        if join.version != 1 || join.nats_urls.is_empty() {
+            bail!("{}: version {} with {} NATS URLs; this build reads version 1 with at least one", path.display(), join.version, join.nats_urls.len());
+        }
+        Ok(join)
+    }
+}
+
+/// The NATS to use: `--join` (a `join.json`), `--nats-url` with
+/// `--nats-creds`, or a local server started from the data dir (initialised
+/// on first use, on the port it had before when that is free).
 pub async fn resolve(common: &crate::CommonArgs) -> anyhow::Result<Connection> {
+    if let Some(path) = &common.join {
+        let join = Join::read(path)?;
+        let given = Credentials::None;
+        let roles = join.credentials.into_iter().filter_map(|(role, seed)| Some((role.parse::<Role>().ok()?, Credentials::Seed(seed)))).collect();
+        return Ok(Connection { url: join.nats_urls.join(","), creds: None, joined: Some(roles), given, child: None });
+    }
     let given = match &common.nats_creds {
         Some(path) => Credentials::from_file(path)?,
         None => Credentials::None,
@@ -205,15 +263,19 @@ pub async fn resolve(common: &crate::CommonArgs) -> anyhow::Result<Connection> {
                     "connecting to NATS without credentials (--nats-creds, or user:password in --nats-url): only a server that accepts anonymous clients lets us in"
                 );
             }
-            Ok(Connection { url: url.clone(), creds: None, given, child: None })
+            Ok(Connection { url: url.clone(), creds: None, joined: None, given, child: None })
         }
         None => {
             let files = NatsFiles::new(&common.data_dir.join("nats"));
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let listen = format!("127.0.0.1:{port}");
+            // The port of the last run, so a join.json handed out stays good; else any free one.
+            let previous = files.read_config().ok().and_then(|c| c["listen"].as_str().map(str::to_owned));
+            let listen = match previous.filter(|l| std::net::TcpListener::bind(l.as_str()).is_ok()) {
+                Some(l) => l,
+                None => format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()),
+            };
             files.init(&listen, &files.dir, "vmplane")?;
             let child = start(&files, &listen).await?;
-            Ok(Connection { url: format!("nats://{listen}"), creds: Some(files), given, child: Some(child) })
+            Ok(Connection { url: format!("nats://{listen}"), creds: Some(files), joined: None, given, child: Some(child) })
         }
     }
 }
