@@ -261,8 +261,9 @@ impl Queue {
         }
     }
 
-    /// Take an item in; `false` when it is already here (a redelivery, or a
-    /// retry request for a waiting delivery, which makes it due now).
+    /// Take an item in; whether the queue changed. A retry request for a
+    /// delivery already waiting here makes it due now (a change); a
+    /// redelivery of one is dropped (no change).
     fn take(&mut self, item: Item) -> bool {
         if let Some(existing) = self.items.iter_mut().find(|i| i.event_id == item.event_id) {
             if item.manual {
