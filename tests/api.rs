@@ -54,7 +54,9 @@ async fn health_metrics_and_every_documented_route_is_served() {
         (s, b) => Err(format!("{s} {b}")),
     })
     .await;
+    let host_id = str_of(&stack.wait_host_online().await["id"]).to_owned();
     let ids = Ids {
+        host: &host_id,
         vm: &vm_id,
         op: &op_id,
         org: &org_id,
@@ -149,6 +151,7 @@ async fn health_metrics_and_every_documented_route_is_served() {
 }
 
 struct Ids<'a> {
+    host: &'a str,
     vm: &'a str,
     op: &'a str,
     org: &'a str,
@@ -196,6 +199,7 @@ fn substitute(path: &str, ids: &Ids) -> String {
         .map(|seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
             None => seg.to_owned(),
             Some("id") if path.starts_with("/v1/vms/") => ids.vm.to_owned(),
+            Some("id") if path.starts_with("/v1/hosts/") => ids.host.to_owned(),
             Some("id") if path.starts_with("/v1/operations/") => ids.op.to_owned(),
             Some("id") if path.starts_with("/v1/volumes/") => ids.volume.to_owned(),
             Some("id") if path.starts_with("/v1/api-keys/") => ids.api_key.to_owned(),

@@ -103,3 +103,70 @@ async fn a_worker_and_a_gateway_join_through_join_json() {
     second.terminate().await;
     up.terminate().await;
 }
+
+/// An admin cordons a host: new VMs go elsewhere, its status says
+/// `cordoned`, and with every host cordoned a create is a 409 naming why;
+/// uncordoned, it takes VMs again. Only the admin may, and only a known host.
+#[tokio::test]
+async fn a_cordoned_host_takes_no_new_vms() {
+    let stack = Stack::start().await;
+    let mut args = vec!["worker".to_owned()];
+    args.extend(stack.nats.args("worker"));
+    args.extend(
+        [
+            "--data-dir",
+            &stack.root().join("second").display().to_string(),
+            "--driver",
+            "sim",
+            "--host-name",
+            "second",
+            "--sim-boot-delay-ms",
+            "20",
+            "--sim-ready-delay-ms",
+            "20",
+        ]
+        .map(str::to_owned),
+    );
+    let mut second = Proc::start("second worker", BIN, args, vec![], stack.root().join("second.log"));
+    let c = &stack.admin;
+    let hosts = wait_for("two hosts online", WAIT, async || {
+        let hosts = online_hosts(c).await;
+        if hosts.len() == 2 { Ok(hosts) } else { Err(second.log_tail(5)) }
+    })
+    .await;
+    let second_id = str_of(&hosts.iter().find(|h| h["name"] == "second").unwrap()["id"]).to_owned();
+    let first_id = str_of(&hosts.iter().find(|h| h["name"] != "second").unwrap()["id"]).to_owned();
+
+    // Only the admin, only a known host.
+    let org = c.create_org("tenant").await;
+    let tenant = stack.client(&c.create_key(&org, "k").await);
+    let (s, b) = tenant.post_empty(&format!("/v1/hosts/{first_id}/cordon")).await;
+    assert_eq!(s, 403, "{b}");
+    let (s, b) = c.post_empty(&format!("/v1/hosts/{}/cordon", vmplane_domain::HostId::new())).await;
+    assert_eq!(s, 404, "{b}");
+    let (s, b) = c.post_empty("/v1/hosts/not-a-host/cordon").await;
+    assert_eq!(s, 400, "{b}");
+
+    let cordon = async |host: &str, action: &str| {
+        let (s, b) = c.post_empty(&format!("/v1/hosts/{host}/{action}")).await;
+        assert_eq!(s, 202, "{action}: {b}");
+        c.wait_op_succeeded(str_of(&b["id"])).await;
+    };
+    cordon(&first_id, "cordon").await;
+    let (_, hosts) = c.get("/v1/hosts").await;
+    let first = hosts.as_array().unwrap().iter().find(|h| h["id"] == first_id.as_str()).unwrap().clone();
+    assert_eq!((first["status"].as_str(), first["cordoned"].as_bool()), (Some("cordoned"), Some(true)), "{first}");
+    for i in 0..3 {
+        let vm = c.create_running_vm(&format!("c{i}")).await;
+        assert_eq!(vm["host_id"], second_id.as_str(), "a new VM avoids the cordoned host");
+    }
+
+    cordon(&second_id, "cordon").await;
+    let (s, b) = c.post("/v1/vms", &json!({ "name": "nowhere" })).await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("host_cordoned")), "{b}");
+
+    cordon(&first_id, "uncordon").await;
+    let vm = c.create_running_vm("back").await;
+    assert_eq!(vm["host_id"], first_id.as_str(), "the uncordoned host takes VMs again");
+    second.terminate().await;
+}

@@ -1,6 +1,6 @@
 //! The command envelope: what the gateway appends to the command stream.
 
-use crate::host::HostCommand;
+use crate::host::{CordonCommand, HostCommand};
 use crate::ids::{HostId, OpId, OrgId, ProjectId, TemplateId, VmId, VolumeId};
 use crate::ssh_key::SshKeyCommand;
 use crate::template::TemplateCommand;
@@ -44,4 +44,7 @@ pub enum Command {
     SshKey { command: SshKeyCommand },
     /// Executed by any worker, from the same consumer as tenancy commands.
     Webhook { command: WebhookCommand },
+    /// Executed by any worker, from the same consumer as tenancy commands
+    /// (a host that is offline can be cordoned too).
+    Cordon { host: HostId, command: CordonCommand },
 }

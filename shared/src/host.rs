@@ -218,6 +218,10 @@ pub enum HostEvent {
     ImageImported { image: ImageInfo },
     /// An import failed; nothing was added.
     ImageImportFailed { name: String, message: String },
+    /// An admin cordoned the host: no new VMs or volumes are placed there.
+    Cordoned,
+    /// An admin uncordoned the host.
+    Uncordoned,
 }
 
 impl HostEvent {
@@ -227,6 +231,8 @@ impl HostEvent {
             Self::Registered { .. } => "host_registered",
             Self::ImageImported { .. } => "image_imported",
             Self::ImageImportFailed { .. } => "image_import_failed",
+            Self::Cordoned => "host_cordoned",
+            Self::Uncordoned => "host_uncordoned",
         }
     }
 }
@@ -262,7 +268,43 @@ pub fn evolve(info: &mut HostInfo, event: &HostEvent) {
             info.images.push(image.clone());
             info.images.sort_by(|a, b| a.name.cmp(&b.name));
         }
-        HostEvent::ImageImportFailed { .. } => {}
+        // Whether the host takes new VMs is the read side's ([`Host::cordoned`]), not what the worker announced.
+        HostEvent::ImageImportFailed { .. } | HostEvent::Cordoned | HostEvent::Uncordoned => {}
+    }
+}
+
+/// Fold one event into a host as the read side keeps it.
+pub fn evolve_host(host: &mut Host, event: &HostEvent) {
+    match event {
+        HostEvent::Cordoned => host.cordoned = true,
+        HostEvent::Uncordoned => host.cordoned = false,
+        ev => evolve(&mut host.info, ev),
+    }
+}
+
+/// A cordon or an uncordon of a host (admin), carried out by any worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CordonCommand {
+    Cordon,
+    Uncordon,
+}
+
+impl CordonCommand {
+    /// The event it appends (always: a repeated cordon changes nothing but is recorded).
+    pub fn event(self) -> HostEvent {
+        match self {
+            Self::Cordon => HostEvent::Cordoned,
+            Self::Uncordon => HostEvent::Uncordoned,
+        }
+    }
+
+    /// The operation kind shown in operations.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Cordon => "cordon_host",
+            Self::Uncordon => "uncordon_host",
+        }
     }
 }
 
@@ -273,6 +315,9 @@ pub struct Host {
     pub info: HostInfo,
     #[serde(with = "time::serde::rfc3339")]
     pub registered_at: OffsetDateTime,
+    /// Cordoned by an admin: nothing new is placed here.
+    #[serde(default)]
+    pub cordoned: bool,
 }
 
 /// Resources a VM takes from its host.

@@ -357,6 +357,10 @@ impl VmQueues {
                 let message = "a webhook command was addressed to a host; no worker carries it out there";
                 record_operation_failed(&self.exec.bus, Some(command.org()), op, &command.id().to_string(), "misrouted", message.into()).await
             }
+            Command::Cordon { host, .. } => {
+                let message = "a cordon was addressed to a host's own consumer; no worker carries it out there";
+                record_operation_failed(&self.exec.bus, None, op, &host.to_string(), "misrouted", message.into()).await
+            }
         }
     }
 
@@ -378,6 +382,7 @@ impl VmQueues {
             Command::Webhook { command } => {
                 record_operation_failed(&self.exec.bus, Some(command.org()), op, &target_of(&env.command), code, message.into()).await
             }
+            Command::Cordon { .. } => record_operation_failed(&self.exec.bus, None, op, &target_of(&env.command), code, message.into()).await,
         };
         match result {
             // The aggregate's events cannot be read: end the operation on its own subject.
@@ -478,6 +483,7 @@ fn target_of(command: &Command) -> String {
         Command::Template { template, .. } => template.to_string(),
         Command::SshKey { command } => command.id().to_string(),
         Command::Webhook { command } => command.id().to_string(),
+        Command::Cordon { host, .. } => host.to_string(),
     }
 }
 

@@ -6,17 +6,18 @@
 //! A command the domain refuses, cannot be read, or went past its delivery
 //! limit ends its operation as failed (`operation_failed`).
 
-use crate::aggregate::{TemplateAggregate, record_operation_failed};
+use crate::aggregate::{HostAggregate, TemplateAggregate, record_operation_failed};
 use crate::{KeepAlive, WorkerConfig, backoff_delay, consumer_config, deliveries, delivery_limit_message, give_up_undecodable, pull_forever};
 use async_nats::jetstream::{AckKind, Message};
 use time::OffsetDateTime;
 use vmplane_bus::{Bus, BusError, decode_command};
 use vmplane_domain::event::{Envelope, Event};
+use vmplane_domain::host::CordonCommand;
 use vmplane_domain::ssh_key::{self, SshKey, SshKeyCommand, SshKeyError};
 use vmplane_domain::template::{self, TemplateCommand};
 use vmplane_domain::tenancy::{self, TenancyCommand, TenancyError};
 use vmplane_domain::webhook::{self, Webhook, WebhookCommand, WebhookError};
-use vmplane_domain::{Command, CommandEnvelope, OrgId, TemplateId, subjects};
+use vmplane_domain::{Command, CommandEnvelope, HostId, OrgId, ProjectId, TemplateId, subjects};
 
 /// Consume tenancy commands forever.
 pub async fn consume(bus: Bus, cfg: WorkerConfig) -> anyhow::Result<()> {
@@ -56,6 +57,7 @@ async fn handle(bus: &Bus, msg: &Message, delivered: i64, max_deliveries: i64) -
         Command::SshKey { command } => return handle_ssh_key(bus, env.op, command, delivered, max_deliveries).await,
         Command::Webhook { command } => return handle_webhook(bus, env.op, command, delivered, max_deliveries).await,
         Command::Template { template, ref command } => return handle_template(bus, &env, template, command, delivered, max_deliveries).await,
+        Command::Cordon { host, command } => return handle_cordon(bus, env.op, host, command, delivered, max_deliveries).await,
         _ => {
             let message = "a host's command was addressed to the tenancy consumer; no worker carries it out there";
             return record_operation_failed(bus, Some(env.org), env.op, &env.org.to_string(), "misrouted", message.into()).await;
@@ -187,6 +189,25 @@ async fn handle_webhook(bus: &Bus, op: vmplane_domain::OpId, command: WebhookCom
     let out = Envelope::new(org, None, target.clone(), Some(op), Event::Webhook(event), OffsetDateTime::now_utc());
     // Another command on the endpoint got in first (a conflict): the redelivery decides again.
     bus.append(&subject, &out, history.last().map_or(0, |(seq, _)| *seq)).await.map(drop)
+}
+
+/// Cordon or uncordon a host: appended after the host's last event (a
+/// registration racing it makes the append fail, and the redelivery decides
+/// again); a host that never registered is not found.
+async fn handle_cordon(bus: &Bus, op: vmplane_domain::OpId, host: HostId, command: CordonCommand, delivered: i64, max_deliveries: i64) -> Result<(), BusError> {
+    let fail = async |code: &str, message: String| record_operation_failed(bus, None, op, &host.to_string(), code, message).await;
+    if delivered > max_deliveries {
+        return fail("delivery_limit", delivery_limit_message(delivered)).await;
+    }
+    let mut agg = HostAggregate::load(bus, OrgId::DEFAULT, host).await?;
+    if agg.state.is_none() {
+        return fail("not_found", format!("host {host} is not registered")).await;
+    }
+    if bus.load(&agg.subject).await?.iter().any(|(_, e)| e.operation == Some(op)) {
+        tracing::info!(%op, "cordon already applied");
+        return Ok(());
+    }
+    agg.append(bus, ProjectId::DEFAULT, Some(op), command.event()).await
 }
 
 /// Carry out a template command: fold the template's history, decide, and

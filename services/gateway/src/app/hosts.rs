@@ -6,12 +6,13 @@
 //! its ports by (the marketplace's host nodes). What each org uses is not:
 //! the admin sees every org's use of a host, an API key its own org's only.
 
+use super::accept::{Submission, accepted_before, submit};
 use super::placement::projected_taken;
-use super::{Actor, App, AppError, AppResult, Principal};
+use super::{Actor, Allocation, App, AppError, AppResult, Operation, Principal};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
-use vmplane_domain::HostId;
-use vmplane_domain::host::{self, Host, PortRange, Resources};
+use vmplane_domain::host::{self, CordonCommand, Host, PortRange, Resources};
+use vmplane_domain::{Command, HostId, OrgId, ProjectId};
 
 /// A host as the caller may see it.
 #[derive(Debug, Clone)]
@@ -47,6 +48,18 @@ pub fn list(app: &App, who: &Principal) -> AppResult<Vec<HostUsage>> {
 pub fn get(app: &App, who: &Principal, id: HostId) -> AppResult<HostUsage> {
     let host = app.proj.hosts()?.into_iter().find(|h| h.id == id).ok_or_else(|| AppError::NotFound(format!("host {id}")))?;
     usage(app, who, host)
+}
+
+/// Cordon a host (nothing new is placed there) or uncordon it (admin). Any
+/// worker carries it out, so an offline host can be cordoned too.
+pub async fn cordon(app: &App, who: &Principal, alloc: Allocation, id: HostId, command: CordonCommand) -> AppResult<Operation> {
+    who.require_admin()?;
+    if let Some(operation) = accepted_before(app, alloc.op())?.filter(|o| o.target_id == id.to_string()) {
+        return Ok(operation);
+    }
+    get(app, who, id)?;
+    let submission = Submission::to_org(alloc, OrgId::DEFAULT, ProjectId::DEFAULT, command.kind(), id.to_string(), Command::Cordon { host: id, command });
+    submit(app, who, submission).await
 }
 
 fn usage(app: &App, who: &Principal, host: Host) -> AppResult<HostUsage> {

@@ -53,6 +53,8 @@ pub(super) enum Unfit {
     VolumesElsewhere,
     /// The request names another host.
     NotTheNamedHost,
+    /// An admin cordoned the host.
+    Cordoned,
 }
 
 /// What a new resource takes from its host, recorded when it is accepted.
@@ -209,6 +211,10 @@ pub(super) async fn place(
                 continue;
             }
             online = true;
+            if host.cordoned {
+                reason = Some(reason.map_or(Unfit::Cordoned, |r| r.min(Unfit::Cordoned)));
+                continue;
+            }
             let (ledger, revision) = load(&store, host.id).await?;
             let taken = taken(app, host.id, &ledger, id, claim.wants_addresses())?;
             let unfit = match check(&host, &taken) {
@@ -263,6 +269,7 @@ fn refusal(online: bool, reason: Option<Unfit>) -> AppError {
         Some(Unfit::OtherRegion(code)) => AppError::Invalid("region_not_served", format!("no online host serves region `{code}`")),
         Some(Unfit::VolumesElsewhere) => AppError::Unavailable("the host holding the volumes this vm attaches is not online".into()),
         Some(Unfit::NotTheNamedHost) => AppError::Conflict("host_offline", "the host named is not online".into()),
+        Some(Unfit::Cordoned) => AppError::Conflict("host_cordoned", "every online host that could take this is cordoned".into()),
         Some(Unfit::NoGpu(count, model)) => AppError::Conflict(
             "insufficient_gpus",
             match model {

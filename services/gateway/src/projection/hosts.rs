@@ -20,10 +20,10 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope, ev: &HostEvent) {
     let k = key(&[&"host", &id]);
     let host = match (txn.get::<Host>(&k), ev) {
         (Some(mut h), _) => {
-            host::evolve(&mut h.info, ev);
+            host::evolve_host(&mut h, ev);
             h
         }
-        (None, HostEvent::Registered { info }) => Host { id, info: info.clone(), registered_at: env.time },
+        (None, HostEvent::Registered { info }) => Host { id, info: info.clone(), registered_at: env.time, cordoned: false },
         (None, _) => return,
     };
     txn.put(k, &host);

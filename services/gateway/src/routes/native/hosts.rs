@@ -2,21 +2,23 @@
 //! caller may see of them: see `app::hosts`).
 
 use super::error::{ApiResult, ErrorBody};
+use super::extract::PathId;
 use crate::AppState;
-use crate::app::Principal;
 use crate::app::hosts::{self, HostUsage};
+use crate::app::{Allocation, Operation, Principal};
 use axum::extract::State;
+use axum::http::StatusCode;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use vmplane_domain::HostId;
-use vmplane_domain::host::{HostInfo, PortRange, Resources};
+use vmplane_domain::host::{CordonCommand, HostInfo, PortRange, Resources};
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_hosts))
+    OpenApiRouter::new().routes(routes!(list_hosts)).routes(routes!(cordon_host)).routes(routes!(uncordon_host))
 }
 
 /// A host as the API shows it.
@@ -25,8 +27,11 @@ pub struct HostView {
     pub id: HostId,
     #[serde(flatten)]
     pub info: HostInfo,
-    /// `online` while heartbeats arrive, else `offline`.
+    /// `online` while heartbeats arrive, `cordoned` when it also takes
+    /// nothing new (admin), else `offline`.
     pub status: &'static str,
+    /// Cordoned by an admin: no new VMs or volumes are placed here.
+    pub cordoned: bool,
     #[serde(with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_heartbeat: Option<OffsetDateTime>,
@@ -52,7 +57,12 @@ impl From<HostUsage> for HostView {
     fn from(h: HostUsage) -> Self {
         Self {
             id: h.host.id,
-            status: if h.online { "online" } else { "offline" },
+            status: match (h.online, h.host.cordoned) {
+                (false, _) => "offline",
+                (true, true) => "cordoned",
+                (true, false) => "online",
+            },
+            cordoned: h.host.cordoned,
             last_heartbeat: h.last_heartbeat,
             used: h.used,
             available: h.available,
@@ -69,4 +79,28 @@ impl From<HostUsage> for HostView {
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, body = Vec<HostView>), (status = "4XX", body = ErrorBody)))]
 async fn list_hosts(State(state): State<AppState>, who: Principal) -> ApiResult<axum::Json<Vec<HostView>>> {
     Ok(axum::Json(hosts::list(&state.app, &who)?.into_iter().map(HostView::from).collect()))
+}
+
+/// Cordon a host: nothing new is placed there; what runs there stays (admin).
+#[utoipa::path(post, path = "/v1/hosts/{id}/cordon", tag = "hosts", params(("id" = String, Path, description = "host id")),
+    responses((status = 202, body = Operation), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn cordon_host(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<HostId>,
+) -> ApiResult<(StatusCode, axum::Json<Operation>)> {
+    Ok((StatusCode::ACCEPTED, axum::Json(hosts::cordon(&state.app, &who, alloc, id, CordonCommand::Cordon).await?)))
+}
+
+/// Uncordon a host: it takes new VMs and volumes again (admin).
+#[utoipa::path(post, path = "/v1/hosts/{id}/uncordon", tag = "hosts", params(("id" = String, Path, description = "host id")),
+    responses((status = 202, body = Operation), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn uncordon_host(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<HostId>,
+) -> ApiResult<(StatusCode, axum::Json<Operation>)> {
+    Ok((StatusCode::ACCEPTED, axum::Json(hosts::cordon(&state.app, &who, alloc, id, CordonCommand::Uncordon).await?)))
 }
