@@ -156,6 +156,9 @@ async fn a_cordoned_host_takes_no_new_vms() {
     let (_, hosts) = c.get("/v1/hosts").await;
     let first = hosts.as_array().unwrap().iter().find(|h| h["id"] == first_id.as_str()).unwrap().clone();
     assert_eq!((first["status"].as_str(), first["cordoned"].as_bool()), (Some("cordoned"), Some(true)), "{first}");
+    // The marketplace dialect offers only host nodes one can rent on.
+    let (s, nodes) = c.get("/api/v2/hostnodes").await;
+    assert_eq!((s, nodes["data"]["hostnodes"].as_array().map(Vec::len)), (200, Some(1)), "{nodes}");
     for i in 0..3 {
         let vm = c.create_running_vm(&format!("c{i}")).await;
         assert_eq!(vm["host_id"], second_id.as_str(), "a new VM avoids the cordoned host");

@@ -165,11 +165,11 @@ pub(super) fn host_id(raw: &str) -> MarketResult<HostId> {
     raw.parse().map_err(|_| MarketError::not_found(format!("hostnode {raw} not found")))
 }
 
-/// The online host nodes.
+/// The host nodes one can rent on now: online and not cordoned.
 #[utoipa::path(get, path = "/api/v2/hostnodes", tag = "hostnodes",
     responses((status = 200, body = HostnodeList), (status = "4XX", body = ErrorDocument)))]
 pub(super) async fn list_hostnodes(State(state): State<AppState>, Caller(who): Caller) -> MarketResult<JsonApi<HostnodeList>> {
-    let hostnodes = hosts::list(&state.app, &who)?.into_iter().filter(|h| h.online).map(|h| Hostnode::new(h, false)).collect();
+    let hostnodes = hosts::list(&state.app, &who)?.into_iter().filter(|h| h.online && !h.host.cordoned).map(|h| Hostnode::new(h, false)).collect();
     Ok(JsonApi(HostnodeList { data: Hostnodes { hostnodes } }))
 }
 
