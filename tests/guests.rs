@@ -1495,7 +1495,15 @@ async fn dialect_marketplace_guest_runs_its_user_data() {
     let node_id = str_of(&nodes["data"]["hostnodes"][0]["id"]).to_owned();
     let (s, node) = c.get(&format!("/api/v2/hostnodes/{node_id}")).await;
     assert_eq!(s, 200, "{node}");
-    let port = node["data"]["available_resources"]["available_ports"][0].as_u64().expect("a free port");
+    // Free in vmplane's books and on this machine right now (the range overlaps
+    // the kernel's ephemeral ports, which other processes' sockets may hold).
+    let offered: Vec<u64> =
+        node["data"]["available_resources"]["available_ports"].as_array().expect("available ports").iter().filter_map(Value::as_u64).collect();
+    let port = offered
+        .iter()
+        .copied()
+        .find(|p| std::net::TcpListener::bind(("0.0.0.0", *p as u16)).is_ok())
+        .unwrap_or_else(|| panic!("no offered port is free on this machine: {offered:?}"));
     let doc = json!({"data": {"type": "virtualmachine", "attributes": {
         "name": "market-guest",
         "image": "debian-12",
