@@ -494,6 +494,21 @@ struct Stats {
 }
 
 impl Stats {
+    /// One table row: label (padded to `width`), count, mean, p50, p99, max in ms.
+    fn row(&self, o: &mut String, width: usize, label: &str) -> std::fmt::Result {
+        use std::fmt::Write;
+        let sorted = self.sorted();
+        writeln!(
+            o,
+            "{label:<width$} {:>6} {:>9} {:>9} {:>9} {:>9}",
+            sorted.len(),
+            ms(self.mean()),
+            ms(Stats::pct(&sorted, 50.0)),
+            ms(Stats::pct(&sorted, 99.0)),
+            ms(sorted.last().copied().unwrap_or_default())
+        )
+    }
+
     fn push(&mut self, d: Duration) {
         self.samples.push(d);
     }
@@ -967,19 +982,7 @@ async fn run(args: ApiArgs) -> Result<bool> {
     writeln!(o, "payload: raw publish = encoded CommandEnvelope(Create) = {} B; the POST body is {post_body_len} B of JSON", payload.len())?;
     writeln!(o)?;
     writeln!(o, "{:<52} {:>6} {:>9} {:>9} {:>9} {:>9}", "latency (ms)", "count", "mean", "p50", "p99", "max")?;
-    let row = |o: &mut String, label: &str, s: &Stats| -> std::fmt::Result {
-        let sorted = s.sorted();
-        writeln!(
-            o,
-            "{:<52} {:>6} {:>9} {:>9} {:>9} {:>9}",
-            label,
-            sorted.len(),
-            ms(s.mean()),
-            ms(Stats::pct(&sorted, 50.0)),
-            ms(Stats::pct(&sorted, 99.0)),
-            ms(sorted.last().copied().unwrap_or_default())
-        )
-    };
+    let row = |o: &mut String, label: &str, s: &Stats| s.row(o, 52, label);
     row(&mut o, "raw JetStream publish+ack, sequential", &raw_seq)?;
     row(&mut o, "vmplane POST /v1/vms -> 202, sequential", &seq.post)?;
     row(&mut o, "vmplane POST sent -> op succeeded (VM running)", &seq.running)?;

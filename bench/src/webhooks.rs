@@ -636,19 +636,7 @@ pub async fn run(args: WebhookArgs) -> Result<bool> {
             r.load
         )?;
         writeln!(o, "{:<44} {:>6} {:>9} {:>9} {:>9} {:>9}", "lag from the event's append (ms)", "count", "mean", "p50", "p99", "max")?;
-        let row = |o: &mut String, label: &str, s: &Stats| -> std::fmt::Result {
-            let sorted = s.sorted();
-            writeln!(
-                o,
-                "{:<44} {:>6} {:>9} {:>9} {:>9} {:>9}",
-                label,
-                sorted.len(),
-                ms(s.mean()),
-                ms(Stats::pct(&sorted, 50.0)),
-                ms(Stats::pct(&sorted, 99.0)),
-                ms(sorted.last().copied().unwrap_or_default())
-            )
-        };
+        let row = |o: &mut String, label: &str, s: &Stats| s.row(o, 44, label);
         row(&mut o, "SSE GET /v1/events?type=vm.* (read)", &r.sse_lag)?;
         if r.backlog.is_none() {
             row(&mut o, "webhook POST (received)", &r.hook_lag)?;
