@@ -18,6 +18,26 @@ async fn online_hosts(c: &Client) -> Vec<Value> {
     hosts.as_array().cloned().unwrap_or_default().into_iter().filter(|h| h["status"] == "online").collect()
 }
 
+/// Start another sim worker on the stack's NATS, with its own data dir.
+fn sim_worker(stack: &Stack, name: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["worker".to_owned()];
+    args.extend(stack.nats.args("worker"));
+    let dir = stack.root().join(name).display().to_string();
+    args.extend(["--data-dir", &dir, "--driver", "sim", "--host-name", name, "--sim-boot-delay-ms", "20", "--sim-ready-delay-ms", "20"].map(str::to_owned));
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    Proc::start(name, BIN, args, vec![], stack.root().join(format!("{name}.log")))
+}
+
+/// Wait until `n` hosts are online; their ids by name.
+async fn hosts_by_name(c: &Client, n: usize, workers: &mut [&mut Proc]) -> std::collections::BTreeMap<String, String> {
+    let hosts = wait_for(&format!("{n} hosts online"), WAIT, async || {
+        let hosts = online_hosts(c).await;
+        if hosts.len() == n { Ok(hosts) } else { Err(workers.iter_mut().map(|w| w.log_tail(3)).collect::<Vec<_>>().join("\n")) }
+    })
+    .await;
+    hosts.iter().map(|h| (str_of(&h["name"]).to_owned(), str_of(&h["id"]).to_owned())).collect()
+}
+
 /// `vmplane up` writes `<data-dir>/join.json` (0600: the NATS URLs and the
 /// worker's, gateway's and deliverer's credentials, not the admin's); a
 /// worker with `--join` and its own data dir becomes a second host that VMs
@@ -172,4 +192,89 @@ async fn a_cordoned_host_takes_no_new_vms() {
     let vm = c.create_running_vm("back").await;
     assert_eq!(vm["host_id"], first_id.as_str(), "the uncordoned host takes VMs again");
     second.terminate().await;
+}
+
+/// Three hosts of different regions, labels, GPUs and sizes (the stack's own
+/// is cordoned): every filter of `placement` and of the spec is followed,
+/// `spread` takes the least loaded host and `binpack` the most loaded that
+/// fits (per request, or as the org's default), and a create nothing can
+/// take is a 409 that names the closest host and the resource it lacks.
+#[tokio::test]
+async fn placement_follows_filters_and_strategies() {
+    let stack = Stack::start().await;
+    let c = &stack.admin;
+    let small = ["--sim-cpus", "4", "--sim-memory-mib", "4096", "--sim-disk-gb", "1000"];
+    let mut gold =
+        sim_worker(&stack, "gold", &["--region", "eu-west", "--label", "tier=gold", "--gpu", "A100:2", "--sim-memory-mib", "8192", "--sim-disk-gb", "1000"]);
+    let mut east1 = sim_worker(&stack, "east1", &[&small[..], &["--label", "tier=silver", "--label", "zone=a"]].concat());
+    let mut east2 = sim_worker(&stack, "east2", &[&small[..], &["--label", "tier=silver", "--label", "zone=b"]].concat());
+    let ids = hosts_by_name(c, 4, &mut [&mut gold, &mut east1, &mut east2]).await;
+    let first = ids.keys().find(|n| !["gold", "east1", "east2"].contains(&n.as_str())).cloned().expect("the stack's own host");
+    let (s, b) = c.post_empty(&format!("/v1/hosts/{}/cordon", ids[&first])).await;
+    assert_eq!(s, 202, "{b}");
+    c.wait_op_succeeded(str_of(&b["id"])).await;
+    let host_of = async |body: Value| -> String {
+        let vm = c.create_vm(body).await;
+        c.wait_op_succeeded(str_of(&vm["operation"]["id"])).await;
+        let name = ids.iter().find(|(_, id)| **id == str_of(&vm["host_id"])).map(|(n, _)| n.clone());
+        name.unwrap_or_else(|| panic!("placed on an unknown host: {vm}"))
+    };
+
+    // Filters.
+    assert_eq!(host_of(json!({ "name": "r", "region": "eu-west" })).await, "gold");
+    assert_eq!(host_of(json!({ "name": "pr", "placement": { "region": "eu-west" } })).await, "gold");
+    assert_eq!(host_of(json!({ "name": "l", "placement": { "labels": { "zone": "b" } } })).await, "east2");
+    assert_eq!(host_of(json!({ "name": "g", "gpu": { "count": 2, "model": "A100" } })).await, "gold");
+    assert_eq!(host_of(json!({ "name": "h", "placement": { "host_id": ids["east1"] } })).await, "east1");
+    let (s, b) = c.post("/v1/vms", &json!({ "name": "g2", "gpu": { "count": 1, "model": "A100" } })).await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("insufficient_gpus")), "both A100s are taken: {b}");
+    let (s, b) = c.post("/v1/vms", &json!({ "name": "l2", "placement": { "labels": { "tier": "platinum" } } })).await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("no_matching_host")), "{b}");
+    let (s, b) = c.post("/v1/vms", &json!({ "name": "x", "region": "us-east", "placement": { "region": "eu-west" } })).await;
+    assert_eq!(s, 422, "contradicting regions: {b}");
+    for bad in [json!({ "strategy": "random" }), json!({ "zone": "a" }), json!({ "host_id": "nope" })] {
+        let (s, b) = c.post("/v1/vms", &json!({ "name": "bad", "placement": bad })).await;
+        assert!((400..500).contains(&s), "placement {bad}: {s} {b}");
+    }
+
+    // The closest host's shortfall: east1/east2 have 4 CPUs and 4 GiB.
+    let (s, b) = c.post("/v1/vms", &json!({ "name": "big", "region": "us-east", "memory_mib": 6144 })).await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("insufficient_capacity")), "{b}");
+    assert!(b["message"].as_str().unwrap().contains("short of memory"), "{b}");
+    let (s, b) = c.post("/v1/vms", &json!({ "name": "wide", "region": "us-east", "vcpus": 8 })).await;
+    assert_eq!(s, 409, "{b}");
+    assert!(b["message"].as_str().unwrap().contains("short of vCPUs"), "{b}");
+
+    // Strategies, on east1 (512 MiB used by `h`) and east2 (512 MiB by `l`).
+    let mut spread = Vec::new();
+    for i in 0..4 {
+        spread.push(host_of(json!({ "name": format!("s{i}"), "region": "us-east", "memory_mib": 512 })).await);
+    }
+    spread.sort();
+    assert_eq!(spread, ["east1", "east1", "east2", "east2"], "spread alternates between equally loaded hosts");
+    // 1.5 GiB used on each: binpack fills one host until it is full.
+    let packed = host_of(json!({ "name": "b0", "region": "us-east", "memory_mib": 1024, "placement": { "strategy": "binpack" } })).await;
+    let again = host_of(json!({ "name": "b1", "region": "us-east", "memory_mib": 1024, "placement": { "strategy": "binpack" } })).await;
+    assert_eq!(packed, again, "binpack goes back to the fuller host");
+    // That host has 512 MiB left: 1 GiB more goes to the other one even under binpack.
+    let other = host_of(json!({ "name": "b2", "region": "us-east", "memory_mib": 1024, "placement": { "strategy": "binpack" } })).await;
+    assert_ne!(other, packed);
+    // An org whose default is binpack: its VMs go to the fuller host (the one `other` went to
+    // now has 2.5 GiB used against 3.5 GiB full on `packed`, which has no room for 1 GiB).
+    let (s, b) = c.post("/v1/orgs", &json!({ "name": "packer", "placement_strategy": "binpack" })).await;
+    assert_eq!((s, b["placement_strategy"].as_str()), (201, Some("binpack")), "{b}");
+    let packer = stack.client(&c.create_key(str_of(&b["id"]), "k").await);
+    let mut placed = Vec::new();
+    for i in 0..2 {
+        let vm = packer.create_vm(json!({ "name": format!("o{i}"), "region": "us-east", "memory_mib": 256 })).await;
+        packer.wait_op_succeeded(str_of(&vm["operation"]["id"])).await;
+        placed.push(str_of(&vm["host_id"]).to_owned());
+    }
+    assert_eq!(placed, [ids[&packed].clone(), ids[&packed].clone()], "the org's binpack fills the fuller host's last 512 MiB");
+    let (_, orgs) = c.get("/v1/orgs").await;
+    assert!(orgs.as_array().unwrap().iter().any(|o| o["name"] == "packer" && o["placement_strategy"] == "binpack"), "{orgs}");
+    for w in [gold, east1, east2] {
+        let mut w = w;
+        w.terminate().await;
+    }
 }

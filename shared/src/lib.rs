@@ -14,6 +14,7 @@ pub mod event_filter;
 pub mod host;
 pub mod ids;
 pub mod operation;
+pub mod placement;
 pub mod spec;
 pub mod ssh_key;
 pub mod subjects;

@@ -4,6 +4,7 @@
 //! event; everything else is folded from events like any other aggregate.
 
 use crate::ids::{ApiKeyId, OrgId, ProjectId};
+use crate::placement::Strategy;
 use crate::spec::is_dns_label;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -16,6 +17,9 @@ pub enum TenancyCommand {
     CreateOrg {
         id: OrgId,
         name: String,
+        /// How the org's VMs and volumes are placed when a request does not say.
+        #[serde(default)]
+        placement_strategy: Strategy,
     },
     CreateProject {
         id: ProjectId,
@@ -69,10 +73,27 @@ impl TenancyCommand {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum TenancyEvent {
-    OrgCreated { id: OrgId, name: String },
-    ProjectCreated { id: ProjectId, org: OrgId, name: String },
-    ApiKeyCreated { id: ApiKeyId, org: OrgId, name: String, secret_sha256: String },
-    ApiKeyRevoked { id: ApiKeyId, org: OrgId },
+    OrgCreated {
+        id: OrgId,
+        name: String,
+        #[serde(default)]
+        placement_strategy: Strategy,
+    },
+    ProjectCreated {
+        id: ProjectId,
+        org: OrgId,
+        name: String,
+    },
+    ApiKeyCreated {
+        id: ApiKeyId,
+        org: OrgId,
+        name: String,
+        secret_sha256: String,
+    },
+    ApiKeyRevoked {
+        id: ApiKeyId,
+        org: OrgId,
+    },
 }
 
 impl TenancyEvent {
@@ -92,6 +113,9 @@ impl TenancyEvent {
 pub struct Org {
     pub id: OrgId,
     pub name: String,
+    /// How its VMs and volumes are placed when a request does not say.
+    #[serde(default)]
+    pub placement_strategy: Strategy,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }
@@ -119,7 +143,7 @@ pub struct ApiKey {
 
 /// The `default` org, synthesised rather than stored.
 pub fn default_org() -> Org {
-    Org { id: OrgId::DEFAULT, name: "default".into(), created_at: OffsetDateTime::UNIX_EPOCH }
+    Org { id: OrgId::DEFAULT, name: "default".into(), placement_strategy: Strategy::default(), created_at: OffsetDateTime::UNIX_EPOCH }
 }
 
 /// The `default` project of `org`, synthesised rather than stored.
@@ -160,11 +184,11 @@ pub fn decide(cmd: &TenancyCommand, exists: bool, org_exists: bool) -> Result<Te
         TenancyCommand::RevokeApiKey { id, org } if exists => Ok(TenancyEvent::ApiKeyRevoked { id: *id, org: *org }),
         TenancyCommand::RevokeApiKey { .. } => Err(TenancyError::KeyNotFound),
         _ if exists => Err(TenancyError::AlreadyExists),
-        TenancyCommand::CreateOrg { id, name } => {
+        TenancyCommand::CreateOrg { id, name, placement_strategy } => {
             if !is_dns_label(name) {
                 return Err(TenancyError::BadName);
             }
-            Ok(TenancyEvent::OrgCreated { id: *id, name: name.clone() })
+            Ok(TenancyEvent::OrgCreated { id: *id, name: name.clone(), placement_strategy: *placement_strategy })
         }
         TenancyCommand::CreateProject { id, org, name } => {
             if !is_dns_label(name) {
@@ -203,10 +227,11 @@ mod tests {
     #[test]
     fn create_org() {
         let id = OrgId::new();
-        let ev = decide(&TenancyCommand::CreateOrg { id, name: "acme".into() }, false, true).unwrap();
-        assert_eq!(ev, TenancyEvent::OrgCreated { id, name: "acme".into() });
-        assert_eq!(decide(&TenancyCommand::CreateOrg { id, name: "Acme!".into() }, false, true), Err(TenancyError::BadName));
-        assert_eq!(decide(&TenancyCommand::CreateOrg { id, name: "acme".into() }, true, true), Err(TenancyError::AlreadyExists));
+        let create = |name: &str| TenancyCommand::CreateOrg { id, name: name.into(), placement_strategy: Strategy::Binpack };
+        let ev = decide(&create("acme"), false, true).unwrap();
+        assert_eq!(ev, TenancyEvent::OrgCreated { id, name: "acme".into(), placement_strategy: Strategy::Binpack });
+        assert_eq!(decide(&create("Acme!"), false, true), Err(TenancyError::BadName));
+        assert_eq!(decide(&create("acme"), true, true), Err(TenancyError::AlreadyExists));
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct GatewayConfig {
     /// Accept webhook URLs whose host is a loopback, private, link-local or
     /// metadata address (`--webhook-allow-private`; local setups and tests).
     pub webhook_allow_private: bool,
+    /// A host whose heartbeats stopped this long ago is offline: nothing is
+    /// placed there and its VMs show `host_status: offline` (`--host-offline-after`).
+    pub host_offline_after: Duration,
 }
 
 /// Shared state of every handler: the use cases, and the metrics registry.
@@ -84,6 +87,7 @@ pub async fn serve(
     if let Err(e) = bus.ensure_topology().await {
         tracing::warn!(error = %e, "could not set up streams yet; serving reads and retrying in the background");
     }
+    proj.heartbeats.set_offline_after(cfg.host_offline_after);
     let follower = tokio::spawn({
         let (proj, bus) = (proj.clone(), bus.clone());
         async move { proj.follow(bus).await }

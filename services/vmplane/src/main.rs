@@ -172,6 +172,20 @@ struct GatewayOpts {
     hatch_default_mem_mib: u64,
 }
 
+/// How the fleet tells a lost host (gateway and worker).
+#[derive(Args, Clone)]
+struct FleetOpts {
+    /// A host whose heartbeats (every 5 s) stopped this long ago is offline:
+    /// nothing new is placed there and its VMs show `host_status: offline`.
+    #[arg(long, env = "VMPLANE_HOST_OFFLINE_AFTER", default_value = "15s", value_parser = humantime::parse_duration)]
+    host_offline_after: Duration,
+    /// A command for a VM of an offline host that waited this long fails with
+    /// `host_unavailable` (recorded by any other worker, or by the host's own
+    /// when it returns) instead of running late.
+    #[arg(long, env = "VMPLANE_HOST_UNAVAILABLE_AFTER", default_value = "10m", value_parser = humantime::parse_duration)]
+    host_unavailable_after: Duration,
+}
+
 /// Which webhook URLs are accepted (gateway) and delivered to (deliverer).
 #[derive(Args, Clone)]
 struct WebhookUrlOpts {
@@ -341,6 +355,8 @@ struct UpArgs {
     #[command(flatten)]
     worker: WorkerOpts,
     #[command(flatten)]
+    fleet: FleetOpts,
+    #[command(flatten)]
     urls: WebhookUrlOpts,
     #[command(flatten)]
     deliverer: DelivererOpts,
@@ -352,6 +368,8 @@ struct GatewayArgs {
     common: CommonArgs,
     #[command(flatten)]
     gateway: GatewayOpts,
+    #[command(flatten)]
+    fleet: FleetOpts,
     #[command(flatten)]
     urls: WebhookUrlOpts,
 }
@@ -372,6 +390,8 @@ struct WorkerArgs {
     common: CommonArgs,
     #[command(flatten)]
     worker: WorkerOpts,
+    #[command(flatten)]
+    fleet: FleetOpts,
 }
 
 #[tokio::main]
@@ -406,8 +426,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let gateway_bus = Bus::connect(&nats.url, Role::Gateway, &nats.creds(Role::Gateway)).await?;
             let worker_bus = Bus::connect(&nats.url, Role::Worker, &nats.creds(Role::Worker)).await?;
             let deliverer_bus = Bus::connect(&nats.url, Role::Webhooks, &nats.creds(Role::Webhooks)).await?;
-            let gateway = gateway(gateway_bus, &a.common, &a.gateway, &a.urls, admin);
-            let worker = worker(worker_bus, driver, &a.common, &a.worker, &lock);
+            let gateway = gateway(gateway_bus, &a.common, &a.gateway, &a.fleet, &a.urls, admin);
+            let worker = worker(worker_bus, driver, &a.common, &a.worker, &a.fleet, &lock);
             let deliverer = vmplane_webhooks::run(deliverer_bus, a.deliverer.config(&a.urls), shutdown_signal());
             // All end on SIGTERM; the worker may still be stopping guests when the gateway is done.
             tokio::try_join!(gateway, worker, deliverer).map(drop)
@@ -416,7 +436,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             private_dir(&a.common.data_dir)?;
             let admin = admin_token(&a.common.data_dir, false)?;
             let nats = nats::resolve(&a.common).await?;
-            gateway(Bus::connect(&nats.url, Role::Gateway, &nats.creds(Role::Gateway)).await?, &a.common, &a.gateway, &a.urls, admin).await
+            gateway(Bus::connect(&nats.url, Role::Gateway, &nats.creds(Role::Gateway)).await?, &a.common, &a.gateway, &a.fleet, &a.urls, admin).await
         }
         Cmd::Webhooks(a) => {
             private_dir(&a.common.data_dir)?;
@@ -430,7 +450,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let catalog = load_catalog(&a.common.data_dir)?;
             let driver = driver(&a.worker, &a.common.data_dir, &catalog).await?;
             let nats = nats::resolve(&a.common).await?;
-            worker(Bus::connect(&nats.url, Role::Worker, &nats.creds(Role::Worker)).await?, driver, &a.common, &a.worker, &lock).await
+            worker(Bus::connect(&nats.url, Role::Worker, &nats.creds(Role::Worker)).await?, driver, &a.common, &a.worker, &a.fleet, &lock).await
         }
         Cmd::Projections { command: ProjectionsCmd::Rebuild(common) } => {
             private_dir(&common.data_dir)?;
@@ -713,7 +733,14 @@ fn host_disk_gb(dir: &Path) -> u64 {
     }
 }
 
-async fn gateway(bus: Bus, common: &CommonArgs, opts: &GatewayOpts, urls: &WebhookUrlOpts, admin_token: Option<String>) -> anyhow::Result<()> {
+async fn gateway(
+    bus: Bus,
+    common: &CommonArgs,
+    opts: &GatewayOpts,
+    fleet: &FleetOpts,
+    urls: &WebhookUrlOpts,
+    admin_token: Option<String>,
+) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
     let proj = Projections::open(&projections_dir(&common.data_dir)).context("opening projections (is another gateway using this data dir?)")?;
     let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
@@ -725,17 +752,20 @@ async fn gateway(bus: Bus, common: &CommonArgs, opts: &GatewayOpts, urls: &Webho
         hatch: HatchConfig { default_vcpus: opts.hatch_default_vcpu, default_memory_mib: opts.hatch_default_mem_mib },
         catalog: load_catalog(&common.data_dir)?,
         webhook_allow_private: urls.webhook_allow_private,
+        host_offline_after: fleet.host_offline_after,
     };
     vmplane_gateway::serve(bus, proj, cfg, metrics, listener, shutdown_signal()).await?;
     tracing::info!("gateway stopped");
     Ok(())
 }
 
-async fn worker(bus: Bus, driver: Arc<dyn Driver>, common: &CommonArgs, opts: &WorkerOpts, lock: &DataDirLock) -> anyhow::Result<()> {
+async fn worker(bus: Bus, driver: Arc<dyn Driver>, common: &CommonArgs, opts: &WorkerOpts, fleet: &FleetOpts, lock: &DataDirLock) -> anyhow::Result<()> {
     let mut cfg = WorkerConfig::new(common.data_dir.join("worker"));
     cfg.parallelism = opts.parallelism.max(1);
     cfg.ack_wait = Duration::from_secs(opts.ack_wait_secs.max(1));
     cfg.max_deliveries = opts.max_deliveries;
+    cfg.host_offline_after = fleet.host_offline_after;
+    cfg.host_unavailable_after = fleet.host_unavailable_after;
     tokio::select! {
         r = vmplane_worker::run(bus.clone(), driver.clone(), cfg, lock) => r,
         () = shutdown_signal() => {

@@ -64,6 +64,10 @@ pub struct WorkerConfig {
     pub heartbeat_every: Duration,
     /// How long the host's lease stays another worker's after its last renewal.
     pub lease_ttl: Duration,
+    /// Another host whose heartbeats stopped this long ago is offline.
+    pub host_offline_after: Duration,
+    /// A VM command that waited this long for an offline host fails with `host_unavailable`.
+    pub host_unavailable_after: Duration,
 }
 
 impl WorkerConfig {
@@ -77,6 +81,8 @@ impl WorkerConfig {
             step_retry_for: Duration::from_secs(60),
             heartbeat_every: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(20),
+            host_offline_after: Duration::from_secs(15),
+            host_unavailable_after: Duration::from_secs(600),
         }
     }
 }

@@ -11,7 +11,7 @@ use super::placement::projected_taken;
 use super::{Actor, Allocation, App, AppError, AppResult, Operation, Principal};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
-use vmplane_domain::host::{self, CordonCommand, Host, PortRange, Resources};
+use vmplane_domain::host::{self, CordonCommand, Host, HostStatus, PortRange, Resources};
 use vmplane_domain::{Command, HostId, OrgId, ProjectId};
 
 /// A host as the caller may see it.
@@ -60,6 +60,15 @@ pub async fn cordon(app: &App, who: &Principal, alloc: Allocation, id: HostId, c
     get(app, who, id)?;
     let submission = Submission::to_org(alloc, OrgId::DEFAULT, ProjectId::DEFAULT, command.kind(), id.to_string(), Command::Cordon { host: id, command });
     submit(app, who, submission).await
+}
+
+/// The status of the host a VM runs on; a host this gateway has not seen
+/// register yet counts as offline.
+pub fn status(app: &App, id: HostId) -> AppResult<HostStatus> {
+    Ok(match app.proj.host(id)? {
+        Some(h) => HostStatus::of(app.proj.heartbeats.is_online(id), h.cordoned),
+        None => HostStatus::Offline,
+    })
 }
 
 fn usage(app: &App, who: &Principal, host: Host) -> AppResult<HostUsage> {

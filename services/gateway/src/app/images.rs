@@ -5,6 +5,7 @@ use super::accept::{Submission, accepted_before, submit};
 use super::{Accepted, Allocation, App, AppError, AppResult, Principal};
 use std::collections::BTreeMap;
 use vmplane_domain::host::{HostCommand, ImageFormat, ImageInfo};
+use vmplane_domain::placement::{Need, Strategy};
 use vmplane_domain::spec::is_dns_label;
 use vmplane_domain::{Command, HostId, ImageId, ProjectId, subjects};
 
@@ -70,14 +71,11 @@ pub async fn import(app: &App, who: &Principal, alloc: Allocation, req: Import) 
         return Ok(Accepted { resource: Importing { id: ImageId::for_slug(&req.name), name: req.name, host }, operation });
     }
     let hosts = app.proj.hosts()?;
-    let host = match req.host {
-        Some(id) => hosts.into_iter().find(|h| h.id == id).ok_or_else(|| AppError::NotFound(format!("host {id}")))?,
-        None => hosts
-            .into_iter()
-            .filter(|h| app.proj.heartbeats.is_online(h.id))
-            .min_by_key(|h| h.id)
-            .ok_or_else(|| AppError::Unavailable("no worker host is online".into()))?,
-    };
+    if let Some(id) = req.host.filter(|id| !hosts.iter().any(|h| h.id == *id)) {
+        return Err(AppError::NotFound(format!("host {id}")));
+    }
+    let chosen = super::placement::choose(app, &Need { host: req.host, ..Need::default() }, Strategy::Spread)?;
+    let host = hosts.into_iter().find(|h| h.id == chosen).ok_or_else(|| AppError::NotFound(format!("host {chosen}")))?;
     if host.info.images.iter().any(|i| i.name == req.name) {
         return Err(AppError::Conflict("conflict", format!("image `{}` already exists on host {}", req.name, host.id)));
     }

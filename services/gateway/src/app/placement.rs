@@ -14,9 +14,10 @@
 use super::{App, AppError, AppResult};
 use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use vmplane_domain::host::{Host, Resources};
+use vmplane_domain::placement::{self, Candidate, Choice, Need, Strategy, Taken, Unfit};
 use vmplane_domain::spec::GpuSpec;
 use vmplane_domain::{HostId, VmId, VolumeId, subjects};
 
@@ -27,35 +28,6 @@ const CLAIM_TTL_SECS: i64 = 600;
 const PROJECTED_GRACE_SECS: i64 = 5;
 /// Attempts when other gateways keep changing the same ledger.
 const ATTEMPTS: usize = 16;
-
-/// Why a host cannot take the resource, worst first when reporting.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum Unfit {
-    /// Not enough free resources.
-    NoRoom,
-    /// Not enough free GPUs: the count, of the model asked for.
-    NoGpu(u32, Option<String>),
-    /// A requested host port is forwarded to another VM there.
-    PortTaken(u16),
-    /// A requested bridge address (IP or MAC) is another VM's there.
-    AddressTaken(String),
-    /// A requested host port lies outside the host's `--port-range`.
-    PortOutOfRange(u16),
-    /// A requested bridge address is not a guest address of the host's bridge network.
-    AddressOutsideNetwork(std::net::Ipv4Addr),
-    /// Bridge networking was asked for and the host has no bridge.
-    NoBridge,
-    /// The host does not have the image.
-    NoImage(String),
-    /// The host serves another region than the one asked for.
-    OtherRegion(String),
-    /// The volumes the VM attaches at create are on another host.
-    VolumesElsewhere,
-    /// The request names another host.
-    NotTheNamedHost,
-    /// An admin cordoned the host.
-    Cordoned,
-}
 
 /// What a new resource takes from its host, recorded when it is accepted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,18 +48,6 @@ pub(super) struct Claim {
     /// Unix seconds of acceptance.
     #[serde(default)]
     pub at: i64,
-}
-
-/// What a host has taken: projected use plus claims not projected yet.
-#[derive(Debug, Default)]
-pub(super) struct Taken {
-    pub used: Resources,
-    pub ports: BTreeSet<u16>,
-    /// Bridge-mode guests' addresses.
-    pub ips: BTreeSet<Ipv4Addr>,
-    pub macs: BTreeSet<String>,
-    /// The GPUs its VMs hold.
-    pub gpus: Vec<GpuSpec>,
 }
 
 /// One host's ledger: claims by resource id.
@@ -111,10 +71,9 @@ impl Ledger {
     }
 }
 
-impl Claim {
-    /// Whether checking it needs the host's ports, addresses and GPUs.
-    fn wants_addresses(&self) -> bool {
-        !self.ports.is_empty() || self.guest_ip.is_some() || self.guest_mac.is_some() || self.gpu.is_some()
+impl From<&Need> for Claim {
+    fn from(need: &Need) -> Self {
+        Self { resources: need.resources, ports: need.ports.clone(), guest_ip: need.guest_ip, guest_mac: need.guest_mac.clone(), gpu: need.gpu.clone(), at: 0 }
     }
 }
 
@@ -188,62 +147,46 @@ pub(super) fn projected_taken(app: &App, host: HostId) -> AppResult<Taken> {
     taken(app, host, &Ledger::default(), "", true)
 }
 
-/// Pick a host for resource `id` and record `claim` in its ledger. `check`
-/// rules out hosts for reasons of the caller's own; `room` measures what a
-/// host has left (higher is better). A retry for the same `id` replaces its
-/// own claim rather than adding a second.
-pub(super) async fn place(
-    app: &App,
-    id: &str,
-    claim: Claim,
-    check: impl Fn(&Host, &Taken) -> Option<Unfit>,
-    room: impl Fn(&Host, &Taken) -> u64,
-) -> AppResult<HostId> {
+/// Pick a host for resource `id` by `strategy` among those that can take
+/// `need`, and record its claim in that host's ledger. A retry for the same
+/// `id` replaces its own claim rather than adding a second.
+pub(super) async fn place(app: &App, id: &str, need: &Need, strategy: Strategy) -> AppResult<HostId> {
     app.bus.ensure_connected()?;
     let store = app.bus.bucket(subjects::PLACEMENT_BUCKET).await?;
+    let claim = Claim::from(need);
     let _turn = app.placing.lock().await;
     for _ in 0..ATTEMPTS {
-        let mut online = false;
-        let mut reason: Option<Unfit> = None;
-        let mut best: Option<(u64, HostId, Ledger, Option<u64>)> = None;
-        for host in app.proj.hosts()? {
-            if !app.proj.heartbeats.is_online(host.id) {
-                continue;
-            }
-            online = true;
-            if host.cordoned {
-                reason = Some(reason.map_or(Unfit::Cordoned, |r| r.min(Unfit::Cordoned)));
-                continue;
-            }
-            let (ledger, revision) = load(&store, host.id).await?;
-            let taken = taken(app, host.id, &ledger, id, claim.wants_addresses())?;
-            let unfit = match check(&host, &taken) {
-                Some(u) => Some(u),
-                None if !Resources::fits(&host.info, &taken.used, &claim.resources) => Some(Unfit::NoRoom),
-                None => None,
+        let hosts = app.proj.hosts()?;
+        let mut seen = Vec::with_capacity(hosts.len());
+        for host in &hosts {
+            let online = app.proj.heartbeats.is_online(host.id);
+            // The ledger only matters where the host could take the resource at all.
+            let (taken, ledger) = if online && !host.cordoned {
+                let (ledger, revision) = load(&store, host.id).await?;
+                (taken(app, host.id, &ledger, id, need.wants_addresses())?, Some((ledger, revision)))
+            } else {
+                (Taken::default(), None)
             };
-            match unfit {
-                // Report the reason of the host that came closest.
-                Some(u) => reason = Some(reason.map_or(u.clone(), |r| r.min(u))),
-                None => {
-                    let left = room(&host, &taken);
-                    if best.as_ref().is_none_or(|(l, ..)| left > *l) {
-                        best = Some((left, host.id, ledger, revision));
-                    }
-                }
-            }
+            seen.push((online, taken, ledger));
         }
-        let Some((_, host, mut ledger, revision)) = best else { return Err(refusal(online, reason)) };
+        let candidates = hosts.iter().zip(&seen).map(|(host, (online, taken, _))| Candidate { host, online: *online, taken });
+        let chosen = match placement::choose(need, strategy, candidates) {
+            Choice::Host(h) => h,
+            Choice::Refused(unfit, h) => return Err(refusal(unfit, hosts.iter().find(|x| x.id == h))),
+            Choice::NoneOnline => return Err(AppError::Unavailable("no worker host is online".into())),
+        };
+        let at = hosts.iter().position(|h| h.id == chosen).expect("the chosen host is one of those seen");
+        let Some((mut ledger, revision)) = seen.swap_remove(at).2 else { unreachable!("an offline or cordoned host is never chosen") };
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         ledger.prune(app, now)?;
         ledger.claims.insert(id.to_owned(), Claim { at: now, ..claim.clone() });
         let value: bytes::Bytes = serde_json::to_vec(&ledger).expect("ledger encodes").into();
         let written = match revision {
-            Some(rev) => store.update(host.to_string(), value, rev).await.map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string())),
-            None => store.create(host.to_string(), value).await.map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string())),
+            Some(rev) => store.update(chosen.to_string(), value, rev).await.map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string())),
+            None => store.create(chosen.to_string(), value).await.map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string())),
         };
         match written {
-            Ok(_) => return Ok(host),
+            Ok(_) => return Ok(chosen),
             // Another gateway placed on this host meanwhile: look again.
             Err((true, _)) => continue,
             Err((false, e)) => return Err(AppError::Unavailable(format!("placement ledger: {e}"))),
@@ -252,31 +195,56 @@ pub(super) async fn place(
     Err(AppError::Unavailable("placement is contended; retry".into()))
 }
 
-fn refusal(online: bool, reason: Option<Unfit>) -> AppError {
-    match reason {
-        _ if !online => AppError::Unavailable("no worker host is online".into()),
-        Some(Unfit::NoImage(image)) => AppError::Invalid("unknown_image", format!("no online host has the image `{image}`; see GET /v1/images")),
-        Some(Unfit::NoBridge) => AppError::Invalid("unsupported", "no online host has a bridge for bridge networking (worker --bridge)".into()),
-        Some(Unfit::PortOutOfRange(p)) => {
+/// Pick a host for something that claims nothing ahead (an image import,
+/// whose size is only known once imported) by the same filters and strategy.
+pub(super) fn choose(app: &App, need: &Need, strategy: Strategy) -> AppResult<HostId> {
+    let hosts = app.proj.hosts()?;
+    let taken = hosts.iter().map(|h| Ok(Taken { used: app.proj.host_usage(h.id)?, ..Taken::default() })).collect::<sled::Result<Vec<_>>>()?;
+    let candidates = hosts.iter().zip(&taken).map(|(host, taken)| Candidate { host, online: app.proj.heartbeats.is_online(host.id), taken });
+    match placement::choose(need, strategy, candidates) {
+        Choice::Host(h) => Ok(h),
+        Choice::Refused(unfit, h) => Err(refusal(unfit, hosts.iter().find(|x| x.id == h))),
+        Choice::NoneOnline => Err(AppError::Unavailable("no worker host is online".into())),
+    }
+}
+
+/// The answer to a create nothing can take: the closest host's reason.
+fn refusal(unfit: Unfit, host: Option<&Host>) -> AppError {
+    let name = host.map_or_else(String::new, |h| format!("{} ({})", h.info.name, h.id));
+    match unfit {
+        Unfit::NoImage(image) => AppError::Invalid("unknown_image", format!("no online host has the image `{image}`; see GET /v1/images")),
+        Unfit::NoBridge => AppError::Invalid("unsupported", "no online host has a bridge for bridge networking (worker --bridge)".into()),
+        Unfit::PortOutOfRange(p) => {
             AppError::Invalid("port_out_of_range", format!("host port {p} is outside the port range the hosts forward from (see port_range in GET /v1/hosts)"))
         }
-        Some(Unfit::AddressOutsideNetwork(ip)) => AppError::Invalid(
+        Unfit::AddressOutsideNetwork(ip) => AppError::Invalid(
             "validation_failed",
             format!("guest_ip {ip} is not a guest address of the hosts' bridge network (see bridge_cidr in GET /v1/hosts)"),
         ),
-        Some(Unfit::AddressTaken(what)) => AppError::Conflict("address_conflict", format!("{what} is already another vm's on the bridge")),
-        Some(Unfit::PortTaken(p)) => AppError::Conflict("port_conflict", format!("host port {p} is already forwarded to another vm")),
-        Some(Unfit::OtherRegion(code)) => AppError::Invalid("region_not_served", format!("no online host serves region `{code}`")),
-        Some(Unfit::VolumesElsewhere) => AppError::Unavailable("the host holding the volumes this vm attaches is not online".into()),
-        Some(Unfit::NotTheNamedHost) => AppError::Conflict("host_offline", "the host named is not online".into()),
-        Some(Unfit::Cordoned) => AppError::Conflict("host_cordoned", "every online host that could take this is cordoned".into()),
-        Some(Unfit::NoGpu(count, model)) => AppError::Conflict(
+        Unfit::AddressTaken(what) => AppError::Conflict("address_conflict", format!("{what} is already another vm's on the bridge")),
+        Unfit::PortTaken(p) => AppError::Conflict("port_conflict", format!("host port {p} is already forwarded to another vm")),
+        Unfit::OtherRegion(code) => AppError::Invalid("region_not_served", format!("no online host serves region `{code}`")),
+        Unfit::Label(key) => {
+            AppError::Conflict("no_matching_host", format!("no online host has the label `{key}` with the value asked for (see labels in GET /v1/hosts)"))
+        }
+        Unfit::VolumesElsewhere => AppError::Unavailable("the host holding the volumes this vm attaches is not online".into()),
+        Unfit::Offline => AppError::Conflict("host_offline", format!("host {name} is not online")),
+        Unfit::Cordoned => AppError::Conflict("host_cordoned", "every online host that could take this is cordoned".into()),
+        Unfit::NoGpu(count, model) => AppError::Conflict(
             "insufficient_gpus",
             match model {
                 Some(m) => format!("no online host has {count} free GPUs of model `{m}`"),
                 None => format!("no online host has {count} free GPUs of one model"),
             },
         ),
-        Some(Unfit::NoRoom) | None => AppError::Conflict("insufficient_capacity", "no online host has room for this".into()),
+        Unfit::Short { resource, need, free } => AppError::Conflict(
+            "insufficient_capacity",
+            format!(
+                "no online host has room for this: the closest, {name}, is short of {} (needs {}, has {})",
+                resource.name(),
+                resource.describe(need),
+                resource.describe(free)
+            ),
+        ),
     }
 }

@@ -6,6 +6,7 @@
 use super::accept::{Submission, accepted_before, submit};
 use super::caller::{hash_secret, new_secret};
 use super::{Accepted, Allocation, App, AppError, AppResult, Operation, Principal};
+use vmplane_domain::placement::Strategy;
 use vmplane_domain::tenancy::{self, ApiKey, Org, Project, TenancyCommand, TenancyError};
 use vmplane_domain::{ApiKeyId, Command, OrgId, ProjectId, subjects};
 
@@ -16,12 +17,18 @@ pub struct NewApiKey {
     pub secret: String,
 }
 
-/// Create an org named `name`.
-pub async fn create_org(app: &App, who: &Principal, alloc: Allocation, name: String) -> AppResult<Accepted<Org>> {
+/// Create an org named `name`, whose VMs and volumes are placed by
+/// `placement_strategy` when a request does not say.
+pub async fn create_org(app: &App, who: &Principal, alloc: Allocation, name: String, placement_strategy: Strategy) -> AppResult<Accepted<Org>> {
     who.require_admin()?;
     let id = OrgId(alloc.resource());
-    let operation = submit_tenancy(app, who, alloc, TenancyCommand::CreateOrg { id, name: name.clone() }).await?;
-    Ok(Accepted { resource: Org { id, name, created_at: operation.created_at }, operation })
+    let operation = submit_tenancy(app, who, alloc, TenancyCommand::CreateOrg { id, name: name.clone(), placement_strategy }).await?;
+    Ok(Accepted { resource: Org { id, name, placement_strategy, created_at: operation.created_at }, operation })
+}
+
+/// How `org` places what a request does not say where to place.
+pub fn placement_strategy(app: &App, org: OrgId) -> AppResult<Strategy> {
+    Ok(app.proj.org(org)?.map(|o| o.placement_strategy).unwrap_or_default())
 }
 
 /// Every org.

@@ -3,20 +3,20 @@
 //! accepted command to end. A VM of another org is not found.
 
 use super::accept::{Submission, accepted_before, submit, wait_for};
-use super::placement::{Claim, Taken, Unfit, place};
+use super::placement::place;
 use super::{Accepted, Allocation, App, AppError, AppResult, Listed, Principal, Window};
 use crate::projection::vms::VmFilter;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use time::OffsetDateTime;
-use vmplane_domain::cidr::Cidr;
 use vmplane_domain::event::Envelope;
-use vmplane_domain::host::{self, Host, ImageInfo, PortRange};
+use vmplane_domain::host::Host;
+use vmplane_domain::placement::{Need, Placement, Strategy};
 use vmplane_domain::spec::{NetworkMode, VmSpec};
 use vmplane_domain::template::Field;
 use vmplane_domain::vm::{Vm, VmCommand, VmStatus, decide, evolve};
 use vmplane_domain::volume;
-use vmplane_domain::{Command, HostId, ImageId, ProjectId, SshKeyId, VmId, subjects};
+use vmplane_domain::{Command, HostId, ProjectId, SshKeyId, VmId, subjects};
 
 /// What can be done to an existing VM without more input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,26 +79,26 @@ pub struct NewVm {
     /// Stored SSH keys of the caller's org (`app::ssh_keys`) whose public
     /// keys join `spec.ssh_keys`; another org's key id is not found.
     pub ssh_key_ids: Vec<SshKeyId>,
-    /// Place the VM on this host, or refuse: it must exist (else not found),
-    /// be online and pass every check placement makes of any host.
-    pub host: Option<HostId>,
+    /// Where to place it: a host it names must exist (else not found), be
+    /// online and pass every check placement makes of any host.
+    pub placement: Placement,
 }
 
 /// A bare spec: the fields that hold no value (no user data, no port
 /// forwards, ...) count as not given; every other one as given.
 impl From<VmSpec> for NewVm {
     fn from(spec: VmSpec) -> Self {
-        Self { unset: Field::empty_in(&spec), spec, ssh_key_ids: Vec::new(), host: None }
+        Self { unset: Field::empty_in(&spec), spec, ssh_key_ids: Vec::new(), placement: Placement::default() }
     }
 }
 
-/// Create a VM in the caller's project, on the online host with the most
-/// free memory that can take it (or on the host named). A template named by
+/// Create a VM in the caller's project, on a host chosen by the request's
+/// placement (its strategy, else the org's, else `spread`). A template named by
 /// `spec.template` (id or name, see `templates::resolve`) fills the fields
 /// the request left unset, and the VM's spec then names the template by its
 /// id; the public keys of the stored SSH keys named are added to its keys.
 pub async fn create(app: &App, who: &Principal, alloc: Allocation, new: impl Into<NewVm>) -> AppResult<Accepted<Vm>> {
-    let NewVm { mut spec, unset, ssh_key_ids, host: pinned } = new.into();
+    let NewVm { mut spec, unset, ssh_key_ids, placement } = new.into();
     let id = VmId(alloc.resource());
     // A retry (same idempotency key) of a create the worker carried out already.
     if let Some(vm) = app.proj.vm(id)?.filter(|vm| vm.org == who.org)
@@ -117,7 +117,13 @@ pub async fn create(app: &App, who: &Principal, alloc: Allocation, new: impl Int
         }
     }
     spec.validate()?;
-    if let Some(host) = pinned
+    placement.validate().map_err(|m| AppError::Invalid("validation_failed", m))?;
+    match (&spec.region, &placement.region) {
+        (Some(a), Some(b)) if a != b => return Err(AppError::Invalid("validation_failed", format!("region `{a}` and placement.region `{b}` differ"))),
+        (None, Some(b)) => spec.region = Some(b.clone()),
+        _ => {}
+    }
+    if let Some(host) = placement.host_id
         && !app.proj.hosts()?.iter().any(|h| h.id == host)
     {
         return Err(AppError::NotFound(format!("host {host}")));
@@ -125,7 +131,11 @@ pub async fn create(app: &App, who: &Principal, alloc: Allocation, new: impl Int
     let volumes_host = check_create_disks(app, who, id, &mut spec)?;
     resolve_names(app, &mut spec)?;
     let project = who.project_or_default();
-    let host = place_vm(app, id, &spec, volumes_host, pinned).await?;
+    let strategy = match placement.strategy {
+        Some(s) => s,
+        None => super::tenancy::placement_strategy(app, who.org)?,
+    };
+    let host = place_vm(app, id, &spec, volumes_host, &placement, strategy).await?;
     let command = VmCommand::Create { spec: Box::new(spec), host };
     accept(app, who, alloc, None, id, project, host, command).await
 }
@@ -194,59 +204,26 @@ async fn accept(
     Ok(Accepted { resource: after, operation })
 }
 
-/// Pick the online host with the most free memory that has the image, the
-/// requested host ports free and inside its port range, (bridge mode) the
-/// requested address free and the GPUs asked for free (the host of the
-/// volumes it attaches, and the host named, if any); record the claim there.
-async fn place_vm(app: &App, id: VmId, spec: &VmSpec, volumes_host: Option<HostId>, pinned: Option<HostId>) -> AppResult<HostId> {
-    let has_image = |i: &ImageInfo| i.name == spec.image || ImageId::for_slug(&i.name).to_string() == spec.image;
+/// Place the VM: on a host that has the image, the requested host ports
+/// free and inside its port range, (bridge mode) the requested address free,
+/// the GPUs asked for free, the region and labels asked for, and the host of
+/// the volumes it attaches; record the claim there.
+async fn place_vm(app: &App, id: VmId, spec: &VmSpec, volumes_host: Option<HostId>, placement: &Placement, strategy: Strategy) -> AppResult<HostId> {
     let bridged = spec.network.enabled && spec.network.mode == NetworkMode::Bridge;
-    let claim = Claim {
+    let need = Need {
         resources: spec.resources(),
         ports: spec.port_forwards.iter().filter_map(|pf| pf.host_port).collect(),
         guest_ip: spec.network.guest_ip.filter(|_| bridged),
         guest_mac: spec.network.guest_mac.as_deref().filter(|_| bridged).map(str::to_ascii_lowercase),
         gpu: spec.gpu.clone(),
-        at: 0,
+        image: Some(spec.image.clone()),
+        bridged,
+        host: placement.host_id,
+        volumes_host,
+        region: spec.region.clone(),
+        labels: placement.labels.clone(),
     };
-    let check = |host: &Host, taken: &Taken| -> Option<Unfit> {
-        if pinned.is_some_and(|h| h != host.id) {
-            return Some(Unfit::NotTheNamedHost);
-        }
-        if volumes_host.is_some_and(|h| h != host.id) {
-            return Some(Unfit::VolumesElsewhere);
-        }
-        if let Some(region) = spec.region.as_ref().filter(|r| **r != host.info.region) {
-            return Some(Unfit::OtherRegion(region.clone()));
-        }
-        if !host.info.images.iter().any(has_image) {
-            return Some(Unfit::NoImage(spec.image.clone()));
-        }
-        if bridged && host.info.bridge_cidr.is_none() {
-            return Some(Unfit::NoBridge);
-        }
-        let network = host.info.bridge_cidr.as_deref().and_then(|c| c.parse::<Cidr>().ok());
-        if let (Some(ip), Some(network)) = (claim.guest_ip, network)
-            && !network.is_guest(ip)
-        {
-            return Some(Unfit::AddressOutsideNetwork(ip));
-        }
-        let range = host.info.port_range.unwrap_or(PortRange::UNPRIVILEGED);
-        if let Some(p) = claim.ports.iter().find(|p| !range.contains(**p)) {
-            return Some(Unfit::PortOutOfRange(*p));
-        }
-        if let Some(p) = claim.ports.iter().find(|p| taken.ports.contains(p)) {
-            return Some(Unfit::PortTaken(*p));
-        }
-        if let Some(ip) = claim.guest_ip.filter(|ip| taken.ips.contains(ip)) {
-            return Some(Unfit::AddressTaken(format!("guest_ip {ip}")));
-        }
-        if let Some(g) = claim.gpu.as_ref().filter(|g| !host::gpus_fit(&host::free_gpus(&host.info.gpus, &taken.gpus), g)) {
-            return Some(Unfit::NoGpu(g.count, g.model.clone()));
-        }
-        claim.guest_mac.as_ref().filter(|m| taken.macs.contains(*m)).map(|m| Unfit::AddressTaken(format!("guest_mac {m}")))
-    };
-    place(app, &id.to_string(), claim.clone(), check, |host, taken| host.info.memory_mib.saturating_sub(taken.used.memory_mib)).await
+    place(app, &id.to_string(), &need, strategy).await
 }
 
 /// What a create that attaches existing volumes (`volumes`, `root_volume_id`)

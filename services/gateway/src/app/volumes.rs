@@ -2,10 +2,11 @@
 //! host. A volume of another org, or a deleted one, is not found.
 
 use super::accept::{Submission, accepted_before, submit};
-use super::placement::{Claim, place};
+use super::placement::place;
 use super::{Accepted, Allocation, App, AppError, AppResult, Listed, Principal, Window, vms};
 use time::OffsetDateTime;
 use vmplane_domain::host::Resources;
+use vmplane_domain::placement::Need;
 use vmplane_domain::spec::VolumeMount;
 use vmplane_domain::vm::{Vm, VmCommand, VmStatus, kept_root_disk_id, root_disk_vm};
 use vmplane_domain::volume::{self, Volume, VolumeCommand, VolumeError, VolumeSpec, VolumeStatus};
@@ -22,7 +23,7 @@ pub fn list(app: &App, who: &Principal, window: Window) -> AppResult<Listed<Volu
     Ok(Listed { items, total })
 }
 
-/// Create a volume in the caller's project, on the online host with the most free disk.
+/// Create a volume in the caller's project, on a host chosen by the org's placement strategy.
 pub async fn create(app: &App, who: &Principal, alloc: Allocation, spec: VolumeSpec) -> AppResult<Accepted<Volume>> {
     spec.validate()?;
     let id = VolumeId(alloc.resource());
@@ -32,8 +33,8 @@ pub async fn create(app: &App, who: &Principal, alloc: Allocation, spec: VolumeS
     {
         return Ok(Accepted { resource: vol, operation });
     }
-    let claim = Claim { resources: Resources { disk_gb: u64::from(spec.size_gb), ..Resources::default() }, ..Claim::default() };
-    let host = place(app, &id.to_string(), claim, |_, _| None, |host, taken| host.info.disk_gb.saturating_sub(taken.used.disk_gb)).await?;
+    let need = Need { resources: Resources { disk_gb: u64::from(spec.size_gb), ..Resources::default() }, ..Need::default() };
+    let host = place(app, &id.to_string(), &need, super::tenancy::placement_strategy(app, who.org)?).await?;
     accept(app, who, alloc, None, id, who.project_or_default(), host, VolumeCommand::Create { spec, host }).await
 }
 

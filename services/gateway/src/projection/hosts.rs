@@ -12,8 +12,9 @@ use vmplane_domain::event::Envelope;
 use vmplane_domain::host::{self, Host, HostEvent, Resources};
 use vmplane_domain::{HostId, subjects};
 
-/// A host is online while its last heartbeat is at most this old.
-pub const ONLINE_WITHIN: Duration = Duration::from_secs(20);
+/// A host is online while its last heartbeat is at most this old, unless
+/// the gateway is told otherwise (`--host-offline-after`).
+pub const OFFLINE_AFTER: Duration = Duration::from_secs(15);
 
 pub(super) fn apply(txn: &mut Txn, env: &Envelope, ev: &HostEvent) {
     let Ok(id) = env.aggregate.parse::<HostId>() else { return };
@@ -39,11 +40,13 @@ struct Beats {
     uptime: HashMap<HostId, host::Uptime>,
     /// When this gateway began watching: it knows nothing of the time before.
     since: OffsetDateTime,
+    /// How long after its last heartbeat a host counts as offline.
+    offline_after: Duration,
 }
 
 impl Default for Heartbeats {
     fn default() -> Self {
-        Self(Arc::new(RwLock::new(Beats { last: HashMap::new(), uptime: HashMap::new(), since: OffsetDateTime::now_utc() })))
+        Self(Arc::new(RwLock::new(Beats { last: HashMap::new(), uptime: HashMap::new(), since: OffsetDateTime::now_utc(), offline_after: OFFLINE_AFTER })))
     }
 }
 
@@ -55,6 +58,11 @@ impl Heartbeats {
         self.0.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Count a host offline once its last heartbeat is older than `after`.
+    pub fn set_offline_after(&self, after: Duration) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).offline_after = after;
+    }
+
     /// When the host last beat.
     pub fn last(&self, host: HostId) -> Option<OffsetDateTime> {
         self.read().last.get(&host).and_then(|t| OffsetDateTime::from_unix_timestamp(*t).ok())
@@ -62,11 +70,12 @@ impl Heartbeats {
 
     /// Whether the host beat recently.
     pub fn is_online(&self, host: HostId) -> bool {
-        self.last(host).is_some_and(|t| OffsetDateTime::now_utc() - t <= ONLINE_WITHIN)
+        let within = self.read().offline_after;
+        self.last(host).is_some_and(|t| OffsetDateTime::now_utc() - t <= within)
     }
 
     /// The percentage of `[from, to)` the host was up (each beat counts it up
-    /// for [`ONLINE_WITHIN`]), over the part of it this gateway watched;
+    /// for the offline lease), over the part of it this gateway watched;
     /// `None` when that part is empty.
     pub fn uptime_percent(&self, host: HostId, from: OffsetDateTime, to: OffsetDateTime) -> Option<f64> {
         let beats = self.read();
@@ -82,8 +91,9 @@ impl Heartbeats {
         let Ok(t) = OffsetDateTime::from_unix_timestamp(at) else { return };
         let mut beats = self.0.write().unwrap_or_else(|p| p.into_inner());
         beats.last.insert(host, at);
+        let up_for = time::Duration::try_from(beats.offline_after).unwrap_or(time::Duration::ZERO);
         let uptime = beats.uptime.entry(host).or_default();
-        uptime.beat(t, time::Duration::try_from(ONLINE_WITHIN).unwrap_or(time::Duration::ZERO));
+        uptime.beat(t, up_for);
         uptime.forget_before(OffsetDateTime::now_utc() - UPTIME_WINDOW);
     }
 
@@ -114,6 +124,11 @@ impl Projections {
     /// Every registered host.
     pub fn hosts(&self) -> sled::Result<Vec<Host>> {
         self.scan(b"host/").collect()
+    }
+
+    /// One registered host.
+    pub fn host(&self, id: HostId) -> sled::Result<Option<Host>> {
+        self.get(&key(&[&"host", &id]))
     }
 
     /// Resources taken by the VMs placed on a host.

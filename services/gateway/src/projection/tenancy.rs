@@ -9,7 +9,9 @@ use vmplane_domain::{ApiKeyId, OrgId, ProjectId};
 pub(super) fn apply(txn: &mut Txn, env: &Envelope, ev: &TenancyEvent) {
     let at = env.time;
     match ev {
-        TenancyEvent::OrgCreated { id, name } => txn.put(key(&[&"org", id]), &Org { id: *id, name: name.clone(), created_at: at }),
+        TenancyEvent::OrgCreated { id, name, placement_strategy } => {
+            txn.put(key(&[&"org", id]), &Org { id: *id, name: name.clone(), placement_strategy: *placement_strategy, created_at: at })
+        }
         TenancyEvent::ProjectCreated { id, org, name } => txn.put(key(&[&"prj", org, id]), &Project { id: *id, org: *org, name: name.clone(), created_at: at }),
         TenancyEvent::ApiKeyCreated { id, org, name, secret_sha256 } => {
             txn.put(key(&[&"key", id]), &ApiKey { id: *id, org: *org, name: name.clone(), secret_sha256: secret_sha256.clone(), created_at: at })

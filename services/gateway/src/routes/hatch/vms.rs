@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use vmplane_domain::VmId;
+use vmplane_domain::placement::Placement;
 use vmplane_domain::spec::{MAX_MEMORY_MIB, MAX_VCPUS, NetworkMode, VmSpec};
 use vmplane_domain::template::Field;
 use vmplane_domain::vm::{Vm, VmStatus, tap_name};
@@ -122,7 +123,7 @@ impl CreateVmRequest {
             spec.network.guest_ip = guest_ip;
         }
         spec.network.guest_mac = self.guest_mac;
-        Ok(NewVm { spec, unset, ssh_key_ids: Vec::new(), host: None })
+        Ok(NewVm { spec, unset, ssh_key_ids: Vec::new(), placement: Placement::default() })
     }
 }
 

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 use vmplane_domain::cloud_init::CloudConfig;
+use vmplane_domain::placement::Placement;
 use vmplane_domain::spec::{GpuSpec, PortForward, Protocol, VmSpec};
 use vmplane_domain::vm::{Vm, VmStatus};
 use vmplane_domain::{HostId, SshKeyId, VmId, ssh_key};
@@ -264,8 +265,8 @@ impl CreateInstanceDocument {
             config.validate().map_err(|e| MarketError::bad_request("validation_failed", format!("cloud_init.{e}")))?;
             spec.user_data = Some(config.render());
         }
-        let host = a.hostnode_id.as_deref().map(host_id).transpose()?;
-        Ok(NewVm { ssh_key_ids, host, ..NewVm::from(spec) })
+        let host_id = a.hostnode_id.as_deref().map(host_id).transpose()?;
+        Ok(NewVm { ssh_key_ids, placement: Placement { host_id, ..Placement::default() }, ..NewVm::from(spec) })
     }
 }
 
@@ -337,7 +338,7 @@ pub(super) async fn create_instance(
     Json(doc): Json<CreateInstanceDocument>,
 ) -> MarketResult<(StatusCode, JsonApi<InstanceDocument>)> {
     let new = doc.into_new_vm()?;
-    if let Some(host) = new.host {
+    if let Some(host) = new.placement.host_id {
         check_against_hostnode(&state.app, &who, host, &new.spec)?;
     }
     let accepted = vms::create(&state.app, &who, alloc, new).await?;
@@ -401,7 +402,7 @@ mod tests {
         assert_eq!(s.port_forwards.iter().map(|p| (p.guest_port, p.host_port)).collect::<Vec<_>>(), vec![(22, Some(20000)), (80, Some(20001))]);
         assert_eq!(s.ssh_keys, vec![key.to_owned()]);
         assert_eq!(s.user_data.as_deref(), Some("#cloud-config\npackage_update: true\npackages:\n- curl\nruncmd:\n- echo 'Hello World'\n"));
-        assert!(new.ssh_key_ids.is_empty() && new.host.is_none());
+        assert!(new.ssh_key_ids.is_empty() && new.placement.host_id.is_none());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use vmplane_domain::HostId;
-use vmplane_domain::host::{CordonCommand, HostInfo, PortRange, Resources};
+use vmplane_domain::host::{CordonCommand, HostInfo, HostStatus, PortRange, Resources};
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -29,7 +29,7 @@ pub struct HostView {
     pub info: HostInfo,
     /// `online` while heartbeats arrive, `cordoned` when it also takes
     /// nothing new (admin), else `offline`.
-    pub status: &'static str,
+    pub status: HostStatus,
     /// Cordoned by an admin: no new VMs or volumes are placed here.
     pub cordoned: bool,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -57,11 +57,7 @@ impl From<HostUsage> for HostView {
     fn from(h: HostUsage) -> Self {
         Self {
             id: h.host.id,
-            status: match (h.online, h.host.cordoned) {
-                (false, _) => "offline",
-                (true, true) => "cordoned",
-                (true, false) => "online",
-            },
+            status: HostStatus::of(h.online, h.host.cordoned),
             cordoned: h.host.cordoned,
             last_heartbeat: h.last_heartbeat,
             used: h.used,

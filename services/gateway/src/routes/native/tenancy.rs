@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
+use vmplane_domain::placement::Strategy;
 use vmplane_domain::tenancy::{ApiKey, Org, Project};
 use vmplane_domain::{ApiKeyId, OrgId, ProjectId};
 
@@ -31,6 +32,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct CreateOrgRequest {
     /// DNS label.
     pub name: String,
+    /// How the org's VMs and volumes are placed when a create does not say
+    /// (`placement.strategy`). Default `spread`.
+    #[serde(default)]
+    pub placement_strategy: Strategy,
 }
 
 /// `POST /v1/orgs/{org}/projects` body.
@@ -55,6 +60,7 @@ pub struct CreateApiKeyRequest {
 pub struct OrgView {
     pub id: OrgId,
     pub name: String,
+    pub placement_strategy: Strategy,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
@@ -95,7 +101,7 @@ pub struct ApiKeyView {
 
 impl From<Org> for OrgView {
     fn from(o: Org) -> Self {
-        Self { id: o.id, name: o.name, created_at: o.created_at, operation: None }
+        Self { id: o.id, name: o.name, placement_strategy: o.placement_strategy, created_at: o.created_at, operation: None }
     }
 }
 
@@ -144,7 +150,7 @@ async fn create_org(
     alloc: Allocation,
     Json(req): Json<CreateOrgRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<OrgView>)> {
-    Ok(created(tenancy::create_org(&state.app, &who, alloc, req.name).await?))
+    Ok(created(tenancy::create_org(&state.app, &who, alloc, req.name, req.placement_strategy).await?))
 }
 
 /// Every org.

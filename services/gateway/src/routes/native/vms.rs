@@ -8,7 +8,7 @@ use crate::AppState;
 use crate::app::catalog;
 use crate::app::events::{self as app_events, FeedFilter};
 use crate::app::vms::{self, Action, NewVm};
-use crate::app::{Accepted, Allocation, Operation, Principal};
+use crate::app::{Accepted, Allocation, App, Operation, Principal};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +18,8 @@ use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use vmplane_domain::catalog::Plan;
+use vmplane_domain::host::HostStatus;
+use vmplane_domain::placement::Placement;
 use vmplane_domain::spec::{DataDisk, ExposedPort, GpuSpec, NetworkSpec, PortForward, VmSpec, VolumeMount};
 use vmplane_domain::template::Field;
 use vmplane_domain::vm::{DiskInfo, ResolvedPortForward, Vm, VmStatus};
@@ -86,6 +88,10 @@ pub struct CreateVmRequest {
     pub template: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Where to place the VM: a strategy (`spread`, `binpack`; default the
+    /// org's), a host, a region, host labels to match.
+    #[serde(default)]
+    pub placement: Placement,
 }
 
 impl CreateVmRequest {
@@ -117,7 +123,8 @@ impl CreateVmRequest {
     pub fn into_new_vm(mut self, plan: Option<&Plan>) -> NewVm {
         let unset = self.unset();
         let ssh_key_ids = std::mem::take(&mut self.ssh_key_ids);
-        NewVm { spec: self.into_spec(plan), unset, ssh_key_ids, host: None }
+        let placement = std::mem::take(&mut self.placement);
+        NewVm { spec: self.into_spec(plan), unset, ssh_key_ids, placement }
     }
 
     /// The spec this request asks for, defaults filled in: the named plan's
@@ -160,6 +167,10 @@ pub struct VmView {
     pub org_id: vmplane_domain::OrgId,
     pub project_id: ProjectId,
     pub host_id: HostId,
+    /// The status of its host. While it is `offline`, `status` is the last
+    /// one known and commands wait for the host to return (or fail with
+    /// `host_unavailable` after the worker's `--host-unavailable-after`).
+    pub host_status: HostStatus,
     pub status: VmStatus,
     /// Why the VM failed, or what it is doing.
     pub message: Option<String>,
@@ -208,8 +219,14 @@ pub struct VmView {
     pub stopped_at: Option<OffsetDateTime>,
 }
 
-impl From<Vm> for VmView {
-    fn from(vm: Vm) -> Self {
+impl VmView {
+    /// The VM with its host's status as this gateway sees it now.
+    pub fn read(app: &App, vm: Vm) -> ApiResult<Self> {
+        let host_status = crate::app::hosts::status(app, vm.host)?;
+        Ok(Self::new(vm, host_status))
+    }
+
+    fn new(vm: Vm, host_status: HostStatus) -> Self {
         let memory_mib = vm.memory_mib();
         let net = vm.network.unwrap_or_default();
         let s = vm.spec;
@@ -227,6 +244,7 @@ impl From<Vm> for VmView {
             org_id: vm.org,
             project_id: vm.project,
             host_id: vm.host,
+            host_status,
             status: vm.status,
             message: vm.message,
             image: s.image,
@@ -271,15 +289,9 @@ pub struct VmAccepted {
     pub operation: Operation,
 }
 
-impl From<Accepted<Vm>> for VmAccepted {
-    fn from(a: Accepted<Vm>) -> Self {
-        Self { vm: a.resource.into(), operation: a.operation }
-    }
-}
-
 /// The answer to a command on a VM: 202 with the VM as the command leaves it.
-pub(super) fn accepted(a: Accepted<Vm>) -> (StatusCode, axum::Json<VmAccepted>) {
-    (StatusCode::ACCEPTED, axum::Json(a.into()))
+pub(super) fn accepted(app: &App, a: Accepted<Vm>) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+    Ok((StatusCode::ACCEPTED, axum::Json(VmAccepted { vm: VmView::read(app, a.resource)?, operation: a.operation })))
 }
 
 /// Filters of `GET /v1/vms`.
@@ -304,7 +316,7 @@ async fn create_vm(
     Json(req): Json<CreateVmRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     let plan = req.plan.as_deref().map(|name| catalog::plan(&state.app, name)).transpose()?;
-    Ok(accepted(vms::create(&state.app, &who, alloc, req.into_new_vm(plan.as_ref())).await?))
+    accepted(&state.app, vms::create(&state.app, &who, alloc, req.into_new_vm(plan.as_ref())).await?)
 }
 
 /// List VMs, oldest first.
@@ -314,14 +326,15 @@ async fn list_vms(State(state): State<AppState>, who: Principal, Query(q): Query
     let pq = PageQuery::new(q.page, q.limit)?;
     let status = q.status.map(|s| s.parse::<VmStatus>().map_err(|()| ApiError::BadRequest("invalid_query", format!("unknown status `{s}`")))).transpose()?;
     let listed = vms::list(&state.app, &who, status, pq.window())?;
-    Ok(axum::Json(pq.page(listed.items.into_iter().map(VmView::from).collect(), listed.total)))
+    let items = listed.items.into_iter().map(|vm| VmView::read(&state.app, vm)).collect::<ApiResult<_>>()?;
+    Ok(axum::Json(pq.page(items, listed.total)))
 }
 
 /// One VM.
 #[utoipa::path(get, path = "/v1/vms/{id}", tag = "vms", params(("id" = String, Path, description = "VM id")),
     responses((status = 200, body = VmView), (status = "4XX", body = ErrorBody)))]
 async fn get_vm(State(state): State<AppState>, who: Principal, PathId(id): PathId<VmId>) -> ApiResult<axum::Json<VmView>> {
-    Ok(axum::Json(vms::get(&state.app, &who, id)?.into()))
+    Ok(axum::Json(VmView::read(&state.app, vms::get(&state.app, &who, id)?)?))
 }
 
 /// Delete a VM and, unless `delete_root_disk` is false, its root disk.
@@ -333,7 +346,7 @@ async fn delete_vm(
     alloc: Allocation,
     PathId(id): PathId<VmId>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    Ok(accepted(vms::act(&state.app, &who, alloc, id, Action::Delete).await?))
+    accepted(&state.app, vms::act(&state.app, &who, alloc, id, Action::Delete).await?)
 }
 
 /// Start a stopped VM. Starting a running VM is accepted and changes nothing.
@@ -345,7 +358,7 @@ async fn start_vm(
     alloc: Allocation,
     PathId(id): PathId<VmId>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    Ok(accepted(vms::act(&state.app, &who, alloc, id, Action::Start).await?))
+    accepted(&state.app, vms::act(&state.app, &who, alloc, id, Action::Start).await?)
 }
 
 /// Stop a VM: ACPI power-down, then a hard stop. Stopping a stopped VM is accepted and changes nothing.
@@ -357,7 +370,7 @@ async fn stop_vm(
     alloc: Allocation,
     PathId(id): PathId<VmId>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    Ok(accepted(vms::act(&state.app, &who, alloc, id, Action::Stop).await?))
+    accepted(&state.app, vms::act(&state.app, &who, alloc, id, Action::Stop).await?)
 }
 
 /// Reboot a running VM.
@@ -369,7 +382,7 @@ async fn restart_vm(
     alloc: Allocation,
     PathId(id): PathId<VmId>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    Ok(accepted(vms::act(&state.app, &who, alloc, id, Action::Restart).await?))
+    accepted(&state.app, vms::act(&state.app, &who, alloc, id, Action::Restart).await?)
 }
 
 /// Snapshot a running VM's memory and devices to disk and stop it (`standby`).
@@ -381,7 +394,7 @@ async fn standby_vm(
     alloc: Allocation,
     PathId(id): PathId<VmId>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    Ok(accepted(vms::act(&state.app, &who, alloc, id, Action::Standby).await?))
+    accepted(&state.app, vms::act(&state.app, &who, alloc, id, Action::Standby).await?)
 }
 
 /// Resume a VM in standby from its snapshot, memory intact.
@@ -393,7 +406,7 @@ async fn restore_vm(
     alloc: Allocation,
     PathId(id): PathId<VmId>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    Ok(accepted(vms::act(&state.app, &who, alloc, id, Action::Restore).await?))
+    accepted(&state.app, vms::act(&state.app, &who, alloc, id, Action::Restore).await?)
 }
 
 /// `POST /v1/vms/{id}/memory` body.
@@ -415,7 +428,7 @@ async fn resize_memory(
     PathId(id): PathId<VmId>,
     Json(req): Json<ResizeMemoryRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
-    Ok(accepted(vms::resize_memory(&state.app, &who, alloc, id, req.memory_mib).await?))
+    accepted(&state.app, vms::resize_memory(&state.app, &who, alloc, id, req.memory_mib).await?)
 }
 
 /// Query of `GET /v1/vms/{id}/events`.

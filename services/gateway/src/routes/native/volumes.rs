@@ -179,7 +179,7 @@ async fn attach_volume(
         overlay: req.overlay,
         overlay_size_mib: req.overlay_size_mib,
     };
-    Ok(accepted(volumes::attach(&state.app, &who, alloc, vm_id, mount).await?))
+    accepted(&state.app, volumes::attach(&state.app, &who, alloc, vm_id, mount).await?)
 }
 
 /// Unmount and detach a volume from a VM.
@@ -193,5 +193,5 @@ async fn detach_volume(
     Path(p): Path<VmVolumePath>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     let (vm_id, vol_id) = parse_ids(&p)?;
-    Ok(accepted(volumes::detach(&state.app, &who, alloc, vm_id, vol_id).await?))
+    accepted(&state.app, volumes::detach(&state.app, &who, alloc, vm_id, vol_id).await?)
 }
