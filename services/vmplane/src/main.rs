@@ -684,6 +684,7 @@ async fn driver(opts: &WorkerOpts, data_dir: &Path, catalog: &Catalog) -> anyhow
                 bridge: opts.bridge.clone().zip(opts.bridge_cidr).map(|(name, cidr)| bridge::Bridge { name, cidr }),
                 ready_timeout: Duration::from_secs(opts.ready_timeout_secs),
                 stop_timeout: Duration::from_secs(opts.stop_timeout_secs),
+                sysfs: PathBuf::from("/sys"),
                 host,
             })?)
         }

@@ -9,6 +9,7 @@
 
 pub mod accel;
 pub mod bridge;
+pub mod gpu;
 pub mod image;
 pub mod import;
 pub mod layout;
@@ -67,6 +68,10 @@ pub struct QemuConfig {
     pub ready_timeout: Duration,
     /// How long a guest may take to power off after ACPI power-down.
     pub stop_timeout: Duration,
+    /// Where sysfs is mounted (`/sys`), to find GPUs; a parameter so tests can give a fake tree.
+    pub sysfs: PathBuf,
+    /// What the host announces; its `gpus` are the declared ones, merged with
+    /// those found in sysfs at start ([`gpu::merge`]).
     pub host: HostInfo,
 }
 
@@ -100,13 +105,17 @@ fn retry(e: impl std::fmt::Display) -> DriverError {
 }
 
 impl QemuDriver {
-    /// Start the driver: choose how guests are networked and put the filters
-    /// that keep them off the host in place (saying so in `driver_detail`),
-    /// adopt guests that are still running, and watch them.
+    /// Start the driver: find the host's GPUs, choose how guests are
+    /// networked and put the filters that keep them off the host in place
+    /// (saying so in `driver_detail`), adopt guests that are still running,
+    /// and watch them.
     pub fn new(mut cfg: QemuConfig) -> std::io::Result<Self> {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(cfg.dir.join("vms"))?;
+        let gpus = gpu::discover(&cfg.sysfs);
+        cfg.host.gpus = gpu::merge(&cfg.host.gpus, &gpus);
         let user_net = UserNet::detect(&cfg.passt_binary);
         let mut detail: Vec<String> = cfg.host.driver_detail.take().into_iter().collect();
+        detail.extend(gpu::describe(&gpus));
         detail.push(user_net.describe());
         if let Some(b) = &cfg.bridge {
             detail.push(bridge_filter(b));
@@ -702,6 +711,42 @@ impl Driver for QemuDriver {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// A driver over a temp dir, finding GPUs in the fake sysfs under it
+    /// (`gpu::tests::device`); it never runs qemu or passt.
+    fn driver(root: &Path, declared: &[(&str, u32)]) -> QemuDriver {
+        let host = HostInfo { gpus: declared.iter().map(|(m, n)| ((*m).to_owned(), *n)).collect(), ..HostInfo::default() };
+        QemuDriver::new(QemuConfig {
+            dir: root.join("qemu"),
+            images_dir: root.join("images"),
+            qemu_binary: root.join("no-qemu"),
+            accel: Accel::Tcg,
+            accel_reason: String::new(),
+            port_range: (20000, 20010),
+            forward_bind: "127.0.0.1".parse().unwrap(),
+            passt_binary: root.join("no-passt"),
+            bridge: None,
+            ready_timeout: Duration::from_secs(1),
+            stop_timeout: Duration::from_secs(1),
+            sysfs: root.join("sys"),
+            host,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_host_announces_found_gpus_merged_with_declared_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let sys = d.path().join("sys");
+        gpu::tests::device(&sys, "0000:17:00.0", 0x10de, 0x2330, 0x030200, Some("vfio-pci"));
+        gpu::tests::device(&sys, "0000:65:00.0", 0x10de, 0x2330, 0x030200, Some("nvidia"));
+        gpu::tests::device(&sys, "0000:03:00.0", 0x1002, 0x740f, 0x030000, Some("vfio-pci"));
+        let info = driver(d.path(), &[("nvidia-2330", 1), ("A100", 2)]).host_info();
+        let gpus: Vec<(&str, u32)> = info.gpus.iter().map(|(m, n)| (m.as_str(), *n)).collect();
+        assert_eq!(gpus, [("A100", 2), ("amd-740f", 1), ("nvidia-2330", 1)], "declared counts win, found-only models are counted");
+        let detail = info.driver_detail.unwrap();
+        assert!(detail.contains("GPUs: amd-740f 0000:03:00.0 (vfio-pci), nvidia-2330 0000:17:00.0 (vfio-pci), nvidia-2330 0000:65:00.0 (nvidia)"), "{detail}");
+    }
 
     #[test]
     fn the_readiness_scan_reads_only_what_was_appended() {
