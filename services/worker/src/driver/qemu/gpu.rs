@@ -8,7 +8,7 @@
 //! for a model both found and declared, the declared count is announced.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// A PCI address, `DDDD:BB:DD.F` (domain, bus, device, function; lower-case
@@ -119,6 +119,44 @@ pub fn merge(declared: &BTreeMap<String, u32>, found: &[PciGpu]) -> BTreeMap<Str
     gpus
 }
 
+/// Why a VM cannot be given its GPUs here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PickError {
+    #[error("this host has no {model} device in sysfs to pass through (a model declared with --gpu but not installed cannot be attached)")]
+    NoDevice { model: String },
+    #[error(
+        "the VM asks for {want} {model} device(s) but {ready} free one(s) are bound to {VFIO_DRIVER}; bind the device(s) to {VFIO_DRIVER} (see the README, GPUs): {unbound}"
+    )]
+    NotBound { model: String, want: u32, ready: usize, unbound: String },
+    #[error("the VM asks for {want} {model} device(s) but {free} are free (bound to {VFIO_DRIVER} and held by no other VM)")]
+    Taken { model: String, want: u32, free: usize },
+}
+
+/// The devices a VM asking for `count` GPUs (of `model`, or of any one
+/// model: the first by name with enough, as placement counts them) is
+/// given: free ones (not in `held`) bound to `vfio-pci`, by address.
+pub fn pick(found: &[PciGpu], count: u32, model: Option<&str>, held: &BTreeSet<Bdf>) -> Result<Vec<Bdf>, PickError> {
+    let want = count as usize;
+    let models: BTreeSet<&str> = found.iter().map(|g| g.model.as_str()).filter(|m| model.is_none_or(|w| w == *m)).collect();
+    let mut first_error = None;
+    for m in &models {
+        let free: Vec<&PciGpu> = found.iter().filter(|g| g.model == *m && !held.contains(&g.bdf)).collect();
+        let ready: Vec<Bdf> = free.iter().filter(|g| g.passthrough_ready()).map(|g| g.bdf.clone()).collect();
+        if ready.len() >= want {
+            return Ok(ready.into_iter().take(want).collect());
+        }
+        let unbound: Vec<String> =
+            free.iter().filter(|g| !g.passthrough_ready()).map(|g| format!("{} ({})", g.bdf, g.driver.as_deref().unwrap_or("no driver"))).collect();
+        let error = if free.len() >= want {
+            PickError::NotBound { model: (*m).to_owned(), want: count, ready: ready.len(), unbound: unbound.join(", ") }
+        } else {
+            PickError::Taken { model: (*m).to_owned(), want: count, free: ready.len() }
+        };
+        first_error.get_or_insert(error);
+    }
+    Err(first_error.unwrap_or_else(|| PickError::NoDevice { model: model.unwrap_or("GPU").to_owned() }))
+}
+
 /// One line for the host's `driver_detail`.
 pub fn describe(found: &[PciGpu]) -> Option<String> {
     if found.is_empty() {
@@ -183,6 +221,33 @@ pub(crate) mod tests {
         assert!(found.iter().all(|g| is_gpu_model(&g.model)));
         assert_eq!(found.iter().filter(|g| g.passthrough_ready()).count(), 1);
         assert!(discover(&sys.join("missing")).is_empty());
+    }
+
+    #[test]
+    fn a_vm_gets_free_devices_of_its_model_bound_to_vfio_pci() {
+        let d = tempfile::tempdir().unwrap();
+        let sys = d.path();
+        device(sys, "0000:17:00.0", 0x10de, 0x2330, 0x030200, Some("vfio-pci"));
+        device(sys, "0000:18:00.0", 0x10de, 0x2330, 0x030200, Some("vfio-pci"));
+        device(sys, "0000:65:00.0", 0x10de, 0x2330, 0x030200, Some("nvidia"));
+        device(sys, "0000:03:00.0", 0x1002, 0x740f, 0x030000, None);
+        let found = discover(sys);
+        let bdf = |s: &str| s.parse::<Bdf>().unwrap();
+        let none = BTreeSet::new();
+        assert_eq!(pick(&found, 2, Some("nvidia-2330"), &none), Ok(vec![bdf("0000:17:00.0"), bdf("0000:18:00.0")]));
+        // Held by another VM: the next free one.
+        let held = BTreeSet::from([bdf("0000:17:00.0")]);
+        assert_eq!(pick(&found, 1, Some("nvidia-2330"), &held), Ok(vec![bdf("0000:18:00.0")]));
+        // Enough devices, but one is still bound to its vendor driver.
+        let err = pick(&found, 2, Some("nvidia-2330"), &held).unwrap_err();
+        assert_eq!(err, PickError::NotBound { model: "nvidia-2330".into(), want: 2, ready: 1, unbound: "0000:65:00.0 (nvidia)".into() });
+        assert!(err.to_string().contains("bind the device(s) to vfio-pci"), "{err}");
+        assert_eq!(pick(&found, 4, Some("nvidia-2330"), &none), Err(PickError::Taken { model: "nvidia-2330".into(), want: 4, free: 2 }));
+        assert_eq!(pick(&found, 1, Some("A100"), &none), Err(PickError::NoDevice { model: "A100".into() }));
+        assert!(matches!(pick(&found, 1, Some("amd-740f"), &none), Err(PickError::NotBound { .. })));
+        // No model named: the first model (by name) that has enough.
+        assert_eq!(pick(&found, 2, None, &none), Ok(vec![bdf("0000:17:00.0"), bdf("0000:18:00.0")]));
+        assert!(matches!(pick(&found, 1, None, &BTreeSet::from([bdf("0000:17:00.0"), bdf("0000:18:00.0")])), Err(PickError::NotBound { .. })));
     }
 
     #[test]
