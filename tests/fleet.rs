@@ -278,3 +278,40 @@ async fn placement_follows_filters_and_strategies() {
         w.terminate().await;
     }
 }
+
+/// A worker keeps `--reserve-cpus` and `--reserve-memory-mib` for its host:
+/// `GET /v1/hosts` shows the measured capacity (sim: `--sim-cpus`,
+/// `--sim-memory-mib`) less the reserve, which is what placement fills. A
+/// reserve that leaves nothing stops the worker at start, saying so.
+#[tokio::test]
+async fn a_worker_announces_its_capacity_less_its_reserve() {
+    let stack = Stack::start().await;
+    let worker = |name: &str, extra: &[&str]| {
+        let mut args = vec!["worker".to_owned()];
+        args.extend(stack.nats.args("worker"));
+        args.extend(["--data-dir", &stack.root().join(name).display().to_string(), "--driver", "sim", "--host-name", name].map(str::to_owned));
+        args.extend(["--sim-cpus", "16", "--sim-memory-mib", "32768"].map(str::to_owned));
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        args
+    };
+
+    let refused = std::process::Command::new(BIN).args(worker("nothing-left", &["--reserve-cpus", "16"])).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("--reserve-cpus 16 leaves no vCPUs for VMs: this host has 16"), "{stderr}");
+    let refused = std::process::Command::new(BIN).args(worker("nothing-left", &["--reserve-memory-mib", "40000"])).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--reserve-memory-mib 40000 leaves no memory for VMs: this host has 32768 MiB"), "{stderr}");
+
+    let mut reserved =
+        Proc::start("reserved worker", BIN, worker("reserved", &["--reserve-cpus", "4", "--reserve-memory-mib", "8192"]), vec![], stack.root().join("r.log"));
+    let c = &stack.admin;
+    let host = wait_for("the reserved host online", WAIT, async || match online_hosts(c).await.into_iter().find(|h| h["name"] == "reserved") {
+        Some(h) => Ok(h),
+        None => Err(reserved.log_tail(5)),
+    })
+    .await;
+    assert_eq!((host["cpus"].as_u64(), host["memory_mib"].as_u64()), (Some(12), Some(24576)), "{host}");
+    assert_eq!((host["available"]["vcpus"].as_u64(), host["available"]["memory_mib"].as_u64()), (Some(12), Some(24576)), "{host}");
+    reserved.terminate().await;
+}

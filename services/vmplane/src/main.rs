@@ -28,6 +28,7 @@ use vmplane_gateway::routes::hatch::HatchConfig;
 use vmplane_worker::WorkerConfig;
 use vmplane_worker::claim::DataDirLock;
 use vmplane_worker::driver::Driver;
+use vmplane_worker::driver::capacity::{self, Reserve};
 use vmplane_worker::driver::qemu::accel::{self, AccelChoice};
 use vmplane_worker::driver::qemu::bridge;
 use vmplane_worker::driver::qemu::{QemuConfig, QemuDriver};
@@ -335,6 +336,14 @@ struct WorkerOpts {
     /// sim: milliseconds a simulated guest takes to report readiness.
     #[arg(long, default_value_t = 300)]
     sim_ready_delay_ms: u64,
+    /// vCPUs kept for the host itself: the announced vCPUs are the measured
+    /// ones (sim: --sim-cpus) less these.
+    #[arg(long, default_value_t = 0)]
+    reserve_cpus: u32,
+    /// Memory in MiB kept for the host itself: the announced memory is the
+    /// measured memory (sim: --sim-memory-mib) less this.
+    #[arg(long, default_value_t = 0)]
+    reserve_memory_mib: u64,
     /// sim: announced vCPUs.
     #[arg(long, default_value_t = 64)]
     sim_cpus: u32,
@@ -646,7 +655,7 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
 async fn driver(opts: &WorkerOpts, data_dir: &Path, catalog: &Catalog) -> anyhow::Result<Arc<dyn Driver>> {
     let host_name =
         opts.host_name.clone().unwrap_or_else(|| std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "localhost".into()));
-    // What the operator says about the host is checked before anything slow (the image build).
+    // What the operator says about the host, and its reserve, are checked before anything slow (the image build).
     let mut host = HostInfo {
         name: host_name,
         driver: match opts.driver {
@@ -659,6 +668,11 @@ async fn driver(opts: &WorkerOpts, data_dir: &Path, catalog: &Catalog) -> anyhow
         ..HostInfo::default()
     };
     describe_host(opts, catalog, &mut host)?;
+    (host.cpus, host.memory_mib) = match opts.driver {
+        DriverKind::Qemu => (capacity::host_cpus(), capacity::host_memory_mib()),
+        DriverKind::Sim => (opts.sim_cpus, opts.sim_memory_mib),
+    };
+    Reserve { cpus: opts.reserve_cpus, memory_mib: opts.reserve_memory_mib }.apply(&mut host)?;
     Ok(match opts.driver {
         DriverKind::Qemu => {
             let choice = match opts.accel {
@@ -674,9 +688,7 @@ async fn driver(opts: &WorkerOpts, data_dir: &Path, catalog: &Catalog) -> anyhow
             std::fs::create_dir_all(&dir)?;
             let host = HostInfo {
                 driver_detail: Some(reason.clone()),
-                cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-                memory_mib: host_memory_mib(),
-                disk_gb: host_disk_gb(&dir),
+                disk_gb: capacity::host_disk_gb(&dir),
                 images: vmplane_worker::driver::qemu::image::list(&images_dir),
                 ..host
             };
@@ -692,6 +704,7 @@ async fn driver(opts: &WorkerOpts, data_dir: &Path, catalog: &Catalog) -> anyhow
                 bridge: opts.bridge.clone().zip(opts.bridge_cidr).map(|(name, cidr)| bridge::Bridge { name, cidr }),
                 ready_timeout: Duration::from_secs(opts.ready_timeout_secs),
                 stop_timeout: Duration::from_secs(opts.stop_timeout_secs),
+                sysfs: PathBuf::from("/sys"),
                 host,
             })?)
         }
@@ -701,8 +714,6 @@ async fn driver(opts: &WorkerOpts, data_dir: &Path, catalog: &Catalog) -> anyhow
             ready_delay: Duration::from_millis(opts.sim_ready_delay_ms),
             host: HostInfo {
                 driver_detail: Some("simulated guests: nothing really boots".into()),
-                cpus: opts.sim_cpus,
-                memory_mib: opts.sim_memory_mib,
                 disk_gb: opts.sim_disk_gb,
                 images: vmplane_worker::driver::sim::catalog_images(catalog),
                 ..host
@@ -710,27 +721,6 @@ async fn driver(opts: &WorkerOpts, data_dir: &Path, catalog: &Catalog) -> anyhow
             port_range: opts.port_range,
         })?),
     })
-}
-
-/// Physical memory, from /proc/meminfo.
-fn host_memory_mib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
-        .map_or(1024, |kb| kb / 1024)
-}
-
-/// Free space where guest disks live, in GB.
-fn host_disk_gb(dir: &Path) -> u64 {
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return 0 };
-    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(path.as_ptr(), &mut st) != 0 {
-            return 0;
-        }
-        (st.f_bavail as u64 * st.f_frsize as u64) >> 30
-    }
 }
 
 async fn gateway(

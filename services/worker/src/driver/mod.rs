@@ -5,6 +5,7 @@
 //! crash, and a method that finds its work already done returns success
 //! without doing it twice (a second `boot` of a running guest adopts it).
 
+pub mod capacity;
 pub mod qemu;
 pub mod sim;
 

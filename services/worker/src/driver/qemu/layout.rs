@@ -65,6 +65,10 @@ impl VmDir {
     pub fn network(&self) -> PathBuf {
         self.0.join("network.json")
     }
+    /// The GPUs (PCI addresses) the VM holds, so no other VM is given them.
+    pub fn gpus(&self) -> PathBuf {
+        self.0.join("gpus.json")
+    }
     /// The volumes plugged into the VM (`volumes::Plugged`).
     pub fn volumes(&self) -> PathBuf {
         self.0.join("volumes.json")

@@ -9,6 +9,7 @@
 
 pub mod accel;
 pub mod bridge;
+pub mod gpu;
 pub mod image;
 pub mod import;
 pub mod layout;
@@ -67,6 +68,10 @@ pub struct QemuConfig {
     pub ready_timeout: Duration,
     /// How long a guest may take to power off after ACPI power-down.
     pub stop_timeout: Duration,
+    /// Where sysfs is mounted (`/sys`), to find GPUs; a parameter so tests can give a fake tree.
+    pub sysfs: PathBuf,
+    /// What the host announces; its `gpus` are the declared ones, merged with
+    /// those found in sysfs at start ([`gpu::merge`]).
     pub host: HostInfo,
 }
 
@@ -86,6 +91,8 @@ pub struct QemuDriver {
     user_net: UserNet,
     /// Serialises port allocation.
     ports: Mutex<()>,
+    /// Serialises handing out GPUs.
+    gpus: Mutex<()>,
     /// Guests being watched for unasked exits: vm -> (pid, org).
     watched: Arc<Mutex<HashMap<VmId, (i32, OrgId)>>>,
     exits: Mutex<Option<mpsc::UnboundedReceiver<GuestExit>>>,
@@ -100,20 +107,24 @@ fn retry(e: impl std::fmt::Display) -> DriverError {
 }
 
 impl QemuDriver {
-    /// Start the driver: choose how guests are networked and put the filters
-    /// that keep them off the host in place (saying so in `driver_detail`),
-    /// adopt guests that are still running, and watch them.
+    /// Start the driver: find the host's GPUs, choose how guests are
+    /// networked and put the filters that keep them off the host in place
+    /// (saying so in `driver_detail`), adopt guests that are still running,
+    /// and watch them.
     pub fn new(mut cfg: QemuConfig) -> std::io::Result<Self> {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(cfg.dir.join("vms"))?;
+        let gpus = gpu::discover(&cfg.sysfs);
+        cfg.host.gpus = gpu::merge(&cfg.host.gpus, &gpus);
         let user_net = UserNet::detect(&cfg.passt_binary);
         let mut detail: Vec<String> = cfg.host.driver_detail.take().into_iter().collect();
+        detail.extend(gpu::describe(&gpus));
         detail.push(user_net.describe());
         if let Some(b) = &cfg.bridge {
             detail.push(bridge_filter(b));
         }
         cfg.host.driver_detail = Some(detail.join("; "));
         let (tx, rx) = mpsc::unbounded_channel();
-        let driver = Self { cfg, user_net, ports: Mutex::new(()), watched: Arc::default(), exits: Mutex::new(Some(rx)) };
+        let driver = Self { cfg, user_net, ports: Mutex::new(()), gpus: Mutex::new(()), watched: Arc::default(), exits: Mutex::new(Some(rx)) };
         driver.adopt();
         tokio::spawn(watch(driver.watched.clone(), driver.cfg.dir.clone(), tx));
         Ok(driver)
@@ -157,7 +168,27 @@ impl QemuDriver {
         self.watched.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm);
     }
 
-    /// Build the command line; in bridge mode, make sure the tap exists first.
+    /// The GPUs the VM is given: those it holds (`gpus.json`), else free
+    /// devices of its model bound to `vfio-pci`, recorded before qemu starts
+    /// so that no other VM is given them; held until the VM is destroyed.
+    fn claim_gpus(&self, vm: &Vm, dir: &VmDir) -> Result<Vec<gpu::Bdf>, DriverError> {
+        let Some(want) = &vm.spec.gpu else { return Ok(Vec::new()) };
+        let found = gpu::discover(&self.cfg.sysfs);
+        let _guard = self.gpus.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = held_gpus(dir) {
+            // Still there and still bound: a host reboot may have rebound a device to its vendor driver.
+            if let Some(lost) = held.iter().find(|b| !found.iter().any(|g| g.bdf == **b && g.passthrough_ready())) {
+                return Err(fatal(format!("GPU {lost} this VM holds is gone or no longer bound to {}", gpu::VFIO_DRIVER)));
+            }
+            return Ok(held);
+        }
+        let others: BTreeSet<gpu::Bdf> = self.other_vms(vm.id).filter_map(|other| held_gpus(&self.dir(other))).flatten().collect();
+        let picked = gpu::pick(&found, want.count, want.model.as_deref(), &others).map_err(fatal)?;
+        write_private(&dir.gpus(), &serde_json::to_vec(&picked).map_err(fatal)?).map_err(retry)?;
+        Ok(picked)
+    }
+
+    /// Build the command line (claiming the VM's GPUs); in bridge mode, make sure the tap exists first.
     async fn launch<'a>(
         &'a self,
         vm: &'a Vm,
@@ -174,6 +205,7 @@ impl QemuDriver {
             }
             None => None,
         };
+        let gpus = self.claim_gpus(vm, dir)?;
         Ok(Launch {
             qemu: &self.cfg.qemu_binary,
             accel: self.cfg.accel,
@@ -185,6 +217,7 @@ impl QemuDriver {
             user_net: &self.user_net,
             incoming,
             tap,
+            gpus,
         })
     }
 
@@ -238,15 +271,19 @@ impl QemuDriver {
         self.other_allocations(except).filter(|a| a.tap.is_some()).filter_map(|a| a.network.mac.map(|m| m.to_ascii_lowercase())).collect()
     }
 
-    /// The network allocations of every other VM on this host.
-    fn other_allocations(&self, except: VmId) -> impl Iterator<Item = Allocated> + '_ {
+    /// Every other VM with a directory on this host.
+    fn other_vms(&self, except: VmId) -> impl Iterator<Item = VmId> + use<> {
         std::fs::read_dir(self.cfg.dir.join("vms"))
             .into_iter()
             .flatten()
             .flatten()
             .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<VmId>().ok()))
             .filter(move |vm| *vm != except)
-            .filter_map(|vm| allocated(&self.dir(vm)))
+    }
+
+    /// The network allocations of every other VM on this host.
+    fn other_allocations(&self, except: VmId) -> impl Iterator<Item = Allocated> + '_ {
+        self.other_vms(except).filter_map(|vm| allocated(&self.dir(vm)))
     }
 
     fn used_ports(&self, except: VmId) -> BTreeSet<u16> {
@@ -254,6 +291,11 @@ impl QemuDriver {
             .flat_map(|a| a.network.ssh_port.into_iter().chain(a.network.port_forwards.iter().map(|p| p.host_port)).collect::<Vec<_>>())
             .collect()
     }
+}
+
+/// The GPUs a VM holds, if it was given any.
+fn held_gpus(dir: &VmDir) -> Option<Vec<gpu::Bdf>> {
+    std::fs::read(dir.gpus()).ok().and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 fn allocated(dir: &VmDir) -> Option<Allocated> {
@@ -702,6 +744,98 @@ impl Driver for QemuDriver {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// A driver over a temp dir, finding GPUs in the fake sysfs under it
+    /// (`gpu::tests::device`); it never runs qemu or passt.
+    fn driver(root: &Path, declared: &[(&str, u32)]) -> QemuDriver {
+        let host = HostInfo { gpus: declared.iter().map(|(m, n)| ((*m).to_owned(), *n)).collect(), ..HostInfo::default() };
+        QemuDriver::new(QemuConfig {
+            dir: root.join("qemu"),
+            images_dir: root.join("images"),
+            qemu_binary: root.join("no-qemu"),
+            accel: Accel::Tcg,
+            accel_reason: String::new(),
+            port_range: (20000, 20010),
+            forward_bind: "127.0.0.1".parse().unwrap(),
+            passt_binary: root.join("no-passt"),
+            bridge: None,
+            ready_timeout: Duration::from_secs(1),
+            stop_timeout: Duration::from_secs(1),
+            sysfs: root.join("sys"),
+            host,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_host_announces_found_gpus_merged_with_declared_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let sys = d.path().join("sys");
+        gpu::tests::device(&sys, "0000:17:00.0", 0x10de, 0x2330, 0x030200, Some("vfio-pci"));
+        gpu::tests::device(&sys, "0000:65:00.0", 0x10de, 0x2330, 0x030200, Some("nvidia"));
+        gpu::tests::device(&sys, "0000:03:00.0", 0x1002, 0x740f, 0x030000, Some("vfio-pci"));
+        let info = driver(d.path(), &[("nvidia-2330", 1), ("A100", 2)]).host_info();
+        let gpus: Vec<(&str, u32)> = info.gpus.iter().map(|(m, n)| (m.as_str(), *n)).collect();
+        assert_eq!(gpus, [("A100", 2), ("amd-740f", 1), ("nvidia-2330", 1)], "declared counts win, found-only models are counted");
+        let detail = info.driver_detail.unwrap();
+        assert!(detail.contains("GPUs: amd-740f 0000:03:00.0 (vfio-pci), nvidia-2330 0000:17:00.0 (vfio-pci), nvidia-2330 0000:65:00.0 (nvidia)"), "{detail}");
+    }
+
+    /// A VM asking for `count` GPUs (none for 0).
+    fn gpu_vm(count: u32, model: Option<&str>) -> Vm {
+        let mut spec = vmplane_domain::spec::VmSpec::named("g");
+        spec.gpu = (count > 0).then(|| vmplane_domain::spec::GpuSpec { count, model: model.map(str::to_owned) });
+        let created = vmplane_domain::vm::VmEvent::Created {
+            org: OrgId::DEFAULT,
+            project: vmplane_domain::ProjectId::DEFAULT,
+            spec: Box::new(spec),
+            host: vmplane_domain::HostId::new(),
+        };
+        vmplane_domain::vm::evolve(None, VmId::new(), None, time::OffsetDateTime::now_utc(), &created).unwrap()
+    }
+
+    /// The qemu arguments the driver would start `vm` with (claiming its GPUs on the way).
+    async fn launch_args(d: &QemuDriver, vm: &Vm) -> Result<Vec<String>, DriverError> {
+        let dir = d.dir(vm.id);
+        dir.create().unwrap();
+        let image = image::Image { name: "i".into(), kernel: "/k".into(), initrd: "/i".into(), rootfs: "/r".into(), cmdline: String::new() };
+        let network = NetworkRuntime::default();
+        Ok(d.launch(vm, &image, &dir, &network, false).await?.args(-1))
+    }
+
+    fn passed_through(args: &[String]) -> Vec<String> {
+        args.iter().filter_map(|a| a.strip_prefix("vfio-pci,host=")).map(|a| a.split(',').next().unwrap().to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_vm_is_given_free_vfio_bound_gpus_no_other_vm_holds() {
+        let d = tempfile::tempdir().unwrap();
+        let sys = d.path().join("sys");
+        gpu::tests::device(&sys, "0000:17:00.0", 0x10de, 0x2330, 0x030200, Some("vfio-pci"));
+        gpu::tests::device(&sys, "0000:18:00.0", 0x10de, 0x2330, 0x030200, Some("vfio-pci"));
+        gpu::tests::device(&sys, "0000:65:00.0", 0x10de, 0x2330, 0x030200, Some("nvidia"));
+        let driver = driver(d.path(), &[]);
+        let (a, b, c) = (gpu_vm(1, Some("nvidia-2330")), gpu_vm(1, None), gpu_vm(1, Some("nvidia-2330")));
+        assert_eq!(passed_through(&launch_args(&driver, &a).await.unwrap()), ["0000:17:00.0"]);
+        assert_eq!(passed_through(&launch_args(&driver, &b).await.unwrap()), ["0000:18:00.0"], "a device another VM holds is not given twice");
+        // Starting again (a restart, a crash retry) keeps the same device.
+        assert_eq!(passed_through(&launch_args(&driver, &a).await.unwrap()), ["0000:17:00.0"]);
+        // The only free one is bound to its vendor driver: refused with the reason.
+        let Err(DriverError::Fatal(why)) = launch_args(&driver, &c).await else { panic!("the third VM got a GPU") };
+        assert!(why.contains("bound to vfio-pci") && why.contains("0000:65:00.0 (nvidia)"), "{why}");
+        assert!(!driver.dir(c.id).gpus().exists(), "a refused VM holds nothing");
+        // A destroyed VM's device goes to the next.
+        driver.destroy(&a).await.unwrap();
+        assert_eq!(passed_through(&launch_args(&driver, &c).await.unwrap()), ["0000:17:00.0"]);
+        // A held device that was rebound to its vendor driver (a host reboot) fails the start, saying which.
+        std::fs::remove_file(sys.join("bus/pci/devices/0000:18:00.0/driver")).unwrap();
+        let Err(DriverError::Fatal(why)) = launch_args(&driver, &b).await else { panic!("started with a device not bound to vfio-pci") };
+        assert!(why.contains("0000:18:00.0"), "{why}");
+        // A VM without GPUs gets none, and a model the host lacks is refused.
+        assert!(passed_through(&launch_args(&driver, &gpu_vm(0, None)).await.unwrap()).is_empty());
+        let Err(DriverError::Fatal(why)) = launch_args(&driver, &gpu_vm(1, Some("A100"))).await else { panic!("an absent model was given") };
+        assert!(why.contains("no A100 device"), "{why}");
+    }
 
     #[test]
     fn the_readiness_scan_reads_only_what_was_appended() {

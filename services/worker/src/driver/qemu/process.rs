@@ -4,6 +4,7 @@
 //! finding it again by pid file after one.
 
 use super::accel::Accel;
+use super::gpu::Bdf;
 use super::image::Image;
 use super::layout::VmDir;
 use super::passt::{self, UserNet};
@@ -34,6 +35,8 @@ pub struct Launch<'a> {
     pub incoming: bool,
     /// Bridge mode: the tap device and the guest's static address.
     pub tap: Option<TapPlan>,
+    /// GPUs passed through by VFIO, each behind its own PCIe root port.
+    pub gpus: Vec<Bdf>,
 }
 
 /// A bridge-mode VM's network plumbing.
@@ -147,6 +150,16 @@ impl Launch<'_> {
         }
         for i in 0..HOTPLUG_PORTS {
             a.extend(["-device".into(), format!("pcie-root-port,id=hp{i},chassis={},slot={}", i + 1, i + 1)]);
+        }
+        // A GPU driver expects its device on a PCIe link, not on the root complex.
+        for (i, bdf) in self.gpus.iter().enumerate() {
+            let chassis = HOTPLUG_PORTS + 1 + i;
+            a.extend([
+                "-device".into(),
+                format!("pcie-root-port,id=gpuport{i},chassis={chassis},slot={chassis}"),
+                "-device".into(),
+                format!("vfio-pci,host={},id=gpu{i},bus=gpuport{i}", opt(bdf)),
+            ]);
         }
         for volume in super::volumes::plugged(d) {
             a.extend(volume.args());
@@ -315,6 +328,10 @@ mod tests {
     }
 
     fn launch_args(vm: &Vm, dir: &VmDir, user_net: &UserNet, tap: Option<TapPlan>) -> Vec<String> {
+        launch_args_with_gpus(vm, dir, user_net, tap, Vec::new())
+    }
+
+    fn launch_args_with_gpus(vm: &Vm, dir: &VmDir, user_net: &UserNet, tap: Option<TapPlan>, gpus: Vec<Bdf>) -> Vec<String> {
         let (image, network) = (image(), network());
         let l = Launch {
             qemu: Path::new("qemu"),
@@ -327,6 +344,7 @@ mod tests {
             user_net,
             incoming: false,
             tap,
+            gpus,
         };
         l.args(9)
     }
@@ -389,6 +407,31 @@ mod tests {
         v.root_disk = Some(vmplane_domain::vm::DiskInfo { location: "/d/volumes/vol_a,b.qcow2".into(), size_gb: 12 });
         let volume = root(&launch_args(&v, &dir, &UserNet::Restricted, None)).unwrap();
         assert!(volume.starts_with("if=none,id=root,file=/d/volumes/vol_a,,b.qcow2,format=qcow2,"), "{volume}");
+    }
+
+    #[test]
+    fn gpus_are_passed_through_by_vfio_each_behind_its_own_root_port() {
+        let v = vm(VmSpec::named("a"));
+        let dir = VmDir::new(Path::new("/d"), v.id);
+        let none = launch_args(&v, &dir, &UserNet::Restricted, None);
+        assert!(!none.iter().any(|a| a.contains("vfio")), "{none:?}");
+        let gpus = vec!["0000:17:00.0".parse().unwrap(), "0000:b3:00.0".parse().unwrap()];
+        let a = launch_args_with_gpus(&v, &dir, &UserNet::Restricted, None, gpus);
+        let devices = values(&a, "-device");
+        let gpu_devices: Vec<&str> = devices.iter().copied().filter(|d| d.contains("gpu")).collect();
+        assert_eq!(
+            gpu_devices,
+            [
+                "pcie-root-port,id=gpuport0,chassis=9,slot=9",
+                "vfio-pci,host=0000:17:00.0,id=gpu0,bus=gpuport0",
+                "pcie-root-port,id=gpuport1,chassis=10,slot=10",
+                "vfio-pci,host=0000:b3:00.0,id=gpu1,bus=gpuport1",
+            ]
+        );
+        // Every root port has its own chassis/slot pair, the hot-plug ports' included.
+        let ports: Vec<&str> = devices.iter().filter_map(|d| d.strip_prefix("pcie-root-port,")).map(|d| d.split_once(',').unwrap().1).collect();
+        assert_eq!(ports.len(), HOTPLUG_PORTS + 2);
+        assert_eq!(ports.iter().collect::<std::collections::BTreeSet<_>>().len(), ports.len(), "{ports:?}");
     }
 
     #[test]
