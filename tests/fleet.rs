@@ -315,3 +315,106 @@ async fn a_worker_announces_its_capacity_less_its_reserve() {
     assert_eq!((host["available"]["vcpus"].as_u64(), host["available"]["memory_mib"].as_u64()), (Some(12), Some(24576)), "{host}");
     reserved.terminate().await;
 }
+
+/// A sim guest's file in a worker's data dir: what the "hypervisor" holds.
+fn sim_guest(data_dir: &Path, vm: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(data_dir.join("worker/sim").join(format!("{vm}.json"))).unwrap()).unwrap()
+}
+
+fn set_sim_running(data_dir: &Path, vm: &str, running: bool) {
+    let mut g = sim_guest(data_dir, vm);
+    g["running"] = json!(running);
+    std::fs::write(data_dir.join("worker/sim").join(format!("{vm}.json")), serde_json::to_vec(&g).unwrap()).unwrap();
+}
+
+/// kill -9 of a worker holding 20 running VMs: its host goes offline, its
+/// VMs say so and keep their last status, a create avoids it (and one that
+/// names it is a 409), a stop waits for it, and a command that waits past
+/// `--host-unavailable-after` is failed by the other worker. Back, the host
+/// reconciles: the stop completes, the overdue command never runs, a guest
+/// gone while it was away is recorded stopped, a guest running against its
+/// record is powered off, and no guest was booted twice.
+#[tokio::test]
+async fn a_lost_host_goes_offline_and_reconciles_when_it_returns() {
+    let fast = [("VMPLANE_HOST_OFFLINE_AFTER".to_owned(), "3s".to_owned())];
+    let mut stack = Stack::start_with(StackOpts { gateway_env: fast.to_vec(), ..StackOpts::default() }).await;
+    let lease = ["--host-offline-after", "3s", "--host-unavailable-after", "8s"];
+    stack.respawn_worker_with(&lease);
+    let mut victim = sim_worker(&stack, "victim", &lease);
+    let c = stack.admin.clone();
+    let ids = hosts_by_name(&c, 2, &mut [&mut victim]).await;
+    let (victim_id, other_id) = (ids["victim"].clone(), ids.iter().find(|(n, _)| *n != "victim").unwrap().1.clone());
+    let victim_dir = stack.root().join("victim");
+
+    let mut vms = Vec::new();
+    for i in 0..20 {
+        let b = c.create_vm(json!({ "name": format!("v{i}"), "placement": { "host_id": victim_id } })).await;
+        vms.push(str_of(&b["id"]).to_owned());
+    }
+    for id in &vms {
+        c.wait_vm_status(id, "running").await;
+    }
+    let zombie = vms[19].clone();
+    c.wait_op_succeeded(str_of(&c.act(&zombie, "stop").await["operation"]["id"])).await;
+
+    victim.kill9();
+    wait_for("the victim offline", WAIT, async || {
+        let (_, hosts) = c.get("/v1/hosts").await;
+        let h = hosts.as_array().unwrap().iter().find(|h| h["id"] == victim_id.as_str()).cloned().unwrap();
+        if h["status"] == "offline" { Ok(()) } else { Err(h["status"].to_string()) }
+    })
+    .await;
+    let vm = c.vm(&vms[0]).await;
+    assert_eq!((vm["host_status"].as_str(), vm["status"].as_str()), (Some("offline"), Some("running")), "{vm}");
+    let placed = c.create_running_vm("elsewhere").await;
+    assert_eq!(placed["host_id"], other_id.as_str(), "a create avoids the offline host");
+    let (s, b) = c.post("/v1/vms", &json!({ "name": "there", "placement": { "host_id": victim_id } })).await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("host_offline")), "{b}");
+
+    // A restart waits past --host-unavailable-after, and the other worker fails it.
+    let restart = str_of(&c.act(&vms[1], "restart").await["operation"]["id"]).to_owned();
+    let failed = c.wait_op(&restart).await;
+    assert_eq!((failed["status"].as_str(), failed["error"]["code"].as_str()), (Some("failed"), Some("host_unavailable")), "{failed}");
+    assert_eq!(c.vm(&vms[1]).await["status"], "running", "a failed queued command leaves the VM as it was");
+    // A stop waits for the host.
+    let stop = str_of(&c.act(&vms[0], "stop").await["operation"]["id"]).to_owned();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let (_, op) = c.get(&format!("/v1/operations/{stop}")).await;
+    assert_eq!(op["status"], "pending", "{op}");
+
+    // While it was away, one guest died and a stopped one came back to life.
+    let gone = vms[2].clone();
+    set_sim_running(&victim_dir, &gone, false);
+    set_sim_running(&victim_dir, &zombie, true);
+    victim.respawn();
+    c.wait_op_succeeded(&stop).await;
+    assert_eq!(c.vm(&vms[0]).await["status"], "stopped");
+    wait_for("the victim online", WAIT, async || match c.vm(&vms[3]).await["host_status"].as_str() {
+        Some("online") => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .await;
+    let vm = c.wait_vm_status(&gone, "stopped").await;
+    assert!(vm["message"].as_str().unwrap_or_default().contains("not running when"), "{vm}");
+    wait_for(
+        "the zombie powered off",
+        WAIT,
+        async || {
+            if sim_guest(&victim_dir, &zombie)["running"] == false { Ok(()) } else { Err("still running".to_owned()) }
+        },
+    )
+    .await;
+    assert_eq!(c.vm(&zombie).await["status"], "stopped");
+    // The overdue restart never ran; nothing booted twice.
+    let (_, events) = c.get(&format!("/v1/vms/{}/events", vms[1])).await;
+    let types: Vec<&str> = events.as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(!types.iter().any(|t| t.contains("restart") || t.contains("reboot")), "{types:?}");
+    for id in &vms {
+        let g = sim_guest(&victim_dir, id);
+        assert_eq!(g["boots"], 1, "{id} booted once: {g}");
+    }
+    for id in vms.iter().skip(3).take(16) {
+        assert_eq!(c.vm(id).await["status"], "running", "{id}");
+    }
+    victim.terminate().await;
+}

@@ -717,9 +717,13 @@ pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime,
             vm.detaching = None;
         }
         VmEvent::OperationFinished { .. } => {
-            vm.resizing_to = None;
-            vm.attaching = None;
-            vm.detaching = None;
+            // A queued command that failed before it began (its host was
+            // unavailable) ends its own operation, not the one in progress.
+            if op.is_none() || vm.pending_op.as_ref().is_none_or(|p| Some(p.id) == op) {
+                vm.resizing_to = None;
+                vm.attaching = None;
+                vm.detaching = None;
+            }
             if let Some(op) = op {
                 if let Some(p) = vm.pending_op.take_if(|p| p.id == op)
                     && p.kind == OpKind::Standby

@@ -102,7 +102,8 @@ impl Role {
             }
             Self::Worker => {
                 publish.extend([subjects::EVENTS_ALL.to_owned(), subjects::LOGS_ALL.to_owned(), subjects::terminal_output("*")]);
-                publish.extend(consumers(&[commands]));
+                // Its host's commands; the heartbeats, to find hosts that went offline.
+                publish.extend(consumers(&[commands, heartbeats.as_str()]));
                 publish.push(format!("$JS.ACK.{commands}.>"));
                 // Events (aggregates), commands (is one still queued?), the host lease.
                 publish.extend(api("STREAM.MSG.GET", &[events, commands, heartbeats.as_str()]));

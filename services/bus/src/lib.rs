@@ -311,6 +311,39 @@ impl Bus {
         }
     }
 
+    /// The commands on `filter` (wildcards allowed) after stream sequence
+    /// `after`, oldest first: for a host, those its consumer has not
+    /// acknowledged past its ack floor. An undecodable one is skipped.
+    pub async fn commands_after(&self, filter: &str, after: u64) -> Result<Vec<CommandEnvelope>, BusError> {
+        let stream = self.js.get_stream(subjects::COMMAND_STREAM).await.map_err(unavailable)?;
+        let mut out = Vec::new();
+        let mut next = after + 1;
+        loop {
+            match stream.raw_message_builder().sequence(next).next_by_subject(filter).send().await {
+                Ok(msg) => {
+                    next = msg.sequence + 1;
+                    match decode_command(&msg.payload) {
+                        Ok(cmd) => out.push(cmd),
+                        Err(e) => tracing::debug!(seq = msg.sequence, error = %e, "skipping an undecodable command"),
+                    }
+                }
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => return Ok(out),
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+    }
+
+    /// The stream sequence up to which a durable consumer of the command
+    /// stream acknowledged everything; 0 when it does not exist.
+    pub async fn command_ack_floor(&self, durable: &str) -> Result<u64, BusError> {
+        let stream = self.js.get_stream(subjects::COMMAND_STREAM).await.map_err(unavailable)?;
+        match stream.consumer_info(durable).await {
+            Ok(info) => Ok(info.ack_floor.stream_sequence),
+            Err(e) if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound => Ok(0),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     /// The event stream handle.
     pub async fn events_stream(&self) -> Result<stream::Stream, BusError> {
         self.js.get_stream(subjects::EVENT_STREAM).await.map_err(unavailable)

@@ -176,7 +176,7 @@ struct GatewayOpts {
 /// How the fleet tells a lost host (gateway and worker).
 #[derive(Args, Clone)]
 struct FleetOpts {
-    /// A host whose heartbeats (every 5 s) stopped this long ago is offline:
+    /// A host whose heartbeats (every 5 s, or a third of this if shorter) stopped this long ago is offline:
     /// nothing new is placed there and its VMs show `host_status: offline`.
     #[arg(long, env = "VMPLANE_HOST_OFFLINE_AFTER", default_value = "15s", value_parser = humantime::parse_duration)]
     host_offline_after: Duration,
@@ -755,6 +755,8 @@ async fn worker(bus: Bus, driver: Arc<dyn Driver>, common: &CommonArgs, opts: &W
     cfg.ack_wait = Duration::from_secs(opts.ack_wait_secs.max(1));
     cfg.max_deliveries = opts.max_deliveries;
     cfg.host_offline_after = fleet.host_offline_after;
+    // A few beats per lease, so one late beat does not make the host look lost.
+    cfg.heartbeat_every = (fleet.host_offline_after / 3).clamp(Duration::from_millis(200), Duration::from_secs(5));
     cfg.host_unavailable_after = fleet.host_unavailable_after;
     tokio::select! {
         r = vmplane_worker::run(bus.clone(), driver.clone(), cfg, lock) => r,

@@ -5,7 +5,7 @@
 //! is recognised by the VM's finished operations and skipped.
 
 use crate::aggregate::{HostAggregate, VmAggregate, VolumeAggregate, record_operation_failed};
-use crate::driver::{Driver, DriverError, GuestExit};
+use crate::driver::{Driver, DriverError, Guest, GuestExit};
 use backoff::ExponentialBackoff;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +78,37 @@ impl Executor {
             *agg = None;
         }
         result
+    }
+
+    /// Set straight a guest found at start against its VM's record, unless an
+    /// operation is pending on the VM (its resumption decides): recorded
+    /// running with the guest gone, record it stopped; running while recorded
+    /// down (stopped, failed, deleted), power it off.
+    pub async fn reconcile_guest(&self, agg: &mut Option<VmAggregate>, guest: Guest) -> Result<(), BusError> {
+        // As it is now: jobs queued before this one (a resumed operation) may have booted it.
+        let Some(guest) = self.driver.guest(guest.vm) else { return Ok(()) };
+        if agg.is_none() {
+            *agg = Some(VmAggregate::load(&self.bus, guest.org, guest.vm).await?);
+        }
+        let Some(vm) = agg.as_ref().and_then(|a| a.state.clone()) else { return Ok(()) };
+        if vm.pending_op.is_some() {
+            return Ok(());
+        }
+        match (vm.booted, guest.running) {
+            (true, false) => {
+                tracing::info!(vm = %vm.id, "recorded running, but its guest is gone: recording it stopped");
+                let detail = "the guest was not running when its host's worker came back".to_owned();
+                self.record_exit(agg, &GuestExit { vm: vm.id, org: vm.org, clean: true, detail }).await
+            }
+            (false, true) => {
+                tracing::warn!(vm = %vm.id, status = ?vm.status, "a guest runs that its record says is down: powering it off");
+                if let Err(e) = self.driver.power_off(&vm).await {
+                    tracing::error!(vm = %vm.id, error = %e, "could not power off a guest its record says is down");
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn decide_and_run(&self, agg: &mut VmAggregate, job: &VmJob) -> Result<(), BusError> {
@@ -418,6 +449,29 @@ impl Executor {
         let outcome = Outcome::Failed { code: code.to_owned(), message: message.to_owned() };
         a.append(&self.bus, vm.project, Some(op), VmEvent::OperationFinished { outcome }).await?;
         Ok(failed)
+    }
+
+    /// End a queued command's operation as failed before it began (its host
+    /// was unavailable too long): nothing happens to the VM, and a later
+    /// delivery of the command finds the operation finished. One the VM has
+    /// begun (its pending operation) is left to finish; so is one already
+    /// finished. A create has no VM yet: its operation ends on its own subject.
+    pub async fn fail_queued(&self, org: OrgId, vm: VmId, op: OpId, code: &str, message: &str) -> Result<(), BusError> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let mut a = VmAggregate::load(&self.bus, org, vm).await?;
+            let Some(state) = a.state.clone() else {
+                return record_operation_failed(&self.bus, Some(org), op, &vm.to_string(), code, message.to_owned()).await;
+            };
+            if state.has_finished(op) || state.pending_op.as_ref().is_some_and(|p| p.id == op) {
+                return Ok(());
+            }
+            let outcome = Outcome::Failed { code: code.to_owned(), message: message.to_owned() };
+            match a.append(&self.bus, state.project, Some(op), VmEvent::OperationFinished { outcome }).await {
+                Err(BusError::Conflict { .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(BusError::Other(format!("{vm}: too many concurrent writers")))
     }
 
     /// Give up on a volume operation: it ends as failed (and the volume with it,

@@ -19,6 +19,11 @@
 //!   including while it waits behind earlier commands of the same VM.
 //! - At start the worker resumes every operation left pending on its host
 //!   whose command is gone, found through its local index ([`pending`]).
+//! - At start it also compares every guest its driver holds with the VM's
+//!   record (the worker may have been away while guests died or records
+//!   changed): a VM recorded running whose guest is gone is recorded
+//!   stopped, a guest that runs while its VM is recorded stopped, failed or
+//!   deleted is powered off. Nothing is booted by this.
 
 pub mod aggregate;
 pub mod claim;
@@ -26,6 +31,7 @@ pub mod driver;
 pub mod executor;
 pub mod host;
 pub mod logs;
+pub mod offline;
 pub mod pending;
 pub mod shutdown;
 pub mod tenancy;
@@ -33,7 +39,7 @@ pub mod terminal;
 
 use crate::aggregate::{VmAggregate, record_operation_failed};
 use crate::claim::{DataDirLock, Lease};
-use crate::driver::{Driver, GuestExit};
+use crate::driver::{Driver, Guest, GuestExit};
 use crate::executor::{Executor, VmJob, VolumeJob};
 use crate::pending::{PendingIndex, Target};
 use async_nats::jetstream::{AckKind, Message, consumer::AckPolicy, consumer::pull};
@@ -100,10 +106,12 @@ pub async fn run(bus: Bus, driver: Arc<dyn Driver>, cfg: WorkerConfig, lock: &Da
     let pending = PendingIndex::open(cfg.data_dir.join("pending"))?;
     let queues = VmQueues { map: Arc::default(), permits: Arc::new(Semaphore::new(cfg.parallelism)), exec, cfg: cfg.clone(), host, pending };
     queues.reconcile()?;
+    queues.reconcile_guests(driver.guests());
     tokio::select! {
         r = host::heartbeat(bus.clone(), host, cfg.heartbeat_every, lease) => r,
         r = consume_vm_commands(queues.clone()) => r,
         r = tenancy::consume(bus.clone(), cfg.clone()) => r,
+        r = offline::watch(queues.exec.clone(), host, cfg.host_offline_after, cfg.host_unavailable_after) => r,
         r = forward_exits(queues, exits) => r,
         r = logs::ship(bus.clone(), driver.clone()) => r,
         r = terminal::serve(bus.clone(), host, driver) => r,
@@ -210,6 +218,8 @@ enum Job {
     Exited(GuestExit),
     /// An aggregate the index says may have an operation left pending (at start).
     Reconcile(pending::Entry),
+    /// A guest the driver holds, to compare with its record (at start).
+    Guest(Guest),
 }
 
 /// Per-aggregate queues (keyed by the VM or volume id): one task per
@@ -254,6 +264,15 @@ impl VmQueues {
         Ok(())
     }
 
+    /// Queue a comparison of every guest the driver holds with its record,
+    /// behind any pending operation of the same VM.
+    fn reconcile_guests(&self, guests: Vec<Guest>) {
+        tracing::info!(count = guests.len(), "checking the host's guests against their records");
+        for guest in guests {
+            self.push(guest.vm.to_string(), Job::Guest(guest));
+        }
+    }
+
     async fn run(self, key: String, mut rx: mpsc::UnboundedReceiver<Job>) {
         let mut agg: Option<VmAggregate> = None;
         loop {
@@ -286,6 +305,13 @@ impl VmQueues {
                         self.retry_later(exit.vm.to_string(), Job::Exited(exit));
                     }
                 }
+                Job::Guest(guest) => {
+                    let _permit = self.permits.acquire().await.expect("semaphore never closed");
+                    if let Err(e) = self.exec.reconcile_guest(&mut agg, guest).await {
+                        tracing::warn!(%key, error = %e, "could not check a guest against its record; retrying");
+                        self.retry_later(key.clone(), Job::Guest(guest));
+                    }
+                }
                 Job::Reconcile(entry) => {
                     let _permit = self.permits.acquire().await.expect("semaphore never closed");
                     if let Err(e) = self.reconcile_one(&mut agg, entry.clone()).await {
@@ -314,6 +340,14 @@ impl VmQueues {
             Ok(env) if delivered > self.cfg.max_deliveries => {
                 tracing::warn!(op = %env.op, delivered, "command past its delivery limit; failing its operation");
                 self.give_up(agg, &env, "delivery_limit", &delivery_limit_message(delivered)).await
+            }
+            // It waited too long for this host (which was away): fail it rather than run it late.
+            Ok(env)
+                if matches!(env.command, Command::Vm { .. }) && offline::overdue(&env, self.cfg.host_unavailable_after, time::OffsetDateTime::now_utc()) =>
+            {
+                let Command::Vm { vm, .. } = env.command else { unreachable!("matched above") };
+                *agg = None;
+                self.exec.fail_queued(env.org, vm, env.op, offline::CODE, &offline::message(self.cfg.host_unavailable_after)).await
             }
             Ok(env) => self.execute(agg, env).await,
         };
@@ -469,7 +503,7 @@ impl VmQueues {
 }
 
 async fn consume_vm_commands(queues: VmQueues) -> anyhow::Result<()> {
-    let consumer_cfg = consumer_config(format!("host-{}", queues.host), subjects::host_commands(queues.host), &queues.cfg);
+    let consumer_cfg = consumer_config(host_consumer(queues.host), subjects::host_commands(queues.host), &queues.cfg);
     let bus = queues.exec.bus.clone();
     pull_forever(&bus, consumer_cfg, |msg| {
         let key = msg.subject.rsplit('.').next().unwrap_or_default().to_owned();
@@ -477,6 +511,11 @@ async fn consume_vm_commands(queues: VmQueues) -> anyhow::Result<()> {
         queues.push(key, Job::Command(Box::new(msg), alive));
     })
     .await
+}
+
+/// The durable consumer of a host's commands.
+pub(crate) fn host_consumer(host: HostId) -> String {
+    format!("host-{host}")
 }
 
 /// The resource a command addresses, for an operation that ends without its events.

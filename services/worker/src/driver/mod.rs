@@ -28,6 +28,15 @@ pub struct GuestExit {
     pub detail: String,
 }
 
+/// A guest this host holds state for, as the driver finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guest {
+    pub vm: VmId,
+    pub org: OrgId,
+    /// Its hypervisor process runs.
+    pub running: bool,
+}
+
 /// A running guest's serial console log, which the worker ships to JetStream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Console {
@@ -69,6 +78,15 @@ pub trait Driver: Send + Sync + 'static {
     /// Serial console logs of the running guests.
     fn consoles(&self) -> Vec<Console> {
         Vec::new()
+    }
+    /// Every guest this host holds state for (running or not), so a worker
+    /// that was away can set the record and the hypervisor straight.
+    fn guests(&self) -> Vec<Guest> {
+        Vec::new()
+    }
+    /// One guest as [`Driver::guests`] lists it, as it is now.
+    fn guest(&self, _vm: VmId) -> Option<Guest> {
+        None
     }
     /// Give the VM its addresses and host port forwards.
     async fn allocate_network(&self, vm: &Vm) -> Result<NetworkRuntime, DriverError>;

@@ -15,7 +15,7 @@
 //! `power_off`, `reboot`, `snapshot`, `restore`, `destroy`, `attach_volume`
 //! (also the disks attached at create), `detach_volume`, `keep_root_disk`, `plug_memory`.
 
-use super::{Driver, DriverError};
+use super::{Driver, DriverError, Guest};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -29,7 +29,7 @@ use vmplane_domain::host::{HostInfo, ImageFormat, ImageInfo};
 use vmplane_domain::spec::{NetworkMode, VolumeMount};
 use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, Vm};
 use vmplane_domain::volume::Volume;
-use vmplane_domain::{VmId, VolumeId};
+use vmplane_domain::{OrgId, VmId, VolumeId};
 
 /// Knobs for tests and benchmarks.
 #[derive(Debug, Clone)]
@@ -89,6 +89,9 @@ pub struct SimGuest {
     /// Its address on the bridge, in bridge mode.
     #[serde(default)]
     pub bridge_ip: Option<Ipv4Addr>,
+    /// The VM's org (absent from guests written before it was kept).
+    #[serde(default)]
+    pub org: Option<OrgId>,
 }
 
 /// See the module docs.
@@ -187,6 +190,7 @@ impl SimDriver {
             std::process::abort();
         }
         let mut guest = self.read(vm.id)?.unwrap_or_default();
+        guest.org = Some(vm.org);
         if vm.spec.labels.get("sim.fail").is_some_and(|s| s == step) {
             return Err(DriverError::Fatal(format!("injected failure at {step}")));
         }
@@ -204,6 +208,20 @@ impl SimDriver {
 impl Driver for SimDriver {
     fn host_info(&self) -> HostInfo {
         self.cfg.host.clone()
+    }
+
+    fn guests(&self) -> Vec<Guest> {
+        let Ok(entries) = std::fs::read_dir(&self.cfg.dir) else { return Vec::new() };
+        let names: Vec<_> = entries.flatten().map(|e| e.file_name()).collect();
+        names.iter().filter_map(|n| n.to_str()?.strip_suffix(".json")?.parse::<VmId>().ok()).filter_map(|vm| self.guest(vm)).collect()
+    }
+
+    fn guest(&self, vm: VmId) -> Option<Guest> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        match self.read(vm) {
+            Ok(Some(SimGuest { running, org: Some(org), .. })) => Some(Guest { vm, org, running }),
+            _ => None,
+        }
     }
 
     fn console_socket(&self, vm: VmId) -> Option<PathBuf> {

@@ -20,7 +20,7 @@ pub mod qmp;
 pub mod seed;
 pub mod volumes;
 
-use super::{Console, Driver, DriverError, GuestExit};
+use super::{Console, Driver, DriverError, Guest, GuestExit};
 use accel::Accel;
 use async_trait::async_trait;
 use layout::{VmDir, write_private};
@@ -433,6 +433,18 @@ impl Driver for QemuDriver {
 
     fn take_exits(&self) -> Option<mpsc::UnboundedReceiver<GuestExit>> {
         self.exits.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn guests(&self) -> Vec<Guest> {
+        let Ok(entries) = std::fs::read_dir(self.cfg.dir.join("vms")) else { return Vec::new() };
+        entries.flatten().filter_map(|e| e.file_name().to_str()?.parse::<VmId>().ok()).filter_map(|vm| self.guest(vm)).collect()
+    }
+
+    fn guest(&self, vm: VmId) -> Option<Guest> {
+        let dir = self.dir(vm);
+        let org = read_org(&dir)?;
+        let pid = std::fs::read_to_string(dir.pid()).ok().and_then(|p| p.trim().parse::<i32>().ok());
+        Some(Guest { vm, org, running: pid.is_some_and(|pid| is_our_qemu(pid, vm)) })
     }
 
     fn console_socket(&self, vm: VmId) -> Option<PathBuf> {
