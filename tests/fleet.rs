@@ -418,3 +418,90 @@ async fn a_lost_host_goes_offline_and_reconciles_when_it_returns() {
     }
     victim.terminate().await;
 }
+
+/// Poll an operation until it ends, restarting any of `workers` that crashed meanwhile.
+async fn wait_op_restarting(c: &Client, op: &str, workers: &mut [&mut Proc]) -> (Value, usize) {
+    let mut crashes = 0;
+    let done = wait_for(&format!("operation {op}"), WAIT, async || {
+        for w in workers.iter_mut() {
+            if let Some(status) = w.exited() {
+                assert!(!status.success(), "a worker exits only by crashing here: {status}");
+                crashes += 1;
+                w.respawn();
+            }
+        }
+        let (s, o) = c.get(&format!("/v1/operations/{op}")).await;
+        match o["status"].as_str() {
+            Some("succeeded" | "failed") => Ok(o),
+            _ => Err(format!("{s} {o}")),
+        }
+    })
+    .await;
+    (done, crashes)
+}
+
+/// `POST /v1/vms/{id}/move` (admin, VM stopped): the VM and its root disk go
+/// to the other host through the command/step/event machinery (the disk in
+/// the moves object store between them), its resources with it; it starts
+/// there with new host ports. A crash of the worker it leaves (while
+/// exporting) or of the one it moves to (while importing) is resumed after
+/// a restart. Refusals change nothing.
+#[tokio::test]
+async fn a_stopped_vm_moves_to_another_host_and_survives_either_worker_crashing() {
+    let stack = Stack::start().await;
+    let c = stack.admin.clone();
+    // A crashed worker's commands come back after the ack wait: keep it short.
+    let mut a = sim_worker(&stack, "a", &["--ack-wait-secs", "3"]);
+    let mut b = sim_worker(&stack, "b", &["--ack-wait-secs", "3"]);
+    let ids = hosts_by_name(&c, 3, &mut [&mut a, &mut b]).await;
+    let (dir_a, dir_b) = (stack.root().join("a"), stack.root().join("b"));
+
+    for (name, crash) in [("plain", None), ("crash-leaving", Some("export_disk")), ("crash-arriving", Some("import_disk"))] {
+        let labels = crash.map_or(json!({}), |step| json!({ "sim.crash-once": step }));
+        let vm = c.create_vm(json!({ "name": name, "labels": labels, "placement": { "host_id": ids["a"] } })).await;
+        let id = str_of(&vm["id"]).to_owned();
+        c.wait_vm_status(&id, "running").await;
+
+        // Refusals: running, unknown host, bad body.
+        let (s, e) = c.post(&format!("/v1/vms/{id}/move"), &json!({ "host_id": ids["b"] })).await;
+        assert_eq!((s, e["code"].as_str()), (409, Some("invalid_state")), "a running VM: {e}");
+        c.wait_op_succeeded(str_of(&c.act(&id, "stop").await["operation"]["id"])).await;
+        let (s, e) = c.post(&format!("/v1/vms/{id}/move"), &json!({ "host_id": vmplane_domain::HostId::new() })).await;
+        assert_eq!(s, 404, "{e}");
+        let (s, e) = c.post(&format!("/v1/vms/{id}/move"), &json!({ "host": ids["b"] })).await;
+        assert!((400..500).contains(&s), "{e}");
+        assert_eq!(c.vm(&id).await["host_id"], ids["a"].as_str(), "refusals changed nothing");
+
+        let moved = c.post(&format!("/v1/vms/{id}/move"), &json!({ "host_id": ids["b"] })).await;
+        assert_eq!(moved.0, 202, "{}", moved.1);
+        let (done, crashes) = wait_op_restarting(&c, str_of(&moved.1["operation"]["id"]), &mut [&mut a, &mut b]).await;
+        assert_eq!(done["status"], "succeeded", "{name}: {done}");
+        assert_eq!(crashes, usize::from(crash.is_some()), "{name}: the injected crash happened once");
+        let vm = c.vm(&id).await;
+        assert_eq!((vm["host_id"].as_str(), vm["status"].as_str()), (Some(ids["b"].as_str()), Some("stopped")), "{vm}");
+        assert!(!dir_a.join("worker/sim").join(format!("{id}.json")).exists(), "{name}: the host it left freed its copy");
+        assert_eq!(sim_guest(&dir_b, &id)["boots"], 1, "{name}: the disk's history came along");
+        let types = c.event_types(&id).await;
+        for t in ["move_requested", "disk_exported", "moved", "disk_imported"] {
+            assert_eq!(types.iter().filter(|x| *x == t).count(), 1, "{name}: one {t}: {types:?}");
+        }
+        c.wait_op_succeeded(str_of(&c.act(&id, "start").await["operation"]["id"])).await;
+        let vm = c.vm(&id).await;
+        assert_eq!((vm["status"].as_str(), vm["host_id"].as_str()), (Some("running"), Some(ids["b"].as_str())), "{vm}");
+        let types = c.event_types(&id).await;
+        assert_eq!(types.iter().filter(|t| *t == "network_allocated").count(), 2, "{name}: addresses and host ports anew on its new host: {types:?}");
+        assert_eq!(sim_guest(&dir_b, &id)["boots"], 2, "{name}: booted once more, on its new host");
+    }
+    // The resources moved with the VMs.
+    let (_, hosts) = c.get("/v1/hosts").await;
+    let used = |name: &str| hosts.as_array().unwrap().iter().find(|h| h["id"] == ids[name].as_str()).unwrap()["used"]["memory_mib"].as_u64();
+    assert_eq!((used("a"), used("b")), (Some(0), Some(3 * 512)), "{hosts}");
+    // Only the admin moves VMs.
+    let org = c.create_org("mover").await;
+    let tenant = stack.client(&c.create_key(&org, "k").await);
+    let vm = tenant.create_vm(json!({ "name": "mine" })).await;
+    let (s, e) = tenant.post(&format!("/v1/vms/{}/move", str_of(&vm["id"])), &json!({ "host_id": ids["b"] })).await;
+    assert_eq!(s, 403, "{e}");
+    a.terminate().await;
+    b.terminate().await;
+}

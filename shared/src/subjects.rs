@@ -42,6 +42,9 @@ pub const IDEMPOTENCY_BUCKET: &str = "vmplane_idempotency";
 /// Key-value bucket holding each host's placement ledger: what gateways
 /// accepted for it that its events may not show yet.
 pub const PLACEMENT_BUCKET: &str = "vmplane_placement";
+/// Object store carrying a moving VM's root disk from the host it leaves to
+/// the one it moves to; an object (named by the VM id) lives until imported.
+pub const MOVES_BUCKET: &str = "vmplane_moves";
 /// Key-value bucket of the deliverer's state: the queues of deliveries
 /// waiting behind a failing one, each endpoint's failing-since time, and the
 /// lease of the active deliverer.

@@ -89,6 +89,7 @@ pub enum OpKind {
     AttachVolume,
     DetachVolume,
     ResizeMemory,
+    Move,
 }
 
 impl OpKind {
@@ -104,6 +105,7 @@ impl OpKind {
             Self::Delete => "delete",
             Self::AttachVolume => "attach_volume",
             Self::DetachVolume => "detach_volume",
+            Self::Move => "move",
             Self::ResizeMemory => "resize_memory",
         }
     }
@@ -136,6 +138,13 @@ pub enum VmCommand {
     ResizeMemory {
         memory_mib: u64,
     },
+    /// Move a stopped VM and its root disk to another host (admin).
+    Move {
+        to: HostId,
+    },
+    /// Go on with a move on the host it was handed to: sent by the worker of
+    /// the host it leaves, never by a client. Its operation is the move's.
+    ResumeMove,
 }
 
 impl VmCommand {
@@ -152,6 +161,7 @@ impl VmCommand {
             Self::AttachVolume { .. } => OpKind::AttachVolume,
             Self::DetachVolume { .. } => OpKind::DetachVolume,
             Self::ResizeMemory { .. } => OpKind::ResizeMemory,
+            Self::Move { .. } | Self::ResumeMove => OpKind::Move,
         }
     }
 }
@@ -270,6 +280,21 @@ pub enum VmEvent {
     MemoryResized {
         memory_mib: u64,
     },
+    /// A move to host `to` began.
+    MoveRequested {
+        to: HostId,
+    },
+    /// The host it leaves copied its root disk out for the move.
+    DiskExported,
+    /// The VM now belongs to host `to`; the host it left freed its copy.
+    Moved {
+        from: HostId,
+        to: HostId,
+    },
+    /// The host it moved to holds its root disk now.
+    DiskImported {
+        disk: DiskInfo,
+    },
     /// The operation that the envelope names ended.
     OperationFinished {
         outcome: Outcome,
@@ -305,6 +330,10 @@ impl VmEvent {
             Self::VolumeDetached { .. } => "vm_volume_detached",
             Self::MemoryResizeRequested { .. } => "memory_resize_requested",
             Self::MemoryResized { .. } => "memory_resized",
+            Self::MoveRequested { .. } => "move_requested",
+            Self::DiskExported => "disk_exported",
+            Self::Moved { .. } => "moved",
+            Self::DiskImported { .. } => "disk_imported",
             Self::OperationFinished { .. } => "operation_finished",
         }
     }
@@ -356,6 +385,9 @@ pub struct Vm {
     /// The total a resize operation is growing memory to.
     #[serde(default)]
     pub resizing_to: Option<u64>,
+    /// A move in progress.
+    #[serde(default)]
+    pub moving: Option<Moving>,
     pub pending_op: Option<PendingOp>,
     pub finished_ops: VecDeque<OpId>,
     #[serde(with = "time::serde::rfc3339")]
@@ -378,6 +410,16 @@ impl Vm {
     pub fn has_finished(&self, op: OpId) -> bool {
         self.finished_ops.contains(&op)
     }
+}
+
+/// How far a move has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Moving {
+    pub to: HostId,
+    /// The root disk was copied out of the host it leaves.
+    pub exported: bool,
+    /// The host it moves to holds the root disk.
+    pub imported: bool,
 }
 
 /// What deleting a VM does to a volume it may hold.
@@ -575,6 +617,15 @@ pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmComman
                 _ => refuse("resize the memory of"),
             }
         }
+        VmCommand::Move { to } if *to == vm.host => noop(),
+        VmCommand::Move { .. } if !vm.volumes.is_empty() => {
+            Err(DecideError::InvalidState { action: "move (detach its volumes and data disks first)", status: vm.status.as_str() })
+        }
+        VmCommand::Move { to } => match vm.status {
+            Stopped => Ok(vec![VmEvent::MoveRequested { to: *to }]),
+            _ => refuse("move (stop it first)"),
+        },
+        VmCommand::ResumeMove => refuse("resume a move of"),
         VmCommand::DetachVolume { volume } => match vm.status {
             Running | Stopped if vm.volumes.iter().any(|v| v.volume_id == *volume) => Ok(vec![VmEvent::VolumeDetachRequested { volume: *volume }]),
             Running | Stopped => Err(DecideError::VolumeNotAttached),
@@ -609,6 +660,7 @@ pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime,
             detaching: None,
             plugged_memory_mib: 0,
             resizing_to: None,
+            moving: None,
             pending_op: op.map(|id| PendingOp { id, kind: OpKind::Create }),
             finished_ops: VecDeque::new(),
             created_at: at,
@@ -716,6 +768,30 @@ pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime,
             vm.volumes.retain(|v| v.volume_id != *volume);
             vm.detaching = None;
         }
+        VmEvent::MoveRequested { to } => {
+            if let Some(id) = op {
+                vm.pending_op = Some(PendingOp { id, kind: OpKind::Move });
+            }
+            vm.moving = Some(Moving { to: *to, exported: false, imported: false });
+            vm.message = Some(format!("moving to host {to}"));
+        }
+        VmEvent::DiskExported => {
+            if let Some(m) = &mut vm.moving {
+                m.exported = true;
+            }
+        }
+        VmEvent::Moved { to, .. } => {
+            vm.host = *to;
+            // Addresses and host ports were the old host's: the next start allocates new ones.
+            vm.network = None;
+            vm.root_disk = None;
+        }
+        VmEvent::DiskImported { disk } => {
+            vm.root_disk = Some(disk.clone());
+            if let Some(m) = &mut vm.moving {
+                m.imported = true;
+            }
+        }
         VmEvent::OperationFinished { .. } => {
             // A queued command that failed before it began (its host was
             // unavailable) ends its own operation, not the one in progress.
@@ -723,6 +799,9 @@ pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime,
                 vm.resizing_to = None;
                 vm.attaching = None;
                 vm.detaching = None;
+                if vm.moving.take().is_some() && vm.status != Failed {
+                    vm.message = None;
+                }
             }
             if let Some(op) = op {
                 if let Some(p) = vm.pending_op.take_if(|p| p.id == op)
@@ -777,6 +856,15 @@ pub enum Step {
     PlugMemory(u64),
     /// Unmount and unplug a volume.
     DetachVolume(VolumeId),
+    /// Copy the root disk out of the host the VM leaves (its worker).
+    ExportDisk,
+    /// Free the leaving host's copy and give the VM to host `to`.
+    HandOver {
+        from: HostId,
+        to: HostId,
+    },
+    /// Bring the exported root disk onto the VM's new host (its worker).
+    ImportDisk,
     /// Nothing left to do: finish the operation.
     Finish(Outcome),
 }
@@ -801,6 +889,9 @@ impl Step {
             Self::AttachVolume(_) => "attach_volume",
             Self::DetachVolume(_) => "detach_volume",
             Self::PlugMemory(_) => "plug_memory",
+            Self::ExportDisk => "export_disk",
+            Self::HandOver { .. } => "hand_over",
+            Self::ImportDisk => "import_disk",
             Self::Finish(_) => "finish",
         }
     }
@@ -810,7 +901,7 @@ impl Step {
     /// guest as it was (a failed snapshot resumes it), so the VM keeps running.
     /// Disks asked for at create fail the create, and with it the VM.
     pub fn failure_fails_vm(&self) -> bool {
-        !matches!(self, Self::AttachVolume(_) | Self::DetachVolume(_) | Self::PlugMemory(_) | Self::Snapshot)
+        !matches!(self, Self::AttachVolume(_) | Self::DetachVolume(_) | Self::PlugMemory(_) | Self::Snapshot | Self::ExportDisk | Self::HandOver { .. })
     }
 }
 
@@ -853,6 +944,12 @@ pub fn next_step(vm: &Vm) -> Option<Step> {
             Some(total) => Step::PlugMemory(total),
             None => Step::Finish(Outcome::Succeeded),
         },
+        (OpKind::Move, Stopped) => match vm.moving {
+            Some(Moving { exported: false, .. }) => Step::ExportDisk,
+            Some(Moving { to, .. }) if to != vm.host => Step::HandOver { from: vm.host, to },
+            Some(Moving { imported: false, .. }) => Step::ImportDisk,
+            _ => Step::Finish(Outcome::Succeeded),
+        },
         (OpKind::DetachVolume, Running | Stopped) => match vm.detaching {
             Some(volume) => Step::DetachVolume(volume),
             None => Step::Finish(Outcome::Succeeded),
@@ -883,8 +980,10 @@ pub fn step_event(step: &Step) -> Option<VmEvent> {
         Step::KeepRootDisk(volume) => VmEvent::RootDiskKept { volume: *volume },
         Step::DetachVolume(volume) => VmEvent::VolumeDetached { volume: *volume },
         Step::PlugMemory(total) => VmEvent::MemoryResized { memory_mib: *total },
+        Step::ExportDisk => VmEvent::DiskExported,
+        Step::HandOver { from, to } => VmEvent::Moved { from: *from, to: *to },
         Step::Finish(outcome) => VmEvent::OperationFinished { outcome: outcome.clone() },
-        Step::AllocateNetwork | Step::PrepareDisk => return None,
+        Step::AllocateNetwork | Step::PrepareDisk | Step::ImportDisk => return None,
     })
 }
 

@@ -77,9 +77,19 @@ impl Role {
         let placement = format!("KV_{}", subjects::PLACEMENT_BUCKET);
         let webhook_secrets = format!("KV_{}", subjects::WEBHOOK_SECRET_BUCKET);
         let webhook_queue = format!("KV_{}", subjects::WEBHOOK_QUEUE_BUCKET);
+        let moves = format!("OBJ_{}", subjects::MOVES_BUCKET);
         // Every process may see and create (never update, purge or delete) the streams.
-        let all_streams =
-            [events, commands, logs, heartbeats.as_str(), idempotency.as_str(), placement.as_str(), webhook_secrets.as_str(), webhook_queue.as_str()];
+        let all_streams = [
+            events,
+            commands,
+            logs,
+            heartbeats.as_str(),
+            idempotency.as_str(),
+            placement.as_str(),
+            webhook_secrets.as_str(),
+            webhook_queue.as_str(),
+            moves.as_str(),
+        ];
         let mut publish: Vec<String> = api("STREAM.INFO", &all_streams);
         publish.extend(api("STREAM.CREATE", &all_streams));
         publish.push("$JS.API.INFO".into());
@@ -102,11 +112,17 @@ impl Role {
             }
             Self::Worker => {
                 publish.extend([subjects::EVENTS_ALL.to_owned(), subjects::LOGS_ALL.to_owned(), subjects::terminal_output("*")]);
-                // Its host's commands; the heartbeats, to find hosts that went offline.
-                publish.extend(consumers(&[commands, heartbeats.as_str()]));
+                // Its host's commands; the heartbeats, to find hosts that went
+                // offline; a moving disk, read at the host it moves to.
+                publish.extend(consumers(&[commands, heartbeats.as_str(), moves.as_str()]));
                 publish.push(format!("$JS.ACK.{commands}.>"));
+                // A move's resumption, sent to the host the VM moves to.
+                publish.push("vmplane.cmd.host.*.*".to_owned());
+                publish.push(format!("$O.{}.>", subjects::MOVES_BUCKET));
+                publish.extend(api("STREAM.PURGE", &[moves.as_str()]));
+                publish.extend([format!("$JS.API.DIRECT.GET.{moves}"), format!("$JS.API.DIRECT.GET.{moves}.>")]);
                 // Events (aggregates), commands (is one still queued?), the host lease.
-                publish.extend(api("STREAM.MSG.GET", &[events, commands, heartbeats.as_str()]));
+                publish.extend(api("STREAM.MSG.GET", &[events, commands, heartbeats.as_str(), moves.as_str()]));
                 publish.extend([format!("$JS.API.DIRECT.GET.{heartbeats}"), format!("$JS.API.DIRECT.GET.{heartbeats}.>")]);
                 publish.push(format!("$KV.{}.>", subjects::HEARTBEAT_BUCKET));
                 // Terminal requests are answered on their reply subjects.

@@ -242,9 +242,16 @@ impl Bus {
     /// Append a command; JetStream deduplicates retries by operation id.
     /// Returns once the command is durably stored.
     pub async fn publish_command(&self, subject: String, cmd: &CommandEnvelope) -> Result<u64, BusError> {
+        self.publish_command_as(subject, cmd, &cmd.op.to_string()).await
+    }
+
+    /// Append a command deduplicated by `msg_id` rather than its operation id
+    /// (a later command of the same operation, such as a move's resumption
+    /// on the host it moved to).
+    pub async fn publish_command_as(&self, subject: String, cmd: &CommandEnvelope, msg_id: &str) -> Result<u64, BusError> {
         self.ensure_connected()?;
         let payload = Bytes::from(event::encode(cmd)?);
-        let msg = jetstream::message::PublishMessage::build().payload(payload).message_id(cmd.op.to_string());
+        let msg = jetstream::message::PublishMessage::build().payload(payload).message_id(msg_id);
         let ack = self.js.send_publish(subject.clone(), msg).await.map_err(|e| BusError::from_publish(e, &subject))?;
         let ack = ack.await.map_err(|e| BusError::from_publish(e, &subject))?;
         Ok(ack.sequence)
@@ -340,6 +347,50 @@ impl Bus {
         match stream.consumer_info(durable).await {
             Ok(info) => Ok(info.ack_floor.stream_sequence),
             Err(e) if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound => Ok(0),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// The object store that carries moving disks, created on first use.
+    async fn moves(&self) -> Result<async_nats::jetstream::object_store::ObjectStore, BusError> {
+        if let Ok(store) = self.js.get_object_store(subjects::MOVES_BUCKET).await {
+            return Ok(store);
+        }
+        let config = async_nats::jetstream::object_store::Config { bucket: subjects::MOVES_BUCKET.to_owned(), ..Default::default() };
+        self.js.create_object_store(config).await.map_err(unavailable)
+    }
+
+    /// Store the file at `path` as the moving disk `name` (replacing one of that name).
+    pub async fn put_moving_disk(&self, name: &str, path: &std::path::Path) -> Result<(), BusError> {
+        let mut file = tokio::fs::File::open(path).await.map_err(|e| BusError::Other(format!("{}: {e}", path.display())))?;
+        self.moves().await?.put(name, &mut file).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Write the moving disk `name` to `path` (through a temporary file);
+    /// `false` when there is no such disk.
+    pub async fn get_moving_disk(&self, name: &str, path: &std::path::Path) -> Result<bool, BusError> {
+        use async_nats::jetstream::object_store::GetErrorKind;
+        let mut object = match self.moves().await?.get(name).await {
+            Ok(o) => o,
+            Err(e) if e.kind() == GetErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(unavailable(e)),
+        };
+        let tmp = path.with_extension("part");
+        let io = |e: std::io::Error| BusError::Other(format!("{}: {e}", tmp.display()));
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
+        tokio::io::copy(&mut object, &mut file).await.map_err(io)?;
+        file.sync_all().await.map_err(io)?;
+        tokio::fs::rename(&tmp, path).await.map_err(io)?;
+        Ok(true)
+    }
+
+    /// Forget the moving disk `name`; already gone is success.
+    pub async fn delete_moving_disk(&self, name: &str) -> Result<(), BusError> {
+        use async_nats::jetstream::object_store::DeleteErrorKind;
+        match self.moves().await?.delete(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == DeleteErrorKind::NotFound => Ok(()),
             Err(e) => Err(unavailable(e)),
         }
     }

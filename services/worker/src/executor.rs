@@ -14,7 +14,7 @@ use vmplane_domain::host::{HostCommand, HostEvent};
 use vmplane_domain::spec::{DataDisk, DiskKind, VolumeMount};
 use vmplane_domain::vm::{DiskInfo, Disposal, Outcome, Step, Vm, VmCommand, VmEvent, decide, next_step, step_event};
 use vmplane_domain::volume::{self, VolumeCommand, VolumeEvent, VolumeSpec, VolumeStatus, VolumeStep};
-use vmplane_domain::{HostId, OpId, OrgId, ProjectId, VmId, VolumeId};
+use vmplane_domain::{Command, CommandEnvelope, HostId, OpId, OrgId, ProjectId, VmId, VolumeId, subjects};
 
 /// How many times a command is decided again after losing an append race.
 const MAX_CONFLICT_RETRIES: usize = 5;
@@ -23,6 +23,8 @@ const MAX_CONFLICT_RETRIES: usize = 5;
 #[derive(Clone)]
 pub struct Executor {
     pub bus: Bus,
+    /// This worker's host: steps of a VM that belongs to another run there.
+    pub host: HostId,
     pub driver: Arc<dyn Driver>,
     /// How long a step keeps retrying retryable driver errors before the VM fails.
     pub step_retry_for: Duration,
@@ -139,6 +141,13 @@ impl Executor {
         while let Some(vm) = agg.state.clone() {
             let Some(step) = next_step(&vm) else { break };
             let op = vm.pending_op.as_ref().map(|p| p.id);
+            if vm.host != self.host {
+                // Handed over mid-operation (a move): the worker of its new host goes on.
+                if let Some(op) = op {
+                    self.resume_elsewhere(&vm, op).await?;
+                }
+                break;
+            }
             let started = std::time::Instant::now();
             let event = match self.run_step(&vm, &step).await {
                 Ok(ev) => ev,
@@ -161,6 +170,20 @@ impl Executor {
             agg.append(&self.bus, project, op, event).await?;
         }
         Ok(())
+    }
+
+    /// Ask the worker of the VM's (new) host to go on with operation `op`.
+    async fn resume_elsewhere(&self, vm: &Vm, op: OpId) -> Result<(), BusError> {
+        let cmd = CommandEnvelope {
+            op,
+            org: vm.org,
+            project: vm.project,
+            actor: format!("worker of {}", self.host),
+            issued_at: time::OffsetDateTime::now_utc(),
+            command: Command::Vm { vm: vm.id, command: VmCommand::ResumeMove },
+        };
+        tracing::info!(vm = %vm.id, to = %vm.host, %op, "handing the operation to the VM's new host");
+        self.bus.publish_command_as(subjects::vm_command(vm.host, vm.id), &cmd, &format!("{op}.resume")).await.map(drop)
     }
 
     /// Run one step against the driver, retrying retryable errors with backoff.
@@ -215,6 +238,25 @@ impl Executor {
                     d.detach_volume(vm, mount).await?;
                 }
                 self.release_volume(vm, *volume).await?;
+            }
+            Step::ExportDisk => {
+                let file = d.export_disk(vm).await?;
+                self.bus.put_moving_disk(&vm.id.to_string(), &file).await.map_err(|e| DriverError::Retryable(e.to_string()))?;
+                let _ = tokio::fs::remove_file(&file).await;
+            }
+            // The disk is in the moves bucket: this host's copy and addresses go.
+            Step::HandOver { .. } => d.destroy(vm).await?,
+            Step::ImportDisk => {
+                let name = vm.id.to_string();
+                let retry = |e: BusError| DriverError::Retryable(e.to_string());
+                let incoming = d.import_path(vm.id);
+                if let Some(dir) = incoming.parent() {
+                    tokio::fs::create_dir_all(dir).await.map_err(|e| DriverError::Retryable(e.to_string()))?;
+                }
+                self.bus.get_moving_disk(&name, &incoming).await.map_err(retry)?;
+                let disk = d.import_disk(vm).await?;
+                self.bus.delete_moving_disk(&name).await.map_err(retry)?;
+                return Ok(VmEvent::DiskImported { disk });
             }
             Step::BeginProvisioning | Step::Finish(_) => {}
         }

@@ -102,7 +102,7 @@ pub async fn run(bus: Bus, driver: Arc<dyn Driver>, cfg: WorkerConfig, lock: &Da
     host::register(&bus, host, driver.host_info()).await?;
     tracing::info!(%host, driver = %driver.host_info().driver, "worker registered its host");
     let exits = driver.take_exits();
-    let exec = Executor { bus: bus.clone(), driver: driver.clone(), step_retry_for: cfg.step_retry_for };
+    let exec = Executor { bus: bus.clone(), host, driver: driver.clone(), step_retry_for: cfg.step_retry_for };
     let pending = PendingIndex::open(cfg.data_dir.join("pending"))?;
     let queues = VmQueues { map: Arc::default(), permits: Arc::new(Semaphore::new(cfg.parallelism)), exec, cfg: cfg.clone(), host, pending };
     queues.reconcile()?;

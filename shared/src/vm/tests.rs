@@ -21,6 +21,7 @@ fn run(vm: &mut Option<Vm>, id: VmId, cmd: VmCommand) -> Result<Vec<VmEvent>, De
         let ev = step_event(&step).unwrap_or_else(|| match step {
             Step::AllocateNetwork => VmEvent::NetworkAllocated { network: NetworkRuntime::default() },
             Step::PrepareDisk => VmEvent::DiskPrepared { disk: DiskInfo { location: "d".into(), size_gb: 10 } },
+            Step::ImportDisk => VmEvent::DiskImported { disk: DiskInfo { location: "moved".into(), size_gb: 10 } },
             _ => unreachable!(),
         });
         *vm = evolve(vm.take(), id, Some(op), t0(), &ev);
@@ -494,4 +495,24 @@ fn a_vms_own_volume_ids_are_stable_distinct_and_sort_with_it() {
     assert_ne!(data_disk_id(VmId::new(), 0), data_disk_id(vm, 0));
     assert_eq!(root_disk_vm(kept_root_disk_id(vm)), vm, "a root disk names the vm that made it");
     assert_ne!(root_disk_vm(data_disk_id(vm, 0)), vm);
+}
+
+#[test]
+fn a_stopped_vm_moves_with_its_disk_and_gets_new_addresses_at_its_next_start() {
+    let (mut vm, id) = created();
+    let (from, to) = (vm.as_ref().unwrap().host, HostId::new());
+    assert!(matches!(run(&mut vm, id, VmCommand::Move { to }), Err(DecideError::InvalidState { .. })), "running");
+    run(&mut vm, id, VmCommand::Stop).unwrap();
+    assert_eq!(types(&run(&mut vm, id, VmCommand::Move { to: from }).unwrap()), ["operation_finished"], "already there");
+    assert_eq!(types(&run(&mut vm, id, VmCommand::Move { to }).unwrap()), ["move_requested", "disk_exported", "moved", "disk_imported", "operation_finished"]);
+    let v = vm.as_ref().unwrap();
+    assert_eq!((v.host, v.status, v.moving, v.message.as_deref()), (to, VmStatus::Stopped, None, None));
+    assert_eq!((v.network.as_ref(), v.root_disk.as_ref().map(|d| d.location.as_str())), (None, Some("moved")));
+    assert!(matches!(run(&mut vm, id, VmCommand::ResumeMove), Err(DecideError::InvalidState { .. })), "only a resumption");
+    assert_eq!(types(&run(&mut vm, id, VmCommand::Start).unwrap())[..2], ["start_requested", "network_allocated"]);
+    // A VM holding volumes stays where they are.
+    let (mut vm, id) = created();
+    run(&mut vm, id, VmCommand::Stop).unwrap();
+    vm.as_mut().unwrap().volumes.push(serde_json::from_value::<VolumeMount>(serde_json::json!({ "volume_id": VolumeId::new() })).unwrap());
+    assert!(matches!(run(&mut vm, id, VmCommand::Move { to }), Err(DecideError::InvalidState { .. })));
 }

@@ -58,11 +58,11 @@ struct Ledger {
 
 impl Ledger {
     /// Forget claims that expired, or that every gateway's projection shows by now.
-    fn prune(&mut self, app: &App, now: i64) -> sled::Result<()> {
+    fn prune(&mut self, app: &App, host: HostId, now: i64) -> sled::Result<()> {
         let mut keep = BTreeMap::new();
         for (id, claim) in std::mem::take(&mut self.claims) {
             let age = now.saturating_sub(claim.at);
-            if age < CLAIM_TTL_SECS && (age < PROJECTED_GRACE_SECS || !projected(app, &id)?) {
+            if age < CLAIM_TTL_SECS && (age < PROJECTED_GRACE_SECS || !projected(app, host, &id)?) {
                 keep.insert(id, claim);
             }
         }
@@ -77,10 +77,11 @@ impl From<&Need> for Claim {
     }
 }
 
-/// Whether this gateway's projection already shows the resource (and counts it).
-fn projected(app: &App, id: &str) -> sled::Result<bool> {
+/// Whether this gateway's projection already shows the resource on `host`
+/// (and counts it there: a VM moving in counts only once it has moved).
+fn projected(app: &App, host: HostId, id: &str) -> sled::Result<bool> {
     if let Ok(vm) = id.parse::<VmId>() {
-        return app.proj.has_vm(vm);
+        return Ok(app.proj.vm(vm)?.is_some_and(|v| v.host == host));
     }
     if let Ok(vol) = id.parse::<VolumeId>() {
         return app.proj.has_volume(vol);
@@ -89,10 +90,10 @@ fn projected(app: &App, id: &str) -> sled::Result<bool> {
 }
 
 /// The ledger's claims this gateway's projection does not show yet.
-fn unprojected<'a>(app: &App, ledger: &'a Ledger, except: &str) -> sled::Result<Vec<(&'a String, &'a Claim)>> {
+fn unprojected<'a>(app: &App, host: HostId, ledger: &'a Ledger, except: &str) -> sled::Result<Vec<(&'a String, &'a Claim)>> {
     let mut out = Vec::new();
     for (id, c) in &ledger.claims {
-        if id != except && !projected(app, id)? {
+        if id != except && !projected(app, host, id)? {
             out.push((id, c));
         }
     }
@@ -107,7 +108,7 @@ fn unprojected<'a>(app: &App, ledger: &'a Ledger, except: &str) -> sled::Result<
 /// projection lacked: if it keeps moving, some are counted twice, none missed.
 fn taken(app: &App, host: HostId, ledger: &Ledger, except: &str, addresses: bool) -> AppResult<Taken> {
     const TRIES: usize = 8;
-    let mut before = unprojected(app, ledger, except)?;
+    let mut before = unprojected(app, host, ledger, except)?;
     let mut tries = 1;
     loop {
         let mut t = Taken { used: app.proj.host_usage(host)?, ..Taken::default() };
@@ -115,7 +116,7 @@ fn taken(app: &App, host: HostId, ledger: &Ledger, except: &str, addresses: bool
             let a = app.proj.host_addresses(host)?;
             (t.ports, t.ips, t.macs, t.gpus) = (a.ports, a.ips, a.macs, a.gpus);
         }
-        let after = unprojected(app, ledger, except)?;
+        let after = unprojected(app, host, ledger, except)?;
         if after == before || tries == TRIES {
             for (_, c) in before {
                 t.used += c.resources;
@@ -178,7 +179,7 @@ pub(super) async fn place(app: &App, id: &str, need: &Need, strategy: Strategy) 
         let at = hosts.iter().position(|h| h.id == chosen).expect("the chosen host is one of those seen");
         let Some((mut ledger, revision)) = seen.swap_remove(at).2 else { unreachable!("an offline or cordoned host is never chosen") };
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        ledger.prune(app, now)?;
+        ledger.prune(app, chosen, now)?;
         ledger.claims.insert(id.to_owned(), Claim { at: now, ..claim.clone() });
         let value: bytes::Bytes = serde_json::to_vec(&ledger).expect("ledger encodes").into();
         let written = match revision {

@@ -157,6 +157,22 @@ pub async fn wait(app: &App, who: &Principal, accepted: Accepted<Vm>, timeout: D
     Ok(Accepted { resource, operation })
 }
 
+/// Move a stopped VM and its root disk to host `to` (admin). The host must
+/// be online and able to take it (its resources are claimed there now, as
+/// for a create); the VM gets new addresses and host ports at its next start.
+pub async fn move_to(app: &App, who: &Principal, alloc: Allocation, id: VmId, to: HostId) -> AppResult<Accepted<Vm>> {
+    who.require_admin()?;
+    let vm = get(app, who, id)?;
+    if accepted_before(app, alloc.op())?.is_none() && vm.host != to {
+        if app.proj.host(to)?.is_none() {
+            return Err(AppError::NotFound(format!("host {to}")));
+        }
+        decide(Some(&vm), who.org, vm.project, &VmCommand::Move { to })?;
+        place(app, &id.to_string(), &Need { host: Some(to), ..need_of(&vm.spec) }, Strategy::Spread).await?;
+    }
+    command(app, who, alloc, id, VmCommand::Move { to }).await
+}
+
 /// Hot-plug memory into a running VM, up to `memory_mib` in all.
 pub async fn resize_memory(app: &App, who: &Principal, alloc: Allocation, id: VmId, memory_mib: u64) -> AppResult<Accepted<Vm>> {
     command(app, who, alloc, id, VmCommand::ResizeMemory { memory_mib }).await
@@ -209,8 +225,14 @@ async fn accept(
 /// the GPUs asked for free, the region and labels asked for, and the host of
 /// the volumes it attaches; record the claim there.
 async fn place_vm(app: &App, id: VmId, spec: &VmSpec, volumes_host: Option<HostId>, placement: &Placement, strategy: Strategy) -> AppResult<HostId> {
+    let need = Need { host: placement.host_id, volumes_host, region: spec.region.clone(), labels: placement.labels.clone(), ..need_of(spec) };
+    place(app, &id.to_string(), &need, strategy).await
+}
+
+/// What a VM of `spec` asks of any host it is placed on.
+fn need_of(spec: &VmSpec) -> Need {
     let bridged = spec.network.enabled && spec.network.mode == NetworkMode::Bridge;
-    let need = Need {
+    Need {
         resources: spec.resources(),
         ports: spec.port_forwards.iter().filter_map(|pf| pf.host_port).collect(),
         guest_ip: spec.network.guest_ip.filter(|_| bridged),
@@ -218,12 +240,8 @@ async fn place_vm(app: &App, id: VmId, spec: &VmSpec, volumes_host: Option<HostI
         gpu: spec.gpu.clone(),
         image: Some(spec.image.clone()),
         bridged,
-        host: placement.host_id,
-        volumes_host,
-        region: spec.region.clone(),
-        labels: placement.labels.clone(),
-    };
-    place(app, &id.to_string(), &need, strategy).await
+        ..Need::default()
+    }
 }
 
 /// What a create that attaches existing volumes (`volumes`, `root_volume_id`)

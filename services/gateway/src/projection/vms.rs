@@ -18,8 +18,19 @@ pub(super) fn apply(txn: &mut Txn, seq: u64, env: &Envelope, ev: &VmEvent, paylo
     let before: Option<Vm> = txn.get(&key(&[&"vm", &id]));
     let existed = before.is_some();
     let was_deleted = before.as_ref().is_some_and(|v| v.status == VmStatus::Deleted);
+    let host_before = before.as_ref().map(|v| v.host);
     let Some(after) = evolve(before, id, env.operation, env.time, ev) else { return };
     let usage_key = key(&[&"hostuse", &after.host]);
+    if let Some(from) = host_before.filter(|h| *h != after.host && !was_deleted) {
+        // Moved: its resources go with it.
+        let from_key = key(&[&"hostuse", &from]);
+        let mut used: Resources = txn.get(&from_key).unwrap_or_default();
+        used -= after.spec.resources();
+        txn.put(from_key, &used);
+        let mut used: Resources = txn.get(&usage_key).unwrap_or_default();
+        used += after.spec.resources();
+        txn.put(usage_key.clone(), &used);
+    }
     if !existed {
         txn.put(key(&[&"vmidx", &after.org, &id]), &());
         let mut used: Resources = txn.get(&usage_key).unwrap_or_default();

@@ -127,4 +127,12 @@ pub trait Driver: Send + Sync + 'static {
     async fn import_image(&self, name: &str, source: &std::path::Path, format: ImageFormat) -> Result<ImageInfo, DriverError>;
     /// Hot-plug memory so the running guest has `total_mib` in all; already there is success.
     async fn plug_memory(&self, vm: &Vm, total_mib: u64) -> Result<(), DriverError>;
+    /// Write the stopped VM's root disk as one self-contained file, for a
+    /// move to another host; returns the file (the caller removes it).
+    async fn export_disk(&self, vm: &Vm) -> Result<PathBuf, DriverError>;
+    /// Where a moved root disk is put down on this host before [`Driver::import_disk`].
+    fn import_path(&self, vm: VmId) -> PathBuf;
+    /// Make the file at [`Driver::import_path`] the VM's root disk here.
+    /// Already imported (the file gone, the disk in place) is success.
+    async fn import_disk(&self, vm: &Vm) -> Result<DiskInfo, DriverError>;
 }

@@ -11,9 +11,12 @@
 //! Faults are injected per VM through labels, which only this driver reads:
 //! `sim.fail=<step>` fails that step for good, `sim.fail-once=<step>` fails it
 //! once with a retryable error, `sim.crash=<step>` aborts the whole worker
-//! process whenever that step runs (a driver that takes its host down). Steps: `network`, `disk`, `boot`, `ready`,
+//! process whenever that step runs (a driver that takes its host down),
+//! `sim.crash-once=<step>` the first time only (a crash the restarted worker
+//! recovers from). Steps: `network`, `disk`, `boot`, `ready`,
 //! `power_off`, `reboot`, `snapshot`, `restore`, `destroy`, `attach_volume`
-//! (also the disks attached at create), `detach_volume`, `keep_root_disk`, `plug_memory`.
+//! (also the disks attached at create), `detach_volume`, `keep_root_disk`,
+//! `plug_memory`, `export_disk`, `import_disk`.
 
 use super::{Driver, DriverError, Guest};
 use async_trait::async_trait;
@@ -188,6 +191,13 @@ impl SimDriver {
         if vm.spec.labels.get("sim.crash").is_some_and(|s| s == step) {
             tracing::error!(vm = %vm.id, step, "injected crash: aborting the worker");
             std::process::abort();
+        }
+        if vm.spec.labels.get("sim.crash-once").is_some_and(|s| s == step) {
+            let mark = self.cfg.dir.join(format!("{}.crashed-{step}", vm.id));
+            if !mark.exists() && std::fs::write(&mark, b"").is_ok() {
+                tracing::error!(vm = %vm.id, step, "injected crash (once): aborting the worker");
+                std::process::abort();
+            }
         }
         let mut guest = self.read(vm.id)?.unwrap_or_default();
         guest.org = Some(vm.org);
@@ -422,6 +432,36 @@ impl Driver for SimDriver {
             g.memory_mib = total_mib;
             Ok(())
         })
+    }
+
+    async fn export_disk(&self, vm: &Vm) -> Result<PathBuf, DriverError> {
+        let guest = self.update(vm, "export_disk", |g| Ok(g.clone()))?;
+        let path = self.cfg.dir.join(format!("{}.export", vm.id));
+        let bytes = serde_json::to_vec(&guest).map_err(|e| DriverError::Fatal(e.to_string()))?;
+        std::fs::write(&path, bytes).map_err(|e| DriverError::Retryable(e.to_string()))?;
+        Ok(path)
+    }
+
+    fn import_path(&self, vm: VmId) -> PathBuf {
+        self.cfg.dir.join(format!("{vm}.import"))
+    }
+
+    async fn import_disk(&self, vm: &Vm) -> Result<DiskInfo, DriverError> {
+        let disk = DiskInfo { location: format!("sim://{}/root", vm.id), size_gb: vm.spec.disk_gb };
+        let path = self.import_path(vm.id);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.read(vm.id)?.is_some() => return Ok(disk),
+            Err(e) => return Err(DriverError::Fatal(format!("the moved disk is not here: {e}"))),
+        };
+        let moved: SimGuest = serde_json::from_slice(&bytes).map_err(|e| DriverError::Fatal(format!("corrupt moved disk: {e}")))?;
+        self.update(vm, "import_disk", |g| {
+            // The disk and what the guest wrote to it come along; it does not run here yet.
+            *g = SimGuest { running: false, host_ports: Vec::new(), bridge_ip: None, org: Some(vm.org), ..moved };
+            Ok(())
+        })?;
+        let _ = std::fs::remove_file(&path);
+        Ok(disk)
     }
 
     async fn destroy(&self, vm: &Vm) -> Result<(), DriverError> {

@@ -37,6 +37,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(restore_vm))
         .routes(routes!(vm_events))
         .routes(routes!(resize_memory))
+        .routes(routes!(move_vm))
 }
 
 /// Request body of `POST /v1/vms`. Only `name` is required.
@@ -429,6 +430,28 @@ async fn resize_memory(
     Json(req): Json<ResizeMemoryRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     accepted(&state.app, vms::resize_memory(&state.app, &who, alloc, id, req.memory_mib).await?)
+}
+
+/// `POST /v1/vms/{id}/move` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveVmRequest {
+    /// The host to move the VM to (online, not cordoned, with room and its image).
+    pub host_id: HostId,
+}
+
+/// Move a stopped VM and its root disk to another host (admin). The VM must
+/// hold no volumes; it gets new addresses and host ports at its next start.
+#[utoipa::path(post, path = "/v1/vms/{id}/move", tag = "vms", request_body = MoveVmRequest, params(("id" = String, Path, description = "VM id")),
+    responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn move_vm(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<VmId>,
+    Json(req): Json<MoveVmRequest>,
+) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+    accepted(&state.app, vms::move_to(&state.app, &who, alloc, id, req.host_id).await?)
 }
 
 /// Query of `GET /v1/vms/{id}/events`.

@@ -134,6 +134,13 @@ impl QemuDriver {
         VmDir::new(&self.cfg.dir, vm)
     }
 
+    /// Where moving disks wait (private: they hold guests' data).
+    fn moves_dir(&self) -> Result<PathBuf, DriverError> {
+        let dir = self.cfg.dir.join("moves");
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(retry)?;
+        Ok(dir)
+    }
+
     /// Find running guests left by a previous worker and watch them again.
     fn adopt(&self) {
         let Ok(entries) = std::fs::read_dir(self.cfg.dir.join("vms")) else { return };
@@ -733,6 +740,47 @@ impl Driver for QemuDriver {
         q.execute("object-add", Some(json!({"qom-type": "memory-backend-ram", "id": format!("mem{n}"), "size": extra << 20}))).await.map_err(fatal)?;
         q.execute("device_add", Some(json!({"driver": "pc-dimm", "id": format!("dimm{n}"), "memdev": format!("mem{n}")}))).await.map_err(fatal)?;
         Ok(())
+    }
+
+    async fn export_disk(&self, vm: &Vm) -> Result<PathBuf, DriverError> {
+        let root = self.dir(vm.id).root_disk();
+        if !root.exists() {
+            return Err(fatal(format!("{}: the root disk is missing", root.display())));
+        }
+        let moves = self.moves_dir()?;
+        let (out, tmp) = (moves.join(format!("{}.out.qcow2", vm.id)), moves.join(format!("{}.out.qcow2.tmp", vm.id)));
+        // Flattened: the image it is layered on may sit elsewhere on the other host.
+        let converted = tokio::process::Command::new("qemu-img")
+            .args(["convert", "-q", "-O", "qcow2"])
+            .arg(&root)
+            .arg(&tmp)
+            .output()
+            .await
+            .map_err(|e| fatal(format!("qemu-img: {e} (install qemu-utils)")))?;
+        if !converted.status.success() {
+            return Err(fatal(format!("qemu-img convert failed: {}", String::from_utf8_lossy(&converted.stderr).trim())));
+        }
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(retry)?;
+        std::fs::rename(&tmp, &out).map_err(retry)?;
+        Ok(out)
+    }
+
+    fn import_path(&self, vm: VmId) -> PathBuf {
+        self.cfg.dir.join("moves").join(format!("{vm}.in.qcow2"))
+    }
+
+    async fn import_disk(&self, vm: &Vm) -> Result<DiskInfo, DriverError> {
+        let dir = self.dir(vm.id);
+        let (incoming, root) = (self.import_path(vm.id), dir.root_disk());
+        let disk = DiskInfo { location: root.display().to_string(), size_gb: vm.spec.disk_gb };
+        if !incoming.exists() {
+            return if root.exists() { Ok(disk) } else { Err(fatal("the moved root disk is not here")) };
+        }
+        dir.create().map_err(retry)?;
+        write_private(&dir.path().join("org"), vm.org.to_string().as_bytes()).map_err(retry)?;
+        std::fs::set_permissions(&incoming, std::fs::Permissions::from_mode(0o600)).map_err(retry)?;
+        std::fs::rename(&incoming, &root).map_err(retry)?;
+        Ok(disk)
     }
 
     async fn destroy(&self, vm: &Vm) -> Result<(), DriverError> {
