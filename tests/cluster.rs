@@ -226,3 +226,35 @@ async fn creates_survive_the_loss_of_a_nats_node_and_a_gateway() {
     drop((workers, gw_a, gw_b, nats));
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// Streams found with another replica count than `--stream-replicas`: a
+/// gateway (which may create streams but not change them) keeps them and
+/// says so in its log; the admin's connection rescales them in place, which
+/// nats-server 2.9 does on a cluster.
+#[tokio::test]
+async fn streams_of_another_replica_count_are_reported_or_rescaled() {
+    use vmplane_bus::{Bus, auth};
+    let dir = tempfile::Builder::new().prefix("vmplane-cluster-").tempdir().unwrap();
+    let nats = NatsCluster::start_in(dir.path(), 3).await;
+    let admin_creds = auth::Credentials::NkeySeed(nats.dir.join("admin.nk"));
+    let admin = Bus::connect(&nats.urls(), auth::Role::Admin, &admin_creds).await.expect("connecting as the admin");
+    admin.ensure_topology().await.expect("streams at 1 replica");
+    let client = nats.admin().await;
+    assert_eq!(nats.stream_info(&client, subjects::EVENT_STREAM).await.unwrap()["config"]["num_replicas"], 1);
+
+    let (mut gw, c) = start_gateway_in(dir.path(), "gateway", nats.args("gateway")).await;
+    assert_eq!(c.get("/readyz").await.0, 200);
+    wait_for("the gateway to report the replica count", WAIT, async || {
+        if gw.log_mentions("another replica count than --stream-replicas") { Ok(()) } else { Err(gw.log_tail(10)) }
+    })
+    .await;
+    assert_eq!(nats.stream_info(&client, subjects::EVENT_STREAM).await.unwrap()["config"]["num_replicas"], 1, "the gateway changed nothing");
+    gw.terminate().await;
+
+    admin.with_replicas(3).ensure_topology().await.expect("the admin rescales the streams");
+    for stream in [subjects::EVENT_STREAM, subjects::COMMAND_STREAM, &format!("KV_{}", subjects::IDEMPOTENCY_BUCKET)] {
+        let info = nats.stream_info(&client, stream).await.unwrap();
+        assert_eq!(info["config"]["num_replicas"], 3, "{stream}: {}", info["config"]);
+    }
+    assert!(nats.violations().is_empty(), "{:?}", nats.violations());
+}
