@@ -1,7 +1,7 @@
 //! A replicated NATS cluster: three nats-server nodes (separate stores,
 //! routes on loopback, the same users as one node), every stream and bucket
-//! at 3 replicas (`--stream-replicas 3`), two gateways and three sim workers
-//! given every node's URL. Creates keep being acknowledged while a NATS node
+//! at 3 replicas (`--stream-replicas 3`), two gateways, three sim workers and
+//! a webhook deliverer given every node's URL. Creates keep being acknowledged while a NATS node
 //! and a gateway are killed (-9) and restarted, and nothing is lost or done
 //! twice.
 
@@ -104,6 +104,12 @@ async fn creates_survive_the_loss_of_a_nats_node_and_a_gateway() {
     let workers: Vec<Proc> = (0..3).map(|i| start_sim_worker_in(&root, &format!("worker-{i}"), nats.args("worker"), &[])).collect();
     let (mut gw_a, a) = start_gateway_in(&root, "gateway-a", nats.args("gateway")).await;
     let (gw_b, b) = start_gateway_in(&root, "gateway-b", nats.args("gateway")).await;
+    let mut deliverer = {
+        let mut args = vec!["webhooks".to_owned()];
+        args.extend(nats.args("webhooks"));
+        args.extend(["--data-dir".to_owned(), root.join("webhooks").display().to_string()]);
+        Proc::start("webhooks", BIN, args, vec![], root.join("webhooks.log"))
+    };
     wait_for("three hosts online", WAIT, async || match a.try_get("/v1/hosts").await {
         Some((200, hosts)) if hosts.as_array().is_some_and(|h| h.iter().filter(|h| h["status"] == "online").count() == 3) => Ok(()),
         other => Err(format!("{other:?}")),
@@ -221,9 +227,11 @@ async fn creates_survive_the_loss_of_a_nats_node_and_a_gateway() {
             assert!(types.iter().any(|t| t == "running" || t == "started" || t == "booted"), "c{i} ({id}) through {}: {types:?}", c.base);
         }
     }
+    // The deliverer rode over the node's loss too.
+    assert!(deliverer.exited().is_none(), "the webhook deliverer exited\n{}", deliverer.log_tail(30));
     let violations = nats.violations();
     assert!(violations.is_empty(), "NATS denied a vmplane process something it needed: {violations:?}");
-    drop((workers, gw_a, gw_b, nats));
+    drop((workers, gw_a, gw_b, deliverer, nats));
     let _ = std::fs::remove_dir_all(&root);
 }
 
