@@ -237,16 +237,23 @@ async fn creates_survive_the_loss_of_a_nats_node_and_a_gateway() {
 
 /// Streams found with another replica count than `--stream-replicas`: a
 /// gateway (which may create streams but not change them) keeps them and
-/// says so in its log; the admin's connection rescales them in place, which
-/// nats-server 2.9 does on a cluster.
+/// says so in its log; `vmplane nats streams` with the admin's credentials
+/// rescales them in place, which nats-server 2.9 does on a cluster.
 #[tokio::test]
 async fn streams_of_another_replica_count_are_reported_or_rescaled() {
-    use vmplane_bus::{Bus, auth};
     let dir = tempfile::Builder::new().prefix("vmplane-cluster-").tempdir().unwrap();
     let nats = NatsCluster::start_in(dir.path(), 3).await;
-    let admin_creds = auth::Credentials::NkeySeed(nats.dir.join("admin.nk"));
-    let admin = Bus::connect(&nats.urls(), auth::Role::Admin, &admin_creds).await.expect("connecting as the admin");
-    admin.ensure_topology().await.expect("streams at 1 replica");
+    let streams = |replicas: &str| {
+        let out = std::process::Command::new(BIN)
+            .args(["nats", "streams", "--stream-replicas", replicas])
+            .args(nats_args(&nats.dir, &nats.urls(), "admin"))
+            .env_remove("NATS_URL")
+            .env_remove("VMPLANE_STREAM_REPLICAS")
+            .output()
+            .expect("running vmplane nats streams");
+        assert!(out.status.success(), "vmplane nats streams: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    streams("1");
     let client = nats.admin().await;
     assert_eq!(nats.stream_info(&client, subjects::EVENT_STREAM).await.unwrap()["config"]["num_replicas"], 1);
 
@@ -259,10 +266,54 @@ async fn streams_of_another_replica_count_are_reported_or_rescaled() {
     assert_eq!(nats.stream_info(&client, subjects::EVENT_STREAM).await.unwrap()["config"]["num_replicas"], 1, "the gateway changed nothing");
     gw.terminate().await;
 
-    admin.with_replicas(3).ensure_topology().await.expect("the admin rescales the streams");
+    streams("3");
     for stream in [subjects::EVENT_STREAM, subjects::COMMAND_STREAM, &format!("KV_{}", subjects::IDEMPOTENCY_BUCKET)] {
         let info = nats.stream_info(&client, stream).await.unwrap();
         assert_eq!(info["config"]["num_replicas"], 3, "{stream}: {}", info["config"]);
     }
+    assert!(nats.violations().is_empty(), "{:?}", nats.violations());
+}
+
+/// deploy/nats/node-{1,2,3}.conf, with `vmplane nats init`'s nats.conf
+/// beside them and only their addresses and paths moved onto this machine,
+/// form one JetStream cluster that admits the vmplane users: a gateway with
+/// `--stream-replicas 3` on it is ready and its streams hold three copies.
+#[tokio::test]
+async fn the_deploy_sample_configs_form_a_cluster() {
+    let dir = tempfile::Builder::new().prefix("vmplane-deploy-").tempdir().unwrap();
+    let root = dir.path();
+    let seeds = root.join("nats");
+    nats_init(&seeds, "127.0.0.1:4222");
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats");
+    let ports: Vec<(u16, u16)> = (1..=3).map(|_| (free_port(), free_port())).collect();
+    let mut configs = Vec::new();
+    for (i, (port, route)) in ports.iter().enumerate() {
+        let n = i + 1;
+        let mut text = std::fs::read_to_string(samples.join(format!("node-{n}.conf"))).expect("reading a sample node config");
+        for (j, (_, other_route)) in ports.iter().enumerate() {
+            text = text.replace(&format!("10.0.0.1{}:6222", j + 1), &format!("127.0.0.1:{other_route}"));
+        }
+        let node_dir = root.join(format!("node-{n}"));
+        std::fs::create_dir_all(&node_dir).unwrap();
+        text = text
+            .replace("0.0.0.0:4222", &format!("127.0.0.1:{port}"))
+            .replace("0.0.0.0:6222", &format!("127.0.0.1:{route}"))
+            .replace("/run/vmplane-nats/nats.pid", &node_dir.join("nats.pid").display().to_string())
+            .replace("/var/lib/vmplane-nats", &node_dir.join("store").display().to_string());
+        // The include names nats.conf beside the node's config (nats-server resolves it there).
+        std::fs::copy(seeds.join("nats.conf"), node_dir.join("nats.conf")).unwrap();
+        let settings: String = text.lines().filter(|l| !l.trim_start().starts_with('#')).collect();
+        assert!(!settings.contains("10.0.0.") && !settings.contains("0.0.0.0"), "every address moved: {text}");
+        let conf = node_dir.join("node.conf");
+        std::fs::write(&conf, text).unwrap();
+        configs.push((*port, conf));
+    }
+    let nats = NatsCluster::start_configs(root, &seeds, configs).await;
+    let (_gw, c) = start_gateway_in(root, "gateway", nats.args("gateway")).await;
+    assert_eq!(c.get("/readyz").await.0, 200);
+    let client = nats.admin().await;
+    let info = wait_for("the event stream", WAIT, async || nats.stream_info(&client, subjects::EVENT_STREAM).await).await;
+    assert_eq!(info["config"]["num_replicas"], 3, "{}", info["config"]);
+    assert_eq!(info["cluster"]["name"], "vmplane", "{}", info["cluster"]);
     assert!(nats.violations().is_empty(), "{:?}", nats.violations());
 }

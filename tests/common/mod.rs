@@ -952,7 +952,7 @@ impl NatsCluster {
         let dir = root.join("nats");
         let base: Value = serde_json::from_slice(&std::fs::read(nats_init(&dir, "127.0.0.1:4222")).expect("reading nats.conf")).expect("nats.conf is JSON");
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
-        let mut nodes = Vec::new();
+        let mut configs = Vec::new();
         for (i, (port, route_port)) in ports.iter().enumerate() {
             let node_dir = root.join(format!("nats-{i}"));
             std::fs::create_dir_all(&node_dir).expect("creating a node dir");
@@ -968,15 +968,26 @@ impl NatsCluster {
             });
             let conf = node_dir.join("nats.conf");
             std::fs::write(&conf, serde_json::to_vec_pretty(&config).unwrap()).expect("writing a node's nats.conf");
+            configs.push((*port, conf));
+        }
+        Self::start_configs(root, &dir, configs).await
+    }
+
+    /// Start one node per `(client port, config file)`, logging to
+    /// `root/nats-<i>.log`, with the users' seeds in `dir`, and wait until
+    /// JetStream has elected its meta leader.
+    pub async fn start_configs(root: &Path, dir: &Path, configs: Vec<(u16, PathBuf)>) -> Self {
+        let mut nodes = Vec::new();
+        for (i, (port, conf)) in configs.into_iter().enumerate() {
             let args = vec!["-c".to_owned(), conf.display().to_string()];
             let proc = Proc::start(&format!("nats-{i}"), nats_server_bin(), args, vec![], root.join(format!("nats-{i}.log")));
-            let mut node = Nats { port: *port, proc, dir: dir.clone() };
+            let mut node = Nats { port, proc, dir: dir.to_owned() };
             if let Err(status) = node.listening().await {
                 panic!("nats-{i} exited at start ({status})\n{}", node.proc.log_tail(40));
             }
             nodes.push(node);
         }
-        let cluster = Self { nodes, dir };
+        let cluster = Self { nodes, dir: dir.to_owned() };
         cluster.wait_jetstream().await;
         cluster
     }

@@ -245,7 +245,7 @@ impl Bus {
                     None => return Ok(()),
                     Some("num_replicas") if !self.reconfigure => {
                         let have = existing.cached_info().config.num_replicas;
-                        tracing::warn!(stream = %config.name, have, want = config.num_replicas, "the stream exists with another replica count than --stream-replicas asks; it keeps its count until an admin updates it (`vmplane up` with --stream-replicas, or `nats stream edit --replicas`)");
+                        tracing::warn!(stream = %config.name, have, want = config.num_replicas, "the stream exists with another replica count than --stream-replicas asks; it keeps its count until the admin rescales it: `vmplane nats streams --stream-replicas N` with the admin's credentials");
                         return Ok(());
                     }
                     Some(setting) if !self.reconfigure => {

@@ -101,6 +101,11 @@ enum NatsCmd {
     /// those users, each with its role's permissions. Run nats-server with
     /// `-c <out-dir>/nats.conf`; give each process its seed with `--nats-creds`.
     Init(NatsInitArgs),
+    /// Create vmplane's streams and buckets, or bring existing ones up to
+    /// this version's settings, with the admin's credentials (other roles
+    /// may create streams but not change them): e.g. to rescale them to
+    /// `--stream-replicas` after a single server became a cluster.
+    Streams(CommonArgs),
 }
 
 #[derive(Args)]
@@ -458,6 +463,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Subscribers { command: SubscribersCmd::Create(a) } => subscribers_create(a).await,
+        Cmd::Nats { command: NatsCmd::Streams(common) } => {
+            let nats = nats::resolve(&common).await?;
+            common.connect(&nats, Role::Admin).await?.ensure_topology().await.context("setting up the streams")?;
+            println!("streams and buckets ready with {} replica(s)", common.stream_replicas);
+            Ok(())
+        }
         Cmd::Nats { command: NatsCmd::Init(a) } => {
             let files = nats::NatsFiles::new(&a.out_dir);
             files.init(&a.listen, a.store.as_deref().unwrap_or(&a.out_dir), &a.server_name)?;
