@@ -137,8 +137,9 @@ async fn compose_stack_serves_a_vm() {
     std::fs::create_dir_all(root.join("tmp")).unwrap();
     let project = format!("vmplaneit{}", std::process::id());
     let image = format!("{project}:local");
-    let tar = Command::new("tar").arg("-C").arg(&root).args(["-c", "."]).stdout(Stdio::piped()).spawn().expect("running tar");
-    let import = Command::new("docker").args(["import", "-", &image]).stdin(tar.stdout.unwrap()).output().expect("running docker import");
+    let mut tar = Command::new("tar").arg("-C").arg(&root).args(["-c", "."]).stdout(Stdio::piped()).spawn().expect("running tar");
+    let import = Command::new("docker").args(["import", "-", &image]).stdin(tar.stdout.take().unwrap()).output().expect("running docker import");
+    assert!(tar.wait().expect("waiting for tar").success(), "tar of the image's files failed");
     assert!(import.status.success(), "docker import: {}", String::from_utf8_lossy(&import.stderr));
 
     let mut overrides = String::from("services:\n");
