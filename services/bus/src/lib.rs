@@ -120,11 +120,6 @@ impl Bus {
         Self { replicas: replicas.clamp(1, MAX_REPLICAS), ..self }
     }
 
-    /// The replica count of the streams and buckets this connection creates.
-    pub fn replicas(&self) -> usize {
-        self.replicas
-    }
-
     /// Whether the client currently holds a live connection.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
@@ -231,11 +226,11 @@ impl Bus {
     /// Create a stream, or bring an existing one's configuration up to date
     /// when this connection may (other users only warn: they may create
     /// streams but never change them). A replica count is changed like any
-    /// other setting: a clustered nats-server (2.9 included) scales a stream
-    /// up or down in place, copying its messages to the new peers; a single
-    /// server refuses more than 1, and that error is returned. Two processes starting at once race
-    /// between "not found" and "create"; the loser's create fails and its
-    /// next attempt finds the stream.
+    /// other setting: a clustered nats-server (2.9 included) rescales a
+    /// stream in place; a single server refuses more than 1, and that error
+    /// is returned. Two processes starting at once race between "not found"
+    /// and "create"; the loser's create fails and its next attempt finds the
+    /// stream.
     async fn stream(&self, config: stream::Config) -> Result<(), String> {
         let mut attempt = 0;
         loop {
