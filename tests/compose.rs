@@ -164,7 +164,17 @@ async fn compose_stack_serves_a_vm() {
         other => Err(format!("{other:?}")),
     })
     .await;
-    let vm = g1.create_vm(json!({ "name": "through-compose" })).await;
+    // A stream leader may still be in election right after start: a 503 is retried with the same Idempotency-Key.
+    let keyed = g1.with_header("Idempotency-Key", "compose-create");
+    let vm = wait_for("a create accepted through gateway-1", slow, async || {
+        match keyed.try_send(keyed.request(Method::POST, "/v1/vms").json(&json!({ "name": "through-compose" }))).await {
+            Ok(r) if r.status == 202 => Ok(r.body),
+            Ok(r) if r.status == 503 => Err(format!("503 {}", r.body)),
+            Ok(r) => panic!("POST /v1/vms: {} {}", r.status, r.body),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
     let id = str_of(&vm["id"]).to_owned();
     g1.wait_op_succeeded(str_of(&vm["operation"]["id"])).await;
     let read = wait_for("the VM running through gateway-2", slow, async || match g2.try_get(&format!("/v1/vms/{id}")).await {
