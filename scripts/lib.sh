@@ -56,3 +56,20 @@ ensure_qemu() {
   ensure_package ss iproute2
   ensure_package mke2fs e2fsprogs
 }
+
+# What tests/compose.rs needs: Debian's container engine and compose tool
+# (a `docker` client alone is not enough: the engine is dockerd), and the
+# engine running. Where dockerd cannot start, the test that brings the stack
+# up says so and skips; the one validating docker-compose.yml still runs.
+ensure_docker() {
+  ensure_package dockerd docker.io
+  ensure_package docker-compose docker-compose
+  docker info >/dev/null 2>&1 && return 0
+  echo "starting dockerd (log: /tmp/vmplane-dockerd.log)..." >&2
+  as_root sh -c 'nohup dockerd >/tmp/vmplane-dockerd.log 2>&1 &'
+  for _ in $(seq 1 30); do
+    docker info >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  echo "dockerd did not start (see /tmp/vmplane-dockerd.log): tests/compose.rs will skip bringing the stack up" >&2
+}

@@ -3,7 +3,8 @@
 //! (`vmplane-bench` or `vmplane-bench api`), and real guests booted through
 //! vmplane's qemu driver next to bare qemu and libvirt (`vmplane-bench guests`,
 //! see `guests.rs`), and webhook delivery next to the SSE feed
-//! (`vmplane-bench webhooks`, see `webhooks.rs`).
+//! (`vmplane-bench webhooks`, see `webhooks.rs`), and what replicated
+//! streams cost (`vmplane-bench replicas`, see `replicas.rs`).
 //!
 //! `api` starts its own `nats-server -js` (temp store, free loopback port), then
 //! `vmplane gateway` and `vmplane worker --driver sim` (zero simulated delays)
@@ -30,6 +31,7 @@
 mod bare;
 mod guests;
 mod libvirt;
+mod replicas;
 mod webhooks;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -76,6 +78,8 @@ enum Cmd {
     Guests(guests::GuestArgs),
     /// Webhook delivery (`vmplane webhooks`) to a local receiver: events/s and append -> receipt lag, beside the SSE feed's.
     Webhooks(webhooks::WebhookArgs),
+    /// JetStream publish+ack on a stream of 1 and of 3 replicas (a three-node cluster on this machine) and on one server.
+    Replicas(replicas::ReplicaArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -143,6 +147,7 @@ async fn main() {
             Some(Cmd::Api(args)) => run(args).await,
             Some(Cmd::Guests(args)) => guests::run(args).await,
             Some(Cmd::Webhooks(args)) => webhooks::run(args).await,
+            Some(Cmd::Replicas(args)) => replicas::run(args).await,
         }
     };
     // Dropping the run future (on a signal) drops the Cluster (and the guests

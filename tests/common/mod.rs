@@ -890,21 +890,170 @@ impl Stack {
     /// Another gateway with its own projections, on `nats_url` (this stack's
     /// NATS, or a proxy in front of it), ready; returns it and an admin client.
     pub async fn start_gateway(&self, name: &str, nats_url: &str) -> (Proc, Client) {
-        let data = self.root().join(name).to_string_lossy().into_owned();
-        let env = vec![("VMPLANE_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned())];
-        for attempt in 1.. {
-            let listen = format!("127.0.0.1:{}", free_port());
-            let mut args = vec!["gateway".to_owned()];
-            args.extend(nats_args(&self.nats.dir, nats_url, "gateway"));
-            args.extend(["--data-dir", &data, "--listen", &listen].map(str::to_owned));
-            let mut gw = Proc::start(name, BIN, args, env.clone(), self.root().join(format!("{name}.log")));
-            let base = format!("http://{listen}");
-            match gateway_ready(&mut gw, &Client::new(&base, None)).await {
-                Ok(()) => return (gw, Client::new(&base, Some(ADMIN_TOKEN))),
-                Err(_) if attempt < 3 && gw.log_mentions("address already in use") => continue,
-                Err(status) => panic!("{name} exited at start ({status})\n{}", gw.log_tail(40)),
-            }
+        start_gateway_in(self.root(), name, nats_args(&self.nats.dir, nats_url, "gateway")).await
+    }
+}
+
+/// A gateway named `name` with its own data dir `root/<name>` (projections)
+/// and log `root/<name>.log`, connecting with `nats` (`--nats-url ...`
+/// arguments), on a free port, ready; returns it and an admin client.
+pub async fn start_gateway_in(root: &Path, name: &str, nats: Vec<String>) -> (Proc, Client) {
+    let data = root.join(name).to_string_lossy().into_owned();
+    let env = vec![("VMPLANE_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned())];
+    for attempt in 1.. {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut args = vec!["gateway".to_owned()];
+        args.extend(nats.iter().cloned());
+        args.extend(["--data-dir", &data, "--listen", &listen].map(str::to_owned));
+        let mut gw = Proc::start(name, BIN, args, env.clone(), root.join(format!("{name}.log")));
+        let base = format!("http://{listen}");
+        match gateway_ready(&mut gw, &Client::new(&base, None)).await {
+            Ok(()) => return (gw, Client::new(&base, Some(ADMIN_TOKEN))),
+            Err(_) if attempt < 3 && gw.log_mentions("address already in use") => continue,
+            Err(status) => panic!("{name} exited at start ({status})\n{}", gw.log_tail(40)),
         }
-        unreachable!()
+    }
+    unreachable!()
+}
+
+/// A sim worker named `name` (its host name too) with its own data dir
+/// `root/<name>` and log `root/<name>.log`, connecting with `nats`, fast
+/// simulated boots and `extra` arguments. Callers wait for its host.
+pub fn start_sim_worker_in(root: &Path, name: &str, nats: Vec<String>, extra: &[&str]) -> Proc {
+    let mut args = vec!["worker".to_owned()];
+    args.extend(nats);
+    let data = root.join(name).to_string_lossy().into_owned();
+    args.extend(
+        ["--data-dir", &data, "--host-name", name, "--driver", "sim", "--sim-boot-delay-ms", "20", "--sim-ready-delay-ms", "20", "--ack-wait-secs", "2"]
+            .map(str::to_owned),
+    );
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    Proc::start(name, BIN, args, vec![], root.join(format!("{name}.log")))
+}
+
+// ---------------------------------------------------------------------------
+// A nats-server cluster (cluster tests)
+// ---------------------------------------------------------------------------
+
+/// nats-servers forming one JetStream cluster on loopback: each node with its
+/// own store dir and config, all admitting the same users (one `vmplane nats
+/// init`, as for a single [`Nats`]). Each node can be killed and started
+/// again on its port and store.
+pub struct NatsCluster {
+    pub nodes: Vec<Nats>,
+    /// The users' seeds (shared by every node).
+    pub dir: PathBuf,
+}
+
+impl NatsCluster {
+    /// Start `size` nodes under `root/nats-<i>` with their users' seeds in
+    /// `root/nats`, and wait until JetStream has elected its meta leader.
+    pub async fn start_in(root: &Path, size: usize) -> Self {
+        let dir = root.join("nats");
+        let base: Value = serde_json::from_slice(&std::fs::read(nats_init(&dir, "127.0.0.1:4222")).expect("reading nats.conf")).expect("nats.conf is JSON");
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let mut configs = Vec::new();
+        for (i, (port, route_port)) in ports.iter().enumerate() {
+            let node_dir = root.join(format!("nats-{i}"));
+            std::fs::create_dir_all(&node_dir).expect("creating a node dir");
+            let mut config = base.clone();
+            config["server_name"] = json!(format!("vmplane-test-{i}"));
+            config["listen"] = json!(format!("127.0.0.1:{port}"));
+            config["pid_file"] = json!(node_dir.join("nats.pid"));
+            config["jetstream"] = json!({ "store_dir": node_dir.join("store") });
+            config["cluster"] = json!({
+                "name": "vmplane-test",
+                "listen": format!("127.0.0.1:{route_port}"),
+                "routes": ports.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, (_, r))| format!("nats-route://127.0.0.1:{r}")).collect::<Vec<_>>(),
+            });
+            let conf = node_dir.join("nats.conf");
+            std::fs::write(&conf, serde_json::to_vec_pretty(&config).unwrap()).expect("writing a node's nats.conf");
+            configs.push((*port, conf));
+        }
+        Self::start_configs(root, &dir, configs).await
+    }
+
+    /// Start one node per `(client port, config file)`, logging to
+    /// `root/nats-<i>.log`, with the users' seeds in `dir`, and wait until
+    /// JetStream has elected its meta leader.
+    pub async fn start_configs(root: &Path, dir: &Path, configs: Vec<(u16, PathBuf)>) -> Self {
+        let mut nodes = Vec::new();
+        for (i, (port, conf)) in configs.into_iter().enumerate() {
+            let args = vec!["-c".to_owned(), conf.display().to_string()];
+            let proc = Proc::start(&format!("nats-{i}"), nats_server_bin(), args, vec![], root.join(format!("nats-{i}.log")));
+            let mut node = Nats { port, proc, dir: dir.to_owned() };
+            if let Err(status) = node.listening().await {
+                panic!("nats-{i} exited at start ({status})\n{}", node.proc.log_tail(40));
+            }
+            nodes.push(node);
+        }
+        let cluster = Self { nodes, dir: dir.to_owned() };
+        cluster.wait_jetstream().await;
+        cluster
+    }
+
+    /// Every node's URL, comma-separated (what `--nats-url` takes for a cluster).
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(Nats::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// `--nats-url <all nodes> --nats-creds ... --stream-replicas <size>` for a process of `role`.
+    pub fn args(&self, role: &str) -> Vec<String> {
+        let mut args = nats_args(&self.dir, &self.urls(), role);
+        args.extend(["--stream-replicas".to_owned(), self.nodes.len().to_string()]);
+        args
+    }
+
+    /// A client connected as the admin to whichever node answers.
+    pub async fn admin(&self) -> vmplane_bus::async_nats::Client {
+        let urls: Vec<vmplane_bus::async_nats::ServerAddr> = self.nodes.iter().map(|n| n.url().parse().unwrap()).collect();
+        let seed = std::fs::read_to_string(self.dir.join("admin.nk")).expect("reading the admin seed");
+        vmplane_bus::async_nats::ConnectOptions::with_nkey(seed.trim().to_owned())
+            .custom_inbox_prefix("_INBOX_admin")
+            .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect()
+            .connect(urls)
+            .await
+            .expect("connecting to the cluster as its admin")
+    }
+
+    /// Wait until the cluster answers JetStream requests (a meta leader is elected).
+    pub async fn wait_jetstream(&self) {
+        let client = self.admin().await;
+        wait_for("the JetStream cluster to elect a meta leader", WAIT, async || {
+            match tokio::time::timeout(Duration::from_secs(2), client.request("$JS.API.INFO", "".into())).await {
+                Ok(Ok(msg)) => match serde_json::from_slice::<Value>(&msg.payload) {
+                    Ok(info) if info.get("error").is_none() => Ok(()),
+                    other => Err(format!("{other:?}")),
+                },
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    }
+
+    /// `$JS.API.STREAM.INFO.<stream>` as the admin: the stream's config, state and cluster.
+    pub async fn stream_info(&self, client: &vmplane_bus::async_nats::Client, stream: &str) -> Result<Value, String> {
+        let msg = tokio::time::timeout(Duration::from_secs(3), client.request(format!("$JS.API.STREAM.INFO.{stream}"), "".into()))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let info: Value = serde_json::from_slice(&msg.payload).map_err(|e| e.to_string())?;
+        if info.get("error").is_some() { Err(info.to_string()) } else { Ok(info) }
+    }
+
+    /// The log lines of any node where it denied a user something.
+    pub fn violations(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .flat_map(|n| {
+                std::fs::read_to_string(&n.proc.log)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.to_lowercase().contains("violation"))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 }

@@ -71,6 +71,8 @@ pub const LOG_LINE_BYTES: i32 = 8 << 10;
 pub const IDEMPOTENCY_MAX_RECORDS: i64 = 200_000;
 /// Most bytes of idempotency records kept at once.
 pub const IDEMPOTENCY_MAX_BYTES: i64 = 256 << 20;
+/// JetStream keeps at most 5 copies of a stream.
+pub const MAX_REPLICAS: usize = 5;
 
 /// A connection to NATS with the JetStream context vmplane uses.
 #[derive(Clone)]
@@ -80,6 +82,9 @@ pub struct Bus {
     /// Whether this connection may change existing streams' configuration
     /// (the admin, or a server without authorization).
     reconfigure: bool,
+    /// How many servers of a cluster hold each stream and bucket this
+    /// connection creates (`--stream-replicas`; 1 on a single server).
+    replicas: usize,
 }
 
 impl Bus {
@@ -106,7 +111,13 @@ impl Bus {
             .map_err(unavailable)?;
         let js = jetstream::ContextBuilder::new().timeout(REQUEST_TIMEOUT).build(client.clone());
         let reconfigure = role == auth::Role::Admin || (*creds == auth::Credentials::None && auth::url_user(url).is_none());
-        Ok(Self { client, js, reconfigure })
+        Ok(Self { client, js, reconfigure, replicas: 1 })
+    }
+
+    /// The same connection creating its streams and buckets with `replicas`
+    /// copies (at most 5, JetStream's limit; a cluster of 3 takes 3).
+    pub fn with_replicas(self, replicas: usize) -> Self {
+        Self { replicas: replicas.clamp(1, MAX_REPLICAS), ..self }
     }
 
     /// Whether the client currently holds a live connection.
@@ -134,6 +145,7 @@ impl Bus {
             deny_delete: true,
             deny_purge: true,
             duplicate_window: Duration::from_secs(120),
+            num_replicas: self.replicas,
             ..Default::default()
         })
         .await
@@ -147,6 +159,7 @@ impl Bus {
             max_age: Duration::from_secs(7 * 24 * 3600),
             discard: DiscardPolicy::New,
             duplicate_window: Duration::from_secs(120),
+            num_replicas: self.replicas,
             ..Default::default()
         })
         .await
@@ -167,6 +180,7 @@ impl Bus {
             max_bytes: 2 << 30,
             discard: DiscardPolicy::Old,
             duplicate_window: Duration::from_secs(120),
+            num_replicas: self.replicas,
             ..Default::default()
         })
         .await
@@ -200,6 +214,7 @@ impl Bus {
                 discard,
                 // The server's own choice when unset, spelled out so configs compare equal.
                 duplicate_window: if ttl.is_zero() { Duration::from_secs(120) } else { ttl.min(Duration::from_secs(120)) },
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await
@@ -210,9 +225,12 @@ impl Bus {
 
     /// Create a stream, or bring an existing one's configuration up to date
     /// when this connection may (other users only warn: they may create
-    /// streams but never change them). Two processes starting at once race
-    /// between "not found" and "create"; the loser's create fails and its
-    /// next attempt finds the stream.
+    /// streams but never change them). A replica count is changed like any
+    /// other setting: a clustered nats-server (2.9 included) rescales a
+    /// stream in place; a single server refuses more than 1, and that error
+    /// is returned. Two processes starting at once race between "not found"
+    /// and "create"; the loser's create fails and its next attempt finds the
+    /// stream.
     async fn stream(&self, config: stream::Config) -> Result<(), String> {
         let mut attempt = 0;
         loop {
@@ -220,6 +238,11 @@ impl Bus {
             let result = match self.js.get_stream(&config.name).await {
                 Ok(existing) => match config_difference(&existing.cached_info().config, &config) {
                     None => return Ok(()),
+                    Some("num_replicas") if !self.reconfigure => {
+                        let have = existing.cached_info().config.num_replicas;
+                        tracing::warn!(stream = %config.name, have, want = config.num_replicas, "the stream exists with another replica count than --stream-replicas asks; it keeps its count until the admin rescales it: `vmplane nats streams --stream-replicas N` with the admin's credentials");
+                        return Ok(());
+                    }
                     Some(setting) if !self.reconfigure => {
                         tracing::warn!(stream = %config.name, %setting, "stream configuration differs from this version's; an admin must update it (`vmplane up` does)");
                         return Ok(());
@@ -356,7 +379,8 @@ impl Bus {
         if let Ok(store) = self.js.get_object_store(subjects::MOVES_BUCKET).await {
             return Ok(store);
         }
-        let config = async_nats::jetstream::object_store::Config { bucket: subjects::MOVES_BUCKET.to_owned(), ..Default::default() };
+        let config =
+            async_nats::jetstream::object_store::Config { bucket: subjects::MOVES_BUCKET.to_owned(), num_replicas: self.replicas, ..Default::default() };
         self.js.create_object_store(config).await.map_err(unavailable)
     }
 
@@ -414,7 +438,7 @@ impl Bus {
 
 /// The first setting vmplane manages that a stream's configuration has otherwise than `want`.
 fn config_difference(have: &stream::Config, want: &stream::Config) -> Option<&'static str> {
-    const MANAGED: [&str; 14] = [
+    const MANAGED: [&str; 15] = [
         "subjects",
         "retention",
         "storage",
@@ -429,6 +453,7 @@ fn config_difference(have: &stream::Config, want: &stream::Config) -> Option<&'s
         "deny_delete",
         "deny_purge",
         "allow_direct",
+        "num_replicas",
     ];
     let (Ok(have), Ok(want)) = (serde_json::to_value(have), serde_json::to_value(want)) else { return Some("(unreadable)") };
     // An unset setting may be absent, 0, false, or (from the server) -1: all mean "none".

@@ -102,6 +102,11 @@ enum NatsCmd {
     /// those users, each with its role's permissions. Run nats-server with
     /// `-c <out-dir>/nats.conf`; give each process its seed with `--nats-creds`.
     Init(NatsInitArgs),
+    /// Create vmplane's streams and buckets, or bring existing ones up to
+    /// this version's settings, with the admin's credentials (other roles
+    /// may create streams but not change them): e.g. to rescale them to
+    /// `--stream-replicas` after a single server became a cluster.
+    Streams(CommonArgs),
 }
 
 #[derive(Args)]
@@ -143,6 +148,18 @@ struct CommonArgs {
     /// (its NATS URLs and this role's credentials) instead of --nats-url/--nats-creds.
     #[arg(long, conflicts_with_all = ["nats_url", "nats_creds"])]
     join: Option<PathBuf>,
+    /// How many nats-server nodes hold a copy of each stream and key-value
+    /// bucket this process creates: 1 on a single server, 3 on a three-node
+    /// cluster (survives the loss of one node). Give every process the same count.
+    #[arg(long, env = "VMPLANE_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=vmplane_bus::MAX_REPLICAS as i64))]
+    stream_replicas: u8,
+}
+
+impl CommonArgs {
+    /// Connect as `role` to the resolved NATS, creating streams with --stream-replicas copies.
+    async fn connect(&self, nats: &nats::Connection, role: Role) -> anyhow::Result<Bus> {
+        Ok(Bus::connect(&nats.url, role, &nats.creds(role)).await?.with_replicas(self.stream_replicas.into()))
+    }
 }
 
 #[derive(Args, Clone)]
@@ -429,12 +446,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let nats = nats::resolve(&a.common).await?;
             if nats.is_local() {
                 // Only the admin may bring existing streams up to date.
-                Bus::connect(&nats.url, Role::Admin, &nats.creds(Role::Admin)).await?.ensure_topology().await?;
+                a.common.connect(&nats, Role::Admin).await?.ensure_topology().await?;
                 nats::Join::write(&a.common.data_dir, &nats)?;
             }
-            let gateway_bus = Bus::connect(&nats.url, Role::Gateway, &nats.creds(Role::Gateway)).await?;
-            let worker_bus = Bus::connect(&nats.url, Role::Worker, &nats.creds(Role::Worker)).await?;
-            let deliverer_bus = Bus::connect(&nats.url, Role::Webhooks, &nats.creds(Role::Webhooks)).await?;
+            let gateway_bus = a.common.connect(&nats, Role::Gateway).await?;
+            let worker_bus = a.common.connect(&nats, Role::Worker).await?;
+            let deliverer_bus = a.common.connect(&nats, Role::Webhooks).await?;
             let gateway = gateway(gateway_bus, &a.common, &a.gateway, &a.fleet, &a.urls, admin);
             let worker = worker(worker_bus, driver, &a.common, &a.worker, &a.fleet, &lock);
             let deliverer = vmplane_webhooks::run(deliverer_bus, a.deliverer.config(&a.urls), shutdown_signal());
@@ -445,12 +462,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             private_dir(&a.common.data_dir)?;
             let admin = admin_token(&a.common.data_dir, false)?;
             let nats = nats::resolve(&a.common).await?;
-            gateway(Bus::connect(&nats.url, Role::Gateway, &nats.creds(Role::Gateway)).await?, &a.common, &a.gateway, &a.fleet, &a.urls, admin).await
+            gateway(a.common.connect(&nats, Role::Gateway).await?, &a.common, &a.gateway, &a.fleet, &a.urls, admin).await
         }
         Cmd::Webhooks(a) => {
             private_dir(&a.common.data_dir)?;
             let nats = nats::resolve(&a.common).await?;
-            let bus = Bus::connect(&nats.url, Role::Webhooks, &nats.creds(Role::Webhooks)).await?;
+            let bus = a.common.connect(&nats, Role::Webhooks).await?;
             vmplane_webhooks::run(bus, a.deliverer.config(&a.urls), shutdown_signal()).await
         }
         Cmd::Worker(a) => {
@@ -459,7 +476,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let catalog = load_catalog(&a.common.data_dir)?;
             let driver = driver(&a.worker, &a.common.data_dir, &catalog).await?;
             let nats = nats::resolve(&a.common).await?;
-            worker(Bus::connect(&nats.url, Role::Worker, &nats.creds(Role::Worker)).await?, driver, &a.common, &a.worker, &a.fleet, &lock).await
+            worker(a.common.connect(&nats, Role::Worker).await?, driver, &a.common, &a.worker, &a.fleet, &lock).await
         }
         Cmd::Projections { command: ProjectionsCmd::Rebuild(common) } => {
             private_dir(&common.data_dir)?;
@@ -468,13 +485,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
             }
             let nats = nats::resolve(&common).await?;
-            let bus = Bus::connect(&nats.url, Role::Gateway, &nats.creds(Role::Gateway)).await?;
+            let bus = common.connect(&nats, Role::Gateway).await?;
             let proj = Projections::open(&dir)?;
             let last = proj.catch_up(&bus).await.map_err(|e| anyhow::anyhow!("replay failed: {e}"))?;
             println!("rebuilt {} from {last} events", dir.display());
             Ok(())
         }
         Cmd::Subscribers { command: SubscribersCmd::Create(a) } => subscribers_create(a).await,
+        Cmd::Nats { command: NatsCmd::Streams(common) } => {
+            let nats = nats::resolve(&common).await?;
+            common.connect(&nats, Role::Admin).await?.ensure_topology().await.context("setting up the streams")?;
+            println!("streams and buckets ready with {} replica(s)", common.stream_replicas);
+            Ok(())
+        }
         Cmd::Nats { command: NatsCmd::Init(a) } => {
             let files = nats::NatsFiles::new(&a.out_dir);
             files.init(&a.listen, a.store.as_deref().unwrap_or(&a.out_dir), &a.server_name)?;
