@@ -1539,3 +1539,58 @@ async fn dialect_marketplace_guest_runs_its_user_data() {
     let (s, b) = c.delete(&format!("/api/v2/instances/{id}")).await;
     assert_eq!(s, 202, "{b}");
 }
+
+/// Two qemu workers on this machine (separate data dirs and port ranges): a
+/// real guest placed on each, and a cold move of a stopped guest from one to
+/// the other, which boots there with what it wrote to its disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_guest_moves_to_another_qemu_worker_with_its_disk() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    let c = &g.admin;
+    // The second worker: the stack's flags with its own data dir, port range and name.
+    let first = 30000 + (free_port() % 300) * 100;
+    let mut args = Vec::new();
+    let mut old = g.worker_args.iter();
+    while let Some(a) = old.next() {
+        match a.as_str() {
+            "--data-dir" | "--port-range" => {
+                old.next();
+            }
+            _ => args.push(a.clone()),
+        }
+    }
+    let second_dir = g.data.with_file_name("d2");
+    args.extend(["--data-dir".into(), second_dir.display().to_string(), "--port-range".into(), format!("{first}-{}", first + 99)]);
+    args.extend(["--host-name".to_owned(), "second".to_owned()]);
+    let env = vec![("VMPLANE_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned())];
+    let mut second = Proc::start("second worker", BIN, args, env, second_dir.with_extension("log"));
+    let hosts = wait_for("two qemu hosts online", BOOT, async || {
+        let (_, h) = c.get("/v1/hosts").await;
+        let online: Vec<Value> = h.as_array().into_iter().flatten().filter(|h| h["status"] == "online").cloned().collect();
+        if online.len() == 2 { Ok(online) } else { Err(second.log_tail(5)) }
+    })
+    .await;
+    let id_of = |name: &str| str_of(&hosts.iter().find(|h| (h["name"] == "second") == (name == "second")).unwrap()["id"]).to_owned();
+    let (one, two) = (id_of("first"), id_of("second"));
+
+    let body = |name: &str, host: &str| json!({ "name": name, "memory_mib": 256, "ssh_keys": [g.public_key()], "placement": { "host_id": host } });
+    let a = g.running_vm(body("wanderer", &one)).await;
+    let b = g.running_vm(body("resident", &two)).await;
+    assert_eq!((a["host_id"].as_str(), b["host_id"].as_str()), (Some(one.as_str()), Some(two.as_str())));
+    assert_eq!(g.ssh(&b, "hostname").trim(), "resident");
+    g.ssh(&a, "echo carried-over > /root/marker && sync");
+
+    let id = str_of(&a["id"]).to_owned();
+    g.act(&id, "stop").await;
+    let (s, moved) = c.post(&format!("/v1/vms/{id}/move"), &json!({ "host_id": two })).await;
+    assert_eq!(s, 202, "{moved}");
+    g.wait_op(str_of(&moved["operation"]["id"])).await;
+    assert!(!g.vm_dir(&id).exists(), "the first host freed its copy");
+    assert!(second_dir.join("worker/qemu/vms").join(&id).join("root.qcow2").exists(), "the second host holds the root disk");
+    let vm = g.act(&id, "start").await;
+    assert_eq!((vm["status"].as_str(), vm["host_id"].as_str()), (Some("running"), Some(two.as_str())), "{vm}\n{}", second.log_tail(40));
+    assert_eq!(g.ssh(&vm, "cat /root/marker").trim(), "carried-over", "the disk came along");
+    assert_eq!(qemu_processes(&id), 1, "one guest, on its new host");
+    second.terminate().await;
+}
