@@ -273,6 +273,26 @@ async fn placement_follows_filters_and_strategies() {
     assert_eq!(placed, [ids[&packed].clone(), ids[&packed].clone()], "the org's binpack fills the fuller host's last 512 MiB");
     let (_, orgs) = c.get("/v1/orgs").await;
     assert!(orgs.as_array().unwrap().iter().any(|o| o["name"] == "packer" && o["placement_strategy"] == "binpack"), "{orgs}");
+    // An org's strategy changes (admin only, a known org, a known strategy); the default org's too.
+    let packer_id = str_of(&orgs.as_array().unwrap().iter().find(|o| o["name"] == "packer").unwrap()["id"]).to_owned();
+    let (s, b) = packer.patch(&format!("/v1/orgs/{packer_id}"), &json!({ "placement_strategy": "spread" })).await;
+    assert_eq!(s, 403, "{b}");
+    let (s, b) = c.patch(&format!("/v1/orgs/{}", vmplane_domain::OrgId::new()), &json!({ "placement_strategy": "spread" })).await;
+    assert_eq!(s, 404, "{b}");
+    let (s, b) = c.patch(&format!("/v1/orgs/{packer_id}"), &json!({ "placement_strategy": "random" })).await;
+    assert!((400..500).contains(&s), "{b}");
+    let (s, b) = c.patch(&format!("/v1/orgs/{}", vmplane_domain::OrgId::DEFAULT), &json!({ "placement_strategy": "binpack" })).await;
+    assert_eq!((s, b["placement_strategy"].as_str()), (200, Some("binpack")), "{b}");
+    let (_, orgs) = c.get("/v1/orgs").await;
+    let defaults: Vec<&Value> = orgs.as_array().unwrap().iter().filter(|o| o["name"] == "default").collect();
+    assert_eq!((defaults.len(), defaults[0]["placement_strategy"].as_str()), (1, Some("binpack")), "{orgs}");
+
+    // Volumes follow placement too.
+    let (s, vol) = c.post("/v1/volumes", &json!({ "name": "data", "size_gb": 1, "placement": { "labels": { "zone": "b" } } })).await;
+    assert_eq!(s, 202, "{vol}");
+    assert_eq!(vol["host_id"], ids["east2"].as_str(), "{vol}");
+    let (s, vol) = c.post("/v1/volumes", &json!({ "name": "nowhere", "size_gb": 1, "placement": { "labels": { "zone": "c" } } })).await;
+    assert_eq!((s, vol["code"].as_str()), (409, Some("no_matching_host")), "{vol}");
     for w in [gold, east1, east2] {
         let mut w = w;
         w.terminate().await;

@@ -38,6 +38,11 @@ pub enum TenancyCommand {
         id: ApiKeyId,
         org: OrgId,
     },
+    /// Change how the org's VMs and volumes are placed when a request does not say.
+    SetPlacementStrategy {
+        org: OrgId,
+        placement_strategy: Strategy,
+    },
 }
 
 impl TenancyCommand {
@@ -45,14 +50,14 @@ impl TenancyCommand {
     pub fn org(&self) -> OrgId {
         match self {
             Self::CreateOrg { id, .. } => *id,
-            Self::CreateProject { org, .. } | Self::CreateApiKey { org, .. } | Self::RevokeApiKey { org, .. } => *org,
+            Self::CreateProject { org, .. } | Self::CreateApiKey { org, .. } | Self::RevokeApiKey { org, .. } | Self::SetPlacementStrategy { org, .. } => *org,
         }
     }
 
     /// The id of the aggregate the command acts on, whose subject its event goes to.
     pub fn target(&self) -> String {
         match self {
-            Self::CreateOrg { id, .. } => id.to_string(),
+            Self::CreateOrg { id, .. } | Self::SetPlacementStrategy { org: id, .. } => id.to_string(),
             Self::CreateProject { id, .. } => id.to_string(),
             Self::CreateApiKey { id, .. } | Self::RevokeApiKey { id, .. } => id.to_string(),
         }
@@ -65,6 +70,7 @@ impl TenancyCommand {
             Self::CreateProject { .. } => "create_project",
             Self::CreateApiKey { .. } => "create_api_key",
             Self::RevokeApiKey { .. } => "revoke_api_key",
+            Self::SetPlacementStrategy { .. } => "update_org",
         }
     }
 }
@@ -94,6 +100,10 @@ pub enum TenancyEvent {
         id: ApiKeyId,
         org: OrgId,
     },
+    OrgPlacementStrategySet {
+        id: OrgId,
+        placement_strategy: Strategy,
+    },
 }
 
 impl TenancyEvent {
@@ -104,6 +114,7 @@ impl TenancyEvent {
             Self::ProjectCreated { .. } => "project_created",
             Self::ApiKeyCreated { .. } => "api_key_created",
             Self::ApiKeyRevoked { .. } => "api_key_revoked",
+            Self::OrgPlacementStrategySet { .. } => "org_placement_strategy_set",
         }
     }
 }
@@ -176,13 +187,18 @@ impl TenancyError {
 }
 
 /// Decide a tenancy command. `exists` tells whether the target is already
-/// there (for a revocation: whether the key exists and is not revoked) and
+/// there (for a revocation: whether the key exists and is not revoked; for a
+/// change of the org: whether the org exists) and
 /// `org_exists` whether the owning org exists (the caller looks both up in
 /// its state; this function stays pure).
 pub fn decide(cmd: &TenancyCommand, exists: bool, org_exists: bool) -> Result<TenancyEvent, TenancyError> {
     match cmd {
         TenancyCommand::RevokeApiKey { id, org } if exists => Ok(TenancyEvent::ApiKeyRevoked { id: *id, org: *org }),
         TenancyCommand::RevokeApiKey { .. } => Err(TenancyError::KeyNotFound),
+        TenancyCommand::SetPlacementStrategy { org, placement_strategy } if exists => {
+            Ok(TenancyEvent::OrgPlacementStrategySet { id: *org, placement_strategy: *placement_strategy })
+        }
+        TenancyCommand::SetPlacementStrategy { .. } => Err(TenancyError::OrgNotFound),
         _ if exists => Err(TenancyError::AlreadyExists),
         TenancyCommand::CreateOrg { id, name, placement_strategy } => {
             if !is_dns_label(name) {
@@ -259,5 +275,14 @@ mod tests {
         assert!(key_is_active([&created]));
         assert!(!key_is_active([&created, &revoked]));
         assert_eq!((revoke.kind(), revoke.target(), revoke.org()), ("revoke_api_key", id.to_string(), org));
+    }
+
+    #[test]
+    fn an_existing_org_changes_its_placement_strategy() {
+        let org = OrgId::new();
+        let set = TenancyCommand::SetPlacementStrategy { org, placement_strategy: Strategy::Binpack };
+        assert_eq!(decide(&set, true, true), Ok(TenancyEvent::OrgPlacementStrategySet { id: org, placement_strategy: Strategy::Binpack }));
+        assert_eq!(decide(&set, false, false), Err(TenancyError::OrgNotFound));
+        assert_eq!((set.kind(), set.target(), set.org()), ("update_org", org.to_string(), org));
     }
 }

@@ -607,6 +607,11 @@ impl Client {
         (r.status, r.body)
     }
 
+    pub async fn patch(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self.send(self.request(Method::PATCH, path).json(body)).await;
+        (r.status, r.body)
+    }
+
     /// `POST` without a body (the VM actions take none).
     pub async fn post_empty(&self, path: &str) -> (u16, Value) {
         let r = self.send(self.request(Method::POST, path)).await;

@@ -312,9 +312,15 @@ mod tests {
         assert!(gw.publish.iter().any(|s| s == subjects::COMMANDS_ALL));
         assert!(!gw.publish.iter().any(|s| s.starts_with("vmplane.evt") || s.starts_with("$JS.ACK")));
         assert!(wk.publish.iter().any(|s| s == subjects::EVENTS_ALL));
-        assert!(!wk.publish.iter().any(|s| s.starts_with("vmplane.cmd")));
+        // A worker hands a move on to the host it goes to (a host command), and nothing else.
+        assert_eq!(wk.publish.iter().filter(|s| s.starts_with("vmplane.cmd")).collect::<Vec<_>>(), ["vmplane.cmd.host.*.*"]);
+        // It forgets a moved disk (a purge of the moves object store); no stream of record is ever purged.
+        let moves_purge = format!("$JS.API.STREAM.PURGE.OBJ_{}", subjects::MOVES_BUCKET);
+        assert!(wk.publish.contains(&moves_purge));
         for p in [&gw, &wk] {
-            assert!(!p.publish.iter().any(|s| s.contains("PURGE") || s.contains("DELETE.VMPLANE") && !s.contains("CONSUMER") || s.contains("UPDATE")));
+            let purges = p.publish.iter().filter(|s| s.contains("PURGE") && **s != moves_purge);
+            assert_eq!(purges.count(), 0, "{:?}", p.publish);
+            assert!(!p.publish.iter().any(|s| s.contains("DELETE.VMPLANE") && !s.contains("CONSUMER") || s.contains("UPDATE")));
             assert!(!p.publish.iter().chain(&p.subscribe).any(|s| s == ">" || s == "$JS.API.>" || s.starts_with("_INBOX.")));
         }
         assert!(Role::Admin.permissions().is_none());

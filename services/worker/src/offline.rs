@@ -16,11 +16,12 @@
 
 use crate::executor::Executor;
 use futures::StreamExt;
+use std::collections::HashSet;
 use std::time::Duration;
 use time::OffsetDateTime;
 use vmplane_bus::BusError;
 use vmplane_domain::vm::VmCommand;
-use vmplane_domain::{Command, CommandEnvelope, HostId, subjects};
+use vmplane_domain::{Command, CommandEnvelope, HostId, OpId, subjects};
 
 /// The failure's code, as operations and the API show it.
 pub const CODE: &str = "host_unavailable";
@@ -38,16 +39,18 @@ pub fn message(limit: Duration) -> String {
 /// Watch for offline hosts other than `own` forever, failing their overdue VM commands.
 pub async fn watch(exec: Executor, own: HostId, offline_after: Duration, unavailable_after: Duration) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval((offline_after / 3).max(Duration::from_secs(1)));
+    // Operations this worker ended already: their commands stay queued until the host returns.
+    let mut ended = HashSet::new();
     loop {
         tick.tick().await;
-        if let Err(e) = sweep(&exec, own, offline_after, unavailable_after).await {
+        if let Err(e) = sweep(&exec, own, offline_after, unavailable_after, &mut ended).await {
             tracing::debug!(error = %e, "offline host sweep failed; next tick retries");
         }
     }
 }
 
 /// One pass over the heartbeats.
-async fn sweep(exec: &Executor, own: HostId, offline_after: Duration, unavailable_after: Duration) -> Result<(), BusError> {
+async fn sweep(exec: &Executor, own: HostId, offline_after: Duration, unavailable_after: Duration, ended: &mut HashSet<OpId>) -> Result<(), BusError> {
     let kv = exec.bus.bucket(subjects::HEARTBEAT_BUCKET).await?;
     let mut keys = kv.keys().await.map_err(|e| BusError::Unavailable(e.to_string()))?;
     let now = OffsetDateTime::now_utc();
@@ -64,22 +67,23 @@ async fn sweep(exec: &Executor, own: HostId, offline_after: Duration, unavailabl
         }
     }
     for host in offline {
-        fail_overdue(exec, host, unavailable_after).await?;
+        fail_overdue(exec, host, unavailable_after, ended).await?;
     }
     Ok(())
 }
 
 /// Fail the overdue VM commands (creates aside) the host's consumer holds.
-async fn fail_overdue(exec: &Executor, host: HostId, limit: Duration) -> Result<(), BusError> {
+async fn fail_overdue(exec: &Executor, host: HostId, limit: Duration, ended: &mut HashSet<OpId>) -> Result<(), BusError> {
     let floor = exec.bus.command_ack_floor(&crate::host_consumer(host)).await?;
     let now = OffsetDateTime::now_utc();
     for cmd in exec.bus.commands_after(&subjects::host_commands(host), floor).await? {
         let Command::Vm { vm, command } = &cmd.command else { continue };
-        if matches!(command, VmCommand::Create { .. }) || !overdue(&cmd, limit, now) {
+        if matches!(command, VmCommand::Create { .. }) || !overdue(&cmd, limit, now) || ended.contains(&cmd.op) {
             continue;
         }
         tracing::info!(%host, %vm, op = %cmd.op, "command overdue on an offline host; failing its operation");
         exec.fail_queued(cmd.org, *vm, cmd.op, CODE, &message(limit)).await?;
+        ended.insert(cmd.op);
     }
     Ok(())
 }

@@ -72,8 +72,17 @@ async fn handle(bus: &Bus, msg: &Message, delivered: i64, max_deliveries: i64) -
     let org_exists = org == OrgId::DEFAULT || !bus.load(&subjects::tenancy_events(org, &org.to_string())).await?.is_empty();
     let subject = subjects::tenancy_events(org, &id);
     // Creations append to a new subject (expected 0); a revocation appends
-    // after the key's own history, and only to a key that is active.
+    // after the key's own history, and only to a key that is active; a change
+    // of an org after the org's history.
     let (exists, expected) = match &command {
+        TenancyCommand::SetPlacementStrategy { .. } => {
+            let history = bus.load(&subject).await?;
+            if history.iter().any(|(_, e)| e.operation == Some(env.op)) {
+                tracing::info!(op = %env.op, "org change already applied");
+                return Ok(());
+            }
+            (org_exists, history.last().map_or(0, |(seq, _)| *seq))
+        }
         TenancyCommand::RevokeApiKey { .. } => {
             let history = bus.load(&subject).await?;
             if history.iter().any(|(_, e)| e.operation == Some(env.op)) {
@@ -100,6 +109,8 @@ async fn handle(bus: &Bus, msg: &Message, delivered: i64, max_deliveries: i64) -
         Ok(_) => Ok(()),
         // Already created: by a redelivery of this same command, or (ids are
         // random, so hardly ever) by another command with the same id.
+        // Another change of the org got there first: decide again on redelivery.
+        Err(e @ BusError::Conflict { .. }) if matches!(command, TenancyCommand::SetPlacementStrategy { .. }) => Err(e),
         Err(BusError::Conflict { .. }) => {
             let first = bus.load(&subject).await?.into_iter().next().and_then(|(_, e)| e.operation);
             if first == Some(env.op) {

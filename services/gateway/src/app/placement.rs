@@ -171,13 +171,10 @@ pub(super) async fn place(app: &App, id: &str, need: &Need, strategy: Strategy) 
             seen.push((online, taken, ledger));
         }
         let candidates = hosts.iter().zip(&seen).map(|(host, (online, taken, _))| Candidate { host, online: *online, taken });
-        let chosen = match placement::choose(need, strategy, candidates) {
-            Choice::Host(h) => h,
-            Choice::Refused(unfit, h) => return Err(refusal(unfit, hosts.iter().find(|x| x.id == h))),
-            Choice::NoneOnline => return Err(AppError::Unavailable("no worker host is online".into())),
-        };
-        let at = hosts.iter().position(|h| h.id == chosen).expect("the chosen host is one of those seen");
-        let Some((mut ledger, revision)) = seen.swap_remove(at).2 else { unreachable!("an offline or cordoned host is never chosen") };
+        let chosen = answer(placement::choose(need, strategy, candidates), &hosts)?;
+        let ledger = hosts.iter().position(|h| h.id == chosen).and_then(|at| seen.swap_remove(at).2);
+        // Only a host that is online and not cordoned is chosen, and only such a host's ledger is read.
+        let Some((mut ledger, revision)) = ledger else { return Err(AppError::Internal(format!("placement chose host {chosen} without reading its ledger"))) };
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         ledger.prune(app, chosen, now)?;
         ledger.claims.insert(id.to_owned(), Claim { at: now, ..claim.clone() });
@@ -202,7 +199,12 @@ pub(super) fn choose(app: &App, need: &Need, strategy: Strategy) -> AppResult<Ho
     let hosts = app.proj.hosts()?;
     let taken = hosts.iter().map(|h| Ok(Taken { used: app.proj.host_usage(h.id)?, ..Taken::default() })).collect::<sled::Result<Vec<_>>>()?;
     let candidates = hosts.iter().zip(&taken).map(|(host, taken)| Candidate { host, online: app.proj.heartbeats.is_online(host.id), taken });
-    match placement::choose(need, strategy, candidates) {
+    answer(placement::choose(need, strategy, candidates), &hosts)
+}
+
+/// The host chosen, or why there is none.
+fn answer(choice: Choice, hosts: &[Host]) -> AppResult<HostId> {
+    match choice {
         Choice::Host(h) => Ok(h),
         Choice::Refused(unfit, h) => Err(refusal(unfit, hosts.iter().find(|x| x.id == h))),
         Choice::NoneOnline => Err(AppError::Unavailable("no worker host is online".into())),

@@ -26,9 +26,20 @@ pub async fn create_org(app: &App, who: &Principal, alloc: Allocation, name: Str
     Ok(Accepted { resource: Org { id, name, placement_strategy, created_at: operation.created_at }, operation })
 }
 
-/// How `org` places what a request does not say where to place.
-pub fn placement_strategy(app: &App, org: OrgId) -> AppResult<Strategy> {
-    Ok(app.proj.org(org)?.map(|o| o.placement_strategy).unwrap_or_default())
+/// Change how `org` places what a request does not say where to place (admin).
+pub async fn set_placement_strategy(app: &App, who: &Principal, alloc: Allocation, org: OrgId, placement_strategy: Strategy) -> AppResult<Accepted<Org>> {
+    who.require_admin()?;
+    let current = app.proj.org(org)?.ok_or_else(|| AppError::NotFound(format!("org {org}")))?;
+    let operation = submit_tenancy(app, who, alloc, TenancyCommand::SetPlacementStrategy { org, placement_strategy }).await?;
+    Ok(Accepted { resource: Org { placement_strategy, ..current }, operation })
+}
+
+/// The strategy a placement for `org` follows: the one `asked` for, else the org's.
+pub fn placement_strategy(app: &App, org: OrgId, asked: Option<Strategy>) -> AppResult<Strategy> {
+    match asked {
+        Some(s) => Ok(s),
+        None => Ok(app.proj.org(org)?.map(|o| o.placement_strategy).unwrap_or_default()),
+    }
 }
 
 /// Every org.
@@ -90,8 +101,8 @@ async fn submit_tenancy(app: &App, who: &Principal, alloc: Allocation, command: 
         return Ok(op);
     }
     let org_exists = app.proj.org(org)?.is_some();
-    // Callers checked that a key to revoke exists; creations make new ids.
-    let exists = matches!(command, TenancyCommand::RevokeApiKey { .. });
+    // Callers checked that a key to revoke, or an org to change, exists; creations make new ids.
+    let exists = matches!(command, TenancyCommand::RevokeApiKey { .. } | TenancyCommand::SetPlacementStrategy { .. });
     tenancy::decide(&command, exists, org_exists).map_err(|e| match e {
         TenancyError::BadName => AppError::Invalid(e.code(), e.to_string()),
         TenancyError::OrgNotFound => AppError::NotFound(format!("org {org}")),

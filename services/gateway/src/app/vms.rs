@@ -131,10 +131,7 @@ pub async fn create(app: &App, who: &Principal, alloc: Allocation, new: impl Int
     let volumes_host = check_create_disks(app, who, id, &mut spec)?;
     resolve_names(app, &mut spec)?;
     let project = who.project_or_default();
-    let strategy = match placement.strategy {
-        Some(s) => s,
-        None => super::tenancy::placement_strategy(app, who.org)?,
-    };
+    let strategy = super::tenancy::placement_strategy(app, who.org, placement.strategy)?;
     let host = place_vm(app, id, &spec, volumes_host, &placement, strategy).await?;
     let command = VmCommand::Create { spec: Box::new(spec), host };
     accept(app, who, alloc, None, id, project, host, command).await

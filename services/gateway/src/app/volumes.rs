@@ -6,7 +6,7 @@ use super::placement::place;
 use super::{Accepted, Allocation, App, AppError, AppResult, Listed, Principal, Window, vms};
 use time::OffsetDateTime;
 use vmplane_domain::host::Resources;
-use vmplane_domain::placement::Need;
+use vmplane_domain::placement::{Need, Placement};
 use vmplane_domain::spec::VolumeMount;
 use vmplane_domain::vm::{Vm, VmCommand, VmStatus, kept_root_disk_id, root_disk_vm};
 use vmplane_domain::volume::{self, Volume, VolumeCommand, VolumeError, VolumeSpec, VolumeStatus};
@@ -23,9 +23,16 @@ pub fn list(app: &App, who: &Principal, window: Window) -> AppResult<Listed<Volu
     Ok(Listed { items, total })
 }
 
-/// Create a volume in the caller's project, on a host chosen by the org's placement strategy.
-pub async fn create(app: &App, who: &Principal, alloc: Allocation, spec: VolumeSpec) -> AppResult<Accepted<Volume>> {
+/// Create a volume in the caller's project, on a host chosen by `placement`
+/// (its strategy, else the org's).
+pub async fn create(app: &App, who: &Principal, alloc: Allocation, spec: VolumeSpec, placement: Placement) -> AppResult<Accepted<Volume>> {
     spec.validate()?;
+    placement.validate().map_err(|m| AppError::Invalid("validation_failed", m))?;
+    if let Some(host) = placement.host_id
+        && app.proj.host(host)?.is_none()
+    {
+        return Err(AppError::NotFound(format!("host {host}")));
+    }
     let id = VolumeId(alloc.resource());
     // A retry (same idempotency key) of a create the worker carried out already.
     if let Some(vol) = app.proj.volume(id)?.filter(|v| v.org == who.org)
@@ -33,8 +40,14 @@ pub async fn create(app: &App, who: &Principal, alloc: Allocation, spec: VolumeS
     {
         return Ok(Accepted { resource: vol, operation });
     }
-    let need = Need { resources: Resources { disk_gb: u64::from(spec.size_gb), ..Resources::default() }, ..Need::default() };
-    let host = place(app, &id.to_string(), &need, super::tenancy::placement_strategy(app, who.org)?).await?;
+    let need = Need {
+        resources: Resources { disk_gb: u64::from(spec.size_gb), ..Resources::default() },
+        host: placement.host_id,
+        region: placement.region,
+        labels: placement.labels,
+        ..Need::default()
+    };
+    let host = place(app, &id.to_string(), &need, super::tenancy::placement_strategy(app, who.org, placement.strategy)?).await?;
     accept(app, who, alloc, None, id, who.project_or_default(), host, VolumeCommand::Create { spec, host }).await
 }
 

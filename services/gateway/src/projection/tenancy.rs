@@ -18,21 +18,28 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope, ev: &TenancyEvent) {
         }
         // A revoked key is forgotten: authentication finds nothing to match.
         TenancyEvent::ApiKeyRevoked { id, .. } => txn.remove(key(&[&"key", id])),
+        TenancyEvent::OrgPlacementStrategySet { id, placement_strategy } => {
+            let k = key(&[&"org", id]);
+            // The default org is stored only once it changes.
+            let stored = txn.get::<Org>(&k).or_else(|| (*id == OrgId::DEFAULT).then(default_org));
+            if let Some(org) = stored {
+                txn.put(k, &Org { placement_strategy: *placement_strategy, ..org });
+            }
+        }
     }
 }
 
 impl Projections {
     /// An org, including the synthesised `default`.
     pub fn org(&self, id: OrgId) -> sled::Result<Option<Org>> {
-        if id == OrgId::DEFAULT {
-            return Ok(Some(default_org()));
-        }
-        self.get(&key(&[&"org", &id]))
+        let stored = self.get(&key(&[&"org", &id]))?;
+        Ok(stored.or_else(|| (id == OrgId::DEFAULT).then(default_org)))
     }
 
     /// Every org, `default` first.
     pub fn orgs(&self) -> sled::Result<Vec<Org>> {
-        std::iter::once(Ok(default_org())).chain(self.scan(b"org/")).collect()
+        let others = self.scan::<Org>(b"org/").filter(|o| o.as_ref().map_or(true, |o| o.id != OrgId::DEFAULT));
+        std::iter::once(self.org(OrgId::DEFAULT).map(|o| o.unwrap_or_else(default_org))).chain(others).collect()
     }
 
     /// A project of an org, including the synthesised `default`.

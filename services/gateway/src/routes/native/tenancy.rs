@@ -21,6 +21,7 @@ use vmplane_domain::{ApiKeyId, OrgId, ProjectId};
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_org, list_orgs))
+        .routes(routes!(update_org))
         .routes(routes!(create_project, list_projects))
         .routes(routes!(create_api_key, list_api_keys))
         .routes(routes!(revoke_api_key))
@@ -35,6 +36,14 @@ pub struct CreateOrgRequest {
     /// How the org's VMs and volumes are placed when a create does not say
     /// (`placement.strategy`). Default `spread`.
     #[serde(default)]
+    pub placement_strategy: Strategy,
+}
+
+/// `PATCH /v1/orgs/{org}` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateOrgRequest {
+    /// How the org's VMs and volumes are placed when a create does not say.
     pub placement_strategy: Strategy,
 }
 
@@ -151,6 +160,22 @@ async fn create_org(
     Json(req): Json<CreateOrgRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<OrgView>)> {
     Ok(created(tenancy::create_org(&state.app, &who, alloc, req.name, req.placement_strategy).await?))
+}
+
+/// Change an org's default placement strategy (admin): 200 once the
+/// worker's event is projected, 202 if that takes longer.
+#[utoipa::path(patch, path = "/v1/orgs/{org}", tag = "tenancy", request_body = UpdateOrgRequest, params(("org" = String, Path, description = "Org id")),
+    responses((status = 200, body = OrgView), (status = 202, body = OrgView), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn update_org(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(org): PathId<OrgId>,
+    Json(req): Json<UpdateOrgRequest>,
+) -> ApiResult<(StatusCode, axum::Json<OrgView>)> {
+    let a = tenancy::set_placement_strategy(&state.app, &who, alloc, org, req.placement_strategy).await?;
+    let status = if a.operation.status == OpStatus::Succeeded { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, axum::Json(a.into())))
 }
 
 /// Every org.

@@ -327,7 +327,16 @@ async fn list_vms(State(state): State<AppState>, who: Principal, Query(q): Query
     let pq = PageQuery::new(q.page, q.limit)?;
     let status = q.status.map(|s| s.parse::<VmStatus>().map_err(|()| ApiError::BadRequest("invalid_query", format!("unknown status `{s}`")))).transpose()?;
     let listed = vms::list(&state.app, &who, status, pq.window())?;
-    let items = listed.items.into_iter().map(|vm| VmView::read(&state.app, vm)).collect::<ApiResult<_>>()?;
+    // Hosts are few: look each one's status up once per page.
+    let mut statuses = std::collections::HashMap::new();
+    let mut items = Vec::with_capacity(listed.items.len());
+    for vm in listed.items {
+        let status = match statuses.get(&vm.host) {
+            Some(s) => *s,
+            None => *statuses.entry(vm.host).or_insert(crate::app::hosts::status(&state.app, vm.host)?),
+        };
+        items.push(VmView::new(vm, status));
+    }
     Ok(axum::Json(pq.page(items, listed.total)))
 }
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
+use vmplane_domain::placement::Placement;
 use vmplane_domain::spec::{DiskKind, VolumeMount};
 use vmplane_domain::volume::{Volume, VolumeSpec, VolumeStatus};
 use vmplane_domain::{HostId, ProjectId, VmId, VolumeId};
@@ -106,16 +107,32 @@ impl From<Accepted<Volume>> for VolumeAccepted {
     }
 }
 
-/// Create a volume on the online host with the most free disk.
-#[utoipa::path(post, path = "/v1/volumes", tag = "volumes", request_body = VolumeSpec,
+/// `POST /v1/volumes` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVolumeRequest {
+    /// DNS label.
+    pub name: String,
+    pub size_gb: u32,
+    /// `block` (default) or `filesystem`; a qcow2 file on the host either way.
+    #[serde(default, rename = "type")]
+    pub kind: DiskKind,
+    /// Where to place it (as for a VM): strategy, host, region, host labels.
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+/// Create a volume on a host chosen by its placement (the org's strategy by default).
+#[utoipa::path(post, path = "/v1/volumes", tag = "volumes", request_body = CreateVolumeRequest,
     responses((status = 202, body = VolumeAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn create_volume(
     State(state): State<AppState>,
     who: Principal,
     alloc: Allocation,
-    Json(spec): Json<VolumeSpec>,
+    Json(req): Json<CreateVolumeRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<VolumeAccepted>)> {
-    Ok((StatusCode::ACCEPTED, axum::Json(volumes::create(&state.app, &who, alloc, spec).await?.into())))
+    let spec = VolumeSpec { name: req.name, size_gb: req.size_gb, kind: req.kind };
+    Ok((StatusCode::ACCEPTED, axum::Json(volumes::create(&state.app, &who, alloc, spec, req.placement).await?.into())))
 }
 
 /// The org's volumes, oldest first.

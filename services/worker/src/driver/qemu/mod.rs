@@ -30,6 +30,7 @@ use qmp::Qmp;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsStr;
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -329,6 +330,13 @@ fn bridge_filter(bridge: &bridge::Bridge) -> String {
     }
 }
 
+/// Run `qemu-img` with `args` then `paths`; its complaint is the error.
+pub(crate) async fn qemu_img<'a>(args: impl IntoIterator<Item = &'a OsStr>, paths: impl IntoIterator<Item = &'a OsStr>) -> Result<(), DriverError> {
+    let out =
+        tokio::process::Command::new("qemu-img").args(args).args(paths).output().await.map_err(|e| fatal(format!("qemu-img: {e} (install qemu-utils)")))?;
+    if out.status.success() { Ok(()) } else { Err(fatal(format!("qemu-img: {}", String::from_utf8_lossy(&out.stderr).trim()))) }
+}
+
 fn read_org(dir: &VmDir) -> Option<OrgId> {
     std::fs::read_to_string(dir.path().join("org")).ok()?.trim().parse().ok()
 }
@@ -549,17 +557,12 @@ impl Driver for QemuDriver {
         let root = dir.root_disk();
         if !root.exists() {
             let tmp = root.with_extension("qcow2.tmp");
-            let out = tokio::process::Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-                .arg(&image.rootfs)
-                .arg(&tmp)
-                .arg(format!("{}G", vm.spec.disk_gb))
-                .output()
-                .await
-                .map_err(|e| fatal(format!("qemu-img: {e} (install qemu-utils)")))?;
-            if !out.status.success() {
-                return Err(fatal(format!("qemu-img create failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
-            }
+            let size = format!("{}G", vm.spec.disk_gb);
+            qemu_img(
+                [OsStr::new("create"), "-q".as_ref(), "-f".as_ref(), "qcow2".as_ref(), "-F".as_ref(), "raw".as_ref(), "-b".as_ref()],
+                [image.rootfs.as_os_str(), tmp.as_os_str(), size.as_ref()],
+            )
+            .await?;
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(retry)?;
             std::fs::rename(&tmp, &root).map_err(retry)?;
         }
@@ -750,16 +753,7 @@ impl Driver for QemuDriver {
         let moves = self.moves_dir()?;
         let (out, tmp) = (moves.join(format!("{}.out.qcow2", vm.id)), moves.join(format!("{}.out.qcow2.tmp", vm.id)));
         // Flattened: the image it is layered on may sit elsewhere on the other host.
-        let converted = tokio::process::Command::new("qemu-img")
-            .args(["convert", "-q", "-O", "qcow2"])
-            .arg(&root)
-            .arg(&tmp)
-            .output()
-            .await
-            .map_err(|e| fatal(format!("qemu-img: {e} (install qemu-utils)")))?;
-        if !converted.status.success() {
-            return Err(fatal(format!("qemu-img convert failed: {}", String::from_utf8_lossy(&converted.stderr).trim())));
-        }
+        qemu_img(["convert", "-q", "-O", "qcow2"].map(OsStr::new), [root.as_os_str(), tmp.as_os_str()]).await?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(retry)?;
         std::fs::rename(&tmp, &out).map_err(retry)?;
         Ok(out)

@@ -6,10 +6,12 @@
 
 use super::layout::VmDir;
 use super::process::HOTPLUG_PORTS;
+use super::qemu_img;
 use super::qmp::Qmp;
 use crate::driver::DriverError;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -86,15 +88,10 @@ pub async fn create(root: &Path, id: VolumeId, size_gb: u32) -> Result<PathBuf, 
     }
     std::fs::create_dir_all(path.parent().expect("volume files have a parent")).map_err(|e| DriverError::Retryable(e.to_string()))?;
     let tmp = path.with_extension("tmp");
-    qemu_img(&["create", "-q", "-f", "qcow2"], &[&tmp], &format!("{size_gb}G")).await?;
+    let size = format!("{size_gb}G");
+    qemu_img(["create", "-q", "-f", "qcow2"].map(OsStr::new), [tmp.as_os_str(), size.as_ref()]).await?;
     std::fs::rename(&tmp, &path).map_err(|e| DriverError::Retryable(e.to_string()))?;
     Ok(path)
-}
-
-async fn qemu_img(args: &[&str], paths: &[&Path], last: &str) -> Result<(), DriverError> {
-    let out =
-        tokio::process::Command::new("qemu-img").args(args).args(paths).arg(last).output().await.map_err(|e| DriverError::Fatal(format!("qemu-img: {e}")))?;
-    if out.status.success() { Ok(()) } else { Err(DriverError::Fatal(format!("qemu-img: {}", String::from_utf8_lossy(&out.stderr).trim()))) }
 }
 
 /// Record the volume as plugged (choosing its port and, for an overlay, its
@@ -112,7 +109,7 @@ pub async fn attach(dir: &VmDir, location: &str, mount: &VolumeMount, running: b
                 let overlay = dir.path().join(format!("overlay-{serial}.qcow2"));
                 if !overlay.exists() {
                     let size = format!("{}M", mount.overlay_size_mib.unwrap_or(1024));
-                    qemu_img(&["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", location], &[&overlay], &size).await?;
+                    qemu_img(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", location].map(OsStr::new), [overlay.as_os_str(), size.as_ref()]).await?;
                 }
                 overlay
             } else {
