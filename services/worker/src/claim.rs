@@ -38,6 +38,13 @@ pub enum ClaimError {
     Bus(#[from] BusError),
 }
 
+impl ClaimError {
+    /// Whether it only says NATS could not be reached (trying again may do).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Bus(e) if e.is_transient())
+    }
+}
+
 /// The data dir's lock, held until dropped (the process exits).
 pub struct DataDirLock {
     _file: File,

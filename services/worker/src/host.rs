@@ -29,7 +29,7 @@ pub fn host_id(data_dir: &Path) -> std::io::Result<HostId> {
 
 /// Announce the host unless what it announced so far (registrations and
 /// imports, folded) already says the same.
-pub async fn register(bus: &Bus, id: HostId, info: HostInfo) -> anyhow::Result<()> {
+pub async fn register(bus: &Bus, id: HostId, info: HostInfo) -> Result<(), BusError> {
     loop {
         let mut agg = HostAggregate::load(bus, OrgId::DEFAULT, id).await?;
         if agg.state.as_ref() == Some(&info) {
@@ -38,7 +38,7 @@ pub async fn register(bus: &Bus, id: HostId, info: HostInfo) -> anyhow::Result<(
         match agg.append(bus, ProjectId::DEFAULT, None, HostEvent::Registered { info: info.clone() }).await {
             Ok(()) => return Ok(()),
             Err(BusError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
 }

@@ -38,7 +38,7 @@ pub mod tenancy;
 pub mod terminal;
 
 use crate::aggregate::{VmAggregate, record_operation_failed};
-use crate::claim::{DataDirLock, Lease};
+use crate::claim::{ClaimError, DataDirLock, Lease};
 use crate::driver::{Driver, Guest, GuestExit};
 use crate::executor::{Executor, VmJob, VolumeJob};
 use crate::pending::{PendingIndex, Target};
@@ -96,10 +96,11 @@ impl WorkerConfig {
 /// Run the worker until the future is dropped. `lock` is the data dir's lock,
 /// taken before anything else touched the data dir.
 pub async fn run(bus: Bus, driver: Arc<dyn Driver>, cfg: WorkerConfig, lock: &DataDirLock) -> anyhow::Result<()> {
-    bus.ensure_topology().await?;
+    let transient = |e: &BusError| e.is_transient();
+    while_unavailable("setting up streams", transient, async || bus.ensure_topology().await).await?;
     let host = host::host_id(&cfg.data_dir)?;
-    let lease = Lease::acquire(&bus, host, lock, cfg.lease_ttl).await?;
-    host::register(&bus, host, driver.host_info()).await?;
+    let lease = while_unavailable("taking the host's lease", ClaimError::is_transient, async || Lease::acquire(&bus, host, lock, cfg.lease_ttl).await).await?;
+    while_unavailable("registering the host", transient, async || host::register(&bus, host, driver.host_info()).await).await?;
     tracing::info!(%host, driver = %driver.host_info().driver, "worker registered its host");
     let exits = driver.take_exits();
     let exec = Executor { bus: bus.clone(), host, driver: driver.clone(), step_retry_for: cfg.step_retry_for };
@@ -115,6 +116,23 @@ pub async fn run(bus: Bus, driver: Arc<dyn Driver>, cfg: WorkerConfig, lock: &Da
         r = forward_exits(queues, exits) => r,
         r = logs::ship(bus.clone(), driver.clone()) => r,
         r = terminal::serve(bus.clone(), host, driver) => r,
+    }
+}
+
+/// Run a start-up step again while it fails only because NATS is not there
+/// yet (a cluster still electing its stream leaders): a worker started beside
+/// its NATS waits for it rather than exiting.
+async fn while_unavailable<T, E: std::fmt::Display>(what: &str, transient: impl Fn(&E) -> bool, mut step: impl AsyncFnMut() -> Result<T, E>) -> Result<T, E> {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match step().await {
+            Err(e) if transient(&e) => {
+                tracing::warn!(error = %e, "{what}: NATS is not available yet; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            done => return done,
+        }
     }
 }
 
