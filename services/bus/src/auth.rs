@@ -115,6 +115,8 @@ impl Role {
                 // Its host's commands; the heartbeats, to find hosts that went
                 // offline; a moving disk, read at the host it moves to.
                 publish.extend(consumers(&[commands, heartbeats.as_str(), moves.as_str()]));
+                // The command consumers' names: each host has one, offline ones too.
+                publish.push(format!("$JS.API.CONSUMER.NAMES.{commands}"));
                 publish.push(format!("$JS.ACK.{commands}.>"));
                 // A move's resumption, sent to the host the VM moves to.
                 publish.push("vmplane.cmd.host.*.*".to_owned());

@@ -363,6 +363,12 @@ impl Bus {
         }
     }
 
+    /// The names of the command stream's consumers (each host's durable one among them).
+    pub async fn command_consumers(&self) -> Result<Vec<String>, BusError> {
+        let stream = self.js.get_stream(subjects::COMMAND_STREAM).await.map_err(unavailable)?;
+        futures::TryStreamExt::try_collect(stream.consumer_names()).await.map_err(unavailable)
+    }
+
     /// The stream sequence up to which a durable consumer of the command
     /// stream acknowledged everything; 0 when it does not exist.
     pub async fn command_ack_floor(&self, durable: &str) -> Result<u64, BusError> {

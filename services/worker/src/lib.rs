@@ -531,9 +531,12 @@ async fn consume_vm_commands(queues: VmQueues) -> anyhow::Result<()> {
     .await
 }
 
+/// How the name of a host's durable command consumer begins (the host id follows).
+pub(crate) const HOST_CONSUMER_PREFIX: &str = "host-";
+
 /// The durable consumer of a host's commands.
 pub(crate) fn host_consumer(host: HostId) -> String {
-    format!("host-{host}")
+    format!("{HOST_CONSUMER_PREFIX}{host}")
 }
 
 /// The resource a command addresses, for an operation that ends without its events.

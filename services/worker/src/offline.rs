@@ -15,7 +15,6 @@
 //! failing it from elsewhere could race the returning worker creating it.
 
 use crate::executor::Executor;
-use futures::StreamExt;
 use std::collections::HashSet;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -38,31 +37,44 @@ pub fn message(limit: Duration) -> String {
 
 /// Watch for offline hosts other than `own` forever, failing their overdue VM commands.
 pub async fn watch(exec: Executor, own: HostId, offline_after: Duration, unavailable_after: Duration) -> anyhow::Result<()> {
-    let mut tick = tokio::time::interval((offline_after / 3).max(Duration::from_secs(1)));
+    let every = (offline_after / 3).max(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
     // Operations this worker ended already: their commands stay queued until the host returns.
     let mut ended = HashSet::new();
     loop {
         tick.tick().await;
-        if let Err(e) = sweep(&exec, own, offline_after, unavailable_after, &mut ended).await {
-            tracing::debug!(error = %e, "offline host sweep failed; next tick retries");
+        // A pass that hangs on a slow NATS must not stop the watch: the next one starts over.
+        match tokio::time::timeout(SWEEP_LIMIT, sweep(&exec, own, offline_after, unavailable_after, &mut ended)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "offline host sweep failed; next tick retries"),
+            Err(_) => tracing::warn!("offline host sweep took longer than {SWEEP_LIMIT:?}; next tick retries"),
         }
     }
 }
 
-/// One pass over the heartbeats.
+/// The longest one pass over the hosts may take.
+const SWEEP_LIMIT: Duration = Duration::from_secs(30);
+
+/// One pass over the hosts: every host with a command consumer (each
+/// worker's durable one, named after its host) whose last heartbeat is older
+/// than `offline_after`, or gone (the heartbeat bucket forgets a key a
+/// minute after its last write), is offline.
+///
+/// Hosts come from the consumers and beats from single reads rather than a
+/// listing of the heartbeat bucket: a key listing is a short-lived consumer
+/// that can wait forever while other workers keep writing their beats.
 async fn sweep(exec: &Executor, own: HostId, offline_after: Duration, unavailable_after: Duration, ended: &mut HashSet<OpId>) -> Result<(), BusError> {
     let kv = exec.bus.bucket(subjects::HEARTBEAT_BUCKET).await?;
-    let mut keys = kv.keys().await.map_err(|e| BusError::Unavailable(e.to_string()))?;
     let now = OffsetDateTime::now_utc();
     let mut offline = Vec::new();
-    while let Some(key) = keys.next().await {
-        let Ok(host) = key.map_err(|e| BusError::Unavailable(e.to_string()))?.parse::<HostId>() else { continue };
+    for name in exec.bus.command_consumers().await? {
+        let Some(host) = name.strip_prefix(crate::HOST_CONSUMER_PREFIX).and_then(|h| h.parse::<HostId>().ok()) else { continue };
         if host == own {
             continue;
         }
         let beat = kv.get(host.to_string()).await.map_err(|e| BusError::Unavailable(e.to_string()))?;
         let at = beat.and_then(|b| std::str::from_utf8(&b).ok()?.parse::<i64>().ok()).and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
-        if at.is_some_and(|at| now - at > offline_after) {
+        if at.is_none_or(|at| now - at > offline_after) {
             offline.push(host);
         }
     }
