@@ -5,7 +5,7 @@
 //! is recognised by the VM's finished operations and skipped.
 
 use crate::aggregate::{HostAggregate, VmAggregate, VolumeAggregate, record_operation_failed};
-use crate::driver::{Driver, DriverError, Guest, GuestExit};
+use crate::driver::{Driver, DriverError, GuestExit};
 use backoff::ExponentialBackoff;
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,9 +86,9 @@ impl Executor {
     /// operation is pending on the VM (its resumption decides): recorded
     /// running with the guest gone, record it stopped; running while recorded
     /// down (stopped, failed, deleted), power it off.
-    pub async fn reconcile_guest(&self, agg: &mut Option<VmAggregate>, guest: Guest) -> Result<(), BusError> {
+    pub async fn reconcile_guest(&self, agg: &mut Option<VmAggregate>, vm: VmId) -> Result<(), BusError> {
         // As it is now: jobs queued before this one (a resumed operation) may have booted it.
-        let Some(guest) = self.driver.guest(guest.vm) else { return Ok(()) };
+        let Some(guest) = self.driver.guest(vm) else { return Ok(()) };
         if agg.is_none() {
             *agg = Some(VmAggregate::load(&self.bus, guest.org, guest.vm).await?);
         }

@@ -50,7 +50,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use vmplane_bus::{Bus, BusError, decode_command};
-use vmplane_domain::{Command, CommandEnvelope, HostId, OpId, OrgId, subjects};
+use vmplane_domain::{Command, CommandEnvelope, HostId, OpId, OrgId, VmId, subjects};
 
 /// Worker settings; the CLI fills them from flags.
 #[derive(Debug, Clone)]
@@ -105,7 +105,7 @@ pub async fn run(bus: Bus, driver: Arc<dyn Driver>, cfg: WorkerConfig, lock: &Da
     let exits = driver.take_exits();
     let exec = Executor { bus: bus.clone(), host, driver: driver.clone(), step_retry_for: cfg.step_retry_for };
     let pending = PendingIndex::open(cfg.data_dir.join("pending"))?;
-    let queues = VmQueues { map: Arc::default(), permits: Arc::new(Semaphore::new(cfg.parallelism)), exec, cfg: cfg.clone(), host, pending };
+    let queues = VmQueues { map: Arc::default(), permits: Arc::new(Semaphore::new(cfg.parallelism)), exec, cfg: cfg.clone(), pending };
     queues.reconcile()?;
     queues.reconcile_guests(driver.guests());
     tokio::select! {
@@ -236,8 +236,8 @@ enum Job {
     Exited(GuestExit),
     /// An aggregate the index says may have an operation left pending (at start).
     Reconcile(pending::Entry),
-    /// A guest the driver holds, to compare with its record (at start).
-    Guest(Guest),
+    /// A VM whose guest the driver holds, to compare with its record (at start).
+    Guest(VmId),
 }
 
 /// Per-aggregate queues (keyed by the VM or volume id): one task per
@@ -249,7 +249,6 @@ struct VmQueues {
     permits: Arc<Semaphore>,
     exec: Executor,
     cfg: WorkerConfig,
-    host: HostId,
     pending: PendingIndex,
 }
 
@@ -287,7 +286,7 @@ impl VmQueues {
     fn reconcile_guests(&self, guests: Vec<Guest>) {
         tracing::info!(count = guests.len(), "checking the host's guests against their records");
         for guest in guests {
-            self.push(guest.vm.to_string(), Job::Guest(guest));
+            self.push(guest.vm.to_string(), Job::Guest(guest.vm));
         }
     }
 
@@ -323,11 +322,11 @@ impl VmQueues {
                         self.retry_later(exit.vm.to_string(), Job::Exited(exit));
                     }
                 }
-                Job::Guest(guest) => {
+                Job::Guest(vm) => {
                     let _permit = self.permits.acquire().await.expect("semaphore never closed");
-                    if let Err(e) = self.exec.reconcile_guest(&mut agg, guest).await {
+                    if let Err(e) = self.exec.reconcile_guest(&mut agg, vm).await {
                         tracing::warn!(%key, error = %e, "could not check a guest against its record; retrying");
-                        self.retry_later(key.clone(), Job::Guest(guest));
+                        self.retry_later(key.clone(), Job::Guest(vm));
                     }
                 }
                 Job::Reconcile(entry) => {
@@ -470,11 +469,11 @@ impl VmQueues {
                 let a = VmAggregate::load(bus, org, vm).await?;
                 let op = a.state.as_ref().and_then(|v| v.pending_op.as_ref()).map(|p| p.id);
                 *agg = Some(a);
-                (op, subjects::vm_command(self.host, vm))
+                (op, subjects::vm_command(self.exec.host, vm))
             }
             Target::Volume(volume) => {
                 let v = aggregate::VolumeAggregate::load(bus, org, volume).await?;
-                (v.state.and_then(|v| v.pending_op), subjects::volume_command(self.host, volume))
+                (v.state.and_then(|v| v.pending_op), subjects::volume_command(self.exec.host, volume))
             }
         };
         let Some(op) = pending_op else {
@@ -521,7 +520,7 @@ impl VmQueues {
 }
 
 async fn consume_vm_commands(queues: VmQueues) -> anyhow::Result<()> {
-    let consumer_cfg = consumer_config(host_consumer(queues.host), subjects::host_commands(queues.host), &queues.cfg);
+    let consumer_cfg = consumer_config(host_consumer(queues.exec.host), subjects::host_commands(queues.exec.host), &queues.cfg);
     let bus = queues.exec.bus.clone();
     pull_forever(&bus, consumer_cfg, |msg| {
         let key = msg.subject.rsplit('.').next().unwrap_or_default().to_owned();

@@ -102,14 +102,14 @@ async fn publish(app: &App, subject: String, env: &CommandEnvelope) -> Result<u6
 
 /// Wait up to `max` for the operation to satisfy `done`; returns its latest view.
 pub(super) async fn wait_for(app: &App, op: OpId, max: Duration, done: impl Fn(&Operation) -> bool) -> AppResult<Option<Operation>> {
-    let mut applied = app.proj.subscribe();
+    let mut changes = app.proj.watch_operation(op);
     let deadline = tokio::time::Instant::now() + max;
     loop {
         let current = app.proj.operation(op)?;
         if current.as_ref().is_some_and(&done) || tokio::time::Instant::now() >= deadline {
             return Ok(current);
         }
-        if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
+        if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
             return Ok(current);
         }
     }

@@ -49,8 +49,8 @@ pub struct App {
     cfg: Arc<GatewayConfig>,
     limiter: Arc<limiter::Limiter>,
     sessions: Arc<sessions::Sessions>,
-    /// Placements of this gateway take turns (see `placement`).
-    placing: Arc<tokio::sync::Mutex<()>>,
+    /// Placements of this gateway take turns over the ledgers it keeps (see `placement`).
+    placing: Arc<tokio::sync::Mutex<placement::Ledgers>>,
 }
 
 impl App {

@@ -10,12 +10,22 @@
 //! once cannot both take the last room; the loser sees the other's claim and
 //! places again. Within one gateway placements take turns, so parallel
 //! requests queue instead of spinning on conflicts.
+//!
+//! A ledger holds only the claims no projection may lack: a writer drops
+//! those its own projection shows and raises the ledger's `through` to the
+//! event sequence it has applied; a gateway reads a ledger only once its own
+//! projection has applied that far, so a dropped claim is always counted
+//! there. The ledger thus stays as small as the creates in flight. Each
+//! gateway keeps the ledgers it read or wrote: a placement writes one with
+//! the revision it knows, and reads it again only when that write finds
+//! another gateway's change (or the copy is older than [`FRESH_FOR`]).
 
 use super::{App, AppError, AppResult};
 use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 use vmplane_domain::host::{Host, Resources};
 use vmplane_domain::placement::{self, Candidate, Choice, Need, Strategy, Taken, Unfit};
 use vmplane_domain::spec::GpuSpec;
@@ -24,10 +34,13 @@ use vmplane_domain::{HostId, VmId, VolumeId, subjects};
 /// A claim is dropped from the ledger after this long whatever happened to it
 /// (its command was refused or never carried out).
 const CLAIM_TTL_SECS: i64 = 600;
-/// A claim the projection shows is kept this long more, for slower gateways.
-const PROJECTED_GRACE_SECS: i64 = 5;
 /// Attempts when other gateways keep changing the same ledger.
 const ATTEMPTS: usize = 16;
+/// A kept ledger is read again after this long: it only steers the choice
+/// between hosts (a write always checks the revision), so it may lag a little.
+const FRESH_FOR: Duration = Duration::from_secs(1);
+/// How long a placement waits for this gateway's projection to reach a ledger's `through`.
+const CATCH_UP_FOR: Duration = Duration::from_secs(5);
 
 /// What a new resource takes from its host, recorded when it is accepted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,24 +64,42 @@ pub(super) struct Claim {
 }
 
 /// One host's ledger: claims by resource id.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Ledger {
     claims: BTreeMap<String, Claim>,
+    /// The event sequence through which the claims dropped from this ledger
+    /// are projected: a gateway whose projection has applied this far counts them.
+    #[serde(default)]
+    through: u64,
 }
 
 impl Ledger {
-    /// Forget claims that expired, or that every gateway's projection shows by now.
+    /// Forget claims that expired or that this gateway's projection shows,
+    /// and say how far that projection has applied.
     fn prune(&mut self, app: &App, host: HostId, now: i64) -> sled::Result<()> {
+        let applied = app.proj.applied();
         let mut keep = BTreeMap::new();
         for (id, claim) in std::mem::take(&mut self.claims) {
-            let age = now.saturating_sub(claim.at);
-            if age < CLAIM_TTL_SECS && (age < PROJECTED_GRACE_SECS || !projected(app, host, &id)?) {
+            if now.saturating_sub(claim.at) < CLAIM_TTL_SECS && !projected(app, host, &id)? {
                 keep.insert(id, claim);
             }
         }
         self.claims = keep;
+        self.through = self.through.max(applied);
         Ok(())
     }
+}
+
+/// The ledgers this gateway last read or wrote, by host.
+#[derive(Default)]
+pub(super) struct Ledgers(HashMap<HostId, Kept>);
+
+/// A ledger as this gateway last saw it.
+struct Kept {
+    ledger: Ledger,
+    /// Its revision then; `None` when the bucket had no entry.
+    revision: Option<u64>,
+    read_at: Instant,
 }
 
 impl From<&Need> for Claim {
@@ -81,7 +112,7 @@ impl From<&Need> for Claim {
 /// (and counts it there: a VM moving in counts only once it has moved).
 fn projected(app: &App, host: HostId, id: &str) -> sled::Result<bool> {
     if let Ok(vm) = id.parse::<VmId>() {
-        return Ok(app.proj.vm(vm)?.is_some_and(|v| v.host == host));
+        return Ok(app.proj.vm_host(vm)? == Some(host));
     }
     if let Ok(vol) = id.parse::<VolumeId>() {
         return app.proj.has_volume(vol);
@@ -132,13 +163,25 @@ fn taken(app: &App, host: HostId, ledger: &Ledger, except: &str, addresses: bool
     }
 }
 
-async fn load(store: &kv::Store, host: HostId) -> AppResult<(Ledger, Option<u64>)> {
+/// Read a host's ledger from the bucket.
+async fn load(store: &kv::Store, host: HostId) -> AppResult<Kept> {
     let entry = store.entry(host.to_string()).await.map_err(|e| AppError::Unavailable(format!("placement ledger: {e}")))?;
-    Ok(match entry {
+    let (ledger, revision) = match entry {
         Some(e) if e.operation == kv::Operation::Put => (serde_json::from_slice(&e.value).unwrap_or_default(), Some(e.revision)),
         Some(e) => (Ledger::default(), Some(e.revision)),
         None => (Ledger::default(), None),
-    })
+    };
+    Ok(Kept { ledger, revision, read_at: Instant::now() })
+}
+
+/// Wait until this gateway's projection has applied event `seq`.
+async fn catch_up(app: &App, seq: u64) -> AppResult<()> {
+    let mut applied = app.proj.subscribe();
+    let caught = tokio::time::timeout(CATCH_UP_FOR, applied.wait_for(|a| *a >= seq)).await;
+    match caught {
+        Ok(Ok(_)) => Ok(()),
+        _ => Err(AppError::Unavailable(format!("this gateway's projection has not reached event {seq} that placement needs; retry"))),
+    }
 }
 
 /// What a host has taken as this gateway's projection shows it, ports,
@@ -155,39 +198,56 @@ pub(super) async fn place(app: &App, id: &str, need: &Need, strategy: Strategy) 
     app.bus.ensure_connected()?;
     let store = app.bus.bucket(subjects::PLACEMENT_BUCKET).await?;
     let claim = Claim::from(need);
-    let _turn = app.placing.lock().await;
+    let mut ledgers = app.placing.lock().await;
     for _ in 0..ATTEMPTS {
         let hosts = app.proj.hosts()?;
         let mut seen = Vec::with_capacity(hosts.len());
         for host in &hosts {
             let online = app.proj.heartbeats.is_online(host.id);
             // The ledger only matters where the host could take the resource at all.
-            let (taken, ledger) = if online && !host.cordoned {
-                let (ledger, revision) = load(&store, host.id).await?;
-                (taken(app, host.id, &ledger, id, need.wants_addresses())?, Some((ledger, revision)))
+            let taken = if online && !host.cordoned {
+                if ledgers.0.get(&host.id).is_none_or(|k| k.read_at.elapsed() > FRESH_FOR) {
+                    let kept = load(&store, host.id).await?;
+                    ledgers.0.insert(host.id, kept);
+                }
+                let kept = &ledgers.0[&host.id];
+                if kept.ledger.through > app.proj.applied() {
+                    catch_up(app, kept.ledger.through).await?;
+                }
+                taken(app, host.id, &kept.ledger, id, need.wants_addresses())?
             } else {
-                (Taken::default(), None)
+                Taken::default()
             };
-            seen.push((online, taken, ledger));
+            seen.push((online, taken));
         }
-        let candidates = hosts.iter().zip(&seen).map(|(host, (online, taken, _))| Candidate { host, online: *online, taken });
+        let candidates = hosts.iter().zip(&seen).map(|(host, (online, taken))| Candidate { host, online: *online, taken });
         let chosen = answer(placement::choose(need, strategy, candidates), &hosts)?;
-        let ledger = hosts.iter().position(|h| h.id == chosen).and_then(|at| seen.swap_remove(at).2);
-        // Only a host that is online and not cordoned is chosen, and only such a host's ledger is read.
-        let Some((mut ledger, revision)) = ledger else { return Err(AppError::Internal(format!("placement chose host {chosen} without reading its ledger"))) };
+        // Only a host that is online and not cordoned is chosen, and only such a host's ledger is kept.
+        let Some(kept) = ledgers.0.get_mut(&chosen) else {
+            return Err(AppError::Internal(format!("placement chose host {chosen} without reading its ledger")));
+        };
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut ledger = kept.ledger.clone();
         ledger.prune(app, chosen, now)?;
         ledger.claims.insert(id.to_owned(), Claim { at: now, ..claim.clone() });
         let value: bytes::Bytes = serde_json::to_vec(&ledger).expect("ledger encodes").into();
-        let written = match revision {
+        let written = match kept.revision {
             Some(rev) => store.update(chosen.to_string(), value, rev).await.map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string())),
             None => store.create(chosen.to_string(), value).await.map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string())),
         };
         match written {
-            Ok(_) => return Ok(chosen),
-            // Another gateway placed on this host meanwhile: look again.
-            Err((true, _)) => continue,
-            Err((false, e)) => return Err(AppError::Unavailable(format!("placement ledger: {e}"))),
+            Ok(revision) => {
+                *kept = Kept { ledger, revision: Some(revision), read_at: kept.read_at };
+                return Ok(chosen);
+            }
+            // Another gateway placed on this host meanwhile: read it again and look again.
+            Err((true, _)) => {
+                ledgers.0.remove(&chosen);
+            }
+            Err((false, e)) => {
+                ledgers.0.remove(&chosen);
+                return Err(AppError::Unavailable(format!("placement ledger: {e}")));
+            }
         }
     }
     Err(AppError::Unavailable("placement is contended; retry".into()))

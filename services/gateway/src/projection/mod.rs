@@ -8,8 +8,11 @@
 //! One tree, prefixed keys: `vm/<id>`, `vmidx/<org>/<id>`, `vmevt/<id>/<seq>`,
 //! `op/<id>`, `org/<id>`, `prj/<org>/<id>`, `key/<id>`, `host/<id>`,
 //! `hostuse/<id>`, `vol/<id>`, `volidx/<org>/<id>`, `tpl/<id>`, `tplidx/<org>/<id>`,
-//! `sshkey/<org>/<id>`, `wh/<org>/<id>`, `whdlv/<org>/<webhook>/<delivery>`, and
-//! `meta/applied`.
+//! `sshkey/<org>/<id>`, `wh/<org>/<id>`, `whdlv/<org>/<webhook>/<delivery>`,
+//! `vmls/<org>[/<project>]/<status or all>/<id>` with counters `vmlsn/…`,
+//! `vmhost/<id>` (a VM's host, read without the VM),
+//! `meta/applied` and `meta/version`. A store written by another version of
+//! this layout is emptied on open and rebuilt by replaying the stream.
 
 pub mod hosts;
 pub mod operations;
@@ -32,6 +35,9 @@ use vmplane_domain::event::{self, Envelope, Event};
 use vmplane_domain::subjects;
 
 const APPLIED: &[u8] = b"meta/applied";
+const VERSION: &[u8] = b"meta/version";
+/// The layout of the keys above; raised whenever a view or index changes shape.
+const LAYOUT: u64 = 2;
 
 /// The gateway's read side.
 #[derive(Clone)]
@@ -40,6 +46,8 @@ pub struct Projections {
     applied: watch::Sender<u64>,
     /// Host liveness from heartbeats (not persisted: it is only meaningful live).
     pub heartbeats: hosts::Heartbeats,
+    /// Requests waiting for an operation's next event.
+    ops: operations::OpWaiters,
 }
 
 impl Projections {
@@ -47,8 +55,16 @@ impl Projections {
     pub fn open(dir: &Path) -> sled::Result<Self> {
         let db = sled::Config::new().path(dir).flush_every_ms(Some(200)).open()?;
         let tree = db.open_tree("views")?;
+        let layout = tree.get(VERSION)?.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])));
+        if layout != Some(LAYOUT) {
+            if !tree.is_empty() {
+                tracing::info!(found = ?layout, wanted = LAYOUT, "the projection has another layout; rebuilding it from the event stream");
+            }
+            tree.clear()?;
+            tree.insert(VERSION, &LAYOUT.to_be_bytes())?;
+        }
         let applied = tree.get(APPLIED)?.map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])));
-        Ok(Self { tree, applied: watch::Sender::new(applied), heartbeats: hosts::Heartbeats::default() })
+        Ok(Self { tree, applied: watch::Sender::new(applied), heartbeats: hosts::Heartbeats::default(), ops: operations::OpWaiters::default() })
     }
 
     /// The stream sequence of the last applied event.
@@ -73,8 +89,10 @@ impl Projections {
             return Ok(());
         }
         let mut txn = Txn::new(&self.tree);
+        let mut operation = None;
         match Envelope::decode(payload) {
             Ok(env) => {
+                operation = env.operation;
                 match &env.event {
                     Event::Vm(ev) => vms::apply(&mut txn, seq, &env, ev, payload),
                     Event::Tenancy(ev) => tenancy::apply(&mut txn, &env, ev),
@@ -94,6 +112,9 @@ impl Projections {
         txn.put_raw(APPLIED.to_vec(), seq.to_be_bytes().to_vec());
         txn.commit()?;
         self.applied.send_replace(seq);
+        if let Some(op) = operation {
+            self.ops.wake(op);
+        }
         metrics::gauge!("vmplane_projection_applied_sequence").set(seq as f64);
         Ok(())
     }
@@ -240,4 +261,30 @@ impl<'a> Txn<'a> {
 /// Build a key from parts joined by `/`.
 pub(crate) fn key(parts: &[&dyn std::fmt::Display]) -> Vec<u8> {
     parts.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("/").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store of another layout is emptied on open (the gateway then
+    /// replays the stream into it); one of this layout is kept.
+    #[test]
+    fn a_store_of_another_layout_is_emptied_and_one_of_this_layout_kept() {
+        let dir = std::env::temp_dir().join(format!("vmplane-proj-test-{}", ulid::Ulid::new()));
+        {
+            let db = sled::open(&dir).unwrap();
+            let tree = db.open_tree("views").unwrap();
+            tree.insert(APPLIED, &41u64.to_be_bytes()).unwrap();
+            tree.insert(b"vm/old", b"x").unwrap();
+            db.flush().unwrap();
+        }
+        let proj = Projections::open(&dir).unwrap();
+        assert_eq!((proj.applied(), proj.tree.len()), (0, 1), "emptied but for its layout");
+        proj.tree.insert(APPLIED, &7u64.to_be_bytes()).unwrap();
+        proj.tree.flush().unwrap();
+        drop(proj);
+        assert_eq!(Projections::open(&dir).unwrap().applied(), 7, "kept");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -4,7 +4,10 @@
 
 use super::{Projections, Txn, key};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
+use tokio::sync::watch;
 use utoipa::ToSchema;
 use vmplane_domain::event::{Envelope, Event};
 use vmplane_domain::host::HostEvent;
@@ -106,7 +109,60 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope) {
     txn.put(k, &op);
 }
 
+/// Requests waiting for operations to change, each woken only by its own
+/// operation's events (not by every event applied: a busy gateway applies
+/// thousands a second while hundreds of requests wait).
+#[derive(Clone, Default)]
+pub struct OpWaiters(Arc<Mutex<HashMap<OpId, watch::Sender<()>>>>);
+
+impl OpWaiters {
+    fn watch(&self, op: OpId) -> OpWatch {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let rx = map.entry(op).or_insert_with(|| watch::channel(()).0).subscribe();
+        OpWatch { rx: Some(rx), op, waiters: self.clone() }
+    }
+
+    pub(super) fn wake(&self, op: OpId) {
+        if let Some(tx) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&op) {
+            tx.send_replace(());
+        }
+    }
+}
+
+/// A wait for one operation's next change; its registration ends when dropped.
+pub struct OpWatch {
+    rx: Option<watch::Receiver<()>>,
+    op: OpId,
+    waiters: OpWaiters,
+}
+
+impl OpWatch {
+    /// Resolves once an event of the operation has been applied since the
+    /// watch began or since the last call.
+    pub async fn changed(&mut self) {
+        if let Some(rx) = self.rx.as_mut() {
+            // The sender lives while this receiver does (see Drop).
+            let _ = rx.changed().await;
+        }
+    }
+}
+
+impl Drop for OpWatch {
+    fn drop(&mut self) {
+        let mut map = self.waiters.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.rx = None;
+        if map.get(&self.op).is_some_and(|tx| tx.receiver_count() == 0) {
+            map.remove(&self.op);
+        }
+    }
+}
+
 impl Projections {
+    /// Watch one operation: register before reading it, so no change is missed.
+    pub fn watch_operation(&self, op: OpId) -> OpWatch {
+        self.ops.watch(op)
+    }
+
     /// One operation.
     pub fn operation(&self, id: OpId) -> sled::Result<Option<Operation>> {
         self.get(&key(&[&"op", &id]))

@@ -1,5 +1,10 @@
-//! VM views: the folded state per VM, an index per org for listing, each
-//! VM's event history, and per-host resource usage for placement.
+//! VM views: the folded state per VM, an index per org, listing indexes
+//! with their counts, each VM's event history, and per-host resource usage
+//! for placement.
+//!
+//! A list is read from an index of the VMs it selects (per org, and per
+//! project, by status or all not deleted) and its total from a counter kept
+//! beside the index, so listing a page costs that page whatever the fleet.
 
 use super::{Projections, Txn, key};
 use std::collections::BTreeSet;
@@ -19,7 +24,17 @@ pub(super) fn apply(txn: &mut Txn, seq: u64, env: &Envelope, ev: &VmEvent, paylo
     let existed = before.is_some();
     let was_deleted = before.as_ref().is_some_and(|v| v.status == VmStatus::Deleted);
     let host_before = before.as_ref().map(|v| v.host);
+    let listed_before = before.as_ref().map(|v| (v.project, v.status));
     let Some(after) = evolve(before, id, env.operation, env.time, ev) else { return };
+    if listed_before != Some((after.project, after.status)) {
+        if let Some((project, status)) = listed_before {
+            unlist(txn, after.org, project, status, id);
+        }
+        list(txn, after.org, after.project, after.status, id);
+    }
+    if host_before != Some(after.host) {
+        txn.put_raw(key(&[&"vmhost", &id]), after.host.to_string().into_bytes());
+    }
     let usage_key = key(&[&"hostuse", &after.host]);
     if let Some(from) = host_before.filter(|h| *h != after.host && !was_deleted) {
         // Moved: its resources go with it.
@@ -43,6 +58,39 @@ pub(super) fn apply(txn: &mut Txn, seq: u64, env: &Envelope, ev: &VmEvent, paylo
     }
     txn.put_raw(format!("vmevt/{id}/{seq:020}").into_bytes(), payload.to_vec());
     txn.put(key(&[&"vm", &id]), &after);
+}
+
+/// The list selections a VM in `status` belongs to: its status, and "all"
+/// unless deleted.
+fn selections(status: VmStatus) -> impl Iterator<Item = &'static str> {
+    std::iter::once(status.as_str()).chain((status != VmStatus::Deleted).then_some(ALL))
+}
+
+/// The selection of every VM that is not deleted.
+const ALL: &str = "all";
+
+/// The index prefixes and counter keys a VM is listed under, per selection:
+/// its org's and its project's.
+fn listings(org: OrgId, project: ProjectId, status: VmStatus) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> {
+    selections(status).flat_map(move |sel| {
+        [(key(&[&"vmls", &org, &sel, &""]), key(&[&"vmlsn", &org, &sel])), (key(&[&"vmls", &org, &project, &sel, &""]), key(&[&"vmlsn", &org, &project, &sel]))]
+    })
+}
+
+fn list(txn: &mut Txn, org: OrgId, project: ProjectId, status: VmStatus, id: VmId) {
+    for (prefix, count) in listings(org, project, status) {
+        txn.put_raw([prefix, id.to_string().into_bytes()].concat(), Vec::new());
+        let n: u64 = txn.get(&count).unwrap_or(0);
+        txn.put(count, &(n + 1));
+    }
+}
+
+fn unlist(txn: &mut Txn, org: OrgId, project: ProjectId, status: VmStatus, id: VmId) {
+    for (prefix, count) in listings(org, project, status) {
+        txn.remove([prefix, id.to_string().into_bytes()].concat());
+        let n: u64 = txn.get(&count).unwrap_or(0);
+        txn.put(count, &n.saturating_sub(1));
+    }
 }
 
 /// Host ports, bridge addresses and GPUs the VMs of one host hold.
@@ -69,32 +117,33 @@ impl Projections {
         self.get(&key(&[&"vm", &id]))
     }
 
+    /// The host a projected VM is on, without reading the VM (placement asks
+    /// this for every claim in flight).
+    pub fn vm_host(&self, id: VmId) -> sled::Result<Option<HostId>> {
+        Ok(self.tree.get(key(&[&"vmhost", &id]))?.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
+    }
+
     /// Whether the VM is projected, without reading it.
     pub fn has_vm(&self, id: VmId) -> sled::Result<bool> {
         self.tree.contains_key(key(&[&"vm", &id]))
     }
 
-    /// VMs matching `filter`, oldest first: one page and the total count.
+    /// VMs matching `filter`, oldest first: one page and the total count,
+    /// read from the filter's index and counter (see the module docs).
     pub fn list_vms(&self, filter: &VmFilter, offset: usize, limit: usize) -> sled::Result<(Vec<Vm>, usize)> {
+        let sel = filter.status.map_or(ALL, VmStatus::as_str);
+        let (prefix, count) = match filter.project {
+            Some(p) => (key(&[&"vmls", &filter.org, &p, &sel, &""]), key(&[&"vmlsn", &filter.org, &p, &sel])),
+            None => (key(&[&"vmls", &filter.org, &sel, &""]), key(&[&"vmlsn", &filter.org, &sel])),
+        };
+        let total: u64 = self.get(&count)?.unwrap_or(0);
         let mut page = Vec::new();
-        let mut total = 0;
-        for k in self.scan_keys(&key(&[&"vmidx", &filter.org, &""])) {
+        for k in self.scan_keys(&prefix).skip(offset).take(limit) {
             let k = k?;
-            let Some(id) = std::str::from_utf8(&k).ok().and_then(|s| s.rsplit('/').next()).and_then(|s| s.parse::<VmId>().ok()) else { continue };
-            let Some(vm) = self.vm(id)? else { continue };
-            let status_ok = match filter.status {
-                Some(s) => vm.status == s,
-                None => vm.status != VmStatus::Deleted,
-            };
-            if !status_ok || filter.project.is_some_and(|p| p != vm.project) {
-                continue;
-            }
-            if total >= offset && page.len() < limit {
-                page.push(vm);
-            }
-            total += 1;
+            let Some(id) = std::str::from_utf8(&k[prefix.len()..]).ok().and_then(|s| s.parse::<VmId>().ok()) else { continue };
+            page.extend(self.vm(id)?);
         }
-        Ok((page, total))
+        Ok((page, usize::try_from(total).unwrap_or(usize::MAX)))
     }
 
     /// Host ports forwarded to VMs on `host` (requested or allocated), the
@@ -154,5 +203,63 @@ impl Projections {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmplane_domain::event::Event;
+    use vmplane_domain::spec::VmSpec;
+
+    fn at(secs: i64) -> time::OffsetDateTime {
+        time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000) + time::Duration::seconds(secs)
+    }
+
+    /// Lists come from the listing indexes and their counters: by status, by
+    /// project, every VM not deleted; pages in creation order; moves between
+    /// statuses and deletion keep every count right.
+    #[test]
+    fn lists_follow_status_changes_with_their_totals() {
+        let dir = std::env::temp_dir().join(format!("vmplane-proj-test-{}", ulid::Ulid::new()));
+        let proj = Projections::open(&dir).expect("a projection store");
+        let (org, other_org, host) = (OrgId::new(), OrgId::new(), HostId::new());
+        let (p1, p2) = (ProjectId::new(), ProjectId::new());
+        let mut seq = 0;
+        let mut apply = |org: OrgId, vm: VmId, ev: VmEvent| {
+            seq += 1;
+            let env = Envelope::new(org, None, vm.to_string(), None, Event::Vm(ev), at(i64::try_from(seq).unwrap()));
+            proj.apply(seq, &vmplane_domain::event::encode(&env).unwrap()).expect("applied");
+        };
+        // Ids made in one millisecond need not come in order: list order is id order.
+        let mut vms: Vec<VmId> = (0..5).map(|_| VmId::new()).collect();
+        vms.sort_by_key(ToString::to_string);
+        for (i, vm) in vms.iter().enumerate() {
+            let project = if i < 3 { p1 } else { p2 };
+            apply(org, *vm, VmEvent::Created { org, project, spec: Box::new(VmSpec::named(format!("v{i}"))), host });
+        }
+        apply(other_org, VmId::new(), VmEvent::Created { org: other_org, project: p1, spec: Box::new(VmSpec::named("theirs")), host });
+        for vm in &vms[..4] {
+            apply(org, *vm, VmEvent::ProvisioningStarted);
+            apply(org, *vm, VmEvent::Booted);
+            apply(org, *vm, VmEvent::Ready);
+        }
+        apply(org, vms[1], VmEvent::DeleteRequested);
+        apply(org, vms[1], VmEvent::Deleted);
+
+        let ids = |filter: VmFilter, offset, limit| {
+            let (page, total) = proj.list_vms(&filter, offset, limit).unwrap();
+            (page.into_iter().map(|v| v.id).collect::<Vec<_>>(), total)
+        };
+        let running = |project| VmFilter { org, project, status: Some(VmStatus::Running) };
+        assert_eq!(ids(running(None), 0, 10), (vec![vms[0], vms[2], vms[3]], 3));
+        assert_eq!(ids(running(None), 1, 1), (vec![vms[2]], 3), "a page, and the total of every page");
+        assert_eq!(ids(running(Some(p1)), 0, 10), (vec![vms[0], vms[2]], 2));
+        assert_eq!(ids(VmFilter { org, project: None, status: None }, 0, 10), (vec![vms[0], vms[2], vms[3], vms[4]], 4), "all but the deleted");
+        assert_eq!(ids(VmFilter { org, project: Some(p2), status: Some(VmStatus::Pending) }, 0, 10), (vec![vms[4]], 1));
+        assert_eq!(ids(VmFilter { org, project: None, status: Some(VmStatus::Deleted) }, 0, 10), (vec![vms[1]], 1));
+        assert_eq!(ids(VmFilter { org: other_org, project: None, status: None }, 0, 10).1, 1, "another org's VMs are its own");
+        assert_eq!(proj.vm_host(vms[0]).unwrap(), Some(host));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

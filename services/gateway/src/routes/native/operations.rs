@@ -17,6 +17,13 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_operation))
 }
 
+/// The answer to a command that settles quickly (control-plane resources):
+/// `done` (200 or 201) once the worker's event is projected, 202 if that
+/// takes longer than the accept wait.
+pub(super) fn settled(operation: &Operation, done: axum::http::StatusCode) -> axum::http::StatusCode {
+    if operation.status == crate::app::OpStatus::Succeeded { done } else { axum::http::StatusCode::ACCEPTED }
+}
+
 /// Long-poll parameters.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

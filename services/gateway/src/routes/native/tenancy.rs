@@ -4,9 +4,10 @@
 
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{Json, PathId};
+use super::operations::settled;
 use crate::AppState;
 use crate::app::tenancy::{self, NewApiKey};
-use crate::app::{Accepted, Allocation, OpStatus, Operation, Principal};
+use crate::app::{Accepted, Allocation, Operation, Principal};
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -146,8 +147,7 @@ impl From<Accepted<NewApiKey>> for ApiKeyView {
 
 /// 201 once the worker's event is projected, 202 if that takes longer.
 fn created<T: From<Accepted<R>>, R>(a: Accepted<R>) -> (StatusCode, axum::Json<T>) {
-    let status = if a.operation.status == OpStatus::Succeeded { StatusCode::CREATED } else { StatusCode::ACCEPTED };
-    (status, axum::Json(a.into()))
+    (settled(&a.operation, StatusCode::CREATED), axum::Json(a.into()))
 }
 
 /// Create an org.
@@ -174,8 +174,7 @@ async fn update_org(
     Json(req): Json<UpdateOrgRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<OrgView>)> {
     let a = tenancy::set_placement_strategy(&state.app, &who, alloc, org, req.placement_strategy).await?;
-    let status = if a.operation.status == OpStatus::Succeeded { StatusCode::OK } else { StatusCode::ACCEPTED };
-    Ok((status, axum::Json(a.into())))
+    Ok((settled(&a.operation, StatusCode::OK), axum::Json(a.into())))
 }
 
 /// Every org.
@@ -235,6 +234,5 @@ async fn revoke_api_key(
     PathId(id): PathId<ApiKeyId>,
 ) -> ApiResult<(StatusCode, axum::Json<ApiKeyView>)> {
     let revoked = tenancy::revoke_api_key(&state.app, &who, alloc, id).await?;
-    let status = if revoked.operation.status == OpStatus::Succeeded { StatusCode::OK } else { StatusCode::ACCEPTED };
-    Ok((status, axum::Json(ApiKeyView { operation: Some(revoked.operation), ..revoked.resource.into() })))
+    Ok((settled(&revoked.operation, StatusCode::OK), axum::Json(ApiKeyView { operation: Some(revoked.operation), ..revoked.resource.into() })))
 }

@@ -4,6 +4,7 @@
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{Json, Path, PathId, Query};
+use super::operations::settled;
 use super::pagination::{Page, PageQuery};
 use crate::AppState;
 use crate::app::webhooks::{self, Attempt, Delivery, NewWebhook, WithSecret};
@@ -244,10 +245,6 @@ fn parse_outcome(s: &str) -> ApiResult<AttemptOutcome> {
             return Err(ApiError::BadRequest("invalid_query", format!("unknown status `{s}` (delivered, retrying, failed, endpoint_disabled)")));
         }
     })
-}
-
-fn settled(operation: &Operation, done: StatusCode) -> StatusCode {
-    if operation.status == OpStatus::Succeeded { done } else { StatusCode::ACCEPTED }
 }
 
 /// Create a webhook endpoint in the caller's org: 201 with its secret (shown
