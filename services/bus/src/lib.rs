@@ -85,6 +85,10 @@ pub struct Bus {
     /// How many servers of a cluster hold each stream and bucket this
     /// connection creates (`--stream-replicas`; 1 on a single server).
     replicas: usize,
+    /// Key-value handles by bucket: opening one asks the server for its
+    /// stream's info, a round trip the hot paths (placement, idempotency)
+    /// would otherwise pay on every request.
+    buckets: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, kv::Store>>>,
 }
 
 impl Bus {
@@ -111,7 +115,7 @@ impl Bus {
             .map_err(unavailable)?;
         let js = jetstream::ContextBuilder::new().timeout(REQUEST_TIMEOUT).build(client.clone());
         let reconfigure = role == auth::Role::Admin || (*creds == auth::Credentials::None && auth::url_user(url).is_none());
-        Ok(Self { client, js, reconfigure, replicas: 1 })
+        Ok(Self { client, js, reconfigure, replicas: 1, buckets: std::sync::Arc::default() })
     }
 
     /// The same connection creating its streams and buckets with `replicas`
@@ -306,7 +310,8 @@ impl Bus {
     /// Every event of one aggregate subject in order, with stream sequences.
     /// Used on a cache miss or after a conflict, so it favours simplicity.
     pub async fn load(&self, subject: &str) -> Result<Vec<(u64, Envelope)>, BusError> {
-        let stream = self.events_stream().await?;
+        // Direct reads need no stream info: skip that round trip.
+        let stream = self.js.get_stream_no_info(subjects::EVENT_STREAM).await.map_err(unavailable)?;
         let mut out = Vec::new();
         let mut next = 1;
         loop {
@@ -438,7 +443,12 @@ impl Bus {
 
     /// A key-value bucket created by [`Bus::ensure_topology`].
     pub async fn bucket(&self, name: &str) -> Result<kv::Store, BusError> {
-        self.js.get_key_value(name).await.map_err(unavailable)
+        if let Some(store) = self.buckets.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Ok(store.clone());
+        }
+        let store = self.js.get_key_value(name).await.map_err(unavailable)?;
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), store.clone());
+        Ok(store)
     }
 }
 
