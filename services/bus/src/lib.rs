@@ -313,6 +313,14 @@ impl Bus {
         // Direct reads need no stream info: skip that round trip.
         let stream = self.js.get_stream_no_info(subjects::EVENT_STREAM).await.map_err(unavailable)?;
         let mut out = Vec::new();
+        // A new aggregate (every create) has no event. Asking for the subject's
+        // last one is answered from the server's subject index, where walking
+        // from sequence 1 visits every block of the stream to find nothing.
+        match stream.raw_message_builder().last_by_subject(subject).send().await {
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => return Ok(out),
+            Err(e) => return Err(unavailable(e)),
+            Ok(_) => {}
+        }
         let mut next = 1;
         loop {
             match stream.raw_message_builder().sequence(next).next_by_subject(subject).send().await {
