@@ -1203,7 +1203,7 @@ async fn run(args: ApiArgs) -> Result<bool> {
     // One line: label, value (with its unit), and the target with whether this run met it.
     let ratio = |o: &mut String, label: &str, value: String, goal: Option<(&str, bool)>| {
         let goal = goal.map_or_else(String::new, |(g, ok)| format!("[{g}: {}]", if ok { "met" } else { "NOT met" }));
-        writeln!(o, "  {label:<64} {value:>10}  {goal}")
+        writeln!(o, "  {label:<70} {value:>10}  {goal}")
     };
     let creates_ratio = vmp_rate / raw_rate;
     ratio(&mut o, &format!("accepted creates/s / raw publish+ack/s (C={c})"), format!("{creates_ratio:.3}"), Some((">= 0.10", creates_ratio >= 0.10)))?;
@@ -1213,11 +1213,11 @@ async fn run(args: ApiArgs) -> Result<bool> {
     ratio(&mut o, "POST -> running p50 / raw publish+ack p50", format!("{run_x:.1}x"), Some(("<= 15x", run_x <= 15.0)))?;
     if let Some((n, first, last)) = conc.burst.tenths() {
         let flat = last / first;
-        let label = format!("creates accepted/s, last tenth / first tenth ({n} each), {} VMs before", conc_before);
+        let label = format!("creates accepted/s, last / first tenth ({n} each), {conc_before} VMs before");
         ratio(&mut o, &label, format!("{flat:.3}"), Some((">= 0.90 at 20,000 VMs", flat >= 0.90)))?;
     }
     if let Some((n, first, last)) = preload.as_ref().and_then(|p| p.burst.tenths()) {
-        ratio(&mut o, &format!("preload accepted/s, last tenth / first tenth ({n} each)"), format!("{:.3}", last / first), None)?;
+        ratio(&mut o, &format!("preload accepted/s, last / first tenth ({n} each)"), format!("{:.3}", last / first), None)?;
     }
     let get_p99 = fleet_get.p99().as_secs_f64() * 1000.0;
     ratio(&mut o, &format!("GET /v1/vms/{{id}} p99 at {n_fleet} VMs"), format!("{get_p99:.3} ms"), Some(("<= 1 ms", get_p99 <= 1.0)))?;
