@@ -1214,7 +1214,9 @@ async fn run(args: ApiArgs) -> Result<bool> {
     if let Some((n, first, last)) = conc.burst.tenths() {
         let flat = last / first;
         let label = format!("creates accepted/s, last / first tenth ({n} each), {conc_before} VMs before");
-        ratio(&mut o, &label, format!("{flat:.3}"), Some((">= 0.90 at 20,000 VMs", flat >= 0.90)))?;
+        // The target is for a burst into a fleet of 20,000; a smaller one is shown, not judged.
+        let goal = if conc_before >= 20_000 { Some((">= 0.90 at 20,000 VMs", flat >= 0.90)) } else { None };
+        ratio(&mut o, &label, format!("{flat:.3}"), goal)?;
     }
     if let Some((n, first, last)) = preload.as_ref().and_then(|p| p.burst.tenths()) {
         ratio(&mut o, &format!("preload accepted/s, last / first tenth ({n} each)"), format!("{:.3}", last / first), None)?;
