@@ -1183,7 +1183,7 @@ async fn run(args: ApiArgs) -> Result<bool> {
     writeln!(
         o,
         "{:<60} {:>9} {:>9}",
-        &format!("after the preload ({} VMs)", preload.as_ref().map_or(0, |p| p.burst.accepted)),
+        &preload.as_ref().map_or_else(|| "before the phases (no preload)".to_owned(), |p| format!("after the preload ({} VMs)", p.burst.accepted)),
         mib(rss_preload.0),
         mib(rss_preload.1)
     )?;
@@ -1214,17 +1214,26 @@ async fn run(args: ApiArgs) -> Result<bool> {
     if let Some((n, first, last)) = conc.burst.tenths() {
         let flat = last / first;
         let label = format!("creates accepted/s, last / first tenth ({n} each), {conc_before} VMs before");
-        // The target is for a burst into a fleet of 20,000; a smaller one is shown, not judged.
-        let goal = if conc_before >= 20_000 { Some((">= 0.90 at 20,000 VMs", flat >= 0.90)) } else { None };
-        ratio(&mut o, &label, format!("{flat:.3}"), goal)?;
+        // Targets set at 20,000 VMs are judged only there; below, the figure is shown without a verdict.
+        ratio(&mut o, &label, format!("{flat:.3}"), (conc_before >= 20_000).then_some((">= 0.90 at 20,000 VMs", flat >= 0.90)))?;
     }
     if let Some((n, first, last)) = preload.as_ref().and_then(|p| p.burst.tenths()) {
         ratio(&mut o, &format!("preload accepted/s, last / first tenth ({n} each)"), format!("{:.3}", last / first), None)?;
     }
     let get_p99 = fleet_get.p99().as_secs_f64() * 1000.0;
-    ratio(&mut o, &format!("GET /v1/vms/{{id}} p99 at {n_fleet} VMs"), format!("{get_p99:.3} ms"), Some(("<= 1 ms", get_p99 <= 1.0)))?;
+    ratio(
+        &mut o,
+        &format!("GET /v1/vms/{{id}} p99 at {n_fleet} VMs"),
+        format!("{get_p99:.3} ms"),
+        (n_fleet >= 20_000).then_some(("<= 1 ms at 20,000 VMs", get_p99 <= 1.0)),
+    )?;
     let list_p99 = fleet_list.p99().as_secs_f64() * 1000.0;
-    ratio(&mut o, &format!("GET /v1/vms?status=running&limit=100 p99 at {n_fleet} VMs"), format!("{list_p99:.3} ms"), Some(("<= 5 ms", list_p99 <= 5.0)))?;
+    ratio(
+        &mut o,
+        &format!("GET /v1/vms?status=running&limit=100 p99 at {n_fleet} VMs"),
+        format!("{list_p99:.3} ms"),
+        (n_fleet >= 20_000).then_some(("<= 5 ms at 20,000 VMs", list_p99 <= 5.0)),
+    )?;
     ratio(&mut o, &format!("creates accepted/s (C={c})"), format!("{vmp_rate:.1}"), Some((">= 2000", vmp_rate >= 2000.0)))?;
     if let Some(d) = conc.settled_after_last_202 {
         ratio(&mut o, "creates all running after the last 202", format!("{:.3} s", d.as_secs_f64()), Some(("<= 1 s", d <= Duration::from_secs(1))))?;
