@@ -19,8 +19,15 @@
 //!   `GET /v1/operations/{op}?wait=10`), i.e. the VM's final event is in the
 //!   gateway's projection and `GET /v1/vms/{id}` shows `running`;
 //! * `GET /v1/vms/{id}`;
-//! * `POST /v1/vms` accepted per second with C concurrent clients, and how
-//!   long the worker then takes until every one of those VMs is `running`.
+//! * `POST /v1/vms` accepted per second with C concurrent clients, over the
+//!   whole burst and its first and last tenth, and how long after the last 202
+//!   every one of those VMs is `running`;
+//! * with `--preload N`, N VMs created (and running) before those phases;
+//!   stop then start of running VMs; `GET /v1/vms/{id}` and a page of
+//!   `GET /v1/vms?status=running` with the whole fleet present; resident
+//!   memory and events per create; `vmplane projections rebuild` beside a
+//!   bare read of the event stream (see `api_phases.rs`); and every ratio
+//!   issue 10 sets a target for.
 //!
 //! Everything it starts is stopped when it ends, on error and on Ctrl-C too
 //! (children also get SIGTERM if the bench itself is killed). Every loop is
@@ -28,6 +35,7 @@
 //!
 //! Build first: `cargo build --release -p vmplane -p vmplane-bench`.
 
+mod api_phases;
 mod bare;
 mod guests;
 mod libvirt;
@@ -53,8 +61,11 @@ use vmplane_domain::spec::VmSpec;
 use vmplane_domain::vm::VmCommand;
 use vmplane_domain::{CommandEnvelope, HostId, OpId, OrgId, ProjectId, VmId, event};
 
-/// The sim driver hands out host ports 20000-29999, one per VM (ssh).
+/// The worker hands out host ports 20000-29999 by default, one per VM (ssh)
+/// with the sim driver too; a run that creates more widens `--port-range`.
 const SIM_PORTS: usize = 10_000;
+/// The lowest host port a widened range starts at.
+const SIM_WIDE_FIRST_PORT: usize = 1024;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -93,6 +104,23 @@ struct ApiArgs {
     /// POSTs in the vmplane throughput phase.
     #[arg(long, default_value_t = 2000)]
     throughput_count: usize,
+    /// VMs created (by C clients) and running before the measured phases, so
+    /// that those run with this many VMs in the projection.
+    #[arg(long, default_value_t = 0)]
+    preload: usize,
+    /// Running VMs stopped, then started again, by C clients (0: no start/stop phase).
+    #[arg(long, default_value_t = 1000)]
+    start_stop_count: usize,
+    /// Sequential `GET /v1/vms/{id}` and `GET /v1/vms?status=running&limit=100`
+    /// (each) with the whole fleet present, at the end.
+    #[arg(long, default_value_t = 300)]
+    fleet_gets: usize,
+    /// VMs whose `GET /v1/vms/{id}/events` is counted for events per create.
+    #[arg(long, default_value_t = 50)]
+    events_sample: usize,
+    /// Skip the projection rebuild and the bare read of the event stream.
+    #[arg(long)]
+    no_rebuild: bool,
     /// Publishes in the raw throughput phase (more than POSTs: raw is far faster,
     /// and a phase of a few ms would be mostly noise).
     #[arg(long, default_value_t = 20000)]
@@ -255,6 +283,16 @@ struct Cluster {
     admin_token: String,
     /// The temp dir: stores, process logs, the worker's data.
     dir: PathBuf,
+    /// How the gateway was started, to start it again (after a projection rebuild).
+    gateway_spawn: Option<GatewaySpawn>,
+}
+
+/// The gateway's command line and environment.
+struct GatewaySpawn {
+    program: PathBuf,
+    args: Vec<OsString>,
+    admin_token: String,
+    log: String,
 }
 
 impl Cluster {
@@ -262,6 +300,14 @@ impl Cluster {
         for p in [&mut self.nats, &mut self.gateway, &mut self.worker, &mut self.webhooks].into_iter().flatten() {
             p.check_alive()?;
         }
+        Ok(())
+    }
+
+    /// Starts the gateway again as it was first started (same data dir and port).
+    fn restart_gateway(&mut self) -> Result<()> {
+        let s = self.gateway_spawn.as_ref().context("the gateway's command line is not known")?;
+        let env = [("VMPLANE_ADMIN_TOKEN", s.admin_token.as_str()), ("RUST_LOG", s.log.as_str())];
+        self.gateway = Some(Proc::spawn("vmplane gateway", &s.program, &s.args, &env, self.dir.join("gateway-restarted.log"))?);
         Ok(())
     }
 
@@ -329,7 +375,7 @@ struct ClusterSpec<'a> {
 /// The sim cluster of the `api` bench.
 async fn start(args: &ApiArgs) -> Result<Cluster> {
     let os = |s: &str| OsString::from(s);
-    let worker_args: Vec<OsString> = vec![
+    let mut worker_args: Vec<OsString> = vec![
         os("--driver"),
         os("sim"),
         os("--host-name"),
@@ -346,6 +392,9 @@ async fn start(args: &ApiArgs) -> Result<Cluster> {
         os("--sim-disk-gb"),
         os(&(1u64 << 40).to_string()),
     ];
+    if let Some((first, last)) = sim_port_range(args)? {
+        worker_args.extend([os("--port-range"), os(&format!("{first}-{last}"))]);
+    }
     start_cluster(ClusterSpec {
         vmplane: find_vmplane(&args.vmplane)?,
         nats_server: &args.nats_server,
@@ -357,6 +406,29 @@ async fn start(args: &ApiArgs) -> Result<Cluster> {
         worker_env: Vec::new(),
     })
     .await
+}
+
+/// VMs the run creates (one host port each).
+fn vms_created(args: &ApiArgs) -> usize {
+    args.preload + args.warmup + args.vms + args.throughput_count
+}
+
+/// A worker `--port-range` wide enough for every VM of the run, when the
+/// default 10,000 ports are not (`None`: the default will do).
+fn sim_port_range(args: &ApiArgs) -> Result<Option<(usize, usize)>> {
+    let total = vms_created(args);
+    if total < SIM_PORTS {
+        return Ok(None);
+    }
+    // A margin for VMs the bench does not count, e.g. of a POST that timed out after its command was appended.
+    let wanted = total + 100;
+    let first = if 20_000 + wanted < usize::from(u16::MAX) { 20_000 } else { SIM_WIDE_FIRST_PORT };
+    ensure!(
+        first + wanted < usize::from(u16::MAX),
+        "this run would create {total} VMs, each holding a host port of the worker's --port-range (ports are 16-bit: at most {} VMs); lower --preload or --throughput-count",
+        usize::from(u16::MAX) - SIM_WIDE_FIRST_PORT - 100
+    );
+    Ok(Some((first, first + wanted)))
 }
 
 async fn start_cluster(spec: ClusterSpec<'_>) -> Result<Cluster> {
@@ -381,6 +453,7 @@ async fn start_cluster(spec: ClusterSpec<'_>) -> Result<Cluster> {
         base: format!("http://127.0.0.1:{http_port}"),
         admin_token,
         dir: dir.clone(),
+        gateway_spawn: None,
     };
 
     let os = |s: &str| OsString::from(s);
@@ -423,6 +496,7 @@ async fn start_cluster(spec: ClusterSpec<'_>) -> Result<Cluster> {
     }
     gw_args.extend(spec.gateway_args);
     c.gateway = Some(Proc::spawn("vmplane gateway", &vmplane, &gw_args, &env, dir.join("gateway.log"))?);
+    c.gateway_spawn = Some(GatewaySpawn { program: vmplane.clone(), args: gw_args, admin_token: c.admin_token.clone(), log: spec.vmplane_log.to_owned() });
     let mut wk_args: Vec<OsString> = vec![
         os("worker"),
         os("--nats-url"),
@@ -535,6 +609,9 @@ impl Stats {
     }
     fn p50(&self) -> Duration {
         Self::pct(&self.sorted(), 50.0)
+    }
+    fn p99(&self) -> Duration {
+        Self::pct(&self.sorted(), 99.0)
     }
     fn mean(&self) -> Duration {
         if self.samples.is_empty() { Duration::ZERO } else { self.samples.iter().sum::<Duration>() / self.samples.len() as u32 }
@@ -763,6 +840,58 @@ impl Api {
         Ok(v["status"].as_str().unwrap_or_default().to_owned())
     }
 
+    /// `POST /v1/vms/{id}/<action>` (start, stop) until the 202.
+    async fn act(&self, id: &str, action: &str) -> Result<Accepted, String> {
+        let what = || format!("POST /v1/vms/{{id}}/{action}");
+        let r = self
+            .http
+            .post(format!("{}/v1/vms/{id}/{action}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| if e.is_timeout() { format!("{}: timeout", what()) } else { format!("{}: {e}", what()) })?;
+        let status = r.status();
+        let body = r.bytes().await.map_err(|e| format!("{}: reading body: {e}", what()))?;
+        if status != reqwest::StatusCode::ACCEPTED {
+            let code = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["code"].as_str().map(str::to_owned)).unwrap_or_default();
+            return Err(format!("{}: HTTP {} {code}", what(), status.as_u16()));
+        }
+        let v: Value = serde_json::from_slice(&body).map_err(|e| format!("{}: bad JSON: {e}", what()))?;
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        Ok(Accepted { vm: s(&v["id"]), op: s(&v["operation"]["id"]), op_status: s(&v["operation"]["status"]) })
+    }
+
+    /// `GET /v1/vms?status=running&limit=100`, the body read in full.
+    async fn list_running_page(&self) -> Result<(), String> {
+        const WHAT: &str = "GET /v1/vms?status=running&limit=100";
+        let r = self
+            .http
+            .get(format!("{}/v1/vms?status=running&limit=100", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| format!("{WHAT}: {e}"))?;
+        let status = r.status();
+        r.bytes().await.map_err(|e| format!("{WHAT}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("{WHAT}: HTTP {}", status.as_u16()));
+        }
+        Ok(())
+    }
+
+    /// How many events `GET /v1/vms/{id}/events` lists.
+    async fn history_len(&self, id: &str) -> Result<usize, String> {
+        const WHAT: &str = "GET /v1/vms/{id}/events";
+        let r = self.http.get(format!("{}/v1/vms/{id}/events", self.base)).bearer_auth(&self.token).send().await.map_err(|e| format!("{WHAT}: {e}"))?;
+        let status = r.status();
+        let body = r.bytes().await.map_err(|e| format!("{WHAT}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("{WHAT}: HTTP {}", status.as_u16()));
+        }
+        let v: Value = serde_json::from_slice(&body).map_err(|e| format!("{WHAT}: {e}"))?;
+        v.as_array().map(Vec::len).ok_or_else(|| format!("{WHAT}: not a JSON array"))
+    }
+
     /// How many VMs are in `status` (total of a one-item page).
     async fn count(&self, status: &str) -> Result<u64> {
         let r = self.http.get(format!("{}/v1/vms?status={status}&limit=1", self.base)).bearer_auth(&self.token).send().await?;
@@ -844,78 +973,6 @@ async fn vmplane_gets(api: &Api, vms: &[String], rounds: usize, limit: Duration)
     (stats, errors)
 }
 
-struct Concurrent {
-    post: Stats,
-    /// When each accepted POST completed, since the phase started.
-    done_at: Vec<Duration>,
-    accepted: usize,
-    accepted_pending: usize,
-    wall: Duration,
-    errors: Errors,
-}
-
-async fn vmplane_concurrent(api: Arc<Api>, concurrency: usize, count: usize, limit: Duration) -> Result<Concurrent> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let deadline = Instant::now() + limit;
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (api, next) = (api.clone(), next.clone());
-            tokio::spawn(async move {
-                let (mut stats, mut errors, mut pending, mut done) = (Stats::default(), Errors::default(), 0, Vec::new());
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= count {
-                        break;
-                    }
-                    if Instant::now() > deadline {
-                        errors.add("vmplane concurrent: phase time limit reached");
-                        break;
-                    }
-                    let t = Instant::now();
-                    match api.create(&format!("tp-{i}")).await {
-                        Ok(a) => {
-                            stats.push(t.elapsed());
-                            done.push(started.elapsed());
-                            pending += usize::from(a.op_status == "pending");
-                        }
-                        Err(e) => errors.add(e),
-                    }
-                }
-                (stats, errors, pending, done)
-            })
-        })
-        .collect();
-    let mut out = Concurrent { post: Stats::default(), done_at: Vec::new(), accepted: 0, accepted_pending: 0, wall: Duration::ZERO, errors: Errors::default() };
-    for t in tasks {
-        let (s, e, p, d) = t.await?;
-        out.post.extend(s);
-        out.done_at.extend(d);
-        out.errors.merge(e);
-        out.accepted_pending += p;
-    }
-    out.wall = started.elapsed();
-    out.accepted = out.post.samples.len();
-    out.done_at.sort_unstable();
-    Ok(out)
-}
-
-/// Until `expected` VMs are running (or some failed): the time since `since`.
-async fn drain(api: &Api, expected: u64, since: Instant, limit: Duration) -> Result<(Option<Duration>, u64, u64)> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let running = api.count("running").await?;
-        let failed = api.count("failed").await?;
-        if running + failed >= expected {
-            return Ok((Some(since.elapsed()), running, failed));
-        }
-        if Instant::now() > deadline {
-            return Ok((None, running, failed));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 // ---------------------------------------------------------------- the run
 
 async fn run(args: ApiArgs) -> Result<bool> {
@@ -923,11 +980,7 @@ async fn run(args: ApiArgs) -> Result<bool> {
         args.vms > 0 && args.concurrency > 0 && args.throughput_count > 0 && args.raw_count > 0 && args.raw_throughput_count > 0,
         "counts must be positive"
     );
-    let total_vms = args.warmup + args.vms + args.throughput_count;
-    ensure!(
-        total_vms < SIM_PORTS,
-        "this run would create {total_vms} VMs; the sim driver has {SIM_PORTS} host ports, so keep --warmup + --vms + --throughput-count below that"
-    );
+    let port_range = sim_port_range(&args)?;
     let limit = Duration::from_secs(args.phase_timeout_secs);
 
     let nats_version =
@@ -954,66 +1007,246 @@ async fn run(args: ApiArgs) -> Result<bool> {
     cluster.check_alive()?;
 
     let api = Arc::new(Api { http: http.clone(), base: cluster.base.clone(), token: cluster.admin_token.clone() });
+    let run_started = Instant::now();
+    let preload = if args.preload > 0 {
+        eprintln!("vmplane-bench: preload, {} VMs by {} clients, until all run", args.preload, args.concurrency);
+        let p = api_phases::creates(&api, "pre", args.concurrency, args.preload, limit).await?;
+        cluster.check_alive()?;
+        Some(p)
+    } else {
+        None
+    };
+    let rss_preload = api_phases::cluster_rss(&cluster);
+
     eprintln!("vmplane-bench: vmplane, {} VMs one after another ({} warm-up)", args.vms, args.warmup);
     let seq = vmplane_sequential(&api, args.warmup, args.vms, limit).await;
     cluster.check_alive()?;
     eprintln!("vmplane-bench: vmplane, {} x GET /v1/vms/{{id}}", seq.vms.len() * args.get_rounds);
     let (gets, get_err) = vmplane_gets(&api, &seq.vms, args.get_rounds, limit).await;
     cluster.check_alive()?;
-    let before = api.count("running").await? + api.count("failed").await?;
-    eprintln!("vmplane-bench: vmplane, {} POSTs by {} clients", args.throughput_count, args.concurrency);
-    let conc_started = Instant::now();
-    let conc = vmplane_concurrent(api.clone(), args.concurrency, args.throughput_count, limit).await?;
-    let (drained, running, failed) = drain(&api, before + conc.accepted as u64, conc_started, limit).await?;
+    eprintln!("vmplane-bench: vmplane, {} POSTs by {} clients, until all run", args.throughput_count, args.concurrency);
+    let conc_before = preload.as_ref().map_or(0, |p| p.burst.accepted) + args.warmup + seq.vms.len();
+    let conc = api_phases::creates(&api, "tp", args.concurrency, args.throughput_count, limit).await?;
     cluster.check_alive()?;
+
+    // Events per create, before any stop or start adds events to the stream.
+    let (stream_events, _) = api_phases::event_stream_state(&js).await?;
+    let created = preload.as_ref().map_or(0, |p| p.burst.accepted) + args.warmup + seq.vms.len() + conc.burst.accepted;
+    let sample: Vec<String> = seq.vms.iter().take(args.events_sample).cloned().collect();
+    let (history_mean, history_err) = api_phases::events_per_vm(&api, &sample).await;
+
+    let mut fleet: Vec<String> = preload.as_ref().map(|p| p.burst.vms.clone()).unwrap_or_default();
+    fleet.extend(seq.vms.iter().cloned());
+    fleet.extend(conc.burst.vms.iter().cloned());
+    let start_stop = if args.start_stop_count > 0 {
+        // Preloaded VMs first, then those of the throughput phase (all running).
+        let mut pick: Vec<String> = preload.as_ref().map(|p| p.burst.vms.clone()).unwrap_or_default();
+        pick.extend(conc.burst.vms.iter().cloned());
+        pick.truncate(args.start_stop_count);
+        eprintln!("vmplane-bench: {} stops then {} starts by {} clients", pick.len(), pick.len(), args.concurrency);
+        let s = api_phases::start_stop(&api, pick, args.concurrency, limit).await?;
+        cluster.check_alive()?;
+        Some(s)
+    } else {
+        None
+    };
+
+    eprintln!("vmplane-bench: {} x GET /v1/vms/{{id}} and GET /v1/vms?status=running&limit=100 with {} VMs", args.fleet_gets, fleet.len());
+    let (fleet_get, fleet_list, fleet_err) = api_phases::fleet_reads(&api, &fleet, args.fleet_gets, limit).await;
+    cluster.check_alive()?;
+    let rss_end = api_phases::cluster_rss(&cluster);
+    let end = api_phases::counts(&api).await?;
+    let run_wall = run_started.elapsed();
+
+    let rebuild = if args.no_rebuild {
+        None
+    } else {
+        eprintln!("vmplane-bench: stopping the gateway; vmplane projections rebuild, then a bare read of the event stream");
+        let r = api_phases::rebuild_vs_bare(&mut cluster, &api, &http, &js, limit).await?;
+        cluster.check_alive()?;
+        Some(r)
+    };
 
     // ------------------------------------------------ report
     let raw_rate = raw_ok as f64 / raw_wall.as_secs_f64();
-    let vmp_rate = conc.accepted as f64 / conc.wall.as_secs_f64();
+    let vmp_rate = conc.burst.rate();
     let mut o = String::new();
     let c = args.concurrency;
+    let n_fleet = fleet.len();
     writeln!(o)?;
     writeln!(
         o,
-        "vmplane-bench: N={} sequential VMs, C={c}, {} POSTs / {} raw publishes in the throughput phases, sim delays {}/{} ms, worker parallelism {}, accept wait {}",
+        "vmplane-bench: N={} sequential VMs, C={c}, {} POSTs / {} raw publishes in the throughput phases, preload {}, {} stops+starts, sim delays {}/{} ms, worker parallelism {}, accept wait {}, worker port range {}",
         args.vms,
         args.throughput_count,
         args.raw_throughput_count,
+        args.preload,
+        start_stop.as_ref().map_or(0, |s| s.stop.vms.len()),
         args.sim_boot_delay_ms,
         args.sim_ready_delay_ms,
         args.worker_parallelism,
-        args.accept_wait_ms.map_or_else(|| "default (2000 ms)".to_owned(), |ms| format!("{ms} ms"))
+        args.accept_wait_ms.map_or_else(|| "default (2000 ms)".to_owned(), |ms| format!("{ms} ms")),
+        port_range.map_or_else(|| "default (20000-29999)".to_owned(), |(a, b)| format!("{a}-{b}"))
     )?;
     writeln!(o, "payload: raw publish = encoded CommandEnvelope(Create) = {} B; the POST body is {post_body_len} B of JSON", payload.len())?;
     writeln!(o)?;
-    writeln!(o, "{:<52} {:>6} {:>9} {:>9} {:>9} {:>9}", "latency (ms)", "count", "mean", "p50", "p99", "max")?;
-    let row = |o: &mut String, label: &str, s: &Stats| s.row(o, 52, label);
+    writeln!(o, "{:<60} {:>6} {:>9} {:>9} {:>9} {:>9}", "latency (ms)", "count", "mean", "p50", "p99", "max")?;
+    let row = |o: &mut String, label: &str, s: &Stats| s.row(o, 60, label);
     row(&mut o, "raw JetStream publish+ack, sequential", &raw_seq)?;
     row(&mut o, "vmplane POST /v1/vms -> 202, sequential", &seq.post)?;
     row(&mut o, "vmplane POST sent -> op succeeded (VM running)", &seq.running)?;
     row(&mut o, "vmplane GET /v1/vms/{id}", &gets)?;
     row(&mut o, &format!("raw JetStream publish+ack, {c} concurrent"), &raw_conc)?;
-    row(&mut o, &format!("vmplane POST /v1/vms -> 202, {c} concurrent"), &conc.post)?;
+    if let Some(p) = &preload {
+        row(&mut o, &format!("vmplane preload POST /v1/vms -> 202, {c} concurrent"), &p.burst.post)?;
+    }
+    row(&mut o, &format!("vmplane POST /v1/vms -> 202, {c} concurrent"), &conc.burst.post)?;
+    if let Some(s) = &start_stop {
+        row(&mut o, &format!("vmplane POST /v1/vms/{{id}}/stop -> 202, {c} concurrent"), &s.stop.post)?;
+        row(&mut o, &format!("vmplane POST /v1/vms/{{id}}/start -> 202, {c} concurrent"), &s.start.post)?;
+    }
+    row(&mut o, &format!("vmplane GET /v1/vms/{{id}}, {n_fleet} VMs"), &fleet_get)?;
+    row(&mut o, &format!("vmplane GET /v1/vms?status=running&limit=100, {n_fleet} VMs"), &fleet_list)?;
     writeln!(o)?;
-    writeln!(o, "{:<52} {:>6} {:>9} {:>11}", &format!("throughput (C={c})"), "count", "wall s", "per second")?;
-    writeln!(o, "{:<52} {:>6} {:>9.3} {:>11.1}", "raw JetStream publish+ack", raw_ok, raw_wall.as_secs_f64(), raw_rate)?;
-    writeln!(o, "{:<52} {:>6} {:>9.3} {:>11.1}", "vmplane POST /v1/vms accepted (202)", conc.accepted, conc.wall.as_secs_f64(), vmp_rate)?;
-    match drained {
+
+    writeln!(
+        o,
+        "{:<60} {:>6} {:>9} {:>11} {:>11} {:>11} {:>14}",
+        &format!("throughput (C={c})"),
+        "count",
+        "wall s",
+        "per second",
+        "first 1/10",
+        "last 1/10",
+        "settled after"
+    )?;
+    writeln!(o, "{:<60} {:>6} {:>9.3} {:>11.1}", "raw JetStream publish+ack", raw_ok, raw_wall.as_secs_f64(), raw_rate)?;
+    let burst_row = |o: &mut String, label: &str, b: &api_phases::Burst, settled: Option<Duration>| {
+        let (first, last) = b.tenths().map_or_else(|| ("-".to_owned(), "-".to_owned()), |(_, f, l)| (format!("{f:.1}"), format!("{l:.1}")));
+        let settled = settled.map_or_else(|| "TIMEOUT".to_owned(), |d| format!("{:.3} s", d.as_secs_f64()));
+        writeln!(o, "{label:<60} {:>6} {:>9.3} {:>11.1} {first:>11} {last:>11} {settled:>14}", b.accepted, b.wall.as_secs_f64(), b.rate())
+    };
+    if let Some(p) = &preload {
+        burst_row(&mut o, "vmplane preload POST /v1/vms accepted (202), all running", &p.burst, p.settled_after_last_202)?;
+    }
+    burst_row(&mut o, "vmplane POST /v1/vms accepted (202), all running", &conc.burst, conc.settled_after_last_202)?;
+    if let Some(s) = &start_stop {
+        burst_row(&mut o, "vmplane POST /v1/vms/{id}/stop accepted (202), all stopped", &s.stop, s.stopped_after_last_202)?;
+        burst_row(&mut o, "vmplane POST /v1/vms/{id}/start accepted (202), all running", &s.start, s.running_after_last_202)?;
+    }
+    match conc.settled_after_start {
         Some(d) => writeln!(
             o,
-            "{:<52} {:>6} {:>9.3} {:>11.1}",
+            "{:<60} {:>6} {:>9.3} {:>11.1}",
             "vmplane same VMs: first POST -> all running",
-            conc.accepted,
+            conc.burst.accepted,
             d.as_secs_f64(),
-            conc.accepted as f64 / d.as_secs_f64()
+            conc.burst.accepted as f64 / d.as_secs_f64()
         )?,
-        None => writeln!(o, "{:<52} {:>6} {:>9} {:>11}", "vmplane same VMs: first POST -> all running", conc.accepted, "TIMEOUT", "-")?,
+        None => writeln!(o, "{:<60} {:>6} {:>9} {:>11}", "vmplane same VMs: first POST -> all running", conc.burst.accepted, "TIMEOUT", "-")?,
+    }
+    writeln!(
+        o,
+        "  (first/last 1/10: accepted/s over the first and the last tenth of the 202s; settled after: from the phase's last 202 until all its VMs were there)"
+    )?;
+    writeln!(o)?;
+
+    if let Some(r) = &rebuild {
+        writeln!(o, "{:<60} {:>8} {:>9} {:>11}", &format!("event stream read ({} events)", r.events), "read", "wall s", "per second")?;
+        writeln!(
+            o,
+            "{:<60} {:>8} {:>9.3} {:>11.1}",
+            "vmplane projections rebuild (process start to exit)",
+            r.events,
+            r.rebuild_wall.as_secs_f64(),
+            r.rebuild_rate()
+        )?;
+        writeln!(
+            o,
+            "{:<60} {:>8} {:>9.3} {:>11.1}",
+            "bare ordered pull consumer (async-nats, no decoding)",
+            r.bare_read,
+            r.bare_wall.as_secs_f64(),
+            r.bare_rate()
+        )?;
+        writeln!(o, "  rebuild said: {}", r.rebuild_said)?;
+        writeln!(
+            o,
+            "  gateway restarted on the rebuilt projection: {} running, {} stopped, {} failed (before the rebuild: {}, {}, {})",
+            r.after.running, r.after.stopped, r.after.failed, r.before.running, r.before.stopped, r.before.failed
+        )?;
+        writeln!(o)?;
+    }
+
+    let mib = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |m| format!("{m:.1}"));
+    writeln!(o, "{:<60} {:>9} {:>9}", "resident memory (VmRSS, MiB)", "gateway", "worker")?;
+    writeln!(
+        o,
+        "{:<60} {:>9} {:>9}",
+        &preload.as_ref().map_or_else(|| "before the phases (no preload)".to_owned(), |p| format!("after the preload ({} VMs)", p.burst.accepted)),
+        mib(rss_preload.0),
+        mib(rss_preload.1)
+    )?;
+    writeln!(o, "{:<60} {:>9} {:>9}", &format!("at the end of the phases ({} VMs)", end.running + end.stopped + end.failed), mib(rss_end.0), mib(rss_end.1))?;
+    writeln!(o)?;
+    writeln!(
+        o,
+        "events per create: {:.2} (event stream: {stream_events} events / {created} VMs created, before the start/stop phase; includes host events)",
+        stream_events as f64 / created.max(1) as f64
+    )?;
+    if let Some(h) = history_mean {
+        writeln!(o, "events per create: {h:.2} (mean length of GET /v1/vms/{{id}}/events over {} sequentially created VMs)", sample.len())?;
     }
     writeln!(o)?;
-    writeln!(o, "ratios")?;
-    writeln!(o, "  vmplane POST p50 / raw publish p50 (sequential)      {:>8.1}x", seq.post.p50().as_secs_f64() / raw_seq.p50().as_secs_f64())?;
-    writeln!(o, "  vmplane command->running p50 / raw publish p50       {:>8.1}x", seq.running.p50().as_secs_f64() / raw_seq.p50().as_secs_f64())?;
-    writeln!(o, "  vmplane accepted/s / raw publishes/s (C={c})          {:>8.3}  (raw is {:.1}x)", vmp_rate / raw_rate, raw_rate / vmp_rate)?;
+
+    writeln!(o, "ratios (issue 10's targets in brackets)")?;
+    // One line: label, value (with its unit), and the target with whether this run met it.
+    let ratio = |o: &mut String, label: &str, value: String, goal: Option<(&str, bool)>| {
+        let goal = goal.map_or_else(String::new, |(g, ok)| format!("[{g}: {}]", if ok { "met" } else { "NOT met" }));
+        writeln!(o, "  {label:<70} {value:>10}  {goal}")
+    };
+    let creates_ratio = vmp_rate / raw_rate;
+    ratio(&mut o, &format!("accepted creates/s / raw publish+ack/s (C={c})"), format!("{creates_ratio:.3}"), Some((">= 0.10", creates_ratio >= 0.10)))?;
+    let post_x = seq.post.p50().as_secs_f64() / raw_seq.p50().as_secs_f64();
+    ratio(&mut o, "sequential POST -> 202 p50 / raw publish+ack p50", format!("{post_x:.1}x"), Some(("<= 5x", post_x <= 5.0)))?;
+    let run_x = seq.running.p50().as_secs_f64() / raw_seq.p50().as_secs_f64();
+    ratio(&mut o, "POST -> running p50 / raw publish+ack p50", format!("{run_x:.1}x"), Some(("<= 15x", run_x <= 15.0)))?;
+    if let Some((n, first, last)) = conc.burst.tenths() {
+        let flat = last / first;
+        let label = format!("creates accepted/s, last / first tenth ({n} each), {conc_before} VMs before");
+        // Targets set at 20,000 VMs are judged only there; below, the figure is shown without a verdict.
+        ratio(&mut o, &label, format!("{flat:.3}"), (conc_before >= 20_000).then_some((">= 0.90 at 20,000 VMs", flat >= 0.90)))?;
+    }
+    if let Some((n, first, last)) = preload.as_ref().and_then(|p| p.burst.tenths()) {
+        ratio(&mut o, &format!("preload accepted/s, last / first tenth ({n} each)"), format!("{:.3}", last / first), None)?;
+    }
+    let get_p99 = fleet_get.p99().as_secs_f64() * 1000.0;
+    ratio(
+        &mut o,
+        &format!("GET /v1/vms/{{id}} p99 at {n_fleet} VMs"),
+        format!("{get_p99:.3} ms"),
+        (n_fleet >= 20_000).then_some(("<= 1 ms at 20,000 VMs", get_p99 <= 1.0)),
+    )?;
+    let list_p99 = fleet_list.p99().as_secs_f64() * 1000.0;
+    ratio(
+        &mut o,
+        &format!("GET /v1/vms?status=running&limit=100 p99 at {n_fleet} VMs"),
+        format!("{list_p99:.3} ms"),
+        (n_fleet >= 20_000).then_some(("<= 5 ms at 20,000 VMs", list_p99 <= 5.0)),
+    )?;
+    ratio(&mut o, &format!("creates accepted/s (C={c})"), format!("{vmp_rate:.1}"), Some((">= 2000", vmp_rate >= 2000.0)))?;
+    if let Some(d) = conc.settled_after_last_202 {
+        ratio(&mut o, "creates all running after the last 202", format!("{:.3} s", d.as_secs_f64()), Some(("<= 1 s", d <= Duration::from_secs(1))))?;
+    }
+    if let Some(s) = &start_stop {
+        for (what, b) in [("stops", &s.stop), ("starts", &s.start)] {
+            ratio(&mut o, &format!("{what} accepted/s (C={c})"), format!("{:.1}", b.rate()), Some((">= 2000", b.rate() >= 2000.0)))?;
+        }
+    }
+    if let Some(r) = &rebuild {
+        ratio(&mut o, "rebuild events/s", format!("{:.1}", r.rebuild_rate()), Some((">= 50000", r.rebuild_rate() >= 50_000.0)))?;
+        ratio(&mut o, "rebuild events/s / bare read messages/s", format!("{:.3}", r.rebuild_rate() / r.bare_rate()), None)?;
+    }
     writeln!(o)?;
     writeln!(o, "drift (first tenth -> last tenth of a phase; latencies are p50)")?;
     for (label, s) in [("POST -> 202", &seq.post), ("POST -> running", &seq.running)] {
@@ -1021,27 +1254,57 @@ async fn run(args: ApiArgs) -> Result<bool> {
             writeln!(o, "  {label:<20} {} ms -> {} ms", ms(first), ms(last))?;
         }
     }
-    let n = conc.done_at.len() / 10;
-    if n >= 3 {
-        let first = n as f64 / conc.done_at[n - 1].as_secs_f64();
-        let last = n as f64 / (conc.wall - conc.done_at[conc.done_at.len() - n - 1]).as_secs_f64();
+    if let Some((n, first, last)) = conc.burst.tenths() {
         writeln!(o, "  accepted/s, C={c:<9}  {first:.1}/s over the first {n} POSTs -> {last:.1}/s over the last {n}")?;
     }
-    writeln!(o, "  VMs at the end: {running} running, {failed} failed")?;
-    if seq.accepted_pending + conc.accepted_pending > 0 {
+    writeln!(
+        o,
+        "  VMs at the end: {} running, {} stopped, {} failed; phases took {:.1} s after the raw baseline",
+        end.running,
+        end.stopped,
+        end.failed,
+        run_wall.as_secs_f64()
+    )?;
+    let pending = preload.as_ref().map_or(0, |p| p.burst.accepted_pending) + conc.burst.accepted_pending;
+    if seq.accepted_pending + pending > 0 {
         let why = if args.accept_wait_ms == Some(0) { "accept wait is off" } else { "accept wait ran out" };
-        writeln!(o, "  202s whose operation was still pending ({why}): {} sequential, {} concurrent", seq.accepted_pending, conc.accepted_pending)?;
+        writeln!(o, "  202s whose operation was still pending ({why}): {} sequential, {pending} concurrent", seq.accepted_pending)?;
     }
 
     let mut errors = Errors::default();
-    for e in [raw_seq_err, raw_conc_err, seq.errors, get_err, conc.errors] {
+    for e in [raw_seq_err, raw_conc_err, seq.errors, get_err, history_err, fleet_err] {
         errors.merge(e);
     }
-    if failed > 0 {
-        errors.add(format!("{failed} VMs failed"));
+    if let Some(p) = preload {
+        errors.merge(p.burst.errors);
+        if p.settled_after_last_202.is_none() {
+            errors.add("the preloaded VMs were not all running within the phase time limit");
+        }
     }
-    if drained.is_none() {
+    errors.merge(conc.burst.errors);
+    if conc.settled_after_last_202.is_none() {
         errors.add("the concurrent phase's VMs were not all running within the phase time limit");
+    }
+    if let Some(s) = start_stop {
+        errors.merge(s.stop.errors);
+        errors.merge(s.start.errors);
+        if s.stopped_after_last_202.is_none() {
+            errors.add("the stopped VMs were not all stopped within the phase time limit");
+        }
+        if s.running_after_last_202.is_none() {
+            errors.add("the started VMs were not all running within the phase time limit");
+        }
+    }
+    if end.failed > 0 {
+        errors.add(format!("{} VMs failed", end.failed));
+    }
+    if let Some(r) = &rebuild {
+        if (r.after.running, r.after.stopped, r.after.failed) != (r.before.running, r.before.stopped, r.before.failed) {
+            errors.add("the rebuilt projection shows other VM counts than before the rebuild");
+        }
+        if r.bare_read < r.events {
+            errors.add("the bare read saw fewer messages than the event stream holds");
+        }
     }
     writeln!(o)?;
     if errors.total() == 0 {
