@@ -35,6 +35,8 @@ use vmplane_domain::event::{self, Envelope, Event};
 use vmplane_domain::subjects;
 
 const APPLIED: &[u8] = b"meta/applied";
+/// At most this many events the consumer has ready are applied in one batch.
+const BURST: usize = 512;
 const VERSION: &[u8] = b"meta/version";
 /// The layout of the keys above; raised whenever a view or index changes shape.
 const LAYOUT: u64 = 2;
@@ -85,37 +87,52 @@ impl Projections {
     /// Apply one event from the stream. Sequences at or below the cursor were
     /// applied before and are skipped, so redelivery is harmless.
     pub fn apply(&self, seq: u64, payload: &[u8]) -> sled::Result<()> {
-        if seq <= self.applied() {
+        self.apply_all([(seq, payload)])
+    }
+
+    /// Apply events in stream order in one sled batch with the cursor: a key
+    /// several of them write (a VM's view, its operation, a list counter) is
+    /// written once, which is what makes a replay or a burst cheap. Readers
+    /// see none of them or all; waiters are woken after the commit.
+    pub fn apply_all<'p>(&self, events: impl IntoIterator<Item = (u64, &'p [u8])>) -> sled::Result<()> {
+        let mut txn = Txn::new(&self.tree);
+        let mut last = self.applied();
+        let mut operations = Vec::new();
+        for (seq, payload) in events {
+            if seq <= last {
+                continue;
+            }
+            last = seq;
+            match Envelope::decode(payload) {
+                Ok(env) => {
+                    operations.extend(env.operation);
+                    match &env.event {
+                        Event::Vm(ev) => vms::apply(&mut txn, seq, &env, ev, payload),
+                        Event::Tenancy(ev) => tenancy::apply(&mut txn, &env, ev),
+                        Event::Host(ev) => hosts::apply(&mut txn, &env, ev),
+                        Event::Volume(ev) => volumes::apply(&mut txn, &env, ev),
+                        Event::Template(ev) => templates::apply(&mut txn, &env, ev),
+                        Event::SshKey(ev) => ssh_keys::apply(&mut txn, &env, ev),
+                        Event::Webhook(ev) => webhooks::apply(&mut txn, &env, ev),
+                        // Operations have no view but their own (below).
+                        Event::Operation(_) => {}
+                    }
+                    operations::apply(&mut txn, &env);
+                    metrics::counter!("vmplane_projection_events_applied_total", "type" => env.event.type_name()).increment(1);
+                }
+                Err(e) => tracing::error!(seq, error = %e, "skipping undecodable event"),
+            }
+        }
+        if last == self.applied() {
             return Ok(());
         }
-        let mut txn = Txn::new(&self.tree);
-        let mut operation = None;
-        match Envelope::decode(payload) {
-            Ok(env) => {
-                operation = env.operation;
-                match &env.event {
-                    Event::Vm(ev) => vms::apply(&mut txn, seq, &env, ev, payload),
-                    Event::Tenancy(ev) => tenancy::apply(&mut txn, &env, ev),
-                    Event::Host(ev) => hosts::apply(&mut txn, &env, ev),
-                    Event::Volume(ev) => volumes::apply(&mut txn, &env, ev),
-                    Event::Template(ev) => templates::apply(&mut txn, &env, ev),
-                    Event::SshKey(ev) => ssh_keys::apply(&mut txn, &env, ev),
-                    Event::Webhook(ev) => webhooks::apply(&mut txn, &env, ev),
-                    // Operations have no view but their own (below).
-                    Event::Operation(_) => {}
-                }
-                operations::apply(&mut txn, &env);
-                metrics::counter!("vmplane_projection_events_applied_total", "type" => env.event.type_name()).increment(1);
-            }
-            Err(e) => tracing::error!(seq, error = %e, "skipping undecodable event"),
-        }
-        txn.put_raw(APPLIED.to_vec(), seq.to_be_bytes().to_vec());
+        txn.put_raw(APPLIED.to_vec(), last.to_be_bytes().to_vec());
         txn.commit()?;
-        self.applied.send_replace(seq);
-        if let Some(op) = operation {
+        self.applied.send_replace(last);
+        metrics::gauge!("vmplane_projection_applied_sequence").set(last as f64);
+        for op in operations {
             self.ops.wake(op);
         }
-        metrics::gauge!("vmplane_projection_applied_sequence").set(seq as f64);
         Ok(())
     }
 
@@ -132,18 +149,16 @@ impl Projections {
     async fn follow_once(&self, bus: &Bus) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let stats = bus.client.statistics();
         let connects = stats.connects.load(Ordering::Relaxed);
-        let mut messages = ordered_events(bus, subjects::EVENTS_ALL.into(), self.applied() + 1).await?;
+        let mut messages = ordered_events(bus, subjects::EVENTS_ALL.into(), self.applied() + 1).await?.ready_chunks(BURST);
         // The ordered consumer is ephemeral: a restarted NATS server has lost
         // it, and the client library takes ~15 s to say so, during which no
         // event is projected. Re-attach as soon as the client has reconnected.
         let mut check = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
-                msg = messages.next() => {
-                    let Some(msg) = msg else { return Ok(()) };
-                    let msg = msg?;
-                    let seq = msg.info()?.stream_sequence;
-                    self.apply(seq, &msg.payload)?;
+                ready = messages.next() => {
+                    let Some(ready) = ready else { return Ok(()) };
+                    self.apply_messages(ready)?;
                 }
                 _ = check.tick() => {
                     if stats.connects.load(Ordering::Relaxed) != connects {
@@ -161,17 +176,26 @@ impl Projections {
         if self.applied() >= last {
             return Ok(last);
         }
-        let mut messages = ordered_events(bus, subjects::EVENTS_ALL.into(), self.applied() + 1).await?;
-        while let Some(msg) = messages.next().await {
-            let msg = msg?;
-            let seq = msg.info()?.stream_sequence;
-            self.apply(seq, &msg.payload)?;
-            if seq >= last {
+        let mut messages = ordered_events(bus, subjects::EVENTS_ALL.into(), self.applied() + 1).await?.ready_chunks(BURST);
+        while let Some(ready) = messages.next().await {
+            self.apply_messages(ready)?;
+            if self.applied() >= last {
                 break;
             }
         }
         self.flush().await?;
         Ok(last)
+    }
+
+    /// Apply the messages a consumer had ready, in one batch.
+    fn apply_messages(&self, ready: Vec<Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let mut events = Vec::with_capacity(ready.len());
+        for msg in ready {
+            let msg = msg?;
+            let seq = msg.info()?.stream_sequence;
+            events.push((seq, msg));
+        }
+        Ok(self.apply_all(events.iter().map(|(seq, msg)| (*seq, msg.payload.as_ref())))?)
     }
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> sled::Result<Option<T>> {
@@ -210,18 +234,18 @@ pub async fn ordered_events(
     Ok(consumer.messages().await?)
 }
 
-/// The writes of one event, committed atomically with the cursor. Reads see
-/// the writes made earlier in the same event.
+/// The writes of a batch of events, committed atomically with the cursor.
+/// Reads see the writes made earlier in the same batch; a key written
+/// several times is committed once, with its last value.
 pub(crate) struct Txn<'a> {
     tree: &'a sled::Tree,
-    batch: sled::Batch,
-    /// Writes of this event so far; `None` = removed.
+    /// Writes so far; `None` = removed.
     overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl<'a> Txn<'a> {
     fn new(tree: &'a sled::Tree) -> Self {
-        Self { tree, batch: sled::Batch::default(), overlay: HashMap::new() }
+        Self { tree, overlay: HashMap::new() }
     }
 
     pub(crate) fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
@@ -237,24 +261,32 @@ impl<'a> Txn<'a> {
     }
 
     pub(crate) fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.batch.insert(key.clone(), value.clone());
         self.overlay.insert(key, Some(value));
     }
 
     pub(crate) fn remove(&mut self, key: Vec<u8>) {
-        self.batch.remove(key.clone());
         self.overlay.insert(key, None);
     }
 
-    /// Remove every key starting with `prefix` (as committed before this event).
+    /// Remove every key starting with `prefix`, committed or written in this batch.
     pub(crate) fn remove_prefix(&mut self, prefix: &[u8]) {
         for k in self.tree.scan_prefix(prefix).keys().flatten() {
             self.remove(k.to_vec());
         }
+        for v in self.overlay.iter_mut().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v) {
+            *v = None;
+        }
     }
 
     fn commit(self) -> sled::Result<()> {
-        self.tree.apply_batch(self.batch)
+        let mut batch = sled::Batch::default();
+        for (k, v) in self.overlay {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        self.tree.apply_batch(batch)
     }
 }
 
