@@ -33,6 +33,7 @@ pub mod host;
 pub mod logs;
 pub mod offline;
 pub mod pending;
+pub mod record;
 pub mod shutdown;
 pub mod tenancy;
 pub mod terminal;
@@ -386,7 +387,13 @@ impl VmQueues {
             Command::Vm { vm, command } => {
                 self.note_pending(org, Target::Vm(vm));
                 self.exec.execute(agg, &VmJob { op, org, project, vm, command }).await?;
-                if agg.as_ref().and_then(|a| a.state.as_ref()).is_none_or(|v| v.pending_op.is_none()) {
+                let state = agg.as_ref().and_then(|a| a.state.as_ref());
+                if state.is_some_and(|v| v.status == vmplane_domain::vm::VmStatus::Deleted && v.pending_op.is_none()) {
+                    // Gone for good: its entry too, so the index does not grow with every VM ever made.
+                    if let Err(e) = self.pending.remove(&Target::Vm(vm)) {
+                        tracing::warn!(%vm, error = %e, "cannot remove a deleted VM from the local index");
+                    }
+                } else if state.is_none_or(|v| v.pending_op.is_none()) {
                     self.clear_pending(&Target::Vm(vm));
                 }
                 Ok(())

@@ -4,13 +4,13 @@
 //!
 //! One small JSON file per aggregate in `<data-dir>/pending/`, written before
 //! a command is decided (so a crash right after the decision still leaves it)
-//! and removed once the aggregate has no operation pending. At start the
+//! and set to `null` once the aggregate has no operation pending (rewritten
+//! in place rather than deleted: see `record`); a deleted VM's file goes. At start the
 //! worker reads every entry, loads only those aggregates, and resumes an
 //! operation still pending whose command is no longer in the command stream
 //! (one that is still there is resumed by its own delivery).
 
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::PathBuf;
 use vmplane_domain::{OrgId, VmId, VolumeId};
 
@@ -64,22 +64,33 @@ impl PendingIndex {
     /// Note that `target` may get an operation in progress; an existing entry
     /// (with its resume count) is kept.
     pub fn note(&self, org: OrgId, target: Target) -> std::io::Result<()> {
-        if self.path(&target).exists() {
+        if self.entry(&target).is_some() {
             return Ok(());
         }
         self.write(&Entry { org, target, resumes: 0 })
     }
 
+    /// The entry of `target`, if it has one.
+    fn entry(&self, target: &Target) -> Option<Entry> {
+        std::fs::read(self.path(target)).ok().and_then(|b| serde_json::from_slice::<Option<Entry>>(&b).ok().flatten())
+    }
+
     /// Write an entry atomically (a crash leaves the old one or the new one).
     pub fn write(&self, entry: &Entry) -> std::io::Result<()> {
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        tmp.write_all(&serde_json::to_vec(entry).map_err(std::io::Error::other)?)?;
-        tmp.persist(self.path(&entry.target)).map_err(|e| e.error)?;
-        Ok(())
+        crate::record::write(&self.path(&entry.target), &serde_json::to_vec(entry).map_err(std::io::Error::other)?)
     }
 
     /// Forget `target`: it has no operation pending.
     pub fn clear(&self, target: &Target) -> std::io::Result<()> {
+        let path = self.path(target);
+        if !path.exists() {
+            return Ok(());
+        }
+        crate::record::write(&path, b"null")
+    }
+
+    /// Forget `target` for good (it was deleted).
+    pub fn remove(&self, target: &Target) -> std::io::Result<()> {
         match std::fs::remove_file(self.path(target)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -94,8 +105,8 @@ impl PendingIndex {
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
-            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
-                Ok(entry) => out.push(entry),
+            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<Option<Entry>>(&b).map_err(|e| e.to_string())) {
+                Ok(entry) => out.extend(entry),
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping an unreadable pending-operation entry"),
             }
         }

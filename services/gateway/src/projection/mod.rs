@@ -188,7 +188,10 @@ impl Projections {
     }
 
     /// Apply the messages a consumer had ready, in one batch.
-    fn apply_messages(&self, ready: Vec<Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    fn apply_messages(
+        &self,
+        ready: Vec<Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let mut events = Vec::with_capacity(ready.len());
         for msg in ready {
             let msg = msg?;

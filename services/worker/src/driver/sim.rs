@@ -141,10 +141,8 @@ impl SimDriver {
     }
 
     fn write(&self, vm: VmId, g: &SimGuest) -> Result<(), DriverError> {
-        let path = Self::guest_path(&self.cfg.dir, vm);
-        let tmp = path.with_extension("tmp");
         let bytes = serde_json::to_vec(g).map_err(|e| DriverError::Fatal(e.to_string()))?;
-        std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &path)).map_err(|e| DriverError::Retryable(e.to_string()))
+        crate::record::write(&Self::guest_path(&self.cfg.dir, vm), &bytes).map_err(|e| DriverError::Retryable(e.to_string()))
     }
 
     /// Bridge mode, as the qemu driver does it: the requested address (or
