@@ -97,13 +97,37 @@ pub struct SimGuest {
     pub org: Option<OrgId>,
 }
 
+/// The host ports the guests hold, by guest and all together, and where the
+/// next automatic choice starts: choosing a port costs the same with 20,000
+/// guests as with one.
+#[derive(Default)]
+struct Ports {
+    by_vm: HashMap<VmId, Vec<u16>>,
+    taken: BTreeSet<u16>,
+    next: u16,
+}
+
+impl Ports {
+    fn set(&mut self, vm: VmId, ports: Vec<u16>) {
+        self.remove(vm);
+        self.taken.extend(&ports);
+        self.by_vm.insert(vm, ports);
+    }
+
+    fn remove(&mut self, vm: VmId) {
+        for p in self.by_vm.remove(&vm).unwrap_or_default() {
+            self.taken.remove(&p);
+        }
+    }
+}
+
 /// See the module docs.
 pub struct SimDriver {
     cfg: SimConfig,
     /// Serialises read-modify-write of guest files and the port allocator.
     lock: Mutex<()>,
     /// Host ports per guest, loaded once at start and kept in step with the files.
-    ports: Mutex<HashMap<VmId, Vec<u16>>>,
+    ports: Mutex<Ports>,
     /// Guests whose console socket is being served.
     consoles: Mutex<BTreeSet<VmId>>,
 }
@@ -112,12 +136,12 @@ impl SimDriver {
     /// A driver keeping its guests under `cfg.dir`.
     pub fn new(cfg: SimConfig) -> std::io::Result<Self> {
         std::fs::create_dir_all(&cfg.dir)?;
-        let mut ports = HashMap::new();
+        let mut ports = Ports::default();
         for entry in std::fs::read_dir(&cfg.dir)?.flatten() {
             let name = entry.file_name();
             let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse::<VmId>().ok()) else { continue };
             if let Some(g) = std::fs::read(entry.path()).ok().and_then(|b| serde_json::from_slice::<SimGuest>(&b).ok()) {
-                ports.insert(id, g.host_ports);
+                ports.set(id, g.host_ports);
             }
         }
         Ok(Self { cfg, lock: Mutex::new(()), ports: Mutex::new(ports), consoles: Mutex::default() })
@@ -259,40 +283,46 @@ impl Driver for SimDriver {
             return self.bridge_network(vm);
         }
         let mut all = self.ports.lock().unwrap_or_else(|p| p.into_inner());
-        let ports = self.update(vm, "network", |g| {
+        let (ports, last_pick) = self.update(vm, "network", |g| {
             if !g.host_ports.is_empty() {
-                return Ok(g.host_ports.clone());
+                return Ok((g.host_ports.clone(), None));
             }
-            let mut taken: BTreeSet<u16> = all.iter().filter(|(id, _)| **id != vm.id).flat_map(|(_, p)| p.iter().copied()).collect();
             let (lo, hi) = self.cfg.port_range;
+            // Ports chosen for this guest so far; the others' are in `all.taken`.
+            let mut mine = BTreeSet::new();
             // Requested ports first, so that no automatic choice takes one of them.
             for p in vm.spec.port_forwards.iter().filter_map(|pf| pf.host_port) {
                 if !(lo..=hi).contains(&p) {
                     return Err(DriverError::Fatal(format!("host port {p} is outside this host's port range {lo}-{hi}")));
                 }
-                if !taken.insert(p) {
+                if all.taken.contains(&p) || !mine.insert(p) {
                     return Err(DriverError::Fatal(format!("host port {p} is already in use")));
                 }
             }
-            let mut next = lo;
+            // From where the last choice stopped, once round the range.
+            let start = all.next.clamp(lo, hi);
+            let mut order = (start..=hi).chain(lo..start);
+            let mut last_pick = None;
             let mut pick = || -> Result<u16, DriverError> {
-                while next <= hi {
-                    let p = next;
-                    next += 1;
-                    if taken.insert(p) {
-                        return Ok(p);
-                    }
-                }
-                Err(DriverError::Fatal("no free host port left in the range".into()))
+                let p = order
+                    .by_ref()
+                    .find(|p| !all.taken.contains(p) && !mine.contains(p))
+                    .ok_or_else(|| DriverError::Fatal("no free host port left in the range".into()))?;
+                mine.insert(p);
+                last_pick = Some(p);
+                Ok(p)
             };
             let mut ports = vec![pick()?];
             for pf in &vm.spec.port_forwards {
                 ports.push(pf.host_port.map_or_else(&mut pick, Ok)?);
             }
             g.host_ports = ports.clone();
-            Ok(ports)
+            Ok((ports, last_pick))
         })?;
-        all.insert(vm.id, ports.clone());
+        if let Some(p) = last_pick {
+            all.next = p.saturating_add(1);
+        }
+        all.set(vm.id, ports.clone());
         drop(all);
         let b = vm.id.0.to_bytes();
         let enabled = vm.spec.network.enabled;
@@ -464,7 +494,7 @@ impl Driver for SimDriver {
 
     async fn destroy(&self, vm: &Vm) -> Result<(), DriverError> {
         self.update(vm, "destroy", |_| Ok(()))?;
-        self.ports.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm.id);
+        self.ports.lock().unwrap_or_else(|p| p.into_inner()).remove(vm.id);
         let _ = std::fs::remove_file(self.console_path(vm.id));
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         match std::fs::remove_file(Self::guest_path(&self.cfg.dir, vm.id)) {
