@@ -106,7 +106,7 @@ pub async fn run(bus: Bus, driver: Arc<dyn Driver>, cfg: WorkerConfig, lock: &Da
     let exits = driver.take_exits();
     let exec = Executor { bus: bus.clone(), host, driver: driver.clone(), step_retry_for: cfg.step_retry_for };
     let pending = PendingIndex::open(cfg.data_dir.join("pending"))?;
-    let queues = VmQueues { map: Arc::default(), permits: Arc::new(Semaphore::new(cfg.parallelism)), exec, cfg: cfg.clone(), pending };
+    let queues = VmQueues { map: Arc::default(), parked: Arc::default(), permits: Arc::new(Semaphore::new(cfg.parallelism)), exec, cfg: cfg.clone(), pending };
     queues.reconcile()?;
     queues.reconcile_guests(driver.guests());
     tokio::select! {
@@ -251,7 +251,15 @@ struct VmQueues {
     exec: Executor,
     cfg: WorkerConfig,
     pending: PendingIndex,
+    /// The aggregates of VMs whose task went idle, for their next job:
+    /// loading one again costs a read per event it has. A stale one is
+    /// harmless (an append on it conflicts, and it is loaded afresh).
+    parked: Arc<Mutex<HashMap<String, VmAggregate>>>,
 }
+
+/// At most this many idle aggregates are kept (a few KiB each); past it the
+/// keep is emptied and refills with the VMs that get work.
+const PARKED_MAX: usize = 50_000;
 
 impl VmQueues {
     fn push(&self, key: String, job: Job) {
@@ -292,7 +300,7 @@ impl VmQueues {
     }
 
     async fn run(self, key: String, mut rx: mpsc::UnboundedReceiver<Job>) {
-        let mut agg: Option<VmAggregate> = None;
+        let mut agg: Option<VmAggregate> = self.parked.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         loop {
             let job = match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
                 Ok(Some(job)) => job,
@@ -303,6 +311,13 @@ impl VmQueues {
                         Ok(job) => job,
                         Err(_) => {
                             map.remove(&key);
+                            if let Some(agg) = agg {
+                                let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+                                if parked.len() >= PARKED_MAX {
+                                    parked.clear();
+                                }
+                                parked.insert(key, agg);
+                            }
                             return;
                         }
                     }
