@@ -785,21 +785,19 @@ struct Accepted {
 
 impl Api {
     async fn create(&self, name: &str) -> Result<Accepted, String> {
-        let r = self
-            .http
-            .post(format!("{}/v1/vms", self.base))
-            .bearer_auth(&self.token)
-            .json(&json!({ "name": name }))
-            .send()
-            .await
-            .map_err(|e| if e.is_timeout() { "POST /v1/vms: timeout".to_owned() } else { format!("POST /v1/vms: {e}") })?;
+        self.accept(self.http.post(format!("{}/v1/vms", self.base)).json(&json!({ "name": name })), "POST /v1/vms").await
+    }
+
+    /// Send a command request and read its 202 answer.
+    async fn accept(&self, request: reqwest::RequestBuilder, what: &str) -> Result<Accepted, String> {
+        let r = request.bearer_auth(&self.token).send().await.map_err(|e| if e.is_timeout() { format!("{what}: timeout") } else { format!("{what}: {e}") })?;
         let status = r.status();
-        let body = r.bytes().await.map_err(|e| format!("POST /v1/vms: reading body: {e}"))?;
+        let body = r.bytes().await.map_err(|e| format!("{what}: reading body: {e}"))?;
         if status != reqwest::StatusCode::ACCEPTED {
             let code = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["code"].as_str().map(str::to_owned)).unwrap_or_default();
-            return Err(format!("POST /v1/vms: HTTP {} {code}", status.as_u16()));
+            return Err(format!("{what}: HTTP {} {code}", status.as_u16()));
         }
-        let v: Value = serde_json::from_slice(&body).map_err(|e| format!("POST /v1/vms: bad JSON: {e}"))?;
+        let v: Value = serde_json::from_slice(&body).map_err(|e| format!("{what}: bad JSON: {e}"))?;
         let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
         Ok(Accepted { vm: s(&v["id"]), op: s(&v["operation"]["id"]), op_status: s(&v["operation"]["status"]) })
     }
@@ -842,23 +840,7 @@ impl Api {
 
     /// `POST /v1/vms/{id}/<action>` (start, stop) until the 202.
     async fn act(&self, id: &str, action: &str) -> Result<Accepted, String> {
-        let what = || format!("POST /v1/vms/{{id}}/{action}");
-        let r = self
-            .http
-            .post(format!("{}/v1/vms/{id}/{action}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| if e.is_timeout() { format!("{}: timeout", what()) } else { format!("{}: {e}", what()) })?;
-        let status = r.status();
-        let body = r.bytes().await.map_err(|e| format!("{}: reading body: {e}", what()))?;
-        if status != reqwest::StatusCode::ACCEPTED {
-            let code = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["code"].as_str().map(str::to_owned)).unwrap_or_default();
-            return Err(format!("{}: HTTP {} {code}", what(), status.as_u16()));
-        }
-        let v: Value = serde_json::from_slice(&body).map_err(|e| format!("{}: bad JSON: {e}", what()))?;
-        let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-        Ok(Accepted { vm: s(&v["id"]), op: s(&v["operation"]["id"]), op_status: s(&v["operation"]["status"]) })
+        self.accept(self.http.post(format!("{}/v1/vms/{id}/{action}", self.base)), &format!("POST /v1/vms/{{id}}/{action}")).await
     }
 
     /// `GET /v1/vms?status=running&limit=100`, the body read in full.
