@@ -65,6 +65,10 @@ ensure_docker() {
   ensure_package dockerd docker.io
   ensure_package docker-compose docker-compose
   docker info >/dev/null 2>&1 && return 0
+  # A dockerd that died uncleanly leaves its pid file, and refuses to start
+  # while that pid names any live process (pids are reused): drop a pid
+  # file that does not name a running dockerd.
+  as_root sh -c 'p=/var/run/docker.pid; [ -f "$p" ] && [ "$(cat /proc/"$(cat "$p")"/comm 2>/dev/null)" != dockerd ] && rm -f "$p"; true'
   echo "starting dockerd (log: /tmp/vmplane-dockerd.log)..." >&2
   as_root sh -c 'nohup dockerd >/tmp/vmplane-dockerd.log 2>&1 &'
   for _ in $(seq 1 30); do
