@@ -163,9 +163,15 @@ async fn creates_survive_the_loss_of_a_nats_node_and_a_gateway() {
     nats.nodes[victim].proc.kill9();
     gw_a.kill9();
     let acked_at_kill = tally.acked();
-    // Creates go on through gateway B and the two remaining nodes.
-    wait_for("creates acknowledged with a node and a gateway down", Duration::from_secs(60), async || {
-        if t.acked() >= acked_at_kill + 50 || t.acked() >= AFTER_RESTART { Ok(()) } else { Err(format!("{} acknowledged", t.acked())) }
+    // Creates go on through gateway B and the two remaining nodes. A client
+    // whose create was in flight on gateway A waits out the key's lease
+    // (60 s), so the window is longer than that.
+    wait_for("creates acknowledged with a node and a gateway down", Duration::from_secs(90), async || {
+        if t.acked() >= acked_at_kill + 50 || t.acked() >= AFTER_RESTART {
+            Ok(())
+        } else {
+            Err(format!("{} acknowledged ({acked_at_kill} at the kill); retries {:?}", t.acked(), t.retries.lock().unwrap()))
+        }
     })
     .await;
     nats.nodes[victim].start().await;

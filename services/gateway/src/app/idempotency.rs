@@ -40,6 +40,11 @@ use vmplane_domain::{OpId, subjects};
 /// longer than any request runs (publish retries included).
 const LEASE: Duration = Duration::from_secs(60);
 
+/// How long storing a request's outcome is retried: a JetStream leader
+/// election (a NATS node lost) takes seconds, and a record left in progress
+/// holds its client off for the whole [`LEASE`].
+const FINISH_RETRY_FOR: Duration = Duration::from_secs(15);
+
 /// The ids a request allocates, fixed across retries of one idempotency key;
 /// fresh without one.
 #[derive(Debug, Clone, Copy)]
@@ -179,9 +184,29 @@ impl Attempt {
             Some(answer) => Record { phase: Phase::Done, sealed: Some(self.keys.seal(answer)), ..self.record },
             None => Record { phase: Phase::Open, ..self.record },
         };
-        if let Err(e) = self.kv.update(&self.name, encode(&after), self.revision).await {
-            // The record stays in progress; a retry takes it over after the lease.
-            tracing::warn!(error = %e, "could not store the idempotency record");
+        let value = encode(&after);
+        let deadline = tokio::time::Instant::now() + FINISH_RETRY_FOR;
+        loop {
+            let e = match self.kv.update(&self.name, value.clone(), self.revision).await {
+                Ok(_) => return,
+                Err(e) => e,
+            };
+            // An update that timed out may have been stored: then the record
+            // holds exactly these bytes (the sealed answer's nonce is unique).
+            let stored = match e.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => self.kv.entry(&self.name).await.ok().flatten().is_some_and(|entry| entry.value == value),
+                _ => false,
+            };
+            if stored {
+                return;
+            }
+            let transient = matches!(e.kind(), kv::UpdateErrorKind::TimedOut | kv::UpdateErrorKind::Other);
+            if !transient || tokio::time::Instant::now() >= deadline {
+                // The record stays in progress; a retry takes it over after the lease.
+                tracing::warn!(error = %e, "could not store the idempotency record");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 }
