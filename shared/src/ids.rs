@@ -42,7 +42,11 @@ macro_rules! typed_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}_{}", $prefix, self.0.to_string().to_ascii_lowercase())
+                // Encoded on the stack: ids are formatted for every key and view.
+                let mut buf = [0u8; ulid::ULID_LEN];
+                let ulid = self.0.array_to_str(&mut buf);
+                ulid.make_ascii_lowercase();
+                write!(f, "{}_{ulid}", $prefix)
             }
         }
 

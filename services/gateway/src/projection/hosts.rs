@@ -27,7 +27,7 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope, ev: &HostEvent) {
         (None, HostEvent::Registered { info }) => Host { id, info: info.clone(), registered_at: env.time, cordoned: false },
         (None, _) => return,
     };
-    txn.put(k, &host);
+    txn.put(k, host);
 }
 
 /// Last heartbeat (unix seconds) and uptime per host, as seen since this

@@ -5,14 +5,18 @@
 //! projection resumes exactly after the last applied event; a missing sled
 //! directory is rebuilt by replaying the stream from the start.
 //!
-//! One tree, prefixed keys: `vm/<id>`, `vmidx/<org>/<id>`, `vmevt/<id>/<seq>`,
+//! One tree of views, prefixed keys: `vm/<id>`, `vmidx/<org>/<id>`,
 //! `op/<id>`, `org/<id>`, `prj/<org>/<id>`, `key/<id>`, `host/<id>`,
 //! `hostuse/<id>`, `vol/<id>`, `volidx/<org>/<id>`, `tpl/<id>`, `tplidx/<org>/<id>`,
 //! `sshkey/<org>/<id>`, `wh/<org>/<id>`, `whdlv/<org>/<webhook>/<delivery>`,
 //! `vmls/<org>[/<project>]/<status or all>/<id>` with counters `vmlsn/…`,
 //! `vmhost/<id>` (a VM's host, read without the VM),
-//! `meta/applied` and `meta/version`. A store written by another version of
-//! this layout is emptied on open and rebuilt by replaying the stream.
+//! `meta/applied` and `meta/version`. A second tree, `history`, holds each
+//! VM's events (key: the VM's ULID bytes then the stream sequence, big
+//! endian): large values that only one read wants, kept out of the views'
+//! tree so that its nodes stay small (sled copies a node on every write).
+//! A store written by another version of this layout is emptied on open and
+//! rebuilt by replaying the stream.
 
 pub mod hosts;
 pub mod operations;
@@ -25,6 +29,7 @@ pub mod webhooks;
 
 use futures::StreamExt;
 use serde::{Serialize, de::DeserializeOwned};
+use std::any::Any;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -37,14 +42,18 @@ use vmplane_domain::subjects;
 const APPLIED: &[u8] = b"meta/applied";
 /// At most this many events the consumer has ready are applied in one batch.
 const BURST: usize = 512;
+/// Events applied in one batch when replaying the stream.
+const REPLAY_BATCH: usize = 8_192;
 const VERSION: &[u8] = b"meta/version";
 /// The layout of the keys above; raised whenever a view or index changes shape.
-const LAYOUT: u64 = 2;
+const LAYOUT: u64 = 3;
 
 /// The gateway's read side.
 #[derive(Clone)]
 pub struct Projections {
     tree: sled::Tree,
+    /// Each VM's events (see the module docs).
+    history: sled::Tree,
     applied: watch::Sender<u64>,
     /// Host liveness from heartbeats (not persisted: it is only meaningful live).
     pub heartbeats: hosts::Heartbeats,
@@ -57,16 +66,18 @@ impl Projections {
     pub fn open(dir: &Path) -> sled::Result<Self> {
         let db = sled::Config::new().path(dir).flush_every_ms(Some(200)).open()?;
         let tree = db.open_tree("views")?;
+        let history = db.open_tree("history")?;
         let layout = tree.get(VERSION)?.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])));
         if layout != Some(LAYOUT) {
             if !tree.is_empty() {
                 tracing::info!(found = ?layout, wanted = LAYOUT, "the projection has another layout; rebuilding it from the event stream");
             }
             tree.clear()?;
+            history.clear()?;
             tree.insert(VERSION, &LAYOUT.to_be_bytes())?;
         }
         let applied = tree.get(APPLIED)?.map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])));
-        Ok(Self { tree, applied: watch::Sender::new(applied), heartbeats: hosts::Heartbeats::default(), ops: operations::OpWaiters::default() })
+        Ok(Self { tree, history, applied: watch::Sender::new(applied), heartbeats: hosts::Heartbeats::default(), ops: operations::OpWaiters::default() })
     }
 
     /// The stream sequence of the last applied event.
@@ -81,6 +92,7 @@ impl Projections {
 
     /// Flush to disk; called on shutdown.
     pub async fn flush(&self) -> sled::Result<()> {
+        self.history.flush_async().await?;
         self.tree.flush_async().await.map(|_| ())
     }
 
@@ -95,7 +107,7 @@ impl Projections {
     /// written once, which is what makes a replay or a burst cheap. Readers
     /// see none of them or all; waiters are woken after the commit.
     pub fn apply_all<'p>(&self, events: impl IntoIterator<Item = (u64, &'p [u8])>) -> sled::Result<()> {
-        let mut txn = Txn::new(&self.tree);
+        let mut txn = Txn::new(&self.tree, &self.history);
         let mut last = self.applied();
         let mut operations = Vec::new();
         for (seq, payload) in events {
@@ -176,12 +188,43 @@ impl Projections {
         if self.applied() >= last {
             return Ok(last);
         }
-        let mut messages = ordered_events(bus, subjects::EVENTS_ALL.into(), self.applied() + 1).await?.ready_chunks(BURST);
-        while let Some(ready) = messages.next().await {
-            self.apply_messages(ready)?;
-            if self.applied() >= last {
-                break;
+        type Batch = Vec<(u64, async_nats::jetstream::Message)>;
+        let messages = ordered_events(bus, subjects::EVENTS_ALL.into(), self.applied() + 1).await?;
+        // Reading and applying overlap: a task reads the next batch while
+        // this one is applied. Batches are large: every key several events
+        // write (a VM's view, its operation, a list counter) is written once.
+        let (batches, mut ready) = tokio::sync::mpsc::channel::<Result<Batch, String>>(1);
+        let reader = tokio::spawn(async move {
+            let mut messages = messages.ready_chunks(BURST);
+            let mut batch = Vec::with_capacity(REPLAY_BATCH);
+            while let Some(chunk) = messages.next().await {
+                for msg in chunk {
+                    let read = msg.map_err(|e| e.to_string()).and_then(|msg| Ok((msg.info().map_err(|e| e.to_string())?.stream_sequence, msg)));
+                    match read {
+                        Ok(m) => batch.push(m),
+                        Err(e) => {
+                            let _ = batches.send(Err(e)).await;
+                            return;
+                        }
+                    }
+                }
+                let reached = batch.last().is_some_and(|(seq, _)| *seq >= last);
+                if (batch.len() >= REPLAY_BATCH || reached) && batches.send(Ok(std::mem::take(&mut batch))).await.is_err() {
+                    return;
+                }
+                if reached {
+                    return;
+                }
             }
+        });
+        while let Some(batch) = ready.recv().await {
+            let batch = batch?;
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || me.apply_all(batch.iter().map(|(seq, msg)| (*seq, msg.payload.as_ref())))).await??;
+        }
+        reader.abort();
+        if self.applied() < last {
+            return Err(format!("the event stream ended at {} before {last}", self.applied()).into());
         }
         self.flush().await?;
         Ok(last)
@@ -239,36 +282,74 @@ pub async fn ordered_events(
 
 /// The writes of a batch of events, committed atomically with the cursor.
 /// Reads see the writes made earlier in the same batch; a key written
-/// several times is committed once, with its last value.
+/// several times is committed once, with its last value. Values are kept
+/// as written (typed) until the commit, so a view that several events of a
+/// batch change (a VM's, its operation's, a list counter) is decoded once
+/// and encoded once per batch, not once per event.
 pub(crate) struct Txn<'a> {
     tree: &'a sled::Tree,
-    /// Writes so far; `None` = removed.
-    overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    overlay: HashMap<Vec<u8>, Write>,
+    history: &'a sled::Tree,
+    /// Events appended to VMs' histories.
+    appended: sled::Batch,
+}
+
+/// One pending write of a [`Txn`].
+enum Write {
+    Removed,
+    Bytes(Vec<u8>),
+    Value(Box<dyn Stored>),
+}
+
+/// A projection value held typed until the commit encodes it.
+trait Stored: Send {
+    fn encode(&self) -> Vec<u8>;
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Serialize + Any + Send> Stored for T {
+    fn encode(&self) -> Vec<u8> {
+        event::encode(self).expect("projection values always encode")
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
 }
 
 impl<'a> Txn<'a> {
-    fn new(tree: &'a sled::Tree) -> Self {
-        Self { tree, overlay: HashMap::new() }
+    fn new(tree: &'a sled::Tree, history: &'a sled::Tree) -> Self {
+        Self { tree, overlay: HashMap::with_capacity(64), history, appended: sled::Batch::default() }
     }
 
-    pub(crate) fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
-        let bytes = match self.overlay.get(key) {
-            Some(v) => v.clone(),
-            None => self.tree.get(key).ok().flatten().map(|v| v.to_vec()),
-        };
-        bytes.and_then(|b| event::decode(&b).ok())
+    /// Append an event to a history (keys from [`history_key`]).
+    pub(crate) fn append_history(&mut self, key: [u8; 24], payload: &[u8]) {
+        self.appended.insert(&key, payload);
     }
 
-    pub(crate) fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) {
-        self.put_raw(key, event::encode(value).expect("projection values always encode"));
+    pub(crate) fn get<T: DeserializeOwned + Clone + 'static>(&self, key: &[u8]) -> Option<T> {
+        match self.overlay.get(key) {
+            Some(Write::Removed) => None,
+            Some(Write::Bytes(b)) => event::decode(b).ok(),
+            Some(Write::Value(v)) => match v.as_any().downcast_ref::<T>() {
+                Some(v) => Some(v.clone()),
+                // Read as another type than written: through the encoding.
+                None => event::decode(&v.encode()).ok(),
+            },
+            None => self.tree.get(key).ok().flatten().and_then(|b| event::decode(&b).ok()),
+        }
+    }
+
+    pub(crate) fn put<T: Serialize + Send + 'static>(&mut self, key: Vec<u8>, value: T) {
+        self.overlay.insert(key, Write::Value(Box::new(value)));
     }
 
     pub(crate) fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.overlay.insert(key, Some(value));
+        self.overlay.insert(key, Write::Bytes(value));
     }
 
     pub(crate) fn remove(&mut self, key: Vec<u8>) {
-        self.overlay.insert(key, None);
+        self.overlay.insert(key, Write::Removed);
     }
 
     /// Remove every key starting with `prefix`, committed or written in this batch.
@@ -277,25 +358,49 @@ impl<'a> Txn<'a> {
             self.remove(k.to_vec());
         }
         for v in self.overlay.iter_mut().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v) {
-            *v = None;
+            *v = Write::Removed;
         }
     }
 
+    /// The histories first, then the views with the cursor: a crash between
+    /// the two leaves events past the cursor in a history, which the replay
+    /// writes again under the same keys.
     fn commit(self) -> sled::Result<()> {
+        self.history.apply_batch(self.appended)?;
         let mut batch = sled::Batch::default();
         for (k, v) in self.overlay {
             match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
+                Write::Value(v) => batch.insert(k, v.encode()),
+                Write::Bytes(v) => batch.insert(k, v),
+                // A key put and removed within the batch (a VM listed
+                // under a passing status) need not cost a write.
+                Write::Removed if !self.tree.contains_key(&k)? => {}
+                Write::Removed => batch.remove(k),
             }
         }
         self.tree.apply_batch(batch)
     }
 }
 
+/// The history key of event `seq` of aggregate `id`: sorted by aggregate, then stream order.
+pub(crate) fn history_key(id: ulid::Ulid, seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(&id.to_bytes());
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
 /// Build a key from parts joined by `/`.
 pub(crate) fn key(parts: &[&dyn std::fmt::Display]) -> Vec<u8> {
-    parts.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("/").into_bytes()
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(64);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let _ = write!(out, "{part}");
+    }
+    out.into_bytes()
 }
 
 #[cfg(test)]

@@ -106,7 +106,7 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope) {
         }
         Event::Vm(_) | Event::Volume(_) => op.status = OpStatus::Running,
     }
-    txn.put(k, &op);
+    txn.put(k, op);
 }
 
 /// Requests waiting for operations to change, each woken only by its own

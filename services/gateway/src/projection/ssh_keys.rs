@@ -13,7 +13,7 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope, ev: &SshKeyEvent) {
     };
     let k = key(&[&"sshkey", &env.org, &id]);
     match evolve(txn.get(&k), id, env.time, ev) {
-        Some(state) => txn.put(k, &state),
+        Some(state) => txn.put(k, state),
         None => txn.remove(k),
     }
 }

@@ -14,8 +14,8 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope, ev: &TemplateEvent) {
         txn.remove(key(&[&"tpl", &id]));
         txn.remove(key(&[&"tplidx", &after.org, &id]));
     } else {
-        txn.put(key(&[&"tplidx", &after.org, &id]), &());
-        txn.put(key(&[&"tpl", &id]), &after);
+        txn.put(key(&[&"tplidx", &after.org, &id]), ());
+        txn.put(key(&[&"tpl", &id]), after);
     }
 }
 

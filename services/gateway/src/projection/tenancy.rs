@@ -10,11 +10,11 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope, ev: &TenancyEvent) {
     let at = env.time;
     match ev {
         TenancyEvent::OrgCreated { id, name, placement_strategy } => {
-            txn.put(key(&[&"org", id]), &Org { id: *id, name: name.clone(), placement_strategy: *placement_strategy, created_at: at })
+            txn.put(key(&[&"org", id]), Org { id: *id, name: name.clone(), placement_strategy: *placement_strategy, created_at: at })
         }
-        TenancyEvent::ProjectCreated { id, org, name } => txn.put(key(&[&"prj", org, id]), &Project { id: *id, org: *org, name: name.clone(), created_at: at }),
+        TenancyEvent::ProjectCreated { id, org, name } => txn.put(key(&[&"prj", org, id]), Project { id: *id, org: *org, name: name.clone(), created_at: at }),
         TenancyEvent::ApiKeyCreated { id, org, name, secret_sha256 } => {
-            txn.put(key(&[&"key", id]), &ApiKey { id: *id, org: *org, name: name.clone(), secret_sha256: secret_sha256.clone(), created_at: at })
+            txn.put(key(&[&"key", id]), ApiKey { id: *id, org: *org, name: name.clone(), secret_sha256: secret_sha256.clone(), created_at: at })
         }
         // A revoked key is forgotten: authentication finds nothing to match.
         TenancyEvent::ApiKeyRevoked { id, .. } => txn.remove(key(&[&"key", id])),
@@ -23,7 +23,7 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope, ev: &TenancyEvent) {
             // The default org is stored only once it changes.
             let stored = txn.get::<Org>(&k).or_else(|| (*id == OrgId::DEFAULT).then(default_org));
             if let Some(org) = stored {
-                txn.put(k, &Org { placement_strategy: *placement_strategy, ..org });
+                txn.put(k, Org { placement_strategy: *placement_strategy, ..org });
             }
         }
     }

@@ -6,7 +6,7 @@
 //! project, by status or all not deleted) and its total from a counter kept
 //! beside the index, so listing a page costs that page whatever the fleet.
 
-use super::{Projections, Txn, key};
+use super::{Projections, Txn, history_key, key};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use vmplane_domain::event::Envelope;
@@ -41,23 +41,23 @@ pub(super) fn apply(txn: &mut Txn, seq: u64, env: &Envelope, ev: &VmEvent, paylo
         let from_key = key(&[&"hostuse", &from]);
         let mut used: Resources = txn.get(&from_key).unwrap_or_default();
         used -= after.spec.resources();
-        txn.put(from_key, &used);
+        txn.put(from_key, used);
         let mut used: Resources = txn.get(&usage_key).unwrap_or_default();
         used += after.spec.resources();
-        txn.put(usage_key.clone(), &used);
+        txn.put(usage_key.clone(), used);
     }
     if !existed {
-        txn.put(key(&[&"vmidx", &after.org, &id]), &());
+        txn.put(key(&[&"vmidx", &after.org, &id]), ());
         let mut used: Resources = txn.get(&usage_key).unwrap_or_default();
         used += after.spec.resources();
-        txn.put(usage_key, &used);
+        txn.put(usage_key, used);
     } else if !was_deleted && after.status == VmStatus::Deleted {
         let mut used: Resources = txn.get(&usage_key).unwrap_or_default();
         used -= after.spec.resources();
-        txn.put(usage_key, &used);
+        txn.put(usage_key, used);
     }
-    txn.put_raw(format!("vmevt/{id}/{seq:020}").into_bytes(), payload.to_vec());
-    txn.put(key(&[&"vm", &id]), &after);
+    txn.append_history(history_key(id.0, seq), payload);
+    txn.put(key(&[&"vm", &id]), after);
 }
 
 /// The list selections a VM in `status` belongs to: its status, and "all"
@@ -81,7 +81,7 @@ fn list(txn: &mut Txn, org: OrgId, project: ProjectId, status: VmStatus, id: VmI
     for (prefix, count) in listings(org, project, status) {
         txn.put_raw([prefix, id.to_string().into_bytes()].concat(), Vec::new());
         let n: u64 = txn.get(&count).unwrap_or(0);
-        txn.put(count, &(n + 1));
+        txn.put(count, n + 1);
     }
 }
 
@@ -89,7 +89,7 @@ fn unlist(txn: &mut Txn, org: OrgId, project: ProjectId, status: VmStatus, id: V
     for (prefix, count) in listings(org, project, status) {
         txn.remove([prefix, id.to_string().into_bytes()].concat());
         let n: u64 = txn.get(&count).unwrap_or(0);
-        txn.put(count, &n.saturating_sub(1));
+        txn.put(count, n.saturating_sub(1));
     }
 }
 
@@ -195,9 +195,9 @@ impl Projections {
     /// A VM's events in stream order, with their sequences.
     pub fn vm_events(&self, id: VmId) -> sled::Result<Vec<(u64, Envelope)>> {
         let mut out = Vec::new();
-        for r in self.tree.scan_prefix(format!("vmevt/{id}/").as_bytes()) {
+        for r in self.history.scan_prefix(id.0.to_bytes()) {
             let (k, v) = r?;
-            let seq = std::str::from_utf8(&k).ok().and_then(|s| s.rsplit('/').next()).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let seq = k.get(16..24).and_then(|s| s.try_into().ok()).map_or(0, u64::from_be_bytes);
             if let Ok(env) = Envelope::decode(&v) {
                 out.push((seq, env));
             }

@@ -15,16 +15,16 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope, ev: &VolumeEvent) {
     let usage_key = key(&[&"hostuse", &after.host]);
     let size = Resources { disk_gb: u64::from(after.spec.size_gb), ..Resources::default() };
     if !existed {
-        txn.put(key(&[&"volidx", &after.org, &id]), &());
+        txn.put(key(&[&"volidx", &after.org, &id]), ());
         let mut used: Resources = txn.get(&usage_key).unwrap_or_default();
         used += size;
-        txn.put(usage_key, &used);
+        txn.put(usage_key, used);
     } else if !was_deleted && after.status == VolumeStatus::Deleted {
         let mut used: Resources = txn.get(&usage_key).unwrap_or_default();
         used -= size;
-        txn.put(usage_key, &used);
+        txn.put(usage_key, used);
     }
-    txn.put(key(&[&"vol", &id]), &after);
+    txn.put(key(&[&"vol", &id]), after);
 }
 
 impl Projections {

@@ -143,12 +143,12 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope, ev: &WebhookEvent) {
         if endpoint.is_some() {
             let dk = delivery_key(env.org, id, a.delivery_id);
             let folded = fold_attempt(txn.get(&dk), id, a);
-            txn.put(dk, &folded);
+            txn.put(dk, folded);
         }
         return;
     }
     match evolve(endpoint, id, env.time, ev) {
-        Some(state) => txn.put(k, &state),
+        Some(state) => txn.put(k, state),
         None => {
             txn.remove(k);
             txn.remove_prefix(&deliveries_prefix(env.org, id));
