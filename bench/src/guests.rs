@@ -641,6 +641,7 @@ pub async fn run(args: GuestArgs) -> Result<bool> {
         gateway_args: Vec::new(),
         worker_args,
         worker_env: vec![("VMPLANE_IMAGES_SRC", images_src.display().to_string())],
+        nats_monitor_port: None,
     })
     .await?;
     let tmp = cluster.dir.clone();

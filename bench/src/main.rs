@@ -163,6 +163,11 @@ struct ApiArgs {
     /// Keep the temp dir (stores and process logs) and print its path.
     #[arg(long)]
     keep_tmp: bool,
+    /// Serve nats-server's monitoring endpoint on this loopback port, to read
+    /// `/jsz` (JetStream API calls, stream messages) and `/connz` (messages
+    /// per connection) while the phases run.
+    #[arg(long)]
+    nats_monitor_port: Option<u16>,
 }
 
 #[tokio::main]
@@ -370,6 +375,8 @@ struct ClusterSpec<'a> {
     worker_args: Vec<OsString>,
     /// Extra environment for the worker.
     worker_env: Vec<(&'static str, String)>,
+    /// nats-server's monitoring port (`-m`; on the config's loopback host).
+    nats_monitor_port: Option<u16>,
 }
 
 /// The sim cluster of the `api` bench.
@@ -404,6 +411,7 @@ async fn start(args: &ApiArgs) -> Result<Cluster> {
         gateway_args: Vec::new(),
         worker_args,
         worker_env: Vec::new(),
+        nats_monitor_port: args.nats_monitor_port,
     })
     .await
 }
@@ -473,7 +481,10 @@ async fn start_cluster(spec: ClusterSpec<'_>) -> Result<Cluster> {
         .output()
         .context("running vmplane nats init")?;
     ensure!(init.status.success(), "vmplane nats init: {}", String::from_utf8_lossy(&init.stderr));
-    let nats_args = vec![os("-c"), nats_dir.join("nats.conf").into()];
+    let mut nats_args = vec![os("-c"), nats_dir.join("nats.conf").into()];
+    if let Some(port) = spec.nats_monitor_port {
+        nats_args.extend([os("-m"), os(&port.to_string())]);
+    }
     c.nats = Some(Proc::spawn("nats-server", spec.nats_server, &nats_args, &[], dir.join("nats-server.log"))?);
     wait_nats(&mut c).await?;
 

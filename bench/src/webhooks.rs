@@ -388,6 +388,7 @@ async fn run_row(args: &WebhookArgs, per_endpoint: u32) -> Result<Row> {
         gateway_args: vec![os("--webhook-allow-private")],
         worker_args,
         worker_env: Vec::new(),
+        nats_monitor_port: None,
     })
     .await?;
     let dir = cluster.dir.clone();
