@@ -158,6 +158,9 @@ impl std::str::FromStr for Role {
     }
 }
 
+/// How long a user with response permissions may answer a request it received.
+const RESPONSE_EXPIRY: &str = "10s";
+
 /// Subjects a user may publish and subscribe to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Permissions {
@@ -172,7 +175,15 @@ impl Permissions {
     fn to_config(&self) -> Value {
         let mut p = json!({ "publish": { "allow": self.publish }, "subscribe": { "allow": self.subscribe } });
         if self.allow_responses {
-            p["allow_responses"] = json!(true);
+            // nats-server remembers the reply subject of every message it
+            // delivers to such a user (JetStream deliveries and their ack
+            // subjects included) until it expires, and once it holds more
+            // than 4,096 walks all of them on every delivery: with
+            // `allow_responses: true` (two minutes) that walk grew with the
+            // command rate and took most of nats-server's CPU. The replies
+            // this user sends (terminal opens) go out within the gateway's
+            // five-second wait, so ten seconds is enough.
+            p["allow_responses"] = json!({ "max": 1, "expires": RESPONSE_EXPIRY });
         }
         p
     }
@@ -326,6 +337,18 @@ mod tests {
             assert!(!p.publish.iter().chain(&p.subscribe).any(|s| s == ">" || s == "$JS.API.>" || s.starts_with("_INBOX.")));
         }
         assert!(Role::Admin.permissions().is_none());
+    }
+
+    /// Only the worker answers requests (terminal opens), and its right to
+    /// answer one expires soon: nats-server keeps every reply subject it
+    /// delivered to such a user, JetStream's ack subjects included, until then.
+    #[test]
+    fn response_rights_are_the_workers_only_and_expire_soon() {
+        for role in [Role::Gateway, Role::Webhooks] {
+            assert!(role.permissions().unwrap().to_config().get("allow_responses").is_none(), "{role:?}");
+        }
+        let worker = Role::Worker.permissions().unwrap().to_config();
+        assert_eq!(worker["allow_responses"], json!({ "max": 1, "expires": "10s" }));
     }
 
     #[test]
