@@ -158,7 +158,7 @@ impl Projections {
         }
     }
 
-    async fn follow_once(&self, bus: &Bus) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    async fn follow_once(&self, bus: &Bus) -> Result<(), BoxError> {
         let stats = bus.client.statistics();
         let connects = stats.connects.load(Ordering::Relaxed);
         let mut messages = ordered_events(bus, subjects::EVENTS_ALL.into(), self.applied() + 1).await?.ready_chunks(BURST);
@@ -183,30 +183,23 @@ impl Projections {
 
     /// Replay the stream until the projection holds every event that existed
     /// when the call began. Used by `vmplane projections rebuild`.
-    pub async fn catch_up(&self, bus: &Bus) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+    pub async fn catch_up(&self, bus: &Bus) -> Result<u64, BoxError> {
         let last = bus.events_last_sequence().await?;
         if self.applied() >= last {
             return Ok(last);
         }
-        type Batch = Vec<(u64, async_nats::jetstream::Message)>;
         let messages = ordered_events(bus, subjects::EVENTS_ALL.into(), self.applied() + 1).await?;
         // Reading and applying overlap: a task reads the next batch while
         // this one is applied. Batches are large: every key several events
         // write (a VM's view, its operation, a list counter) is written once.
-        let (batches, mut ready) = tokio::sync::mpsc::channel::<Result<Batch, String>>(1);
+        let (batches, mut ready) = tokio::sync::mpsc::channel::<Result<Sequenced, BoxError>>(1);
         let reader = tokio::spawn(async move {
             let mut messages = messages.ready_chunks(BURST);
             let mut batch = Vec::with_capacity(REPLAY_BATCH);
             while let Some(chunk) = messages.next().await {
-                for msg in chunk {
-                    let read = msg.map_err(|e| e.to_string()).and_then(|msg| Ok((msg.info().map_err(|e| e.to_string())?.stream_sequence, msg)));
-                    match read {
-                        Ok(m) => batch.push(m),
-                        Err(e) => {
-                            let _ = batches.send(Err(e)).await;
-                            return;
-                        }
-                    }
+                if let Err(e) = sequence(chunk, &mut batch) {
+                    let _ = batches.send(Err(e)).await;
+                    return;
                 }
                 let reached = batch.last().is_some_and(|(seq, _)| *seq >= last);
                 if (batch.len() >= REPLAY_BATCH || reached) && batches.send(Ok(std::mem::take(&mut batch))).await.is_err() {
@@ -231,16 +224,9 @@ impl Projections {
     }
 
     /// Apply the messages a consumer had ready, in one batch.
-    fn apply_messages(
-        &self,
-        ready: Vec<Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>>,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    fn apply_messages(&self, ready: Ready) -> Result<(), BoxError> {
         let mut events = Vec::with_capacity(ready.len());
-        for msg in ready {
-            let msg = msg?;
-            let seq = msg.info()?.stream_sequence;
-            events.push((seq, msg));
-        }
+        sequence(ready, &mut events)?;
         Ok(self.apply_all(events.iter().map(|(seq, msg)| (*seq, msg.payload.as_ref())))?)
     }
 
@@ -267,12 +253,23 @@ impl Projections {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A chunk of messages an ordered consumer had ready.
+type Ready = Vec<Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>>;
+/// Messages with their stream sequences.
+type Sequenced = Vec<(u64, async_nats::jetstream::Message)>;
+
+/// Append each message of `ready` with its stream sequence to `into`.
+fn sequence(ready: Ready, into: &mut Sequenced) -> Result<(), BoxError> {
+    for msg in ready {
+        let msg = msg?;
+        into.push((msg.info()?.stream_sequence, msg));
+    }
+    Ok(())
+}
+
 /// An ordered, ephemeral consumer over event subjects starting at `from`.
-pub async fn ordered_events(
-    bus: &Bus,
-    filter: String,
-    from: u64,
-) -> Result<async_nats::jetstream::consumer::pull::Ordered, Box<dyn std::error::Error + Send + Sync>> {
+pub async fn ordered_events(bus: &Bus, filter: String, from: u64) -> Result<async_nats::jetstream::consumer::pull::Ordered, BoxError> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
     let stream = bus.events_stream().await?;
     let deliver_policy = if from <= 1 { DeliverPolicy::All } else { DeliverPolicy::ByStartSequence { start_sequence: from } };
