@@ -362,3 +362,50 @@ async fn a_nats_outage_gives_quick_503s_reads_keep_working_and_service_resumes()
     let mut feed = c.sse(None).await;
     feed.read_until(Duration::from_secs(20), |e| e.event == "stopped" && e.data["aggregate_id"] == id.as_str()).await;
 }
+
+/// A reader of the event stream that skips events (an ordered consumer on a
+/// replica still catching up after a restart can) does not make the
+/// projection skip them: the missing events are read back from the stream's
+/// leader, and the views equal those built from every event.
+#[tokio::test]
+async fn events_a_reader_skipped_are_read_back_from_the_stream() {
+    use vmplane_bus::{
+        Bus,
+        auth::{Credentials, Role},
+    };
+    use vmplane_gateway::projection::Projections;
+    let stack = Stack::start().await;
+    let c = &stack.admin;
+    let mut ids = Vec::new();
+    for name in ["gap-1", "gap-2", "gap-3"] {
+        ids.push(str_of(&c.create_running_vm(name).await["id"]).to_owned());
+    }
+    let creds = Credentials::from_file(&stack.nats.dir.join("gateway.nk")).expect("gateway credentials");
+    let bus = Bus::connect(&stack.nats.url(), Role::Gateway, &creds).await.expect("connecting as the gateway");
+    let last = bus.events_last_sequence().await.expect("the stream's last sequence");
+    let mut every = Vec::new();
+    for seq in 1..=last {
+        every.push((seq, bus.event_at(seq).await.expect("reading the stream").expect("no gap in the stream")));
+    }
+    assert_eq!(bus.event_at(last + 1).await.expect("reading the stream"), None, "nothing past the end");
+    // All but the first two and the last two events are skipped, in two reads.
+    let skipped = |range: std::ops::Range<usize>| every[range].iter().filter(|(seq, _)| *seq <= 2 || *seq > last - 2).cloned().collect::<Vec<_>>();
+    let half = every.len() / 2;
+
+    let dir = tempfile::tempdir().unwrap();
+    let whole = Projections::open(&dir.path().join("whole")).unwrap();
+    whole.apply_read(&bus, every.clone()).await.expect("applying every event");
+    let gapped = Projections::open(&dir.path().join("gapped")).unwrap();
+    gapped.apply_read(&bus, skipped(0..half)).await.expect("applying the first read");
+    gapped.apply_read(&bus, skipped(half..every.len())).await.expect("applying the second read");
+
+    assert_eq!((whole.applied(), gapped.applied()), (last, last));
+    for id in &ids {
+        let id = id.parse().unwrap();
+        let (a, b) = (whole.vm(id).unwrap().expect("the VM in the whole projection"), gapped.vm(id).unwrap());
+        assert_eq!(Some(serde_json::to_value(&a).unwrap()), b.map(|b| serde_json::to_value(b).unwrap()), "{id}");
+        assert_eq!(a.status.as_str(), "running");
+        let events = |p: &Projections| p.vm_events(id).unwrap().into_iter().map(|(seq, _)| seq).collect::<Vec<_>>();
+        assert_eq!(events(&whole), events(&gapped), "{id}'s history");
+    }
+}

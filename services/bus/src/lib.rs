@@ -443,6 +443,20 @@ impl Bus {
         self.js.get_stream(subjects::EVENT_STREAM).await.map_err(unavailable)
     }
 
+    /// The event at stream sequence `seq` as the stream's leader holds it
+    /// (`STREAM.MSG.GET` is answered by the leader only, unlike a direct
+    /// get or a consumer, which may read a replica that is behind); `None`
+    /// when the stream has no such message (deleted, or not yet written).
+    pub async fn event_at(&self, seq: u64) -> Result<Option<bytes::Bytes>, BusError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let stream = self.js.get_stream_no_info(subjects::EVENT_STREAM).await.map_err(unavailable)?;
+        match stream.get_raw_message(seq).await {
+            Ok(msg) => Ok(Some(msg.payload)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     /// The last sequence in the event stream (0 when empty).
     pub async fn events_last_sequence(&self) -> Result<u64, BusError> {
         let stream = self.js.get_stream_no_info(subjects::EVENT_STREAM).await.map_err(unavailable)?;

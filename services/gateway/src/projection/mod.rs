@@ -170,7 +170,9 @@ impl Projections {
             tokio::select! {
                 ready = messages.next() => {
                     let Some(ready) = ready else { return Ok(()) };
-                    self.apply_messages(ready)?;
+                    let mut events = Vec::with_capacity(ready.len());
+                    sequence(ready, &mut events)?;
+                    self.apply_read(bus, events).await?;
                 }
                 _ = check.tick() => {
                     if stats.connects.load(Ordering::Relaxed) != connects {
@@ -193,6 +195,7 @@ impl Projections {
         // this one is applied. Batches are large: every key several events
         // write (a VM's view, its operation, a list counter) is written once.
         let (batches, mut ready) = tokio::sync::mpsc::channel::<Result<Sequenced, BoxError>>(1);
+        let (bus, mut next) = (bus.clone(), self.applied() + 1);
         let reader = tokio::spawn(async move {
             let mut messages = messages.ready_chunks(BURST);
             let mut batch = Vec::with_capacity(REPLAY_BATCH);
@@ -202,18 +205,21 @@ impl Projections {
                     return;
                 }
                 let reached = batch.last().is_some_and(|(seq, _)| *seq >= last);
-                if (batch.len() >= REPLAY_BATCH || reached) && batches.send(Ok(std::mem::take(&mut batch))).await.is_err() {
-                    return;
-                }
-                if reached {
-                    return;
+                if batch.len() >= REPLAY_BATCH || reached {
+                    let whole = fill_gaps(&bus, next, std::mem::take(&mut batch)).await;
+                    if let Ok(whole) = &whole {
+                        next = whole.last().map_or(next, |(seq, _)| next.max(seq + 1));
+                    }
+                    if batches.send(whole).await.is_err() || reached {
+                        return;
+                    }
                 }
             }
         });
         while let Some(batch) = ready.recv().await {
             let batch = batch?;
             let me = self.clone();
-            tokio::task::spawn_blocking(move || me.apply_all(batch.iter().map(|(seq, msg)| (*seq, msg.payload.as_ref())))).await??;
+            tokio::task::spawn_blocking(move || me.apply_all(batch.iter().map(|(seq, payload)| (*seq, payload.as_ref())))).await??;
         }
         reader.abort();
         if self.applied() < last {
@@ -223,11 +229,11 @@ impl Projections {
         Ok(last)
     }
 
-    /// Apply the messages a consumer had ready, in one batch.
-    fn apply_messages(&self, ready: Ready) -> Result<(), BoxError> {
-        let mut events = Vec::with_capacity(ready.len());
-        sequence(ready, &mut events)?;
-        Ok(self.apply_all(events.iter().map(|(seq, msg)| (*seq, msg.payload.as_ref())))?)
+    /// Apply events read from the stream in one batch, with any the reader
+    /// skipped after the cursor read from the stream's leader first.
+    pub async fn apply_read(&self, bus: &Bus, events: Sequenced) -> Result<(), BoxError> {
+        let events = fill_gaps(bus, self.applied() + 1, events).await?;
+        Ok(self.apply_all(events.iter().map(|(seq, payload)| (*seq, payload.as_ref())))?)
     }
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> sled::Result<Option<T>> {
@@ -253,19 +259,55 @@ impl Projections {
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A chunk of messages an ordered consumer had ready.
 type Ready = Vec<Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>>;
-/// Messages with their stream sequences.
-type Sequenced = Vec<(u64, async_nats::jetstream::Message)>;
+/// Event payloads with their stream sequences, in stream order.
+pub type Sequenced = Vec<(u64, bytes::Bytes)>;
 
 /// Append each message of `ready` with its stream sequence to `into`.
 fn sequence(ready: Ready, into: &mut Sequenced) -> Result<(), BoxError> {
     for msg in ready {
         let msg = msg?;
-        into.push((msg.info()?.stream_sequence, msg));
+        into.push((msg.info()?.stream_sequence, msg.message.payload));
     }
     Ok(())
+}
+
+/// `events` (read in stream order, the first expected at `next`) with the
+/// events missing between them read from the stream's leader.
+///
+/// The event stream has no gaps, yet an ordered consumer may skip: it is an
+/// R1 consumer that nats-server 2.9 places on any replica of the stream,
+/// including one that is still catching up after a restart, and it reads
+/// that replica's copy. The projection must hold every event (a skipped
+/// `created` is a VM one gateway never lists), so a gap is read back from
+/// the leader. A sequence the leader lacks too was deleted: skipped.
+async fn fill_gaps(bus: &Bus, next: u64, events: Sequenced) -> Result<Sequenced, BoxError> {
+    let mut expected = next;
+    let gapped = events.iter().any(|(seq, _)| {
+        let gap = *seq > expected;
+        expected = expected.max(seq + 1);
+        gap
+    });
+    if !gapped {
+        return Ok(events);
+    }
+    let (mut whole, mut expected, mut filled) = (Vec::with_capacity(events.len()), next, 0u64);
+    for (seq, payload) in events {
+        while expected < seq {
+            if let Some(missing) = bus.event_at(expected).await? {
+                whole.push((expected, missing));
+                filled += 1;
+            }
+            expected += 1;
+        }
+        expected = expected.max(seq + 1);
+        whole.push((seq, payload));
+    }
+    tracing::warn!(from = next, filled, "the event reader skipped events; read them from the stream's leader");
+    metrics::counter!("vmplane_projection_events_refetched_total").increment(filled);
+    Ok(whole)
 }
 
 /// An ordered, ephemeral consumer over event subjects starting at `from`.
