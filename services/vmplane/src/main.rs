@@ -1,7 +1,8 @@
 //! The `vmplane` binary: `up` runs everything for one machine; `gateway`,
 //! `worker` and `webhooks` run the parts against a shared NATS; `projections rebuild`
 //! replays the event stream into a fresh projection store; `nats init` writes
-//! the NATS users and server configuration of an installation.
+//! the NATS users and server configuration of an installation. The client
+//! commands (`vm`, `volume`, `events`, `login`, ...) are `vmplane-cli`'s.
 //!
 //! Everything vmplane writes is private to its user: the process umask is
 //! 077 and the data dir is 0700.
@@ -10,7 +11,7 @@ mod images;
 mod nats;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -66,6 +67,10 @@ enum Cmd {
         #[command(subcommand)]
         command: SubscribersCmd,
     },
+    /// The client commands (vm, volume, image, host, events, key, org,
+    /// project, login, completions): the HTTP API of a gateway (docs/cli.md).
+    #[command(flatten)]
+    Client(vmplane_cli::Command),
 }
 
 #[derive(Subcommand)]
@@ -492,6 +497,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Subscribers { command: SubscribersCmd::Create(a) } => subscribers_create(a).await,
+        // Its own exit statuses (docs/cli.md): not found, conflict, auth, unavailable, ...
+        Cmd::Client(c) => std::process::exit(vmplane_cli::run(c, Cli::command()).await),
         Cmd::Nats { command: NatsCmd::Streams(common) } => {
             let nats = nats::resolve(&common).await?;
             common.connect(&nats, Role::Admin).await?.ensure_topology().await.context("setting up the streams")?;
