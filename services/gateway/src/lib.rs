@@ -65,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::visor::router())
         .merge(routes::neevcloud::router())
         .merge(routes::marketplace::router())
+        .merge(routes::console::router())
         .fallback(routes::system::not_found)
         .method_not_allowed_fallback(routes::system::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), routes::native::idempotency::layer))

@@ -3,6 +3,7 @@
 //! the system routes every dialect shares (`system`), and what their HTTP
 //! layers do alike (`shared`). No dialect imports another.
 
+pub mod console;
 pub mod hatch;
 pub mod hypeman;
 pub mod marketplace;

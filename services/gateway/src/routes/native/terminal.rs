@@ -1,16 +1,28 @@
 //! `GET /v1/vms/{id}/terminal`: a WebSocket bridged to the guest's serial
 //! console, both directions (see `app::terminal`).
+//!
+//! A browser cannot set `Authorization` on a WebSocket, so the credentials
+//! may also come as offered subprotocols, never in the URL: the client offers
+//! [`SUBPROTOCOL`] (the one the server selects) together with
+//! `vmplane.bearer.<token, base64url without padding>` and optionally
+//! `vmplane.org.<org id>` / `vmplane.project.<project id>`. They are checked
+//! exactly as the headers are; the token is never echoed back.
 
+use super::auth::{ORG_HEADER, PROJECT_HEADER};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::PathId;
 use crate::AppState;
 use crate::app::Principal;
 use crate::app::terminal;
 use crate::routes::shared::terminal_upgrade;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
 use axum::response::Response;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use vmplane_domain::VmId;
 
@@ -19,12 +31,62 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(terminal))
 }
 
+/// The subprotocol the terminal speaks (bytes both ways), selected when offered.
+pub const SUBPROTOCOL: &str = "vmplane.terminal";
+/// Offered subprotocols carrying a browser's credentials, each followed by
+/// its value: the bearer token base64url-encoded, the org and project ids as
+/// they are.
+pub const BEARER_PREFIX: &str = "vmplane.bearer.";
+const ORG_PREFIX: &str = "vmplane.org.";
+const PROJECT_PREFIX: &str = "vmplane.project.";
+
+/// Credentials a browser offered as subprotocols, moved into the headers the
+/// [`Principal`] extractor reads (which runs next and authenticates them as
+/// any request's). Only when the request has no `Authorization` of its own
+/// and offers [`SUBPROTOCOL`]; a token that does not decode is a 401.
+struct SubprotocolCredentials;
+
+impl<S: Send + Sync> FromRequestParts<S> for SubprotocolCredentials {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        if parts.headers.contains_key(header::AUTHORIZATION) {
+            return Ok(Self);
+        }
+        let offered: Vec<String> = parts
+            .headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|p| p.trim().to_owned())
+            .collect();
+        if !offered.iter().any(|p| p == SUBPROTOCOL) {
+            return Ok(Self);
+        }
+        let value = |prefix: &str| offered.iter().find_map(|p| p.strip_prefix(prefix));
+        if let Some(encoded) = value(BEARER_PREFIX) {
+            let token = URL_SAFE_NO_PAD.decode(encoded).ok().and_then(|t| String::from_utf8(t).ok()).ok_or(ApiError::Unauthorized)?;
+            let bearer = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ApiError::Unauthorized)?;
+            parts.headers.insert(header::AUTHORIZATION, bearer);
+        }
+        for (prefix, name) in [(ORG_PREFIX, ORG_HEADER), (PROJECT_PREFIX, PROJECT_HEADER)] {
+            if let Some(id) = value(prefix).filter(|_| !parts.headers.contains_key(name)) {
+                let id = HeaderValue::from_str(id).map_err(|_| ApiError::BadRequest("bad_header", format!("{prefix}: not valid text")))?;
+                parts.headers.insert(name, id);
+            }
+        }
+        Ok(Self)
+    }
+}
+
 /// Open the serial terminal: upgrade to a WebSocket; binary or text frames
 /// are keystrokes, binary frames from the server are console output.
 #[utoipa::path(get, path = "/v1/vms/{id}/terminal", tag = "vms", params(("id" = String, Path, description = "VM id")),
-    responses((status = 101, description = "WebSocket to the serial console"), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 101, description = "WebSocket to the serial console (subprotocol `vmplane.terminal`). A browser, which cannot set `Authorization` on a WebSocket, offers `vmplane.terminal` with `vmplane.bearer.<token, base64url without padding>` and optionally `vmplane.org.<id>` / `vmplane.project.<id>` instead."), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn terminal(
     State(state): State<AppState>,
+    _browser: SubprotocolCredentials,
     who: Principal,
     PathId(id): PathId<VmId>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -33,5 +95,5 @@ async fn terminal(
     // In the API's error format, not axum's plain-text rejection.
     let ws = ws.map_err(|r| ApiError::BadRequest("websocket_required", format!("this route is a WebSocket; {}", r.body_text())))?;
     let term = console.open(&state.app).await?;
-    Ok(terminal_upgrade(ws, term))
+    Ok(terminal_upgrade(ws.protocols([SUBPROTOCOL]), term))
 }
