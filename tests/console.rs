@@ -280,9 +280,8 @@ async fn round_trip(ws: &mut Ws, text: &str) {
 #[tokio::test]
 async fn the_terminal_takes_a_browsers_credentials_as_subprotocols() {
     let stack = Stack::start().await;
-    // A VM's console takes one session at a time, and the worker frees it
-    // only when the closed session's keepalives stop: each opening below is
-    // on a VM of its own.
+    // A VM's console takes one session at a time (see
+    // `a_hung_up_terminal_frees_the_console_at_once`).
     let vm = str_of(&stack.admin.create_running_vm("term-admin").await["id"]).to_owned();
     let vm2 = str_of(&stack.admin.create_running_vm("term-admin-2").await["id"]).to_owned();
 
@@ -644,5 +643,24 @@ async fn the_console_drives_a_vm_in_a_real_browser() {
     for shot in ["vm-list.png", "vm-page.png", "vm-list-phone.png"] {
         let png = std::fs::read(shots.join(shot)).unwrap();
         assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{shot}: {} bytes", png.len());
+    }
+}
+
+/// A console takes one session at a time; one whose client hung up is ended
+/// at the worker before the socket closes, so the next opens at once (it
+/// used to wait for the closed session's keepalives to stop, ~30 s).
+#[tokio::test]
+async fn a_hung_up_terminal_frees_the_console_at_once() {
+    let stack = Stack::start().await;
+    let vm = str_of(&stack.admin.create_running_vm("term-again").await["id"]).to_owned();
+    let protocols = browser_protocols(ADMIN_TOKEN, &[]);
+    let (mut first, _) = terminal(&stack.base, &vm, &protocols).await.expect("the first session");
+    round_trip(&mut first, "first").await;
+    assert_eq!(terminal(&stack.base, &vm, &protocols).await.err(), Some(409), "a second session while the first is open");
+    hang_up(first).await;
+    for round in ["second", "third"] {
+        let (mut ws, _) = terminal(&stack.base, &vm, &protocols).await.unwrap_or_else(|s| panic!("the {round} session right after a hang-up: {s}"));
+        round_trip(&mut ws, round).await;
+        hang_up(ws).await;
     }
 }

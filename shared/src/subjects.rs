@@ -79,6 +79,10 @@ pub fn terminal_input(session: &str) -> String {
     format!("vmplane.term.{session}.in")
 }
 
+/// The header of the message on a session's input subject that ends it
+/// (its payload is empty, like a keepalive's): the client hung up.
+pub const TERMINAL_CLOSE_HEADER: &str = "Vmplane-Terminal-Close";
+
 /// Console output of a terminal session.
 pub fn terminal_output(session: &str) -> String {
     format!("vmplane.term.{session}.out")

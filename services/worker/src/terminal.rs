@@ -5,7 +5,9 @@
 //! guest output to `vmplane.term.<session>.out`, keystrokes from
 //! `vmplane.term.<session>.in`. The gateway sends an empty message at least
 //! every [`KEEPALIVE`]; a session silent for three of those is closed, so a
-//! vanished gateway does not hold the console.
+//! vanished gateway does not hold the console. A client that hangs up ends
+//! its session at once (an empty message with [`subjects::TERMINAL_CLOSE_HEADER`]).
+//! An empty output message says the session ended and the console is free.
 
 use crate::driver::Driver;
 use bytes::Bytes;
@@ -81,14 +83,16 @@ async fn open(bus: &Bus, driver: &Arc<dyn Driver>, busy: &Arc<Mutex<HashSet<VmId
     };
     let (bus, busy) = (bus.clone(), busy.clone());
     tokio::spawn(async move {
-        relay(bus, stream, input, &req.session).await;
+        relay(&bus, stream, input, &req.session).await;
         busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&req.vm);
         tracing::info!(vm = %req.vm, session = %req.session, "terminal session closed");
+        // Only now: a client told of the end may open the next session.
+        let _ = bus.client.publish(subjects::terminal_output(&req.session), Bytes::new()).await;
     });
     OpenReply::default()
 }
 
-async fn relay(bus: Bus, stream: tokio::net::UnixStream, mut input: async_nats::Subscriber, session: &str) {
+async fn relay(bus: &Bus, stream: tokio::net::UnixStream, mut input: async_nats::Subscriber, session: &str) {
     let (mut rd, mut wr) = stream.into_split();
     let out = subjects::terminal_output(session);
     let mut buf = vec![0u8; 4096];
@@ -103,6 +107,7 @@ async fn relay(bus: Bus, stream: tokio::net::UnixStream, mut input: async_nats::
                 }
             },
             msg = tokio::time::timeout(KEEPALIVE * 3, input.next()) => match msg {
+                Ok(Some(m)) if m.headers.as_ref().is_some_and(|h| h.get(subjects::TERMINAL_CLOSE_HEADER).is_some()) => break,
                 Ok(Some(m)) if m.payload.is_empty() => {}
                 Ok(Some(m)) => {
                     if wr.write_all(&m.payload).await.is_err() {
@@ -113,6 +118,4 @@ async fn relay(bus: Bus, stream: tokio::net::UnixStream, mut input: async_nats::
             },
         }
     }
-    // An empty output message tells the gateway the session ended.
-    let _ = bus.client.publish(out, Bytes::new()).await;
 }

@@ -77,7 +77,7 @@ export function openTerminal(container, id, { onState = () => {}, onEscape = () 
   });
   // The browser does not say why a WebSocket was refused: the usual reasons.
   ws.addEventListener('error', () =>
-    onState('The terminal could not connect: the VM must be running, and its console takes one session at a time (one just closed is released within about 30 s).', false),
+    onState('The terminal could not connect: the VM must be running, and its console takes one session at a time (is it open elsewhere?).', false),
   );
   const typed = term.onData((d) => {
     if (ws.readyState === WebSocket.OPEN) ws.send(enc.encode(d));

@@ -97,6 +97,14 @@ impl TerminalInput {
     pub async fn send(&self, bytes: Bytes) {
         let _ = self.client.publish(self.subject.clone(), bytes).await;
     }
+
+    /// Tell the worker the client hung up, so the console is free for the
+    /// next session now rather than when the keepalives stop.
+    pub async fn close(&self) {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(subjects::TERMINAL_CLOSE_HEADER, "1");
+        let _ = self.client.publish_with_headers(self.subject.clone(), headers, Bytes::new()).await;
+    }
 }
 
 /// Console output.
@@ -126,5 +134,12 @@ impl TerminalOutput {
             }
         }
         None
+    }
+
+    /// After [`TerminalInput::close`]: wait (at most [`OPEN_TIMEOUT`]) until
+    /// the worker has ended the session, which it does once the console is
+    /// free again.
+    pub async fn ended(mut self) {
+        let _ = tokio::time::timeout(OPEN_TIMEOUT, async { while self.next().await.is_some() {} }).await;
     }
 }

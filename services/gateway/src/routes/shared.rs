@@ -37,8 +37,9 @@ pub fn terminal_upgrade(ws: WebSocketUpgrade, term: Terminal) -> Response {
 }
 
 /// Relay until either side ends: binary or text frames in are keystrokes,
-/// console output goes out as binary frames; the session's place is freed
-/// with `term`.
+/// console output goes out as binary frames. Then the session is ended at
+/// the worker (the console is free for the next one when the socket
+/// closes) and its place is freed with `term`.
 async fn relay(socket: WebSocket, term: Terminal) {
     let Terminal { input, mut output } = term;
     let (mut ws_tx, mut ws_rx) = socket.split();
@@ -60,5 +61,7 @@ async fn relay(socket: WebSocket, term: Terminal) {
             },
         }
     }
+    input.close().await;
+    output.ended().await;
     let _ = ws_tx.send(Message::Close(None)).await;
 }
