@@ -284,18 +284,10 @@ fn sequence(ready: Ready, into: &mut Sequenced) -> Result<(), BoxError> {
 /// `created` is a VM one gateway never lists), so a gap is read back from
 /// the leader. A sequence the leader lacks too was deleted: skipped.
 async fn fill_gaps(bus: &Bus, next: u64, events: Sequenced) -> Result<Sequenced, BoxError> {
-    let mut expected = next;
-    let gapped = events.iter().any(|(seq, _)| {
-        let gap = *seq > expected;
-        expected = expected.max(seq + 1);
-        gap
-    });
-    if !gapped {
-        return Ok(events);
-    }
-    let (mut whole, mut expected, mut filled) = (Vec::with_capacity(events.len()), next, 0u64);
+    let (mut whole, mut expected, mut skipped, mut filled) = (Vec::with_capacity(events.len()), next, 0u64, 0u64);
     for (seq, payload) in events {
         while expected < seq {
+            skipped += 1;
             if let Some(missing) = bus.event_at(expected).await? {
                 whole.push((expected, missing));
                 filled += 1;
@@ -305,8 +297,10 @@ async fn fill_gaps(bus: &Bus, next: u64, events: Sequenced) -> Result<Sequenced,
         expected = expected.max(seq + 1);
         whole.push((seq, payload));
     }
-    tracing::warn!(from = next, filled, "the event reader skipped events; read them from the stream's leader");
-    metrics::counter!("vmplane_projection_events_refetched_total").increment(filled);
+    if skipped > 0 {
+        tracing::warn!(from = next, skipped, filled, "the event reader skipped events; read them from the stream's leader");
+        metrics::counter!("vmplane_projection_events_refetched_total").increment(filled);
+    }
     Ok(whole)
 }
 
