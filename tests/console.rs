@@ -1,7 +1,8 @@
 //! The web console (`/console`): its files are served from the binary with a
 //! strict Content-Security-Policy and the right types, load nothing from
 //! another origin, and the terminal accepts a browser's credentials as
-//! WebSocket subprotocols (never in the URL). Then the whole console in a
+//! WebSocket subprotocols (never in the URL) and passes the window size to
+//! the guest's console (`vmplane.terminal.v2`). Then the whole console in a
 //! real headless Chromium, driven over the DevTools protocol: sign in, a VM
 //! created elsewhere appears and turns `running` without a reload, a VM
 //! created with the form, its terminal round trip, delete with
@@ -577,6 +578,18 @@ async fn the_console_drives_a_vm_in_a_real_browser() {
     b.wait("xterm focused", "document.activeElement?.classList.contains('xterm-helper-textarea')").await;
     b.call("Input.insertText", json!({"text": "typed-in-the-browser"})).await;
     b.wait("the echo on screen", "document.querySelector('#terminal .xterm-rows')?.textContent.includes('typed-in-the-browser')").await;
+    // The terminal's size reaches the guest's console, and follows the window.
+    let size = || stack.sim_guest(&id).and_then(|g| g["console_size"].as_str().map(str::to_owned));
+    let first = wait_for("the terminal's size at the console", WAIT, async || size().ok_or_else(|| "none yet".to_owned())).await;
+    let (cols, rows) = first.split_once('x').map(|(c, r)| (c.parse::<u16>().unwrap(), r.parse::<u16>().unwrap())).unwrap();
+    assert!(cols >= 20 && rows >= 5, "a fitted terminal: {first}");
+    b.call("Emulation.setDeviceMetricsOverride", json!({"width": 700, "height": 900, "deviceScaleFactor": 1, "mobile": false})).await;
+    wait_for("the new size at the console", WAIT, async || match size() {
+        Some(now) if now != first => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .await;
+    b.call("Emulation.clearDeviceMetricsOverride", json!({})).await;
     // Ctrl+] leaves the terminal (it takes every other key, Tab included).
     for kind in ["keyDown", "keyUp"] {
         b.call("Input.dispatchKeyEvent", json!({"type": kind, "modifiers": 2, "key": "]", "code": "BracketRight", "windowsVirtualKeyCode": 221})).await;
@@ -663,4 +676,70 @@ async fn a_hung_up_terminal_frees_the_console_at_once() {
         round_trip(&mut ws, round).await;
         hang_up(ws).await;
     }
+}
+
+/// The VM's console size as the sim driver last got it, once it is `want`.
+async fn console_size_becomes(stack: &Stack, vm: &str, want: &str) {
+    wait_for(&format!("the console size {want}"), Duration::from_secs(10), async || {
+        let got = stack.sim_guest(vm).and_then(|g| g["console_size"].as_str().map(str::to_owned));
+        if got.as_deref() == Some(want) { Ok(()) } else { Err(format!("{got:?}")) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_window_size_reaches_the_guests_console() {
+    let stack = Stack::start().await;
+    let vm = str_of(&stack.admin.create_running_vm("term-size").await["id"]).to_owned();
+    // Offered both, the server selects the one with control messages.
+    let mut offered = browser_protocols(ADMIN_TOKEN, &[]);
+    offered.insert(0, "vmplane.terminal.v2".to_owned());
+    let (mut ws, selected) = terminal(&stack.base, &vm, &offered).await.expect("terminal");
+    assert_eq!(selected.as_deref(), Some("vmplane.terminal.v2"));
+    assert!(stack.sim_guest(&vm).expect("sim guest")["console_size"].is_null(), "no size before a client gives one");
+    ws.send(tungstenite::Message::text(r#"{"type":"resize","cols":132,"rows":43}"#)).await.unwrap();
+    console_size_becomes(&stack, &vm, "132x43").await;
+    // Keystrokes are binary frames, and the newest size wins.
+    round_trip(&mut ws, "after-a-resize").await;
+    for (cols, rows) in [(80, 24), (100, 30), (90, 40)] {
+        ws.send(tungstenite::Message::text(json!({"type": "resize", "cols": cols, "rows": rows}).to_string())).await.unwrap();
+    }
+    console_size_becomes(&stack, &vm, "90x40").await;
+
+    // A text frame that is not a control message (typed text, a size out of
+    // range, an unknown type) closes the session with 1007 and the reason,
+    // and changes nothing.
+    for (bad, why) in [
+        ("ls -l", "not a control message"),
+        (r#"{"type":"resize","cols":0,"rows":24}"#, "resize: cols and rows must be 1 to 1000"),
+        (r#"{"type":"paste","text":"x"}"#, "not a control message"),
+    ] {
+        ws.send(tungstenite::Message::text(bad)).await.unwrap();
+        let close = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(tungstenite::Message::Close(c))) => return c,
+                    Some(Ok(_)) => {}
+                    other => panic!("expected a close frame for {bad}: {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("closed");
+        let close = close.expect("a close frame with a code");
+        assert_eq!(u16::from(close.code), 1007, "{bad}");
+        assert!(close.reason.starts_with(why), "{bad}: {}", close.reason);
+        hang_up(ws).await;
+        assert_eq!(stack.sim_guest(&vm).unwrap()["console_size"], "90x40", "{bad} changed the size");
+        (ws, _) = terminal(&stack.base, &vm, &offered).await.expect("the console is free again");
+    }
+    hang_up(ws).await;
+
+    // In the plain subprotocol text frames stay keystrokes.
+    let (mut ws, selected) = terminal(&stack.base, &vm, &browser_protocols(ADMIN_TOKEN, &[])).await.expect("terminal");
+    assert_eq!(selected.as_deref(), Some("vmplane.terminal"));
+    ws.send(tungstenite::Message::text(r#"{"type":"resize","cols":10,"rows":10}"#)).await.unwrap();
+    round_trip(&mut ws, "typed").await;
+    hang_up(ws).await;
+    assert_eq!(stack.sim_guest(&vm).unwrap()["console_size"], "90x40", "text is typed, not a resize, in vmplane.terminal");
 }

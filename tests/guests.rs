@@ -459,6 +459,112 @@ fn images_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("images")
 }
 
+/// A child on a pseudo-terminal whose window the test sets (the child's
+/// controlling terminal, so a resize signals it as a real window does).
+struct Pty {
+    master: std::fs::File,
+    child: std::process::Child,
+    output: std::sync::mpsc::Receiver<Vec<u8>>,
+    seen: Vec<u8>,
+}
+
+impl Pty {
+    fn spawn(cmd: &mut std::process::Command, cols: u16, rows: u16) -> Self {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::process::CommandExt;
+        let (mut master, mut slave) = (-1, -1);
+        let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: openpty writes two new descriptors, owned below.
+        assert_eq!(unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &size) }, 0, "openpty");
+        let (master, slave) = unsafe { (std::fs::File::from_raw_fd(master), std::fs::File::from_raw_fd(slave)) };
+        cmd.stdin(slave.try_clone().unwrap()).stdout(slave.try_clone().unwrap()).stderr(slave).env("TERM", "xterm");
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn on the pty");
+        let (tx, output) = std::sync::mpsc::channel();
+        let mut reader = master.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // EIO once the child and its descriptors are gone.
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { master, child, output, seen: Vec::new() }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
+
+    /// Wait until the output holds `what`; later waits look after it.
+    fn expect(&mut self, what: &str, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.text().contains(what) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.output.recv_timeout(left) {
+                Ok(chunk) => self.seen.extend_from_slice(&chunk),
+                Err(_) => panic!("{what:?} not seen within {timeout:?}: {}", self.text()),
+            }
+        }
+        let at = self.text().find(what).unwrap() + what.len();
+        self.seen.drain(..at);
+    }
+
+    /// Type `keys` every few seconds until the output holds `what` (a
+    /// console drops what is typed before its shell reads).
+    fn type_until(&mut self, keys: &[u8], what: &str, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            self.master.write_all(keys).unwrap();
+            let round = std::time::Instant::now() + Duration::from_secs(3);
+            while std::time::Instant::now() < round && !self.text().contains(what) {
+                if let Ok(chunk) = self.output.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.extend_from_slice(&chunk);
+                }
+            }
+            if self.text().contains(what) {
+                return self.expect(what, Duration::ZERO);
+            }
+            assert!(std::time::Instant::now() < deadline, "{what:?} not seen within {timeout:?}: {}", self.text());
+        }
+    }
+
+    /// Set the window size, as a terminal emulator does when its window changes.
+    fn resize(&self, cols: u16, rows: u16) {
+        let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCSWINSZ reads one winsize.
+        assert_eq!(unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &size) }, 0, "TIOCSWINSZ");
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the console did not exit: {}", self.text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// How many live qemu processes belong to `vm`.
 fn qemu_processes(vm: &str) -> usize {
     let needle = format!("vmplane-{vm}");
@@ -564,6 +670,18 @@ async fn guest_runs_user_data_is_reachable_and_takes_hot_plugged_memory() {
     })
     .await;
     assert_eq!(found, Ok(true), "{}", String::from_utf8_lossy(&out));
+    ws.close(None).await.ok();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {}
+
+    // `vmplane vm console` on a pseudo-terminal: the guest's console has the
+    // window's size, and follows it when the window changes.
+    let mut console = Pty::spawn(std::process::Command::new(BIN).args(["vm", "console", &id, "--url", &g.admin.base, "--token", ADMIN_TOKEN]), 100, 30);
+    console.expect("Connected to the console", Duration::from_secs(30));
+    console.type_until(b"\rstty size\r", "30 100", Duration::from_secs(60));
+    console.resize(120, 50);
+    console.type_until(b"\rstty size\r", "50 120", Duration::from_secs(60));
+    console.type_until(&[0x1d], "[vmplane: left", Duration::from_secs(10));
+    assert!(console.wait().success(), "vmplane vm console exits 0 after Ctrl-]");
 
     // Memory hot-plug within the reserve: the guest sees it online.
     let mem_total = |vm: &Value| g.ssh(vm, "awk '/MemTotal/ {print $2}' /proc/meminfo").trim().parse::<u64>().expect("MemTotal");

@@ -293,6 +293,12 @@ out=$(py agent "$W/agent.sock" ping-until-pong 30)
 [ "$out" = pong ] && ok "agent ping -> pong" || bad "agent ping: $out"
 out=$(py agent "$W/agent.sock" 'run echo one; echo two >&2; exit 3' 30)
 [ "$out" = "$(printf 'out one\nout two\nexit 3')" ] && ok "agent run" || bad "agent run: $out"
+out=$(py agent "$W/agent.sock" 'winsize 132 43' 30)
+[ "$out" = ok ] && ok "agent winsize 132 43 -> ok" || bad "agent winsize: $out"
+out=$(py agent "$W/agent.sock" 'run stty -F /dev/ttyS0 size' 30)
+[ "$out" = "$(printf 'out 43 132\nexit 0')" ] && ok "the console took the window size" || bad "console size: $out"
+out=$(py agent "$W/agent.sock" 'winsize 0 43' 30)
+case $out in "err usage: winsize"*) ok "agent winsize refuses 0" ;; *) bad "agent winsize 0: $out" ;; esac
 out=$(py qmp "$W/qmp.sock" \
 	"{\"execute\":\"blockdev-add\",\"arguments\":{\"driver\":\"qcow2\",\"node-name\":\"vol1\",\"file\":{\"driver\":\"file\",\"filename\":\"$W/vol1.qcow2\"}}}" \
 	'{"execute":"device_add","arguments":{"driver":"virtio-blk-pci","id":"vol1dev","drive":"vol1","serial":"vol1","bus":"hp0"}}' 2>&1)

@@ -83,6 +83,45 @@ pub fn terminal_input(session: &str) -> String {
 /// (its payload is empty, like a keepalive's): the client hung up.
 pub const TERMINAL_CLOSE_HEADER: &str = "Vmplane-Terminal-Close";
 
+/// The header of the message on a session's input subject that gives the
+/// client's window size, `<cols>x<rows>` (its payload is empty): the guest's
+/// console takes that size.
+pub const TERMINAL_SIZE_HEADER: &str = "Vmplane-Terminal-Size";
+
+/// A terminal window's size in character cells, as clients send it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSize {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+impl WindowSize {
+    /// The largest side accepted: bigger than any real screen, small enough
+    /// that no guest program sizes a buffer from it unwisely.
+    pub const MAX: u16 = 1000;
+
+    /// A size whose sides are both within `1..=MAX`.
+    pub fn new(cols: u16, rows: u16) -> Option<Self> {
+        ((1..=Self::MAX).contains(&cols) && (1..=Self::MAX).contains(&rows)).then_some(Self { cols, rows })
+    }
+}
+
+impl std::fmt::Display for WindowSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.cols, self.rows)
+    }
+}
+
+impl std::str::FromStr for WindowSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (cols, rows) = s.split_once('x').ok_or_else(|| format!("not <cols>x<rows>: {s:?}"))?;
+        let side = |v: &str| v.parse::<u16>().ok();
+        side(cols).zip(side(rows)).and_then(|(c, r)| Self::new(c, r)).ok_or_else(|| format!("sides must be 1 to {}: {s:?}", Self::MAX))
+    }
+}
+
 /// Console output of a terminal session.
 pub fn terminal_output(session: &str) -> String {
     format!("vmplane.term.{session}.out")
@@ -155,6 +194,17 @@ pub fn tenancy_command(org: OrgId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn window_sizes_round_trip_within_bounds() {
+        let size: WindowSize = "132x43".parse().unwrap();
+        assert_eq!(size, WindowSize { cols: 132, rows: 43 });
+        assert_eq!(size.to_string(), "132x43");
+        for bad in ["", "80", "80x", "x24", "0x24", "80x0", "1001x24", "80x1001", "-1x24", "80x24x1", "80 x24", "65536x1"] {
+            assert!(bad.parse::<WindowSize>().is_err(), "{bad:?}");
+        }
+        assert_eq!(WindowSize::new(WindowSize::MAX, 1), Some(WindowSize { cols: 1000, rows: 1 }));
+    }
 
     #[test]
     fn subjects_are_well_formed_tokens() {

@@ -1,12 +1,10 @@
 //! `vmplane vm console`: this terminal, in raw mode (`crossterm`), relayed
 //! over the terminal WebSocket (`tokio-tungstenite`, `GET
-//! /v1/vms/{id}/terminal`): keystrokes go out as binary frames, console
-//! output comes back as binary frames. `Ctrl-]` leaves.
-//!
-//! The console is the guest's serial line: the protocol has no message for
-//! the window size, and a serial line cannot learn it by itself. With
-//! `--set-size`, the client types `stty cols C rows R` into it when it
-//! connects and whenever the window changes (at a shell prompt only).
+//! /v1/vms/{id}/terminal`, subprotocol `vmplane.terminal.v2`): keystrokes
+//! go out as binary frames, console output comes back as binary frames, and
+//! the window size goes out as a `resize` control message (a text frame)
+//! when the session starts and whenever the window changes, so the guest's
+//! console has this window's size. `Ctrl-]` leaves.
 
 use crate::client::Api;
 use crate::error::{Error, Result};
@@ -26,11 +24,11 @@ pub const ESCAPE: u8 = 0x1d;
 pub struct ConsoleArgs {
     /// VM id or name (it must be running).
     pub vm: String,
-    /// Type `stty cols C rows R` into the console at connect and whenever
-    /// this window changes size (use at a shell prompt).
-    #[arg(long)]
-    pub set_size: bool,
 }
+
+/// The terminal subprotocol spoken: bytes in binary frames, control
+/// messages in text frames.
+pub const SUBPROTOCOL: &str = "vmplane.terminal.v2";
 
 /// Keystrokes read at once: what goes out before an escape, and whether there was one.
 pub fn split_escape(input: &[u8]) -> (&[u8], bool) {
@@ -40,9 +38,9 @@ pub fn split_escape(input: &[u8]) -> (&[u8], bool) {
     }
 }
 
-/// What `--set-size` types for a window of `cols` x `rows`.
-pub fn stty_line(cols: u16, rows: u16) -> Vec<u8> {
-    format!("stty cols {cols} rows {rows}\r").into_bytes()
+/// The control message giving a window of `cols` x `rows`.
+pub fn resize_message(cols: u16, rows: u16) -> String {
+    serde_json::json!({"type": "resize", "cols": cols, "rows": rows}).to_string()
 }
 
 /// The WebSocket URL of an HTTP URL (`http` to `ws`, `https` to `wss`).
@@ -85,6 +83,7 @@ pub fn request(api: &Api, id: &str) -> Result<tokio_tungstenite::tungstenite::ha
         let value = HeaderValue::from_str(&value).map_err(|_| Error::Invalid(format!("{name} holds characters a header cannot")))?;
         req.headers_mut().insert(name, value);
     }
+    req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(SUBPROTOCOL));
     Ok(req)
 }
 
@@ -107,14 +106,8 @@ pub async fn run(api: &Api, id: &str, a: &ConsoleArgs) -> Result<()> {
     // Raw before the banner: what is typed once it shows goes to the guest as typed.
     let raw = RawMode::enable()?;
     eprint!("Connected to the console of {} ({id}). Leave with Ctrl-].\r\n", a.vm);
-    let mut winch = if a.set_size {
-        Some(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).map_err(Error::io("watching the window size"))?)
-    } else {
-        None
-    };
-    if a.set_size {
-        send_size(&mut tx).await?;
-    }
+    let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).map_err(Error::io("watching the window size"))?;
+    send_size(&mut tx).await?;
     let mut stdin = tokio::io::stdin();
     let mut stdout = tokio::io::stdout();
     let mut buf = vec![0u8; 4096];
@@ -153,7 +146,7 @@ pub async fn run(api: &Api, id: &str, a: &ConsoleArgs) -> Result<()> {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => break Err(Error::Terminal(e.to_string())),
             },
-            Some(()) = async { match winch.as_mut() { Some(w) => w.recv().await, None => std::future::pending().await } } => {
+            Some(()) = winch.recv() => {
                 if let Err(e) = send_size(&mut tx).await {
                     break Err(e);
                 }
@@ -166,13 +159,14 @@ pub async fn run(api: &Api, id: &str, a: &ConsoleArgs) -> Result<()> {
     Ok(())
 }
 
-/// Type the window's size into the console (`--set-size`).
+/// Send this window's size, when there is a window (a terminal whose size
+/// is known and not zero).
 async fn send_size<S>(tx: &mut S) -> Result<()>
 where
     S: futures::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
-    if let Ok((cols, rows)) = crossterm::terminal::size() {
-        tx.send(Message::Binary(stty_line(cols, rows).into())).await.map_err(|e| Error::Terminal(e.to_string()))?;
+    if let Ok((cols @ 1.., rows @ 1..)) = crossterm::terminal::size() {
+        tx.send(Message::text(resize_message(cols.min(1000), rows.min(1000)))).await.map_err(|e| Error::Terminal(e.to_string()))?;
     }
     Ok(())
 }
@@ -192,8 +186,11 @@ mod tests {
     }
 
     #[test]
-    fn the_size_line_and_urls() {
-        assert_eq!(stty_line(120, 40), b"stty cols 120 rows 40\r");
+    fn the_size_message_and_urls() {
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&resize_message(120, 40)).unwrap(),
+            serde_json::json!({"type": "resize", "cols": 120, "rows": 40})
+        );
         assert_eq!(ws_url("http://127.0.0.1:8080/v1/vms/x/terminal").unwrap(), "ws://127.0.0.1:8080/v1/vms/x/terminal");
         assert_eq!(ws_url("https://gw.example/p/v1").unwrap(), "wss://gw.example/p/v1");
         assert!(ws_url("ftp://x").is_err());
@@ -206,5 +203,6 @@ mod tests {
         assert_eq!(req.uri().to_string(), "ws://127.0.0.1:1/v1/vms/vm_1/terminal");
         assert_eq!(req.headers()["authorization"], "Bearer s3cret");
         assert_eq!(req.headers()["x-vmplane-org"], "org_1");
+        assert_eq!(req.headers()["sec-websocket-protocol"], "vmplane.terminal.v2");
     }
 }

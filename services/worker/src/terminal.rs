@@ -8,6 +8,9 @@
 //! vanished gateway does not hold the console. A client that hangs up ends
 //! its session at once (an empty message with [`subjects::TERMINAL_CLOSE_HEADER`]).
 //! An empty output message says the session ended and the console is free.
+//! A message with [`subjects::TERMINAL_SIZE_HEADER`] gives the client's
+//! window size, which the driver passes to the guest; sizes that arrive
+//! faster than the guest takes them are coalesced to the newest.
 
 use crate::driver::Driver;
 use bytes::Bytes;
@@ -17,7 +20,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 use vmplane_bus::Bus;
+use vmplane_domain::subjects::WindowSize;
 use vmplane_domain::{HostId, VmId, subjects};
 
 /// How often the gateway must show it is still there.
@@ -81,9 +86,9 @@ async fn open(bus: &Bus, driver: &Arc<dyn Driver>, busy: &Arc<Mutex<HashSet<VmId
             return OpenReply { error: Some(format!("cannot relay input: {e}")) };
         }
     };
-    let (bus, busy) = (bus.clone(), busy.clone());
+    let (bus, busy, driver) = (bus.clone(), busy.clone(), driver.clone());
     tokio::spawn(async move {
-        relay(&bus, stream, input, &req.session).await;
+        relay(&bus, stream, input, &req.session, resizer(driver, req.vm)).await;
         busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&req.vm);
         tracing::info!(vm = %req.vm, session = %req.session, "terminal session closed");
         // Only now: a client told of the end may open the next session.
@@ -92,7 +97,45 @@ async fn open(bus: &Bus, driver: &Arc<dyn Driver>, busy: &Arc<Mutex<HashSet<VmId
     OpenReply::default()
 }
 
-async fn relay(bus: &Bus, stream: tokio::net::UnixStream, mut input: async_nats::Subscriber, session: &str) {
+/// What a session's input message asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Input {
+    Bytes(Bytes),
+    Keepalive,
+    Resize(WindowSize),
+    Close,
+}
+
+impl Input {
+    fn of(msg: &async_nats::Message) -> Self {
+        let header = |name| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str());
+        if header(subjects::TERMINAL_CLOSE_HEADER).is_some() {
+            return Self::Close;
+        }
+        if let Some(size) = header(subjects::TERMINAL_SIZE_HEADER) {
+            // The gateway checked it; one that does not parse is dropped.
+            return size.parse().map_or(Self::Keepalive, Self::Resize);
+        }
+        if msg.payload.is_empty() { Self::Keepalive } else { Self::Bytes(msg.payload.clone()) }
+    }
+}
+
+/// A task that gives the VM's console the newest size sent into the
+/// returned channel, one at a time; it ends when the sender is dropped.
+fn resizer(driver: Arc<dyn Driver>, vm: VmId) -> watch::Sender<Option<WindowSize>> {
+    let (tx, mut rx) = watch::channel(None);
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let Some(size) = *rx.borrow_and_update() else { continue };
+            if let Err(e) = driver.resize_console(vm, size).await {
+                tracing::debug!(%vm, %size, error = %e, "the console did not take the window size");
+            }
+        }
+    });
+    tx
+}
+
+async fn relay(bus: &Bus, stream: tokio::net::UnixStream, mut input: async_nats::Subscriber, session: &str, size: watch::Sender<Option<WindowSize>>) {
     let (mut rd, mut wr) = stream.into_split();
     let out = subjects::terminal_output(session);
     let mut buf = vec![0u8; 4096];
@@ -106,16 +149,48 @@ async fn relay(bus: &Bus, stream: tokio::net::UnixStream, mut input: async_nats:
                     }
                 }
             },
-            msg = tokio::time::timeout(KEEPALIVE * 3, input.next()) => match msg {
-                Ok(Some(m)) if m.headers.as_ref().is_some_and(|h| h.get(subjects::TERMINAL_CLOSE_HEADER).is_some()) => break,
-                Ok(Some(m)) if m.payload.is_empty() => {}
-                Ok(Some(m)) => {
-                    if wr.write_all(&m.payload).await.is_err() {
+            msg = tokio::time::timeout(KEEPALIVE * 3, input.next()) => match msg.ok().flatten().as_ref().map(Input::of) {
+                Some(Input::Bytes(b)) => {
+                    if wr.write_all(&b).await.is_err() {
                         break;
                     }
                 }
-                _ => break,
+                Some(Input::Keepalive) => {}
+                Some(Input::Resize(s)) => {
+                    size.send_replace(Some(s));
+                }
+                Some(Input::Close) | None => break,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(headers: &[(&str, &str)], payload: &'static [u8]) -> async_nats::Message {
+        let mut map = async_nats::HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(*k, *v);
+        }
+        async_nats::Message {
+            subject: "vmplane.term.t.in".into(),
+            reply: None,
+            payload: Bytes::from_static(payload),
+            headers: (!headers.is_empty()).then_some(map),
+            status: None,
+            description: None,
+            length: payload.len(),
+        }
+    }
+
+    #[test]
+    fn input_messages_say_what_they_ask() {
+        assert_eq!(Input::of(&msg(&[], b"ls\r")), Input::Bytes(Bytes::from_static(b"ls\r")));
+        assert_eq!(Input::of(&msg(&[], b"")), Input::Keepalive);
+        assert_eq!(Input::of(&msg(&[(subjects::TERMINAL_SIZE_HEADER, "120x40")], b"")), Input::Resize(WindowSize { cols: 120, rows: 40 }));
+        assert_eq!(Input::of(&msg(&[(subjects::TERMINAL_SIZE_HEADER, "0x40")], b"")), Input::Keepalive, "a bad size is dropped");
+        assert_eq!(Input::of(&msg(&[(subjects::TERMINAL_CLOSE_HEADER, "1")], b"")), Input::Close);
     }
 }

@@ -1,7 +1,9 @@
 // A browser terminal (xterm.js) on the VM's serial console WebSocket,
 // `/v1/vms/{id}/terminal`. A browser cannot set Authorization on a
 // WebSocket, so the token goes as an offered subprotocol beside
-// `vmplane.terminal` (the one the gateway selects): a header, never the URL.
+// `vmplane.terminal.v2` (the one the gateway selects): a header, never the
+// URL. In that subprotocol keystrokes are binary frames and text frames are
+// control messages: the terminal's size, sent on open and on every resize.
 
 import { Terminal } from '../vendor/xterm/xterm.mjs';
 import { FitAddon } from '../vendor/xterm/addon-fit.mjs';
@@ -18,7 +20,7 @@ function b64url(text) {
 /** The subprotocols carrying this tab's credentials. */
 export function subprotocols() {
   const s = session();
-  const p = ['vmplane.terminal', `vmplane.bearer.${b64url(s.token)}`];
+  const p = ['vmplane.terminal.v2', `vmplane.bearer.${b64url(s.token)}`];
   if (s.org) p.push(`vmplane.org.${s.org}`);
   if (s.project) p.push(`vmplane.project.${s.project}`);
   return p;
@@ -65,8 +67,15 @@ export function openTerminal(container, id, { onState = () => {}, onEscape = () 
   ws.binaryType = 'arraybuffer';
   const enc = new TextEncoder();
   onState('Connecting…', false);
+  const sendSize = () => {
+    if (ws.readyState === WebSocket.OPEN && term.cols > 0 && term.rows > 0) {
+      ws.send(JSON.stringify({ type: 'resize', cols: Math.min(term.cols, 1000), rows: Math.min(term.rows, 1000) }));
+    }
+  };
+  const resized = term.onResize(sendSize);
   ws.addEventListener('open', () => {
     onState('Connected', true);
+    sendSize();
     term.focus();
   });
   ws.addEventListener('message', (m) => {
@@ -91,6 +100,7 @@ export function openTerminal(container, id, { onState = () => {}, onEscape = () 
       resize.disconnect();
       typed.dispose();
       typedBin.dispose();
+      resized.dispose();
       if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close(1000);
       term.dispose();
     },

@@ -11,6 +11,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+use vmplane_domain::subjects::WindowSize;
 use vmplane_domain::vm::{Vm, VmStatus};
 use vmplane_domain::{OpId, VmId, subjects};
 
@@ -96,6 +97,13 @@ impl TerminalInput {
     /// Send bytes to the console, best effort (a lost keystroke is retyped).
     pub async fn send(&self, bytes: Bytes) {
         let _ = self.client.publish(self.subject.clone(), bytes).await;
+    }
+
+    /// Give the console the client's window size (best effort, like keystrokes).
+    pub async fn resize(&self, size: WindowSize) {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(subjects::TERMINAL_SIZE_HEADER, size.to_string().as_str());
+        let _ = self.client.publish_with_headers(self.subject.clone(), headers, Bytes::new()).await;
     }
 
     /// Tell the worker the client hung up, so the console is free for the

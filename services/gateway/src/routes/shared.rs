@@ -4,11 +4,13 @@
 //! never each other.
 
 use crate::app::terminal::Terminal;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
 use utoipa::openapi::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use vmplane_domain::subjects::WindowSize;
 
 /// Declares `Authorization: Bearer <API key secret or admin token>` as the
 /// security scheme `bearer` (`modifiers(&BearerAuth)`).
@@ -31,18 +33,50 @@ pub fn add_bearer_scheme(doc: &mut OpenApi, name: &str) {
 /// keystrokes and pastes, not bulk data; a larger one closes the session.
 pub const MAX_TERMINAL_MESSAGE_BYTES: usize = 64 << 10;
 
-/// Finish a terminal upgrade: relay `term` over the socket.
-pub fn terminal_upgrade(ws: WebSocketUpgrade, term: Terminal) -> Response {
-    ws.max_message_size(MAX_TERMINAL_MESSAGE_BYTES).max_frame_size(MAX_TERMINAL_MESSAGE_BYTES).on_upgrade(move |socket| relay(socket, term))
+/// What a client's text frames carry on a terminal socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextFrames {
+    /// Keystrokes, as binary frames do.
+    Keystrokes,
+    /// [`Control`] messages, one JSON object per frame; keystrokes come as
+    /// binary frames only.
+    Control,
 }
 
-/// Relay until either side ends: binary or text frames in are keystrokes,
-/// console output goes out as binary frames. Then the session is ended at
-/// the worker (the console is free for the next one when the socket
-/// closes) and its place is freed with `term`.
-async fn relay(socket: WebSocket, term: Terminal) {
+/// A control message from a terminal client.
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Control {
+    /// The client's window is `cols` x `rows` character cells (each 1 to
+    /// [`WindowSize::MAX`]); the guest's console takes that size.
+    Resize { cols: u16, rows: u16 },
+}
+
+impl Control {
+    /// A control frame's meaning, or why it has none.
+    fn parse(text: &str) -> Result<WindowSize, String> {
+        match serde_json::from_str::<Control>(text) {
+            Ok(Control::Resize { cols, rows }) => WindowSize::new(cols, rows).ok_or_else(|| format!("resize: cols and rows must be 1 to {}", WindowSize::MAX)),
+            Err(e) => Err(format!("not a control message ({e})")),
+        }
+    }
+}
+
+/// Finish a terminal upgrade: relay `term` over the socket.
+pub fn terminal_upgrade(ws: WebSocketUpgrade, term: Terminal, text: TextFrames) -> Response {
+    ws.max_message_size(MAX_TERMINAL_MESSAGE_BYTES).max_frame_size(MAX_TERMINAL_MESSAGE_BYTES).on_upgrade(move |socket| relay(socket, term, text))
+}
+
+/// Relay until either side ends: binary frames in are keystrokes, text
+/// frames are keystrokes or control messages (`text`), console output goes
+/// out as binary frames. A control message that does not parse closes the
+/// socket with code 1007 and the reason. Then the session is ended at the
+/// worker (the console is free for the next one when the socket closes) and
+/// its place is freed with `term`.
+async fn relay(socket: WebSocket, term: Terminal, text: TextFrames) {
     let Terminal { input, mut output } = term;
     let (mut ws_tx, mut ws_rx) = socket.split();
+    let mut close = None;
     loop {
         tokio::select! {
             out = output.next() => match out {
@@ -55,7 +89,14 @@ async fn relay(socket: WebSocket, term: Terminal) {
             },
             frame = ws_rx.next() => match frame {
                 Some(Ok(Message::Binary(b))) => input.send(b).await,
-                Some(Ok(Message::Text(t))) => input.send(bytes::Bytes::from(t.as_str().to_owned())).await,
+                Some(Ok(Message::Text(t))) if text == TextFrames::Keystrokes => input.send(bytes::Bytes::from(t.as_str().to_owned())).await,
+                Some(Ok(Message::Text(t))) => match Control::parse(t.as_str()) {
+                    Ok(size) => input.resize(size).await,
+                    Err(why) => {
+                        close = Some(CloseFrame { code: close_code::INVALID, reason: truncate(why, 120).into() });
+                        break;
+                    }
+                },
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 _ => break,
             },
@@ -63,5 +104,40 @@ async fn relay(socket: WebSocket, term: Terminal) {
     }
     input.close().await;
     output.ended().await;
-    let _ = ws_tx.send(Message::Close(None)).await;
+    let _ = ws_tx.send(Message::Close(close)).await;
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary (a close
+/// frame's reason has room for 123).
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let cut = (0..=max).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+        s.truncate(cut);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_messages_parse_or_say_why() {
+        assert_eq!(Control::parse(r#"{"type":"resize","cols":132,"rows":43}"#), Ok(WindowSize { cols: 132, rows: 43 }));
+        for bad in [r#"{"type":"resize","cols":0,"rows":43}"#, r#"{"type":"resize","cols":80,"rows":1001}"#] {
+            assert!(Control::parse(bad).unwrap_err().starts_with("resize: cols and rows must be"), "{bad}");
+        }
+        for bad in [
+            "ls -l",
+            r#"{"type":"resize","cols":-1,"rows":4}"#,
+            r#"{"type":"paste"}"#,
+            r#"{"type":"resize","cols":80}"#,
+            r#"{"type":"resize","cols":80,"rows":24,"x":1}"#,
+            "{}",
+        ] {
+            assert!(Control::parse(bad).unwrap_err().starts_with("not a control message"), "{bad}");
+        }
+        assert_eq!(truncate("é".repeat(100), 120).len(), 120);
+        assert_eq!(truncate("aé".into(), 2), "a");
+    }
 }

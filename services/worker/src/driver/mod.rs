@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use tokio::sync::mpsc;
 use vmplane_domain::host::{HostInfo, ImageFormat, ImageInfo};
 use vmplane_domain::spec::VolumeMount;
+use vmplane_domain::subjects::WindowSize;
 use vmplane_domain::vm::{DiskInfo, NetworkRuntime, Vm};
 use vmplane_domain::volume::Volume;
 use vmplane_domain::{OrgId, VmId, VolumeId};
@@ -75,6 +76,10 @@ pub trait Driver: Send + Sync + 'static {
     fn console_socket(&self, _vm: VmId) -> Option<PathBuf> {
         None
     }
+    /// Give a running guest's serial console a terminal client's window
+    /// size, so programs there lay out for it (a serial line cannot learn
+    /// it by itself). Best effort: a terminal works without it.
+    async fn resize_console(&self, vm: VmId, size: WindowSize) -> Result<(), DriverError>;
     /// Serial console logs of the running guests.
     fn consoles(&self) -> Vec<Console> {
         Vec::new()

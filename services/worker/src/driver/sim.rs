@@ -6,7 +6,8 @@
 //! can prove that a redelivered command never boots a guest twice.
 //!
 //! A running guest's serial console is a unix socket that echoes what it is
-//! sent, so terminal sessions can be tested without a real guest.
+//! sent, so terminal sessions can be tested without a real guest; the last
+//! window size a terminal gave it is kept in the guest's file.
 //!
 //! Faults are injected per VM through labels, which only this driver reads:
 //! `sim.fail=<step>` fails that step for good, `sim.fail-once=<step>` fails it
@@ -30,6 +31,7 @@ use vmplane_domain::catalog::Catalog;
 use vmplane_domain::cidr::Cidr;
 use vmplane_domain::host::{HostInfo, ImageFormat, ImageInfo};
 use vmplane_domain::spec::{NetworkMode, VolumeMount};
+use vmplane_domain::subjects::WindowSize;
 use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, Vm};
 use vmplane_domain::volume::Volume;
 use vmplane_domain::{OrgId, VmId, VolumeId};
@@ -92,6 +94,9 @@ pub struct SimGuest {
     /// Its address on the bridge, in bridge mode.
     #[serde(default)]
     pub bridge_ip: Option<Ipv4Addr>,
+    /// The last window size a terminal gave its console, `<cols>x<rows>`.
+    #[serde(default)]
+    pub console_size: Option<String>,
     /// The VM's org (absent from guests written before it was kept).
     #[serde(default)]
     pub org: Option<OrgId>,
@@ -276,6 +281,13 @@ impl Driver for SimDriver {
             });
         }
         Some(path)
+    }
+
+    async fn resize_console(&self, vm: VmId, size: WindowSize) -> Result<(), DriverError> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guest = self.read(vm)?.filter(|g| g.running).ok_or_else(|| DriverError::Fatal("the guest is not running here".into()))?;
+        guest.console_size = Some(size.to_string());
+        self.write(vm, &guest)
     }
 
     async fn allocate_network(&self, vm: &Vm) -> Result<NetworkRuntime, DriverError> {

@@ -6,7 +6,7 @@ use super::extract::{Caller, Input};
 use super::vms::VmInput;
 use crate::AppState;
 use crate::app::terminal;
-use crate::routes::shared::terminal_upgrade;
+use crate::routes::shared::{TextFrames, terminal_upgrade};
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -28,5 +28,5 @@ pub async fn open(
     let console = terminal::find(&state.app, &who, id)?;
     let ws = ws.map_err(|r| VisorError::bad_request(format!("vm.terminal is a WebSocket; {}", r.body_text())))?;
     let term = console.open(&state.app).await?;
-    Ok(terminal_upgrade(ws, term))
+    Ok(terminal_upgrade(ws, term, TextFrames::Keystrokes))
 }

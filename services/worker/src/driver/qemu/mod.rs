@@ -8,6 +8,7 @@
 //! worker ships to JetStream.
 
 pub mod accel;
+pub mod agent;
 pub mod bridge;
 pub mod gpu;
 pub mod image;
@@ -39,6 +40,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use vmplane_domain::host::{HostInfo, ImageFormat, ImageInfo};
 use vmplane_domain::spec::{NetworkMode, Protocol, VolumeMount};
+use vmplane_domain::subjects::WindowSize;
 use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, Vm};
 use vmplane_domain::volume::Volume;
 use vmplane_domain::{OrgId, VmId, VolumeId};
@@ -466,6 +468,14 @@ impl Driver for QemuDriver {
         let watched = self.watched.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&vm);
         let socket = self.dir(vm).console_socket();
         (watched && socket.exists()).then_some(socket)
+    }
+
+    async fn resize_console(&self, vm: VmId, size: WindowSize) -> Result<(), DriverError> {
+        if self.console_socket(vm).is_none() {
+            return Err(DriverError::Fatal("the guest is not running here".into()));
+        }
+        // Quick or not at all: the next resize brings the newest size anyway.
+        agent::call(&self.dir(vm), &format!("winsize {} {}", size.cols, size.rows), Duration::from_secs(5)).await
     }
 
     fn consoles(&self) -> Vec<Console> {

@@ -4,6 +4,7 @@
 //! path, mounted by the guest agent over its virtio-serial channel (at boot,
 //! from the seed's `volumes` file); the others stay plain block devices.
 
+use super::agent;
 use super::layout::VmDir;
 use super::process::HOTPLUG_PORTS;
 use super::qemu_img;
@@ -14,9 +15,12 @@ use serde_json::json;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use vmplane_domain::VolumeId;
 use vmplane_domain::spec::VolumeMount;
+
+/// How long a mount or unmount may take in the guest (a mount waits up to
+/// 10 s for its disk to appear, then may format it).
+const AGENT_PATIENCE: Duration = Duration::from_secs(30);
 
 /// A volume plugged into one VM, as recorded in the VM's `volumes.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,7 +151,7 @@ pub async fn attach(dir: &VmDir, location: &str, mount: &VolumeMount, running: b
     }
     drop(q);
     let Some(path) = &entry.mount_path else { return Ok(()) };
-    let mounted = agent(dir, &format!("mount {} {path} {}", entry.serial, if entry.readonly { "ro" } else { "rw" })).await;
+    let mounted = agent::call(dir, &format!("mount {} {path} {}", entry.serial, if entry.readonly { "ro" } else { "rw" }), AGENT_PATIENCE).await;
     if let Err(DriverError::Fatal(why)) = &mounted {
         // Leave the guest as it was: the volume goes back out, free for another VM.
         if let Err(e) = unplug(dir, &entry).await {
@@ -186,7 +190,7 @@ pub async fn detach(dir: &VmDir, mount: &VolumeMount, running: bool) -> Result<(
     let Some(entry) = list.iter().find(|p| p.volume_id == mount.volume_id).cloned() else { return Ok(()) };
     if running {
         if let Some(path) = &entry.mount_path
-            && let Err(e) = agent(dir, &format!("umount {path}")).await
+            && let Err(e) = agent::call(dir, &format!("umount {path}"), AGENT_PATIENCE).await
             && !e.to_string().contains("not a mount point")
         {
             return Err(e);
@@ -200,39 +204,6 @@ pub async fn detach(dir: &VmDir, mount: &VolumeMount, running: bool) -> Result<(
     save(dir, &list)
 }
 
-/// The longest agent answer read; the guest writes it, so it is bounded.
-const MAX_AGENT_REPLY: u64 = 4096;
-
-/// One agent command and its one-line answer (`ok`, or `err <why>`).
-async fn agent(dir: &VmDir, command: &str) -> Result<(), DriverError> {
-    let talk = async {
-        let stream = tokio::net::UnixStream::connect(dir.agent_socket()).await?;
-        let (r, mut w) = stream.into_split();
-        w.write_all(format!("{command}\n").as_bytes()).await?;
-        read_reply(r).await
-    };
-    match tokio::time::timeout(Duration::from_secs(30), talk).await {
-        Ok(Ok(None)) => Err(DriverError::Fatal(format!("guest agent: no answer line within {MAX_AGENT_REPLY} bytes"))),
-        Ok(Ok(Some(reply))) => agent_outcome(&reply),
-        Ok(Err(e)) => Err(DriverError::Retryable(format!("guest agent: {e}"))),
-        Err(_) => Err(DriverError::Fatal("guest agent did not answer in 30 s (is the agent running?)".into())),
-    }
-}
-
-/// The first line, or `None` when none ends within [`MAX_AGENT_REPLY`] bytes.
-async fn read_reply(r: impl tokio::io::AsyncRead + Unpin) -> std::io::Result<Option<String>> {
-    let mut line = Vec::new();
-    BufReader::new(r.take(MAX_AGENT_REPLY)).read_until(b'\n', &mut line).await?;
-    Ok(line.ends_with(b"\n").then(|| String::from_utf8_lossy(&line).trim().to_owned()))
-}
-
-fn agent_outcome(reply: &str) -> Result<(), DriverError> {
-    match reply {
-        "ok" => Ok(()),
-        reply => Err(DriverError::Fatal(format!("guest agent: {}", reply.strip_prefix("err ").unwrap_or(reply)))),
-    }
-}
-
 fn retry(e: impl std::fmt::Display) -> DriverError {
     DriverError::Retryable(e.to_string())
 }
@@ -244,16 +215,6 @@ fn fatal(e: impl std::fmt::Display) -> DriverError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn agent_replies_are_read_with_a_bound() {
-        assert_eq!(read_reply(&b"ok\nmore"[..]).await.unwrap().as_deref(), Some("ok"));
-        let endless = tokio::io::repeat(b'x');
-        assert_eq!(read_reply(endless).await.unwrap(), None, "an endless line ends the read after the bound");
-        assert_eq!(read_reply(&b"no newline"[..]).await.unwrap(), None);
-        assert!(agent_outcome("ok").is_ok());
-        assert_eq!(agent_outcome("err not a mount point"), Err(DriverError::Fatal("guest agent: not a mount point".into())));
-    }
 
     #[test]
     fn serials_fit_virtio_and_differ() {
