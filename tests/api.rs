@@ -216,7 +216,7 @@ fn substitute(path: &str, ids: &Ids) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pagination_arithmetic_and_status_filter() {
+async fn pagination_arithmetic_and_the_status_and_name_filters() {
     let stack = Stack::start().await;
     let c = &stack.admin;
 
@@ -293,6 +293,33 @@ async fn pagination_arithmetic_and_status_filter() {
         let (s, b) = c.get(&format!("/v1/vms{bad}")).await;
         assert_eq!((s, b["code"].as_str()), (400, Some("invalid_query")), "{bad}: {b}");
     }
+
+    // Name filter: the whole name, with the status filter too; a deleted
+    // VM's name is free again and both are there to ask for.
+    assert_eq!(ids_of(&page("?name=vm-3").await), [ids[3].clone()]);
+    assert_eq!(page("?name=vm").await["pagination"]["total_items"], 0, "not a prefix match");
+    assert_eq!(page("?name=vm-4").await["pagination"]["total_items"], 0, "vm-4 is deleted");
+    assert_eq!(ids_of(&page("?name=vm-4&status=deleted").await), [ids[4].clone()]);
+    let again = str_of(&c.create_running_vm("vm-4").await["id"]).to_owned();
+    assert_eq!(ids_of(&page("?name=vm-4").await), [again]);
+    assert_eq!(ids_of(&page("?name=vm-2&status=stopped").await), [ids[2].clone()]);
+    assert_eq!(page("?name=vm-2&status=running").await["pagination"]["total_items"], 0);
+    let long = format!("?name={}", "a".repeat(64));
+    for bad in ["?name=", "?name=Vm-1", "?name=vm_1", "?name=-vm", &long] {
+        let (s, b) = c.get(&format!("/v1/vms{bad}")).await;
+        assert_eq!((s, b["code"].as_str()), (400, Some("invalid_query")), "{bad}: {b}");
+    }
+    // Volumes take the same filter.
+    for name in ["data", "logs"] {
+        let (s, b) = c.post("/v1/volumes", &json!({"name": name, "size_gb": 1})).await;
+        assert_eq!(s, 202, "{b}");
+        c.wait_op_succeeded(str_of(&b["operation"]["id"])).await;
+    }
+    let (s, b) = c.get("/v1/volumes?name=logs").await;
+    assert_eq!((s, b["pagination"]["total_items"].as_u64()), (200, Some(1)), "{b}");
+    assert_eq!(b["data"][0]["name"], "logs");
+    let (s, b) = c.get("/v1/volumes?name=Logs").await;
+    assert_eq!((s, b["code"].as_str()), (400, Some("invalid_query")), "{b}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

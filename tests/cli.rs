@@ -243,6 +243,8 @@ async fn vms_volumes_logs_and_events_from_the_command_line() {
 
     // Errors: the API's code on stderr, a distinct exit status per kind.
     fails(&admin(&sh, &stack, &["vm", "get", "nosuch"]).await, NOT_FOUND, "not_found");
+    fails(&admin(&sh, &stack, &["vm", "get", "Not_A_Name"]).await, NOT_FOUND, "not_found");
+    fails(&admin(&sh, &stack, &["volume", "rm", "Not_A_Name"]).await, NOT_FOUND, "not_found");
     fails(&admin(&sh, &stack, &["vm", "get", "vm_00000000000000000000000000"]).await, NOT_FOUND, "not_found");
     ok(&admin(&sh, &stack, &["vm", "stop", "web-2", "--wait"]).await);
     fails(&admin(&sh, &stack, &["vm", "restart", "web-2"]).await, CONFLICT, "invalid_state");

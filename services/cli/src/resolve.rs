@@ -1,7 +1,8 @@
 //! Names wherever an id is accepted: an argument that is an id (`vm_…`) is
 //! used as it is; anything else is looked up by name in the list the API
-//! gives the caller. No match is "not found"; several are an error that
-//! names them (use an id then).
+//! gives the caller (VMs and volumes with the list's `name` filter, one
+//! request). No match is "not found"; several are an error that names them
+//! (use an id then).
 
 use crate::client::{Api, str_at};
 use crate::error::{Error, Result};
@@ -36,7 +37,16 @@ pub async fn vm(api: &Api, input: &str) -> Result<String> {
     if looks_like_id("vm", input) {
         return Ok(input.to_owned());
     }
-    pick("vm", input, &api.list_all("/v1/vms", &[]).await?, "/name")
+    pick("vm", input, &named(api, "vm", "/v1/vms", input).await?, "/name")
+}
+
+/// The items of the list at `path` named `name`: the API's name filter
+/// refuses what cannot be a name (400 `invalid_query`), which no item has.
+async fn named(api: &Api, kind: &'static str, path: &str, name: &str) -> Result<Vec<Value>> {
+    match api.list_all(path, &[("name", name)]).await {
+        Err(Error::Api { status: 400, code, .. }) if code == "invalid_query" => Err(Error::NameNotFound { kind, name: name.to_owned() }),
+        listed => listed,
+    }
 }
 
 /// A volume's id from its id or name.
@@ -44,7 +54,7 @@ pub async fn volume(api: &Api, input: &str) -> Result<String> {
     if looks_like_id("vol", input) {
         return Ok(input.to_owned());
     }
-    pick("volume", input, &api.list_all("/v1/volumes", &[]).await?, "/name")
+    pick("volume", input, &named(api, "volume", "/v1/volumes", input).await?, "/name")
 }
 
 /// A host's id from its id or name.

@@ -53,10 +53,19 @@ pub fn get(app: &App, who: &Principal, id: VmId) -> AppResult<Vm> {
     app.proj.vm(id)?.filter(|vm| vm.org == who.org).ok_or_else(|| AppError::NotFound(format!("vm {id}")))
 }
 
-/// The caller's VMs (of its project, if it named one), oldest first: those in
-/// `status`, or without it every VM that is not deleted.
-pub fn list(app: &App, who: &Principal, status: Option<VmStatus>, window: Window) -> AppResult<Listed<Vm>> {
-    let filter = VmFilter { org: who.org, project: who.project, status };
+/// Which of the caller's VMs a list shows.
+#[derive(Debug, Default)]
+pub struct Selection {
+    /// Those in this status; without it every VM that is not deleted.
+    pub status: Option<VmStatus>,
+    /// Only those of this name.
+    pub name: Option<String>,
+}
+
+/// The caller's VMs (of its project, if it named one) that `selection`
+/// selects, oldest first.
+pub fn list(app: &App, who: &Principal, selection: Selection, window: Window) -> AppResult<Listed<Vm>> {
+    let filter = VmFilter { org: who.org, project: who.project, status: selection.status, name: selection.name };
     let (items, total) = app.proj.list_vms(&filter, window.offset, window.limit)?;
     Ok(Listed { items, total })
 }

@@ -17,9 +17,9 @@ pub fn get(app: &App, who: &Principal, id: VolumeId) -> AppResult<Volume> {
     app.proj.volume(id)?.filter(|v| v.org == who.org && v.status != VolumeStatus::Deleted).ok_or_else(|| AppError::NotFound(format!("volume {id}")))
 }
 
-/// The org's volumes that are not deleted, oldest first.
-pub fn list(app: &App, who: &Principal, window: Window) -> AppResult<Listed<Volume>> {
-    let (items, total) = app.proj.list_volumes(who.org, window.offset, window.limit)?;
+/// The org's volumes that are not deleted (of that name, if given), oldest first.
+pub fn list(app: &App, who: &Principal, name: Option<&str>, window: Window) -> AppResult<Listed<Volume>> {
+    let (items, total) = app.proj.list_volumes(who.org, |v| name.is_none_or(|n| v.spec.name == n), window.offset, window.limit)?;
     Ok(Listed { items, total })
 }
 
@@ -179,9 +179,9 @@ pub fn root_disk(app: &App, who: &Principal, id: VolumeId) -> AppResult<RootDisk
 /// The caller's root disks (of its project, if it named one), oldest first:
 /// its live VMs' own root disks and its root-disk volumes that are not deleted.
 pub fn root_disks(app: &App, who: &Principal, window: Window) -> AppResult<Listed<RootDisk>> {
-    let filter = crate::projection::vms::VmFilter { org: who.org, project: who.project, status: None };
+    let filter = crate::projection::vms::VmFilter { org: who.org, project: who.project, status: None, name: None };
     let (vms, _) = app.proj.list_vms(&filter, 0, usize::MAX)?;
-    let (volumes, _) = app.proj.list_volumes(who.org, 0, usize::MAX)?;
+    let (volumes, _) = app.proj.list_volumes(who.org, |_| true, 0, usize::MAX)?;
     let mut disks: Vec<RootDisk> = Vec::new();
     for volume in volumes.into_iter().filter(|v| v.image.is_some() && who.project.is_none_or(|p| v.project == p)) {
         let made_by = app.proj.vm(root_disk_vm(volume.id))?.filter(|vm| vm.org == who.org && kept_root_disk_id(vm.id) == volume.id).map(Box::new);

@@ -10,6 +10,7 @@
 //! `hostuse/<id>`, `vol/<id>`, `volidx/<org>/<id>`, `tpl/<id>`, `tplidx/<org>/<id>`,
 //! `sshkey/<org>/<id>`, `wh/<org>/<id>`, `whdlv/<org>/<webhook>/<delivery>`,
 //! `vmls/<org>[/<project>]/<status or all>/<id>` with counters `vmlsn/…`,
+//! `vmname/<org>/<name>/<id>` (every VM a name was given),
 //! `vmhost/<id>` (a VM's host, read without the VM),
 //! `meta/applied` and `meta/version`. A second tree, `history`, holds each
 //! VM's events (key: the VM's ULID bytes then the stream sequence, big
@@ -46,7 +47,7 @@ const BURST: usize = 512;
 const REPLAY_BATCH: usize = 8_192;
 const VERSION: &[u8] = b"meta/version";
 /// The layout of the keys above; raised whenever a view or index changes shape.
-const LAYOUT: u64 = 3;
+const LAYOUT: u64 = 4;
 
 /// The gateway's read side.
 #[derive(Clone)]

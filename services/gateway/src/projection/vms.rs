@@ -5,6 +5,8 @@
 //! A list is read from an index of the VMs it selects (per org, and per
 //! project, by status or all not deleted) and its total from a counter kept
 //! beside the index, so listing a page costs that page whatever the fleet.
+//! A list by name reads the org's index of that name (`vmname`), which
+//! holds every VM ever given it, so it costs the VMs of that name.
 
 use super::{Projections, Txn, history_key, key};
 use std::collections::BTreeSet;
@@ -48,6 +50,7 @@ pub(super) fn apply(txn: &mut Txn, seq: u64, env: &Envelope, ev: &VmEvent, paylo
     }
     if !existed {
         txn.put(key(&[&"vmidx", &after.org, &id]), ());
+        txn.put_raw(key(&[&"vmname", &after.org, &after.spec.name, &id]), Vec::new());
         let mut used: Resources = txn.get(&usage_key).unwrap_or_default();
         used += after.spec.resources();
         txn.put(usage_key, used);
@@ -109,6 +112,18 @@ pub struct VmFilter {
     pub project: Option<ProjectId>,
     /// `None` lists every VM that is not deleted.
     pub status: Option<VmStatus>,
+    /// Only VMs of this name.
+    pub name: Option<String>,
+}
+
+impl VmFilter {
+    fn selects(&self, vm: &Vm) -> bool {
+        self.project.is_none_or(|p| p == vm.project)
+            && match self.status {
+                Some(s) => vm.status == s,
+                None => vm.status != VmStatus::Deleted,
+            }
+    }
 }
 
 impl Projections {
@@ -131,6 +146,9 @@ impl Projections {
     /// VMs matching `filter`, oldest first: one page and the total count,
     /// read from the filter's index and counter (see the module docs).
     pub fn list_vms(&self, filter: &VmFilter, offset: usize, limit: usize) -> sled::Result<(Vec<Vm>, usize)> {
+        if let Some(name) = &filter.name {
+            return self.list_vms_named(filter, name, offset, limit);
+        }
         let sel = filter.status.map_or(ALL, VmStatus::as_str);
         let (prefix, count) = match filter.project {
             Some(p) => (key(&[&"vmls", &filter.org, &p, &sel, &""]), key(&[&"vmlsn", &filter.org, &p, &sel])),
@@ -144,6 +162,24 @@ impl Projections {
             page.extend(self.vm(id)?);
         }
         Ok((page, usize::try_from(total).unwrap_or(usize::MAX)))
+    }
+
+    /// VMs matching `filter` among those ever named `name` (oldest first, as
+    /// ids sort by creation).
+    fn list_vms_named(&self, filter: &VmFilter, name: &str, offset: usize, limit: usize) -> sled::Result<(Vec<Vm>, usize)> {
+        let prefix = key(&[&"vmname", &filter.org, &name, &""]);
+        let mut page = Vec::new();
+        let mut total = 0;
+        for k in self.scan_keys(&prefix) {
+            let k = k?;
+            let Some(id) = std::str::from_utf8(&k[prefix.len()..]).ok().and_then(|s| s.parse::<VmId>().ok()) else { continue };
+            let Some(vm) = self.vm(id)?.filter(|vm| filter.selects(vm)) else { continue };
+            if total >= offset && page.len() < limit {
+                page.push(vm);
+            }
+            total += 1;
+        }
+        Ok((page, total))
     }
 
     /// Host ports forwarded to VMs on `host` (requested or allocated), the
@@ -178,13 +214,13 @@ impl Projections {
     /// What one org's VMs and volumes take on a host (what a tenant may see of it).
     pub fn org_usage_on_host(&self, org: OrgId, host: HostId) -> sled::Result<Resources> {
         let mut used = Resources::default();
-        let filter = VmFilter { org, project: None, status: None };
+        let filter = VmFilter { org, project: None, status: None, name: None };
         for vm in self.list_vms(&filter, 0, usize::MAX)?.0 {
             if vm.host == host {
                 used += vm.spec.resources();
             }
         }
-        for vol in self.list_volumes(org, 0, usize::MAX)?.0 {
+        for vol in self.list_volumes(org, |_| true, 0, usize::MAX)?.0 {
             if vol.host == host {
                 used += Resources { disk_gb: u64::from(vol.spec.size_gb), ..Resources::default() };
             }
@@ -236,9 +272,10 @@ mod tests {
         vms.sort_by_key(ToString::to_string);
         for (i, vm) in vms.iter().enumerate() {
             let project = if i < 3 { p1 } else { p2 };
-            apply(org, *vm, VmEvent::Created { org, project, spec: Box::new(VmSpec::named(format!("v{i}"))), host });
+            let name = if i == 1 || i == 3 { "twin".to_owned() } else { format!("v{i}") };
+            apply(org, *vm, VmEvent::Created { org, project, spec: Box::new(VmSpec::named(name)), host });
         }
-        apply(other_org, VmId::new(), VmEvent::Created { org: other_org, project: p1, spec: Box::new(VmSpec::named("theirs")), host });
+        apply(other_org, VmId::new(), VmEvent::Created { org: other_org, project: p1, spec: Box::new(VmSpec::named("twin")), host });
         for vm in &vms[..4] {
             apply(org, *vm, VmEvent::ProvisioningStarted);
             apply(org, *vm, VmEvent::Booted);
@@ -251,14 +288,23 @@ mod tests {
             let (page, total) = proj.list_vms(&filter, offset, limit).unwrap();
             (page.into_iter().map(|v| v.id).collect::<Vec<_>>(), total)
         };
-        let running = |project| VmFilter { org, project, status: Some(VmStatus::Running) };
+        let running = |project| VmFilter { org, project, status: Some(VmStatus::Running), name: None };
         assert_eq!(ids(running(None), 0, 10), (vec![vms[0], vms[2], vms[3]], 3));
         assert_eq!(ids(running(None), 1, 1), (vec![vms[2]], 3), "a page, and the total of every page");
         assert_eq!(ids(running(Some(p1)), 0, 10), (vec![vms[0], vms[2]], 2));
-        assert_eq!(ids(VmFilter { org, project: None, status: None }, 0, 10), (vec![vms[0], vms[2], vms[3], vms[4]], 4), "all but the deleted");
-        assert_eq!(ids(VmFilter { org, project: Some(p2), status: Some(VmStatus::Pending) }, 0, 10), (vec![vms[4]], 1));
-        assert_eq!(ids(VmFilter { org, project: None, status: Some(VmStatus::Deleted) }, 0, 10), (vec![vms[1]], 1));
-        assert_eq!(ids(VmFilter { org: other_org, project: None, status: None }, 0, 10).1, 1, "another org's VMs are its own");
+        assert_eq!(ids(VmFilter { org, project: None, status: None, name: None }, 0, 10), (vec![vms[0], vms[2], vms[3], vms[4]], 4), "all but the deleted");
+        assert_eq!(ids(VmFilter { org, project: Some(p2), status: Some(VmStatus::Pending), name: None }, 0, 10), (vec![vms[4]], 1));
+        assert_eq!(ids(VmFilter { org, project: None, status: Some(VmStatus::Deleted), name: None }, 0, 10), (vec![vms[1]], 1));
+        assert_eq!(ids(VmFilter { org: other_org, project: None, status: None, name: None }, 0, 10).1, 1, "another org's VMs are its own");
+        // By name: the same selections among the VMs of that name.
+        let named = |project, status, name: &str| VmFilter { org, project, status, name: Some(name.to_owned()) };
+        assert_eq!(ids(named(None, None, "twin"), 0, 10), (vec![vms[3]], 1), "the deleted twin is not listed");
+        assert_eq!(ids(named(None, Some(VmStatus::Deleted), "twin"), 0, 10), (vec![vms[1]], 1));
+        assert_eq!(ids(named(Some(p1), None, "twin"), 0, 10), (vec![], 0), "the live twin is in p2");
+        assert_eq!(ids(named(None, Some(VmStatus::Running), "v0"), 0, 10), (vec![vms[0]], 1));
+        assert_eq!(ids(named(None, None, "v"), 0, 10), (vec![], 0), "a name is matched whole, not as a prefix");
+        assert_eq!(ids(named(None, None, "nobody"), 0, 10), (vec![], 0));
+        assert_eq!(ids(VmFilter { org: other_org, project: None, status: None, name: Some("twin".into()) }, 0, 10).1, 1);
         assert_eq!(proj.vm_host(vms[0]).unwrap(), Some(host));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -38,15 +38,16 @@ impl Projections {
         self.tree.contains_key(key(&[&"vol", &id]))
     }
 
-    /// An org's volumes that are not deleted, oldest first: one page and the total.
-    pub fn list_volumes(&self, org: OrgId, offset: usize, limit: usize) -> sled::Result<(Vec<Volume>, usize)> {
+    /// An org's volumes that are not deleted and that `keep` keeps, oldest
+    /// first: one page and the total.
+    pub fn list_volumes(&self, org: OrgId, keep: impl Fn(&Volume) -> bool, offset: usize, limit: usize) -> sled::Result<(Vec<Volume>, usize)> {
         let mut page = Vec::new();
         let mut total = 0;
         for k in self.scan_keys(&key(&[&"volidx", &org, &""])) {
             let k = k?;
             let Some(id) = std::str::from_utf8(&k).ok().and_then(|s| s.rsplit('/').next()).and_then(|s| s.parse::<VolumeId>().ok()) else { continue };
             let Some(v) = self.volume(id)? else { continue };
-            if v.status == VolumeStatus::Deleted {
+            if v.status == VolumeStatus::Deleted || !keep(&v) {
                 continue;
             }
             if total >= offset && page.len() < limit {

@@ -275,7 +275,7 @@ async fn create_vm(
 #[utoipa::path(get, path = "/vms", tag = "vms", responses((status = 200, body = Vec<VmView>), (status = "4XX", body = ErrorBody)))]
 async fn list_vms(State(state): State<AppState>, Caller(who): Caller) -> HatchResult<axum::Json<Vec<VmView>>> {
     let app = &state.app;
-    let listed = vms::list(app, &who, None, Window { offset: 0, limit: usize::MAX })?;
+    let listed = vms::list(app, &who, Default::default(), Window { offset: 0, limit: usize::MAX })?;
     Ok(axum::Json(listed.items.into_iter().map(|vm| VmView::new(app, vm)).collect()))
 }
 

@@ -34,9 +34,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(restore_instance))
 }
 
-/// Every instance of the caller (its org; its project when it names one), oldest first.
-fn all(app: &App, who: &Principal) -> HypemanResult<Vec<Vm>> {
-    Ok(vms::list(app, who, None, Window { offset: 0, limit: usize::MAX })?.items)
+/// The caller's instances (its org; its project when it names one) that
+/// `selection` selects, oldest first.
+fn all(app: &App, who: &Principal, selection: vms::Selection) -> HypemanResult<Vec<Vm>> {
+    Ok(vms::list(app, who, selection, Window { offset: 0, limit: usize::MAX })?.items)
 }
 
 /// The instance `key` names, as hypeman resolves it: a full id, else an
@@ -51,13 +52,14 @@ pub(super) fn resolve(app: &App, who: &Principal, key: &str) -> HypemanResult<Vm
             Err(e) => Err(e.into()),
         };
     }
-    let vms = all(app, who)?;
-    let by_name: Vec<&Vm> = vms.iter().filter(|vm| vm.spec.name == key).collect();
-    let found = if by_name.is_empty() { vms.iter().filter(|vm| !key.is_empty() && vm.id.to_string().starts_with(key)).collect() } else { by_name };
-    match found.as_slice() {
-        [] => Err(not_found()),
-        [one] => Ok((*one).clone()),
-        _ => Err(HypemanError::Ambiguous("instance")),
+    let mut found = all(app, who, vms::Selection { name: Some(key.to_owned()), ..Default::default() })?;
+    if found.is_empty() && !key.is_empty() {
+        found = all(app, who, Default::default())?.into_iter().filter(|vm| vm.id.to_string().starts_with(key)).collect();
+    }
+    match <[Vm; 1]>::try_from(found) {
+        Ok([one]) => Ok(one),
+        Err(found) if found.is_empty() => Err(not_found()),
+        Err(_) => Err(HypemanError::Ambiguous("instance")),
     }
 }
 
@@ -76,7 +78,7 @@ pub(super) async fn settle(app: &App, who: &Principal, accepted: Accepted<Vm>, a
 #[utoipa::path(get, path = "/instances", tag = "instances", operation_id = "listInstances",
     responses((status = 200, body = Vec<Instance>, description = "List of instances"), (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
 async fn list_instances(State(state): State<AppState>, Caller(who): Caller) -> HypemanResult<axum::Json<Vec<Instance>>> {
-    Ok(axum::Json(all(&state.app, &who)?.into_iter().map(|vm| Instance::new(&state.app, vm)).collect()))
+    Ok(axum::Json(all(&state.app, &who, Default::default())?.into_iter().map(|vm| Instance::new(&state.app, vm)).collect()))
 }
 
 /// Create and start instance.
@@ -95,7 +97,7 @@ async fn create_instance(
         spec.volumes.push(mount.on(resolve_volume(app, &who, &volume)?.id));
     }
     // Names resolve instances in every path: hypeman keeps them unique.
-    if all(app, &who)?.iter().any(|vm| vm.spec.name == spec.name && vm.id != VmId(alloc.resource())) {
+    if all(app, &who, vms::Selection { name: Some(spec.name.clone()), ..Default::default() })?.iter().any(|vm| vm.id != VmId(alloc.resource())) {
         return Err(HypemanError::BadRequest("name_conflict", format!("an instance named {} already exists", spec.name)));
     }
     let accepted = vms::create(app, &who, alloc, spec).await?;

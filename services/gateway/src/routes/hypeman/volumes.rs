@@ -24,8 +24,7 @@ pub(super) fn resolve_volume(app: &App, who: &Principal, key: &str) -> HypemanRe
     if let Ok(id) = key.parse::<VolumeId>() {
         return Ok(volumes::get(app, who, id)?);
     }
-    let all = volumes::list(app, who, Window { offset: 0, limit: usize::MAX })?.items;
-    let mut named = all.into_iter().filter(|v| v.spec.name == key);
+    let mut named = volumes::list(app, who, Some(key), Window { offset: 0, limit: usize::MAX })?.items.into_iter();
     match (named.next(), named.next()) {
         (Some(one), None) => Ok(one),
         (Some(_), Some(_)) => Err(HypemanError::Ambiguous("volume")),

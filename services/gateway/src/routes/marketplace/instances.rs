@@ -349,7 +349,7 @@ pub(super) async fn create_instance(
 #[utoipa::path(get, path = "/api/v2/instances", tag = "instances",
     responses((status = 200, body = InstanceList), (status = "4XX", body = ErrorDocument)))]
 pub(super) async fn list_instances(State(state): State<AppState>, Caller(who): Caller) -> MarketResult<JsonApi<InstanceList>> {
-    let listed = vms::list(&state.app, &who, None, Window { offset: 0, limit: usize::MAX })?;
+    let listed = vms::list(&state.app, &who, Default::default(), Window { offset: 0, limit: usize::MAX })?;
     Ok(JsonApi(InstanceList { data: listed.items.into_iter().map(Instance::new).collect(), meta: ListMeta { total: listed.total } }))
 }
 

@@ -305,6 +305,8 @@ pub struct ListVmsQuery {
     pub limit: Option<u64>,
     /// Only VMs in this status. Without it, every VM that is not deleted.
     pub status: Option<String>,
+    /// Only VMs of this name (a DNS label), matched whole; with `status`, both.
+    pub name: Option<String>,
 }
 
 /// Create a VM: 202 with the VM (`pending`) and its operation.
@@ -326,7 +328,10 @@ async fn create_vm(
 async fn list_vms(State(state): State<AppState>, who: Principal, Query(q): Query<ListVmsQuery>) -> ApiResult<axum::Json<Page<VmView>>> {
     let pq = PageQuery::new(q.page, q.limit)?;
     let status = q.status.map(|s| s.parse::<VmStatus>().map_err(|()| ApiError::BadRequest("invalid_query", format!("unknown status `{s}`")))).transpose()?;
-    let listed = vms::list(&state.app, &who, status, pq.window())?;
+    if let Some(name) = q.name.as_deref().filter(|n| !vmplane_domain::spec::is_dns_label(n)) {
+        return Err(ApiError::BadRequest("invalid_query", format!("name `{name}` is not a VM name (a DNS label of at most 63 characters)")));
+    }
+    let listed = vms::list(&state.app, &who, vms::Selection { status, name: q.name }, pq.window())?;
     // Hosts are few: look each one's status up once per page.
     let mut statuses = std::collections::HashMap::new();
     let mut items = Vec::with_capacity(listed.items.len());

@@ -93,12 +93,14 @@ pub struct AttachRequest {
     pub overlay_size_mib: Option<u64>,
 }
 
-/// Paging of `GET /v1/volumes`.
+/// Paging and filter of `GET /v1/volumes`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListVolumesQuery {
     pub page: Option<u64>,
     pub limit: Option<u64>,
+    /// Only volumes of this name (a DNS label), matched whole.
+    pub name: Option<String>,
 }
 
 impl From<Accepted<Volume>> for VolumeAccepted {
@@ -140,7 +142,10 @@ async fn create_volume(
     responses((status = 200, body = Page<VolumeView>), (status = "4XX", body = ErrorBody)))]
 async fn list_volumes(State(state): State<AppState>, who: Principal, Query(q): Query<ListVolumesQuery>) -> ApiResult<axum::Json<Page<VolumeView>>> {
     let pq = PageQuery::new(q.page, q.limit)?;
-    let listed = volumes::list(&state.app, &who, pq.window())?;
+    if let Some(name) = q.name.as_deref().filter(|n| !vmplane_domain::spec::is_dns_label(n)) {
+        return Err(ApiError::BadRequest("invalid_query", format!("name `{name}` is not a volume name (a DNS label of at most 63 characters)")));
+    }
+    let listed = volumes::list(&state.app, &who, q.name.as_deref(), pq.window())?;
     Ok(axum::Json(pq.page(listed.items.into_iter().map(VolumeView::from).collect(), listed.total)))
 }
 

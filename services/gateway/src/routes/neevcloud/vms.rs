@@ -38,7 +38,7 @@ fn vm_in_project(app: &App, who: &Principal, id: VmId) -> NeevResult<Vm> {
     ))]
 async fn list_vms(State(state): State<AppState>, caller: Caller, Query(q): Query<PageParams>) -> NeevResult<axum::Json<VmListResponse>> {
     let page = Page::new(&q)?;
-    let listed = vms::list(&state.app, &caller.who, None, page.window())?;
+    let listed = vms::list(&state.app, &caller.who, Default::default(), page.window())?;
     let render = Render::new(&state.app, &caller.who);
     Ok(axum::Json(VmListResponse { data: listed.items.into_iter().map(|vm| render.vm(vm)).collect(), pagination: page.pagination(listed.total) }))
 }

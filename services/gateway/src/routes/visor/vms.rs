@@ -86,7 +86,7 @@ pub fn spec_error(e: SpecError) -> VisorError {
 pub async fn all(State(state): State<AppState>, caller: Caller, Input(input): Input<AllInput>) -> VisorResult<axum::Json<Envelope<Vec<VmSummary>>>> {
     let org = required("organizationId", &input.organization_id)?;
     let who = caller.scope(&state, Some(org))?;
-    let listed = vms::list(&state.app, &who, None, Window { offset: 0, limit: usize::MAX })?;
+    let listed = vms::list(&state.app, &who, Default::default(), Window { offset: 0, limit: usize::MAX })?;
     Ok(envelope(listed.items.iter().map(|vm| VmSummary::new(&state.app, vm)).collect()))
 }
 
