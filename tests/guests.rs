@@ -10,6 +10,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use common::browser::{Browser, text_of};
 use common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -698,6 +699,47 @@ async fn guest_runs_user_data_is_reachable_and_takes_hot_plugged_memory() {
     assert!(grown > before);
     let (s, b) = g.admin.post(&format!("/v1/vms/{id}/memory"), &json!({"memory_mib": 1024})).await;
     assert_eq!((s, b["code"].as_str()), (422, Some("memory_out_of_range")), "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_browser_terminal_is_a_real_guests_console_of_its_size() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    let vm = g.running_vm(json!({"name": "in-a-browser", "memory_mib": 256})).await;
+    let id = str_of(&vm["id"]).to_owned();
+    let mut b = Browser::launch().await;
+    b.call("Page.navigate", json!({"url": format!("{}/console/", g.admin.base)})).await;
+    b.wait("the sign-in form", "!!document.querySelector('#signin #token')").await;
+    b.type_into("#token", ADMIN_TOKEN).await;
+    b.click("#signin button[type=submit]").await;
+    b.wait("the VM list", &format!("!!document.querySelector('tr[data-vm-id=\"{id}\"]')")).await;
+    b.eval(&format!("location.hash = '#/vms/{id}'")).await;
+    b.wait("the VM page", &format!("{} === 'running'", text_of("#vm-status .badge"))).await;
+    b.click("#terminal-open").await;
+    b.wait("the terminal connected", &format!("{} === 'Connected'", text_of("#terminal-state"))).await;
+    b.wait("xterm focused", "document.activeElement?.classList.contains('xterm-helper-textarea')").await;
+
+    // Typed in xterm.js, run by the guest's shell: `stty size` answers the
+    // size the browser terminal has (its rows are the rows on screen; a
+    // console nobody sized says `0 0`).
+    let lines = "Array.from(document.querySelectorAll('#terminal .xterm-rows > div'), (d) => d.textContent)";
+    let answer = format!("{lines}.map((l) => l.trim()).find((l) => /^[1-9][0-9]* [1-9][0-9]*$/.test(l)) ?? null");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let size = loop {
+        b.call("Input.insertText", json!({"text": "stty size"})).await;
+        for kind in ["keyDown", "keyUp"] {
+            b.call("Input.dispatchKeyEvent", json!({"type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13})).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if let Some(size) = b.eval(&answer).await.as_str() {
+            break size.to_owned();
+        }
+        let screen = b.eval(&format!("{lines}.join('\\n')")).await;
+        assert!(std::time::Instant::now() < deadline, "no size from `stty size` on the screen:\n{}", screen.as_str().unwrap_or_default());
+    };
+    let rows: u64 = size.split(' ').next().unwrap().parse().unwrap();
+    let on_screen = b.eval(&format!("{lines}.length")).await;
+    assert_eq!(Some(rows), on_screen.as_u64(), "the guest's rows ({size}) are the terminal's");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

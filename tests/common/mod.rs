@@ -8,6 +8,8 @@
 
 #![allow(dead_code)] // each test crate uses a different part of the harness
 
+pub mod browser;
+
 use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
 use std::collections::HashSet;
