@@ -170,4 +170,19 @@ async fn creates_resolve_plans_regions_and_image_names_through_the_catalog() {
         assert!(b["message"].as_str().is_some_and(|m| m.contains(says)), "{body}: {b}");
     }
     assert_eq!(c.get("/v1/vms").await.1["data"].as_array().map(Vec::len), before);
+
+    // The names a create may use are listed, as the create resolves them.
+    let (s, plans) = c.get("/v1/plans").await;
+    assert_eq!(s, 200, "{plans}");
+    let names: Vec<&str> = plans.as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["medium", "micro", "nano", "power", "power-dedicated", "small"]);
+    let medium = plans.as_array().unwrap().iter().find(|p| p["name"] == "medium").unwrap();
+    assert_eq!((medium["vcpus"].as_u64(), medium["memory_mib"].as_u64(), medium["disk_gb"].as_u64()), (Some(4), Some(8192), Some(160)), "{medium}");
+    assert_eq!(plans.as_array().unwrap().iter().find(|p| p["name"] == "power-dedicated").unwrap()["dedicated"], true);
+    let (s, regions) = c.get("/v1/regions").await;
+    assert_eq!(s, 200, "{regions}");
+    assert_eq!(regions[2], json!({"code": "us-east", "name": "US East"}));
+    assert_eq!(regions.as_array().map(Vec::len), Some(4));
+    let (s, b) = stack.client("not-a-key").get("/v1/plans").await;
+    assert_eq!((s, b["code"].as_str()), (401, Some("unauthorized")), "{b}");
 }

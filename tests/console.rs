@@ -371,6 +371,7 @@ async fn the_console_drives_a_vm_in_a_real_browser() {
     b.click("#create-vm").await;
     b.wait("the create form", "!!document.querySelector('#create-form #vm-name')").await;
     b.wait("the images", "document.querySelectorAll('#vm-image option').length > 1").await;
+    b.wait("the plans", "document.querySelector('#vm-plan option[value=\"medium\"]')?.textContent === 'medium: 4 vCPU, 8192 MiB, 160 GB'").await;
     b.type_into("#vm-name", "from-the-console").await;
     b.click("#add-forward").await;
     b.type_into("#fwd-guest-1", "8080").await;

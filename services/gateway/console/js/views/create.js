@@ -1,4 +1,4 @@
-// The create form: name, image (from /v1/images), a plan or vCPUs, memory
+// The create form: name, image (from /v1/images), a plan (from /v1/plans) or vCPUs, memory
 // and disk, SSH keys, user data, and port forwards; POST /v1/vms, then the
 // new VM's page, where its status follows live.
 
@@ -14,11 +14,11 @@ export function createVm(main) {
   const sizing = h('fieldset', { class: 'sizing' });
   const byPlan = h('input', { type: 'radio', name: 'sizing', id: 'sizing-custom', value: 'custom', checked: true });
   const byPlan2 = h('input', { type: 'radio', name: 'sizing', id: 'sizing-plan', value: 'plan' });
-  const plan = h('input', { id: 'vm-plan', name: 'plan', autocomplete: 'off', spellcheck: 'false' });
+  const plan = h('select', { id: 'vm-plan', name: 'plan' }, h('option', { value: '' }, 'Choose a plan'));
   const vcpus = h('input', { id: 'vm-vcpus', name: 'vcpus', type: 'number', min: 1, max: 64, value: 1, inputmode: 'numeric' });
   const memory = h('input', { id: 'vm-memory', name: 'memory_mib', type: 'number', min: 64, step: 64, value: 512, inputmode: 'numeric' });
   const disk = h('input', { id: 'vm-disk', name: 'disk_gb', type: 'number', min: 1, value: 10, inputmode: 'numeric' });
-  const planBox = h('div', { class: 'group', hidden: true }, field('Plan', plan, 'A plan name from the gateway\'s catalog (docs/catalog.md); it sets vCPUs, memory and disk.'));
+  const planBox = h('div', { class: 'group', hidden: true }, field('Plan', plan, 'From the gateway\'s catalog; it sets vCPUs, memory and disk.'));
   const customBox = h('div', { class: 'group grid3' }, field('vCPUs', vcpus), field('Memory (MiB)', memory), field('Disk (GB)', disk));
   replace(
     sizing,
@@ -80,7 +80,7 @@ export function createVm(main) {
     replace(err);
     const body = { name: name.value.trim() };
     if (image.value) body.image = image.value;
-    if (byPlan2.checked) body.plan = plan.value.trim();
+    if (byPlan2.checked) body.plan = plan.value;
     else Object.assign(body, { vcpus: Number(vcpus.value), memory_mib: Number(memory.value), disk_gb: Number(disk.value) });
     const keys = sshKey.value.split('\n').map((k) => k.trim()).filter(Boolean);
     if (keys.length) body.ssh_keys = keys;
@@ -115,6 +115,16 @@ export function createVm(main) {
     })
     .catch(() => {
       // The default image is still there to choose.
+    });
+  api('GET', '/v1/plans', undefined, { signal: abort.signal })
+    .then((plans) => {
+      for (const p of plans) {
+        const gpu = p.gpu ? `, ${p.gpu.count} × ${p.gpu.model ?? 'GPU'}` : '';
+        plan.append(h('option', { value: p.name }, `${p.name}: ${p.vcpus} vCPU, ${p.memory_mib} MiB, ${p.disk_gb} GB${gpu}`));
+      }
+    })
+    .catch(() => {
+      // Without plans, sizes are still there to give.
     });
 
   return () => abort.abort();

@@ -4,6 +4,7 @@
 //! `error`.
 
 pub mod auth;
+pub mod catalog;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -48,6 +49,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(events::router())
         .merge(hosts::router())
         .merge(images::router())
+        .merge(catalog::router())
         .merge(tenancy::router())
         .merge(ssh_keys::router())
         .merge(webhooks::router())
