@@ -383,3 +383,36 @@ async fn idempotency_key_replays_the_first_response() {
     assert_eq!(c.event_types(&id).await.iter().filter(|t| *t == "stop_requested").count(), 1);
     assert_eq!(c.vm_total("").await, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_narrow_to_the_project_a_caller_names() {
+    let stack = Stack::start().await;
+    let c = &stack.admin;
+    let org = c.create_org("narrow").await;
+    let (s, project) = c.post(&format!("/v1/orgs/{org}/projects"), &json!({ "name": "web" })).await;
+    assert_eq!(s, 201, "{project}");
+    let in_org = c.with_header("x-vmplane-org", &org);
+    let in_project = in_org.with_header("x-vmplane-project", str_of(&project["id"]));
+    // One VM and one volume in the org's default project, one of each in `web`.
+    let mut ops = Vec::new();
+    for (client, name) in [(&in_org, "outside"), (&in_project, "inside")] {
+        let vm = client.create_vm(json!({ "name": name })).await;
+        ops.push(str_of(&vm["operation"]["id"]).to_owned());
+        let (s, vol) = client.post("/v1/volumes", &json!({ "name": name, "size_gb": 1 })).await;
+        assert_eq!(s, 202, "{vol}");
+        ops.push(str_of(&vol["operation"]["id"]).to_owned());
+    }
+    for op in &ops {
+        in_org.wait_op_succeeded(op).await;
+    }
+    let names = |b: &Value| b["data"].as_array().unwrap().iter().map(|v| str_of(&v["name"]).to_owned()).collect::<Vec<_>>();
+    for path in ["/v1/vms", "/v1/volumes"] {
+        let (s, all) = in_org.get(path).await;
+        assert_eq!((s, names(&all)), (200, vec!["outside".to_owned(), "inside".to_owned()]), "{path} across the org");
+        let (s, narrowed) = in_project.get(path).await;
+        assert_eq!((s, names(&narrowed)), (200, vec!["inside".to_owned()]), "{path} in the named project");
+        assert_eq!(narrowed["pagination"]["total_items"], 1, "{path}");
+        let (s, by_name) = in_project.get(&format!("{path}?name=outside")).await;
+        assert_eq!((s, by_name["pagination"]["total_items"].as_u64()), (200, Some(0)), "{path}: another project's name");
+    }
+}

@@ -17,9 +17,11 @@ pub fn get(app: &App, who: &Principal, id: VolumeId) -> AppResult<Volume> {
     app.proj.volume(id)?.filter(|v| v.org == who.org && v.status != VolumeStatus::Deleted).ok_or_else(|| AppError::NotFound(format!("volume {id}")))
 }
 
-/// The org's volumes that are not deleted (of that name, if given), oldest first.
+/// The caller's volumes (of its project, if it named one, as VM lists are)
+/// that are not deleted, of that name if given, oldest first.
 pub fn list(app: &App, who: &Principal, name: Option<&str>, window: Window) -> AppResult<Listed<Volume>> {
-    let (items, total) = app.proj.list_volumes(who.org, |v| name.is_none_or(|n| v.spec.name == n), window.offset, window.limit)?;
+    let keep = |v: &Volume| who.project.is_none_or(|p| v.project == p) && name.is_none_or(|n| v.spec.name == n);
+    let (items, total) = app.proj.list_volumes(who.org, keep, window.offset, window.limit)?;
     Ok(Listed { items, total })
 }
 

@@ -137,7 +137,7 @@ async fn create_volume(
     Ok((StatusCode::ACCEPTED, axum::Json(volumes::create(&state.app, &who, alloc, spec, req.placement).await?.into())))
 }
 
-/// The org's volumes, oldest first.
+/// The caller's volumes (of the project it names, if any), oldest first.
 #[utoipa::path(get, path = "/v1/volumes", tag = "volumes", params(ListVolumesQuery),
     responses((status = 200, body = Page<VolumeView>), (status = "4XX", body = ErrorBody)))]
 async fn list_volumes(State(state): State<AppState>, who: Principal, Query(q): Query<ListVolumesQuery>) -> ApiResult<axum::Json<Page<VolumeView>>> {
