@@ -460,6 +460,18 @@ async fn the_console_drives_a_vm_in_a_real_browser() {
     )
     .await;
 
+    // The admin switches orgs in the header: the list is then the chosen org's.
+    let org = stack.admin.create_org("acme").await;
+    let theirs = str_of(&stack.admin.with_header("x-vmplane-org", &org).create_running_vm("acme-vm").await["id"]).to_owned();
+    b.eval("location.hash = '#/vms'").await;
+    b.wait("the new org in the switcher", &format!("!!document.querySelector('#org-switch option[value=\"{org}\"]')")).await;
+    assert_eq!(b.eval("document.querySelector('#org-switch').selectedOptions[0].textContent").await, json!("default"));
+    b.wait("the default org's VM listed", &format!("!!document.querySelector('tr[data-vm-id=\"{other_id}\"]')")).await;
+    b.eval(&format!("(() => {{ const s = document.getElementById('org-switch'); s.value = '{org}'; s.dispatchEvent(new Event('change')); }})()")).await;
+    b.wait("the other org's VM", &format!("document.querySelector('tr[data-vm-id=\"{theirs}\"]')?.dataset.status === 'running'")).await;
+    b.wait("the default org's VMs gone", &format!("!document.querySelector('tr[data-vm-id=\"{other_id}\"]')")).await;
+    assert_eq!(b.eval("JSON.parse(sessionStorage.getItem('vmplane.session')).org").await, json!(org));
+
     // Nothing the page did broke its policy or threw.
     tokio::time::sleep(Duration::from_millis(300)).await;
     b.eval("1").await;
