@@ -18,6 +18,26 @@ pub enum IdError {
     BadUlid(String),
 }
 
+/// The ULID part of an id: 26 characters of Crockford's base 32 (either
+/// case; no I, L, O or U), the first at most `7` (a ULID is 128 bits). The
+/// pattern each id's OpenAPI schema states, and exactly what [`parse_ulid`]
+/// accepts (a test checks the two agree).
+macro_rules! ulid_pattern {
+    () => {
+        "[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}"
+    };
+}
+
+/// The ULID of an id's text after its prefix, when it matches [`ulid_pattern`].
+fn parse_ulid(text: &str) -> Option<Ulid> {
+    let b = text.as_bytes();
+    let crockford = |c: &u8| c.is_ascii_digit() || (c.is_ascii_alphabetic() && !matches!(c.to_ascii_lowercase(), b'i' | b'l' | b'o' | b'u'));
+    if b.len() != ulid::ULID_LEN || !(b'0'..=b'7').contains(&b[0]) || !b.iter().all(crockford) {
+        return None;
+    }
+    Ulid::from_string(text).ok()
+}
+
 macro_rules! typed_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
@@ -63,7 +83,7 @@ macro_rules! typed_id {
                     .strip_prefix($prefix)
                     .and_then(|r| r.strip_prefix('_'))
                     .ok_or(IdError::WrongPrefix { expected: $prefix })?;
-                Ulid::from_string(rest).map(Self).map_err(|_| IdError::BadUlid(rest.to_owned()))
+                parse_ulid(rest).map(Self).ok_or_else(|| IdError::BadUlid(rest.to_owned()))
             }
         }
 
@@ -84,7 +104,7 @@ macro_rules! typed_id {
             fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
                 utoipa::openapi::ObjectBuilder::new()
                     .schema_type(utoipa::openapi::schema::Type::String)
-                    .pattern(Some(concat!("^", $prefix, "_[0-9a-hjkmnp-tv-z]{26}$")))
+                    .pattern(Some(concat!("^", $prefix, "_", ulid_pattern!(), "$")))
                     .examples([serde_json::json!(concat!($prefix, "_01jdx3v9k6m2w8q4r5t7y9z0ab"))])
                     .into()
             }
@@ -175,6 +195,25 @@ mod tests {
         assert_eq!(s.len(), 3 + 26);
         assert_eq!(s.parse::<VmId>().unwrap(), id);
         assert_eq!(s.to_ascii_uppercase().replacen("VM_", "vm_", 1).parse::<VmId>().unwrap(), id);
+    }
+
+    /// The schema's pattern and the parser accept the same texts.
+    #[test]
+    fn the_pattern_is_what_parses() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(VmId::schema()).unwrap();
+        let pattern = regex::Regex::new(schema["pattern"].as_str().unwrap()).unwrap();
+        let id = VmId::new().to_string();
+        let mut cases: Vec<String> =
+            vec![id.clone(), id.to_ascii_uppercase().replacen("VM_", "vm_", 1), format!("vm_{}", "7".repeat(26)), format!("vm_8{}", "0".repeat(25))];
+        for c in ['i', 'l', 'o', 'u', 'I', 'L', 'O', 'U', 'z', 'Z', '-', '_', ' ', 'é', '0'] {
+            cases.push(format!("{}{c}", &id[..id.len() - 1]));
+        }
+        cases.extend([format!("{id}0"), id[..id.len() - 1].to_owned(), "vm_".into(), format!("op{}", &id[2..]), format!(" {id}"), format!("{id}\n")]);
+        for case in &cases {
+            assert_eq!(pattern.is_match(case), case.parse::<VmId>().is_ok(), "{case:?}");
+        }
+        assert!(cases.iter().filter(|c| c.parse::<VmId>().is_ok()).count() >= 4, "some cases parse");
     }
 
     #[test]

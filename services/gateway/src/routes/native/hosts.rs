@@ -78,7 +78,7 @@ async fn list_hosts(State(state): State<AppState>, who: Principal) -> ApiResult<
 }
 
 /// Cordon a host: nothing new is placed there; what runs there stays (admin).
-#[utoipa::path(post, path = "/v1/hosts/{id}/cordon", tag = "hosts", params(("id" = String, Path, description = "host id")),
+#[utoipa::path(post, path = "/v1/hosts/{id}/cordon", tag = "hosts", params(("id" = vmplane_domain::HostId, Path, description = "host id")),
     responses((status = 202, body = Operation), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn cordon_host(
     State(state): State<AppState>,
@@ -90,7 +90,7 @@ async fn cordon_host(
 }
 
 /// Uncordon a host: it takes new VMs and volumes again (admin).
-#[utoipa::path(post, path = "/v1/hosts/{id}/uncordon", tag = "hosts", params(("id" = String, Path, description = "host id")),
+#[utoipa::path(post, path = "/v1/hosts/{id}/uncordon", tag = "hosts", params(("id" = vmplane_domain::HostId, Path, description = "host id")),
     responses((status = 202, body = Operation), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn uncordon_host(
     State(state): State<AppState>,

@@ -43,7 +43,7 @@ pub struct LogLines {
 }
 
 /// The guest's serial console.
-#[utoipa::path(get, path = "/v1/vms/{id}/logs", tag = "vms", params(("id" = String, Path, description = "VM id"), LogsQuery),
+#[utoipa::path(get, path = "/v1/vms/{id}/logs", tag = "vms", params(("id" = vmplane_domain::VmId, Path, description = "VM id"), LogsQuery),
     responses((status = 200, body = LogLines, description = "JSON without `follow`; with `follow=true`, `text/event-stream` of `log` events (`data` = one line, `id` = stream sequence)"),
         (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn vm_logs(State(state): State<AppState>, who: Principal, PathId(id): PathId<VmId>, Query(q): Query<LogsQuery>) -> ApiResult<Response> {

@@ -33,7 +33,7 @@ pub struct WaitQuery {
 }
 
 /// One operation: `pending`, `running`, `succeeded` or `failed` (with `error`).
-#[utoipa::path(get, path = "/v1/operations/{id}", tag = "operations", params(("id" = String, Path, description = "Operation id"), WaitQuery),
+#[utoipa::path(get, path = "/v1/operations/{id}", tag = "operations", params(("id" = vmplane_domain::OpId, Path, description = "Operation id"), WaitQuery),
     responses((status = 200, body = Operation), (status = "4XX", body = ErrorBody)))]
 async fn get_operation(
     State(state): State<AppState>,

@@ -9,6 +9,43 @@ use utoipa::ToSchema;
 pub const DEFAULT_LIMIT: u64 = 20;
 /// Largest allowed `limit`.
 pub const MAX_LIMIT: u64 = 100;
+/// Largest allowed `page`.
+pub const MAX_PAGE: u64 = u32::MAX as u64;
+
+/// The schema of `page`: an integer from 1 to [`MAX_PAGE`] (the bounds
+/// [`PageQuery::new`] checks). Query structs keep `Option<u64>` and name
+/// this as the parameter's `value_type`.
+pub struct PageNumber;
+
+/// The schema of `limit`: an integer from 1 to [`MAX_LIMIT`].
+pub struct PageLimit;
+
+fn bounded(max: u64, description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(1))
+        .maximum(Some(max))
+        .description(Some(description))
+        .into()
+}
+
+impl utoipa::PartialSchema for PageNumber {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        bounded(MAX_PAGE, "Page number, from 1.")
+    }
+}
+
+impl ToSchema for PageNumber {}
+
+impl utoipa::PartialSchema for PageLimit {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        bounded(MAX_LIMIT, "Items per page (default 20).")
+    }
+}
+
+impl ToSchema for PageLimit {}
 
 /// A validated `page`/`limit` pair.
 #[derive(Debug, Clone, Copy)]
@@ -22,7 +59,7 @@ impl PageQuery {
     pub fn new(page: Option<u64>, limit: Option<u64>) -> Result<Self, ApiError> {
         let page = page.unwrap_or(1);
         let limit = limit.unwrap_or(DEFAULT_LIMIT);
-        if page == 0 || page > u64::from(u32::MAX) {
+        if !(1..=MAX_PAGE).contains(&page) {
             return Err(ApiError::BadRequest("invalid_query", "page must be a whole number from 1".into()));
         }
         if !(1..=MAX_LIMIT).contains(&limit) {

@@ -84,7 +84,7 @@ async fn list_ssh_keys(State(state): State<AppState>, who: Principal) -> ApiResu
 }
 
 /// One SSH key of the caller's org.
-#[utoipa::path(get, path = "/v1/ssh-keys/{id}", tag = "ssh-keys", params(("id" = String, Path, description = "SSH key id")),
+#[utoipa::path(get, path = "/v1/ssh-keys/{id}", tag = "ssh-keys", params(("id" = vmplane_domain::SshKeyId, Path, description = "SSH key id")),
     responses((status = 200, body = SshKeyView), (status = "4XX", body = ErrorBody)))]
 async fn get_ssh_key(State(state): State<AppState>, who: Principal, PathId(id): PathId<SshKeyId>) -> ApiResult<axum::Json<SshKeyView>> {
     Ok(axum::Json(ssh_keys::get(&state.app, &who, id)?.into()))
@@ -93,7 +93,7 @@ async fn get_ssh_key(State(state): State<AppState>, who: Principal, PathId(id): 
 /// Delete an SSH key of the caller's org (VMs created with it keep it): 204
 /// once this gateway has projected the deletion, 202 with the operation if
 /// that takes longer.
-#[utoipa::path(delete, path = "/v1/ssh-keys/{id}", tag = "ssh-keys", params(("id" = String, Path, description = "SSH key id")),
+#[utoipa::path(delete, path = "/v1/ssh-keys/{id}", tag = "ssh-keys", params(("id" = vmplane_domain::SshKeyId, Path, description = "SSH key id")),
     responses((status = 204), (status = 202, body = Operation), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_ssh_key(State(state): State<AppState>, who: Principal, alloc: Allocation, PathId(id): PathId<SshKeyId>) -> ApiResult<Response> {
     let operation = ssh_keys::delete(&state.app, &who, alloc, id).await?;

@@ -53,7 +53,11 @@ impl From<Accepted<Template>> for TemplateView {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListTemplatesQuery {
+    /// Page number, from 1.
+    #[param(value_type = super::pagination::PageNumber, inline, required = false)]
     pub page: Option<u64>,
+    /// Items per page, 1-100 (default 20).
+    #[param(value_type = super::pagination::PageLimit, inline, required = false)]
     pub limit: Option<u64>,
 }
 
@@ -87,7 +91,7 @@ async fn list_templates(State(state): State<AppState>, who: Principal, Query(q):
 }
 
 /// One template.
-#[utoipa::path(get, path = "/v1/templates/{id}", tag = "templates", params(("id" = String, Path, description = "Template id")),
+#[utoipa::path(get, path = "/v1/templates/{id}", tag = "templates", params(("id" = vmplane_domain::TemplateId, Path, description = "Template id")),
     responses((status = 200, body = TemplateView), (status = "4XX", body = ErrorBody)))]
 async fn get_template(State(state): State<AppState>, who: Principal, PathId(id): PathId<TemplateId>) -> ApiResult<axum::Json<TemplateView>> {
     Ok(axum::Json(templates::get(&state.app, &who, id)?.into()))
@@ -95,7 +99,7 @@ async fn get_template(State(state): State<AppState>, who: Principal, PathId(id):
 
 /// Delete a template: 200 once it is gone, 202 if that takes longer. VMs
 /// created from it keep what it gave them.
-#[utoipa::path(delete, path = "/v1/templates/{id}", tag = "templates", params(("id" = String, Path, description = "Template id")),
+#[utoipa::path(delete, path = "/v1/templates/{id}", tag = "templates", params(("id" = vmplane_domain::TemplateId, Path, description = "Template id")),
     responses((status = 200, body = TemplateView), (status = 202, body = TemplateView), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_template(
     State(state): State<AppState>,

@@ -164,7 +164,7 @@ async fn create_org(
 
 /// Change an org's default placement strategy (admin): 200 once the
 /// worker's event is projected, 202 if that takes longer.
-#[utoipa::path(patch, path = "/v1/orgs/{org}", tag = "tenancy", request_body = UpdateOrgRequest, params(("org" = String, Path, description = "Org id")),
+#[utoipa::path(patch, path = "/v1/orgs/{org}", tag = "tenancy", request_body = UpdateOrgRequest, params(("org" = vmplane_domain::OrgId, Path, description = "Org id")),
     responses((status = 200, body = OrgView), (status = 202, body = OrgView), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn update_org(
     State(state): State<AppState>,
@@ -184,7 +184,7 @@ async fn list_orgs(State(state): State<AppState>, who: Principal) -> ApiResult<a
 }
 
 /// Create a project in an org.
-#[utoipa::path(post, path = "/v1/orgs/{org}/projects", tag = "tenancy", request_body = CreateProjectRequest, params(("org" = String, Path, description = "Org id")),
+#[utoipa::path(post, path = "/v1/orgs/{org}/projects", tag = "tenancy", request_body = CreateProjectRequest, params(("org" = vmplane_domain::OrgId, Path, description = "Org id")),
     responses((status = 201, body = ProjectView), (status = 202, body = ProjectView), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn create_project(
     State(state): State<AppState>,
@@ -197,7 +197,7 @@ async fn create_project(
 }
 
 /// Every project of an org.
-#[utoipa::path(get, path = "/v1/orgs/{org}/projects", tag = "tenancy", params(("org" = String, Path, description = "Org id")),
+#[utoipa::path(get, path = "/v1/orgs/{org}/projects", tag = "tenancy", params(("org" = vmplane_domain::OrgId, Path, description = "Org id")),
     responses((status = 200, body = Vec<ProjectView>), (status = "4XX", body = ErrorBody)))]
 async fn list_projects(State(state): State<AppState>, who: Principal, PathId(org): PathId<OrgId>) -> ApiResult<axum::Json<Vec<ProjectView>>> {
     Ok(axum::Json(tenancy::projects(&state.app, &who, org)?.into_iter().map(ProjectView::from).collect()))
@@ -225,7 +225,7 @@ async fn list_api_keys(State(state): State<AppState>, who: Principal) -> ApiResu
 /// every gateway does as the event arrives, the key gets 401 everywhere and
 /// its open event, log and terminal streams end. 200 when this gateway has
 /// projected it, 202 if that takes longer.
-#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "tenancy", params(("id" = String, Path, description = "API key id")),
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "tenancy", params(("id" = vmplane_domain::ApiKeyId, Path, description = "API key id")),
     responses((status = 200, body = ApiKeyView), (status = 202, body = ApiKeyView), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn revoke_api_key(
     State(state): State<AppState>,

@@ -90,7 +90,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SubprotocolCredentials {
 /// Open the serial terminal: upgrade to a WebSocket; binary frames are
 /// keystrokes, binary frames from the server are console output; text
 /// frames are keystrokes or control messages, by subprotocol.
-#[utoipa::path(get, path = "/v1/vms/{id}/terminal", tag = "vms", params(("id" = String, Path, description = "VM id")),
+#[utoipa::path(get, path = "/v1/vms/{id}/terminal", tag = "vms", params(("id" = vmplane_domain::VmId, Path, description = "VM id")),
     responses((status = 101, description = "WebSocket to the serial console. Binary frames both ways are console bytes. Subprotocol `vmplane.terminal.v2` (selected when offered): each text frame from the client is one JSON control message, `{\"type\":\"resize\",\"cols\":C,\"rows\":R}` (1 to 1000 each) giving the window size, which the guest's console takes; a frame that is not one closes the socket with code 1007. Subprotocol `vmplane.terminal`, or none: text frames are keystrokes too. A browser, which cannot set `Authorization` on a WebSocket, offers a terminal subprotocol with `vmplane.bearer.<token, base64url without padding>` and optionally `vmplane.org.<id>` / `vmplane.project.<id>` instead."), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn terminal(
     State(state): State<AppState>,

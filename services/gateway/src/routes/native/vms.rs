@@ -300,8 +300,10 @@ pub(super) fn accepted(app: &App, a: Accepted<Vm>) -> ApiResult<(StatusCode, axu
 #[serde(deny_unknown_fields)]
 pub struct ListVmsQuery {
     /// Page number, from 1.
+    #[param(value_type = super::pagination::PageNumber, inline, required = false)]
     pub page: Option<u64>,
     /// Items per page, 1-100 (default 20).
+    #[param(value_type = super::pagination::PageLimit, inline, required = false)]
     pub limit: Option<u64>,
     /// Only VMs in this status. Without it, every VM that is not deleted.
     pub status: Option<String>,
@@ -346,14 +348,14 @@ async fn list_vms(State(state): State<AppState>, who: Principal, Query(q): Query
 }
 
 /// One VM.
-#[utoipa::path(get, path = "/v1/vms/{id}", tag = "vms", params(("id" = String, Path, description = "VM id")),
+#[utoipa::path(get, path = "/v1/vms/{id}", tag = "vms", params(("id" = vmplane_domain::VmId, Path, description = "VM id")),
     responses((status = 200, body = VmView), (status = "4XX", body = ErrorBody)))]
 async fn get_vm(State(state): State<AppState>, who: Principal, PathId(id): PathId<VmId>) -> ApiResult<axum::Json<VmView>> {
     Ok(axum::Json(VmView::read(&state.app, vms::get(&state.app, &who, id)?)?))
 }
 
 /// Delete a VM and, unless `delete_root_disk` is false, its root disk.
-#[utoipa::path(delete, path = "/v1/vms/{id}", tag = "vms", params(("id" = String, Path, description = "VM id")),
+#[utoipa::path(delete, path = "/v1/vms/{id}", tag = "vms", params(("id" = vmplane_domain::VmId, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_vm(
     State(state): State<AppState>,
@@ -365,7 +367,7 @@ async fn delete_vm(
 }
 
 /// Start a stopped VM. Starting a running VM is accepted and changes nothing.
-#[utoipa::path(post, path = "/v1/vms/{id}/start", tag = "vms", params(("id" = String, Path, description = "VM id")),
+#[utoipa::path(post, path = "/v1/vms/{id}/start", tag = "vms", params(("id" = vmplane_domain::VmId, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn start_vm(
     State(state): State<AppState>,
@@ -377,7 +379,7 @@ async fn start_vm(
 }
 
 /// Stop a VM: ACPI power-down, then a hard stop. Stopping a stopped VM is accepted and changes nothing.
-#[utoipa::path(post, path = "/v1/vms/{id}/stop", tag = "vms", params(("id" = String, Path, description = "VM id")),
+#[utoipa::path(post, path = "/v1/vms/{id}/stop", tag = "vms", params(("id" = vmplane_domain::VmId, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn stop_vm(
     State(state): State<AppState>,
@@ -389,7 +391,7 @@ async fn stop_vm(
 }
 
 /// Reboot a running VM.
-#[utoipa::path(post, path = "/v1/vms/{id}/restart", tag = "vms", params(("id" = String, Path, description = "VM id")),
+#[utoipa::path(post, path = "/v1/vms/{id}/restart", tag = "vms", params(("id" = vmplane_domain::VmId, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn restart_vm(
     State(state): State<AppState>,
@@ -401,7 +403,7 @@ async fn restart_vm(
 }
 
 /// Snapshot a running VM's memory and devices to disk and stop it (`standby`).
-#[utoipa::path(post, path = "/v1/vms/{id}/standby", tag = "vms", params(("id" = String, Path, description = "VM id")),
+#[utoipa::path(post, path = "/v1/vms/{id}/standby", tag = "vms", params(("id" = vmplane_domain::VmId, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn standby_vm(
     State(state): State<AppState>,
@@ -413,7 +415,7 @@ async fn standby_vm(
 }
 
 /// Resume a VM in standby from its snapshot, memory intact.
-#[utoipa::path(post, path = "/v1/vms/{id}/restore", tag = "vms", params(("id" = String, Path, description = "VM id")),
+#[utoipa::path(post, path = "/v1/vms/{id}/restore", tag = "vms", params(("id" = vmplane_domain::VmId, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn restore_vm(
     State(state): State<AppState>,
@@ -434,7 +436,7 @@ pub struct ResizeMemoryRequest {
 }
 
 /// Hot-plug memory into a running VM.
-#[utoipa::path(post, path = "/v1/vms/{id}/memory", tag = "vms", request_body = ResizeMemoryRequest, params(("id" = String, Path, description = "VM id")),
+#[utoipa::path(post, path = "/v1/vms/{id}/memory", tag = "vms", request_body = ResizeMemoryRequest, params(("id" = vmplane_domain::VmId, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn resize_memory(
     State(state): State<AppState>,
@@ -456,7 +458,7 @@ pub struct MoveVmRequest {
 
 /// Move a stopped VM and its root disk to another host (admin). The VM must
 /// hold no volumes; it gets new addresses and host ports at its next start.
-#[utoipa::path(post, path = "/v1/vms/{id}/move", tag = "vms", request_body = MoveVmRequest, params(("id" = String, Path, description = "VM id")),
+#[utoipa::path(post, path = "/v1/vms/{id}/move", tag = "vms", request_body = MoveVmRequest, params(("id" = vmplane_domain::VmId, Path, description = "VM id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn move_vm(
     State(state): State<AppState>,
@@ -485,7 +487,7 @@ pub struct VmEventsQuery {
 }
 
 /// A VM's history: every event, oldest first; with `follow=true` as SSE, then live.
-#[utoipa::path(get, path = "/v1/vms/{id}/events", tag = "vms", params(("id" = String, Path, description = "VM id"), VmEventsQuery,
+#[utoipa::path(get, path = "/v1/vms/{id}/events", tag = "vms", params(("id" = vmplane_domain::VmId, Path, description = "VM id"), VmEventsQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "With `follow`: resume right after this stream sequence")),
     responses((status = 200, body = Vec<EventView>, description = "The history (JSON), or with `follow=true` SSE: `id` = stream sequence, `event` = type, `data` = EventView JSON"),
         (status = "4XX", body = ErrorBody)))]

@@ -97,7 +97,11 @@ pub struct AttachRequest {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListVolumesQuery {
+    /// Page number, from 1.
+    #[param(value_type = super::pagination::PageNumber, inline, required = false)]
     pub page: Option<u64>,
+    /// Items per page, 1-100 (default 20).
+    #[param(value_type = super::pagination::PageLimit, inline, required = false)]
     pub limit: Option<u64>,
     /// Only volumes of this name (a DNS label), matched whole.
     pub name: Option<String>,
@@ -150,14 +154,14 @@ async fn list_volumes(State(state): State<AppState>, who: Principal, Query(q): Q
 }
 
 /// One volume.
-#[utoipa::path(get, path = "/v1/volumes/{id}", tag = "volumes", params(("id" = String, Path, description = "Volume id")),
+#[utoipa::path(get, path = "/v1/volumes/{id}", tag = "volumes", params(("id" = vmplane_domain::VolumeId, Path, description = "Volume id")),
     responses((status = 200, body = VolumeView), (status = "4XX", body = ErrorBody)))]
 async fn get_volume(State(state): State<AppState>, who: Principal, PathId(id): PathId<VolumeId>) -> ApiResult<axum::Json<VolumeView>> {
     Ok(axum::Json(volumes::get(&state.app, &who, id)?.into()))
 }
 
 /// Delete a volume; 409 while it is attached.
-#[utoipa::path(delete, path = "/v1/volumes/{id}", tag = "volumes", params(("id" = String, Path, description = "Volume id")),
+#[utoipa::path(delete, path = "/v1/volumes/{id}", tag = "volumes", params(("id" = vmplane_domain::VolumeId, Path, description = "Volume id")),
     responses((status = 202, body = VolumeAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_volume(
     State(state): State<AppState>,
@@ -184,7 +188,7 @@ fn parse_ids(p: &VmVolumePath) -> ApiResult<(VmId, VolumeId)> {
 /// Attach a volume to a VM on the same host and mount it at `mount_path`;
 /// hot-plugged when the VM runs, at its next boot when stopped.
 #[utoipa::path(post, path = "/v1/vms/{id}/volumes/{volume_id}", tag = "volumes", request_body = AttachRequest,
-    params(("id" = String, Path, description = "VM id"), ("volume_id" = String, Path, description = "Volume id")),
+    params(("id" = vmplane_domain::VmId, Path, description = "VM id"), ("volume_id" = vmplane_domain::VolumeId, Path, description = "Volume id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn attach_volume(
     State(state): State<AppState>,
@@ -206,7 +210,7 @@ async fn attach_volume(
 
 /// Unmount and detach a volume from a VM.
 #[utoipa::path(delete, path = "/v1/vms/{id}/volumes/{volume_id}", tag = "volumes",
-    params(("id" = String, Path, description = "VM id"), ("volume_id" = String, Path, description = "Volume id")),
+    params(("id" = vmplane_domain::VmId, Path, description = "VM id"), ("volume_id" = vmplane_domain::VolumeId, Path, description = "Volume id")),
     responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn detach_volume(
     State(state): State<AppState>,

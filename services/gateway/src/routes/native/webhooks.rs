@@ -215,7 +215,11 @@ impl From<Delivery> for DeliveryView {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListDeliveriesQuery {
+    /// Page number, from 1.
+    #[param(value_type = super::pagination::PageNumber, inline, required = false)]
     pub page: Option<u64>,
+    /// Items per page, 1-100 (default 20).
+    #[param(value_type = super::pagination::PageLimit, inline, required = false)]
     pub limit: Option<u64>,
     /// Only deliveries whose last attempt ended so: `delivered`, `retrying`,
     /// `failed` or `endpoint_disabled`.
@@ -269,14 +273,14 @@ async fn list_webhooks(State(state): State<AppState>, who: Principal) -> ApiResu
 }
 
 /// One webhook endpoint of the caller's org (without its secret).
-#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "webhook id")),
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = vmplane_domain::WebhookId, Path, description = "webhook id")),
     responses((status = 200, body = WebhookView), (status = "4XX", body = ErrorBody)))]
 async fn get_webhook(State(state): State<AppState>, who: Principal, PathId(id): PathId<WebhookId>) -> ApiResult<axum::Json<WebhookView>> {
     Ok(axum::Json(webhooks::get(&state.app, &who, id)?.into()))
 }
 
 /// Change a webhook endpoint: `url`, `event_types`, `description`, `enabled`.
-#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "webhook id")), request_body = UpdateWebhookRequest,
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = vmplane_domain::WebhookId, Path, description = "webhook id")), request_body = UpdateWebhookRequest,
     responses((status = 200, body = WebhookView), (status = 202, body = WebhookView), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn update_webhook(
     State(state): State<AppState>,
@@ -292,7 +296,7 @@ async fn update_webhook(
 
 /// Delete a webhook endpoint and its secrets: 204, or 202 with the operation
 /// if the worker has not recorded it yet.
-#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "webhook id")),
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = vmplane_domain::WebhookId, Path, description = "webhook id")),
     responses((status = 204), (status = 202, body = Operation), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_webhook(State(state): State<AppState>, who: Principal, alloc: Allocation, PathId(id): PathId<WebhookId>) -> ApiResult<Response> {
     let operation = webhooks::delete(&state.app, &who, alloc, id).await?;
@@ -304,7 +308,7 @@ async fn delete_webhook(State(state): State<AppState>, who: Principal, alloc: Al
 
 /// Give a webhook endpoint a new signing secret (in this answer only); the
 /// previous one keeps signing, alongside it, for 24 hours.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks", params(("id" = String, Path, description = "webhook id")),
+#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks", params(("id" = vmplane_domain::WebhookId, Path, description = "webhook id")),
     responses((status = 200, body = WebhookView), (status = 202, body = WebhookView), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn rotate_webhook_secret(
     State(state): State<AppState>,
@@ -318,7 +322,7 @@ async fn rotate_webhook_secret(
 
 /// Send the endpoint a `webhook.test` event (delivered to this endpoint
 /// only, whatever its `event_types`): 202 with the operation that records it.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks", params(("id" = String, Path, description = "webhook id")),
+#[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks", params(("id" = vmplane_domain::WebhookId, Path, description = "webhook id")),
     responses((status = 202, body = Operation), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn test_webhook(
     State(state): State<AppState>,
@@ -331,7 +335,7 @@ async fn test_webhook(
 
 /// The endpoint's deliveries, newest event first: each with its attempts
 /// (time, HTTP status or error, duration, next retry).
-#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path, description = "webhook id"), ListDeliveriesQuery),
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = vmplane_domain::WebhookId, Path, description = "webhook id"), ListDeliveriesQuery),
     responses((status = 200, body = Page<DeliveryView>), (status = "4XX", body = ErrorBody)))]
 async fn list_webhook_deliveries(
     State(state): State<AppState>,
@@ -347,7 +351,7 @@ async fn list_webhook_deliveries(
 
 /// One delivery to the endpoint, with its attempts.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries/{delivery_id}", tag = "webhooks",
-    params(("id" = String, Path, description = "webhook id"), ("delivery_id" = String, Path, description = "delivery id (`dlv_…`)")),
+    params(("id" = vmplane_domain::WebhookId, Path, description = "webhook id"), ("delivery_id" = vmplane_domain::DeliveryId, Path, description = "delivery id (`dlv_…`)")),
     responses((status = 200, body = DeliveryView), (status = "4XX", body = ErrorBody)))]
 async fn get_webhook_delivery(State(state): State<AppState>, who: Principal, Path(p): Path<DeliveryPath>) -> ApiResult<axum::Json<DeliveryView>> {
     let (id, delivery) = parse_delivery_path(&p)?;
@@ -357,7 +361,7 @@ async fn get_webhook_delivery(State(state): State<AppState>, who: Principal, Pat
 /// Attempt a delivery again now, whatever its state (recorded as a manual
 /// attempt): 202 with the operation that asks the deliverer.
 #[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/retry", tag = "webhooks",
-    params(("id" = String, Path, description = "webhook id"), ("delivery_id" = String, Path, description = "delivery id (`dlv_…`)")),
+    params(("id" = vmplane_domain::WebhookId, Path, description = "webhook id"), ("delivery_id" = vmplane_domain::DeliveryId, Path, description = "delivery id (`dlv_…`)")),
     responses((status = 202, body = Operation), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn retry_webhook_delivery(
     State(state): State<AppState>,
