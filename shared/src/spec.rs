@@ -270,6 +270,29 @@ pub fn is_image_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 200 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b))
 }
 
+/// What [`is_dns_label`] accepts, as a pattern (a test checks they agree).
+pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+
+/// The OpenAPI schema of a name that must be a DNS label (VMs, volumes,
+/// templates, images, orgs, projects): request fields name it as their
+/// `value_type`, so documents state the rule the domain checks.
+pub struct DnsLabel;
+
+impl utoipa::PartialSchema for DnsLabel {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(DNS_LABEL_PATTERN))
+            .min_length(Some(1))
+            .max_length(Some(63))
+            .description(Some("A DNS label: 1-63 of a-z, 0-9 and '-', not starting or ending with '-'."))
+            .examples([serde_json::json!("web-1")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for DnsLabel {}
+
 /// RFC 1123 label: what a hostname component may be.
 pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
@@ -509,6 +532,18 @@ mod tests {
     use super::*;
 
     const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl user@host";
+
+    proptest::proptest! {
+        /// The documented pattern and length bounds accept exactly what the rule does.
+        #[test]
+        fn the_dns_label_schema_is_the_rule(s in "[a-z0-9A-Z_. -]{0,3}|-?[a-z0-9-]{0,66}-?|[a-z]{60,66}") {
+            let schema = serde_json::to_value(<DnsLabel as utoipa::PartialSchema>::schema()).unwrap();
+            let pattern = regex::Regex::new(schema["pattern"].as_str().unwrap()).unwrap();
+            let (min, max) = (schema["minLength"].as_u64().unwrap() as usize, schema["maxLength"].as_u64().unwrap() as usize);
+            let chars = s.chars().count();
+            proptest::prop_assert_eq!(pattern.is_match(&s) && (min..=max).contains(&chars), is_dns_label(&s), "{:?}", s);
+        }
+    }
 
     #[test]
     fn defaults_validate() {

@@ -164,10 +164,33 @@ pub fn parse_public_key(text: &str) -> Result<ParsedKey, SshKeyError> {
     Ok(ParsedKey { openssh, fingerprint: key.fingerprint(HashAlg::Sha256).to_string(), algorithm: key.algorithm().as_str().to_owned() })
 }
 
-/// Whether `name` may name a key: 1-64 characters, none of them control characters.
+/// Whether `name` may name a key: 1-64 characters, none of them a control
+/// character, not only spaces.
 pub fn is_valid_name(name: &str) -> bool {
-    !name.trim().is_empty() && name.chars().count() <= MAX_NAME_LEN && !name.chars().any(char::is_control)
+    name.chars().any(|c| c != ' ') && name.chars().count() <= MAX_NAME_LEN && !name.chars().any(char::is_control)
 }
+
+/// What [`is_valid_name`] accepts, as a pattern with [`MAX_NAME_LEN`] as the
+/// length bound (control characters are U+0000-U+001F and U+007F-U+009F).
+pub const NAME_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
+
+/// The OpenAPI schema of a key's name (see [`is_valid_name`]).
+pub struct KeyName;
+
+impl utoipa::PartialSchema for KeyName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(NAME_PATTERN))
+            .min_length(Some(1))
+            .max_length(Some(MAX_NAME_LEN))
+            .description(Some("1-64 characters, no control characters, not only spaces."))
+            .examples([serde_json::json!("laptop")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for KeyName {}
 
 /// Decide a command against the key's state (`None`: no such key, or deleted).
 pub fn decide(state: Option<&SshKey>, cmd: &SshKeyCommand) -> Result<SshKeyEvent, SshKeyError> {
@@ -266,6 +289,18 @@ mod tests {
         assert_eq!(evolve(key, id, at(), &del), None);
         assert_eq!(decide(None, &SshKeyCommand::Delete { id, org }), Err(SshKeyError::NotFound));
         assert_eq!((create.kind(), create.id(), create.org()), ("create_ssh_key", id, org));
+    }
+
+    proptest::proptest! {
+        /// The documented pattern and length bounds accept exactly what the rule does.
+        #[test]
+        fn the_name_schema_is_the_rule(s in "[ a\t\n\x00\x1f\x7f\u{85}\u{9f}\u{a0}é\u{3000}]{0,4}|[ab ]{60,68}") {
+            let schema = serde_json::to_value(<KeyName as utoipa::PartialSchema>::schema()).unwrap();
+            let pattern = regex::Regex::new(schema["pattern"].as_str().unwrap()).unwrap();
+            let (min, max) = (schema["minLength"].as_u64().unwrap() as usize, schema["maxLength"].as_u64().unwrap() as usize);
+            let chars = s.chars().count();
+            proptest::prop_assert_eq!(pattern.is_match(&s) && (min..=max).contains(&chars), is_valid_name(&s), "{:?}", s);
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 #[serde(deny_unknown_fields)]
 pub struct TemplateSpec {
     /// DNS label, unique among the org's templates.
+    #[schema(value_type = crate::spec::DnsLabel)]
     pub name: String,
     /// Image name (slug, catalog name, `img_` id or OCI reference), resolved when a VM is created.
     #[serde(default)]

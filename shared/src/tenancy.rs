@@ -162,11 +162,33 @@ pub fn default_project(org: OrgId) -> Project {
     Project { id: ProjectId::DEFAULT, org, name: "default".into(), created_at: OffsetDateTime::UNIX_EPOCH }
 }
 
+/// The longest API key name, in characters.
+pub const MAX_KEY_NAME: usize = 63;
+
+/// The OpenAPI schema of an API key's name: 1 to [`MAX_KEY_NAME`] characters.
+pub struct ApiKeyName;
+
+impl utoipa::PartialSchema for ApiKeyName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_KEY_NAME))
+            .description(Some("1-63 characters."))
+            .examples([serde_json::json!("ci")])
+            .into()
+    }
+}
+
+impl ToSchema for ApiKeyName {}
+
 /// Why a tenancy command is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TenancyError {
     #[error("name must be a DNS label of at most 63 characters")]
     BadName,
+    #[error("an API key's name must be 1-{MAX_KEY_NAME} characters")]
+    BadKeyName,
     #[error("org not found")]
     OrgNotFound,
     #[error("already exists")]
@@ -179,7 +201,7 @@ impl TenancyError {
     /// Machine-readable code, shared by HTTP errors and failed operations.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::BadName => "validation_failed",
+            Self::BadName | Self::BadKeyName => "validation_failed",
             Self::OrgNotFound | Self::KeyNotFound => "not_found",
             Self::AlreadyExists => "conflict",
         }
@@ -216,8 +238,8 @@ pub fn decide(cmd: &TenancyCommand, exists: bool, org_exists: bool) -> Result<Te
             Ok(TenancyEvent::ProjectCreated { id: *id, org: *org, name: name.clone() })
         }
         TenancyCommand::CreateApiKey { id, org, name, secret_sha256 } => {
-            if name.is_empty() || name.len() > 63 {
-                return Err(TenancyError::BadName);
+            if !(1..=MAX_KEY_NAME).contains(&name.chars().count()) {
+                return Err(TenancyError::BadKeyName);
             }
             if !org_exists {
                 return Err(TenancyError::OrgNotFound);
@@ -259,8 +281,12 @@ mod tests {
         let k = TenancyCommand::CreateApiKey { id: ApiKeyId::new(), org, name: "ci".into(), secret_sha256: "ab".into() };
         assert_eq!(decide(&k, false, false), Err(TenancyError::OrgNotFound));
         assert_eq!(decide(&k, false, true).unwrap().type_name(), "api_key_created");
-        let k = TenancyCommand::CreateApiKey { id: ApiKeyId::new(), org, name: String::new(), secret_sha256: "ab".into() };
-        assert_eq!(decide(&k, false, true), Err(TenancyError::BadName));
+        for name in [String::new(), "é".repeat(MAX_KEY_NAME + 1)] {
+            let k = TenancyCommand::CreateApiKey { id: ApiKeyId::new(), org, name, secret_sha256: "ab".into() };
+            assert_eq!(decide(&k, false, true), Err(TenancyError::BadKeyName));
+        }
+        let k = TenancyCommand::CreateApiKey { id: ApiKeyId::new(), org, name: "é".repeat(MAX_KEY_NAME), secret_sha256: "ab".into() };
+        assert!(decide(&k, false, true).is_ok(), "characters, not bytes");
     }
 
     #[test]

@@ -104,7 +104,7 @@ async fn submit_tenancy(app: &App, who: &Principal, alloc: Allocation, command: 
     // Callers checked that a key to revoke, or an org to change, exists; creations make new ids.
     let exists = matches!(command, TenancyCommand::RevokeApiKey { .. } | TenancyCommand::SetPlacementStrategy { .. });
     tenancy::decide(&command, exists, org_exists).map_err(|e| match e {
-        TenancyError::BadName => AppError::Invalid(e.code(), e.to_string()),
+        TenancyError::BadName | TenancyError::BadKeyName => AppError::Invalid(e.code(), e.to_string()),
         TenancyError::OrgNotFound => AppError::NotFound(format!("org {org}")),
         TenancyError::KeyNotFound => AppError::NotFound(e.to_string()),
         TenancyError::AlreadyExists => AppError::Conflict(e.code(), e.to_string()),

@@ -45,6 +45,7 @@ async fn list_images(State(state): State<AppState>, _who: Principal) -> ApiResul
 #[serde(deny_unknown_fields)]
 pub struct ImportRequest {
     /// The slug VMs will name in `image`: a DNS label.
+    #[schema(value_type = vmplane_domain::spec::DnsLabel)]
     pub name: String,
     /// Absolute path of the source on the host.
     pub source: String,

@@ -27,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CreateSshKeyRequest {
     /// 1-64 characters.
+    #[schema(value_type = vmplane_domain::ssh_key::KeyName)]
     pub name: String,
     /// One OpenSSH public key (`ssh-ed25519 AAAA… comment`): ed25519, ECDSA,
     /// RSA of at least 2048 bits, or a FIDO security key.

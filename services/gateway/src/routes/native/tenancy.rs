@@ -33,6 +33,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CreateOrgRequest {
     /// DNS label.
+    #[schema(value_type = vmplane_domain::spec::DnsLabel)]
     pub name: String,
     /// How the org's VMs and volumes are placed when a create does not say
     /// (`placement.strategy`). Default `spread`.
@@ -53,6 +54,7 @@ pub struct UpdateOrgRequest {
 #[serde(deny_unknown_fields)]
 pub struct CreateProjectRequest {
     /// DNS label.
+    #[schema(value_type = vmplane_domain::spec::DnsLabel)]
     pub name: String,
 }
 
@@ -60,6 +62,7 @@ pub struct CreateProjectRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKeyRequest {
+    #[schema(value_type = vmplane_domain::tenancy::ApiKeyName)]
     pub name: String,
     /// The org the key acts in; default: the org the admin acts in.
     pub org_id: Option<OrgId>,

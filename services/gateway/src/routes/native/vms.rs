@@ -45,6 +45,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CreateVmRequest {
     /// DNS label, at most 63 characters.
+    #[schema(value_type = vmplane_domain::spec::DnsLabel)]
     pub name: String,
     /// Image slug or id. Default `debian-minimal`.
     pub image: Option<String>,
@@ -308,6 +309,7 @@ pub struct ListVmsQuery {
     /// Only VMs in this status. Without it, every VM that is not deleted.
     pub status: Option<String>,
     /// Only VMs of this name (a DNS label), matched whole; with `status`, both.
+    #[param(value_type = vmplane_domain::spec::DnsLabel, required = false)]
     pub name: Option<String>,
 }
 

@@ -104,6 +104,7 @@ pub struct ListVolumesQuery {
     #[param(value_type = super::pagination::PageLimit, inline, required = false)]
     pub limit: Option<u64>,
     /// Only volumes of this name (a DNS label), matched whole.
+    #[param(value_type = vmplane_domain::spec::DnsLabel, required = false)]
     pub name: Option<String>,
 }
 
@@ -118,6 +119,7 @@ impl From<Accepted<Volume>> for VolumeAccepted {
 #[serde(deny_unknown_fields)]
 pub struct CreateVolumeRequest {
     /// DNS label.
+    #[schema(value_type = vmplane_domain::spec::DnsLabel)]
     pub name: String,
     pub size_gb: u32,
     /// `block` (default) or `filesystem`; a qcow2 file on the host either way.
