@@ -13,16 +13,42 @@
 //! - `*` stands for any run of characters, none included, within one part:
 //!   it never spans the `.`. Every other character matches itself, exactly.
 //! - Patterns are made of `a-z`, `0-9`, `_`, `*` and at most one `.` with a
-//!   non-empty part on each side; at most [`MAX_PATTERNS`] of at most
-//!   [`MAX_PATTERN_LEN`] characters. Anything else is refused, so a typo is
-//!   an error rather than a filter that silently matches nothing.
+//!   non-empty part on each side, each part at most [`MAX_PATTERN_LEN`]
+//!   characters; at most [`MAX_PATTERNS`] patterns, with spaces allowed
+//!   around the commas. Anything else is refused, so a typo is an error
+//!   rather than a filter that silently matches nothing. [`list_pattern`]
+//!   states the same as a regular expression, for the OpenAPI documents.
 
 use crate::event::Event;
 
 /// At most this many patterns in one filter.
 pub const MAX_PATTERNS: usize = 32;
-/// At most this many characters in one pattern.
+/// At most this many characters in each part of a pattern.
 pub const MAX_PATTERN_LEN: usize = 100;
+
+/// What [`TypeFilter::parse`] accepts, as a regular expression (a test
+/// checks they agree).
+pub fn list_pattern() -> String {
+    let part = format!("[a-z0-9_*]{{1,{MAX_PATTERN_LEN}}}");
+    let one = format!(" *{part}(\\.{part})? *");
+    format!("^{one}(,{one}){{0,{}}}$", MAX_PATTERNS - 1)
+}
+
+/// The OpenAPI schema of a `type` filter (see [`list_pattern`]).
+pub struct TypeFilterText;
+
+impl utoipa::PartialSchema for TypeFilterText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(list_pattern()))
+            .description(Some("Comma-separated type patterns: `vm.*`, `created`, `*_requested`, `host.host_registered`."))
+            .examples([serde_json::json!("vm.*,host.host_registered")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TypeFilterText {}
 
 /// A parsed, valid type filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +64,7 @@ pub struct FilterError(pub String);
 impl TypeFilter {
     /// A filter from patterns; empty lists and bad patterns are refused.
     pub fn new<S: AsRef<str>>(patterns: impl IntoIterator<Item = S>) -> Result<Self, FilterError> {
-        let patterns: Vec<String> = patterns.into_iter().map(|p| p.as_ref().trim().to_owned()).collect();
+        let patterns: Vec<String> = patterns.into_iter().map(|p| p.as_ref().trim_matches(' ').to_owned()).collect();
         if patterns.is_empty() {
             return Err(FilterError("a type filter needs at least one pattern".into()));
         }
@@ -80,7 +106,7 @@ fn check(p: &str) -> Result<(), FilterError> {
     if p.is_empty() {
         return bad("empty");
     }
-    if p.len() > MAX_PATTERN_LEN {
+    if p.split('.').any(|part| part.len() > MAX_PATTERN_LEN) {
         return bad("too long");
     }
     if !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '*' | '.')) {
@@ -141,5 +167,15 @@ mod tests {
         }
         assert!(TypeFilter::parse(&vec!["vm.*"; 33].join(",")).is_err());
         assert_eq!(TypeFilter::parse(" vm.* , created").unwrap().patterns(), ["vm.*", "created"]);
+        assert!(TypeFilter::parse("\tvm.*").is_err(), "spaces only around a pattern");
+    }
+
+    proptest::proptest! {
+        /// The documented pattern accepts exactly what the parser does.
+        #[test]
+        fn the_schema_pattern_is_the_parser(s in "[a-z*_. ,\tA]{0,12}|[a-z]{95,105}(\\.[a-z]{95,105})?|(vm\\.\\*,){30,33}vm") {
+            let pattern = regex::Regex::new(&list_pattern()).unwrap();
+            proptest::prop_assert_eq!(pattern.is_match(&s), TypeFilter::parse(&s).is_ok(), "{:?}", s);
+        }
     }
 }

@@ -57,7 +57,7 @@ pub struct AppState {
 
 /// The whole HTTP application: every dialect's routes and the system routes.
 pub fn router(state: AppState) -> Router {
-    let (api, doc) = routes::native::router().split_for_parts();
+    let (api, doc) = routes::native::split();
     let doc = Arc::new(doc);
     api.merge(routes::system::router(doc))
         .merge(routes::hatch::router())

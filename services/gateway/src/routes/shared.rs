@@ -29,6 +29,49 @@ pub fn add_bearer_scheme(doc: &mut OpenApi, name: &str) {
     doc.components.get_or_insert_with(Default::default).add_security_scheme(name, SecurityScheme::Http(scheme));
 }
 
+/// A view that flattens a type refusing unknown fields (`#[serde(flatten)]`
+/// of a `deny_unknown_fields` request struct) is documented as an `allOf`
+/// whose part forbids the view's other fields, which no answer could
+/// satisfy. Merge such `allOf`s of objects into one object, so the document
+/// describes what is sent (the request types keep their strictness).
+pub fn merge_flattened(doc: OpenApi) -> OpenApi {
+    let mut v = serde_json::to_value(&doc).expect("an OpenAPI document is JSON");
+    let named = v.pointer("/components/schemas").cloned().unwrap_or_default();
+    merge_all_of(&mut v, &named);
+    serde_json::from_value(v).expect("the merged document is an OpenAPI document")
+}
+
+/// [`merge_flattened`] on every schema within `node` (a generic page's
+/// items are inlined, not named).
+fn merge_all_of(node: &mut serde_json::Value, named: &serde_json::Value) {
+    use serde_json::{Map, Value};
+    match node {
+        Value::Array(items) => items.iter_mut().for_each(|i| merge_all_of(i, named)),
+        Value::Object(map) => {
+            map.values_mut().for_each(|v| merge_all_of(v, named));
+            let Some(parts) = map.get("allOf").and_then(Value::as_array) else { return };
+            let resolve = |part: &Value| match part.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/components/schemas/")) {
+                Some(name) => named.get(name).cloned().unwrap_or_default(),
+                None => part.clone(),
+            };
+            let parts: Vec<Value> = parts.iter().map(resolve).collect();
+            if !parts.iter().any(|p| p["additionalProperties"] == Value::Bool(false)) || !parts.iter().all(|p| p["type"] == "object") {
+                return;
+            }
+            let (mut properties, mut required) = (Map::new(), Vec::new());
+            for part in parts {
+                properties.extend(part["properties"].as_object().cloned().unwrap_or_default());
+                required.extend(part["required"].as_array().cloned().unwrap_or_default());
+            }
+            map.remove("allOf");
+            map.insert("type".into(), "object".into());
+            map.insert("properties".into(), Value::Object(properties));
+            map.insert("required".into(), Value::Array(required));
+        }
+        _ => {}
+    }
+}
+
 /// Largest WebSocket message (and frame) a terminal client may send:
 /// keystrokes and pastes, not bulk data; a larger one closes the session.
 pub const MAX_TERMINAL_MESSAGE_BYTES: usize = 64 << 10;

@@ -39,7 +39,7 @@ pub struct FeedQuery {
     /// against `<aggregate_type>.<type>` (`vm.*`, `host.host_registered`);
     /// `*` is any run of characters within one part. See the README.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", value_type = vmplane_domain::event_filter::TypeFilterText, required = false)]
     pub types: Option<String>,
     /// Only the events of this VM (404 when the caller cannot see it).
     pub vm_id: Option<VmId>,
@@ -50,7 +50,12 @@ pub(crate) fn type_filter(list: Option<&str>) -> ApiResult<Option<TypeFilter>> {
     list.map(|l| TypeFilter::parse(l).map_err(|e| ApiError::BadRequest("bad_filter", e.to_string()))).transpose()
 }
 
-/// Where to resume: `Last-Event-ID`, else the query's `last_event_id`, else 0.
+/// The largest stream sequence a client may name: what the documents'
+/// `int64` allows (a stream never gets near it).
+pub const MAX_SEQUENCE: u64 = i64::MAX as u64;
+
+/// Where to resume: `Last-Event-ID`, else the query's `last_event_id`, else
+/// 0; each at most [`MAX_SEQUENCE`].
 pub(crate) fn resume_after(headers: &HeaderMap, query: Option<u64>) -> ApiResult<u64> {
     let from_header = headers
         .get("last-event-id")
@@ -58,9 +63,13 @@ pub(crate) fn resume_after(headers: &HeaderMap, query: Option<u64>) -> ApiResult
             v.to_str()
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
+                .filter(|s| *s <= MAX_SEQUENCE)
                 .ok_or_else(|| ApiError::BadRequest("bad_header", "Last-Event-ID must be a stream sequence number".into()))
         })
         .transpose()?;
+    if query.is_some_and(|q| q > MAX_SEQUENCE) {
+        return Err(ApiError::BadRequest("invalid_query", format!("last_event_id must be at most {MAX_SEQUENCE}")));
+    }
     Ok(from_header.or(query).unwrap_or(0))
 }
 
@@ -77,7 +86,7 @@ pub(crate) fn sse(events: BoxStream<'static, (u64, Envelope)>) -> Sse<impl Strea
 /// Every event the caller may see, from the beginning or after `Last-Event-ID`, then live;
 /// optionally only some types, or one VM's.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(FeedQuery,
-        ("Last-Event-ID" = Option<u64>, Header, description = "Resume right after this stream sequence")),
+        ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "Resume right after this stream sequence")),
     responses((status = 200, content_type = "text/event-stream", description = "SSE: `id` = stream sequence, `event` = type, `data` = EventView JSON"),
         (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn event_feed(

@@ -30,6 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     /// How many of the last lines (default 100, at most 10000).
+    #[param(minimum = 0, maximum = 10000)] // MAX_TAIL; a test keeps them equal
     pub tail: Option<usize>,
     /// Keep the connection open and stream new lines as Server-Sent Events.
     pub follow: Option<bool>,

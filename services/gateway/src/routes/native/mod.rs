@@ -37,9 +37,15 @@ use utoipa_axum::router::OpenApiRouter;
 )]
 pub struct ApiDoc;
 
+/// The `/v1` routes and the OpenAPI document that describes them.
+pub fn split() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    let (api, doc) = router().split_for_parts();
+    (api, super::shared::merge_flattened(doc))
+}
+
 /// The documented `/v1` routes, and their OpenAPI document, built from one
 /// list so the two cannot drift apart.
-pub fn router() -> OpenApiRouter<AppState> {
+fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(vms::router())
         .merge(volumes::router())

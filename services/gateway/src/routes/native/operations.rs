@@ -29,6 +29,7 @@ pub(super) fn settled(operation: &Operation, done: axum::http::StatusCode) -> ax
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
     /// Wait up to this many seconds (at most 60) for the operation to finish.
+    #[param(minimum = 0, maximum = 60)] // MAX_WAIT; a test keeps them equal
     pub wait: Option<u64>,
 }
 

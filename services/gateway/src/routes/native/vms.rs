@@ -307,7 +307,7 @@ pub struct ListVmsQuery {
     #[param(value_type = super::pagination::PageLimit, inline, required = false)]
     pub limit: Option<u64>,
     /// Only VMs in this status. Without it, every VM that is not deleted.
-    pub status: Option<String>,
+    pub status: Option<VmStatus>,
     /// Only VMs of this name (a DNS label), matched whole; with `status`, both.
     #[param(value_type = vmplane_domain::spec::DnsLabel, required = false)]
     pub name: Option<String>,
@@ -331,7 +331,7 @@ async fn create_vm(
     responses((status = 200, body = Page<VmView>), (status = "4XX", body = ErrorBody)))]
 async fn list_vms(State(state): State<AppState>, who: Principal, Query(q): Query<ListVmsQuery>) -> ApiResult<axum::Json<Page<VmView>>> {
     let pq = PageQuery::new(q.page, q.limit)?;
-    let status = q.status.map(|s| s.parse::<VmStatus>().map_err(|()| ApiError::BadRequest("invalid_query", format!("unknown status `{s}`")))).transpose()?;
+    let status = q.status;
     if let Some(name) = q.name.as_deref().filter(|n| !vmplane_domain::spec::is_dns_label(n)) {
         return Err(ApiError::BadRequest("invalid_query", format!("name `{name}` is not a VM name (a DNS label of at most 63 characters)")));
     }
@@ -484,13 +484,13 @@ pub struct VmEventsQuery {
     pub last_event_id: Option<u64>,
     /// Only events of these types (the `type` filter of `GET /v1/events`).
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", value_type = vmplane_domain::event_filter::TypeFilterText, required = false)]
     pub types: Option<String>,
 }
 
 /// A VM's history: every event, oldest first; with `follow=true` as SSE, then live.
 #[utoipa::path(get, path = "/v1/vms/{id}/events", tag = "vms", params(("id" = vmplane_domain::VmId, Path, description = "VM id"), VmEventsQuery,
-        ("Last-Event-ID" = Option<u64>, Header, description = "With `follow`: resume right after this stream sequence")),
+        ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "With `follow`: resume right after this stream sequence")),
     responses((status = 200, body = Vec<EventView>, description = "The history (JSON), or with `follow=true` SSE: `id` = stream sequence, `event` = type, `data` = EventView JSON"),
         (status = "4XX", body = ErrorBody)))]
 async fn vm_events(
@@ -506,10 +506,12 @@ async fn vm_events(
         let events = app_events::feed(&state.app, &who, FeedFilter { after, types, vm: Some(id) }).await?;
         return Ok(sse(events).into_response());
     }
+    // Without `follow`, the query alone says where the history starts.
+    let after = resume_after(&HeaderMap::new(), q.last_event_id)?;
     let history = vms::history(&state.app, &who, id)?;
     let views: Vec<EventView> = history
         .into_iter()
-        .filter(|(seq, env)| *seq > q.last_event_id.unwrap_or(0) && types.as_ref().is_none_or(|t| t.matches(&env.event)))
+        .filter(|(seq, env)| *seq > after && types.as_ref().is_none_or(|t| t.matches(&env.event)))
         .map(|(seq, env)| EventView::new(seq, env))
         .collect();
     Ok(axum::Json(views).into_response())

@@ -223,7 +223,7 @@ pub struct ListDeliveriesQuery {
     pub limit: Option<u64>,
     /// Only deliveries whose last attempt ended so: `delivered`, `retrying`,
     /// `failed` or `endpoint_disabled`.
-    pub status: Option<String>,
+    pub status: Option<AttemptOutcome>,
 }
 
 /// `/v1/webhooks/{id}/deliveries/{delivery_id}`.
@@ -237,18 +237,6 @@ fn parse_delivery_path(p: &DeliveryPath) -> ApiResult<(WebhookId, DeliveryId)> {
     let id = p.id.parse().map_err(|e| ApiError::BadRequest("invalid_id", format!("`{}`: {e}", p.id)))?;
     let delivery = p.delivery_id.parse().map_err(|e| ApiError::BadRequest("invalid_id", format!("`{}`: {e}", p.delivery_id)))?;
     Ok((id, delivery))
-}
-
-fn parse_outcome(s: &str) -> ApiResult<AttemptOutcome> {
-    Ok(match s {
-        "delivered" => AttemptOutcome::Delivered,
-        "retrying" => AttemptOutcome::Retrying,
-        "failed" => AttemptOutcome::Failed,
-        "endpoint_disabled" => AttemptOutcome::EndpointDisabled,
-        _ => {
-            return Err(ApiError::BadRequest("invalid_query", format!("unknown status `{s}` (delivered, retrying, failed, endpoint_disabled)")));
-        }
-    })
 }
 
 /// Create a webhook endpoint in the caller's org: 201 with its secret (shown
@@ -344,7 +332,7 @@ async fn list_webhook_deliveries(
     Query(q): Query<ListDeliveriesQuery>,
 ) -> ApiResult<axum::Json<Page<DeliveryView>>> {
     let pq = PageQuery::new(q.page, q.limit)?;
-    let status = q.status.as_deref().map(parse_outcome).transpose()?;
+    let status = q.status;
     let listed = webhooks::deliveries(&state.app, &who, id, status, pq.window())?;
     Ok(axum::Json(pq.page(listed.items.into_iter().map(DeliveryView::from).collect(), listed.total)))
 }
