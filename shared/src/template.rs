@@ -25,12 +25,16 @@ pub struct TemplateSpec {
     #[serde(default)]
     pub image: Option<String>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 256)]
     pub vcpus: Option<u32>,
     #[serde(default)]
+    #[schema(minimum = 64, maximum = 4194304)]
     pub memory_mib: Option<u64>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 4194304)]
     pub hotplug_memory_mib: Option<u64>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 65536)]
     pub disk_gb: Option<u32>,
     /// Extra kernel command line arguments.
     #[serde(default)]

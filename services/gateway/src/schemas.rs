@@ -55,6 +55,25 @@ mod tests {
             |path: &str, name: &str| doc["paths"][path]["get"]["parameters"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()["schema"].clone();
         assert_eq!(param("/v1/operations/{id}", "wait")["maximum"].as_u64(), Some(crate::app::operations::MAX_WAIT.as_secs()));
         assert_eq!(param("/v1/vms/{id}/logs", "tail")["maximum"].as_u64(), Some(crate::app::logs::MAX_TAIL as u64));
+        use vmplane_domain::spec::{MAX_DISK_GB, MAX_MEMORY_MIB, MAX_VCPUS};
+        let field = |schema: &str, name: &str| {
+            let f = &doc["components"]["schemas"][schema]["properties"][name];
+            (f["minimum"].as_u64(), f["maximum"].as_u64())
+        };
+        for schema in ["CreateVmRequest", "TemplateSpec"] {
+            assert_eq!(field(schema, "vcpus"), (Some(1), Some(u64::from(MAX_VCPUS))), "{schema}");
+            assert_eq!(field(schema, "memory_mib"), (Some(64), Some(MAX_MEMORY_MIB)), "{schema}");
+            assert_eq!(field(schema, "hotplug_memory_mib"), (Some(0), Some(MAX_MEMORY_MIB)), "{schema}");
+            assert_eq!(field(schema, "disk_gb"), (Some(1), Some(u64::from(MAX_DISK_GB))), "{schema}");
+        }
+        assert_eq!(field("CreateVolumeRequest", "size_gb"), (Some(1), Some(u64::from(MAX_DISK_GB))));
+        // And the domain refuses just outside them.
+        let mut spec = vmplane_domain::spec::VmSpec::named("x");
+        spec.vcpus = MAX_VCPUS + 1;
+        assert!(spec.validate().is_err());
+        spec.vcpus = MAX_VCPUS;
+        spec.memory_mib = 63;
+        assert!(spec.validate().is_err());
     }
 
     /// No schema is an `allOf` with a part that forbids the other parts'

@@ -50,12 +50,16 @@ pub struct CreateVmRequest {
     /// Image slug or id. Default `debian-minimal`.
     pub image: Option<String>,
     /// Default 1.
+    #[schema(minimum = 1, maximum = 256)]
     pub vcpus: Option<u32>,
     /// Default 512.
+    #[schema(minimum = 64, maximum = 4194304)]
     pub memory_mib: Option<u64>,
     /// Hot-pluggable extra memory in MiB. Default 0.
+    #[schema(minimum = 0, maximum = 4194304)]
     pub hotplug_memory_mib: Option<u64>,
     /// Root disk size. Default 10.
+    #[schema(minimum = 1, maximum = 65536)]
     pub disk_gb: Option<u32>,
     /// Boot from this root disk (a volume kept from a deleted VM) instead of
     /// a new one; the VM runs the image it holds.

@@ -121,6 +121,7 @@ pub struct CreateVolumeRequest {
     /// DNS label.
     #[schema(value_type = vmplane_domain::spec::DnsLabel)]
     pub name: String,
+    #[schema(minimum = 1, maximum = 65536)]
     pub size_gb: u32,
     /// `block` (default) or `filesystem`; a qcow2 file on the host either way.
     #[serde(default, rename = "type")]
