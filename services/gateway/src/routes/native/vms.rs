@@ -495,7 +495,8 @@ pub struct VmEventsQuery {
 /// A VM's history: every event, oldest first; with `follow=true` as SSE, then live.
 #[utoipa::path(get, path = "/v1/vms/{id}/events", tag = "vms", params(("id" = vmplane_domain::VmId, Path, description = "VM id"), VmEventsQuery,
         ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "With `follow`: resume right after this stream sequence")),
-    responses((status = 200, body = Vec<EventView>, description = "The history (JSON), or with `follow=true` SSE: `id` = stream sequence, `event` = type, `data` = EventView JSON"),
+    responses((status = 200, description = "The history (JSON), or with `follow=true` SSE: `id` = stream sequence, `event` = type, `data` = EventView JSON",
+            content((Vec<EventView> = "application/json"), (String = "text/event-stream"))),
         (status = "4XX", body = ErrorBody)))]
 async fn vm_events(
     State(state): State<AppState>,
