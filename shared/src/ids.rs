@@ -201,8 +201,6 @@ mod tests {
     #[test]
     fn the_pattern_is_what_parses() {
         use utoipa::PartialSchema;
-        let schema = serde_json::to_value(VmId::schema()).unwrap();
-        let pattern = regex::Regex::new(schema["pattern"].as_str().unwrap()).unwrap();
         let id = VmId::new().to_string();
         let mut cases: Vec<String> =
             vec![id.clone(), id.to_ascii_uppercase().replacen("VM_", "vm_", 1), format!("vm_{}", "7".repeat(26)), format!("vm_8{}", "0".repeat(25))];
@@ -211,7 +209,7 @@ mod tests {
         }
         cases.extend([format!("{id}0"), id[..id.len() - 1].to_owned(), "vm_".into(), format!("op{}", &id[2..]), format!(" {id}"), format!("{id}\n")]);
         for case in &cases {
-            assert_eq!(pattern.is_match(case), case.parse::<VmId>().is_ok(), "{case:?}");
+            assert_eq!(crate::schema_check::accepts(VmId::schema(), case), case.parse::<VmId>().is_ok(), "{case:?}");
         }
         assert!(cases.iter().filter(|c| c.parse::<VmId>().is_ok()).count() >= 4, "some cases parse");
     }

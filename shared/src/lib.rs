@@ -15,6 +15,8 @@ pub mod host;
 pub mod ids;
 pub mod operation;
 pub mod placement;
+#[cfg(test)]
+mod schema_check;
 pub mod spec;
 pub mod ssh_key;
 pub mod subjects;
