@@ -29,10 +29,37 @@ pub const MAX_PATTERN_LEN: usize = 100;
 /// What [`TypeFilter::parse`] accepts, as a regular expression (a test
 /// checks they agree).
 pub fn list_pattern() -> String {
-    let part = format!("[a-z0-9_*]{{1,{MAX_PATTERN_LEN}}}");
-    let one = format!(" *{part}(\\.{part})? *");
+    let one = one_pattern();
     format!("^{one}(,{one}){{0,{}}}$", MAX_PATTERNS - 1)
 }
+
+/// What [`TypeFilter::new`] accepts as one of its patterns, as a regular
+/// expression.
+pub fn item_pattern() -> String {
+    format!("^{}$", one_pattern())
+}
+
+fn one_pattern() -> String {
+    let part = format!("[a-z0-9_*]{{1,{MAX_PATTERN_LEN}}}");
+    format!(" *{part}(\\.{part})? *")
+}
+
+/// The OpenAPI schema of one type pattern in a list of them (see
+/// [`item_pattern`]).
+pub struct TypePattern;
+
+impl utoipa::PartialSchema for TypePattern {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(item_pattern()))
+            .description(Some("A type pattern: `vm.*`, `created`, `*_requested`, `host.host_registered`."))
+            .examples([serde_json::json!("vm.*")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TypePattern {}
 
 /// The OpenAPI schema of a `type` filter (see [`list_pattern`]).
 pub struct TypeFilterText;
@@ -176,6 +203,13 @@ mod tests {
         fn the_schema_pattern_is_the_parser(s in "[a-z*_. ,\tA]{0,12}|[a-z]{95,105}(\\.[a-z]{95,105})?|(vm\\.\\*,){30,33}vm") {
             let schema = <TypeFilterText as utoipa::PartialSchema>::schema();
             proptest::prop_assert_eq!(crate::schema_check::accepts(schema, &s), TypeFilter::parse(&s).is_ok(), "{:?}", s);
+        }
+
+        /// One documented pattern of a list is what the filter takes as one.
+        #[test]
+        fn the_item_schema_is_the_rule(s in "[a-z*_. ,\tA]{0,12}|[a-z]{95,105}(\\.[a-z]{95,105})?") {
+            let schema = <TypePattern as utoipa::PartialSchema>::schema();
+            proptest::prop_assert_eq!(crate::schema_check::accepts(schema, &s), TypeFilter::new([&s]).is_ok(), "{:?}", s);
         }
     }
 }

@@ -40,16 +40,18 @@ pub struct Placement {
     pub host_id: Option<HostId>,
     /// Only hosts serving this catalog region.
     #[serde(default)]
+    #[schema(value_type = Option<crate::catalog::RegionCode>)]
     pub region: Option<String>,
     /// Only hosts carrying every one of these labels with these values (worker `--label`).
     #[serde(default)]
+    #[schema(value_type = crate::spec::Labels)]
     pub labels: BTreeMap<String, String>,
 }
 
 impl Placement {
     /// Check what a request can get wrong without looking at any host.
     pub fn validate(&self) -> Result<(), String> {
-        if self.labels.len() > 64 || self.labels.iter().any(|(k, v)| k.is_empty() || k.len() > 63 || v.len() > 255) {
+        if self.labels.len() > 64 || self.labels.iter().any(|(k, v)| k.is_empty() || k.chars().count() > 63 || v.chars().count() > 255) {
             return Err("placement.labels: at most 64, keys 1-63 and values up to 255 characters".into());
         }
         if self.region.as_ref().is_some_and(|r| r.is_empty() || r.len() > 63) {

@@ -58,12 +58,15 @@ pub struct VmSpec {
     #[serde(default)]
     pub volumes: Vec<VolumeMount>,
     #[serde(default)]
+    #[schema(value_type = Vec<crate::ssh_key::PublicKeyText>, max_items = 10)]
     pub ssh_keys: Vec<String>,
-    /// cloud-init user data (`#!` script or `#cloud-config`).
+    /// cloud-init user data (`#!` script or `#cloud-config`), at most 64 Ki characters.
     #[serde(default)]
+    #[schema(max_length = 65536)]
     pub user_data: Option<String>,
     /// Environment variables exported to user-data scripts.
     #[serde(default)]
+    #[schema(value_type = Env)]
     pub env: BTreeMap<String, String>,
     /// Extra kernel command line arguments.
     #[serde(default)]
@@ -83,6 +86,7 @@ pub struct VmSpec {
     #[serde(default)]
     pub template: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Labels)]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -162,10 +166,13 @@ impl VmSpec {
                 return Err(SpecError::new("ssh_keys", "each must be an OpenSSH public key (ssh-ed25519, ssh-rsa or ecdsa-sha2-*)"));
             }
         }
-        if self.user_data.as_ref().is_some_and(|u| u.len() > 64 * 1024) {
+        if self.user_data.as_ref().is_some_and(|u| u.chars().count() > MAX_USER_DATA_CHARS) {
             return Err(SpecError::new("user_data", "must be at most 64 KiB"));
         }
-        if self.env.len() > 64 || self.env.keys().any(|k| !is_env_name(k)) || self.env.values().any(|v| v.len() > 4096 || v.contains(['\n', '\r', '\0'])) {
+        if self.env.len() > 64
+            || self.env.keys().any(|k| !is_env_name(k))
+            || self.env.values().any(|v| v.chars().count() > 4096 || v.contains(['\n', '\r', '\0']))
+        {
             return Err(SpecError::new("env", "at most 64 variables with names of A-Z, a-z, 0-9 and '_' not starting with a digit, and one-line values"));
         }
         if let Some(args) = &self.boot_args {
@@ -213,7 +220,7 @@ impl VmSpec {
                 return Err(SpecError::new(field, "must be 1-64 characters"));
             }
         }
-        if self.labels.len() > 64 || self.labels.iter().any(|(k, v)| k.is_empty() || k.len() > 63 || v.len() > 255) {
+        if self.labels.len() > 64 || self.labels.iter().any(|(k, v)| k.is_empty() || k.chars().count() > 63 || v.chars().count() > 255) {
             return Err(SpecError::new("labels", "at most 64 labels, keys 1-63 and values up to 255 characters"));
         }
         Ok(())
@@ -269,6 +276,12 @@ impl SpecError {
 pub fn is_image_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 200 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b))
 }
+
+/// Longest user data, in characters.
+pub const MAX_USER_DATA_CHARS: usize = 64 * 1024;
+
+/// What [`is_image_name`] accepts, as a pattern (a test checks they agree).
+pub const IMAGE_NAME_PATTERN: &str = "^[A-Za-z0-9._:/@-]{1,200}$";
 
 /// What [`is_dns_label`] accepts, as a pattern (a test checks they agree).
 pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
@@ -381,16 +394,96 @@ pub struct VolumeMount {
     /// Absolute path in the guest where the guest agent mounts it (formatting
     /// a blank volume first); without one it is only plugged in, as a block device.
     #[serde(default)]
+    #[schema(value_type = Option<MountPath>)]
     pub mount_path: Option<String>,
     #[serde(default)]
     pub readonly: bool,
     /// A per-VM writable overlay over a read-only volume.
     #[serde(default)]
     pub overlay: bool,
-    /// Overlay size in MiB, required when `overlay` is true.
+    /// Overlay size in MiB, required when `overlay` is true (which requires
+    /// `readonly`), and only then.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub overlay_size_mib: Option<u64>,
 }
+
+/// The rules between a mount's fields, as JSON Schema: an overlay is over a
+/// read-only volume and has a size; without an overlay there is no size.
+/// Added to `VolumeMount`'s schema where the document is built, since
+/// utoipa's derive has no `if`/`then`.
+pub fn volume_mount_conditions() -> serde_json::Value {
+    serde_json::json!({"allOf": [{
+        "if": {"properties": {"overlay": {"const": true}}, "required": ["overlay"]},
+        "then": {"properties": {"readonly": {"const": true}, "overlay_size_mib": {"type": "integer"}}, "required": ["readonly", "overlay_size_mib"]},
+        "else": {"properties": {"overlay_size_mib": {"type": "null"}}}
+    }]})
+}
+
+/// The OpenAPI schema of labels (of a VM, or that placement asks a host
+/// for): at most 64, keys of 1-63 characters, values of at most 255.
+pub struct Labels;
+
+impl utoipa::PartialSchema for Labels {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+        let value = ObjectBuilder::new().schema_type(Type::String).max_length(Some(255));
+        let key = ObjectBuilder::new().schema_type(Type::String).min_length(Some(1)).max_length(Some(63));
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .max_properties(Some(64))
+            .property_names(Some(key))
+            .additional_properties(Some(AdditionalProperties::RefOr(value.into())))
+            .description(Some("At most 64 labels: keys of 1-63 characters, values of at most 255."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Labels {}
+
+/// The OpenAPI schema of environment variables: at most 64, names of
+/// letters, digits and `_` not starting with a digit (at most 128), values
+/// of one line (at most 4096 characters, no NUL).
+pub struct Env;
+
+impl utoipa::PartialSchema for Env {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+        let value = ObjectBuilder::new().schema_type(Type::String).pattern(Some(r"^[^\n\r\x00]*$")).max_length(Some(4096));
+        let name = ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[A-Za-z_][A-Za-z0-9_]{0,127}$"));
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .max_properties(Some(64))
+            .property_names(Some(name))
+            .additional_properties(Some(AdditionalProperties::RefOr(value.into())))
+            .description(Some("At most 64 variables: names of letters, digits and `_` not starting with a digit, one-line values."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Env {}
+
+/// What [`validate_mount_path`] accepts, with 255 as the length bound: one
+/// or more components after slashes, none of them `..`, no blanks or
+/// control characters.
+pub const MOUNT_PATH_PATTERN: &str = r"^(/+(\.?[^./ \x00-\x1f\x7f][^/ \x00-\x1f\x7f]*|\.\.[^/ \x00-\x1f\x7f]+|\.))+/*$";
+
+/// The OpenAPI schema of a guest mount path (see [`MOUNT_PATH_PATTERN`]).
+pub struct MountPath;
+
+impl utoipa::PartialSchema for MountPath {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(MOUNT_PATH_PATTERN))
+            .max_length(Some(255))
+            .description(Some("An absolute path in the guest other than `/`, without blanks, control characters or `..`."))
+            .examples([serde_json::json!("/data")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for MountPath {}
 
 impl VolumeMount {
     /// Rules shared by attach-at-create and live attach.
@@ -410,7 +503,12 @@ impl VolumeMount {
 
 /// A path the guest agent can mount at: its protocol splits on blanks.
 fn validate_mount_path(p: &str) -> Result<(), SpecError> {
-    if !p.starts_with('/') || p == "/" || p.len() > 255 || p.split('/').any(|c| c == "..") || p.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+    if !p.starts_with('/')
+        || p.split('/').all(str::is_empty)
+        || p.chars().count() > 255
+        || p.split('/').any(|c| c == "..")
+        || p.bytes().any(|b| b.is_ascii_control() || b == b' ')
+    {
         return Err(SpecError::new("mount_path", "must be an absolute path other than /, without spaces or '..'"));
     }
     Ok(())
@@ -429,9 +527,20 @@ pub struct NetworkSpec {
     #[schema(value_type = Option<String>, format = Ipv4)]
     #[serde(with = "ip_as_text")]
     pub guest_ip: Option<Ipv4Addr>,
-    /// Requested MAC; generated when absent.
+    /// Requested MAC, unicast; generated when absent.
     #[serde(default)]
+    #[schema(pattern = r"^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$")]
     pub guest_mac: Option<String>,
+}
+
+/// The rule between a network's fields, as JSON Schema: an address is
+/// chosen only in bridge mode. Added to `NetworkSpec`'s schema where the
+/// document is built, as [`volume_mount_conditions`].
+pub fn network_conditions() -> serde_json::Value {
+    serde_json::json!({"allOf": [{
+        "if": {"properties": {"mode": {"const": "bridge"}}, "required": ["mode"]},
+        "else": {"properties": {"guest_ip": {"type": "null"}}}
+    }]})
 }
 
 impl Default for NetworkSpec {
@@ -501,9 +610,12 @@ pub enum Protocol {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortForward {
+    #[schema(minimum = 1, maximum = 65535)]
     pub guest_port: u16,
-    /// Allocated from the host's range when absent.
+    /// Allocated from the host's range when absent; one given must be in
+    /// the range its host forwards from (`port_range` in `GET /v1/hosts`).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 65535)]
     pub host_port: Option<u16>,
     #[serde(default)]
     pub protocol: Protocol,
@@ -513,6 +625,7 @@ pub struct PortForward {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExposedPort {
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
     #[serde(default)]
     pub protocol: Protocol,
@@ -538,6 +651,33 @@ mod tests {
         #[test]
         fn the_dns_label_schema_is_the_rule(s in "[a-z0-9A-Z_. -]{0,3}|-?[a-z0-9-]{0,66}-?|[a-z]{60,66}") {
             proptest::prop_assert_eq!(crate::schema_check::accepts(<DnsLabel as utoipa::PartialSchema>::schema(), &s), is_dns_label(&s), "{:?}", s);
+        }
+
+        /// The documented image name pattern is the rule.
+        #[test]
+        fn the_image_name_pattern_is_the_rule(s in "[a-zA-Z0-9 ._:/@é-]{0,6}|[a-z]{198,202}") {
+            let schema = <crate::catalog::ImageRef as utoipa::PartialSchema>::schema();
+            proptest::prop_assert_eq!(crate::schema_check::accepts(schema, &s), is_image_name(&s), "{:?}", s);
+        }
+
+        /// The documented mount path pattern and bound are the rule.
+        #[test]
+        fn the_mount_path_schema_is_the_rule(s in "[/a. \t\x7fé]{0,8}|/[a.]{250,258}") {
+            proptest::prop_assert_eq!(
+                crate::schema_check::accepts(<MountPath as utoipa::PartialSchema>::schema(), &s),
+                validate_mount_path(&s).is_ok(),
+                "{:?}", s
+            );
+        }
+    }
+
+    #[test]
+    fn mount_paths_are_checked_by_their_pattern() {
+        for ok in ["/data", "/a/", "//a", "/.x", "/..x", "/a/./b", "/é"] {
+            assert!(validate_mount_path(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "/", "//", "a", "/a/../b", "/..", "/a b", "/a\tb"] {
+            assert!(validate_mount_path(bad).is_err(), "{bad}");
         }
     }
 

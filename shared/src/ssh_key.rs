@@ -192,6 +192,33 @@ impl utoipa::PartialSchema for KeyName {
 
 impl utoipa::ToSchema for KeyName {}
 
+/// The OpenAPI format of an OpenSSH public key, as [`parse_public_key`]
+/// reads it. A pattern cannot say that the base64 must decode to a key of
+/// the named algorithm, so the format names the rule and the description
+/// spells it out (the contract test teaches its fuzzer the format).
+pub const PUBLIC_KEY_FORMAT: &str = "openssh-public-key";
+
+/// The OpenAPI schema of a public key's text (see [`parse_public_key`]).
+pub struct PublicKeyText;
+
+impl utoipa::PartialSchema for PublicKeyText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::Custom(PUBLIC_KEY_FORMAT.into())))
+            .max_length(Some(MAX_PUBLIC_KEY_LEN))
+            .description(Some(
+                "One OpenSSH public key on one line, `<algorithm> <base64> [comment]`: ssh-ed25519, \
+                 ecdsa-sha2-nistp256/384/521, sk-ssh-ed25519@openssh.com, sk-ecdsa-sha2-nistp256@openssh.com, \
+                 or ssh-rsa of at least 2048 bits; the base64 decodes to a key of that algorithm.",
+            ))
+            .examples([serde_json::json!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@laptop")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for PublicKeyText {}
+
 /// Decide a command against the key's state (`None`: no such key, or deleted).
 pub fn decide(state: Option<&SshKey>, cmd: &SshKeyCommand) -> Result<SshKeyEvent, SshKeyError> {
     match (state, cmd) {

@@ -23,6 +23,7 @@ pub struct TemplateSpec {
     pub name: String,
     /// Image name (slug, catalog name, `img_` id or OCI reference), resolved when a VM is created.
     #[serde(default)]
+    #[schema(value_type = Option<crate::catalog::ImageRef>)]
     pub image: Option<String>,
     #[serde(default)]
     #[schema(minimum = 1, maximum = 256)]
@@ -39,8 +40,9 @@ pub struct TemplateSpec {
     /// Extra kernel command line arguments.
     #[serde(default)]
     pub boot_args: Option<String>,
-    /// cloud-init user data (`#!` script or `#cloud-config`).
+    /// cloud-init user data (`#!` script or `#cloud-config`), at most 64 Ki characters.
     #[serde(default)]
+    #[schema(max_length = 65536)]
     pub user_data: Option<String>,
     /// Whether the VM gets a network.
     #[serde(default)]
@@ -50,13 +52,29 @@ pub struct TemplateSpec {
     pub network_mode: Option<NetworkMode>,
     /// Guest ports to forward; host ports are chosen per VM, so a template names none.
     #[serde(default)]
+    #[schema(value_type = Option<std::collections::BTreeSet<TemplatePortForward>>, max_items = 32)]
     pub port_forwards: Option<Vec<PortForward>>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<crate::ssh_key::PublicKeyText>>, max_items = 10)]
     pub ssh_keys: Option<Vec<String>>,
     #[serde(default)]
+    #[schema(value_type = Option<crate::spec::Env>)]
     pub env: Option<BTreeMap<String, String>>,
     #[serde(default)]
+    #[schema(value_type = Option<crate::spec::Labels>)]
     pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// A port forward as a template names it: the guest port only (the schema
+/// of `port_forwards` in a template; [`TemplateSpec::validate`] refuses a
+/// host port).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplatePortForward {
+    #[schema(minimum = 1, maximum = 65535)]
+    pub guest_port: u16,
+    #[serde(default)]
+    pub protocol: crate::spec::Protocol,
 }
 
 /// A field of a create request that a template can fill.

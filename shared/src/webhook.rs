@@ -291,6 +291,53 @@ impl WebhookError {
     }
 }
 
+/// The OpenAPI format of a webhook URL, as [`check_url`] reads it. A
+/// pattern would either refuse URLs the check takes or take ones it
+/// refuses, so the format names the rule and the description spells it out
+/// (the contract test teaches its fuzzer the format).
+pub const URL_FORMAT: &str = "webhook-url";
+
+/// The OpenAPI schema of a webhook URL (see [`check_url`]).
+pub struct UrlText;
+
+impl utoipa::PartialSchema for UrlText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::Custom(URL_FORMAT.into())))
+            .max_length(Some(MAX_URL_LEN))
+            .description(Some(
+                "An absolute `http` or `https` URL with a host, without credentials, a fragment, surrounding blanks \
+                 or control characters. A host that is or resolves to a loopback, private, link-local or metadata \
+                 address is refused unless the gateway runs with `--webhook-allow-private`.",
+            ))
+            .examples([serde_json::json!("https://hooks.example.com/vmplane")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for UrlText {}
+
+/// What [`check_description`] accepts, with [`MAX_DESCRIPTION_LEN`] as the
+/// length bound.
+pub const DESCRIPTION_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
+
+/// The OpenAPI schema of an endpoint's description.
+pub struct DescriptionText;
+
+impl utoipa::PartialSchema for DescriptionText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(DESCRIPTION_PATTERN))
+            .max_length(Some(MAX_DESCRIPTION_LEN))
+            .description(Some("At most 256 characters, no control characters."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for DescriptionText {}
+
 /// A URL as checked: the canonical text, and the host and port to resolve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedUrl {
@@ -485,6 +532,15 @@ pub fn evolve(state: Option<Webhook>, id: WebhookId, at: OffsetDateTime, event: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The documented description pattern and bound are the rule.
+        #[test]
+        fn the_description_schema_is_the_rule(s in "[a \t\x00\x7f\u{85}\u{a0}é]{0,6}|[ab]{250,260}") {
+            let schema = <DescriptionText as utoipa::PartialSchema>::schema();
+            proptest::prop_assert_eq!(crate::schema_check::accepts(schema, &s), check_description(Some(&s)).is_ok(), "{:?}", s);
+        }
+    }
 
     fn at() -> OffsetDateTime {
         OffsetDateTime::UNIX_EPOCH

@@ -8,7 +8,7 @@ use vmplane_domain::event::Envelope;
 
 /// The OpenAPI document, as served at `/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    crate::routes::native::split().1
+    crate::routes::native::openapi()
 }
 
 #[derive(OpenApi)]

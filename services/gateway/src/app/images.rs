@@ -61,7 +61,7 @@ pub async fn import(app: &App, who: &Principal, alloc: Allocation, req: Import) 
     if !is_dns_label(&req.name) {
         return Err(AppError::Invalid("validation_failed", "name: must be a DNS label".into()));
     }
-    if !req.source.starts_with('/') || req.source.len() > 4096 || req.source.contains('\0') {
+    if !req.source.starts_with('/') || req.source.chars().count() > 4096 || req.source.contains('\0') {
         return Err(AppError::Invalid("validation_failed", "source: must be an absolute path on the host".into()));
     }
     // A retry (same idempotency key) of an import the worker took up already.

@@ -4,6 +4,7 @@
 //! layers do alike (`shared`). No dialect imports another.
 
 pub mod console;
+pub mod contract;
 pub mod hatch;
 pub mod hypeman;
 pub mod marketplace;

@@ -41,6 +41,20 @@ pub fn merge_flattened(doc: OpenApi) -> OpenApi {
     serde_json::from_value(v).expect("the merged document is an OpenAPI document")
 }
 
+/// Add JSON Schema keywords that utoipa's derive cannot write (`if`,
+/// `then`, `else`: rules between a type's fields) to the named schema of
+/// `doc`. They are kept as the schema's extensions, which serialize flat
+/// beside its other keywords in no set order: give one keyword (wrap
+/// several in an `allOf`) so the document is the same on every build.
+pub fn add_keywords(doc: &mut OpenApi, schema: &str, keywords: serde_json::Value) {
+    use utoipa::openapi::{RefOr, Schema};
+    let found = doc.components.as_mut().and_then(|c| c.schemas.get_mut(schema));
+    let Some(RefOr::T(Schema::Object(object))) = found else { panic!("{schema} is an object schema of the document") };
+    let serde_json::Value::Object(keywords) = keywords else { panic!("keywords are an object") };
+    assert!(keywords.len() == 1, "one keyword, for a stable order");
+    object.extensions.get_or_insert_with(Default::default).extend(keywords);
+}
+
 /// [`merge_flattened`] on every schema within `node` (a generic page's
 /// items are inlined, not named).
 fn merge_all_of(node: &mut serde_json::Value, named: &serde_json::Value) {

@@ -83,11 +83,56 @@ pub(crate) fn sse(events: BoxStream<'static, (u64, Envelope)>) -> Sse<impl Strea
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
+/// The OpenAPI schema of one Server-Sent Event: OpenAPI 3.1 has the
+/// `schema` of a `text/event-stream` answer describe each message, as its
+/// `id`, `event` and `data` fields. `event` is the event's type, or the one
+/// name `only` when given; `data` is `data` described.
+fn sse_message(only: Option<&str>, data: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::ObjectBuilder;
+    use utoipa::openapi::schema::Type;
+    let text = |description: &str| ObjectBuilder::new().schema_type(Type::String).description(Some(description));
+    let event = match only {
+        Some(name) => text("The message's name.").enum_values(Some([name])),
+        None => text("The event's type."),
+    };
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("id", text("The stream sequence; send it back as `Last-Event-ID` to resume after it.").pattern(Some("^[0-9]+$")))
+        .property("event", event)
+        .property("data", text(data))
+        .required("id")
+        .required("event")
+        .required("data")
+        .into()
+}
+
+/// One message of an event stream: `data` is an [`EventView`] as JSON.
+pub struct EventMessage;
+
+impl utoipa::PartialSchema for EventMessage {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        sse_message(None, "The event, as JSON: an `EventView`.")
+    }
+}
+
+impl utoipa::ToSchema for EventMessage {}
+
+/// One message of a console log stream: `data` is one line.
+pub struct LogMessage;
+
+impl utoipa::PartialSchema for LogMessage {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        sse_message(Some("log"), "One line of the console, without its line break.")
+    }
+}
+
+impl utoipa::ToSchema for LogMessage {}
+
 /// Every event the caller may see, from the beginning or after `Last-Event-ID`, then live;
 /// optionally only some types, or one VM's.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(FeedQuery,
         ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "Resume right after this stream sequence")),
-    responses((status = 200, content_type = "text/event-stream", description = "SSE: `id` = stream sequence, `event` = type, `data` = EventView JSON"),
+    responses((status = 200, content_type = "text/event-stream", body = EventMessage, description = "SSE: `id` = stream sequence, `event` = type, `data` = EventView JSON"),
         (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn event_feed(
     State(state): State<AppState>,

@@ -2,23 +2,31 @@
 //! plain-text defaults.
 
 use super::error::ApiError;
+use crate::routes::contract::{Contract, Refusal};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+use std::sync::LazyLock;
+use utoipa::ToSchema;
 
-/// JSON body: malformed -> 400, wrong types or unknown fields -> 422,
-/// not JSON -> 415, over the limit -> 413.
+/// JSON body: malformed -> 400, not what the `/v1` document says the body
+/// is (a wrong type, a bound, an unknown field) -> 422, not JSON -> 415,
+/// over the limit -> 413.
 pub struct Json<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+/// The `/v1` document's request bodies, the rule each body is checked by.
+static CONTRACT: LazyLock<Contract> = LazyLock::new(|| Contract::new(&super::openapi()));
+
+impl<S: Send + Sync, T: DeserializeOwned + ToSchema> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
-        }
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await.map_err(json_rejection)?;
+        CONTRACT.decode(value).map(Self).map_err(|refusal| match refusal {
+            Refusal::Shape(why) => ApiError::Unprocessable("invalid_body", format!("invalid request body: {why}")),
+            Refusal::Rule(why) => ApiError::Unprocessable("validation_failed", why),
+        })
     }
 }
 

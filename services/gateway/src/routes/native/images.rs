@@ -48,6 +48,7 @@ pub struct ImportRequest {
     #[schema(value_type = vmplane_domain::spec::DnsLabel)]
     pub name: String,
     /// Absolute path of the source on the host.
+    #[schema(pattern = "^/[^\\x00]*$", max_length = 4096)]
     pub source: String,
     pub format: ImageFormat,
     /// The host to import on; default: the first online host.

@@ -46,7 +46,7 @@ pub struct LogLines {
 /// The guest's serial console.
 #[utoipa::path(get, path = "/v1/vms/{id}/logs", tag = "vms", params(("id" = vmplane_domain::VmId, Path, description = "VM id"), LogsQuery),
     responses((status = 200, description = "JSON without `follow`; with `follow=true`, `text/event-stream` of `log` events (`data` = one line, `id` = stream sequence)",
-            content((LogLines = "application/json"), (String = "text/event-stream"))),
+            content((LogLines = "application/json"), (super::events::LogMessage = "text/event-stream"))),
         (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn vm_logs(State(state): State<AppState>, who: Principal, PathId(id): PathId<VmId>, Query(q): Query<LogsQuery>) -> ApiResult<Response> {
     let tail = q.tail.unwrap_or(DEFAULT_TAIL);

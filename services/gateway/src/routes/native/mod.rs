@@ -33,14 +33,24 @@ use utoipa_axum::router::OpenApiRouter;
     info(title = "vmplane", description = "Virtual machines on KVM through an event-sourced control plane. Every mutation returns 202 with an operation; reads come from projections of the event stream."),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    components(schemas(error::ErrorBody))
+    // Schemas only parameters name, which utoipa does not collect itself.
+    components(schemas(error::ErrorBody, vmplane_domain::event_filter::TypeFilterText))
 )]
 pub struct ApiDoc;
 
 /// The `/v1` routes and the OpenAPI document that describes them.
 pub fn split() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     let (api, doc) = router().split_for_parts();
-    (api, super::shared::merge_flattened(doc))
+    let mut doc = super::shared::merge_flattened(doc);
+    super::shared::add_keywords(&mut doc, "VolumeMount", vmplane_domain::spec::volume_mount_conditions());
+    super::shared::add_keywords(&mut doc, "NetworkSpec", vmplane_domain::spec::network_conditions());
+    super::shared::add_keywords(&mut doc, "UpdateWebhookRequest", webhooks::UpdateWebhookRequest::non_empty());
+    (api, doc)
+}
+
+/// The `/v1` OpenAPI document, as served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    split().1
 }
 
 /// The documented `/v1` routes, and their OpenAPI document, built from one

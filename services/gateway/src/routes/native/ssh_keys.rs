@@ -29,8 +29,7 @@ pub struct CreateSshKeyRequest {
     /// 1-64 characters.
     #[schema(value_type = vmplane_domain::ssh_key::KeyName)]
     pub name: String,
-    /// One OpenSSH public key (`ssh-ed25519 AAAA… comment`): ed25519, ECDSA,
-    /// RSA of at least 2048 bits, or a FIDO security key.
+    #[schema(value_type = vmplane_domain::ssh_key::PublicKeyText)]
     pub public_key: String,
 }
 

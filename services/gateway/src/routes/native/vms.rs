@@ -48,6 +48,7 @@ pub struct CreateVmRequest {
     #[schema(value_type = vmplane_domain::spec::DnsLabel)]
     pub name: String,
     /// Image slug or id. Default `debian-minimal`.
+    #[schema(value_type = Option<vmplane_domain::catalog::ImageRef>)]
     pub image: Option<String>,
     /// Default 1.
     #[schema(minimum = 1, maximum = 256)]
@@ -71,28 +72,38 @@ pub struct CreateVmRequest {
     #[serde(default)]
     pub volumes: Vec<VolumeMount>,
     #[serde(default)]
+    #[schema(value_type = Vec<vmplane_domain::ssh_key::PublicKeyText>, max_items = 10)]
     pub ssh_keys: Vec<String>,
     /// Stored keys (`/v1/ssh-keys`) of the caller's org, added to `ssh_keys`.
     #[serde(default)]
     pub ssh_key_ids: Vec<SshKeyId>,
-    /// cloud-init user data: a `#!` script or `#cloud-config`.
+    /// cloud-init user data: a `#!` script or `#cloud-config`, at most 64 Ki characters.
+    #[schema(max_length = 65536)]
     pub user_data: Option<String>,
     #[serde(default)]
+    #[schema(value_type = vmplane_domain::spec::Env)]
     pub env: BTreeMap<String, String>,
     pub boot_args: Option<String>,
     /// Default: enabled, user-mode networking.
     pub network: Option<NetworkSpec>,
+    /// At most 32, without two for the same guest port and protocol.
     #[serde(default)]
+    #[schema(value_type = std::collections::BTreeSet<PortForward>, max_items = 32)]
     pub port_forwards: Vec<PortForward>,
+    /// At most 10, without duplicates.
     #[serde(default)]
+    #[schema(value_type = std::collections::BTreeSet<ExposedPort>, max_items = 10)]
     pub exposed_ports: Vec<ExposedPort>,
     pub gpu: Option<GpuSpec>,
+    #[schema(value_type = Option<vmplane_domain::catalog::PlanName>)]
     pub plan: Option<String>,
+    #[schema(value_type = Option<vmplane_domain::catalog::RegionCode>)]
     pub region: Option<String>,
     /// A template's id or name (`/v1/templates`): its values fill every field
     /// this request leaves out (an empty list or map counts as left out).
     pub template: Option<String>,
     #[serde(default)]
+    #[schema(value_type = vmplane_domain::spec::Labels)]
     pub labels: BTreeMap<String, String>,
     /// Where to place the VM: a strategy (`spread`, `binpack`; default the
     /// org's), a host, a region, host labels to match.
@@ -496,7 +507,7 @@ pub struct VmEventsQuery {
 #[utoipa::path(get, path = "/v1/vms/{id}/events", tag = "vms", params(("id" = vmplane_domain::VmId, Path, description = "VM id"), VmEventsQuery,
         ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "With `follow`: resume right after this stream sequence")),
     responses((status = 200, description = "The history (JSON), or with `follow=true` SSE: `id` = stream sequence, `event` = type, `data` = EventView JSON",
-            content((Vec<EventView> = "application/json"), (String = "text/event-stream"))),
+            content((Vec<EventView> = "application/json"), (super::events::EventMessage = "text/event-stream"))),
         (status = "4XX", body = ErrorBody)))]
 async fn vm_events(
     State(state): State<AppState>,
@@ -511,7 +522,9 @@ async fn vm_events(
         let events = app_events::feed(&state.app, &who, FeedFilter { after, types, vm: Some(id) }).await?;
         return Ok(sse(events).into_response());
     }
-    // Without `follow`, the query alone says where the history starts.
+    // Without `follow`, the query alone says where the history starts; a
+    // malformed `Last-Event-ID` is refused all the same.
+    resume_after(&headers, None)?;
     let after = resume_after(&HeaderMap::new(), q.last_event_id)?;
     let history = vms::history(&state.app, &who, id)?;
     let views: Vec<EventView> = history

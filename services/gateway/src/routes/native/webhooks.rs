@@ -36,27 +36,39 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhookRequest {
-    /// `http` or `https`; a host that is or resolves to a loopback, private,
-    /// link-local or metadata address is refused unless the gateway runs
-    /// with `--webhook-allow-private`.
+    #[schema(value_type = vmplane_domain::webhook::UrlText)]
     pub url: String,
     /// Which events to deliver: `*`, `<type>`, `<aggregate>.<type>` or
     /// `<aggregate>.*` (e.g. `vm.*`); absent or empty: every event.
     #[serde(default)]
+    #[schema(value_type = Vec<vmplane_domain::event_filter::TypePattern>, max_items = 32)]
     pub event_types: Vec<String>,
-    /// At most 256 characters.
+    #[schema(value_type = Option<vmplane_domain::webhook::DescriptionText>)]
     pub description: Option<String>,
 }
 
-/// `PATCH /v1/webhooks/{id}` body: each field given replaces the current one.
+/// `PATCH /v1/webhooks/{id}` body: each field given replaces the current one;
+/// at least one is given, none of them null.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateWebhookRequest {
+    #[schema(value_type = vmplane_domain::webhook::UrlText, required = false)]
     pub url: Option<String>,
+    #[schema(value_type = Vec<vmplane_domain::event_filter::TypePattern>, required = false, max_items = 32)]
     pub event_types: Option<Vec<String>>,
     /// An empty string removes the description.
+    #[schema(value_type = vmplane_domain::webhook::DescriptionText, required = false)]
     pub description: Option<String>,
+    #[schema(nullable = false)]
     pub enabled: Option<bool>,
+}
+
+impl UpdateWebhookRequest {
+    /// At least one field is given, as JSON Schema (added where the document
+    /// is built: utoipa's `min_properties` writes `maxProperties`).
+    pub fn non_empty() -> serde_json::Value {
+        serde_json::json!({ "minProperties": 1 })
+    }
 }
 
 /// A webhook endpoint.
