@@ -77,3 +77,28 @@ ensure_docker() {
   done
   echo "dockerd did not start (see /tmp/vmplane-dockerd.log): tests/compose.rs will skip bringing the stack up" >&2
 }
+
+# The OpenAPI fuzzer of the contract test (tests/contract.rs): schemathesis
+# at a pinned version, from PyPI, in a virtual environment under the build
+# directory. Exports VMPLANE_SCHEMATHESIS, the `st` the test runs.
+SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis() {
+  ensure_package python3 python3
+  local venv="${CARGO_TARGET_DIR:-target}/schemathesis-$SCHEMATHESIS_VERSION"
+  if [ ! -x "$venv/bin/st" ]; then
+    ensure_package_module venv python3-venv
+    echo "installing schemathesis $SCHEMATHESIS_VERSION into $venv..." >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+  fi
+  VMPLANE_SCHEMATHESIS="$(cd "$venv/bin" && pwd)/st"
+  export VMPLANE_SCHEMATHESIS
+}
+
+# ensure_package_module MODULE PACKAGE: install PACKAGE unless python3 can
+# import MODULE (Debian splits venv out of python3).
+ensure_package_module() {
+  python3 -c "import $1" 2>/dev/null && return 0
+  echo "installing $2 (for python3 -m $1)..." >&2
+  apt_install "$2"
+}
