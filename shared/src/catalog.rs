@@ -19,58 +19,41 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
-/// A string schema with a format naming a rule no pattern can state: the
-/// names a deployment's catalog and hosts hold are its configuration, not
-/// the document's. The contract test teaches its fuzzer each format.
-fn named_by_format(format: &str, description: &str, example: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .format(Some(utoipa::openapi::SchemaFormat::Custom(format.into())))
-        .min_length(Some(1))
-        .max_length(Some(63))
-        .description(Some(description))
-        .examples([serde_json::json!(example)])
-        .into()
-}
+// A region, plan or image in a request is named by a format: the names a
+// deployment's catalog and hosts hold are its configuration, not the
+// document's. The contract test teaches its fuzzer each format.
 
-/// The OpenAPI schema of a region's code in a request.
-pub struct RegionCode;
-
-impl utoipa::PartialSchema for RegionCode {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        named_by_format("region", "A region of the catalog (`GET /v1/regions`) that an online host serves.", DEFAULT_REGION)
+text_schema! {
+    /// The OpenAPI schema of a region's code in a request.
+    RegionCode {
+        format(Some(utoipa::openapi::SchemaFormat::Custom("region".into()))),
+        min_length(Some(1)),
+        max_length(Some(63)),
+        description(Some("A region of the catalog (`GET /v1/regions`) that an online host serves.")),
+        examples([serde_json::json!(DEFAULT_REGION)]),
     }
 }
 
-impl ToSchema for RegionCode {}
-
-/// The OpenAPI schema of a plan's name in a request.
-pub struct PlanName;
-
-impl utoipa::PartialSchema for PlanName {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        named_by_format("plan", "A plan of the catalog (`GET /v1/plans`).", "small")
+text_schema! {
+    /// The OpenAPI schema of a plan's name in a request.
+    PlanName {
+        format(Some(utoipa::openapi::SchemaFormat::Custom("plan".into()))),
+        min_length(Some(1)),
+        max_length(Some(63)),
+        description(Some("A plan of the catalog (`GET /v1/plans`).")),
+        examples([serde_json::json!("small")]),
     }
 }
 
-impl ToSchema for PlanName {}
-
-/// The OpenAPI schema of an image named in a create.
-pub struct ImageRef;
-
-impl utoipa::PartialSchema for ImageRef {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .format(Some(utoipa::openapi::SchemaFormat::Custom("image".into())))
-            .pattern(Some(crate::spec::IMAGE_NAME_PATTERN))
-            .description(Some("An image an online host has (`GET /v1/images`), by slug or id, or a catalog image name."))
-            .examples([serde_json::json!("debian-minimal")])
-            .into()
+text_schema! {
+    /// The OpenAPI schema of an image named in a create.
+    ImageRef {
+        format(Some(utoipa::openapi::SchemaFormat::Custom("image".into()))),
+        pattern(Some(crate::spec::IMAGE_NAME_PATTERN)),
+        description(Some("An image an online host has (`GET /v1/images`), by slug or id, or a catalog image name.")),
+        examples([serde_json::json!("debian-minimal")]),
     }
 }
-
-impl ToSchema for ImageRef {}
 
 /// The region a host serves when its operator names none (`--region`).
 pub const DEFAULT_REGION: &str = "us-east";

@@ -44,38 +44,24 @@ fn one_pattern() -> String {
     format!(" *{part}(\\.{part})? *")
 }
 
-/// The OpenAPI schema of one type pattern in a list of them (see
-/// [`item_pattern`]).
-pub struct TypePattern;
-
-impl utoipa::PartialSchema for TypePattern {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .pattern(Some(item_pattern()))
-            .description(Some("A type pattern: `vm.*`, `created`, `*_requested`, `host.host_registered`."))
-            .examples([serde_json::json!("vm.*")])
-            .into()
+text_schema! {
+    /// The OpenAPI schema of one type pattern in a list of them (see
+    /// [`item_pattern`]).
+    TypePattern {
+        pattern(Some(item_pattern())),
+        description(Some("A type pattern: `vm.*`, `created`, `*_requested`, `host.host_registered`.")),
+        examples([serde_json::json!("vm.*")]),
     }
 }
 
-impl utoipa::ToSchema for TypePattern {}
-
-/// The OpenAPI schema of a `type` filter (see [`list_pattern`]).
-pub struct TypeFilterText;
-
-impl utoipa::PartialSchema for TypeFilterText {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .pattern(Some(list_pattern()))
-            .description(Some("Comma-separated type patterns: `vm.*`, `created`, `*_requested`, `host.host_registered`."))
-            .examples([serde_json::json!("vm.*,host.host_registered")])
-            .into()
+text_schema! {
+    /// The OpenAPI schema of a `type` filter (see [`list_pattern`]).
+    TypeFilterText {
+        pattern(Some(list_pattern())),
+        description(Some("Comma-separated type patterns: `vm.*`, `created`, `*_requested`, `host.host_registered`.")),
+        examples([serde_json::json!("vm.*,host.host_registered")]),
     }
 }
-
-impl utoipa::ToSchema for TypeFilterText {}
 
 /// A parsed, valid type filter.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,6 +4,28 @@
 //! ([`vm::decide`], [`tenancy::decide`], [`ssh_key::decide`]) and folded back into state
 //! ([`vm::evolve`]). The services crates do the I/O around these.
 
+/// A unit type whose OpenAPI schema is a string with the given builder
+/// calls (`pattern(..)`, `max_length(..)`, `format(..)`, `description(..)`):
+/// how a rule that requests are checked against states itself in the
+/// documents, next to the rule.
+macro_rules! text_schema {
+    ($(#[$attr:meta])* $name:ident { $($method:ident($($arg:expr),*)),* $(,)? }) => {
+        $(#[$attr])*
+        pub struct $name;
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    $(.$method($($arg),*))*
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+    };
+}
+
 pub mod catalog;
 pub mod cidr;
 pub mod cloud_init;

@@ -286,25 +286,18 @@ pub const IMAGE_NAME_PATTERN: &str = "^[A-Za-z0-9._:/@-]{1,200}$";
 /// What [`is_dns_label`] accepts, as a pattern (a test checks they agree).
 pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 
-/// The OpenAPI schema of a name that must be a DNS label (VMs, volumes,
-/// templates, images, orgs, projects): request fields name it as their
-/// `value_type`, so documents state the rule the domain checks.
-pub struct DnsLabel;
-
-impl utoipa::PartialSchema for DnsLabel {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .pattern(Some(DNS_LABEL_PATTERN))
-            .min_length(Some(1))
-            .max_length(Some(63))
-            .description(Some("A DNS label: 1-63 of a-z, 0-9 and '-', not starting or ending with '-'."))
-            .examples([serde_json::json!("web-1")])
-            .into()
+text_schema! {
+    /// The OpenAPI schema of a name that must be a DNS label (VMs, volumes,
+    /// templates, images, orgs, projects): request fields name it as their
+    /// `value_type`, so documents state the rule the domain checks.
+    DnsLabel {
+        pattern(Some(DNS_LABEL_PATTERN)),
+        min_length(Some(1)),
+        max_length(Some(63)),
+        description(Some("A DNS label: 1-63 of a-z, 0-9 and '-', not starting or ending with '-'.")),
+        examples([serde_json::json!("web-1")]),
     }
 }
-
-impl utoipa::ToSchema for DnsLabel {}
 
 /// RFC 1123 label: what a hostname component may be.
 pub fn is_dns_label(s: &str) -> bool {
@@ -426,16 +419,10 @@ pub struct Labels;
 
 impl utoipa::PartialSchema for Labels {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
-        let value = ObjectBuilder::new().schema_type(Type::String).max_length(Some(255));
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
         let key = ObjectBuilder::new().schema_type(Type::String).min_length(Some(1)).max_length(Some(63));
-        ObjectBuilder::new()
-            .schema_type(Type::Object)
-            .max_properties(Some(64))
-            .property_names(Some(key))
-            .additional_properties(Some(AdditionalProperties::RefOr(value.into())))
-            .description(Some("At most 64 labels: keys of 1-63 characters, values of at most 255."))
-            .into()
+        let value = ObjectBuilder::new().schema_type(Type::String).max_length(Some(255));
+        text_map(key, value, "At most 64 labels: keys of 1-63 characters, values of at most 255.")
     }
 }
 
@@ -448,42 +435,46 @@ pub struct Env;
 
 impl utoipa::PartialSchema for Env {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
-        let value = ObjectBuilder::new().schema_type(Type::String).pattern(Some(r"^[^\n\r\x00]*$")).max_length(Some(4096));
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
         let name = ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[A-Za-z_][A-Za-z0-9_]{0,127}$"));
-        ObjectBuilder::new()
-            .schema_type(Type::Object)
-            .max_properties(Some(64))
-            .property_names(Some(name))
-            .additional_properties(Some(AdditionalProperties::RefOr(value.into())))
-            .description(Some("At most 64 variables: names of letters, digits and `_` not starting with a digit, one-line values."))
-            .into()
+        let value = ObjectBuilder::new().schema_type(Type::String).pattern(Some(r"^[^\n\r\x00]*$")).max_length(Some(4096));
+        text_map(name, value, "At most 64 variables: names of letters, digits and `_` not starting with a digit, one-line values.")
     }
 }
 
 impl utoipa::ToSchema for Env {}
+
+/// An object of at most 64 string values, its keys and values each of
+/// their own schema.
+fn text_map(
+    key: utoipa::openapi::ObjectBuilder,
+    value: utoipa::openapi::ObjectBuilder,
+    description: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .max_properties(Some(64))
+        .property_names(Some(key))
+        .additional_properties(Some(AdditionalProperties::RefOr(value.into())))
+        .description(Some(description))
+        .into()
+}
 
 /// What [`validate_mount_path`] accepts, with 255 as the length bound: one
 /// or more components after slashes, none of them `..`, no blanks or
 /// control characters.
 pub const MOUNT_PATH_PATTERN: &str = r"^(/+(\.?[^./ \x00-\x1f\x7f][^/ \x00-\x1f\x7f]*|\.\.[^/ \x00-\x1f\x7f]+|\.))+/*$";
 
-/// The OpenAPI schema of a guest mount path (see [`MOUNT_PATH_PATTERN`]).
-pub struct MountPath;
-
-impl utoipa::PartialSchema for MountPath {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .pattern(Some(MOUNT_PATH_PATTERN))
-            .max_length(Some(255))
-            .description(Some("An absolute path in the guest other than `/`, without blanks, control characters or `..`."))
-            .examples([serde_json::json!("/data")])
-            .into()
+text_schema! {
+    /// The OpenAPI schema of a guest mount path (see [`MOUNT_PATH_PATTERN`]).
+    MountPath {
+        pattern(Some(MOUNT_PATH_PATTERN)),
+        max_length(Some(255)),
+        description(Some("An absolute path in the guest other than `/`, without blanks, control characters or `..`.")),
+        examples([serde_json::json!("/data")]),
     }
 }
-
-impl utoipa::ToSchema for MountPath {}
 
 impl VolumeMount {
     /// Rules shared by attach-at-create and live attach.

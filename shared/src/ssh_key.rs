@@ -174,23 +174,16 @@ pub fn is_valid_name(name: &str) -> bool {
 /// length bound (control characters are U+0000-U+001F and U+007F-U+009F).
 pub const NAME_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
 
-/// The OpenAPI schema of a key's name (see [`is_valid_name`]).
-pub struct KeyName;
-
-impl utoipa::PartialSchema for KeyName {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .pattern(Some(NAME_PATTERN))
-            .min_length(Some(1))
-            .max_length(Some(MAX_NAME_LEN))
-            .description(Some("1-64 characters, no control characters, not only spaces."))
-            .examples([serde_json::json!("laptop")])
-            .into()
+text_schema! {
+    /// The OpenAPI schema of a key's name (see [`is_valid_name`]).
+    KeyName {
+        pattern(Some(NAME_PATTERN)),
+        min_length(Some(1)),
+        max_length(Some(MAX_NAME_LEN)),
+        description(Some("1-64 characters, no control characters, not only spaces.")),
+        examples([serde_json::json!("laptop")]),
     }
 }
-
-impl utoipa::ToSchema for KeyName {}
 
 /// The OpenAPI format of an OpenSSH public key, as [`parse_public_key`]
 /// reads it. A pattern cannot say that the base64 must decode to a key of
@@ -198,26 +191,19 @@ impl utoipa::ToSchema for KeyName {}
 /// spells it out (the contract test teaches its fuzzer the format).
 pub const PUBLIC_KEY_FORMAT: &str = "openssh-public-key";
 
-/// The OpenAPI schema of a public key's text (see [`parse_public_key`]).
-pub struct PublicKeyText;
-
-impl utoipa::PartialSchema for PublicKeyText {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .format(Some(utoipa::openapi::SchemaFormat::Custom(PUBLIC_KEY_FORMAT.into())))
-            .max_length(Some(MAX_PUBLIC_KEY_LEN))
-            .description(Some(
+text_schema! {
+    /// The OpenAPI schema of a public key's text (see [`parse_public_key`]).
+    PublicKeyText {
+        format(Some(utoipa::openapi::SchemaFormat::Custom(PUBLIC_KEY_FORMAT.into()))),
+        max_length(Some(MAX_PUBLIC_KEY_LEN)),
+        description(Some(
                 "One OpenSSH public key on one line, `<algorithm> <base64> [comment]`: ssh-ed25519, \
                  ecdsa-sha2-nistp256/384/521, sk-ssh-ed25519@openssh.com, sk-ecdsa-sha2-nistp256@openssh.com, \
                  or ssh-rsa of at least 2048 bits; the base64 decodes to a key of that algorithm.",
-            ))
-            .examples([serde_json::json!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@laptop")])
-            .into()
+            )),
+        examples([serde_json::json!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@laptop")]),
     }
 }
-
-impl utoipa::ToSchema for PublicKeyText {}
 
 /// Decide a command against the key's state (`None`: no such key, or deleted).
 pub fn decide(state: Option<&SshKey>, cmd: &SshKeyCommand) -> Result<SshKeyEvent, SshKeyError> {

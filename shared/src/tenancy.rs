@@ -165,22 +165,15 @@ pub fn default_project(org: OrgId) -> Project {
 /// The longest API key name, in characters.
 pub const MAX_KEY_NAME: usize = 63;
 
-/// The OpenAPI schema of an API key's name: 1 to [`MAX_KEY_NAME`] characters.
-pub struct ApiKeyName;
-
-impl utoipa::PartialSchema for ApiKeyName {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .min_length(Some(1))
-            .max_length(Some(MAX_KEY_NAME))
-            .description(Some("1-63 characters."))
-            .examples([serde_json::json!("ci")])
-            .into()
+text_schema! {
+    /// The OpenAPI schema of an API key's name: 1 to [`MAX_KEY_NAME`] characters.
+    ApiKeyName {
+        min_length(Some(1)),
+        max_length(Some(MAX_KEY_NAME)),
+        description(Some("1-63 characters.")),
+        examples([serde_json::json!("ci")]),
     }
 }
-
-impl ToSchema for ApiKeyName {}
 
 /// Why a tenancy command is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

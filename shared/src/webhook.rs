@@ -297,46 +297,32 @@ impl WebhookError {
 /// (the contract test teaches its fuzzer the format).
 pub const URL_FORMAT: &str = "webhook-url";
 
-/// The OpenAPI schema of a webhook URL (see [`check_url`]).
-pub struct UrlText;
-
-impl utoipa::PartialSchema for UrlText {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .format(Some(utoipa::openapi::SchemaFormat::Custom(URL_FORMAT.into())))
-            .max_length(Some(MAX_URL_LEN))
-            .description(Some(
+text_schema! {
+    /// The OpenAPI schema of a webhook URL (see [`check_url`]).
+    UrlText {
+        format(Some(utoipa::openapi::SchemaFormat::Custom(URL_FORMAT.into()))),
+        max_length(Some(MAX_URL_LEN)),
+        description(Some(
                 "An absolute `http` or `https` URL with a host, without credentials, a fragment, surrounding blanks \
                  or control characters. A host that is or resolves to a loopback, private, link-local or metadata \
                  address is refused unless the gateway runs with `--webhook-allow-private`.",
-            ))
-            .examples([serde_json::json!("https://hooks.example.com/vmplane")])
-            .into()
+            )),
+        examples([serde_json::json!("https://hooks.example.com/vmplane")]),
     }
 }
-
-impl utoipa::ToSchema for UrlText {}
 
 /// What [`check_description`] accepts, with [`MAX_DESCRIPTION_LEN`] as the
 /// length bound.
 pub const DESCRIPTION_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
 
-/// The OpenAPI schema of an endpoint's description.
-pub struct DescriptionText;
-
-impl utoipa::PartialSchema for DescriptionText {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .pattern(Some(DESCRIPTION_PATTERN))
-            .max_length(Some(MAX_DESCRIPTION_LEN))
-            .description(Some("At most 256 characters, no control characters."))
-            .into()
+text_schema! {
+    /// The OpenAPI schema of an endpoint's description.
+    DescriptionText {
+        pattern(Some(DESCRIPTION_PATTERN)),
+        max_length(Some(MAX_DESCRIPTION_LEN)),
+        description(Some("At most 256 characters, no control characters.")),
     }
 }
-
-impl utoipa::ToSchema for DescriptionText {}
 
 /// A URL as checked: the canonical text, and the host and port to resolve.
 #[derive(Debug, Clone, PartialEq, Eq)]
