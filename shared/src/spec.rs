@@ -70,6 +70,7 @@ pub struct VmSpec {
     pub env: BTreeMap<String, String>,
     /// Extra kernel command line arguments.
     #[serde(default)]
+    #[schema(value_type = Option<BootArgs>)]
     pub boot_args: Option<String>,
     #[serde(default)]
     pub network: NetworkSpec,
@@ -176,7 +177,7 @@ impl VmSpec {
             return Err(SpecError::new("env", "at most 64 variables with names of A-Z, a-z, 0-9 and '_' not starting with a digit, and one-line values"));
         }
         if let Some(args) = &self.boot_args {
-            if args.len() > 1024 || args.chars().any(char::is_control) {
+            if args.chars().count() > 1024 || args.chars().any(char::is_control) {
                 return Err(SpecError::new("boot_args", "must be one line of at most 1024 characters"));
             }
             // The guest reads vmplane's own parameters (its network among them) from
@@ -211,7 +212,7 @@ impl VmSpec {
             }
         }
         if let Some(gpu) = &self.gpu
-            && (gpu.count == 0 || gpu.count > 16 || gpu.model.as_ref().is_some_and(|m| m.is_empty() || m.len() > 64))
+            && (gpu.count == 0 || gpu.count > 16 || gpu.model.as_ref().is_some_and(|m| m.is_empty() || m.chars().count() > 64))
         {
             return Err(SpecError::new("gpu", "count must be 1-16 and model at most 64 characters"));
         }
@@ -275,6 +276,17 @@ impl SpecError {
 /// the gateway resolves it to an installed slug before a command carries it.
 pub fn is_image_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 200 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b))
+}
+
+text_schema! {
+    /// The OpenAPI schema of extra kernel arguments: one line of at most
+    /// 1024 characters. That no word sets a `vmplane.*` parameter or is
+    /// `--` is in the description: no pattern without look-ahead says it.
+    BootArgs {
+        pattern(Some(r"^[^\x00-\x1f\x7f-\x9f]*$")),
+        max_length(Some(1024)),
+        description(Some("One line of at most 1024 characters; no word may set a `vmplane.*` parameter or be `--` (vmplane's own parameters come last).")),
+    }
 }
 
 /// Longest user data, in characters.
@@ -605,7 +617,8 @@ pub struct PortForward {
     pub guest_port: u16,
     /// Allocated from the host's range when absent; one given must be in
     /// the range its host forwards from (`port_range` in `GET /v1/hosts`).
-    #[serde(default)]
+    /// Left out when absent, so a template's forwards show none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 65535)]
     pub host_port: Option<u16>,
     #[serde(default)]
@@ -626,8 +639,10 @@ pub struct ExposedPort {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GpuSpec {
+    #[schema(minimum = 1, maximum = 16)]
     pub count: u32,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     pub model: Option<String>,
 }
 

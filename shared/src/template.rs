@@ -39,6 +39,7 @@ pub struct TemplateSpec {
     pub disk_gb: Option<u32>,
     /// Extra kernel command line arguments.
     #[serde(default)]
+    #[schema(value_type = Option<crate::spec::BootArgs>)]
     pub boot_args: Option<String>,
     /// cloud-init user data (`#!` script or `#cloud-config`), at most 64 Ki characters.
     #[serde(default)]

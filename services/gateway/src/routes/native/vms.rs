@@ -83,6 +83,7 @@ pub struct CreateVmRequest {
     #[serde(default)]
     #[schema(value_type = vmplane_domain::spec::Env)]
     pub env: BTreeMap<String, String>,
+    #[schema(value_type = Option<vmplane_domain::spec::BootArgs>)]
     pub boot_args: Option<String>,
     /// Default: enabled, user-mode networking.
     pub network: Option<NetworkSpec>,
