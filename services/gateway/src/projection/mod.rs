@@ -453,12 +453,27 @@ mod tests {
             tree.insert(b"vm/old", b"x").unwrap();
             db.flush().unwrap();
         }
-        let proj = Projections::open(&dir).unwrap();
+        let proj = reopen(&dir);
         assert_eq!((proj.applied(), proj.tree.len()), (0, 1), "emptied but for its layout");
         proj.tree.insert(APPLIED, &7u64.to_be_bytes()).unwrap();
         proj.tree.flush().unwrap();
         drop(proj);
-        assert_eq!(Projections::open(&dir).unwrap().applied(), 7, "kept");
+        assert_eq!(reopen(&dir).applied(), 7, "kept");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Opens the store once the last holder's lock is gone: sled's flusher
+    /// thread keeps the database (and its file lock) a moment after drop.
+    fn reopen(dir: &Path) -> Projections {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match Projections::open(dir) {
+                Ok(proj) => return proj,
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                Err(e) => panic!("open {}: {e}", dir.display()),
+            }
+        }
     }
 }
