@@ -339,13 +339,16 @@ fn is_ssh_public_key(s: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataDisk {
-    /// DNS label; the volume's name.
+    /// DNS label; the volume's name, unique among the VM's data disks.
+    #[schema(value_type = DnsLabel)]
     pub name: String,
+    #[schema(minimum = 1, maximum = 65536)]
     pub size_gb: u32,
     #[serde(default, rename = "type")]
     pub kind: DiskKind,
     /// Where a `filesystem` disk is mounted; default `/mnt/<name>`. A `block` disk has none.
     #[serde(default)]
+    #[schema(value_type = Option<MountPath>)]
     pub mount_path: Option<String>,
     /// Whether deleting the VM deletes this disk; when false it stays as a volume.
     #[serde(default = "yes")]
@@ -411,6 +414,15 @@ pub struct VolumeMount {
     #[serde(default)]
     #[schema(minimum = 1)]
     pub overlay_size_mib: Option<u64>,
+}
+
+/// The rule between a data disk's fields, as JSON Schema: only a
+/// `filesystem` disk has a mount path (see [`volume_mount_conditions`]).
+pub fn data_disk_conditions() -> serde_json::Value {
+    serde_json::json!({"allOf": [{
+        "if": {"properties": {"type": {"const": "filesystem"}}, "required": ["type"]},
+        "else": {"properties": {"mount_path": {"type": "null"}}}
+    }]})
 }
 
 /// The rules between a mount's fields, as JSON Schema: an overlay is over a

@@ -51,12 +51,52 @@ schemathesis.openapi.format("image", st.just("debian-minimal"))
 HOST_PORTS = range(20000, 30000)
 
 
+#
+# And what JSON Schema cannot say (the document says it in words): a VM's
+# data disks have distinct names, its volumes distinct ids other than its
+# root volume's, and it has at most 8 of the two together; no word of its
+# boot arguments (quotes aside) is `--` or starts with `vmplane.`. Valid
+# creates keep the first of each, the first 8, and the other words.
+MAX_DISKS = 8
+
+
+def allowed_boot_args(args):
+    if not isinstance(args, str):
+        return args
+    reserved = lambda w: w.replace('"', "") == "--" or w.replace('"', "").startswith("vmplane.")
+    return " ".join(w for w in args.split() if not reserved(w)) if any(reserved(w) for w in args.split()) else args
+
+
+def first_of_each(items, key):
+    if not isinstance(items, list):
+        return items
+    seen, kept = set(), []
+    for item in items:
+        k = item.get(key) if isinstance(item, dict) else None
+        if k is None or k not in seen:
+            seen.add(k)
+            kept.append(item)
+    return kept
+
+
 @schemathesis.hook("map_case").apply_to(method="POST", path="/v1/vms")
 def what_the_contract_stack_offers(context, case):
     if case.meta is not None and not case.meta.generation.mode.is_positive:
         return case
     if isinstance(case.body, dict):
         case.body.pop("template", None)
+        if "boot_args" in case.body:
+            case.body["boot_args"] = allowed_boot_args(case.body["boot_args"])
+        disks = first_of_each(case.body.get("data_disks"), "name")
+        volumes = first_of_each(case.body.get("volumes"), "volume_id")
+        if isinstance(volumes, list):
+            root = case.body.get("root_volume_id")
+            volumes = [v for v in volumes if not (isinstance(v, dict) and root is not None and v.get("volume_id") == root)]
+        if isinstance(disks, list):
+            case.body["data_disks"] = disks[:MAX_DISKS]
+        if isinstance(volumes, list):
+            room = MAX_DISKS - len(case.body.get("data_disks") or []) if isinstance(disks, list) else MAX_DISKS
+            case.body["volumes"] = volumes[: max(room, 0)]
     network = case.body.get("network") if isinstance(case.body, dict) else None
     if isinstance(network, dict) and network.get("mode") == "bridge":
         network["mode"] = "user"

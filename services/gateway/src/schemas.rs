@@ -76,6 +76,34 @@ mod tests {
         assert!(spec.validate().is_err());
     }
 
+    /// A create's answer links to the operations on what it made, in
+    /// OpenAPI's spelling (`operationId`), each naming an operation that
+    /// exists and taking the parameter that operation's path has.
+    #[test]
+    fn creates_link_to_what_can_be_done_with_their_id() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let links = doc["paths"]["/v1/vms"]["post"]["responses"]["202"]["links"].as_object().unwrap();
+        assert_eq!(links["start_vm"], serde_json::json!({"operationId": "start_vm", "parameters": {"id": "$response.body#/id"}}));
+        assert!(!links.contains_key("attach_volume") && !links.contains_key("detach_volume"), "two ids: not linked");
+        let ids: std::collections::BTreeSet<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .filter_map(|op| op["operationId"].as_str())
+            .collect();
+        let mut linked = 0;
+        for item in doc["paths"].as_object().unwrap().values() {
+            for response in item["post"]["responses"].as_object().into_iter().flat_map(|r| r.values()) {
+                for link in response["links"].as_object().into_iter().flat_map(|l| l.values()) {
+                    assert!(ids.contains(link["operationId"].as_str().unwrap()), "{link}");
+                    linked += 1;
+                }
+            }
+        }
+        assert!(linked > 20, "{linked}");
+    }
+
     /// No schema is an `allOf` with a part that forbids the other parts'
     /// fields (a view flattening a strict request type), which no answer
     /// could satisfy; such views are documented as the one object they are.

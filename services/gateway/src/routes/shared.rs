@@ -55,6 +55,44 @@ pub fn add_keywords(doc: &mut OpenApi, schema: &str, keywords: serde_json::Value
     object.extensions.get_or_insert_with(Default::default).extend(keywords);
 }
 
+/// OpenAPI links from each create to what can be done with what it made:
+/// the 2xx answers of `POST <collection>` (whose body carries the new
+/// resource's `id`) link to every operation on `<collection>/{param}` and
+/// below that takes no other path parameter, passing that `id`. Generated
+/// clients and stateful fuzzers learn from them where an id comes from.
+pub fn link_created_ids(doc: &mut OpenApi) {
+    use utoipa::openapi::link::LinkBuilder;
+    use utoipa::openapi::{PathItem, RefOr};
+    let operations = |item: &PathItem| [&item.get, &item.put, &item.post, &item.delete, &item.patch].into_iter().flatten().cloned().collect::<Vec<_>>();
+    let mut links: Vec<(String, String, String)> = Vec::new(); // (collection, operation id, parameter)
+    for (path, item) in &doc.paths.paths {
+        let Some((collection, rest)) = path.split_once("/{") else { continue };
+        let Some((param, _)) = rest.split_once('}') else { continue };
+        // The resource's own parameter only: `{id}`, not also a `{volume_id}`.
+        if rest.contains('{') {
+            continue;
+        }
+        for op in operations(item) {
+            if let Some(id) = op.operation_id {
+                links.push((collection.to_owned(), id, param.to_owned()));
+            }
+        }
+    }
+    for (collection, operation_id, param) in links {
+        let Some(create) = doc.paths.paths.get_mut(&collection).and_then(|item| item.post.as_mut()) else { continue };
+        for (status, response) in create.responses.responses.iter_mut() {
+            if let (true, RefOr::T(response)) = (status.starts_with('2'), response) {
+                // utoipa 5 writes its `operation_id` field as `operation_id`,
+                // not OpenAPI's `operationId`: the name goes in as an
+                // extension, which serializes flat (the builder's would be `x-`).
+                let name = [("operationId", operation_id.clone())].into_iter().collect();
+                let link = LinkBuilder::new().parameter(&param, "$response.body#/id").extensions(Some(name)).build();
+                response.links.insert(operation_id.clone(), RefOr::T(link));
+            }
+        }
+    }
+}
+
 /// [`merge_flattened`] on every schema within `node` (a generic page's
 /// items are inlined, not named).
 fn merge_all_of(node: &mut serde_json::Value, named: &serde_json::Value) {

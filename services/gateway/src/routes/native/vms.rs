@@ -67,9 +67,15 @@ pub struct CreateVmRequest {
     pub root_volume_id: Option<VolumeId>,
     /// Delete the root disk with the VM. Default true.
     pub delete_root_disk: Option<bool>,
+    /// Created with the VM, each name once; with `volumes`, at most 8
+    /// (JSON Schema can say neither: a generated client must).
     #[serde(default)]
+    #[schema(value_type = std::collections::BTreeSet<DataDisk>, max_items = 8)]
     pub data_disks: Vec<DataDisk>,
+    /// Attached before the first boot, each volume once and not the root
+    /// volume; with `data_disks`, at most 8.
     #[serde(default)]
+    #[schema(value_type = std::collections::BTreeSet<VolumeMount>, max_items = 8)]
     pub volumes: Vec<VolumeMount>,
     #[serde(default)]
     #[schema(value_type = Vec<vmplane_domain::ssh_key::PublicKeyText>, max_items = 10)]
@@ -571,5 +577,28 @@ mod tests {
     fn unknown_fields_are_refused() {
         assert!(serde_json::from_str::<CreateVmRequest>(r#"{"name":"web","cpus":2}"#).is_err());
         assert!(serde_json::from_str::<CreateVmRequest>(r#"{"name":"web","port_forwards":[{"guest_port":80,"bogus":1}]}"#).is_err());
+    }
+
+    /// The document states the data disk rules the domain checks, so a
+    /// generated client cannot send a disk the server refuses for its shape.
+    #[test]
+    fn the_document_refuses_the_data_disks_the_domain_refuses() {
+        let contract = crate::routes::contract::Contract::new(&super::super::openapi());
+        let disk = |d: serde_json::Value| serde_json::json!({"name": "web", "data_disks": [d]});
+        let eight: Vec<_> = (0..9).map(|i| serde_json::json!({"name": format!("d{i}"), "size_gb": 1})).collect();
+        for refused in [
+            disk(serde_json::json!({"name": "", "size_gb": 1})),
+            disk(serde_json::json!({"name": "d", "size_gb": 0})),
+            disk(serde_json::json!({"name": "d", "size_gb": 65537})),
+            disk(serde_json::json!({"name": "d", "size_gb": 1, "mount_path": "/data"})),
+            disk(serde_json::json!({"name": "d", "size_gb": 1, "type": "filesystem", "mount_path": "/"})),
+            serde_json::json!({"name": "web", "data_disks": eight}),
+        ] {
+            assert!(contract.decode::<CreateVmRequest>(refused.clone()).is_err(), "{refused}");
+        }
+        let ok = disk(serde_json::json!({"name": "d", "size_gb": 65536, "type": "filesystem", "mount_path": "/data"}));
+        let req = contract.decode::<CreateVmRequest>(ok).unwrap();
+        let spec = vmplane_domain::spec::VmSpec { data_disks: req.data_disks, ..vmplane_domain::spec::VmSpec::named("web") };
+        assert_eq!(spec.validate(), Ok(()), "and the domain takes what the document allows");
     }
 }
