@@ -5,11 +5,14 @@ use super::error::HatchError;
 use crate::AppState;
 use crate::app::Principal;
 use crate::app::caller::{authenticate, scope};
+use crate::routes::contract::{Contract, Refusal};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+use std::sync::LazyLock;
+use utoipa::ToSchema;
 use vmplane_domain::VmId;
 
 /// Optional headers naming the org and project to act in (the admin token
@@ -44,17 +47,26 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// A JSON body, whatever its Content-Type says (as Go's decoder reads it);
-/// an empty body is `{}`. Unreadable JSON, wrong types and unknown fields
-/// are a 400.
+/// an empty body is `{}`. The body is checked against Hatch's document
+/// (see [`Contract`]): unreadable JSON, wrong types, unknown fields and
+/// values the document forbids are a 400; whole-number floats (`1024.0`)
+/// are integers.
 pub struct Body<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+/// Hatch's document's request bodies, the rule each body is checked by.
+static CONTRACT: LazyLock<Contract> = LazyLock::new(|| Contract::new(&super::openapi()));
+
+impl<S: Send + Sync, T: DeserializeOwned + ToSchema> FromRequest<S> for Body<T> {
     type Rejection = HatchError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, HatchError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|r| HatchError::new(r.status(), r.body_text()))?;
         let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
-        serde_json::from_slice(bytes).map(Self).map_err(|e| HatchError::bad_request(format!("invalid request body: {e}")))
+        let value = serde_json::from_slice(bytes).map_err(|e| HatchError::bad_request(format!("invalid request body: {e}")))?;
+        CONTRACT.decode(value).map(Self).map_err(|refusal| match refusal {
+            Refusal::Shape(why) => HatchError::bad_request(format!("invalid request body: {why}")),
+            Refusal::Rule(why) => HatchError::bad_request(why),
+        })
     }
 }
 

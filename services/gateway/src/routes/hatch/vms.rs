@@ -49,30 +49,51 @@ async fn method_not_allowed() -> HatchError {
     HatchError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
 }
 
-/// `POST /vms` body. Every field is optional.
+/// `POST /vms` body. Every field is optional, and so is the body itself
+/// (none is `{}`). The bounds below are the ones `into_new_vm` and the VM
+/// spec check; the body is checked against this schema first (`Body`).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVmRequest {
     /// Image to boot: `img_default` (the default), any catalog name or alias,
     /// an installed image slug or `img_` id. The response says which image ran.
+    #[schema(value_type = Option<vmplane_domain::catalog::ImageRef>)]
     pub image_id: Option<String>,
-    /// A template (`/v1/templates`) by id or name: its values fill every field this request leaves out.
+    /// A template (`/v1/templates`) by id or name: its values fill every field
+    /// this request leaves out. One that does not exist is a 400.
     pub template_id: Option<String>,
-    /// Default: `HATCH_DEFAULT_VCPU` (1).
+    /// Default: `HATCH_DEFAULT_VCPU` (1). At most `MAX_VCPUS` (256).
+    #[schema(minimum = 1, maximum = 256)]
     pub vcpu_count: Option<i64>,
-    /// Default: `HATCH_DEFAULT_MEM_MIB` (512); at least 64.
+    /// Default: `HATCH_DEFAULT_MEM_MIB` (512); at least 64, at most `MAX_MEMORY_MIB` (4194304).
+    #[schema(minimum = 64, maximum = 4194304)]
     pub mem_mib: Option<i64>,
-    /// Extra kernel command line arguments (not `vmplane.*`).
+    /// Extra kernel command line arguments.
+    #[schema(value_type = Option<vmplane_domain::spec::BootArgs>)]
     pub boot_args: Option<String>,
     /// Default true. Without a network the VM has no address and no SSH port.
     pub enable_network: Option<bool>,
     /// An address on the host's bridge (bridge networking); without it the
     /// VM uses user-mode networking and SSH reaches it through `ssh_port`.
+    /// Needs `enable_network` (not false).
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub guest_ip: Option<String>,
-    /// Default: generated.
+    /// Default: generated. A unicast MAC such as `02:fc:00:00:00:0a`. Needs
+    /// `enable_network` (not false).
+    #[schema(pattern = r"^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$")]
     pub guest_mac: Option<String>,
-    /// cloud-init user data: a `#!` script or `#cloud-config`.
+    /// cloud-init user data: a `#!` script or `#cloud-config`, at most 64 Ki characters.
+    #[schema(max_length = 65536)]
     pub user_data: Option<String>,
+}
+
+/// The rule between the request's fields, as JSON Schema: an address or a
+/// MAC is chosen only for a VM with a network.
+pub(super) fn create_conditions() -> serde_json::Value {
+    serde_json::json!({"allOf": [{
+        "if": {"properties": {"enable_network": {"const": false}}, "required": ["enable_network"]},
+        "then": {"properties": {"guest_ip": {"type": "null"}, "guest_mac": {"type": "null"}}}
+    }]})
 }
 
 impl CreateVmRequest {
@@ -255,7 +276,8 @@ async fn act(state: &AppState, who: &Principal, alloc: Allocation, id: VmId, act
 }
 
 /// Create and start a VM; answers 201 once it is running.
-#[utoipa::path(post, path = "/vms", tag = "vms", request_body = CreateVmRequest,
+#[utoipa::path(post, path = "/vms", tag = "vms",
+    request_body(content = CreateVmRequest, description = "Optional: no body is `{}` (every default).", content_type = "application/json"),
     responses((status = 201, description = "Running", body = VmView), (status = 202, description = "Still starting after the wait", body = VmView),
         (status = "4XX", body = ErrorBody), (status = 409, description = "The VM did not start (it stays, in state error)", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn create_vm(

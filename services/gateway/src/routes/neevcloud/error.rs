@@ -3,6 +3,7 @@
 //! shape too: a malformed body, query or path is a 400, never axum's text.
 
 use crate::app::AppError;
+use crate::routes::contract::{Contract, Refusal};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -10,6 +11,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::sync::LazyLock;
 use utoipa::ToSchema;
 
 /// Standard format for error responses.
@@ -121,17 +123,26 @@ fn uuids_in(message: &str) -> String {
     out
 }
 
-/// A JSON body: anything that does not parse into `T` (malformed, a wrong
-/// type, a missing required field, not JSON) is a 400; too large a 413.
+/// A JSON body, checked against the dialect's document before it is
+/// decoded: anything the document or `T` does not take (malformed, a wrong
+/// type, a missing required field, not JSON) is a 400 `invalid_request`, a
+/// broken bound or pattern a 400 `validation_failed`; too large a 413.
 pub struct Json<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+/// The document's request bodies, the rule each body is checked by.
+static CONTRACT: LazyLock<Contract> = LazyLock::new(|| Contract::new(&super::openapi()));
+
+impl<S: Send + Sync, T: DeserializeOwned + ToSchema> FromRequest<S> for Json<T> {
     type Rejection = NeevError;
     async fn from_request(req: Request, state: &S) -> Result<Self, NeevError> {
-        axum::Json::<T>::from_request(req, state).await.map(|axum::Json(v)| Self(v)).map_err(|r: JsonRejection| match r.status() {
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await.map_err(|r: JsonRejection| match r.status() {
             StatusCode::PAYLOAD_TOO_LARGE => NeevError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is larger than 1 MiB"),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => NeevError::bad_request("invalid_request", "expected Content-Type: application/json"),
             _ => NeevError::bad_request("invalid_request", r.body_text()),
+        })?;
+        CONTRACT.decode(value).map(Self).map_err(|refusal| match refusal {
+            Refusal::Shape(why) => NeevError::bad_request("invalid_request", format!("invalid request body: {why}")),
+            Refusal::Rule(why) => NeevError::invalid(why),
         })
     }
 }

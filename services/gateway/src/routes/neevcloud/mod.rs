@@ -51,9 +51,23 @@ pub fn documented() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(NeevDoc::openapi()).merge(vms::router()).merge(root_disks::router())
 }
 
+/// The routes and the OpenAPI document as served, with the rules utoipa's
+/// derive cannot write.
+fn split() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    let (routes, mut doc) = documented().split_for_parts();
+    super::shared::add_keywords(&mut doc, "CreateVMRequest", requests::root_disk_rule());
+    super::shared::add_keywords(&mut doc, "ExposedPort", requests::exposed_port_rule());
+    (routes, doc)
+}
+
+/// The dialect's OpenAPI document, as served at [`OPENAPI_PATH`].
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    split().1
+}
+
 /// The dialect's routes, with its OpenAPI document at [`OPENAPI_PATH`].
 pub fn router() -> axum::Router<AppState> {
-    let (routes, doc) = documented().split_for_parts();
+    let (routes, doc) = split();
     let doc = Arc::new(doc);
     routes.route(OPENAPI_PATH, get(move || async move { axum::Json(doc.as_ref().clone()) }))
 }
@@ -78,7 +92,7 @@ mod tests {
 
     #[test]
     fn the_document_has_exactly_the_seeds_operations_and_schemas() {
-        let doc = serde_json::to_value(documented().split_for_parts().1).unwrap();
+        let doc = serde_json::to_value(openapi()).unwrap();
         let mut documented: Vec<(String, String, String)> = Vec::new();
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, op) in item.as_object().unwrap() {

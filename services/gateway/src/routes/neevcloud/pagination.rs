@@ -25,11 +25,12 @@ pub struct Page {
 }
 
 impl Page {
-    /// `page` from 1 and `limit` 1-100; anything else is a 400.
+    /// `page` from 1 (a page past the end is empty) and `limit` 1-100;
+    /// anything else is a 400.
     pub fn new(q: &PageParams) -> NeevResult<Self> {
         let page = q.page.unwrap_or(1);
         let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=i64::from(u32::MAX)).contains(&page) {
+        if page < 1 {
             return Err(NeevError::bad_request("invalid_query", "page must be a whole number from 1"));
         }
         if !(1..=MAX_LIMIT).contains(&limit) {
@@ -40,7 +41,8 @@ impl Page {
 
     /// The part of the list this page shows.
     pub fn window(&self) -> Window {
-        Window { offset: ((self.page - 1) * self.limit) as usize, limit: self.limit as usize }
+        let offset = (self.page - 1).saturating_mul(self.limit);
+        Window { offset: usize::try_from(offset).unwrap_or(usize::MAX), limit: self.limit as usize }
     }
 
     /// Where this page stands in a list of `total` items.
@@ -66,5 +68,7 @@ mod tests {
         let meta = page.pagination(23);
         assert_eq!((meta.total_items, meta.total_pages, meta.current_page, meta.items_per_page), (23, 3, 3, 10));
         assert_eq!(p(None, None).unwrap().window(), Window { offset: 0, limit: 20 });
+        // Far past the end: an empty page, not an overflow.
+        assert_eq!(p(Some(i64::MAX), Some(100)).unwrap().window().limit, 100);
     }
 }

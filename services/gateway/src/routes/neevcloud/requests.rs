@@ -25,24 +25,28 @@ pub struct CreateVmRequest {
     #[schema(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 20)]
     pub name: String,
     /// The region ID where the VM will be deployed (a catalog region code, e.g. `us-east`).
+    #[schema(value_type = vmplane_domain::catalog::RegionCode)]
     pub region_id: String,
     /// The ID of the VM configuration to use for the VM (a catalog plan name, e.g. `small`).
+    #[schema(value_type = vmplane_domain::catalog::PlanName)]
     pub vm_config_id: String,
     /// The number of GPU configurations need to be attached to the VM.
+    #[schema(minimum = 0, maximum = 16)]
     pub gpu_config_count: Option<i64>,
     /// The pricing plan ID for billing the VM (a catalog plan name: the same as `vm_config_id`).
+    #[schema(value_type = vmplane_domain::catalog::PlanName)]
     pub plan_id: String,
     #[schema(inline)]
     pub root_disk: RootDiskRequest,
     /// Additional data disks to attach or create for the VM.
     #[schema(inline)]
     pub data_disks: Option<DataDisksRequest>,
-    /// SSH public keys for VM access. Maximum 10 keys per VM.
-    #[schema(max_items = 10, inline)]
+    /// SSH public keys for VM access. Maximum 10 keys per VM, each once.
+    #[schema(value_type = Option<BTreeSet<SshKey>>, max_items = 10, inline)]
     pub ssh_keys: Option<Vec<SshKey>>,
     /// Inbound ports to expose on the VM public IP. Maximum 10 ports per VM,
     /// tcp or udp, 1-65535, not 22, no duplicate port and protocol pairs.
-    #[schema(max_items = 10)]
+    #[schema(value_type = Option<BTreeSet<ExposedPort>>, max_items = 10)]
     pub exposed_ports: Option<Vec<ExposedPort>>,
     /// If true, VM deletion removes the managed root disk (create_disk_request only); otherwise detach only. Default false.
     pub delete_root_disk: Option<bool>,
@@ -59,12 +63,28 @@ impl utoipa::PartialSchema for SshKey {
             .pattern(Some(SSH_KEY_PATTERN))
             .min_length(Some(50))
             .max_length(Some(2000))
-            .description(Some("SSH public key in OpenSSH format. Supported key types: ssh-rsa, ssh-ed25519."))
+            // What no pattern says (as /v1's `openssh-public-key`): the
+            // base64 must decode to a key of its type.
+            .format(Some(utoipa::openapi::SchemaFormat::Custom("openssh-public-key".into())))
+            .description(Some("SSH public key in OpenSSH format. Supported key types: ssh-rsa, ssh-ed25519; the key must decode (a truncated one is refused)."))
             .into()
     }
 }
 
 impl ToSchema for SshKey {}
+
+/// The seed's rule on `root_disk`, which utoipa's derive cannot write
+/// (the schema is inlined, as the seed has it): exactly one of
+/// `attach_disk_request` and `create_disk_request` is an object.
+pub fn root_disk_rule() -> serde_json::Value {
+    let one = |field: &str| serde_json::json!({"properties": {field: {"type": "object"}}, "required": [field]});
+    serde_json::json!({"allOf": [{"properties": {"root_disk": {"oneOf": [one("attach_disk_request"), one("create_disk_request")]}}}]})
+}
+
+/// The rule on an exposed port the seed says in words: 22 is SSH's.
+pub fn exposed_port_rule() -> serde_json::Value {
+    serde_json::json!({"not": {"properties": {"port": {"const": 22}}, "required": ["port"]}})
+}
 
 /// The root disk: exactly one of `attach_disk_request` and `create_disk_request`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -91,17 +111,18 @@ pub struct CreateRootDiskRequest {
     #[schema(minimum = 20, maximum = 2048)]
     pub size_gb: i64,
     /// ID of the platform image to clone as the root disk (a catalog image name, e.g. `ubuntu-24.04`).
+    #[schema(value_type = vmplane_domain::catalog::ImageRef)]
     pub image_id: String,
 }
 
 /// Additional data disks to attach or create for the VM.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct DataDisksRequest {
-    /// Additional data disks to attach to the VM.
-    #[schema(max_items = 4)]
+    /// Additional data disks to attach to the VM, each disk once and not the root disk.
+    #[schema(value_type = Option<BTreeSet<AttachDiskRequest>>, max_items = 4)]
     pub attached_disks: Option<Vec<AttachDiskRequest>>,
-    /// Additional data disks to create for the VM.
-    #[schema(max_items = 4)]
+    /// Additional data disks to create for the VM, each name once.
+    #[schema(value_type = Option<BTreeSet<CreateDataDiskRequest>>, max_items = 4)]
     pub create_disks: Option<Vec<CreateDataDiskRequest>>,
 }
 

@@ -6,12 +6,15 @@ use super::error::{Code, VisorError, VisorResult};
 use crate::AppState;
 use crate::app::caller::{authenticate, scope};
 use crate::app::{Actor, Principal};
+use crate::routes::contract::Contract;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+use std::sync::LazyLock;
+use utoipa::ToSchema;
 use vmplane_domain::OrgId;
 
 /// The authenticated caller (`Authorization: Bearer <token>`, the same
@@ -62,7 +65,10 @@ pub fn required<'a>(field: &str, value: &'a Option<String>) -> VisorResult<&'a s
 /// `application/json` -> UNSUPPORTED_MEDIA_TYPE; over 1 MiB -> PAYLOAD_TOO_LARGE.
 pub struct Input<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Input<T> {
+/// Visor's document's inputs, the rule each input is checked by.
+static CONTRACT: LazyLock<Contract> = LazyLock::new(|| Contract::new(&super::api().split_for_parts().1));
+
+impl<S: Send + Sync, T: DeserializeOwned + ToSchema> FromRequest<S> for Input<T> {
     type Rejection = VisorError;
 
     async fn from_request(req: Request, state: &S) -> VisorResult<Self> {
@@ -70,7 +76,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Input<T> {
         if !value.is_object() {
             return Err(VisorError::bad_request("the input must be a JSON object"));
         }
-        serde_json::from_value(value).map(Self).map_err(|e| VisorError::bad_request(format!("invalid input: {e}")))
+        // tRPC has one code for both: a wrong shape and a broken rule are BAD_REQUEST.
+        CONTRACT.decode(value).map(Self).map_err(|refusal| VisorError::bad_request(format!("invalid input: {refusal}")))
     }
 }
 

@@ -16,7 +16,7 @@ use axum::response::Response;
 /// running VM. Text or binary frames are keystrokes; binary frames from the
 /// server are console output.
 #[utoipa::path(get, path = "/api/vm.terminal", tag = "vm",
-    params(("vmId" = String, Query), ("organizationId" = Option<String>, Query, description = "The org to act in (an addition)")),
+    params(("vmId" = vmplane_domain::VmId, Query), ("organizationId" = Option<vmplane_domain::OrgId>, Query, description = "The org to act in (an addition)")),
     responses((status = 101, description = "WebSocket to the serial console"), (status = "4XX", body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)))]
 pub async fn open(
     State(state): State<AppState>,

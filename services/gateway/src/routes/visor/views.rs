@@ -15,6 +15,9 @@ use vmplane_domain::{VmId, VolumeId};
 /// Every successful answer: `{"result":{"data": ...}}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Envelope<T> {
+    /// Inlined: utoipa names every `Data<Vec<_>>` `Data_Vec`, so two lists
+    /// of different items would share (and misstate) one schema.
+    #[schema(inline)]
     pub result: Data<T>,
 }
 

@@ -10,15 +10,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use utoipa::ToSchema;
-use vmplane_domain::VmId;
 use vmplane_domain::spec::{SpecError, VmSpec};
 use vmplane_domain::vm::{Vm, VmStatus};
+use vmplane_domain::{OrgId, VmId};
 
 /// Input of `vm.all`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AllInput {
     /// Required: the caller's org (the admin: any org).
+    #[schema(value_type = OrgId)]
     pub organization_id: Option<String>,
 }
 
@@ -27,9 +28,11 @@ pub struct AllInput {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VmInput {
     /// Required.
+    #[schema(value_type = VmId)]
     pub vm_id: Option<String>,
     /// Optional (an addition): the org to act in; default the caller's
     /// (the admin's: `default`).
+    #[schema(value_type = Option<OrgId>)]
     pub organization_id: Option<String>,
 }
 
@@ -38,18 +41,25 @@ pub struct VmInput {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LaunchInput {
     /// Required.
+    #[schema(value_type = OrgId)]
     pub organization_id: Option<String>,
     /// Required: a DNS label, at most 63 characters.
+    #[schema(value_type = vmplane_domain::spec::DnsLabel)]
     pub name: Option<String>,
     /// Required: a catalog plan (nano, micro, small, medium, power, power-dedicated).
+    #[schema(value_type = vmplane_domain::catalog::PlanName)]
     pub plan: Option<String>,
     /// Required: a catalog region a host serves (us-east, us-west, eu-west, ap-south).
+    #[schema(value_type = vmplane_domain::catalog::RegionCode)]
     pub region: Option<String>,
     /// Required: a catalog image name (ubuntu-22.04, ubuntu-24.04, debian-12, rocky-9, fedora-40, ...).
+    #[schema(value_type = vmplane_domain::catalog::ImageRef)]
     pub os: Option<String>,
     /// OpenSSH public keys for root, at most 10.
+    #[schema(value_type = Option<Vec<vmplane_domain::ssh_key::PublicKeyText>>, max_items = 10)]
     pub ssh_keys: Option<Vec<String>>,
-    /// cloud-init user data (a `#!` script or `#cloud-config`), run on first boot; at most 64 KiB.
+    /// cloud-init user data (a `#!` script or `#cloud-config`), run on first boot; at most 64 Ki characters.
+    #[schema(max_length = 65536)]
     pub user_data: Option<String>,
 }
 
@@ -81,7 +91,7 @@ pub fn spec_error(e: SpecError) -> VisorError {
 
 /// List all VMs of the organization, oldest first.
 #[utoipa::path(get, path = "/api/vm.all", tag = "vm",
-    params(("organizationId" = String, Query, description = "The caller's organization (the admin: any)")),
+    params(("organizationId" = OrgId, Query, description = "The caller's organization (the admin: any)")),
     responses((status = 200, body = Envelope<Vec<VmSummary>>), (status = "4XX", body = ErrorEnvelope)))]
 pub async fn all(State(state): State<AppState>, caller: Caller, Input(input): Input<AllInput>) -> VisorResult<axum::Json<Envelope<Vec<VmSummary>>>> {
     let org = required("organizationId", &input.organization_id)?;
@@ -92,7 +102,7 @@ pub async fn all(State(state): State<AppState>, caller: Caller, Input(input): In
 
 /// Get VM details.
 #[utoipa::path(get, path = "/api/vm.one", tag = "vm",
-    params(("vmId" = String, Query), ("organizationId" = Option<String>, Query, description = "The org to act in (an addition)")),
+    params(("vmId" = VmId, Query), ("organizationId" = Option<OrgId>, Query, description = "The org to act in (an addition)")),
     responses((status = 200, body = Envelope<VmDetail>), (status = "4XX", body = ErrorEnvelope)))]
 pub async fn one(State(state): State<AppState>, caller: Caller, Input(input): Input<VmInput>) -> VisorResult<axum::Json<Envelope<VmDetail>>> {
     let (id, who) = input.scoped(&state, caller)?;

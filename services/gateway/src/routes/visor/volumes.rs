@@ -10,32 +10,50 @@ use axum::extract::State;
 use serde::Deserialize;
 use utoipa::ToSchema;
 use vmplane_domain::spec::VolumeMount;
-use vmplane_domain::{VmId, VolumeId};
+use vmplane_domain::{OrgId, VmId, VolumeId};
 
-/// Input of `vm.attachVolume` and `vm.detachVolume`.
+/// Input of `vm.attachVolume`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VolumeInput {
     /// Required.
+    #[schema(value_type = VmId)]
     pub vm_id: Option<String>,
     /// Required: a volume of the VM's host (`POST /v1/volumes` creates one).
+    #[schema(value_type = VolumeId)]
     pub volume_id: Option<String>,
-    /// attachVolume only: an absolute path where the guest agent mounts the
-    /// volume (formatting a blank one); without it the volume is only a block device.
+    /// An absolute path where the guest agent mounts the volume (formatting
+    /// a blank one); without it the volume is only a block device.
+    #[schema(value_type = Option<vmplane_domain::spec::MountPath>)]
     pub mount_path: Option<String>,
     /// Optional (an addition): the org to act in.
+    #[schema(value_type = Option<OrgId>)]
     pub organization_id: Option<String>,
 }
 
-impl VolumeInput {
-    fn ids(&self) -> VisorResult<(VmId, VolumeId)> {
-        Ok((parse_id("vmId", required("vmId", &self.vm_id)?)?, parse_id("volumeId", required("volumeId", &self.volume_id)?)?))
-    }
+/// Input of `vm.detachVolume`: which volume of which VM, no mount path.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DetachInput {
+    /// Required.
+    #[schema(value_type = VmId)]
+    pub vm_id: Option<String>,
+    /// Required.
+    #[schema(value_type = VolumeId)]
+    pub volume_id: Option<String>,
+    /// Optional (an addition): the org to act in.
+    #[schema(value_type = Option<OrgId>)]
+    pub organization_id: Option<String>,
+}
+
+/// The VM and volume ids of an attach or a detach.
+fn ids(vm_id: &Option<String>, volume_id: &Option<String>) -> VisorResult<(VmId, VolumeId)> {
+    Ok((parse_id("vmId", required("vmId", vm_id)?)?, parse_id("volumeId", required("volumeId", volume_id)?)?))
 }
 
 /// The volumes attached to a VM.
 #[utoipa::path(get, path = "/api/vm.volumes", tag = "vm",
-    params(("vmId" = String, Query), ("organizationId" = Option<String>, Query, description = "The org to act in (an addition)")),
+    params(("vmId" = VmId, Query), ("organizationId" = Option<OrgId>, Query, description = "The org to act in (an addition)")),
     responses((status = 200, body = Envelope<Vec<VolumeView>>), (status = "4XX", body = ErrorEnvelope)))]
 pub async fn list(State(state): State<AppState>, caller: Caller, Input(input): Input<VmInput>) -> VisorResult<axum::Json<Envelope<Vec<VolumeView>>>> {
     let (id, who) = input.scoped(&state, caller)?;
@@ -53,7 +71,7 @@ pub async fn attach(
     alloc: Allocation,
     Input(input): Input<VolumeInput>,
 ) -> VisorResult<axum::Json<Envelope<VolumeView>>> {
-    let (vm_id, volume_id) = input.ids()?;
+    let (vm_id, volume_id) = ids(&input.vm_id, &input.volume_id)?;
     let who = caller.scope(&state, input.organization_id.as_deref())?;
     visible(&state, &who, vm_id)?;
     let mount = VolumeMount { volume_id, mount_path: input.mount_path, readonly: false, overlay: false, overlay_size_mib: None };
@@ -64,18 +82,15 @@ pub async fn attach(
 }
 
 /// Unmount and detach a volume; it is kept.
-#[utoipa::path(post, path = "/api/vm.detachVolume", tag = "vm", request_body = VolumeInput,
+#[utoipa::path(post, path = "/api/vm.detachVolume", tag = "vm", request_body = DetachInput,
     responses((status = 200, body = Envelope<VolumeView>), (status = "4XX", body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)))]
 pub async fn detach(
     State(state): State<AppState>,
     caller: Caller,
     alloc: Allocation,
-    Input(input): Input<VolumeInput>,
+    Input(input): Input<DetachInput>,
 ) -> VisorResult<axum::Json<Envelope<VolumeView>>> {
-    let (vm_id, volume_id) = input.ids()?;
-    if input.mount_path.is_some() {
-        return Err(super::error::VisorError::bad_request("mountPath: detachVolume takes none"));
-    }
+    let (vm_id, volume_id) = ids(&input.vm_id, &input.volume_id)?;
     let who = caller.scope(&state, input.organization_id.as_deref())?;
     visible(&state, &who, vm_id)?;
     let vol = volumes::get(&state.app, &who, volume_id)?;
