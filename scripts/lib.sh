@@ -95,6 +95,25 @@ ensure_schemathesis() {
   export VMPLANE_SCHEMATHESIS
 }
 
+# The client generator of tests/client.rs: openapi-python-client at a pinned
+# version, from PyPI, in a virtual environment under the build directory; its
+# own dependencies (httpx, attrs) are what the generated package imports, so
+# the venv's python runs that package. Exports VMPLANE_OPENAPI_CLIENT, the
+# `openapi-python-client` the test runs.
+OPENAPI_CLIENT_VERSION=0.29.1
+ensure_openapi_client() {
+  ensure_package python3 python3
+  local venv="${CARGO_TARGET_DIR:-target}/openapi-python-client-$OPENAPI_CLIENT_VERSION"
+  if [ ! -x "$venv/bin/openapi-python-client" ]; then
+    ensure_package_module venv python3-venv
+    echo "installing openapi-python-client $OPENAPI_CLIENT_VERSION into $venv..." >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "openapi-python-client==$OPENAPI_CLIENT_VERSION"
+  fi
+  VMPLANE_OPENAPI_CLIENT="$(cd "$venv/bin" && pwd)/openapi-python-client"
+  export VMPLANE_OPENAPI_CLIENT
+}
+
 # ensure_package_module MODULE PACKAGE: install PACKAGE unless python3 can
 # import MODULE (Debian splits venv out of python3).
 ensure_package_module() {

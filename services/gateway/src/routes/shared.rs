@@ -93,6 +93,36 @@ pub fn link_created_ids(doc: &mut OpenApi) {
     }
 }
 
+/// A tagged enum's newtype variant (`Variant(Struct)`) is documented as an
+/// inline `allOf` of the struct and its tag inside the enum's `oneOf`,
+/// which client generators take apart in the wrong order (openapi-python-
+/// client 0.29 drops the whole enum). Each such member becomes a named
+/// schema, `<Enum><Tag in CamelCase>`, referred to from the `oneOf`.
+pub fn name_tagged_variants(doc: OpenApi) -> OpenApi {
+    use serde_json::Value;
+    let mut v = serde_json::to_value(&doc).expect("an OpenAPI document is JSON");
+    let Some(schemas) = v.pointer_mut("/components/schemas").and_then(Value::as_object_mut) else { return doc };
+    let mut named = Vec::new();
+    for (name, schema) in schemas.iter_mut() {
+        for member in schema.get_mut("oneOf").and_then(Value::as_array_mut).into_iter().flatten() {
+            let Some(parts) = member.get("allOf").and_then(Value::as_array) else { continue };
+            let tag = parts.iter().find_map(|p| p.pointer("/properties/type/enum/0").and_then(Value::as_str));
+            let (Some(tag), true) = (tag, parts.iter().any(|p| p.get("$ref").is_some())) else { continue };
+            let camel: String = tag
+                .split('_')
+                .map(|w| {
+                    let mut c = w.chars();
+                    c.next().map(|f| f.to_uppercase().chain(c).collect::<String>()).unwrap_or_default()
+                })
+                .collect();
+            let variant = format!("{name}{camel}");
+            named.push((variant.clone(), std::mem::replace(member, serde_json::json!({"$ref": format!("#/components/schemas/{variant}")}))));
+        }
+    }
+    schemas.extend(named);
+    serde_json::from_value(v).expect("the document with named variants is an OpenAPI document")
+}
+
 /// [`merge_flattened`] on every schema within `node` (a generic page's
 /// items are inlined, not named).
 fn merge_all_of(node: &mut serde_json::Value, named: &serde_json::Value) {

@@ -41,7 +41,7 @@ pub struct ApiDoc;
 /// The `/v1` routes and the OpenAPI document that describes them.
 pub fn split() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     let (api, doc) = router().split_for_parts();
-    let mut doc = super::shared::merge_flattened(doc);
+    let mut doc = super::shared::name_tagged_variants(super::shared::merge_flattened(doc));
     super::shared::add_keywords(&mut doc, "VolumeMount", vmplane_domain::spec::volume_mount_conditions());
     super::shared::add_keywords(&mut doc, "DataDisk", vmplane_domain::spec::data_disk_conditions());
     super::shared::add_keywords(&mut doc, "NetworkSpec", vmplane_domain::spec::network_conditions());

@@ -125,4 +125,32 @@ mod tests {
         assert_eq!(schemas["VMResponse"]["properties"]["id"]["format"], "uuid");
         assert_eq!(doc["components"]["securitySchemes"]["BearerAuth"]["scheme"], "bearer");
     }
+
+    /// The served document is the rule a create's body is checked by: what
+    /// it forbids is refused before anything else looks at the body, and a
+    /// whole float is the integer it is to JSON Schema.
+    #[test]
+    fn the_document_is_the_rule_for_a_create() {
+        use serde_json::json;
+        let contract = crate::routes::contract::Contract::new(&openapi());
+        let disk = json!({"name": "web", "size_gb": 20.0, "image_id": "debian-12"});
+        let ok = json!({"name": "web", "region_id": "us-east", "vm_config_id": "small", "plan_id": "small",
+            "root_disk": {"create_disk_request": disk}, "gpu_config_count": 0.0});
+        let req = contract.decode::<requests::CreateVmRequest>(ok.clone()).expect("a valid create");
+        assert_eq!(req.gpu_config_count, Some(0));
+        let port = |p: u16| json!({"port": p, "protocol": "tcp"});
+        for (field, value) in [
+            ("root_disk", json!({})),
+            ("root_disk", json!({"create_disk_request": disk, "attach_disk_request": {"disk_id": "00000000-0000-0000-0000-000000000001"}})),
+            ("exposed_ports", json!([port(22)])),
+            ("exposed_ports", json!([port(80), port(80)])),
+            ("gpu_config_count", json!(17)),
+            ("region_id", json!("")),
+            ("ssh_keys", json!(["ssh-ed25519 AAAA"])),
+        ] {
+            let mut body = ok.clone();
+            body[field] = value.clone();
+            assert!(contract.decode::<requests::CreateVmRequest>(body).is_err(), "{field}: {value}");
+        }
+    }
 }
