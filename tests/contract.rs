@@ -57,3 +57,13 @@ async fn the_neevcloud_document_is_what_the_server_enforces() {
 async fn the_hatch_document_is_what_the_server_enforces() {
     fuzz("/openapi/hatch.json").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_hypeman_document_is_what_the_server_enforces() {
+    fuzz("/openapi/hypeman.json").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_marketplace_document_is_what_the_server_enforces() {
+    fuzz("/openapi/marketplace.json").await;
+}

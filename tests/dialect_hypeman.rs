@@ -370,7 +370,7 @@ async fn every_validation_rule_is_a_4xx_in_hypeman_shape_and_changes_nothing() {
         (ok(json!({"cpus": 2})), 400, "bad_request"),
         (ok(json!({"image": "docker.io/library/nosuch:1"})), 400, "unknown_image"),
         (ok(json!({"image": "no spaces"})), 400, "validation_failed"),
-        (json!({"name": "keeper", "image": IMAGE}), 400, "name_conflict"),
+        (json!({"name": "keeper", "image": IMAGE}), 409, "name_conflict"),
         // VolumeMount: overlay needs readonly and overlay_size; paths are absolute.
         (mount(json!({"volume_id": vol, "mount_path": "/mnt/d", "overlay": true, "overlay_size": "1GB"})), 400, "invalid_volume_mount"),
         (mount(json!({"volume_id": vol, "mount_path": "/mnt/d", "readonly": true, "overlay": true})), 400, "invalid_volume_mount"),

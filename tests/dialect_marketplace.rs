@@ -439,7 +439,9 @@ async fn every_rule_is_a_jsonapi_4xx_that_changes_nothing_and_tenants_see_only_t
         ("external port 70000", with(&attr("port_forwards", json!([{"internal_port": 80, "external_port": 70000}]))), 400, "invalid_document"),
         ("more vCPUs than available", with(&attr("resources", json!({"vcpu_count": 63}))), 409, "insufficient_capacity"),
         ("more memory than available", with(&attr("resources", json!({"ram_gb": 1021}))), 409, "insufficient_capacity"),
-        ("more storage than available", with(&attr("resources", json!({"storage_gb": 99_701}))), 409, "insufficient_capacity"),
+        // The host node has 99700 GB free, more than one VM's disk may be
+        // (MAX_DISK_GB, the document's maximum): storage over that is refused first.
+        ("more storage than a VM may have", with(&attr("resources", json!({"storage_gb": 99_701}))), 400, "validation_failed"),
         ("more GPUs than available", with(&attr("resources", json!({"gpus": {RTX: {"count": 2}}}))), 409, "insufficient_capacity"),
         ("a GPU model the host node lacks", with(&attr("resources", json!({"gpus": {"t4": {"count": 1}}}))), 409, "insufficient_capacity"),
         ("two GPU models", with(&attr("resources", json!({"gpus": {RTX: {"count": 1}, H100: {"count": 1}}}))), 400, "validation_failed"),

@@ -205,3 +205,116 @@ def what_the_contract_stack_offers_hatch(context, case):
 def hatch_examples_the_contract_stack_offers(context, examples):
     for case in examples:
         hatch_create_on_the_contract_stack(case)
+
+
+# hypeman (/openapi/hypeman.json): a size is text, so its bounds are in the
+# document's words (JSON Schema has no bound on text): `size` a whole number
+# of MB between 64MB and 4TB, `hotplug_size` a whole number of MB up to 4TB,
+# `overlay_size` up to 65536GB (rounded up to GB), and no size so large it
+# overflows. Valid creates keep a size within them and get hypeman's
+# default otherwise. An attach's `volume_id`, when given, is the volume in
+# its path (the document says so in words).
+HYPEMAN_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+MIB, GIB, TIB = 1 << 20, 1 << 30, 1 << 40
+
+
+def hypeman_bytes(text):
+    """What hypeman/size.rs makes of a size the document's pattern admits."""
+    if not isinstance(text, str):
+        return None
+    t = text.strip(" ")
+    digits = len(t) - len(t.lstrip("0123456789"))
+    if digits == 0:
+        return None
+    value = int(t[:digits]) * HYPEMAN_UNITS.get(t[digits:].strip(" ")[:1].lower(), 0)
+    return value if value < 1 << 64 else None
+
+
+def hypeman_size(body, field, fits, default):
+    if field in body:
+        size = hypeman_bytes(body[field])
+        if size is None or not fits(size):
+            body[field] = default
+
+
+def hypeman_on_the_contract_stack(case):
+    if (case.meta is not None and not case.meta.generation.mode.is_positive) or not isinstance(case.body, dict):
+        return case
+    body = case.body
+    hypeman_size(body, "size", lambda b: b % MIB == 0 and 64 * MIB <= b <= 4 * TIB, "1GB")
+    hypeman_size(body, "hotplug_size", lambda b: b % MIB == 0 and b <= 4 * TIB, "1GB")
+    hypeman_size(body, "overlay_size", lambda b: -(-b // GIB) <= 65536, "10GB")
+    for mount in body.get("volumes") if isinstance(body.get("volumes"), list) else []:
+        if isinstance(mount, dict):
+            hypeman_size(mount, "overlay_size", lambda b: True, "1GB")
+    if "mount_path" in body:
+        hypeman_size(body, "overlay_size", lambda b: True, "1GB")
+        if "volume_id" in body and isinstance(case.path_parameters, dict) and "volumeId" in case.path_parameters:
+            body["volume_id"] = case.path_parameters["volumeId"]
+    return case
+
+
+HYPEMAN_BODIES = r"^/instances(/\{id\}/volumes/\{volumeId\})?$"
+
+
+@schemathesis.hook("map_case").apply_to(method="POST", path_regex=HYPEMAN_BODIES)
+def what_the_contract_stack_offers_hypeman(context, case):
+    return hypeman_on_the_contract_stack(case)
+
+
+@schemathesis.hook("before_add_examples").apply_to(method="POST", path_regex=HYPEMAN_BODIES)
+def hypeman_examples_the_contract_stack_offers(context, examples):
+    for case in examples:
+        hypeman_on_the_contract_stack(case)
+
+
+# Marketplace (/openapi/marketplace.json): an `external_port` must be in
+# the host node's port range (the deployment's: 20000-29999 on the contract
+# stack) and forwarded by one instance once, and an instance forwards each
+# `internal_port` once (the document says both in words). A `runcmd` line is
+# at most 4096 bytes, which JSON Schema counts in characters. Valid creates
+# keep the first forward of each port, external ports moved into the range,
+# and each line's first 4096 bytes.
+def marketplace_create_on_the_contract_stack(case):
+    body = case.body
+    if (case.meta is not None and not case.meta.generation.mode.is_positive) or not isinstance(body, dict):
+        return case
+    data = body.get("data")
+    attributes = data.get("attributes") if isinstance(data, dict) else None
+    if not isinstance(attributes, dict):
+        return case
+    forwards = attributes.get("port_forwards")
+    if isinstance(forwards, list):
+        internal, external, kept = set(), set(), []
+        for forward in forwards:
+            if isinstance(forward, dict):
+                port = whole(forward.get("external_port"))
+                if type(port) is int and 1 <= port <= 65535 and port not in HOST_PORTS:
+                    forward["external_port"] = port = HOST_PORTS[port % len(HOST_PORTS)]
+                inner = json.dumps(whole(forward.get("internal_port")))
+                if inner in internal or (port is not None and port in external):
+                    continue
+                internal.add(inner)
+                if port is not None:
+                    external.add(port)
+            kept.append(forward)
+        attributes["port_forwards"] = kept
+    cloud_init = attributes.get("cloud_init")
+    runcmd = cloud_init.get("runcmd") if isinstance(cloud_init, dict) else None
+    if isinstance(runcmd, list):
+        cloud_init["runcmd"] = [
+            c.encode()[:4096].decode(errors="ignore") if isinstance(c, str) and len(c.encode()) > 4096 else c for c in runcmd
+        ]
+        cloud_init["runcmd"] = [c if not isinstance(c, str) or c.strip() else "true" for c in cloud_init["runcmd"]]
+    return case
+
+
+@schemathesis.hook("map_case").apply_to(method="POST", path="/api/v2/instances")
+def what_the_contract_stack_offers_marketplace(context, case):
+    return marketplace_create_on_the_contract_stack(case)
+
+
+@schemathesis.hook("before_add_examples").apply_to(method="POST", path="/api/v2/instances")
+def marketplace_examples_the_contract_stack_offers(context, examples):
+    for case in examples:
+        marketplace_create_on_the_contract_stack(case)

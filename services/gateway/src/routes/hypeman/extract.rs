@@ -10,11 +10,14 @@ use super::error::HypemanError;
 use crate::AppState;
 use crate::app::Principal;
 use crate::app::caller::{authenticate, scope};
+use crate::routes::contract::{Contract, Refusal};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+use std::sync::LazyLock;
+use utoipa::ToSchema;
 
 const ORG_HEADER: &str = "x-vmplane-org";
 const PROJECT_HEADER: &str = "x-vmplane-project";
@@ -47,13 +50,18 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// A JSON body, whatever the Content-Type says (hypeman's clients send JSON):
-/// anything that does not decode into the request shape (malformed, a
-/// missing or unknown field, a wrong type) is 400 `bad_request`; over the
-/// body limit, 413.
+/// A JSON body, whatever the Content-Type says (hypeman's clients send
+/// JSON), checked against hypeman's document (see [`Contract`]): anything
+/// that does not decode into the request shape (malformed, a missing or
+/// unknown field, a wrong type) is 400 `bad_request`; a value the document
+/// forbids is 400 with the code of the field it is in ([`rule_code`]);
+/// over the body limit, 413. Whole-number floats (`2.0`) are integers.
 pub struct Json<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+/// hypeman's document's request bodies, the rule each body is checked by.
+static CONTRACT: LazyLock<Contract> = LazyLock::new(|| Contract::new(&super::openapi()));
+
+impl<S: Send + Sync, T: DeserializeOwned + ToSchema> FromRequest<S> for Json<T> {
     type Rejection = HypemanError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, HypemanError> {
@@ -61,7 +69,28 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
             StatusCode::PAYLOAD_TOO_LARGE => HypemanError::PayloadTooLarge,
             _ => HypemanError::BadRequest("bad_request", r.body_text()),
         })?;
-        serde_json::from_slice(&bytes).map(Self).map_err(|e| HypemanError::BadRequest("bad_request", format!("invalid request body: {e}")))
+        let value = serde_json::from_slice(&bytes).map_err(|e| HypemanError::BadRequest("bad_request", format!("invalid request body: {e}")))?;
+        CONTRACT.decode(value).map(Self).map_err(|refusal| match refusal {
+            Refusal::Shape(why) => HypemanError::BadRequest("bad_request", format!("invalid request body: {why}")),
+            Refusal::Rule(why) => HypemanError::BadRequest(rule_code(&why), why),
+        })
+    }
+}
+
+/// The code of a body that breaks a rule of the document, by where its
+/// first violation is (the report starts with its JSON pointer, see
+/// [`Contract::decode`]): the same codes the handlers give for the same
+/// rules. A mount's rules (an attach's fields, a create's `volumes`) are
+/// `invalid_volume_mount`, except its `overlay_size`.
+pub fn rule_code(report: &str) -> &'static str {
+    let pointer = report.split_once(": ").map(|(p, _)| p).filter(|p| p.starts_with('/')).unwrap_or("");
+    match pointer {
+        "/size" => "invalid_size",
+        "/hotplug_size" => "invalid_hotplug_size",
+        p if p.ends_with("/overlay_size") => "invalid_overlay_size",
+        "" | "/mount_path" | "/readonly" | "/overlay" => "invalid_volume_mount",
+        p if p.starts_with("/volumes/") => "invalid_volume_mount",
+        _ => "validation_failed",
     }
 }
 

@@ -84,7 +84,7 @@ async fn list_instances(State(state): State<AppState>, Caller(who): Caller) -> H
 /// Create and start instance.
 #[utoipa::path(post, path = "/instances", tag = "instances", operation_id = "createInstance", request_body = CreateInstanceRequest,
     responses((status = 201, body = Instance, description = "Instance created"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody, description = "A volume to attach is not found"), (status = 409, body = ErrorBody), (status = 500, body = ErrorBody)))]
+        (status = 404, body = ErrorBody, description = "A volume to attach is not found"), (status = 409, body = ErrorBody, description = "The name is in use (`name_conflict`), or the fleet cannot run it"), (status = 500, body = ErrorBody)))]
 async fn create_instance(
     State(state): State<AppState>,
     Caller(who): Caller,
@@ -98,7 +98,7 @@ async fn create_instance(
     }
     // Names resolve instances in every path: hypeman keeps them unique.
     if all(app, &who, vms::Selection { name: Some(spec.name.clone()), ..Default::default() })?.iter().any(|vm| vm.id != VmId(alloc.resource())) {
-        return Err(HypemanError::BadRequest("name_conflict", format!("an instance named {} already exists", spec.name)));
+        return Err(HypemanError::Conflict("name_conflict", format!("an instance named {} already exists", spec.name)));
     }
     let accepted = vms::create(app, &who, alloc, spec).await?;
     let vm = settle(app, &who, accepted, "create").await?;

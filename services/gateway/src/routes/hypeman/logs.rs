@@ -30,6 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct LogsQuery {
     /// Number of lines to return from the end (default 100, at most 10000).
+    #[param(maximum = 10000)]
     pub tail: Option<usize>,
     /// Continue streaming new lines after the initial output (default false).
     pub follow: Option<bool>,

@@ -92,35 +92,73 @@ pub struct CreateNetwork {
     pub enabled: Option<bool>,
 }
 
-/// Request body of `POST /instances`.
+/// Request body of `POST /instances`. The body is checked against this
+/// schema before it is decoded (`extract::Json`); the bounds of the sizes
+/// are in their descriptions (JSON Schema has no bound on a size written
+/// as text), and the server checks them.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInstanceRequest {
     /// Human-readable name (lowercase letters, digits, and dashes only; cannot start or end with a dash), at most 63.
-    #[schema(pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", max_length = 63, example = "my-workload-1")]
+    /// Unique among the org's instances (409 `name_conflict` otherwise).
+    #[schema(value_type = vmplane_domain::spec::DnsLabel, example = "my-workload-1")]
     pub name: String,
-    /// OCI image reference (or any catalog image name).
-    #[schema(example = "docker.io/library/debian:12")]
+    /// OCI image reference (or any catalog image name) of an image a host has, at most 200 characters.
+    #[schema(value_type = vmplane_domain::catalog::ImageRef, example = "docker.io/library/debian:12")]
     pub image: String,
     /// Base memory size (human-readable format like "1GB", "512MB", "2G"). Default "1GB".
-    #[schema(example = "2GB")]
+    /// A whole number of MB, between 64MB and 4TB (`MAX_MEMORY_MIB`).
+    #[schema(value_type = Option<super::size::SizeText>, example = "2GB")]
     pub size: Option<String>,
     /// Additional memory for hotplug (human-readable format like "3GB", "1G"). Default "3GB".
-    #[schema(example = "2GB")]
+    /// A whole number of MB, at most 4TB (`MAX_MEMORY_MIB`).
+    #[schema(value_type = Option<super::size::SizeText>, example = "2GB")]
     pub hotplug_size: Option<String>,
     /// Writable overlay disk size (human-readable format like "10GB", "50G"): the root disk,
-    /// in whole GB (rounded up). Default "10GB".
-    #[schema(example = "20GB")]
+    /// in whole GB (rounded up), at most 65536GB (`MAX_DISK_GB`). Default "10GB".
+    #[schema(value_type = Option<super::size::SizeText>, example = "20GB")]
     pub overlay_size: Option<String>,
-    /// Number of virtual CPUs. Default 2.
-    #[schema(example = 2)]
+    /// Number of virtual CPUs, at most 256 (`MAX_VCPUS`). Default 2.
+    #[schema(minimum = 1, maximum = 256, example = 2)]
     pub vcpus: Option<u32>,
     /// Environment variables, given to the guest (see docs/dialects/hypeman.md).
+    #[schema(value_type = Option<vmplane_domain::spec::Env>)]
     pub env: Option<BTreeMap<String, String>>,
     /// Network configuration for the instance.
     pub network: Option<CreateNetwork>,
     /// Volumes to attach to the instance at creation time.
-    pub volumes: Option<Vec<VolumeMountBody>>,
+    pub volumes: Option<Vec<CreateVolumeMount>>,
+}
+
+/// A volume mount as a create names it (an instance shows its mounts as
+/// `VolumeMount`): an overlay needs `readonly: true` and an `overlay_size`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = VolumeMountRequest)]
+pub struct CreateVolumeMount {
+    /// Volume identifier or name.
+    pub volume_id: String,
+    /// Path where the volume is mounted in the guest.
+    #[schema(value_type = vmplane_domain::spec::MountPath, example = "/mnt/data")]
+    pub mount_path: String,
+    /// Whether the volume is mounted read-only. Default false.
+    pub readonly: Option<bool>,
+    /// Create a per-instance overlay for writes (requires readonly=true). Default false.
+    pub overlay: Option<bool>,
+    /// Max overlay size as human-readable string (e.g. "1GB"). Required if overlay=true
+    /// (ignored otherwise).
+    #[schema(value_type = Option<super::size::SizeText>, example = "1GB")]
+    pub overlay_size: Option<String>,
+}
+
+/// The rule between a mount's fields, as JSON Schema (the seed's words:
+/// "requires readonly=true", "required if overlay=true"), for
+/// `VolumeMountRequest` and `AttachVolumeRequest`.
+pub fn mount_conditions() -> serde_json::Value {
+    serde_json::json!({"allOf": [{
+        "if": {"properties": {"overlay": {"const": true}}, "required": ["overlay"]},
+        "then": {"properties": {"readonly": {"const": true}}, "required": ["readonly", "overlay_size"]}
+    }]})
 }
 
 /// A volume mount: as a create names it, and as an instance shows it.
@@ -163,15 +201,17 @@ impl From<VolumeMount> for VolumeMountBody {
 #[serde(deny_unknown_fields)]
 pub struct AttachVolumeRequest {
     /// Path where the volume should be mounted.
-    #[schema(example = "/mnt/data")]
+    #[schema(value_type = vmplane_domain::spec::MountPath, example = "/mnt/data")]
     pub mount_path: String,
     /// Mount read-only. Default false.
     pub readonly: Option<bool>,
     /// Create a per-instance overlay for writes (requires readonly=true). Default false.
     pub overlay: Option<bool>,
-    /// Max overlay size as human-readable string (e.g. "1GB"). Required if overlay=true.
+    /// Max overlay size as human-readable string (e.g. "1GB"). Required if overlay=true
+    /// (ignored otherwise).
+    #[schema(value_type = Option<super::size::SizeText>, example = "1GB")]
     pub overlay_size: Option<String>,
-    /// The volume, when given, must be the one in the path.
+    /// The volume, when given, must be the one in the path (its id or its name; 400 otherwise).
     pub volume_id: Option<String>,
 }
 

@@ -3,7 +3,7 @@
 //! hypeman parses sizes with binary multiples (`1KB` = 1024 bytes, `1GB` =
 //! 1024³ bytes), whatever the spelling: the crates that parse such strings in
 //! Rust read `GB` as 10⁹ bytes, so this small parser keeps hypeman's meaning.
-//! Accepted: a whole number, optional blanks, and a unit, case-insensitive:
+//! Accepted: a whole number, optional spaces, and a unit, case-insensitive:
 //! none, `b`, `byte(s)`; `k`, `kb`, `kib`, `kilo`, `kilobyte(s)`; the same
 //! for `m`/`mega`, `g`/`giga`, `t`/`tera`. `Kb`, `Mb`, `Gb`, `Tb` (a capital
 //! prefix with a small `b`) are bits and refused, as hypeman refuses them.
@@ -12,6 +12,37 @@
 
 /// Binary multiples, largest first, with the unit written for each.
 const UNITS: [(u64, &str); 5] = [(1 << 40, "TB"), (1 << 30, "GB"), (1 << 20, "MB"), (1 << 10, "KB"), (1, "B")];
+
+/// What [`parse`] accepts as syntax, as a JSON Schema pattern (a test
+/// checks they agree): only the number's size is beyond it (an overflow).
+/// Spaces only around the parts; a capital prefix with a small `b` (bits)
+/// is refused.
+pub const PATTERN: &str = concat!(
+    "^ *[0-9]+ *(",
+    "[bB]([yY][tT][eE][sS]?)?",
+    "|[kK]|k[bB]|KB|[kK][iI][bB]|[kK][iI][lL][oO]([bB][yY][tT][eE][sS]?)?",
+    "|[mM]|m[bB]|MB|[mM][iI][bB]|[mM][eE][gG][aA]([bB][yY][tT][eE][sS]?)?",
+    "|[gG]|g[bB]|GB|[gG][iI][bB]|[gG][iI][gG][aA]([bB][yY][tT][eE][sS]?)?",
+    "|[tT]|t[bB]|TB|[tT][iI][bB]|[tT][eE][rR][aA]([bB][yY][tT][eE][sS]?)?",
+    ")? *$"
+);
+
+/// The OpenAPI schema of a size in a request (see [`PATTERN`]).
+pub struct SizeText;
+
+impl utoipa::PartialSchema for SizeText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(PATTERN))
+            .max_length(Some(64))
+            .description(Some("A whole number and an optional unit of binary multiples, case-insensitive: B, K/KB/KiB/kilo(bytes), M..., G..., T... (`1GB` is 1024³ bytes); `Kb`, `Mb`, `Gb`, `Tb` are bits and refused."))
+            .examples([serde_json::json!("1GB")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for SizeText {}
 
 /// One mebibyte.
 pub const MIB: u64 = 1 << 20;
@@ -31,13 +62,12 @@ pub enum SizeError {
 
 /// The number of bytes `text` says.
 pub fn parse(text: &str) -> Result<u64, SizeError> {
-    let t = text.trim();
+    let t = text.trim_matches(' ');
     let digits = t.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 {
         return Err(SizeError::Syntax(text.to_owned()));
     }
-    let value: u64 = t[..digits].parse().map_err(|_| SizeError::Overflow(text.to_owned()))?;
-    let unit = t[digits..].trim();
+    let unit = t[digits..].trim_matches(' ');
     if ["Kb", "Mb", "Gb", "Tb"].contains(&unit) {
         return Err(SizeError::Bits(text.to_owned()));
     }
@@ -49,6 +79,8 @@ pub fn parse(text: &str) -> Result<u64, SizeError> {
         "t" | "tb" | "tib" | "tera" | "terabyte" | "terabytes" => 1 << 40,
         _ => return Err(SizeError::Syntax(text.to_owned())),
     };
+    // The syntax first: a number too large with a unit that is no unit is not a size.
+    let value: u64 = t[..digits].parse().map_err(|_| SizeError::Overflow(text.to_owned()))?;
     value.checked_mul(multiple).ok_or_else(|| SizeError::Overflow(text.to_owned()))
 }
 
@@ -96,6 +128,84 @@ mod tests {
         }
         assert!(matches!(parse("99999999999999999999"), Err(SizeError::Overflow(_))));
         assert!(matches!(parse("20000000TB"), Err(SizeError::Overflow(_))));
+    }
+
+    /// The document's pattern and the parser agree: every string the
+    /// pattern matches parses (or is only too large), and every other is
+    /// refused, over every combination of the parts below.
+    #[test]
+    fn the_pattern_is_the_parser() {
+        let pattern = jsonschema::validator_for(&serde_json::json!({"pattern": PATTERN})).unwrap();
+        let units = [
+            "",
+            "b",
+            "B",
+            "byte",
+            "Bytes",
+            "BYTES",
+            "k",
+            "K",
+            "kb",
+            "kB",
+            "KB",
+            "Kb",
+            "kib",
+            "KiB",
+            "kilo",
+            "Kilobyte",
+            "kilobytes",
+            "m",
+            "mb",
+            "Mb",
+            "MB",
+            "mib",
+            "mega",
+            "megabytes",
+            "g",
+            "G",
+            "gb",
+            "Gb",
+            "GB",
+            "gib",
+            "GiB",
+            "giga",
+            "Gigabyte",
+            "t",
+            "tb",
+            "Tb",
+            "TB",
+            "tib",
+            "tera",
+            "terabytes",
+            "p",
+            "pb",
+            "bit",
+            "gbs",
+            "GBs",
+            "byt",
+            "kilob",
+            "g b",
+            "1",
+            ".5",
+            "\t",
+            "é",
+        ];
+        let mut checked = 0;
+        for lead in ["", " ", "  ", "\t", "-", "+"] {
+            for number in ["", "0", "12", "007", "99999999999999999999", "1.5", "1_0"] {
+                for gap in ["", " ", "\t"] {
+                    for unit in units {
+                        for trail in ["", " ", "\n", "x"] {
+                            let text = format!("{lead}{number}{gap}{unit}{trail}");
+                            let parsed = !matches!(parse(&text), Err(SizeError::Syntax(_) | SizeError::Bits(_)));
+                            assert_eq!(pattern.is_valid(&serde_json::json!(text)), parsed, "{text:?}: {:?}", parse(&text));
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000);
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! here, once; so are the dialect's own (bad documents, unknown routes).
 
 use crate::app::AppError;
+use crate::routes::contract::{Contract, Refusal};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::sync::LazyLock;
 use utoipa::ToSchema;
 
 /// The media type of JSON:API documents, which every answer carries.
@@ -103,17 +105,44 @@ impl From<AppError> for MarketError {
 /// Shorthand for handler results.
 pub type MarketResult<T> = Result<T, MarketError>;
 
-/// A JSON body whose rejections speak JSON:API: malformed or mistyped
-/// documents are 400, a body that is not JSON 415, one over the limit 413.
+/// A JSON body whose rejections speak JSON:API, checked against the
+/// marketplace's document (see [`Contract`]): malformed or mistyped
+/// documents are 400, a body that is not JSON 415, one over the limit 413;
+/// a value the document forbids is 400 `validation_failed`, except a
+/// resource type other than `virtualmachine` (409 `type_mismatch`, as
+/// JSON:API says) and not exactly one SSH key (400 `ssh_key_required`).
+/// Whole-number floats (`2.0`) are integers.
 pub struct Json<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+/// The marketplace's document's request bodies, the rule each is checked by.
+static CONTRACT: LazyLock<Contract> = LazyLock::new(|| Contract::new(&super::openapi()));
+
+impl<S: Send + Sync, T: DeserializeOwned + ToSchema> FromRequest<S> for Json<T> {
     type Rejection = MarketError;
     async fn from_request(req: Request, state: &S) -> Result<Self, MarketError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(r) => Err(rejection(r)),
+        let value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(v)) => v,
+            Err(r) => return Err(rejection(r)),
+        };
+        CONTRACT.decode(value).map(Self).map_err(|refusal| match refusal {
+            Refusal::Shape(why) => MarketError::bad_request("invalid_document", why),
+            Refusal::Rule(why) => rule_refusal(why),
+        })
+    }
+}
+
+/// A body that breaks a rule of the document, by where its first violation
+/// is (the report starts with its JSON pointer, see [`Contract::decode`]).
+fn rule_refusal(report: String) -> MarketError {
+    let pointer = report.split_once(": ").map(|(p, _)| p).filter(|p| p.starts_with('/')).unwrap_or("");
+    match pointer {
+        "/data/type" | "/data/attributes/type" => {
+            MarketError::new(StatusCode::CONFLICT, "type_mismatch", format!("this collection holds resources of type `virtualmachine`: {report}"))
         }
+        "/data/attributes" => {
+            MarketError::bad_request("ssh_key_required", format!("give exactly one of ssh_key (a public key) and ssh_key_id (a stored key): {report}"))
+        }
+        _ => MarketError::bad_request("validation_failed", report),
     }
 }
 

@@ -40,7 +40,7 @@ pub struct CreateInstanceDocument {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInstanceData {
-    /// `virtualmachine`.
+    /// `virtualmachine` (another type is 409 `type_mismatch`, as JSON:API says).
     #[serde(rename = "type")]
     pub kind: String,
     pub attributes: InstanceAttributes,
@@ -51,11 +51,13 @@ pub struct CreateInstanceData {
 #[serde(deny_unknown_fields)]
 pub struct InstanceAttributes {
     /// A DNS label: 1-63 of a-z, 0-9 and '-'.
+    #[schema(value_type = vmplane_domain::spec::DnsLabel)]
     pub name: String,
-    /// `virtualmachine`, if given.
+    /// `virtualmachine`, if given (another type is 409 `type_mismatch`).
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
     /// A catalog image name (`ubuntu2404`, `debian-12`, ...), an installed slug or an OCI reference.
+    #[schema(value_type = vmplane_domain::catalog::ImageRef)]
     pub image: String,
     /// The host node to run on (`host_…`); without it vmplane chooses.
     #[serde(default)]
@@ -63,14 +65,18 @@ pub struct InstanceAttributes {
     /// Default 1 vCPU, 1 GB, 10 GB, no GPU.
     #[serde(default)]
     pub resources: Option<ResourcesRequest>,
-    /// External ports come from the host node's `available_ports`.
+    /// External ports come from the host node's `available_ports`. At most
+    /// 32, each `internal_port` once (400 `validation_failed` otherwise).
     #[serde(default)]
+    #[schema(max_items = 32)]
     pub port_forwards: Vec<PortForwardRequest>,
-    /// A stored SSH key (`sshkey_…`, see `/v1/ssh-keys`); exactly one of this and `ssh_key`.
+    /// A stored SSH key (`sshkey_…`, see `/v1/ssh-keys`); exactly one of this and `ssh_key`
+    /// (400 `ssh_key_required` otherwise).
     #[serde(default)]
     pub ssh_key_id: Option<String>,
     /// An OpenSSH public key; exactly one of this and `ssh_key_id`.
     #[serde(default)]
+    #[schema(value_type = Option<vmplane_domain::ssh_key::PublicKeyText>)]
     pub ssh_key: Option<String>,
     #[serde(default)]
     pub cloud_init: Option<CloudInitRequest>,
@@ -80,10 +86,14 @@ pub struct InstanceAttributes {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesRequest {
+    /// At most `MAX_VCPUS` (256). Default 1.
+    #[schema(minimum = 1, maximum = 256)]
     pub vcpu_count: Option<u32>,
-    /// Whole GB of memory.
+    /// Whole GB of memory, at most `MAX_MEMORY_MIB` (4096 GB). Default 1.
+    #[schema(minimum = 1, maximum = 4096)]
     pub ram_gb: Option<u64>,
-    /// Root disk size in GB.
+    /// Root disk size in GB, at most `MAX_DISK_GB` (65536). Default 10.
+    #[schema(minimum = 1, maximum = 65536)]
     pub storage_gb: Option<u32>,
     /// At most one GPU model: `{"<model>": {"count": N}}`.
     #[serde(default)]
@@ -93,6 +103,8 @@ pub struct ResourcesRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GpuRequest {
+    /// 1-16.
+    #[schema(minimum = 1, maximum = 16)]
     pub count: u32,
 }
 
@@ -101,9 +113,13 @@ pub struct GpuRequest {
 #[serde(deny_unknown_fields)]
 pub struct PortForwardRequest {
     /// The port in the instance, 1-65535.
+    #[schema(minimum = 1, maximum = 65535)]
     pub internal_port: u16,
-    /// One of the host node's `available_ports`; without it vmplane picks one.
+    /// One of the host node's `available_ports` (a port outside the host
+    /// node's port range is 400 `port_out_of_range`, one another instance
+    /// forwards from 409 `port_conflict`); without it vmplane picks one.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 65535)]
     pub external_port: Option<u16>,
 }
 
@@ -111,11 +127,14 @@ pub struct PortForwardRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CloudInitRequest {
-    /// Shell command lines run after the system has booted, in order.
+    /// Shell command lines run after the system has booted, in order: at
+    /// most 100, each of at most 4096 bytes (UTF-8).
     #[serde(default)]
+    #[schema(value_type = Vec<Command>, max_items = 100)]
     pub runcmd: Vec<String>,
-    /// Packages to install.
+    /// Packages to install: at most 100 Debian package names.
     #[serde(default)]
+    #[schema(value_type = Vec<PackageName>, max_items = 100)]
     pub packages: Vec<String>,
     /// Default false.
     #[serde(default)]
@@ -123,6 +142,72 @@ pub struct CloudInitRequest {
     /// Default false.
     #[serde(default)]
     pub package_upgrade: bool,
+}
+
+/// The OpenAPI schema of a `runcmd` line, as `CloudConfig::validate`
+/// checks it: text with something besides blanks, no control characters
+/// but newlines and tabs, no line or paragraph separator or byte-order mark.
+pub struct Command;
+
+/// What a `runcmd` line may hold (a test checks it against the domain).
+pub const COMMAND_PATTERN: &str = concat!(
+    r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff]*",
+    r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]",
+    r"[^\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff]*$"
+);
+
+/// What a package may be: a Debian package name, an optional `=version`.
+pub const PACKAGE_PATTERN: &str = r"^[a-z0-9][a-z0-9+.-]{1,127}(=[A-Za-z0-9+.:~-]{1,128})?$";
+
+impl utoipa::PartialSchema for Command {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(COMMAND_PATTERN))
+            .max_length(Some(vmplane_domain::cloud_init::MAX_COMMAND_LEN))
+            .description(Some("A shell command line: at most 4096 bytes (UTF-8), not only blanks, no control characters but newlines and tabs."))
+            .into()
+    }
+}
+
+impl ToSchema for Command {}
+
+/// The OpenAPI schema of a package name (see [`PACKAGE_PATTERN`]).
+pub struct PackageName;
+
+impl utoipa::PartialSchema for PackageName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(PACKAGE_PATTERN))
+            .description(Some("A Debian package name (a-z, 0-9, '+', '-', '.'), optionally `=version`."))
+            .examples([serde_json::json!("curl")])
+            .into()
+    }
+}
+
+impl ToSchema for PackageName {}
+
+/// The rules JSON Schema states that utoipa's derive cannot write: the
+/// resource type, on `CreateInstanceData`.
+pub fn data_rule() -> serde_json::Value {
+    serde_json::json!({"allOf": [{"properties": {"type": {"const": TYPE}}}]})
+}
+
+/// The rules of `InstanceAttributes`: exactly one of `ssh_key` and
+/// `ssh_key_id`, and the resource type if given.
+pub fn attributes_rule() -> serde_json::Value {
+    let given = |field: &str| serde_json::json!({"properties": {field: {"type": "string"}}, "required": [field]});
+    serde_json::json!({"allOf": [
+        {"oneOf": [given("ssh_key"), given("ssh_key_id")]},
+        {"properties": {"type": {"enum": [TYPE, null]}}}
+    ]})
+}
+
+/// The rule of `ResourcesRequest`: GPUs of one model at most, named in
+/// 1-64 characters.
+pub fn resources_rule() -> serde_json::Value {
+    serde_json::json!({"allOf": [{"properties": {"gpus": {"maxProperties": 1, "propertyNames": {"minLength": 1, "maxLength": 64}}}}]})
 }
 
 /// `{"data":{…}}`
