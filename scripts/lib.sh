@@ -78,40 +78,35 @@ ensure_docker() {
   echo "dockerd did not start (see /tmp/vmplane-dockerd.log): tests/compose.rs will skip bringing the stack up" >&2
 }
 
-# The OpenAPI fuzzer of the contract test (tests/contract.rs): schemathesis
-# at a pinned version, from PyPI, in a virtual environment under the build
-# directory. Exports VMPLANE_SCHEMATHESIS, the `st` the test runs.
-SCHEMATHESIS_VERSION=4.32.5
-ensure_schemathesis() {
+# ensure_pip_tool PACKAGE VERSION COMMAND VAR: PACKAGE at a pinned VERSION,
+# from PyPI, in a virtual environment of its own under the build directory;
+# exports VAR naming that environment's COMMAND.
+ensure_pip_tool() {
+  local package="$1" version="$2" command="$3" var="$4"
   ensure_package python3 python3
-  local venv="${CARGO_TARGET_DIR:-target}/schemathesis-$SCHEMATHESIS_VERSION"
-  if [ ! -x "$venv/bin/st" ]; then
+  local venv="${CARGO_TARGET_DIR:-target}/$package-$version"
+  if [ ! -x "$venv/bin/$command" ]; then
     ensure_package_module venv python3-venv
-    echo "installing schemathesis $SCHEMATHESIS_VERSION into $venv..." >&2
+    echo "installing $package $version into $venv..." >&2
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+    "$venv/bin/pip" install -q "$package==$version"
   fi
-  VMPLANE_SCHEMATHESIS="$(cd "$venv/bin" && pwd)/st"
-  export VMPLANE_SCHEMATHESIS
+  export "$var=$(cd "$venv/bin" && pwd)/$command"
 }
 
-# The client generator of tests/client.rs: openapi-python-client at a pinned
-# version, from PyPI, in a virtual environment under the build directory; its
-# own dependencies (httpx, attrs) are what the generated package imports, so
-# the venv's python runs that package. Exports VMPLANE_OPENAPI_CLIENT, the
-# `openapi-python-client` the test runs.
+# The OpenAPI fuzzer of the contract tests (tests/contract.rs): exports
+# VMPLANE_SCHEMATHESIS, the `st` they run.
+SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis() {
+  ensure_pip_tool schemathesis "$SCHEMATHESIS_VERSION" st VMPLANE_SCHEMATHESIS
+}
+
+# The client generator of tests/client.rs: exports VMPLANE_OPENAPI_CLIENT.
+# Its own dependencies (httpx, attrs) are what the generated package
+# imports, so the environment's python runs that package.
 OPENAPI_CLIENT_VERSION=0.29.1
 ensure_openapi_client() {
-  ensure_package python3 python3
-  local venv="${CARGO_TARGET_DIR:-target}/openapi-python-client-$OPENAPI_CLIENT_VERSION"
-  if [ ! -x "$venv/bin/openapi-python-client" ]; then
-    ensure_package_module venv python3-venv
-    echo "installing openapi-python-client $OPENAPI_CLIENT_VERSION into $venv..." >&2
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q "openapi-python-client==$OPENAPI_CLIENT_VERSION"
-  fi
-  VMPLANE_OPENAPI_CLIENT="$(cd "$venv/bin" && pwd)/openapi-python-client"
-  export VMPLANE_OPENAPI_CLIENT
+  ensure_pip_tool openapi-python-client "$OPENAPI_CLIENT_VERSION" openapi-python-client VMPLANE_OPENAPI_CLIENT
 }
 
 # ensure_package_module MODULE PACKAGE: install PACKAGE unless python3 can

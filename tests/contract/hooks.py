@@ -62,13 +62,12 @@ schemathesis.openapi.format("image", st.just("debian-minimal"))
 # one that does (it creates none first), so valid creates name none.
 HOST_PORTS = range(20000, 30000)
 
-
-#
 # And what JSON Schema cannot say (the document says it in words): a VM's
 # data disks have distinct names, its volumes distinct ids other than its
-# root volume's, and it has at most 8 of the two together; no word of its
-# boot arguments (quotes aside) is `--` or starts with `vmplane.`. Valid
-# creates keep the first of each, the first 8, and the other words.
+# root volume's, and it has at most 8 of the two together; a guest port and
+# protocol, and a host port, are forwarded once; no word of its boot
+# arguments (quotes aside) is `--` or starts with `vmplane.`. Valid creates
+# keep the first of each, the first 8, and the other words.
 MAX_DISKS = 8
 
 
@@ -84,23 +83,49 @@ def whole(value):
     return int(value) if type(value) is float and value.is_integer() else value
 
 
-def first_of_each(items, *keys):
-    """The items of a list, without those whose `keys` repeat an earlier item's."""
+def first_of_each(items, *keys, defaults=None):
+    """The items of a list, without those whose `keys` (a missing one taking
+    its value from `defaults`) repeat an earlier item's; an item with none
+    of the keys is kept."""
     if not isinstance(items, list):
         return items
     seen, kept = set(), []
     for item in items:
-        k = tuple(json.dumps(whole(item.get(key)), sort_keys=True) for key in keys) if isinstance(item, dict) else None
-        if k is None or k not in seen:
+        if not isinstance(item, dict) or all(item.get(key) is None for key in keys):
+            kept.append(item)
+            continue
+        k = tuple(json.dumps(whole(item.get(key, (defaults or {}).get(key))), sort_keys=True) for key in keys)
+        if k not in seen:
             seen.add(k)
             kept.append(item)
     return kept
 
 
-@schemathesis.hook("map_case").apply_to(method="POST", path="/v1/vms")
-def what_the_contract_stack_offers(context, case):
-    if case.meta is not None and not case.meta.generation.mode.is_positive:
-        return case
+def on_valid_cases(**operations):
+    """Registers `fix(case)` for the valid cases of `operations` (filters as
+    `apply_to` takes them) in every phase that makes them: `map_case` does
+    not see the examples phase, `before_add_examples` does. Invalid cases
+    stay as generated: the server must refuse them as they are."""
+
+    def register(fix):
+        def valid_only(context, case):
+            if case.meta is None or case.meta.generation.mode.is_positive:
+                fix(case)
+            return case
+
+        def examples(context, cases):
+            for case in cases:
+                valid_only(context, case)
+
+        schemathesis.hook("map_case").apply_to(**operations)(valid_only)
+        schemathesis.hook("before_add_examples").apply_to(**operations)(examples)
+        return fix
+
+    return register
+
+
+@on_valid_cases(method="POST", path="/v1/vms")
+def what_the_contract_stack_offers(case):
     if isinstance(case.body, dict):
         case.body.pop("template", None)
         if "boot_args" in case.body:
@@ -120,14 +145,17 @@ def what_the_contract_stack_offers(context, case):
         network["mode"] = "user"
         network.pop("guest_ip", None)
     forwards = case.body.get("port_forwards") if isinstance(case.body, dict) else None
-    for forward in forwards if isinstance(forwards, list) else []:
-        port = forward.get("host_port") if isinstance(forward, dict) else None
-        # A whole float (`6620.0`) is an integer to JSON Schema, and to the server.
-        whole = type(port) in (int, float) and port == int(port)
-        if whole and 1 <= port <= 65535 and int(port) not in HOST_PORTS:
-            forward["host_port"] = HOST_PORTS[int(port) % len(HOST_PORTS)]
+    if isinstance(forwards, list):
+        for forward in forwards:
+            port = whole(forward.get("host_port")) if isinstance(forward, dict) else None
+            if type(port) is int and 1 <= port <= 65535 and port not in HOST_PORTS:
+                forward["host_port"] = HOST_PORTS[port % len(HOST_PORTS)]
+        # Each guest port and protocol once (TCP when unsaid), each host port once.
+        tcp = {"protocol": "tcp"}
+        case.body["port_forwards"] = first_of_each(first_of_each(forwards, "guest_port", "protocol", defaults=tcp), "host_port")
+    if isinstance(case.body, dict) and "exposed_ports" in case.body:
+        case.body["exposed_ports"] = first_of_each(case.body["exposed_ports"], "port", "protocol", defaults={"protocol": "tcp"})
     return case
-
 
 
 # Visor: an input names the org it acts in (`organizationId`, required by
@@ -138,10 +166,8 @@ def what_the_contract_stack_offers(context, case):
 DEFAULT_ORG = "org_00000000000000000000000000"
 
 
-@schemathesis.hook("map_case").apply_to(path_regex=r"^/api/vm\.")
-def visor_acts_in_the_stacks_org(context, case):
-    if case.meta is not None and not case.meta.generation.mode.is_positive:
-        return case
+@on_valid_cases(path_regex=r"^/api/vm\.")
+def visor_acts_in_the_stacks_org(case):
     for inputs in (case.query, case.body):
         if isinstance(inputs, dict) and "organizationId" in inputs:
             inputs["organizationId"] = DEFAULT_ORG
@@ -154,10 +180,10 @@ def visor_acts_in_the_stacks_org(context, case):
 # decode (`openssh-public-key`, which the coverage phase does not draw
 # from): valid creates carry real keys of the seed's two types.
 NEEVCLOUD_KEYS = [k for k in PUBLIC_KEYS if k.startswith(("ssh-rsa ", "ssh-ed25519 "))]
-@schemathesis.hook("map_case").apply_to(method="POST", path_regex=r"^/api/v1/orgs/\{org_id\}/projects/\{project_id\}/vms$")
-def neevcloud_bills_the_plan_it_runs(context, case):
+@on_valid_cases(method="POST", path_regex=r"^/api/v1/orgs/\{org_id\}/projects/\{project_id\}/vms$")
+def neevcloud_bills_the_plan_it_runs(case):
     body = case.body
-    if (case.meta is not None and not case.meta.generation.mode.is_positive) or not isinstance(body, dict):
+    if not isinstance(body, dict):
         return case
     if "vm_config_id" in body:
         body["plan_id"] = body["vm_config_id"]
@@ -183,11 +209,9 @@ def neevcloud_bills_the_plan_it_runs(context, case):
 # `template_id` must name a template that exists (the fuzzer creates none:
 # 400), so valid creates name neither; `boot_args` loses the words the
 # document's description forbids (as for /v1). The image is the `image`
-# format above. The examples phase does not pass its cases through
-# `map_case`, so `before_add_examples` does the same to them.
+# format above.
+@on_valid_cases(method="POST", path="/vms")
 def hatch_create_on_the_contract_stack(case):
-    if case.meta is not None and not case.meta.generation.mode.is_positive:
-        return case
     if isinstance(case.body, dict):
         case.body.pop("template_id", None)
         case.body.pop("guest_ip", None)
@@ -195,16 +219,6 @@ def hatch_create_on_the_contract_stack(case):
             case.body["boot_args"] = allowed_boot_args(case.body["boot_args"])
     return case
 
-
-@schemathesis.hook("map_case").apply_to(method="POST", path="/vms")
-def what_the_contract_stack_offers_hatch(context, case):
-    return hatch_create_on_the_contract_stack(case)
-
-
-@schemathesis.hook("before_add_examples").apply_to(method="POST", path="/vms")
-def hatch_examples_the_contract_stack_offers(context, examples):
-    for case in examples:
-        hatch_create_on_the_contract_stack(case)
 
 
 # hypeman (/openapi/hypeman.json): a size is text, so its bounds are in the
@@ -237,8 +251,12 @@ def hypeman_size(body, field, fits, default):
             body[field] = default
 
 
+HYPEMAN_BODIES = r"^/instances(/\{id\}/volumes/\{volumeId\})?$"
+
+
+@on_valid_cases(method="POST", path_regex=HYPEMAN_BODIES)
 def hypeman_on_the_contract_stack(case):
-    if (case.meta is not None and not case.meta.generation.mode.is_positive) or not isinstance(case.body, dict):
+    if not isinstance(case.body, dict):
         return case
     body = case.body
     hypeman_size(body, "size", lambda b: b % MIB == 0 and 64 * MIB <= b <= 4 * TIB, "1GB")
@@ -254,19 +272,6 @@ def hypeman_on_the_contract_stack(case):
     return case
 
 
-HYPEMAN_BODIES = r"^/instances(/\{id\}/volumes/\{volumeId\})?$"
-
-
-@schemathesis.hook("map_case").apply_to(method="POST", path_regex=HYPEMAN_BODIES)
-def what_the_contract_stack_offers_hypeman(context, case):
-    return hypeman_on_the_contract_stack(case)
-
-
-@schemathesis.hook("before_add_examples").apply_to(method="POST", path_regex=HYPEMAN_BODIES)
-def hypeman_examples_the_contract_stack_offers(context, examples):
-    for case in examples:
-        hypeman_on_the_contract_stack(case)
-
 
 # Marketplace (/openapi/marketplace.json): an `external_port` must be in
 # the host node's port range (the deployment's: 20000-29999 on the contract
@@ -275,9 +280,10 @@ def hypeman_examples_the_contract_stack_offers(context, examples):
 # at most 4096 bytes, which JSON Schema counts in characters. Valid creates
 # keep the first forward of each port, external ports moved into the range,
 # and each line's first 4096 bytes.
+@on_valid_cases(method="POST", path="/api/v2/instances")
 def marketplace_create_on_the_contract_stack(case):
     body = case.body
-    if (case.meta is not None and not case.meta.generation.mode.is_positive) or not isinstance(body, dict):
+    if not isinstance(body, dict):
         return case
     data = body.get("data")
     attributes = data.get("attributes") if isinstance(data, dict) else None
@@ -307,14 +313,3 @@ def marketplace_create_on_the_contract_stack(case):
         ]
         cloud_init["runcmd"] = [c if not isinstance(c, str) or c.strip() else "true" for c in cloud_init["runcmd"]]
     return case
-
-
-@schemathesis.hook("map_case").apply_to(method="POST", path="/api/v2/instances")
-def what_the_contract_stack_offers_marketplace(context, case):
-    return marketplace_create_on_the_contract_stack(case)
-
-
-@schemathesis.hook("before_add_examples").apply_to(method="POST", path="/api/v2/instances")
-def marketplace_examples_the_contract_stack_offers(context, examples):
-    for case in examples:
-        marketplace_create_on_the_contract_stack(case)

@@ -43,6 +43,7 @@ pub fn split() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     let (api, doc) = router().split_for_parts();
     let mut doc = super::shared::name_tagged_variants(super::shared::merge_flattened(doc));
     super::shared::add_keywords(&mut doc, "VolumeMount", vmplane_domain::spec::volume_mount_conditions());
+    super::shared::add_keywords(&mut doc, "AttachRequest", vmplane_domain::spec::volume_mount_conditions());
     super::shared::add_keywords(&mut doc, "DataDisk", vmplane_domain::spec::data_disk_conditions());
     super::shared::add_keywords(&mut doc, "NetworkSpec", vmplane_domain::spec::network_conditions());
     super::shared::add_keywords(&mut doc, "UpdateWebhookRequest", webhooks::UpdateWebhookRequest::non_empty());

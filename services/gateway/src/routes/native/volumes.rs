@@ -83,13 +83,16 @@ pub struct VolumeAccepted {
 #[serde(deny_unknown_fields)]
 pub struct AttachRequest {
     /// Absolute path in the guest.
+    #[schema(value_type = vmplane_domain::spec::MountPath)]
     pub mount_path: String,
     #[serde(default)]
     pub readonly: bool,
     /// A per-VM writable overlay over a read-only volume.
     #[serde(default)]
     pub overlay: bool,
-    /// Overlay size in MiB, required with `overlay`.
+    /// Overlay size in MiB, required with `overlay` (which requires
+    /// `readonly`), and only then.
+    #[schema(minimum = 1)]
     pub overlay_size_mib: Option<u64>,
 }
 
@@ -223,4 +226,36 @@ async fn detach_volume(
 ) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
     let (vm_id, vol_id) = parse_ids(&p)?;
     accepted(&state.app, volumes::detach(&state.app, &who, alloc, vm_id, vol_id).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// An attach the document allows is one the domain takes, and the
+    /// mounts the domain refuses the document forbids.
+    #[test]
+    fn the_document_states_the_attach_rules() {
+        let contract = crate::routes::contract::Contract::new(&super::super::openapi());
+        for refused in [
+            json!({"mount_path": "}"}),
+            json!({"mount_path": "/"}),
+            json!({"mount_path": "/data", "overlay": true, "overlay_size_mib": 64}),
+            json!({"mount_path": "/data", "readonly": true, "overlay": true}),
+            json!({"mount_path": "/data", "overlay_size_mib": 64}),
+            json!({"mount_path": "/data", "readonly": true, "overlay": true, "overlay_size_mib": 0}),
+        ] {
+            assert!(contract.decode::<AttachRequest>(refused.clone()).is_err(), "{refused}");
+        }
+        let ok = contract.decode::<AttachRequest>(json!({"mount_path": "/data", "readonly": true, "overlay": true, "overlay_size_mib": 64.0})).unwrap();
+        let mount = vmplane_domain::spec::VolumeMount {
+            volume_id: vmplane_domain::VolumeId::new(),
+            mount_path: Some(ok.mount_path),
+            readonly: ok.readonly,
+            overlay: ok.overlay,
+            overlay_size_mib: ok.overlay_size_mib,
+        };
+        assert_eq!(mount.validate(), Ok(()));
+    }
 }
