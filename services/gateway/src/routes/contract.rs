@@ -40,21 +40,30 @@ impl Contract {
     pub fn decode<T: DeserializeOwned + ToSchema>(&self, mut value: Value) -> Result<T, Refusal> {
         let check = self.check::<T>();
         // The common case first: a valid body costs one pass, without reports.
-        let reports: Vec<String> = if check.is_valid(&value) {
+        let violations: Vec<(String, String)> = if check.is_valid(&value) {
             Vec::new()
         } else {
-            check.iter_errors(&value).take(MAX_REPORTED).map(|e| describe(&e.instance_path().to_string(), &e.to_string())).collect()
+            check
+                .iter_errors(&value)
+                .take(MAX_REPORTED)
+                .map(|e| {
+                    let at = e.instance_path().to_string();
+                    let why = describe(&at, &e.to_string());
+                    (at, why)
+                })
+                .collect()
         };
+        let report = || violations.iter().map(|(_, why)| why.as_str()).collect::<Vec<_>>().join("; ");
         integral_floats_as_integers(&mut value);
         let decoded = serde_json::from_value::<T>(value);
-        match (reports.is_empty(), decoded) {
-            (true, Ok(v)) => Ok(v),
-            (true, Err(e)) => Err(Refusal::Shape(e.to_string())),
+        match (violations.first(), decoded) {
+            (None, Ok(v)) => Ok(v),
+            (None, Err(e)) => Err(Refusal::Shape(e.to_string())),
             // A body the types take but the document refuses breaks a rule
             // (a bound, a length, a pattern); one they cannot take has the
             // wrong shape.
-            (false, Ok(_)) => Err(Refusal::Rule(reports.join("; "))),
-            (false, Err(_)) => Err(Refusal::Shape(reports.join("; "))),
+            (Some((at, _)), Ok(_)) => Err(Refusal::Rule { at: at.clone(), why: report() }),
+            (Some(_), Err(_)) => Err(Refusal::Shape(report())),
         }
     }
 
@@ -94,9 +103,10 @@ pub enum Refusal {
     #[error("{0}")]
     Shape(String),
     /// The right shape, but a value breaks a rule of the document: a bound,
-    /// a length, a pattern.
-    #[error("{0}")]
-    Rule(String),
+    /// a length, a pattern. `at` is the JSON pointer of the first value that
+    /// does (`""`: the body itself), for dialects whose codes name the field.
+    #[error("{why}")]
+    Rule { at: String, why: String },
 }
 
 /// One violation: where, and what, cut to a readable length.
@@ -155,7 +165,7 @@ mod tests {
     fn the_document_decides_what_a_body_may_be() {
         let contract = Contract::new(&Doc::openapi());
         assert_eq!(contract.decode::<Sized>(json!({"vcpus": 4.0})), Ok(Sized { vcpus: 4, where_to: None }));
-        assert!(matches!(contract.decode::<Sized>(json!({"vcpus": 0})), Err(Refusal::Rule(_))));
+        assert!(matches!(contract.decode::<Sized>(json!({"vcpus": 0})), Err(Refusal::Rule { at, .. }) if at == "/vcpus"), "the first violation's pointer");
         assert!(matches!(contract.decode::<Sized>(json!({"vcpus": 0, "x": 1})), Err(Refusal::Shape(_))));
         assert_eq!(contract.decode::<Sized>(json!({"vcpus": 2, "where_to": {"host": "h"}})).unwrap().where_to, Some(Where { host: Some("h".into()) }));
         // serde alone would take a sequence for a struct, and ignore the bounds.

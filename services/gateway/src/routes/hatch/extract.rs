@@ -65,7 +65,7 @@ impl<S: Send + Sync, T: DeserializeOwned + ToSchema> FromRequest<S> for Body<T> 
         let value = serde_json::from_slice(bytes).map_err(|e| HatchError::bad_request(format!("invalid request body: {e}")))?;
         CONTRACT.decode(value).map(Self).map_err(|refusal| match refusal {
             Refusal::Shape(why) => HatchError::bad_request(format!("invalid request body: {why}")),
-            Refusal::Rule(why) => HatchError::bad_request(why),
+            Refusal::Rule { why, .. } => HatchError::bad_request(why),
         })
     }
 }

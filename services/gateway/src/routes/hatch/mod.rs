@@ -94,7 +94,7 @@ mod tests {
             json!({"boot_args": "a\nb"}),
             json!({"enable_network": false, "guest_mac": "02:fc:00:00:00:0a"}),
         ] {
-            assert!(matches!(contract.decode::<CreateVmRequest>(forbidden.clone()), Err(Refusal::Rule(_))), "{forbidden}");
+            assert!(matches!(contract.decode::<CreateVmRequest>(forbidden.clone()), Err(Refusal::Rule { .. })), "{forbidden}");
         }
         assert!(matches!(contract.decode::<CreateVmRequest>(json!({"mem_mib": "1024"})), Err(Refusal::Shape(_))));
         let doc = serde_json::to_value(openapi()).unwrap();

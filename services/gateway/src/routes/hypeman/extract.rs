@@ -72,19 +72,17 @@ impl<S: Send + Sync, T: DeserializeOwned + ToSchema> FromRequest<S> for Json<T> 
         let value = serde_json::from_slice(&bytes).map_err(|e| HypemanError::BadRequest("bad_request", format!("invalid request body: {e}")))?;
         CONTRACT.decode(value).map(Self).map_err(|refusal| match refusal {
             Refusal::Shape(why) => HypemanError::BadRequest("bad_request", format!("invalid request body: {why}")),
-            Refusal::Rule(why) => HypemanError::BadRequest(rule_code(&why), why),
+            Refusal::Rule { at, why } => HypemanError::BadRequest(rule_code(&at), why),
         })
     }
 }
 
-/// The code of a body that breaks a rule of the document, by where its
-/// first violation is (the report starts with its JSON pointer, see
-/// [`Contract::decode`]): the same codes the handlers give for the same
-/// rules. A mount's rules (an attach's fields, a create's `volumes`) are
-/// `invalid_volume_mount`, except its `overlay_size`.
-pub fn rule_code(report: &str) -> &'static str {
-    let pointer = report.split_once(": ").map(|(p, _)| p).filter(|p| p.starts_with('/')).unwrap_or("");
-    match pointer {
+/// The code of a body that breaks a rule of the document, by the JSON
+/// pointer of its first violation: the same codes the handlers give for
+/// the same rules. A mount's rules (an attach's fields, a create's
+/// `volumes`) are `invalid_volume_mount`, except its `overlay_size`.
+pub fn rule_code(at: &str) -> &'static str {
+    match at {
         "/size" => "invalid_size",
         "/hotplug_size" => "invalid_hotplug_size",
         p if p.ends_with("/overlay_size") => "invalid_overlay_size",

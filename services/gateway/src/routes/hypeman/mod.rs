@@ -132,14 +132,14 @@ mod tests {
             create(json!({"volumes": [{"volume_id": "v", "mount_path": "/d", "overlay": true, "overlay_size": "1GB"}]})),
             create(json!({"volumes": [{"volume_id": "v", "mount_path": "/d", "readonly": true, "overlay": true}]})),
         ] {
-            assert!(matches!(contract.decode::<CreateInstanceRequest>(forbidden.clone()), Err(Refusal::Rule(_))), "{forbidden}");
+            assert!(matches!(contract.decode::<CreateInstanceRequest>(forbidden.clone()), Err(Refusal::Rule { .. })), "{forbidden}");
         }
         assert!(matches!(contract.decode::<CreateInstanceRequest>(create(json!({"size": 1024}))), Err(Refusal::Shape(_))));
         assert!(contract.decode::<AttachVolumeRequest>(json!({"mount_path": "/d", "readonly": true, "overlay": true, "overlay_size": "1G"})).is_ok());
         for forbidden in
             [json!({"mount_path": "/"}), json!({"mount_path": "/d", "overlay": true, "overlay_size": "1GB"}), json!({"mount_path": "/d", "overlay_size": "x"})]
         {
-            assert!(matches!(contract.decode::<AttachVolumeRequest>(forbidden.clone()), Err(Refusal::Rule(_))), "{forbidden}");
+            assert!(matches!(contract.decode::<AttachVolumeRequest>(forbidden.clone()), Err(Refusal::Rule { .. })), "{forbidden}");
         }
 
         let doc = serde_json::to_value(openapi()).unwrap();

@@ -126,16 +126,15 @@ impl<S: Send + Sync, T: DeserializeOwned + ToSchema> FromRequest<S> for Json<T> 
         };
         CONTRACT.decode(value).map(Self).map_err(|refusal| match refusal {
             Refusal::Shape(why) => MarketError::bad_request("invalid_document", why),
-            Refusal::Rule(why) => rule_refusal(why),
+            Refusal::Rule { at, why } => rule_refusal(&at, why),
         })
     }
 }
 
-/// A body that breaks a rule of the document, by where its first violation
-/// is (the report starts with its JSON pointer, see [`Contract::decode`]).
-fn rule_refusal(report: String) -> MarketError {
-    let pointer = report.split_once(": ").map(|(p, _)| p).filter(|p| p.starts_with('/')).unwrap_or("");
-    match pointer {
+/// A body that breaks a rule of the document, by the JSON pointer of its
+/// first violation.
+fn rule_refusal(at: &str, report: String) -> MarketError {
+    match at {
         "/data/type" | "/data/attributes/type" => {
             MarketError::new(StatusCode::CONFLICT, "type_mismatch", format!("this collection holds resources of type `virtualmachine`: {report}"))
         }

@@ -25,7 +25,7 @@ impl<S: Send + Sync, T: DeserializeOwned + ToSchema> FromRequest<S> for Json<T> 
         let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await.map_err(json_rejection)?;
         CONTRACT.decode(value).map(Self).map_err(|refusal| match refusal {
             Refusal::Shape(why) => ApiError::Unprocessable("invalid_body", format!("invalid request body: {why}")),
-            Refusal::Rule(why) => ApiError::Unprocessable("validation_failed", why),
+            Refusal::Rule { why, .. } => ApiError::Unprocessable("validation_failed", why),
         })
     }
 }

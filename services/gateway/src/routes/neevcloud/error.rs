@@ -142,7 +142,7 @@ impl<S: Send + Sync, T: DeserializeOwned + ToSchema> FromRequest<S> for Json<T> 
         })?;
         CONTRACT.decode(value).map(Self).map_err(|refusal| match refusal {
             Refusal::Shape(why) => NeevError::bad_request("invalid_request", format!("invalid request body: {why}")),
-            Refusal::Rule(why) => NeevError::invalid(why),
+            Refusal::Rule { why, .. } => NeevError::invalid(why),
         })
     }
 }
