@@ -19,6 +19,10 @@
 //!   `GET /v1/operations/{op}?wait=10`), i.e. the VM's final event is in the
 //!   gateway's projection and `GET /v1/vms/{id}` shows `running`;
 //! * `GET /v1/vms/{id}`;
+//! * a create's own messages on bare NATS with C tasks (`pattern.rs`): the
+//!   placement-ledger update, the command, seven checked event appends, the
+//!   command's ack and both deliveries of every event, without vmplane's
+//!   code: the ceiling this design has on this machine's nats-server;
 //! * `POST /v1/vms` accepted per second with C concurrent clients, over the
 //!   whole burst and its first and last tenth, and how long after the last 202
 //!   every one of those VMs is `running`;
@@ -39,6 +43,7 @@ mod api_phases;
 mod bare;
 mod guests;
 mod libvirt;
+mod pattern;
 mod replicas;
 mod webhooks;
 
@@ -128,6 +133,10 @@ struct ApiArgs {
     /// Sequential raw publishes for the raw latency figures.
     #[arg(long, default_value_t = 2000)]
     raw_count: usize,
+    /// Creates in the bare-NATS create pattern phase: a create's messages
+    /// without vmplane's code (0 skips it).
+    #[arg(long, default_value_t = 2000)]
+    pattern_count: usize,
     /// GETs per created VM in the GET phase.
     #[arg(long, default_value_t = 3)]
     get_rounds: usize,
@@ -683,6 +692,31 @@ fn representative_command() -> Result<Vec<u8>> {
     Ok(event::encode(&env)?)
 }
 
+/// The payloads of one create's messages, encoded as vmplane encodes them:
+/// its command and its seven events (created, provisioning started, network
+/// allocated, disk prepared, booted, ready, operation finished).
+fn representative_create() -> Result<pattern::Payloads> {
+    use vmplane_domain::event::{Envelope, Event};
+    use vmplane_domain::vm::{DiskInfo, NetworkRuntime, Outcome, VmEvent};
+    let (vm, op) = (VmId::new(), OpId::new());
+    let network = NetworkRuntime { ip: Some("10.0.2.15".into()), mac: Some("52:54:00:12:34:56".into()), ssh_port: Some(20022), port_forwards: Vec::new() };
+    let events = [
+        VmEvent::Created { org: OrgId::DEFAULT, project: ProjectId::DEFAULT, spec: Box::new(VmSpec::named("seq-123")), host: HostId::new() },
+        VmEvent::ProvisioningStarted,
+        VmEvent::NetworkAllocated { network },
+        VmEvent::DiskPrepared { disk: DiskInfo { location: format!("/var/lib/vmplane/vms/{vm}/root.qcow2"), size_gb: 10 } },
+        VmEvent::Booted,
+        VmEvent::Ready,
+        VmEvent::OperationFinished { outcome: Outcome::Succeeded },
+    ]
+    .map(|e| {
+        let env = Envelope::new(OrgId::DEFAULT, Some(ProjectId::DEFAULT), vm.to_string(), Some(op), Event::Vm(e), OffsetDateTime::now_utc());
+        event::encode(&env).map(Bytes::from)
+    });
+    let [a, b, c, d, e, f, g] = events;
+    Ok(pattern::Payloads { command: Bytes::from(representative_command()?), events: [a?, b?, c?, d?, e?, f?, g?] })
+}
+
 /// A subject shaped like a vmplane command subject (`vmplane.cmd.host.<host>.<vm>`).
 fn raw_subject(host: &str) -> String {
     format!("bench.cmd.host.{host}.{}", VmId::new())
@@ -998,6 +1032,18 @@ async fn run(args: ApiArgs) -> Result<bool> {
     eprintln!("vmplane-bench: raw JetStream, {} publishes by {} tasks", args.raw_throughput_count, args.concurrency);
     let (raw_conc, raw_conc_err, raw_wall, raw_ok) = raw_concurrent(&js, &payload, args.concurrency, args.raw_throughput_count, limit).await?;
     cluster.check_alive()?;
+    let create_pattern = if args.pattern_count > 0 {
+        eprintln!("vmplane-bench: a create's messages on bare NATS, {} creates by {} tasks", args.pattern_count, args.concurrency);
+        let connect = |name: &'static str| {
+            let (options, url) = (admin_options(&cluster.dir), cluster.nats_url.clone());
+            async move { options?.name(name).connect(url).await.context("connecting to nats-server") }
+        };
+        let p = pattern::run(connect, representative_create()?, args.concurrency, args.pattern_count, limit).await?;
+        cluster.check_alive()?;
+        Some(p)
+    } else {
+        None
+    };
 
     let api = Arc::new(Api { http: http.clone(), base: cluster.base.clone(), token: cluster.admin_token.clone() });
     let run_started = Instant::now();
@@ -1090,6 +1136,9 @@ async fn run(args: ApiArgs) -> Result<bool> {
     row(&mut o, "vmplane POST sent -> op succeeded (VM running)", &seq.running)?;
     row(&mut o, "vmplane GET /v1/vms/{id}", &gets)?;
     row(&mut o, &format!("raw JetStream publish+ack, {c} concurrent"), &raw_conc)?;
+    if let Some(p) = &create_pattern {
+        row(&mut o, &format!("bare-NATS create pattern, command -> 1st event, {c} conc."), &p.accepted)?;
+    }
     if let Some(p) = &preload {
         row(&mut o, &format!("vmplane preload POST /v1/vms -> 202, {c} concurrent"), &p.burst.post)?;
     }
@@ -1114,6 +1163,11 @@ async fn run(args: ApiArgs) -> Result<bool> {
         "settled after"
     )?;
     writeln!(o, "{:<60} {:>6} {:>9.3} {:>11.1}", "raw JetStream publish+ack", raw_ok, raw_wall.as_secs_f64(), raw_rate)?;
+    if let Some(p) = &create_pattern {
+        let settled = p.done_after_last.map_or_else(|| "TIMEOUT".to_owned(), |d| format!("{:.3} s", d.as_secs_f64()));
+        let label = "bare-NATS create pattern (1st event), all 7 events in";
+        writeln!(o, "{label:<60} {:>6} {:>9.3} {:>11.1} {:>11} {:>11} {settled:>14}", p.accepted.samples.len(), p.wall.as_secs_f64(), p.rate(), "-", "-")?;
+    }
     let burst_row = |o: &mut String, label: &str, b: &api_phases::Burst, settled: Option<Duration>| {
         let (first, last) = b.tenths().map_or_else(|| ("-".to_owned(), "-".to_owned()), |(_, f, l)| (format!("{f:.1}"), format!("{l:.1}")));
         let settled = settled.map_or_else(|| "TIMEOUT".to_owned(), |d| format!("{:.3} s", d.as_secs_f64()));
@@ -1200,6 +1254,11 @@ async fn run(args: ApiArgs) -> Result<bool> {
     };
     let creates_ratio = vmp_rate / raw_rate;
     ratio(&mut o, &format!("accepted creates/s / raw publish+ack/s (C={c})"), format!("{creates_ratio:.3}"), Some((">= 0.10", creates_ratio >= 0.10)))?;
+    if let Some(p) = &create_pattern {
+        let ceiling = p.rate() / raw_rate;
+        ratio(&mut o, "bare-NATS create pattern/s / raw publish+ack/s (NATS's own ceiling)", format!("{ceiling:.3}"), None)?;
+        ratio(&mut o, "accepted creates/s / bare-NATS create pattern/s", format!("{:.3}", vmp_rate / p.rate()), None)?;
+    }
     let post_x = seq.post.p50().as_secs_f64() / raw_seq.p50().as_secs_f64();
     ratio(&mut o, "sequential POST -> 202 p50 / raw publish+ack p50", format!("{post_x:.1}x"), Some(("<= 5x", post_x <= 5.0)))?;
     let run_x = seq.running.p50().as_secs_f64() / raw_seq.p50().as_secs_f64();
@@ -1265,7 +1324,8 @@ async fn run(args: ApiArgs) -> Result<bool> {
     }
 
     let mut errors = Errors::default();
-    for e in [raw_seq_err, raw_conc_err, seq.errors, get_err, history_err, fleet_err] {
+    let pattern_err = create_pattern.map(|p| p.errors).unwrap_or_default();
+    for e in [raw_seq_err, raw_conc_err, pattern_err, seq.errors, get_err, history_err, fleet_err] {
         errors.merge(e);
     }
     if let Some(p) = preload {
