@@ -403,12 +403,7 @@ impl VmQueues {
                 self.note_pending(org, Target::Vm(vm));
                 self.exec.execute(agg, &VmJob { op, org, project, vm, command }).await?;
                 let state = agg.as_ref().and_then(|a| a.state.as_ref());
-                if state.is_some_and(|v| v.status == vmplane_domain::vm::VmStatus::Deleted && v.pending_op.is_none()) {
-                    // Gone for good: its entry too, so the index does not grow with every VM ever made.
-                    if let Err(e) = self.pending.remove(&Target::Vm(vm)) {
-                        tracing::warn!(%vm, error = %e, "cannot remove a deleted VM from the local index");
-                    }
-                } else if state.is_none_or(|v| v.pending_op.is_none()) {
+                if state.is_none_or(|v| v.pending_op.is_none()) {
                     self.clear_pending(&Target::Vm(vm));
                 }
                 Ok(())

@@ -2,20 +2,32 @@
 //! may have an operation in progress, so that a restarted worker finds the
 //! operations left pending without scanning the event stream.
 //!
-//! One small JSON file per aggregate in `<data-dir>/pending/`, written before
-//! a command is decided (so a crash right after the decision still leaves it)
-//! and set to `null` once the aggregate has no operation pending (rewritten
-//! in place rather than deleted: see `record`); a deleted VM's file goes. At start the
-//! worker reads every entry, loads only those aggregates, and resumes an
-//! operation still pending whose command is no longer in the command stream
-//! (one that is still there is resumed by its own delivery).
+//! An entry is noted before a command is decided (so a crash right after the
+//! decision still leaves it) and cleared once the aggregate has no operation
+//! pending. At start the worker reads every entry, loads only those
+//! aggregates, and resumes an operation still pending whose command is no
+//! longer in the command stream (one that is still there is resumed by its
+//! own delivery).
+//!
+//! Kept as a journal, `<dir>/pending.log`: one JSON line per change, each
+//! appended by one `write` to the page cache, so a killed worker keeps every
+//! change it made; the live entries are held in memory. A file per
+//! aggregate (the layout before) cost an inode per VM, and on ext4 the inode
+//! allocator's walk over recently deleted inodes became the worker's largest
+//! cost under VM churn. The journal is rewritten (temp file and rename) when
+//! it opens and whenever it has grown to several times its live entries; the
+//! per-aggregate files of the old layout are read into it on open and removed.
 
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use vmplane_domain::{OrgId, VmId, VolumeId};
 
 /// The aggregate an entry is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "id", rename_all = "snake_case")]
 pub enum Target {
     Vm(VmId),
@@ -44,74 +56,160 @@ pub struct Entry {
     pub resumes: i64,
 }
 
+/// One line of the journal.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Change {
+    Set(Entry),
+    Clear(Target),
+}
+
+const JOURNAL: &str = "pending.log";
+/// The journal is compacted once it has this many lines and more than
+/// [`GROWTH`] times its live entries.
+const COMPACT_AFTER: usize = 4096;
+const GROWTH: usize = 4;
+
 /// See the module docs.
 #[derive(Debug, Clone)]
 pub struct PendingIndex {
+    inner: Arc<Mutex<Journal>>,
+}
+
+#[derive(Debug)]
+struct Journal {
     dir: PathBuf,
+    file: File,
+    live: HashMap<Target, Entry>,
+    lines: usize,
 }
 
 impl PendingIndex {
     /// The index kept in `dir` (created if missing).
     pub fn open(dir: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
-        Ok(Self { dir })
+        let mut live = HashMap::new();
+        match std::fs::read(dir.join(JOURNAL)) {
+            Ok(bytes) => {
+                for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    match serde_json::from_slice::<Change>(line) {
+                        Ok(Change::Set(entry)) => {
+                            live.insert(entry.target, entry);
+                        }
+                        Ok(Change::Clear(target)) => {
+                            live.remove(&target);
+                        }
+                        // Only a torn last line after a power loss: the change it held was not complete.
+                        Err(e) => tracing::warn!(error = %e, "skipping an unreadable line of the pending-operation journal"),
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let legacy = legacy_entries(&dir, &mut live)?;
+        let file = compact(&dir, &live)?;
+        for path in legacy {
+            std::fs::remove_file(path)?;
+        }
+        let lines = live.len();
+        Ok(Self { inner: Arc::new(Mutex::new(Journal { dir, file, live, lines })) })
     }
 
-    fn path(&self, target: &Target) -> PathBuf {
-        self.dir.join(format!("{}.json", target.key()))
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Note that `target` may get an operation in progress; an existing entry
     /// (with its resume count) is kept.
     pub fn note(&self, org: OrgId, target: Target) -> std::io::Result<()> {
-        if self.entry(&target).is_some() {
+        let mut journal = self.journal();
+        if journal.live.contains_key(&target) {
             return Ok(());
         }
-        self.write(&Entry { org, target, resumes: 0 })
+        journal.append(Change::Set(Entry { org, target, resumes: 0 }))
     }
 
-    /// The entry of `target`, if it has one.
-    fn entry(&self, target: &Target) -> Option<Entry> {
-        std::fs::read(self.path(target)).ok().and_then(|b| serde_json::from_slice::<Option<Entry>>(&b).ok().flatten())
-    }
-
-    /// Write an entry atomically (a crash leaves the old one or the new one).
+    /// Write an entry (replacing the target's).
     pub fn write(&self, entry: &Entry) -> std::io::Result<()> {
-        crate::record::write(&self.path(&entry.target), &serde_json::to_vec(entry).map_err(std::io::Error::other)?)
+        self.journal().append(Change::Set(entry.clone()))
     }
 
-    /// Forget `target`: it has no operation pending.
+    /// Forget `target`: it has no operation pending (or is gone).
     pub fn clear(&self, target: &Target) -> std::io::Result<()> {
-        let path = self.path(target);
-        if !path.exists() {
+        let mut journal = self.journal();
+        if !journal.live.contains_key(target) {
             return Ok(());
         }
-        crate::record::write(&path, b"null")
+        journal.append(Change::Clear(*target))
     }
 
-    /// Forget `target` for good (it was deleted).
-    pub fn remove(&self, target: &Target) -> std::io::Result<()> {
-        match std::fs::remove_file(self.path(target)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
-
-    /// Every entry; unreadable files are skipped with a warning.
+    /// Every entry.
     pub fn entries(&self) -> std::io::Result<Vec<Entry>> {
-        let mut out = Vec::new();
-        for file in std::fs::read_dir(&self.dir)? {
-            let path = file?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
+        Ok(self.journal().live.values().cloned().collect())
+    }
+}
+
+impl Journal {
+    /// Record `change` (one write of one line), then apply it in memory.
+    fn append(&mut self, change: Change) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(&change).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.file.write_all(&line)?;
+        self.lines += 1;
+        match change {
+            Change::Set(entry) => {
+                self.live.insert(entry.target, entry);
             }
-            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<Option<Entry>>(&b).map_err(|e| e.to_string())) {
-                Ok(entry) => out.extend(entry),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping an unreadable pending-operation entry"),
+            Change::Clear(target) => {
+                self.live.remove(&target);
             }
         }
-        Ok(out)
+        if self.lines > COMPACT_AFTER && self.lines > GROWTH * self.live.len() {
+            self.file = compact(&self.dir, &self.live)?;
+            self.lines = self.live.len();
+        }
+        Ok(())
     }
+}
+
+/// Rewrite the journal as the live entries only (a temp file renamed over
+/// it: a crash leaves the old journal or the new one) and open it to append.
+fn compact(dir: &Path, live: &HashMap<Target, Entry>) -> std::io::Result<File> {
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let mut out = Vec::with_capacity(live.len() * 128);
+    for entry in live.values() {
+        serde_json::to_writer(&mut out, &Change::Set(entry.clone())).map_err(std::io::Error::other)?;
+        out.push(b'\n');
+    }
+    tmp.write_all(&out)?;
+    tmp.as_file().sync_all()?;
+    let path = dir.join(JOURNAL);
+    tmp.persist(&path).map_err(|e| e.error)?;
+    OpenOptions::new().append(true).open(path)
+}
+
+/// The entries of the layout before the journal (`<dir>/<id>.json`, `null`
+/// once cleared) added to `live`, and their files, to remove once the
+/// journal holds them.
+fn legacy_entries(dir: &Path, live: &mut HashMap<Target, Entry>) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for file in std::fs::read_dir(dir)? {
+        let path = file?.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<Option<Entry>>(&b).map_err(|e| e.to_string())) {
+            Ok(entry) => {
+                if let Some(entry) = entry {
+                    live.entry(entry.target).or_insert(entry);
+                }
+                files.push(path);
+            }
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping an unreadable pending-operation entry"),
+        }
+    }
+    Ok(files)
 }
 
 #[cfg(test)]
@@ -127,7 +225,6 @@ mod tests {
         index.write(&Entry { org, target: vm, resumes: 2 }).unwrap();
         index.note(org, vm).unwrap();
         index.note(org, vol).unwrap();
-        std::fs::write(dir.path().join("pending").join("garbage.json"), b"{").unwrap();
         let mut entries = index.entries().unwrap();
         entries.sort_by_key(|e| e.target.key());
         let mut want = vec![Entry { org, target: vm, resumes: 2 }, Entry { org, target: vol, resumes: 0 }];
@@ -136,5 +233,59 @@ mod tests {
         index.clear(&vm).unwrap();
         index.clear(&vm).unwrap();
         assert_eq!(index.entries().unwrap(), vec![Entry { org, target: vol, resumes: 0 }]);
+    }
+
+    /// What a killed worker wrote is what the next one reads: every change
+    /// is in the journal when the call returns, a torn last line (a power
+    /// loss mid-write) is skipped, and compaction keeps the live entries.
+    #[test]
+    fn a_reopened_index_holds_the_entries_left_and_compaction_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pending");
+        let org = OrgId::new();
+        let kept: Vec<Target> = (0..3).map(|_| Target::Vm(VmId::new())).collect();
+        {
+            let index = PendingIndex::open(path.clone()).unwrap();
+            for t in &kept {
+                index.note(org, *t).unwrap();
+            }
+            index.write(&Entry { org, target: kept[0], resumes: 3 }).unwrap();
+            // Churn past the compaction threshold: noted and cleared.
+            for _ in 0..COMPACT_AFTER {
+                let t = Target::Volume(VolumeId::new());
+                index.note(org, t).unwrap();
+                index.clear(&t).unwrap();
+            }
+            // Dropped without any shutdown, as a killed worker is.
+        }
+        let lines = std::fs::read(path.join(JOURNAL)).unwrap().split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
+        assert!(lines < COMPACT_AFTER, "compacted while churning: {lines} lines");
+        let mut torn = OpenOptions::new().append(true).open(path.join(JOURNAL)).unwrap();
+        torn.write_all(br#"{"clear":{"kind":"vm","#).unwrap();
+        let index = PendingIndex::open(path.clone()).unwrap();
+        let mut got = index.entries().unwrap();
+        got.sort_by_key(|e| e.target.key());
+        let mut want: Vec<Entry> = kept.iter().map(|t| Entry { org, target: *t, resumes: if *t == kept[0] { 3 } else { 0 } }).collect();
+        want.sort_by_key(|e| e.target.key());
+        assert_eq!(got, want);
+        assert_eq!(std::fs::read(path.join(JOURNAL)).unwrap().split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(), 3, "rewritten on open");
+    }
+
+    /// A data dir of the layout before the journal (a file per aggregate,
+    /// `null` once cleared) is read into the journal, and its files removed.
+    #[test]
+    fn the_files_of_the_layout_before_are_read_in_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pending");
+        std::fs::create_dir_all(&path).unwrap();
+        let (org, vm, gone) = (OrgId::new(), Target::Vm(VmId::new()), Target::Vm(VmId::new()));
+        let entry = Entry { org, target: vm, resumes: 1 };
+        std::fs::write(path.join(format!("{}.json", vm.key())), serde_json::to_vec(&entry).unwrap()).unwrap();
+        std::fs::write(path.join(format!("{}.json", gone.key())), b"null    ").unwrap();
+        let index = PendingIndex::open(path.clone()).unwrap();
+        assert_eq!(index.entries().unwrap(), vec![entry.clone()]);
+        let left: Vec<_> = std::fs::read_dir(&path).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).collect();
+        assert_eq!(left, vec![JOURNAL.to_owned()]);
+        assert_eq!(PendingIndex::open(path).unwrap().entries().unwrap(), vec![entry]);
     }
 }

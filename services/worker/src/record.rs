@@ -1,5 +1,5 @@
-//! Small JSON records the worker keeps in files (the pending index, the sim
-//! driver's guests), rewritten at every step of every operation.
+//! Small JSON records the worker keeps in files (the sim driver's guests),
+//! rewritten at every step of every operation.
 //!
 //! A rewrite must survive the process being killed at any instant, and must
 //! not create a file each time: a temp file renamed over the old one costs

@@ -200,9 +200,9 @@ pub(super) async fn place(app: &App, id: &str, need: &Need, strategy: Strategy) 
     let claim = Claim::from(need);
     let mut ledgers = app.placing.lock().await;
     for _ in 0..ATTEMPTS {
-        let hosts = app.proj.hosts()?;
+        let hosts = app.proj.hosts_shared()?;
         let mut seen = Vec::with_capacity(hosts.len());
-        for host in &hosts {
+        for host in hosts.iter() {
             let online = app.proj.heartbeats.is_online(host.id);
             // The ledger only matters where the host could take the resource at all.
             let taken = if online && !host.cordoned {
@@ -256,7 +256,7 @@ pub(super) async fn place(app: &App, id: &str, need: &Need, strategy: Strategy) 
 /// Pick a host for something that claims nothing ahead (an image import,
 /// whose size is only known once imported) by the same filters and strategy.
 pub(super) fn choose(app: &App, need: &Need, strategy: Strategy) -> AppResult<HostId> {
-    let hosts = app.proj.hosts()?;
+    let hosts = app.proj.hosts_shared()?;
     let taken = hosts.iter().map(|h| Ok(Taken { used: app.proj.host_usage(h.id)?, ..Taken::default() })).collect::<sled::Result<Vec<_>>>()?;
     let candidates = hosts.iter().zip(&taken).map(|(host, taken)| Candidate { host, online: app.proj.heartbeats.is_online(host.id), taken });
     answer(placement::choose(need, strategy, candidates), &hosts)

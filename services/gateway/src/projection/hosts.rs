@@ -120,10 +120,50 @@ impl Heartbeats {
     }
 }
 
+/// The registered hosts, decoded once per change rather than once per read:
+/// placement reads every host for every create, and decoding their records
+/// was a visible share of a create's cost (more so with more hosts).
+#[derive(Default)]
+pub(crate) struct HostsCache {
+    /// A generation raised on every change, and the hosts if read since.
+    inner: std::sync::Mutex<(u64, Option<Arc<Vec<Host>>>)>,
+}
+
+impl HostsCache {
+    /// Forget the hosts; called after a batch that changed one is committed.
+    pub(super) fn invalidate(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *inner = (inner.0.wrapping_add(1), None);
+    }
+
+    /// The cached hosts, or `load`ed ones, kept unless a change was
+    /// committed while they were read (then they may predate it).
+    fn get(&self, load: impl FnOnce() -> sled::Result<Vec<Host>>) -> sled::Result<Arc<Vec<Host>>> {
+        let generation = {
+            let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(hosts) = &inner.1 {
+                return Ok(hosts.clone());
+            }
+            inner.0
+        };
+        let hosts = Arc::new(load()?);
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if inner.0 == generation {
+            inner.1 = Some(hosts.clone());
+        }
+        Ok(hosts)
+    }
+}
+
 impl Projections {
     /// Every registered host.
     pub fn hosts(&self) -> sled::Result<Vec<Host>> {
-        self.scan(b"host/").collect()
+        Ok(self.hosts_shared()?.as_ref().clone())
+    }
+
+    /// Every registered host, shared: what placement reads for each create.
+    pub fn hosts_shared(&self) -> sled::Result<Arc<Vec<Host>>> {
+        self.hosts_cache.get(|| self.scan(b"host/").collect())
     }
 
     /// One registered host.

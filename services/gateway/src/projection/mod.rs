@@ -60,6 +60,7 @@ pub struct Projections {
     pub heartbeats: hosts::Heartbeats,
     /// Requests waiting for an operation's next event.
     ops: operations::OpWaiters,
+    hosts_cache: std::sync::Arc<hosts::HostsCache>,
 }
 
 impl Projections {
@@ -78,7 +79,14 @@ impl Projections {
             tree.insert(VERSION, &LAYOUT.to_be_bytes())?;
         }
         let applied = tree.get(APPLIED)?.map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])));
-        Ok(Self { tree, history, applied: watch::Sender::new(applied), heartbeats: hosts::Heartbeats::default(), ops: operations::OpWaiters::default() })
+        Ok(Self {
+            tree,
+            history,
+            applied: watch::Sender::new(applied),
+            heartbeats: hosts::Heartbeats::default(),
+            ops: operations::OpWaiters::default(),
+            hosts_cache: std::sync::Arc::default(),
+        })
     }
 
     /// The stream sequence of the last applied event.
@@ -111,6 +119,7 @@ impl Projections {
         let mut txn = Txn::new(&self.tree, &self.history);
         let mut last = self.applied();
         let mut operations = Vec::new();
+        let mut hosts_changed = false;
         for (seq, payload) in events {
             if seq <= last {
                 continue;
@@ -122,7 +131,10 @@ impl Projections {
                     match &env.event {
                         Event::Vm(ev) => vms::apply(&mut txn, seq, &env, ev, payload),
                         Event::Tenancy(ev) => tenancy::apply(&mut txn, &env, ev),
-                        Event::Host(ev) => hosts::apply(&mut txn, &env, ev),
+                        Event::Host(ev) => {
+                            hosts_changed = true;
+                            hosts::apply(&mut txn, &env, ev);
+                        }
                         Event::Volume(ev) => volumes::apply(&mut txn, &env, ev),
                         Event::Template(ev) => templates::apply(&mut txn, &env, ev),
                         Event::SshKey(ev) => ssh_keys::apply(&mut txn, &env, ev),
@@ -141,6 +153,9 @@ impl Projections {
         }
         txn.put_raw(APPLIED.to_vec(), last.to_be_bytes().to_vec());
         txn.commit()?;
+        if hosts_changed {
+            self.hosts_cache.invalidate();
+        }
         self.applied.send_replace(last);
         metrics::gauge!("vmplane_projection_applied_sequence").set(last as f64);
         for op in operations {
@@ -464,6 +479,32 @@ mod tests {
         proj.tree.flush().unwrap();
         drop(proj);
         assert_eq!(reopen(&dir).applied(), 7, "kept");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Hosts are read from a cache (placement reads them per create); an
+    /// applied host event is seen by the next read, and a re-registration
+    /// by the read after it.
+    #[test]
+    fn a_host_event_is_seen_by_the_next_read_of_the_hosts() {
+        use vmplane_domain::host::{HostEvent, HostInfo};
+        let dir = std::env::temp_dir().join(format!("vmplane-proj-test-{}", ulid::Ulid::new()));
+        let proj = reopen(&dir);
+        let host = vmplane_domain::HostId::new();
+        let apply = |seq: u64, ev: HostEvent| {
+            let env = Envelope::new(vmplane_domain::OrgId::DEFAULT, None, host.to_string(), None, Event::Host(ev), time::OffsetDateTime::now_utc());
+            proj.apply(seq, &event::encode(&env).unwrap()).unwrap();
+        };
+        assert!(proj.hosts().unwrap().is_empty());
+        apply(1, HostEvent::Registered { info: HostInfo { name: "one".into(), driver: "sim".into(), ..HostInfo::default() } });
+        let hosts = proj.hosts_shared().unwrap();
+        assert_eq!((hosts.len(), hosts[0].id, hosts[0].cordoned), (1, host, false));
+        assert!(std::sync::Arc::ptr_eq(&hosts, &proj.hosts_shared().unwrap()), "a second read without a change is the cached one");
+        apply(2, HostEvent::Cordoned);
+        assert!(proj.hosts().unwrap()[0].cordoned, "the cordon is seen");
+        apply(3, HostEvent::Registered { info: HostInfo { name: "renamed".into(), driver: "sim".into(), ..HostInfo::default() } });
+        assert_eq!(proj.hosts_shared().unwrap()[0].info.name, "renamed");
+        drop(proj);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
