@@ -802,15 +802,21 @@ async fn raw_concurrent(
             })
         })
         .collect();
+    let (stats, errors) = gather(tasks).await?;
+    let wall = started.elapsed();
+    let ok = stats.samples.len();
+    Ok((stats, errors, wall, ok))
+}
+
+/// The latencies and errors of concurrent client tasks, merged.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<(Stats, Errors)>>) -> Result<(Stats, Errors)> {
     let (mut stats, mut errors) = (Stats::default(), Errors::default());
     for t in tasks {
         let (s, e) = t.await?;
         stats.extend(s);
         errors.merge(e);
     }
-    let wall = started.elapsed();
-    let ok = stats.samples.len();
-    Ok((stats, errors, wall, ok))
+    Ok((stats, errors))
 }
 
 // ---------------------------------------------------------------- vmplane API

@@ -127,12 +127,7 @@ where
             })
         })
         .collect();
-    let (mut accepted, mut errors) = (Stats::default(), Errors::default());
-    for c in clients {
-        let (s, e) = c.await?;
-        accepted.extend(s);
-        errors.merge(e);
-    }
+    let (accepted, mut errors) = crate::gather(clients).await?;
     let wall = started.elapsed();
     let last = Instant::now();
     let want = accepted.samples.len();
