@@ -732,18 +732,24 @@ async fn raw_setup(dir: &Path, nats_url: &str) -> Result<jetstream::Context> {
     let client = admin_options(dir)?.name("vmplane-bench").connect(nats_url).await.context("connecting to nats-server")?;
     let js = jetstream::new(client);
     // Configured like vmplane's command stream (file storage, work queue).
-    js.create_stream(stream::Config {
-        name: RAW_STREAM.into(),
-        subjects: vec!["bench.>".into()],
-        retention: stream::RetentionPolicy::WorkQueue,
+    js.create_stream(stream_like_vmplane(RAW_STREAM, "bench.>", stream::RetentionPolicy::WorkQueue))
+        .await
+        .map_err(|e| anyhow!("creating stream {RAW_STREAM}: {e}"))?;
+    Ok(js)
+}
+
+/// A stream stored and deduplicated as vmplane's own streams are (file
+/// storage, new messages refused when full, a two-minute duplicate window).
+fn stream_like_vmplane(name: &str, subject: &str, retention: stream::RetentionPolicy) -> stream::Config {
+    stream::Config {
+        name: name.into(),
+        subjects: vec![subject.into()],
+        retention,
         storage: stream::StorageType::File,
         discard: stream::DiscardPolicy::New,
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
-    })
-    .await
-    .map_err(|e| anyhow!("creating stream {RAW_STREAM}: {e}"))?;
-    Ok(js)
+    }
 }
 
 async fn raw_publish(js: &jetstream::Context, host: &str, payload: &Bytes) -> Result<()> {

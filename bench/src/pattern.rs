@@ -153,27 +153,11 @@ where
 /// The streams and the bucket, configured as vmplane configures its own.
 async fn setup(js: &jetstream::Context) -> Result<(stream::Stream, stream::Stream, jetstream::kv::Store)> {
     let events = js
-        .create_stream(stream::Config {
-            name: EV_STREAM.into(),
-            subjects: vec!["benchp.ev.>".into()],
-            retention: stream::RetentionPolicy::Limits,
-            storage: stream::StorageType::File,
-            discard: stream::DiscardPolicy::New,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
+        .create_stream(crate::stream_like_vmplane(EV_STREAM, "benchp.ev.>", stream::RetentionPolicy::Limits))
         .await
         .map_err(|e| anyhow!("creating {EV_STREAM}: {e}"))?;
     let commands = js
-        .create_stream(stream::Config {
-            name: CMD_STREAM.into(),
-            subjects: vec!["benchp.cmd.>".into()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            discard: stream::DiscardPolicy::New,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
+        .create_stream(crate::stream_like_vmplane(CMD_STREAM, "benchp.cmd.>", stream::RetentionPolicy::WorkQueue))
         .await
         .map_err(|e| anyhow!("creating {CMD_STREAM}: {e}"))?;
     js.create_stream(stream::Config {
