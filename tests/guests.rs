@@ -14,7 +14,7 @@ use common::browser::{Browser, text_of};
 use common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
@@ -859,6 +859,79 @@ async fn standby_keeps_memory_and_the_lifecycle_leaves_nothing_behind() {
     assert_eq!(g.act(&id, "delete").await["status"], "deleted");
     assert_eq!(qemu_processes(&id), 0, "qemu left behind");
     assert!(!dir.exists(), "{} left behind (socket, disk)", dir.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_resume_a_snapshots_memory_each_as_a_machine_of_its_own() {
+    guests_or_skip!();
+    let g = GuestStack::start().await;
+    let src = g.running_vm(json!({"name": "source", "memory_mib": 256, "ssh_keys": [g.public_key()]})).await;
+    let src_id = str_of(&src["id"]).to_owned();
+    g.ssh(&src, "mkdir -p /mem && mount -t tmpfs tmpfs /mem && echo 737373 > /mem/value");
+
+    let (s, b) = g.admin.post(&format!("/v1/vms/{src_id}/snapshots"), &json!({"name": "base"})).await;
+    assert_eq!((s, b["status"].as_str()), (202, Some("creating")), "{b}");
+    let snap = str_of(&b["id"]).to_owned();
+    assert!(snap.starts_with("snap_"), "{b}");
+    g.wait_op(str_of(&b["operation"]["id"])).await;
+    let (_, info) = g.admin.get(&format!("/v1/snapshots/{snap}")).await;
+    assert_eq!(
+        (info["status"].as_str(), info["memory_mib"].as_u64(), info["source_vm_id"].as_str()),
+        (Some("ready"), Some(256), Some(src_id.as_str())),
+        "{info}"
+    );
+    assert!(info["size_bytes"].as_u64().unwrap() >= 256 << 20, "the memory file is part of it: {info}");
+    assert!(info["pause_ms"].is_u64(), "{info}");
+    // The source went on running, memory intact; nothing is left of the templating qemu.
+    assert_eq!(g.admin.vm(&src_id).await["status"], "running");
+    assert_eq!(g.ssh(&src, "cat /mem/value").trim(), "737373");
+    assert_eq!(qemu_processes(&src_id), 1, "the templating qemu was left behind");
+    let snap_dir = g.data.join("worker/qemu/snapshots").join(&snap);
+    let mut files: Vec<String> = std::fs::read_dir(&snap_dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    assert_eq!(files, ["devices.vmstate", "disk.qcow2", "info.json", "memory"], "{}", snap_dir.display());
+    assert_eq!(shared_files(&snap_dir), Vec::<String>::new(), "snapshot files must be private");
+
+    // A clone asking for another machine is refused; an unknown snapshot is not found.
+    let (s, b) = g.admin.post("/v1/vms", &json!({"name": "big", "from_snapshot": snap, "memory_mib": 512})).await;
+    assert_eq!((s, b["code"].as_str()), (422, Some("validation_failed")), "{b}");
+    let (s, b) = g.admin.post("/v1/vms", &json!({"name": "x", "from_snapshot": "snap_01jz3k0000000000000000000a"})).await;
+    assert_eq!(s, 404, "{b}");
+
+    let mut clones = Vec::new();
+    for name in ["clone-a", "clone-b"] {
+        let vm = g.running_vm(json!({"name": name, "from_snapshot": snap})).await;
+        assert_eq!((vm["memory_mib"].as_u64(), vm["from_snapshot"].as_str()), (Some(256), Some(snap.as_str())), "{vm}");
+        clones.push(vm);
+    }
+    let mut macs = BTreeSet::new();
+    for vm in &clones {
+        let id = str_of(&vm["id"]);
+        let seen = g.ssh(vm, "cat /mem/value; hostname; cat /sys/class/net/eth0/address; cat /run/vmplane/instance-id");
+        let seen: Vec<&str> = seen.lines().collect();
+        assert_eq!(seen, ["737373", str_of(&vm["name"]), str_of(&vm["mac"]), id], "clone {id}: memory, hostname, MAC, instance id");
+        macs.insert(seen[2].to_owned());
+    }
+    macs.insert(str_of(&src["mac"]).to_owned());
+    assert_eq!(macs.len(), 3, "each machine has its own MAC: {macs:?}");
+    assert_ne!(clones[0]["ssh_port"], clones[1]["ssh_port"], "each clone has its own forward");
+
+    // Disks part: a file one clone writes is in neither the other nor a later clone.
+    g.ssh(&clones[0], "echo mine > /root/only-a && sync");
+    assert_eq!(g.ssh(&clones[1], "cat /root/only-a 2>/dev/null || echo absent").trim(), "absent");
+    let late = g.running_vm(json!({"name": "clone-c", "from_snapshot": snap})).await;
+    assert_eq!(g.ssh(&late, "cat /root/only-a 2>/dev/null || echo absent; cat /mem/value").trim(), "absent\n737373");
+
+    // A clone is an ordinary VM afterwards: a cold boot starts from its own disk.
+    let id = str_of(&clones[0]["id"]).to_owned();
+    g.act(&id, "stop").await;
+    let again = g.act(&id, "start").await;
+    assert_eq!(g.ssh(&again, "cat /root/only-a; cat /mem/value 2>/dev/null || echo cold").trim(), "mine\ncold");
+    for vm in clones.iter().chain([&late, &src]) {
+        let id = str_of(&vm["id"]);
+        assert_eq!(g.act(id, "delete").await["status"], "deleted");
+        assert_eq!(qemu_processes(id), 0, "qemu left behind");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

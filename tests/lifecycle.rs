@@ -184,3 +184,71 @@ async fn a_failing_step_fails_the_vm_and_its_operation() {
     // A failed VM can still be deleted.
     c.act_and_wait(str_of(&b["id"]), "delete", "deleted").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_taken_of_running_vms_and_clones_resume_them_on_their_host() {
+    let stack = Stack::start().await;
+    let c = &stack.admin;
+    let vm = c.create_running_vm("src").await;
+    let id = str_of(&vm["id"]).to_owned();
+
+    for bad in [json!({"name": "Not A Label"}), json!({}), json!({"name": "x", "extra": 1})] {
+        let (s, b) = c.post(&format!("/v1/vms/{id}/snapshots"), &bad).await;
+        assert!((400..500).contains(&s) && b["code"].is_string(), "{bad}: {s} {b}");
+    }
+    let (s, b) = c.post(&format!("/v1/vms/{id}/snapshots"), &json!({"name": "base"})).await;
+    assert_eq!((s, b["status"].as_str(), b["operation"]["kind"].as_str()), (202, Some("creating"), Some("snapshot")), "{b}");
+    let snap = str_of(&b["id"]).to_owned();
+    // Read-your-writes, as for a VM.
+    assert_eq!(c.get(&format!("/v1/snapshots/{snap}")).await.0, 200);
+    c.wait_op_succeeded(str_of(&b["operation"]["id"])).await;
+    let (_, got) = c.get(&format!("/v1/snapshots/{snap}")).await;
+    assert_eq!(
+        (got["status"].as_str(), got["name"].as_str(), got["source_vm_id"].as_str(), got["memory_mib"].as_u64(), got["host_id"].as_str()),
+        (Some("ready"), Some("base"), Some(id.as_str()), Some(512), vm["host_id"].as_str()),
+        "{got}"
+    );
+    assert_eq!(got["size_bytes"], 512u64 << 20, "{got}");
+    assert_eq!(c.vm(&id).await["status"], "running", "the source keeps running");
+    let (_, list) = c.get(&format!("/v1/snapshots?vm_id={id}")).await;
+    assert_eq!((list["pagination"]["total_items"].as_u64(), list["data"][0]["id"].as_str()), (Some(1), Some(snap.as_str())), "{list}");
+    assert_eq!(c.get("/v1/snapshots?vm_id=nope").await.0, 400);
+
+    // What a clone may not be: another machine, or one with disks or GPUs of its own.
+    for (body, status) in [
+        (json!({"name": "c", "from_snapshot": snap, "vcpus": 4}), 422),
+        (json!({"name": "c", "from_snapshot": snap, "user_data": "#!/bin/sh\n"}), 422),
+        (json!({"name": "c", "from_snapshot": snap, "data_disks": [{"name": "d", "size_gb": 1}]}), 422),
+        (json!({"name": "c", "from_snapshot": snap, "hotplug_memory_mib": 512}), 422),
+        (json!({"name": "c", "from_snapshot": "snap_01jz3k0000000000000000000a"}), 404),
+        (json!({"name": "c", "from_snapshot": "vm_01jz3k0000000000000000000a"}), 422),
+    ] {
+        let (s, b) = c.post("/v1/vms", &body).await;
+        assert_eq!(s, status, "{body}: {b}");
+        assert!(b["code"].is_string(), "{b}");
+    }
+    // Another org sees neither the snapshot nor can it clone it.
+    let other = stack.client(&c.create_key(&c.create_org("other").await, "k").await);
+    assert_eq!(other.get(&format!("/v1/snapshots/{snap}")).await.0, 404);
+    assert_eq!(other.get("/v1/snapshots").await.1["pagination"]["total_items"], 0);
+    assert_eq!(other.post("/v1/vms", &json!({"name": "c", "from_snapshot": snap})).await.0, 404);
+
+    let (s, clone) = c.post("/v1/vms", &json!({"name": "clone", "from_snapshot": snap, "memory_mib": 512, "labels": {"k": "v"}})).await;
+    assert_eq!(s, 202, "{clone}");
+    c.wait_op_succeeded(str_of(&clone["operation"]["id"])).await;
+    let clone_id = str_of(&clone["id"]);
+    let running = c.vm(clone_id).await;
+    assert_eq!(
+        (running["status"].as_str(), running["from_snapshot"].as_str(), running["host_id"].as_str()),
+        (Some("running"), Some(snap.as_str()), vm["host_id"].as_str())
+    );
+    assert_eq!(stack.sim_guest(clone_id).expect("sim guest")["resumed_from"], snap.as_str(), "the clone resumed instead of booting");
+
+    // Neither a stopped VM nor a VM with volumes can be snapshotted.
+    c.act_and_wait(&id, "stop", "stopped").await;
+    let (s, b) = c.post(&format!("/v1/vms/{id}/snapshots"), &json!({"name": "again"})).await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("invalid_state")), "{b}");
+    // The snapshot outlives its VM.
+    c.act_and_wait(&id, "delete", "deleted").await;
+    assert_eq!(c.get(&format!("/v1/snapshots/{snap}")).await.1["status"], "ready");
+}

@@ -136,6 +136,9 @@ typed_id!(
     /// A block volume that can outlive the VMs it is attached to.
     VolumeId, "vol");
 typed_id!(
+    /// A memory, device and disk snapshot of a VM, which new VMs resume from.
+    SnapshotId, "snap");
+typed_id!(
     /// A bootable image.
     ImageId, "img");
 typed_id!(

@@ -39,6 +39,7 @@ pub mod operation;
 pub mod placement;
 #[cfg(test)]
 mod schema_check;
+pub mod snapshot;
 pub mod spec;
 pub mod ssh_key;
 pub mod subjects;
@@ -50,4 +51,4 @@ pub mod webhook;
 
 pub use command::{Command, CommandEnvelope};
 pub use event::{Envelope, Event};
-pub use ids::{ApiKeyId, DeliveryId, EventId, HostId, ImageId, OpId, OrgId, ProjectId, SshKeyId, TemplateId, VmId, VolumeId, WebhookId};
+pub use ids::{ApiKeyId, DeliveryId, EventId, HostId, ImageId, OpId, OrgId, ProjectId, SnapshotId, SshKeyId, TemplateId, VmId, VolumeId, WebhookId};

@@ -89,6 +89,10 @@ pub struct VmSpec {
     #[serde(default)]
     #[schema(value_type = Labels)]
     pub labels: BTreeMap<String, String>,
+    /// Resume from this snapshot instead of booting: the VM is a clone of
+    /// the snapshot's machine with its own identity (name, MAC, address).
+    #[serde(default)]
+    pub from_snapshot: Option<crate::ids::SnapshotId>,
 }
 
 fn yes() -> bool {
@@ -96,6 +100,29 @@ fn yes() -> bool {
 }
 
 impl VmSpec {
+    /// A clone resumes the snapshot's machine as it was: no disks, GPUs or
+    /// bridge address can be added to it (its devices must be the snapshot's).
+    fn validate_clone(&self) -> Result<(), SpecError> {
+        if self.from_snapshot.is_none() {
+            return Ok(());
+        }
+        let refused = [
+            ("root_volume_id", self.root_volume.is_some()),
+            ("hotplug_memory_mib", self.hotplug_memory_mib > 0),
+            ("template", self.template.is_some()),
+            ("data_disks", !self.data_disks.is_empty()),
+            ("volumes", !self.volumes.is_empty()),
+            ("gpu", self.gpu.is_some()),
+            ("network", self.network.enabled && self.network.mode == NetworkMode::Bridge),
+        ];
+        match refused.into_iter().find(|(_, set)| *set) {
+            Some((field, _)) => {
+                Err(SpecError::new(field, "cannot be given with from_snapshot: a clone has the snapshot's devices (user-mode networking only)"))
+            }
+            None => Ok(()),
+        }
+    }
+
     /// A spec with every documented default and the given name.
     pub fn named(name: impl Into<String>) -> Self {
         Self {
@@ -122,6 +149,7 @@ impl VmSpec {
             region: None,
             template: None,
             labels: BTreeMap::new(),
+            from_snapshot: None,
         }
     }
 
@@ -159,6 +187,7 @@ impl VmSpec {
             return Err(SpecError::new("root_disk_name", "must be a DNS label"));
         }
         self.validate_disks()?;
+        self.validate_clone()?;
         if self.ssh_keys.len() > 10 {
             return Err(SpecError::new("ssh_keys", "at most 10"));
         }
@@ -267,7 +296,7 @@ pub struct SpecError {
 }
 
 impl SpecError {
-    fn new(field: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
         Self { field, reason: reason.into() }
     }
 }

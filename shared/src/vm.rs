@@ -7,7 +7,7 @@
 //!   step's completion is recorded by an event, so a command redelivered after
 //!   a crash resumes exactly where the last recorded step left off.
 
-use crate::ids::{HostId, OpId, OrgId, ProjectId, VmId, VolumeId};
+use crate::ids::{HostId, OpId, OrgId, ProjectId, SnapshotId, VmId, VolumeId};
 use crate::spec::{DataDisk, Protocol, VmSpec, VolumeMount};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -90,6 +90,7 @@ pub enum OpKind {
     DetachVolume,
     ResizeMemory,
     Move,
+    Snapshot,
 }
 
 impl OpKind {
@@ -107,6 +108,7 @@ impl OpKind {
             Self::DetachVolume => "detach_volume",
             Self::Move => "move",
             Self::ResizeMemory => "resize_memory",
+            Self::Snapshot => "snapshot",
         }
     }
 }
@@ -145,6 +147,12 @@ pub enum VmCommand {
     /// Go on with a move on the host it was handed to: sent by the worker of
     /// the host it leaves, never by a client. Its operation is the move's.
     ResumeMove,
+    /// Snapshot a running or standby VM's memory, devices and root disk as
+    /// `snapshot`, which new VMs can resume from; a running VM keeps running.
+    TakeSnapshot {
+        snapshot: SnapshotId,
+        name: String,
+    },
 }
 
 impl VmCommand {
@@ -162,6 +170,7 @@ impl VmCommand {
             Self::DetachVolume { .. } => OpKind::DetachVolume,
             Self::ResizeMemory { .. } => OpKind::ResizeMemory,
             Self::Move { .. } | Self::ResumeMove => OpKind::Move,
+            Self::TakeSnapshot { .. } => OpKind::Snapshot,
         }
     }
 }
@@ -198,6 +207,16 @@ pub struct DiskInfo {
     /// Driver-specific location (a path for file-backed drivers).
     pub location: String,
     pub size_gb: u32,
+}
+
+/// What a snapshot step made, as the driver measured it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotTaken {
+    /// Bytes the snapshot's files take on the host (memory, devices, disk).
+    pub size_bytes: u64,
+    /// How long the guest was paused while its state was copied, in ms
+    /// (0 for a VM in standby).
+    pub pause_ms: u64,
 }
 
 /// Why an operation ended.
@@ -295,6 +314,16 @@ pub enum VmEvent {
     DiskImported {
         disk: DiskInfo,
     },
+    /// A snapshot of the VM named `name` began (`snapshot` is its id).
+    SnapshotRequested {
+        snapshot: SnapshotId,
+        name: String,
+    },
+    /// The snapshot exists: new VMs can resume from it.
+    SnapshotTaken {
+        snapshot: SnapshotId,
+        taken: SnapshotTaken,
+    },
     /// The operation that the envelope names ended.
     OperationFinished {
         outcome: Outcome,
@@ -334,6 +363,8 @@ impl VmEvent {
             Self::DiskExported => "disk_exported",
             Self::Moved { .. } => "moved",
             Self::DiskImported { .. } => "disk_imported",
+            Self::SnapshotRequested { .. } => "snapshot_requested",
+            Self::SnapshotTaken { .. } => "snapshot_taken",
             Self::OperationFinished { .. } => "operation_finished",
         }
     }
@@ -388,6 +419,9 @@ pub struct Vm {
     /// A move in progress.
     #[serde(default)]
     pub moving: Option<Moving>,
+    /// The snapshot a snapshot operation is taking.
+    #[serde(default)]
+    pub snapshotting: Option<SnapshotId>,
     pub pending_op: Option<PendingOp>,
     pub finished_ops: VecDeque<OpId>,
     #[serde(with = "time::serde::rfc3339")]
@@ -626,6 +660,19 @@ pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmComman
             _ => refuse("move (stop it first)"),
         },
         VmCommand::ResumeMove => refuse("resume a move of"),
+        VmCommand::TakeSnapshot { .. } if vm.spec.hotplug_memory_mib > 0 => {
+            Err(DecideError::InvalidState { action: "snapshot (a vm with hot-pluggable memory)", status: vm.status.as_str() })
+        }
+        VmCommand::TakeSnapshot { .. } if !vm.volumes.is_empty() || vm.spec.gpu.is_some() => {
+            Err(DecideError::InvalidState { action: "snapshot (a vm with volumes or GPUs; detach its volumes first)", status: vm.status.as_str() })
+        }
+        VmCommand::TakeSnapshot { .. } if vm.spec.network.enabled && vm.spec.network.mode == crate::spec::NetworkMode::Bridge => {
+            Err(DecideError::InvalidState { action: "snapshot (a bridge-mode vm)", status: vm.status.as_str() })
+        }
+        VmCommand::TakeSnapshot { snapshot, name } => match vm.status {
+            Running | Standby => Ok(vec![VmEvent::SnapshotRequested { snapshot: *snapshot, name: name.clone() }]),
+            _ => refuse("snapshot"),
+        },
         VmCommand::DetachVolume { volume } => match vm.status {
             Running | Stopped if vm.volumes.iter().any(|v| v.volume_id == *volume) => Ok(vec![VmEvent::VolumeDetachRequested { volume: *volume }]),
             Running | Stopped => Err(DecideError::VolumeNotAttached),
@@ -661,6 +708,7 @@ pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime,
             plugged_memory_mib: 0,
             resizing_to: None,
             moving: None,
+            snapshotting: None,
             pending_op: op.map(|id| PendingOp { id, kind: OpKind::Create }),
             finished_ops: VecDeque::new(),
             created_at: at,
@@ -792,6 +840,13 @@ pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime,
                 m.imported = true;
             }
         }
+        VmEvent::SnapshotRequested { snapshot, .. } => {
+            if let Some(id) = op {
+                vm.pending_op = Some(PendingOp { id, kind: OpKind::Snapshot });
+            }
+            vm.snapshotting = Some(*snapshot);
+        }
+        VmEvent::SnapshotTaken { .. } => vm.snapshotting = None,
         VmEvent::OperationFinished { .. } => {
             // A queued command that failed before it began (its host was
             // unavailable) ends its own operation, not the one in progress.
@@ -799,6 +854,7 @@ pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime,
                 vm.resizing_to = None;
                 vm.attaching = None;
                 vm.detaching = None;
+                vm.snapshotting = None;
                 if vm.moving.take().is_some() && vm.status != Failed {
                     vm.message = None;
                 }
@@ -865,6 +921,8 @@ pub enum Step {
     },
     /// Bring the exported root disk onto the VM's new host (its worker).
     ImportDisk,
+    /// Save memory, devices and root disk as this snapshot; the guest goes on.
+    TakeSnapshot(SnapshotId),
     /// Nothing left to do: finish the operation.
     Finish(Outcome),
 }
@@ -892,6 +950,7 @@ impl Step {
             Self::ExportDisk => "export_disk",
             Self::HandOver { .. } => "hand_over",
             Self::ImportDisk => "import_disk",
+            Self::TakeSnapshot(_) => "take_snapshot",
             Self::Finish(_) => "finish",
         }
     }
@@ -901,7 +960,16 @@ impl Step {
     /// guest as it was (a failed snapshot resumes it), so the VM keeps running.
     /// Disks asked for at create fail the create, and with it the VM.
     pub fn failure_fails_vm(&self) -> bool {
-        !matches!(self, Self::AttachVolume(_) | Self::DetachVolume(_) | Self::PlugMemory(_) | Self::Snapshot | Self::ExportDisk | Self::HandOver { .. })
+        !matches!(
+            self,
+            Self::AttachVolume(_)
+                | Self::DetachVolume(_)
+                | Self::PlugMemory(_)
+                | Self::Snapshot
+                | Self::TakeSnapshot(_)
+                | Self::ExportDisk
+                | Self::HandOver { .. }
+        )
     }
 }
 
@@ -950,6 +1018,10 @@ pub fn next_step(vm: &Vm) -> Option<Step> {
             Some(Moving { imported: false, .. }) => Step::ImportDisk,
             _ => Step::Finish(Outcome::Succeeded),
         },
+        (OpKind::Snapshot, Running | Standby) => match vm.snapshotting {
+            Some(snapshot) => Step::TakeSnapshot(snapshot),
+            None => Step::Finish(Outcome::Succeeded),
+        },
         (OpKind::DetachVolume, Running | Stopped) => match vm.detaching {
             Some(volume) => Step::DetachVolume(volume),
             None => Step::Finish(Outcome::Succeeded),
@@ -983,7 +1055,7 @@ pub fn step_event(step: &Step) -> Option<VmEvent> {
         Step::ExportDisk => VmEvent::DiskExported,
         Step::HandOver { from, to } => VmEvent::Moved { from: *from, to: *to },
         Step::Finish(outcome) => VmEvent::OperationFinished { outcome: outcome.clone() },
-        Step::AllocateNetwork | Step::PrepareDisk | Step::ImportDisk => return None,
+        Step::AllocateNetwork | Step::PrepareDisk | Step::ImportDisk | Step::TakeSnapshot(_) => return None,
     })
 }
 

@@ -22,6 +22,7 @@ fn run(vm: &mut Option<Vm>, id: VmId, cmd: VmCommand) -> Result<Vec<VmEvent>, De
             Step::AllocateNetwork => VmEvent::NetworkAllocated { network: NetworkRuntime::default() },
             Step::PrepareDisk => VmEvent::DiskPrepared { disk: DiskInfo { location: "d".into(), size_gb: 10 } },
             Step::ImportDisk => VmEvent::DiskImported { disk: DiskInfo { location: "moved".into(), size_gb: 10 } },
+            Step::TakeSnapshot(snapshot) => VmEvent::SnapshotTaken { snapshot, taken: SnapshotTaken { size_bytes: 1, pause_ms: 1 } },
             _ => unreachable!(),
         });
         *vm = evolve(vm.take(), id, Some(op), t0(), &ev);
@@ -515,4 +516,40 @@ fn a_stopped_vm_moves_with_its_disk_and_gets_new_addresses_at_its_next_start() {
     run(&mut vm, id, VmCommand::Stop).unwrap();
     vm.as_mut().unwrap().volumes.push(serde_json::from_value::<VolumeMount>(serde_json::json!({ "volume_id": VolumeId::new() })).unwrap());
     assert!(matches!(run(&mut vm, id, VmCommand::Move { to }), Err(DecideError::InvalidState { .. })));
+}
+
+#[test]
+fn a_snapshot_leaves_the_vm_as_it_was_and_only_machines_it_can_resume_are_taken() {
+    let (mut vm, id) = (None, VmId::new());
+    run(&mut vm, id, VmCommand::Create { spec: Box::new(VmSpec::named("a")), host: HostId::new() }).unwrap();
+    let snap = |name: &str| VmCommand::TakeSnapshot { snapshot: SnapshotId::new(), name: name.into() };
+    assert_eq!(types(&run(&mut vm, id, snap("a")).unwrap()), ["snapshot_requested", "snapshot_taken", "operation_finished"]);
+    let v = vm.clone().unwrap();
+    assert_eq!((v.status, v.snapshotting), (VmStatus::Running, None));
+    // From standby too; never from stopped.
+    run(&mut vm, id, VmCommand::Standby).unwrap();
+    assert_eq!(types(&run(&mut vm, id, snap("b")).unwrap()), ["snapshot_requested", "snapshot_taken", "operation_finished"]);
+    assert_eq!(vm.as_ref().unwrap().status, VmStatus::Standby);
+    run(&mut vm, id, VmCommand::Restore).unwrap();
+    run(&mut vm, id, VmCommand::Stop).unwrap();
+    assert!(matches!(run(&mut vm, id, snap("c")), Err(DecideError::InvalidState { .. })));
+    // A failed snapshot leaves the guest running and ends the snapshotting.
+    run(&mut vm, id, VmCommand::Start).unwrap();
+    let op = OpId::new();
+    for e in decide(vm.as_ref(), OrgId::DEFAULT, ProjectId::DEFAULT, &snap("d")).unwrap() {
+        vm = evolve(vm, id, Some(op), t0(), &e);
+    }
+    assert!(matches!(vm.as_ref().and_then(next_step), Some(Step::TakeSnapshot(_))));
+    assert!(!Step::TakeSnapshot(SnapshotId::new()).failure_fails_vm());
+    let failed = Outcome::Failed { code: "step_failed".into(), message: "no space".into() };
+    vm = evolve(vm, id, Some(op), t0(), &VmEvent::OperationFinished { outcome: failed });
+    let v = vm.clone().unwrap();
+    assert_eq!((v.status, v.snapshotting, v.pending_op.is_none()), (VmStatus::Running, None, true));
+    // Memory that can be hot-plugged is refused: a clone could not map it.
+    let mut spec = VmSpec::named("h");
+    spec.hotplug_memory_mib = 512;
+    let mut hot =
+        evolve(None, id, None, t0(), &VmEvent::Created { org: OrgId::DEFAULT, project: ProjectId::DEFAULT, spec: Box::new(spec), host: HostId::new() });
+    hot = evolve(hot, id, None, t0(), &VmEvent::Ready);
+    assert!(matches!(decide(hot.as_ref(), OrgId::DEFAULT, ProjectId::DEFAULT, &snap("e")), Err(DecideError::InvalidState { .. })));
 }

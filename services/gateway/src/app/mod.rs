@@ -23,6 +23,7 @@ pub mod logs;
 pub mod operations;
 mod placement;
 pub mod sessions;
+pub mod snapshots;
 pub mod ssh_keys;
 pub mod templates;
 pub mod tenancy;

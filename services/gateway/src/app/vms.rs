@@ -115,6 +115,18 @@ pub async fn create(app: &App, who: &Principal, alloc: Allocation, new: impl Int
     {
         return Ok(Accepted { resource: vm, operation });
     }
+    // A clone is the snapshot's machine, on the snapshot's host.
+    let snapshot_host = match spec.from_snapshot {
+        Some(snap) => {
+            let snapshot = super::snapshots::to_resume(app, who, snap)?;
+            if !ssh_key_ids.is_empty() {
+                return Err(AppError::Invalid("validation_failed", "ssh_key_ids: cannot be given with from_snapshot: a clone has the snapshot's keys".into()));
+            }
+            vmplane_domain::snapshot::fit_clone(&snapshot.spec, &mut spec, &unset)?;
+            Some(snapshot.host)
+        }
+        None => None,
+    };
     if let Some(name) = spec.template.clone() {
         let template = super::templates::resolve(app, who, &name)?;
         template.spec.fill(&mut spec, &unset);
@@ -137,7 +149,7 @@ pub async fn create(app: &App, who: &Principal, alloc: Allocation, new: impl Int
     {
         return Err(AppError::NotFound(format!("host {host}")));
     }
-    let volumes_host = check_create_disks(app, who, id, &mut spec)?;
+    let volumes_host = check_create_disks(app, who, id, &mut spec)?.or(snapshot_host);
     resolve_names(app, &mut spec)?;
     let project = who.project_or_default();
     let strategy = super::tenancy::placement_strategy(app, who.org, placement.strategy)?;

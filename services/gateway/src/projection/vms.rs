@@ -27,6 +27,9 @@ pub(super) fn apply(txn: &mut Txn, seq: u64, env: &Envelope, ev: &VmEvent, paylo
     let was_deleted = before.as_ref().is_some_and(|v| v.status == VmStatus::Deleted);
     let host_before = before.as_ref().map(|v| v.host);
     let listed_before = before.as_ref().map(|v| (v.project, v.status));
+    if let Some(vm) = &before {
+        super::snapshots::apply(txn, env, ev, vm);
+    }
     let Some(after) = evolve(before, id, env.operation, env.time, ev) else { return };
     if listed_before != Some((after.project, after.status)) {
         if let Some((project, status)) = listed_before {

@@ -15,9 +15,9 @@ use tokio::sync::mpsc;
 use vmplane_domain::host::{HostInfo, ImageFormat, ImageInfo};
 use vmplane_domain::spec::VolumeMount;
 use vmplane_domain::subjects::WindowSize;
-use vmplane_domain::vm::{DiskInfo, NetworkRuntime, Vm};
+use vmplane_domain::vm::{DiskInfo, NetworkRuntime, SnapshotTaken, Vm};
 use vmplane_domain::volume::Volume;
-use vmplane_domain::{OrgId, VmId, VolumeId};
+use vmplane_domain::{OrgId, SnapshotId, VmId, VolumeId};
 
 /// A guest that stopped without being asked to: the worker records it as an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +109,10 @@ pub trait Driver: Send + Sync + 'static {
     async fn snapshot(&self, vm: &Vm) -> Result<(), DriverError>;
     /// Resume from the saved state with memory intact.
     async fn restore(&self, vm: &Vm) -> Result<(), DriverError>;
+    /// Save a running or standby guest's memory, devices and root disk as
+    /// `snapshot`, which VMs created `from_snapshot` resume from; a running
+    /// guest is paused only while its state is copied. Already taken is success.
+    async fn take_snapshot(&self, vm: &Vm, snapshot: SnapshotId) -> Result<SnapshotTaken, DriverError>;
     /// Stop the hypervisor process now, without asking the guest: a VM that
     /// failed keeps none. Saved state and disks stay; already gone is success.
     async fn halt(&self, vm: &Vm) -> Result<(), DriverError>;

@@ -32,9 +32,9 @@ use vmplane_domain::cidr::Cidr;
 use vmplane_domain::host::{HostInfo, ImageFormat, ImageInfo};
 use vmplane_domain::spec::{NetworkMode, VolumeMount};
 use vmplane_domain::subjects::WindowSize;
-use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, Vm};
+use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, SnapshotTaken, Vm};
 use vmplane_domain::volume::Volume;
-use vmplane_domain::{OrgId, VmId, VolumeId};
+use vmplane_domain::{OrgId, SnapshotId, VmId, VolumeId};
 
 /// Knobs for tests and benchmarks.
 #[derive(Debug, Clone)]
@@ -100,6 +100,9 @@ pub struct SimGuest {
     /// The VM's org (absent from guests written before it was kept).
     #[serde(default)]
     pub org: Option<OrgId>,
+    /// The snapshot its first boot resumed from, for a clone.
+    #[serde(default)]
+    pub resumed_from: Option<SnapshotId>,
 }
 
 /// The host ports the guests hold, by guest and all together, and where the
@@ -150,6 +153,12 @@ impl SimDriver {
             }
         }
         Ok(Self { cfg, lock: Mutex::new(()), ports: Mutex::new(ports), consoles: Mutex::default() })
+    }
+
+    /// Where a snapshot's record lives: its memory size, as the qemu
+    /// driver's snapshot directory holds the memory itself.
+    fn snapshot_path(&self, snapshot: SnapshotId) -> PathBuf {
+        self.cfg.dir.join(format!("{snapshot}.snapshot"))
     }
 
     fn console_path(&self, vm: VmId) -> PathBuf {
@@ -361,11 +370,20 @@ impl Driver for SimDriver {
         if self.read(vm.id)?.is_some_and(|g| g.running) {
             return Ok(());
         }
-        tokio::time::sleep(self.cfg.boot_delay).await;
+        // A clone's first boot resumes from its snapshot, which must be here.
+        let resume = vm.spec.from_snapshot.filter(|_| vm.started_at.is_none());
+        if let Some(snap) = resume {
+            if !self.snapshot_path(snap).exists() {
+                return Err(DriverError::Fatal(format!("snapshot {snap} is not on this host")));
+            }
+        } else {
+            tokio::time::sleep(self.cfg.boot_delay).await;
+        }
         self.update(vm, "boot", |g| {
             if !g.running {
                 g.running = true;
                 g.boots += 1;
+                g.resumed_from = resume.or(g.resumed_from);
                 g.root_disk = vm.root_disk.as_ref().map(|d| d.location.clone());
             }
             Ok(())
@@ -423,6 +441,18 @@ impl Driver for SimDriver {
             }
             Ok(())
         })
+    }
+
+    async fn take_snapshot(&self, vm: &Vm, snapshot: SnapshotId) -> Result<SnapshotTaken, DriverError> {
+        let path = self.snapshot_path(snapshot);
+        let size_bytes = vm.spec.memory_mib * 1024 * 1024;
+        self.update(vm, "take_snapshot", |g| {
+            if !g.running && !g.has_snapshot {
+                return Err(DriverError::Fatal("guest is neither running nor in standby".into()));
+            }
+            crate::record::write(&path, size_bytes.to_string().as_bytes()).map_err(|e| DriverError::Retryable(e.to_string()))
+        })?;
+        Ok(SnapshotTaken { size_bytes, pause_ms: 0 })
     }
 
     async fn create_volume(&self, volume: &Volume) -> Result<String, DriverError> {

@@ -14,6 +14,7 @@ pub mod images;
 pub mod logs;
 pub mod operations;
 pub mod pagination;
+pub mod snapshots;
 pub mod ssh_keys;
 pub mod templates;
 pub mod tenancy;
@@ -62,6 +63,7 @@ fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(vms::router())
         .merge(volumes::router())
+        .merge(snapshots::router())
         .merge(logs::router())
         .merge(terminal::router())
         .merge(operations::router())

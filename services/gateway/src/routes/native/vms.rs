@@ -23,7 +23,7 @@ use vmplane_domain::placement::Placement;
 use vmplane_domain::spec::{DataDisk, ExposedPort, GpuSpec, NetworkSpec, PortForward, VmSpec, VolumeMount};
 use vmplane_domain::template::Field;
 use vmplane_domain::vm::{DiskInfo, ResolvedPortForward, Vm, VmStatus};
-use vmplane_domain::{HostId, ProjectId, SshKeyId, VmId, VolumeId};
+use vmplane_domain::{HostId, ProjectId, SnapshotId, SshKeyId, VmId, VolumeId};
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -112,6 +112,11 @@ pub struct CreateVmRequest {
     #[serde(default)]
     #[schema(value_type = vmplane_domain::spec::Labels)]
     pub labels: BTreeMap<String, String>,
+    /// Resume this snapshot (`/v1/snapshots`, `ready`) instead of booting:
+    /// the VM is a clone of the snapshot's machine with its own name, MAC,
+    /// address and port forwards, on the snapshot's host. Its image, sizes,
+    /// keys, user data and env are the snapshot's: giving others is a 422.
+    pub from_snapshot: Option<SnapshotId>,
     /// Where to place the VM: a strategy (`spread`, `binpack`; default the
     /// org's), a host, a region, host labels to match.
     #[serde(default)]
@@ -178,6 +183,7 @@ impl CreateVmRequest {
             region: self.region,
             template: self.template,
             labels: self.labels,
+            from_snapshot: self.from_snapshot,
             name: d.name,
         }
     }
@@ -228,6 +234,9 @@ pub struct VmView {
     pub region: Option<String>,
     pub template: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// The snapshot it was created from (a clone), if any.
+    pub from_snapshot: Option<SnapshotId>,
+    /// It is in standby: its memory and devices are saved, to be restored.
     pub has_snapshot: bool,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
@@ -296,6 +305,7 @@ impl VmView {
             region: s.region,
             template: s.template,
             labels: s.labels,
+            from_snapshot: s.from_snapshot,
             has_snapshot: vm.has_snapshot,
             created_at: vm.created_at,
             updated_at: vm.updated_at,

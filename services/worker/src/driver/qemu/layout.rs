@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use vmplane_domain::VmId;
+use vmplane_domain::{SnapshotId, VmId};
 
 /// One VM's directory and the names inside it.
 #[derive(Debug, Clone)]
@@ -14,6 +14,11 @@ impl VmDir {
     /// The directory of `vm` under the driver's root.
     pub fn new(root: &Path, vm: VmId) -> Self {
         Self(root.join("vms").join(vm.to_string()))
+    }
+
+    /// A directory laid out like a VM's at `path` (a snapshot's template qemu).
+    pub fn at(path: PathBuf) -> Self {
+        Self(path)
     }
 
     pub fn path(&self) -> &Path {
@@ -76,6 +81,53 @@ impl VmDir {
     /// Marks a stop the worker asked for, so the supervisor does not report it.
     pub fn expected_exit(&self) -> PathBuf {
         self.0.join("exit.expected")
+    }
+}
+
+/// Where a snapshot's files live: `<qemu dir>/snapshots/<snapshot_id>/`,
+/// private like a VM's. Apart from the VMs' directories, so that a snapshot
+/// outlives the VM it was taken of.
+#[derive(Debug, Clone)]
+pub struct SnapshotDir(PathBuf);
+
+impl SnapshotDir {
+    pub fn new(root: &Path, snapshot: SnapshotId) -> Self {
+        Self(root.join("snapshots").join(snapshot.to_string()))
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    /// Create the directory (and `snapshots/`), private to the worker's user.
+    pub fn create(&self) -> std::io::Result<()> {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.0)?;
+        for dir in [self.0.as_path(), self.0.parent().unwrap_or(&self.0)] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    }
+    /// The root disk as it was at the snapshot (clones' overlays sit on it).
+    pub fn disk(&self) -> PathBuf {
+        self.0.join("disk.qcow2")
+    }
+    /// Guest RAM, the file clones map privately.
+    pub fn memory(&self) -> PathBuf {
+        self.0.join("memory")
+    }
+    /// Device state alone, saved with `x-ignore-shared`.
+    pub fn devices(&self) -> PathBuf {
+        self.0.join("devices.vmstate")
+    }
+    /// The full saved state, until the template turns it into the two above.
+    pub fn full_state(&self) -> PathBuf {
+        self.0.join("full.vmstate")
+    }
+    /// Where the templating qemu keeps its sockets and pid file.
+    pub fn work(&self) -> VmDir {
+        VmDir::at(self.0.join("work"))
+    }
+    /// Written last: the snapshot is complete (`SnapshotTaken`, as JSON).
+    pub fn info(&self) -> PathBuf {
+        self.0.join("info.json")
     }
 }
 

@@ -19,6 +19,7 @@ pub mod passt;
 pub mod process;
 pub mod qmp;
 pub mod seed;
+pub mod snapshot;
 pub mod volumes;
 
 use super::{Console, Driver, DriverError, Guest, GuestExit};
@@ -26,7 +27,7 @@ use accel::Accel;
 use async_trait::async_trait;
 use layout::{VmDir, write_private};
 use passt::UserNet;
-use process::{Launch, is_our_qemu, running_pid, signal};
+use process::{Launch, Start, is_our_qemu, running_pid, signal};
 use qmp::Qmp;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -41,9 +42,9 @@ use tokio::sync::mpsc;
 use vmplane_domain::host::{HostInfo, ImageFormat, ImageInfo};
 use vmplane_domain::spec::{NetworkMode, Protocol, VolumeMount};
 use vmplane_domain::subjects::WindowSize;
-use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, Vm};
+use vmplane_domain::vm::{DiskInfo, NetworkRuntime, ResolvedPortForward, SnapshotTaken, Vm};
 use vmplane_domain::volume::Volume;
-use vmplane_domain::{OrgId, VmId, VolumeId};
+use vmplane_domain::{OrgId, SnapshotId, VmId, VolumeId};
 
 /// The line the guest prints on its serial console when it is ready.
 pub const READY_LINE: &[u8] = b"VMPLANE-READY";
@@ -205,7 +206,7 @@ impl QemuDriver {
         image: &'a image::Image,
         dir: &'a VmDir,
         network: &'a NetworkRuntime,
-        incoming: bool,
+        start: Start,
     ) -> Result<Launch<'a>, DriverError> {
         let tap = match allocated(dir).and_then(|a| a.tap) {
             Some((device, address)) => {
@@ -225,7 +226,7 @@ impl QemuDriver {
             network,
             forward_bind: self.cfg.forward_bind,
             user_net: &self.user_net,
-            incoming,
+            start,
             tap,
             gpus,
         })
@@ -568,9 +569,14 @@ impl Driver for QemuDriver {
         if !root.exists() {
             let tmp = root.with_extension("qcow2.tmp");
             let size = format!("{}G", vm.spec.disk_gb);
+            // A clone's disk starts as the snapshot's frozen disk; any other as the image.
+            let (backing, format) = match vm.spec.from_snapshot {
+                Some(snap) => (self.snapshot_dir(snap).ready()?.disk(), "qcow2"),
+                None => (image.rootfs.clone(), "raw"),
+            };
             qemu_img(
-                [OsStr::new("create"), "-q".as_ref(), "-f".as_ref(), "qcow2".as_ref(), "-F".as_ref(), "raw".as_ref(), "-b".as_ref()],
-                [image.rootfs.as_os_str(), tmp.as_os_str(), size.as_ref()],
+                [OsStr::new("create"), "-q".as_ref(), "-f".as_ref(), "qcow2".as_ref(), "-F".as_ref(), format.as_ref(), "-b".as_ref()],
+                [backing.as_os_str(), tmp.as_os_str(), size.as_ref()],
             )
             .await?;
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(retry)?;
@@ -582,6 +588,10 @@ impl Driver for QemuDriver {
     async fn boot(&self, vm: &Vm) -> Result<(), DriverError> {
         let dir = self.dir(vm.id);
         if running_pid(&dir, vm).is_some() {
+            // A clone an earlier attempt started may still wait for its state.
+            if let Some(snap) = snapshot::resumes_from(vm) {
+                self.resume_clone(&dir, snap).await?;
+            }
             return self.watch_pid(vm, &dir);
         }
         let image = self.image(vm)?;
@@ -591,12 +601,23 @@ impl Driver for QemuDriver {
         seed::write(vm, &dir.seed(), plugged).await.map_err(fatal)?;
         std::fs::set_permissions(dir.seed(), std::fs::Permissions::from_mode(0o600)).map_err(retry)?;
         self.mark_ready_from(&dir)?;
-        self.launch(vm, &image, &dir, &network, false).await?.spawn().await.map_err(fatal)?;
+        let start = match snapshot::resumes_from(vm) {
+            Some(snap) => Start::Clone { memory: self.snapshot_dir(snap).ready()?.memory() },
+            None => Start::Boot,
+        };
+        self.launch(vm, &image, &dir, &network, start).await?.spawn().await.map_err(fatal)?;
+        if let Some(snap) = snapshot::resumes_from(vm) {
+            self.resume_clone(&dir, snap).await?;
+        }
         self.watch_pid(vm, &dir)
     }
 
     async fn wait_ready(&self, vm: &Vm) -> Result<(), DriverError> {
         let dir = self.dir(vm.id);
+        if snapshot::resumes_from(vm).is_some() {
+            // A resumed clone printed its readiness line long ago, as its source.
+            return snapshot::take_identity(vm, &dir, self.cfg.ready_timeout).await;
+        }
         let from: u64 = std::fs::read_to_string(dir.ready_mark()).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
         let mut scan = Scan::new(READY_LINE, from);
         let deadline = tokio::time::Instant::now() + self.cfg.ready_timeout;
@@ -675,7 +696,7 @@ impl Driver for QemuDriver {
             let image = self.image(vm)?;
             let network = vm.network.clone().unwrap_or_default();
             let _ = std::fs::remove_file(dir.expected_exit());
-            self.launch(vm, &image, &dir, &network, true).await?.spawn().await.map_err(fatal)?;
+            self.launch(vm, &image, &dir, &network, Start::Incoming).await?.spawn().await.map_err(fatal)?;
         }
         // A qemu found running was started by an earlier attempt: finish what it began.
         let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
@@ -687,6 +708,10 @@ impl Driver for QemuDriver {
         }
         let _ = std::fs::remove_file(dir.snapshot());
         self.watch_pid(vm, &dir)
+    }
+
+    async fn take_snapshot(&self, vm: &Vm, snap: SnapshotId) -> Result<SnapshotTaken, DriverError> {
+        self.snapshot_vm(vm, snap).await
     }
 
     async fn halt(&self, vm: &Vm) -> Result<(), DriverError> {
@@ -864,7 +889,7 @@ mod tests {
         dir.create().unwrap();
         let image = image::Image { name: "i".into(), kernel: "/k".into(), initrd: "/i".into(), rootfs: "/r".into(), cmdline: String::new() };
         let network = NetworkRuntime::default();
-        Ok(d.launch(vm, &image, &dir, &network, false).await?.args(-1))
+        Ok(d.launch(vm, &image, &dir, &network, Start::Boot).await?.args(-1))
     }
 
     fn passed_through(args: &[String]) -> Vec<String> {

@@ -31,13 +31,45 @@ pub struct Launch<'a> {
     pub forward_bind: IpAddr,
     /// How user-mode networking is done on this host.
     pub user_net: &'a UserNet,
-    /// Start paused, waiting for `migrate-incoming` (restore from a snapshot).
-    pub incoming: bool,
+    /// How the guest starts: booting, or paused for a state to be loaded.
+    pub start: Start,
     /// Bridge mode: the tap device and the guest's static address.
     pub tap: Option<TapPlan>,
     /// GPUs passed through by VFIO, each behind its own PCIe root port.
     pub gpus: Vec<Bdf>,
 }
+
+/// How a qemu process starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// Boot the kernel.
+    Boot,
+    /// Wait paused for `migrate-incoming` of a full saved state (standby restore).
+    Incoming,
+    /// Snapshot templating: wait for a full saved state, loaded into guest
+    /// RAM that is the shared file `memory`, so that saving again with
+    /// `x-ignore-shared` writes the device state alone. Nothing runs the
+    /// guest, so its NIC has no backend.
+    Template { memory: std::path::PathBuf },
+    /// A clone: guest RAM maps the snapshot's `memory` privately (pages
+    /// shared with the other clones until written), waiting for the device state.
+    Clone { memory: std::path::PathBuf },
+}
+
+impl Start {
+    /// The file guest RAM lives in and whether writes go back to it.
+    fn memory_file(&self) -> Option<(&Path, bool)> {
+        match self {
+            Self::Template { memory } => Some((memory, true)),
+            Self::Clone { memory } => Some((memory, false)),
+            Self::Boot | Self::Incoming => None,
+        }
+    }
+}
+
+/// The id of guest RAM: what QEMU names the RAM block of `-m` alone, so
+/// that a state saved by a VM started either way loads into the other.
+const RAM_ID: &str = "pc.ram";
 
 /// A bridge-mode VM's network plumbing.
 #[derive(Debug, Clone)]
@@ -56,7 +88,7 @@ fn opt(value: impl std::fmt::Display) -> String {
 impl Launch<'_> {
     /// Whether the guest's NIC is served by a passt process.
     fn uses_passt(&self) -> bool {
-        self.tap.is_none() && self.vm.spec.network.enabled && matches!(self.user_net, UserNet::Passt { .. })
+        !matches!(self.start, Start::Template { .. }) && self.tap.is_none() && self.vm.spec.network.enabled && matches!(self.user_net, UserNet::Passt { .. })
     }
 
     /// The root disk: the one the VM's disk step prepared (a root volume's
@@ -75,7 +107,10 @@ impl Launch<'_> {
             "-name".into(),
             format!("vmplane-{},process=vmplane-{}", vm.id, vm.id),
             "-machine".into(),
-            "q35".into(),
+            match self.start.memory_file() {
+                Some(_) => format!("q35,memory-backend={RAM_ID}"),
+                None => "q35".into(),
+            },
             "-accel".into(),
             self.accel.qemu_name().into(),
             "-cpu".into(),
@@ -119,9 +154,19 @@ impl Launch<'_> {
             "virtserialport,chardev=agent,name=org.vmplane.agent".into(),
             "-device".into(),
             "virtio-rng-pci".into(),
+            // A new generation id on every start: a guest resumed as a clone
+            // learns it is a copy and reseeds its random number generator.
+            "-device".into(),
+            "vmgenid,guid=auto".into(),
         ];
+        if let Some((memory, share)) = self.start.memory_file() {
+            let share = if share { "on" } else { "off" };
+            a.extend(["-object".into(), format!("memory-backend-file,id={RAM_ID},size={}M,mem-path={},share={share}", vm.spec.memory_mib, opt(p(memory)))]);
+        }
         let mac = opt(self.network.mac.as_deref().unwrap_or("52:54:00:12:34:56"));
-        let netdev = if let Some(t) = &self.tap {
+        let netdev = if matches!(self.start, Start::Template { .. }) {
+            vm.spec.network.enabled.then(|| "hubport,id=net0,hubid=0".to_owned())
+        } else if let Some(t) = &self.tap {
             Some(format!("tap,id=net0,ifname={},script=no,downscript=no", opt(&t.device)))
         } else if self.uses_passt() {
             Some(format!("stream,id=net0,server=off,addr.type=fd,addr.str={passt_fd}"))
@@ -164,7 +209,7 @@ impl Launch<'_> {
         for volume in super::volumes::plugged(d) {
             a.extend(volume.args());
         }
-        if self.incoming {
+        if self.start != Start::Boot {
             a.extend(["-incoming".into(), "defer".into()]);
         }
         a
@@ -332,6 +377,10 @@ mod tests {
     }
 
     fn launch_args_with_gpus(vm: &Vm, dir: &VmDir, user_net: &UserNet, tap: Option<TapPlan>, gpus: Vec<Bdf>) -> Vec<String> {
+        launch_args_starting(vm, dir, user_net, tap, gpus, Start::Boot)
+    }
+
+    fn launch_args_starting(vm: &Vm, dir: &VmDir, user_net: &UserNet, tap: Option<TapPlan>, gpus: Vec<Bdf>, start: Start) -> Vec<String> {
         let (image, network) = (image(), network());
         let l = Launch {
             qemu: Path::new("qemu"),
@@ -342,11 +391,33 @@ mod tests {
             network: &network,
             forward_bind: "127.0.0.1".parse().unwrap(),
             user_net,
-            incoming: false,
+            start,
             tap,
             gpus,
         };
         l.args(9)
+    }
+
+    #[test]
+    fn templates_and_clones_keep_guest_ram_in_the_snapshot_file() {
+        let passt = UserNet::Passt { binary: "passt".into(), runas: None, filtered: true };
+        let (v, dir) = (vm(VmSpec::named("a")), VmDir::new(Path::new("/d"), VmId::new()));
+        let boot = launch_args(&v, &dir, &passt, None);
+        assert_eq!(values(&boot, "-machine"), ["q35"]);
+        assert!(values(&boot, "-object").is_empty() && values(&boot, "-incoming").is_empty(), "{boot:?}");
+        assert!(values(&boot, "-device").contains(&"vmgenid,guid=auto"), "{boot:?}");
+
+        let memory = PathBuf::from("/s/snap,x/memory");
+        let template = launch_args_starting(&v, &dir, &passt, None, Vec::new(), Start::Template { memory: memory.clone() });
+        assert_eq!(values(&template, "-machine"), ["q35,memory-backend=pc.ram"]);
+        assert_eq!(values(&template, "-object"), ["memory-backend-file,id=pc.ram,size=512M,mem-path=/s/snap,,x/memory,share=on"]);
+        assert_eq!(values(&template, "-netdev"), ["hubport,id=net0,hubid=0"], "a template's NIC has no backend, never passt");
+        assert_eq!(values(&template, "-incoming"), ["defer"]);
+
+        let clone = launch_args_starting(&v, &dir, &passt, None, Vec::new(), Start::Clone { memory });
+        assert_eq!(values(&clone, "-object"), ["memory-backend-file,id=pc.ram,size=512M,mem-path=/s/snap,,x/memory,share=off"]);
+        assert_eq!(values(&clone, "-netdev"), ["stream,id=net0,server=off,addr.type=fd,addr.str=9"]);
+        assert_eq!(values(&clone, "-incoming"), ["defer"]);
     }
 
     #[test]

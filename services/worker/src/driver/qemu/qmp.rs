@@ -208,6 +208,14 @@ impl Qmp {
         Ok(format!("fd:{STATE_FD}"))
     }
 
+    /// Whether saving and loading skip guest RAM that lives in a shared file
+    /// (`x-ignore-shared`, QEMU 4.0 and later): set on both ends, the state
+    /// is the devices alone, the memory being the file itself.
+    pub async fn ignore_shared(&mut self, on: bool) -> Result<(), QmpError> {
+        let caps = json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": on }] });
+        self.execute("migrate-set-capabilities", Some(caps)).await.map(drop)
+    }
+
     /// Save the (paused) guest's memory and device state into `path`, without a bandwidth cap.
     pub async fn save_state(&mut self, path: &Path, limit: Duration) -> Result<(), QmpError> {
         self.execute("migrate-set-parameters", Some(json!({ "max-bandwidth": UNCAPPED }))).await?;

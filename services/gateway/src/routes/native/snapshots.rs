@@ -1,0 +1,151 @@
+//! Snapshots: `/v1/snapshots`, and taking one at `/v1/vms/{id}/snapshots`.
+
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::{Json, PathId, Query};
+use super::pagination::{Page, PageQuery};
+use crate::AppState;
+use crate::app::snapshots;
+use crate::app::{Accepted, Allocation, Operation, Principal};
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use vmplane_domain::snapshot::{Snapshot, SnapshotStatus};
+use vmplane_domain::{HostId, ProjectId, SnapshotId, VmId};
+
+/// Routes of this module.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(take_snapshot)).routes(routes!(list_snapshots)).routes(routes!(get_snapshot))
+}
+
+/// A snapshot as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SnapshotView {
+    pub id: SnapshotId,
+    pub name: String,
+    pub status: SnapshotStatus,
+    /// Why it failed.
+    pub message: Option<String>,
+    /// The VM it was taken of (which may since have been deleted).
+    pub source_vm_id: VmId,
+    pub org_id: vmplane_domain::OrgId,
+    pub project_id: ProjectId,
+    /// Where its files are: VMs created from it run there.
+    pub host_id: HostId,
+    /// The machine its clones are: image, vCPUs, memory and disk size.
+    pub image: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gb: u32,
+    /// Bytes its files (memory, device state, disk) take on the host, once ready.
+    pub size_bytes: Option<u64>,
+    /// How long the source VM was paused to take it, in milliseconds, once
+    /// ready (0 for a VM in standby).
+    pub pause_ms: Option<u64>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<Snapshot> for SnapshotView {
+    fn from(s: Snapshot) -> Self {
+        Self {
+            id: s.id,
+            name: s.name,
+            status: s.status,
+            message: s.message,
+            source_vm_id: s.source_vm,
+            org_id: s.org,
+            project_id: s.project,
+            host_id: s.host,
+            image: s.spec.image,
+            vcpus: s.spec.vcpus,
+            memory_mib: s.spec.memory_mib,
+            disk_gb: s.spec.disk_gb,
+            size_bytes: s.size_bytes,
+            pause_ms: s.pause_ms,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+/// A snapshot with the operation that takes it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SnapshotAccepted {
+    #[serde(flatten)]
+    pub snapshot: SnapshotView,
+    pub operation: Operation,
+}
+
+impl From<Accepted<Snapshot>> for SnapshotAccepted {
+    fn from(a: Accepted<Snapshot>) -> Self {
+        Self { snapshot: a.resource.into(), operation: a.operation }
+    }
+}
+
+/// `POST /v1/vms/{id}/snapshots` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TakeSnapshotRequest {
+    /// DNS label.
+    #[schema(value_type = vmplane_domain::spec::DnsLabel)]
+    pub name: String,
+}
+
+/// Snapshot a running or standby VM (memory, devices, root disk): new VMs
+/// can then be created `from_snapshot`. A running VM is paused only while
+/// its state is copied (`pause_ms`). Refused (409) for a VM with volumes,
+/// GPUs, hot-pluggable memory or bridge networking.
+#[utoipa::path(post, path = "/v1/vms/{id}/snapshots", tag = "snapshots", request_body = TakeSnapshotRequest,
+    params(("id" = vmplane_domain::VmId, Path, description = "VM id")),
+    responses((status = 202, body = SnapshotAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn take_snapshot(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<VmId>,
+    Json(req): Json<TakeSnapshotRequest>,
+) -> ApiResult<(StatusCode, axum::Json<SnapshotAccepted>)> {
+    Ok((StatusCode::ACCEPTED, axum::Json(snapshots::take(&state.app, &who, alloc, id, req.name).await?.into())))
+}
+
+/// Paging and filter of `GET /v1/snapshots`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListSnapshotsQuery {
+    /// Page number, from 1.
+    #[param(value_type = super::pagination::PageNumber, inline, required = false)]
+    pub page: Option<u64>,
+    /// Items per page, 1-100 (default 20).
+    #[param(value_type = super::pagination::PageLimit, inline, required = false)]
+    pub limit: Option<u64>,
+    /// Only snapshots of this VM.
+    #[param(value_type = Option<String>, required = false)]
+    pub vm_id: Option<String>,
+}
+
+/// The caller's snapshots (of the project it names, if any), oldest first.
+#[utoipa::path(get, path = "/v1/snapshots", tag = "snapshots", params(ListSnapshotsQuery),
+    responses((status = 200, body = Page<SnapshotView>), (status = "4XX", body = ErrorBody)))]
+async fn list_snapshots(State(state): State<AppState>, who: Principal, Query(q): Query<ListSnapshotsQuery>) -> ApiResult<axum::Json<Page<SnapshotView>>> {
+    let pq = PageQuery::new(q.page, q.limit)?;
+    let of = match q.vm_id.as_deref() {
+        Some(v) => Some(v.parse::<VmId>().map_err(|e| ApiError::BadRequest("invalid_query", format!("vm_id `{v}`: {e}")))?),
+        None => None,
+    };
+    let listed = snapshots::list(&state.app, &who, of, pq.window())?;
+    Ok(axum::Json(pq.page(listed.items.into_iter().map(SnapshotView::from).collect(), listed.total)))
+}
+
+/// One snapshot.
+#[utoipa::path(get, path = "/v1/snapshots/{id}", tag = "snapshots", params(("id" = vmplane_domain::SnapshotId, Path, description = "Snapshot id")),
+    responses((status = 200, body = SnapshotView), (status = "4XX", body = ErrorBody)))]
+async fn get_snapshot(State(state): State<AppState>, who: Principal, PathId(id): PathId<SnapshotId>) -> ApiResult<axum::Json<SnapshotView>> {
+    Ok(axum::Json(snapshots::get(&state.app, &who, id)?.into()))
+}

@@ -1,0 +1,205 @@
+//! Snapshots that new VMs resume from, by QEMU memory templating (see
+//! `../shared/notes` and ARCHITECTURE.md, "Snapshots").
+//!
+//! Taking one pauses the guest only while its full state is streamed to a
+//! file and its root disk is copied. A second, network-less qemu then loads
+//! that state into guest RAM backed by the shared file `memory` and saves
+//! again with `x-ignore-shared`: what remains is the device state alone. A
+//! clone maps `memory` privately (`share=off`), so clones share its pages
+//! in the host's page cache until they write them, loads the device state
+//! and runs; its root disk is a qcow2 overlay on the snapshot's frozen copy.
+//! QEMU 7.2 opens the memory file read-write even for a private mapping, so
+//! the file stays writable by the worker's user (8.2 adds `readonly=on,rom=off`).
+
+use super::layout::{SnapshotDir, VmDir, write_private};
+use super::process::{Start, running_pid};
+use super::qmp::Qmp;
+use super::{MIGRATION_LIMIT, QemuDriver, agent, fatal, resume, retry, wait_gone};
+use crate::driver::{Driver, DriverError};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use vmplane_domain::SnapshotId;
+use vmplane_domain::vm::{DiskInfo, SnapshotTaken, Vm};
+
+/// The snapshot a VM resumes from on this start: a clone's first start only;
+/// once it has been ready, a clone boots from its own disk like any VM.
+pub fn resumes_from(vm: &Vm) -> Option<SnapshotId> {
+    vm.spec.from_snapshot.filter(|_| vm.started_at.is_none())
+}
+
+impl SnapshotDir {
+    /// This snapshot, if it was completed on this host.
+    pub fn ready(self) -> Result<Self, DriverError> {
+        if self.info().exists() { Ok(self) } else { Err(fatal(format!("snapshot {} is not on this host", snapshot_name(&self)))) }
+    }
+}
+
+fn snapshot_name(dir: &SnapshotDir) -> String {
+    dir.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn read_info(dir: &SnapshotDir) -> Option<SnapshotTaken> {
+    std::fs::read(dir.info()).ok().and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Copy `from` to `to` through a temporary file, so `to` is whole or absent.
+fn copy_whole(from: &Path, to: &Path) -> Result<(), DriverError> {
+    let tmp = to.with_extension("partial");
+    std::fs::copy(from, &tmp).map_err(|e| retry(format!("copying {}: {e}", from.display())))?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(retry)?;
+    std::fs::rename(&tmp, to).map_err(retry)
+}
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+impl QemuDriver {
+    pub(super) fn snapshot_dir(&self, snap: SnapshotId) -> SnapshotDir {
+        SnapshotDir::new(&self.cfg.dir, snap)
+    }
+
+    /// See the module docs. Idempotent: a completed snapshot is returned as
+    /// it is; an interrupted one is made again from the start.
+    pub(super) async fn snapshot_vm(&self, vm: &Vm, snap: SnapshotId) -> Result<SnapshotTaken, DriverError> {
+        let sd = self.snapshot_dir(snap);
+        if let Some(done) = read_info(&sd) {
+            return Ok(done);
+        }
+        sd.create().map_err(retry)?;
+        self.stop_template(vm, &sd.work()).await;
+        let dir = self.dir(vm.id);
+        let disk = vm.root_disk.as_ref().map_or_else(|| dir.root_disk(), |d| PathBuf::from(&d.location));
+        let pause_ms = if running_pid(&dir, vm).is_some() {
+            self.capture_running(vm, &dir, &sd, &disk).await?
+        } else if dir.snapshot().exists() {
+            // In standby: its saved state is already a full one, its disk idle.
+            copy_whole(&dir.snapshot(), &sd.full_state())?;
+            copy_whole(&disk, &sd.disk())?;
+            0
+        } else {
+            return Err(fatal("the vm is neither running nor in standby"));
+        };
+        self.make_template(vm, &dir, &sd).await?;
+        let taken = SnapshotTaken { size_bytes: [sd.disk(), sd.memory(), sd.devices()].iter().map(|p| file_size(p)).sum(), pause_ms };
+        write_private(&sd.info(), &serde_json::to_vec(&taken).map_err(fatal)?).map_err(retry)?;
+        Ok(taken)
+    }
+
+    /// Pause the guest, stream its full state to the snapshot and copy its
+    /// root disk (QEMU flushed it when the guest stopped), then let it go
+    /// on; returns how long it was paused, in ms.
+    async fn capture_running(&self, vm: &Vm, dir: &VmDir, sd: &SnapshotDir, disk: &Path) -> Result<u64, DriverError> {
+        let partial = sd.full_state().with_extension("partial");
+        let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
+        let paused_at = Instant::now();
+        let saved = async {
+            q.execute("stop", None).await?;
+            q.save_state(&partial, MIGRATION_LIMIT).await
+        }
+        .await;
+        // QEMU serves one QMP client at a time: let go of this one first.
+        drop(q);
+        let copied = match &saved {
+            Ok(()) => copy_whole(disk, &sd.disk()).and_then(|()| std::fs::rename(&partial, sd.full_state()).map_err(retry)),
+            Err(_) => Ok(()),
+        };
+        let resumed = resume(dir).await;
+        let pause_ms = paused_at.elapsed().as_millis() as u64;
+        if let Err(r) = resumed {
+            self.halt(vm).await?;
+            return Err(DriverError::GuestLost(format!("the guest could not be resumed after its snapshot ({r})")));
+        }
+        saved.map_err(|e| fatal(format!("saving the guest's state failed ({e}); the guest was resumed")))?;
+        copied?;
+        tracing::info!(vm = %vm.id, pause_ms, "snapshot captured");
+        Ok(pause_ms)
+    }
+
+    /// Turn the full state into guest RAM in `memory` plus the device state.
+    async fn make_template(&self, vm: &Vm, dir: &VmDir, sd: &SnapshotDir) -> Result<(), DriverError> {
+        let work = sd.work();
+        work.create().map_err(retry)?;
+        copy_whole(&dir.seed(), &work.seed())?;
+        let _ = std::fs::remove_file(sd.memory());
+        let mut template = vm.clone();
+        template.root_disk = Some(DiskInfo { location: sd.disk().display().to_string(), size_gb: vm.spec.disk_gb });
+        let image = self.image(vm)?;
+        let network = vm.network.clone().unwrap_or_default();
+        let start = Start::Template { memory: sd.memory() };
+        self.launch(&template, &image, &work, &network, start).await?.spawn().await.map_err(fatal)?;
+        let devices = sd.devices().with_extension("partial");
+        let converted = async {
+            let mut q = Qmp::connect(&work.qmp()).await?;
+            q.load_state(&sd.full_state(), MIGRATION_LIMIT).await?;
+            q.ignore_shared(true).await?;
+            q.save_state(&devices, MIGRATION_LIMIT).await
+        }
+        .await;
+        self.stop_template(vm, &work).await;
+        converted.map_err(|e| fatal(format!("turning the saved state into a template failed: {e}")))?;
+        // qemu's daemon created `memory` with its own umask (027): it holds guest RAM.
+        std::fs::set_permissions(sd.memory(), std::fs::Permissions::from_mode(0o600)).map_err(retry)?;
+        for file in [&devices, &sd.memory()] {
+            std::fs::File::open(file).and_then(|f| f.sync_all()).map_err(retry)?;
+        }
+        std::fs::rename(&devices, sd.devices()).map_err(retry)?;
+        let _ = std::fs::remove_file(sd.full_state());
+        Ok(())
+    }
+
+    /// Stop a templating qemu (of this or an interrupted attempt) and remove its directory.
+    async fn stop_template(&self, vm: &Vm, work: &VmDir) {
+        if running_pid(work, vm).is_some() {
+            if let Ok(mut q) = Qmp::connect(&work.qmp()).await {
+                let _ = q.execute("quit", None).await;
+            }
+            if !wait_gone(work, vm, Duration::from_secs(5)).await
+                && let Some(pid) = running_pid(work, vm)
+            {
+                super::signal(pid, libc::SIGKILL);
+                wait_gone(work, vm, Duration::from_secs(5)).await;
+            }
+        }
+        let _ = std::fs::remove_dir_all(work.path());
+    }
+
+    /// Load a clone's device state (its RAM is the snapshot's file) and run
+    /// it; a clone already loaded or running is left as it is.
+    pub(super) async fn resume_clone(&self, dir: &VmDir, snap: SnapshotId) -> Result<(), DriverError> {
+        let sd = self.snapshot_dir(snap).ready()?;
+        let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
+        if q.status().await.map_err(retry)? == "inmigrate" {
+            q.ignore_shared(true).await.map_err(retry)?;
+            q.load_state(&sd.devices(), MIGRATION_LIMIT).await.map_err(|e| fatal(format!("resuming from snapshot {snap} failed: {e}")))?;
+            // A standby of the clone later saves all of its (private) RAM.
+            q.ignore_shared(false).await.map_err(retry)?;
+        }
+        if q.status().await.map_err(retry)? != "running" {
+            q.execute("cont", None).await.map_err(fatal)?;
+        }
+        Ok(())
+    }
+}
+
+/// Tell a clone's guest agent who it is now (instance id, hostname, MAC,
+/// fresh entropy): the clone is `running` once the agent says it is done.
+pub async fn take_identity(vm: &Vm, dir: &VmDir, patience: Duration) -> Result<(), DriverError> {
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed)).map_err(retry)?;
+    let seed: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    let mac = vm.network.as_ref().and_then(|n| n.mac.clone()).filter(|_| vm.spec.network.enabled).unwrap_or_else(|| "-".into());
+    let command = format!("identity {} {} {} {seed}", vm.id, vm.spec.name, mac.to_ascii_lowercase());
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match agent::call(dir, &command, Duration::from_secs(10)).await {
+            Err(DriverError::Retryable(e)) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(vm = %vm.id, error = %e, "clone's agent not reachable yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            done => return done,
+        }
+    }
+}
