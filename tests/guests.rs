@@ -927,11 +927,17 @@ async fn clones_resume_a_snapshots_memory_each_as_a_machine_of_its_own() {
     g.act(&id, "stop").await;
     let again = g.act(&id, "start").await;
     assert_eq!(g.ssh(&again, "cat /root/only-a; cat /mem/value 2>/dev/null || echo cold").trim(), "mine\ncold");
+    let (s, b) = g.admin.delete(&format!("/v1/snapshots/{snap}")).await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("snapshot_in_use")), "live clones read its files: {b}");
     for vm in clones.iter().chain([&late, &src]) {
         let id = str_of(&vm["id"]);
         assert_eq!(g.act(id, "delete").await["status"], "deleted");
         assert_eq!(qemu_processes(id), 0, "qemu left behind");
     }
+    let (s, b) = g.admin.delete(&format!("/v1/snapshots/{snap}")).await;
+    assert_eq!(s, 202, "{b}");
+    g.wait_op(str_of(&b["operation"]["id"])).await;
+    assert!(!snap_dir.exists(), "{} left behind", snap_dir.display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

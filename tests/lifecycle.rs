@@ -251,4 +251,21 @@ async fn snapshots_are_taken_of_running_vms_and_clones_resume_them_on_their_host
     // The snapshot outlives its VM.
     c.act_and_wait(&id, "delete", "deleted").await;
     assert_eq!(c.get(&format!("/v1/snapshots/{snap}")).await.1["status"], "ready");
+
+    // Deleting it waits for its clones to go; then its files go.
+    let (s, b) = c.delete(&format!("/v1/snapshots/{snap}")).await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("snapshot_in_use")), "{b}");
+    assert!(str_of(&b["message"]).contains(clone_id), "{b}");
+    assert_eq!(other.delete(&format!("/v1/snapshots/{snap}")).await.0, 404);
+    c.act_and_wait(clone_id, "delete", "deleted").await;
+    let file = stack.data_dir().join("worker").join("sim").join(format!("{snap}.snapshot"));
+    assert!(file.exists(), "{}", file.display());
+    let (s, b) = c.delete(&format!("/v1/snapshots/{snap}")).await;
+    assert_eq!((s, b["status"].as_str(), b["operation"]["kind"].as_str()), (202, Some("deleting"), Some("delete_snapshot")), "{b}");
+    c.wait_op_succeeded(str_of(&b["operation"]["id"])).await;
+    assert_eq!(c.get(&format!("/v1/snapshots/{snap}")).await.0, 404);
+    assert_eq!(c.get("/v1/snapshots").await.1["pagination"]["total_items"], 0);
+    assert!(!file.exists(), "the snapshot's files were not freed");
+    let (s, b) = c.post("/v1/vms", &json!({"name": "late", "from_snapshot": snap})).await;
+    assert_eq!(s, 404, "{b}");
 }

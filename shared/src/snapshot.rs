@@ -24,6 +24,10 @@ pub enum SnapshotStatus {
     Ready,
     /// Taking it failed (`message` says why); it holds nothing.
     Failed,
+    /// Its files are being removed.
+    Deleting,
+    /// Gone.
+    Deleted,
 }
 
 /// A snapshot as it is known from its VM's events.
@@ -56,7 +60,10 @@ pub struct Snapshot {
 /// advances, if any.
 pub fn concerned(vm: &Vm, ev: &VmEvent) -> Option<SnapshotId> {
     match ev {
-        VmEvent::SnapshotRequested { snapshot, .. } | VmEvent::SnapshotTaken { snapshot, .. } => Some(*snapshot),
+        VmEvent::SnapshotRequested { snapshot, .. }
+        | VmEvent::SnapshotTaken { snapshot, .. }
+        | VmEvent::SnapshotDeleteRequested { snapshot }
+        | VmEvent::SnapshotDeleted { snapshot } => Some(*snapshot),
         VmEvent::OperationFinished { .. } => vm.snapshotting,
         _ => None,
     }
@@ -88,6 +95,19 @@ pub fn evolve(state: Option<Snapshot>, vm: &Vm, op: Option<OpId>, at: OffsetDate
         }
         (Some(mut s), VmEvent::OperationFinished { outcome: Outcome::Failed { message, .. } }) if s.status == SnapshotStatus::Creating => {
             (s.status, s.message, s.updated_at) = (SnapshotStatus::Failed, Some(message.clone()), at);
+            Some(s)
+        }
+        (Some(mut s), VmEvent::SnapshotDeleteRequested { .. }) => {
+            (s.status, s.updated_at) = (SnapshotStatus::Deleting, at);
+            Some(s)
+        }
+        (Some(mut s), VmEvent::SnapshotDeleted { .. }) => {
+            (s.status, s.updated_at) = (SnapshotStatus::Deleted, at);
+            Some(s)
+        }
+        // A delete that failed leaves it as it was.
+        (Some(mut s), VmEvent::OperationFinished { outcome: Outcome::Failed { message, .. } }) if s.status == SnapshotStatus::Deleting => {
+            (s.status, s.message, s.updated_at) = (SnapshotStatus::Ready, Some(format!("delete failed: {message}")), at);
             Some(s)
         }
         (state, _) => state,

@@ -10,7 +10,7 @@
 use crate::ids::{HostId, OpId, OrgId, ProjectId, SnapshotId, VmId, VolumeId};
 use crate::spec::{DataDisk, Protocol, VmSpec, VolumeMount};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
@@ -91,6 +91,7 @@ pub enum OpKind {
     ResizeMemory,
     Move,
     Snapshot,
+    DeleteSnapshot,
 }
 
 impl OpKind {
@@ -109,6 +110,7 @@ impl OpKind {
             Self::Move => "move",
             Self::ResizeMemory => "resize_memory",
             Self::Snapshot => "snapshot",
+            Self::DeleteSnapshot => "delete_snapshot",
         }
     }
 }
@@ -153,6 +155,12 @@ pub enum VmCommand {
         snapshot: SnapshotId,
         name: String,
     },
+    /// Delete a snapshot of this VM and free its files; allowed whatever the
+    /// VM's status, deleted included (a snapshot outlives its VM). The
+    /// gateway refuses it while VMs created from the snapshot exist.
+    DeleteSnapshot {
+        snapshot: SnapshotId,
+    },
 }
 
 impl VmCommand {
@@ -171,6 +179,7 @@ impl VmCommand {
             Self::ResizeMemory { .. } => OpKind::ResizeMemory,
             Self::Move { .. } | Self::ResumeMove => OpKind::Move,
             Self::TakeSnapshot { .. } => OpKind::Snapshot,
+            Self::DeleteSnapshot { .. } => OpKind::DeleteSnapshot,
         }
     }
 }
@@ -324,6 +333,14 @@ pub enum VmEvent {
         snapshot: SnapshotId,
         taken: SnapshotTaken,
     },
+    /// Deleting the snapshot began.
+    SnapshotDeleteRequested {
+        snapshot: SnapshotId,
+    },
+    /// The snapshot's files are gone.
+    SnapshotDeleted {
+        snapshot: SnapshotId,
+    },
     /// The operation that the envelope names ended.
     OperationFinished {
         outcome: Outcome,
@@ -365,6 +382,8 @@ impl VmEvent {
             Self::DiskImported { .. } => "disk_imported",
             Self::SnapshotRequested { .. } => "snapshot_requested",
             Self::SnapshotTaken { .. } => "snapshot_taken",
+            Self::SnapshotDeleteRequested { .. } => "snapshot_delete_requested",
+            Self::SnapshotDeleted { .. } => "snapshot_deleted",
             Self::OperationFinished { .. } => "operation_finished",
         }
     }
@@ -419,9 +438,12 @@ pub struct Vm {
     /// A move in progress.
     #[serde(default)]
     pub moving: Option<Moving>,
-    /// The snapshot a snapshot operation is taking.
+    /// The snapshot the operation in progress takes or deletes.
     #[serde(default)]
     pub snapshotting: Option<SnapshotId>,
+    /// Its snapshots that exist (taken, not deleted).
+    #[serde(default)]
+    pub snapshots: BTreeSet<SnapshotId>,
     pub pending_op: Option<PendingOp>,
     pub finished_ops: VecDeque<OpId>,
     #[serde(with = "time::serde::rfc3339")]
@@ -582,6 +604,12 @@ pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmComman
     if let VmCommand::Create { .. } = cmd {
         return Err(DecideError::AlreadyExists);
     }
+    if let VmCommand::DeleteSnapshot { snapshot } = cmd {
+        if let Some(p) = &vm.pending_op {
+            return Err(DecideError::Busy(p.kind));
+        }
+        return if vm.snapshots.contains(snapshot) { Ok(vec![VmEvent::SnapshotDeleteRequested { snapshot: *snapshot }]) } else { noop() };
+    }
     if vm.status == Deleted {
         return if *cmd == VmCommand::Delete { noop() } else { Err(DecideError::NotFound) };
     }
@@ -655,6 +683,9 @@ pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmComman
         VmCommand::Move { .. } if !vm.volumes.is_empty() => {
             Err(DecideError::InvalidState { action: "move (detach its volumes and data disks first)", status: vm.status.as_str() })
         }
+        VmCommand::Move { .. } if !vm.snapshots.is_empty() => {
+            Err(DecideError::InvalidState { action: "move (its snapshots stay on this host; delete them first)", status: vm.status.as_str() })
+        }
         VmCommand::Move { to } => match vm.status {
             Stopped => Ok(vec![VmEvent::MoveRequested { to: *to }]),
             _ => refuse("move (stop it first)"),
@@ -669,6 +700,7 @@ pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmComman
         VmCommand::TakeSnapshot { .. } if vm.spec.network.enabled && vm.spec.network.mode == crate::spec::NetworkMode::Bridge => {
             Err(DecideError::InvalidState { action: "snapshot (a bridge-mode vm)", status: vm.status.as_str() })
         }
+        VmCommand::DeleteSnapshot { .. } => unreachable!("handled above"),
         VmCommand::TakeSnapshot { snapshot, name } => match vm.status {
             Running | Standby => Ok(vec![VmEvent::SnapshotRequested { snapshot: *snapshot, name: name.clone() }]),
             _ => refuse("snapshot"),
@@ -709,6 +741,7 @@ pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime,
             resizing_to: None,
             moving: None,
             snapshotting: None,
+            snapshots: BTreeSet::new(),
             pending_op: op.map(|id| PendingOp { id, kind: OpKind::Create }),
             finished_ops: VecDeque::new(),
             created_at: at,
@@ -846,7 +879,20 @@ pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime,
             }
             vm.snapshotting = Some(*snapshot);
         }
-        VmEvent::SnapshotTaken { .. } => vm.snapshotting = None,
+        VmEvent::SnapshotTaken { snapshot, .. } => {
+            vm.snapshotting = None;
+            vm.snapshots.insert(*snapshot);
+        }
+        VmEvent::SnapshotDeleteRequested { snapshot } => {
+            if let Some(id) = op {
+                vm.pending_op = Some(PendingOp { id, kind: OpKind::DeleteSnapshot });
+            }
+            vm.snapshotting = Some(*snapshot);
+        }
+        VmEvent::SnapshotDeleted { snapshot } => {
+            vm.snapshotting = None;
+            vm.snapshots.remove(snapshot);
+        }
         VmEvent::OperationFinished { .. } => {
             // A queued command that failed before it began (its host was
             // unavailable) ends its own operation, not the one in progress.
@@ -923,6 +969,8 @@ pub enum Step {
     ImportDisk,
     /// Save memory, devices and root disk as this snapshot; the guest goes on.
     TakeSnapshot(SnapshotId),
+    /// Remove this snapshot's files.
+    DeleteSnapshot(SnapshotId),
     /// Nothing left to do: finish the operation.
     Finish(Outcome),
 }
@@ -951,6 +999,7 @@ impl Step {
             Self::HandOver { .. } => "hand_over",
             Self::ImportDisk => "import_disk",
             Self::TakeSnapshot(_) => "take_snapshot",
+            Self::DeleteSnapshot(_) => "delete_snapshot",
             Self::Finish(_) => "finish",
         }
     }
@@ -967,6 +1016,7 @@ impl Step {
                 | Self::PlugMemory(_)
                 | Self::Snapshot
                 | Self::TakeSnapshot(_)
+                | Self::DeleteSnapshot(_)
                 | Self::ExportDisk
                 | Self::HandOver { .. }
         )
@@ -978,6 +1028,10 @@ impl Step {
 pub fn next_step(vm: &Vm) -> Option<Step> {
     use VmStatus::*;
     let op = vm.pending_op.as_ref()?;
+    // Whatever the VM's status: a snapshot outlives its VM's troubles.
+    if op.kind == OpKind::DeleteSnapshot {
+        return Some(vm.snapshotting.map_or(Step::Finish(Outcome::Succeeded), Step::DeleteSnapshot));
+    }
     if vm.status == Failed {
         let message = vm.message.clone().unwrap_or_else(|| "failed".into());
         return Some(Step::Finish(Outcome::Failed { code: "failed".into(), message }));
@@ -1054,6 +1108,7 @@ pub fn step_event(step: &Step) -> Option<VmEvent> {
         Step::PlugMemory(total) => VmEvent::MemoryResized { memory_mib: *total },
         Step::ExportDisk => VmEvent::DiskExported,
         Step::HandOver { from, to } => VmEvent::Moved { from: *from, to: *to },
+        Step::DeleteSnapshot(snapshot) => VmEvent::SnapshotDeleted { snapshot: *snapshot },
         Step::Finish(outcome) => VmEvent::OperationFinished { outcome: outcome.clone() },
         Step::AllocateNetwork | Step::PrepareDisk | Step::ImportDisk | Step::TakeSnapshot(_) => return None,
     })

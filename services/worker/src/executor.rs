@@ -220,6 +220,7 @@ impl Executor {
             Step::Reboot => d.reboot(vm).await?,
             Step::Snapshot => d.snapshot(vm).await?,
             Step::RestoreSnapshot => d.restore(vm).await?,
+            Step::DeleteSnapshot(snapshot) => d.delete_snapshot(*snapshot).await?,
             Step::TakeSnapshot(snapshot) => return Ok(VmEvent::SnapshotTaken { snapshot: *snapshot, taken: d.take_snapshot(vm, *snapshot).await? }),
             Step::Destroy => {
                 d.destroy(vm).await?;

@@ -553,3 +553,21 @@ fn a_snapshot_leaves_the_vm_as_it_was_and_only_machines_it_can_resume_are_taken(
     hot = evolve(hot, id, None, t0(), &VmEvent::Ready);
     assert!(matches!(decide(hot.as_ref(), OrgId::DEFAULT, ProjectId::DEFAULT, &snap("e")), Err(DecideError::InvalidState { .. })));
 }
+
+#[test]
+fn a_snapshot_is_deleted_whatever_its_vm_became_and_pins_the_vm_to_its_host() {
+    let (mut vm, id) = (None, VmId::new());
+    run(&mut vm, id, VmCommand::Create { spec: Box::new(VmSpec::named("a")), host: HostId::new() }).unwrap();
+    let snapshot = SnapshotId::new();
+    run(&mut vm, id, VmCommand::TakeSnapshot { snapshot, name: "s".into() }).unwrap();
+    assert!(vm.as_ref().unwrap().snapshots.contains(&snapshot));
+    run(&mut vm, id, VmCommand::Stop).unwrap();
+    assert!(matches!(run(&mut vm, id, VmCommand::Move { to: HostId::new() }), Err(DecideError::InvalidState { .. })), "its snapshot stays here");
+    run(&mut vm, id, VmCommand::Delete).unwrap();
+    assert_eq!(vm.as_ref().unwrap().status, VmStatus::Deleted);
+    let delete = VmCommand::DeleteSnapshot { snapshot };
+    assert_eq!(types(&run(&mut vm, id, delete.clone()).unwrap()), ["snapshot_delete_requested", "snapshot_deleted", "operation_finished"]);
+    let v = vm.clone().unwrap();
+    assert_eq!((v.status, v.snapshots.len(), v.snapshotting), (VmStatus::Deleted, 0, None));
+    assert_eq!(types(&run(&mut vm, id, delete).unwrap()), ["operation_finished"], "already gone changes nothing");
+}

@@ -7,7 +7,7 @@
 //!
 //! One tree of views, prefixed keys: `vm/<id>`, `vmidx/<org>/<id>`,
 //! `op/<id>`, `org/<id>`, `prj/<org>/<id>`, `key/<id>`, `host/<id>`,
-//! `hostuse/<id>`, `vol/<id>`, `volidx/<org>/<id>`, `snap/<id>`, `snapidx/<org>/<id>`, `tpl/<id>`, `tplidx/<org>/<id>`,
+//! `hostuse/<id>`, `vol/<id>`, `volidx/<org>/<id>`, `snap/<id>`, `snapidx/<org>/<id>`, `snapclone/<snapshot>/<vm>` (a snapshot's live clones), `tpl/<id>`, `tplidx/<org>/<id>`,
 //! `sshkey/<org>/<id>`, `wh/<org>/<id>`, `whdlv/<org>/<webhook>/<delivery>`,
 //! `vmls/<org>[/<project>]/<status or all>/<id>` with counters `vmlsn/…`,
 //! `vmname/<org>/<name>/<id>` (every VM a name was given),

@@ -5,7 +5,7 @@ use super::{Projections, Txn, key};
 use vmplane_domain::event::Envelope;
 use vmplane_domain::snapshot::{self, Snapshot};
 use vmplane_domain::vm::{Vm, VmEvent};
-use vmplane_domain::{OrgId, SnapshotId};
+use vmplane_domain::{OrgId, SnapshotId, VmId};
 
 /// Fold a VM event into the snapshot it concerns; `vm` is the VM before it.
 pub(super) fn apply(txn: &mut Txn, env: &Envelope, ev: &VmEvent, vm: &Vm) {
@@ -24,6 +24,19 @@ impl Projections {
     /// One snapshot, whatever org it belongs to (callers check ownership).
     pub fn snapshot(&self, id: SnapshotId) -> sled::Result<Option<Snapshot>> {
         self.get(&key(&[&"snap", &id]))
+    }
+
+    /// The VMs created from a snapshot that are not deleted: they resume
+    /// from its memory file or sit on its disk.
+    pub fn snapshot_clones(&self, id: SnapshotId) -> sled::Result<Vec<VmId>> {
+        let mut clones = Vec::new();
+        for k in self.scan_keys(&key(&[&"snapclone", &id, &""])) {
+            let k = k?;
+            if let Some(vm) = std::str::from_utf8(&k).ok().and_then(|s| s.rsplit('/').next()).and_then(|s| s.parse().ok()) {
+                clones.push(vm);
+            }
+        }
+        Ok(clones)
     }
 
     /// An org's snapshots that `keep` keeps, oldest first: one page and the total.

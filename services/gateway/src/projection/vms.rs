@@ -51,6 +51,12 @@ pub(super) fn apply(txn: &mut Txn, seq: u64, env: &Envelope, ev: &VmEvent, paylo
         used += after.spec.resources();
         txn.put(usage_key.clone(), used);
     }
+    if let Some(snap) = after.spec.from_snapshot.filter(|_| !existed) {
+        txn.put_raw(key(&[&"snapclone", &snap, &id]), Vec::new());
+    }
+    if let Some(snap) = after.spec.from_snapshot.filter(|_| !was_deleted && after.status == VmStatus::Deleted) {
+        txn.remove(key(&[&"snapclone", &snap, &id]));
+    }
     if !existed {
         txn.put(key(&[&"vmidx", &after.org, &id]), ());
         txn.put_raw(key(&[&"vmname", &after.org, &after.spec.name, &id]), Vec::new());

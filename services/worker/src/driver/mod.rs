@@ -113,6 +113,8 @@ pub trait Driver: Send + Sync + 'static {
     /// `snapshot`, which VMs created `from_snapshot` resume from; a running
     /// guest is paused only while its state is copied. Already taken is success.
     async fn take_snapshot(&self, vm: &Vm, snapshot: SnapshotId) -> Result<SnapshotTaken, DriverError>;
+    /// Remove a snapshot's files; already gone is success.
+    async fn delete_snapshot(&self, snapshot: SnapshotId) -> Result<(), DriverError>;
     /// Stop the hypervisor process now, without asking the guest: a VM that
     /// failed keeps none. Saved state and disks stay; already gone is success.
     async fn halt(&self, vm: &Vm) -> Result<(), DriverError>;

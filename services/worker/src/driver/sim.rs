@@ -455,6 +455,13 @@ impl Driver for SimDriver {
         Ok(SnapshotTaken { size_bytes, pause_ms: 0 })
     }
 
+    async fn delete_snapshot(&self, snapshot: SnapshotId) -> Result<(), DriverError> {
+        match std::fs::remove_file(self.snapshot_path(snapshot)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DriverError::Retryable(e.to_string())),
+            _ => Ok(()),
+        }
+    }
+
     async fn create_volume(&self, volume: &Volume) -> Result<String, DriverError> {
         Ok(format!("sim://volumes/{}", volume.id))
     }

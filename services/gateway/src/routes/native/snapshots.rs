@@ -17,7 +17,7 @@ use vmplane_domain::{HostId, ProjectId, SnapshotId, VmId};
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(take_snapshot)).routes(routes!(list_snapshots)).routes(routes!(get_snapshot))
+    OpenApiRouter::new().routes(routes!(take_snapshot)).routes(routes!(list_snapshots)).routes(routes!(get_snapshot, delete_snapshot))
 }
 
 /// A snapshot as the API shows it.
@@ -148,4 +148,17 @@ async fn list_snapshots(State(state): State<AppState>, who: Principal, Query(q):
     responses((status = 200, body = SnapshotView), (status = "4XX", body = ErrorBody)))]
 async fn get_snapshot(State(state): State<AppState>, who: Principal, PathId(id): PathId<SnapshotId>) -> ApiResult<axum::Json<SnapshotView>> {
     Ok(axum::Json(snapshots::get(&state.app, &who, id)?.into()))
+}
+
+/// Delete a snapshot and free its files; 409 `snapshot_in_use` while VMs
+/// created from it exist.
+#[utoipa::path(delete, path = "/v1/snapshots/{id}", tag = "snapshots", params(("id" = vmplane_domain::SnapshotId, Path, description = "Snapshot id")),
+    responses((status = 202, body = SnapshotAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn delete_snapshot(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<SnapshotId>,
+) -> ApiResult<(StatusCode, axum::Json<SnapshotAccepted>)> {
+    Ok((StatusCode::ACCEPTED, axum::Json(snapshots::delete(&state.app, &who, alloc, id).await?.into())))
 }

@@ -714,6 +714,13 @@ impl Driver for QemuDriver {
         self.snapshot_vm(vm, snap).await
     }
 
+    async fn delete_snapshot(&self, snap: SnapshotId) -> Result<(), DriverError> {
+        match std::fs::remove_dir_all(self.snapshot_dir(snap).path()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(retry(e)),
+            _ => Ok(()),
+        }
+    }
+
     async fn halt(&self, vm: &Vm) -> Result<(), DriverError> {
         let dir = self.dir(vm.id);
         if dir.path().exists() {
