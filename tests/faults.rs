@@ -376,3 +376,42 @@ fn pull_config(c: jetstream::consumer::Config) -> jetstream::consumer::pull::Con
         ..Default::default()
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_while_taking_a_snapshot_takes_it_once_after_its_restart() {
+    // The harness's worker has a short ack wait: a crashed worker's command comes back soon.
+    let mut stack = Stack::start().await;
+    let c = stack.admin.clone();
+    let vm = c.create_vm(json!({ "name": "src", "labels": { "sim.crash-once": "take_snapshot" } })).await;
+    let id = str_of(&vm["id"]).to_owned();
+    c.wait_op_succeeded(str_of(&vm["operation"]["id"])).await;
+    let (s, b) = c.post(&format!("/v1/vms/{id}/snapshots"), &json!({ "name": "base" })).await;
+    assert_eq!(s, 202, "{b}");
+    let (snap, op) = (str_of(&b["id"]).to_owned(), str_of(&b["operation"]["id"]).to_owned());
+    let mut crashes = 0;
+    let worker = &mut stack.worker;
+    let done = wait_for("the snapshot to end", Duration::from_secs(90), async || {
+        if let Some(status) = worker.exited() {
+            assert!(!status.success(), "the worker exits only by crashing here: {status}");
+            crashes += 1;
+            worker.respawn();
+        }
+        let (s, o) = c.get(&format!("/v1/operations/{op}")).await;
+        match o["status"].as_str() {
+            Some("succeeded" | "failed") => Ok(o),
+            _ => Err(format!("{s} {o}")),
+        }
+    })
+    .await;
+    assert_eq!((done["status"].as_str(), crashes), (Some("succeeded"), 1), "{done}");
+    assert_eq!(c.get(&format!("/v1/snapshots/{snap}")).await.1["status"], "ready");
+    let types = c.event_types(&id).await;
+    for t in ["snapshot_requested", "snapshot_taken"] {
+        assert_eq!(types.iter().filter(|x| *x == t).count(), 1, "one {t}: {types:?}");
+    }
+    assert_eq!(c.vm(&id).await["status"], "running");
+    // A clone of it runs.
+    let clone = c.create_vm(json!({ "name": "clone", "from_snapshot": snap })).await;
+    c.wait_op_succeeded(str_of(&clone["operation"]["id"])).await;
+    assert_eq!(c.vm(str_of(&clone["id"])).await["status"], "running");
+}

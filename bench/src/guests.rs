@@ -23,6 +23,9 @@
 //! and, unless they already run, `virtlogd -d` and `libvirtd -d`, and stops
 //! all of them (and every guest) at the end, on error and on Ctrl-C.
 
+#[path = "clones.rs"]
+mod clones;
+
 use crate::bare::{Bare, Template};
 use crate::libvirt::{Libvirt, Libvirtd};
 use crate::{Api, ClusterSpec, Stats, find_vmplane, start_cluster, wait_vmplane};
@@ -47,6 +50,8 @@ pub enum Phase {
     /// What one idle guest costs (CPU with and without a client on the agent socket, memory).
     Idle,
     Capacity,
+    /// VMs created from a snapshot against cold creates, a fork, and clones' shared memory.
+    Clones,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -80,6 +85,9 @@ pub struct GuestArgs {
     /// standby: standby + restore cycles per system.
     #[arg(long, default_value_t = 5)]
     pub standby_cycles: usize,
+    /// clones: how many clones run together for the memory figure.
+    #[arg(long, default_value_t = 10)]
+    pub clones: usize,
     /// capacity: start at most this many guests.
     #[arg(long, default_value_t = 64)]
     pub capacity_max: usize,
@@ -760,6 +768,14 @@ pub async fn run(args: GuestArgs) -> Result<bool> {
         report.capacity = Some(capacity(&api, &qemu_dir, &host, &args, limit).await?);
     }
 
+    // ------------------------------------------------ snapshots and clones
+    let clones = if args.phases.contains(&Phase::Clones) {
+        wait_low_load(args.max_load, load_wait, "the clones phase").await;
+        Some(clones::phase(&api, &qemu_dir, args.memory_mib, args.disk_gb, args.boots, args.clones, limit).await.map_err(|e| format!("{e:#}")))
+    } else {
+        None
+    };
+
     // ------------------------------------------------ report
     report.template = vmp.template().ok();
     let out = render(
@@ -777,6 +793,11 @@ pub async fn run(args: GuestArgs) -> Result<bool> {
         },
     )?;
     print!("{out}");
+    match &clones {
+        Some(Ok(section)) => print!("{section}"),
+        Some(Err(e)) => println!("\nsnapshots and clones: FAILED: {e}"),
+        None => {}
+    }
 
     // ------------------------------------------------ clean up
     drop(lv);
@@ -787,7 +808,8 @@ pub async fn run(args: GuestArgs) -> Result<bool> {
     let leftovers = sweep.kill();
     restore_owners(&image_owners);
     eprintln!("vmplane-bench: stopped nats-server, gateway, worker{}", if want_libvirt { " and the libvirt daemons it started" } else { "" });
-    let clean = report.boot_errors.is_empty() && report.standby.iter().all(|r| r.errors.is_empty()) && leftovers == 0;
+    let clean =
+        clones.as_ref().is_none_or(Result::is_ok) && report.boot_errors.is_empty() && report.standby.iter().all(|r| r.errors.is_empty()) && leftovers == 0;
     if leftovers > 0 {
         eprintln!("vmplane-bench: {leftovers} qemu process(es) were still running at the end and were killed");
     }
