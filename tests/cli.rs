@@ -228,6 +228,18 @@ async fn vms_volumes_logs_and_events_from_the_command_line() {
     ok(&admin(&sh, &stack, &["volume", "rm", "data", "--wait"]).await);
     assert!(!ok(&admin(&sh, &stack, &["volume", "ls", "-q"]).await).contains(&vol_id));
 
+    // Snapshots: take one of web-1, create a VM from it by name, refuse its delete while that VM lives.
+    let snap = json(&admin(&sh, &stack, &["snapshot", "take", "web-1", "base", "--wait", "-o", "json"]).await);
+    assert_eq!((snap["status"].as_str(), snap["source_vm_id"].as_str()), (Some("ready"), Some(web1_id.as_str())), "{snap}");
+    let snap_id = str_of(&snap["id"]).to_owned();
+    let clone = json(&admin(&sh, &stack, &["vm", "create", "clone-1", "--from-snapshot", "base", "--wait", "-o", "json"]).await);
+    assert_eq!((clone["status"].as_str(), clone["from_snapshot"].as_str()), (Some("running"), Some(snap_id.as_str())), "{clone}");
+    assert!(ok(&admin(&sh, &stack, &["snapshot", "ls"]).await).contains("base"));
+    fails(&admin(&sh, &stack, &["snapshot", "rm", "base"]).await, CONFLICT, "snapshot_in_use");
+    ok(&admin(&sh, &stack, &["vm", "rm", "clone-1", "--wait"]).await);
+    ok(&admin(&sh, &stack, &["snapshot", "rm", &snap_id, "--wait"]).await);
+    assert!(!ok(&admin(&sh, &stack, &["snapshot", "ls", "-q"]).await).contains(&snap_id));
+
     // `vm ssh` runs the system ssh with the VM's forwarded port: a stand-in on PATH prints its arguments.
     let bin = sh.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();

@@ -927,6 +927,22 @@ async fn clones_resume_a_snapshots_memory_each_as_a_machine_of_its_own() {
     g.act(&id, "stop").await;
     let again = g.act(&id, "start").await;
     assert_eq!(g.ssh(&again, "cat /root/only-a; cat /mem/value 2>/dev/null || echo cold").trim(), "mine\ncold");
+    // A VM in standby is snapshotted from its saved state, without running it.
+    assert_eq!(g.act(&src_id, "standby").await["status"], "standby");
+    let (s, b) = g.admin.post(&format!("/v1/vms/{src_id}/snapshots"), &json!({"name": "asleep"})).await;
+    assert_eq!(s, 202, "{b}");
+    let asleep = str_of(&b["id"]).to_owned();
+    g.wait_op(str_of(&b["operation"]["id"])).await;
+    assert_eq!(g.admin.get(&format!("/v1/snapshots/{asleep}")).await.1["pause_ms"], 0);
+    assert_eq!((g.admin.vm(&src_id).await["status"].as_str(), qemu_processes(&src_id)), (Some("standby"), 0));
+    let woken = g.running_vm(json!({"name": "from-standby", "from_snapshot": asleep})).await;
+    assert_eq!(g.ssh(&woken, "cat /mem/value; hostname").trim(), "737373\nfrom-standby");
+    assert_eq!(g.act(str_of(&woken["id"]), "delete").await["status"], "deleted");
+    let (s, b) = g.admin.delete(&format!("/v1/snapshots/{asleep}")).await;
+    assert_eq!(s, 202, "{b}");
+    g.wait_op(str_of(&b["operation"]["id"])).await;
+    assert_eq!(g.act(&src_id, "restore").await["status"], "running");
+
     let (s, b) = g.admin.delete(&format!("/v1/snapshots/{snap}")).await;
     assert_eq!((s, b["code"].as_str()), (409, Some("snapshot_in_use")), "live clones read its files: {b}");
     for vm in clones.iter().chain([&late, &src]) {

@@ -20,6 +20,7 @@ pub mod key;
 pub mod login;
 pub mod output;
 pub mod resolve;
+pub mod snapshot;
 pub mod sse;
 pub mod ssh;
 pub mod tenancy;
@@ -98,6 +99,8 @@ pub enum Command {
     Vm(Group<vm::VmCmd>),
     /// Volumes: create, list, attach to a VM, detach, delete.
     Volume(Group<volume::VolumeCmd>),
+    /// Snapshots of VMs: take, list, delete (create VMs from one with `vm create --from-snapshot`).
+    Snapshot(Group<snapshot::SnapshotCmd>),
     /// Images the hosts can boot; import one (admin).
     Image(Group<image::ImageCmd>),
     /// Hosts: list, cordon, uncordon (admin).
@@ -175,6 +178,7 @@ async fn dispatch(command: Command, mut root: clap::Command) -> Result<()> {
     match command {
         Command::Vm(g) => vm::run(&Ctx::connect(&g.global).await?, g.command).await,
         Command::Volume(g) => volume::run(&Ctx::connect(&g.global).await?, g.command).await,
+        Command::Snapshot(g) => snapshot::run(&Ctx::connect(&g.global).await?, g.command).await,
         Command::Image(g) => image::run(&Ctx::connect(&g.global).await?, g.command).await,
         Command::Host(g) => host::run(&Ctx::connect(&g.global).await?, g.command).await,
         Command::Events(a) => events::feed(&Ctx::connect(&a.global).await?, &a).await,

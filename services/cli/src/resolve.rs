@@ -57,6 +57,15 @@ pub async fn volume(api: &Api, input: &str) -> Result<String> {
     pick("volume", input, &named(api, "volume", "/v1/volumes", input).await?, "/name")
 }
 
+/// A snapshot's id from its id or name (the list has no name filter: one
+/// request per page of the caller's snapshots).
+pub async fn snapshot(api: &Api, input: &str) -> Result<String> {
+    if looks_like_id("snap", input) {
+        return Ok(input.to_owned());
+    }
+    pick("snapshot", input, &api.list_all("/v1/snapshots", &[]).await?, "/name")
+}
+
 /// A host's id from its id or name.
 pub async fn host(api: &Api, input: &str) -> Result<String> {
     if looks_like_id("host", input) {

@@ -124,6 +124,9 @@ pub struct CreateArgs {
     /// A label, KEY=VALUE; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Resume this snapshot (id or name) instead of booting: the VM is a clone of its machine.
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub from_snapshot: Option<String>,
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -240,7 +243,10 @@ pub async fn run(ctx: &Ctx, cmd: VmCmd) -> Result<()> {
     }
 }
 
-async fn create(ctx: &Ctx, a: CreateArgs) -> Result<()> {
+async fn create(ctx: &Ctx, mut a: CreateArgs) -> Result<()> {
+    if let Some(snap) = &a.from_snapshot {
+        a.from_snapshot = Some(resolve::snapshot(&ctx.api, snap).await?);
+    }
     let ssh_keys = a.ssh_keys.iter().map(|p| read_keys(p)).collect::<Result<Vec<_>>>()?.concat();
     let user_data = a.user_data.as_deref().map(read_text).transpose()?;
     let mut volumes = Vec::new();
@@ -269,6 +275,7 @@ pub fn create_body(a: &CreateArgs, ssh_keys: Vec<String>, user_data: Option<Stri
     opt("user_data", user_data.map(|v| json!(v)));
     opt("plan", a.plan.as_ref().map(|v| json!(v)));
     opt("region", a.region.as_ref().map(|v| json!(v)));
+    opt("from_snapshot", a.from_snapshot.as_ref().map(|v| json!(v)));
     opt("ssh_keys", (!ssh_keys.is_empty()).then(|| json!(ssh_keys)));
     opt("port_forwards", (!a.ports.is_empty()).then(|| json!(a.ports)));
     let mounts: Vec<Value> = volumes.iter().map(|v| json!({"volume_id": v.volume, "mount_path": v.path, "readonly": v.readonly})).collect();
