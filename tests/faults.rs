@@ -378,40 +378,55 @@ fn pull_config(c: jetstream::consumer::Config) -> jetstream::consumer::pull::Con
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_while_taking_a_snapshot_takes_it_once_after_its_restart() {
-    // The harness's worker has a short ack wait: a crashed worker's command comes back soon.
+async fn a_worker_killed_during_a_fork_of_three_makes_exactly_three_clones_after_its_restart() {
+    // The harness's worker has a short ack wait: a crashed worker's commands come back soon.
     let mut stack = Stack::start().await;
     let c = stack.admin.clone();
     let vm = c.create_vm(json!({ "name": "src", "labels": { "sim.crash-once": "take_snapshot" } })).await;
     let id = str_of(&vm["id"]).to_owned();
     c.wait_op_succeeded(str_of(&vm["operation"]["id"])).await;
-    let (s, b) = c.post(&format!("/v1/vms/{id}/snapshots"), &json!({ "name": "base" })).await;
+    let (s, b) = c.post(&format!("/v1/vms/{id}/fork"), &json!({ "name": "f", "count": 3 })).await;
     assert_eq!(s, 202, "{b}");
-    let (snap, op) = (str_of(&b["id"]).to_owned(), str_of(&b["operation"]["id"]).to_owned());
+    let snap = str_of(&b["snapshot"]["id"]).to_owned();
+    let mut ops: Vec<String> = vec![str_of(&b["operation"]["id"]).to_owned()];
+    ops.extend(b["vms"].as_array().unwrap().iter().map(|v| str_of(&v["operation"]["id"]).to_owned()));
     let mut crashes = 0;
     let worker = &mut stack.worker;
-    let done = wait_for("the snapshot to end", Duration::from_secs(90), async || {
+    let done = wait_for("the fork to end", Duration::from_secs(120), async || {
         if let Some(status) = worker.exited() {
             assert!(!status.success(), "the worker exits only by crashing here: {status}");
             crashes += 1;
             worker.respawn();
         }
-        let (s, o) = c.get(&format!("/v1/operations/{op}")).await;
-        match o["status"].as_str() {
-            Some("succeeded" | "failed") => Ok(o),
-            _ => Err(format!("{s} {o}")),
+        let mut ended = Vec::new();
+        for op in &ops {
+            let (s, o) = c.get(&format!("/v1/operations/{op}")).await;
+            match o["status"].as_str() {
+                Some("succeeded" | "failed") => ended.push(o),
+                _ => return Err(format!("{op}: {s} {o}")),
+            }
         }
+        Ok(ended)
     })
     .await;
-    assert_eq!((done["status"].as_str(), crashes), (Some("succeeded"), 1), "{done}");
+    assert_eq!(crashes, 1, "the injected crash happened once");
+    assert!(done.iter().all(|o| o["status"] == "succeeded"), "{done:?}");
     assert_eq!(c.get(&format!("/v1/snapshots/{snap}")).await.1["status"], "ready");
     let types = c.event_types(&id).await;
     for t in ["snapshot_requested", "snapshot_taken"] {
         assert_eq!(types.iter().filter(|x| *x == t).count(), 1, "one {t}: {types:?}");
     }
     assert_eq!(c.vm(&id).await["status"], "running");
-    // A clone of it runs.
-    let clone = c.create_vm(json!({ "name": "clone", "from_snapshot": snap })).await;
-    c.wait_op_succeeded(str_of(&clone["operation"]["id"])).await;
-    assert_eq!(c.vm(str_of(&clone["id"])).await["status"], "running");
+    // Exactly three clones, each resumed once from the snapshot.
+    let (_, all) = c.get("/v1/vms?limit=100").await;
+    let clones: Vec<&Value> = all["data"].as_array().unwrap().iter().filter(|v| v["from_snapshot"] == snap.as_str()).collect();
+    assert_eq!(clones.len(), 3, "{all}");
+    for clone in clones {
+        let guest = stack.sim_guest(str_of(&clone["id"])).expect("sim guest");
+        assert_eq!(
+            (clone["status"].as_str(), guest["boots"].as_u64(), guest["resumed_from"].as_str()),
+            (Some("running"), Some(1), Some(snap.as_str())),
+            "{clone}"
+        );
+    }
 }

@@ -943,6 +943,18 @@ async fn clones_resume_a_snapshots_memory_each_as_a_machine_of_its_own() {
     g.wait_op(str_of(&b["operation"]["id"])).await;
     assert_eq!(g.act(&src_id, "restore").await["status"], "running");
 
+    // A fork: the snapshot and its clone in one request; the clone waits on the host for the snapshot.
+    let (s, f) = g.admin.post(&format!("/v1/vms/{src_id}/fork"), &json!({"name": "forked"})).await;
+    assert_eq!(s, 202, "{f}");
+    g.wait_op(str_of(&f["operation"]["id"])).await;
+    g.wait_op(str_of(&f["vms"][0]["operation"]["id"])).await;
+    let forked = g.admin.vm(str_of(&f["vms"][0]["id"])).await;
+    assert_eq!(g.ssh(&forked, "cat /mem/value; hostname").trim(), "737373\nforked");
+    assert_eq!(g.act(str_of(&forked["id"]), "delete").await["status"], "deleted");
+    let (s, b) = g.admin.delete(&format!("/v1/snapshots/{}", str_of(&f["snapshot"]["id"]))).await;
+    assert_eq!(s, 202, "{b}");
+    g.wait_op(str_of(&b["operation"]["id"])).await;
+
     let (s, b) = g.admin.delete(&format!("/v1/snapshots/{snap}")).await;
     assert_eq!((s, b["code"].as_str()), (409, Some("snapshot_in_use")), "live clones read its files: {b}");
     for vm in clones.iter().chain([&late, &src]) {

@@ -70,6 +70,17 @@ impl Allocation {
         self.resource
     }
 
+    /// The ids of the `n`th request a use case makes on behalf of this one
+    /// (a fork's clone creates): distinct for each `n`, and the same for a
+    /// retry with the same idempotency key, so the sub-requests are retried
+    /// idempotently too.
+    pub fn derived(&self, n: u32) -> Self {
+        // An odd 80-bit multiplier spreads n over the random part; the time part stays.
+        const SPREAD: u128 = 0x9E37_79B9_7F4A_7C15_F39D;
+        let mix = |u: Ulid| Ulid::from_parts(u.timestamp_ms(), u.random() ^ ((u128::from(n) + 1).wrapping_mul(SPREAD) & ((1u128 << 80) - 1)));
+        Self { op: mix(self.op), resource: mix(self.resource), random: self.random }
+    }
+
     /// 256 bits only this caller can reproduce (with this idempotency key),
     /// never stored: the random part of a new API key's secret.
     pub fn random(&self) -> [u8; 32] {
@@ -260,6 +271,15 @@ pub async fn begin(app: &App, who: &Principal, credential: &str, key: &str, requ
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_ids_are_distinct_per_part_and_the_same_on_a_retry() {
+        let a = Allocation::fresh();
+        let ids: std::collections::BTreeSet<Ulid> = (1..=16).flat_map(|n| [a.derived(n).op, a.derived(n).resource]).chain([a.op, a.resource]).collect();
+        assert_eq!(ids.len(), 34, "every part gets ids of its own");
+        assert_eq!((a.derived(3).op, a.derived(3).resource), (a.derived(3).op, a.derived(3).resource));
+        assert_eq!(a.derived(3).op.timestamp_ms(), a.op.timestamp_ms(), "they sort with the request's");
+    }
 
     #[test]
     fn sealed_answers_open_only_with_the_same_credential() {

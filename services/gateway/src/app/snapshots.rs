@@ -1,12 +1,20 @@
 //! Snapshots: taking one of a running or standby VM, reading them, and the
 //! snapshot a create `from_snapshot` resumes. Another org's is not found.
 
-use super::accept::accepted_before;
+use super::accept::{accepted_before, wait_for};
 use super::{Accepted, Allocation, App, AppError, AppResult, Listed, Principal, Window};
+use crate::projection::operations::OpStatus;
 use time::OffsetDateTime;
 use vmplane_domain::snapshot::{self, Snapshot, SnapshotStatus};
 use vmplane_domain::spec::is_dns_label;
 use vmplane_domain::vm::{VmCommand, VmEvent};
+
+use super::vms::NewVm;
+use std::collections::BTreeSet;
+use vmplane_domain::placement::Placement;
+use vmplane_domain::spec::VmSpec;
+use vmplane_domain::template::Field;
+use vmplane_domain::vm::Vm;
 use vmplane_domain::{SnapshotId, VmId};
 
 /// A snapshot the caller may see (not deleted).
@@ -71,12 +79,65 @@ pub async fn delete(app: &App, who: &Principal, alloc: Allocation, id: SnapshotI
     Ok(Accepted { resource: app.proj.snapshot(id)?.filter(|p| p.status != SnapshotStatus::Ready).unwrap_or(resource), operation: accepted.operation })
 }
 
-/// The snapshot a create resumes from: the caller's, and ready.
+/// How long a fork waits for its snapshot to be taken up by the source's host.
+const FORK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// At most this many clones in one fork.
+pub const MAX_FORK: u32 = 16;
+
+/// What a fork accepted: the snapshot (with its operation) and its clones
+/// (each with its create operation).
+pub struct Forked {
+    pub snapshot: Accepted<Snapshot>,
+    pub clones: Vec<Accepted<Vm>>,
+}
+
+/// Snapshot a running or standby VM as `name` and create `count` VMs from
+/// it at once: `name` for one, `name-1` ... `name-<count>` for more. The
+/// clones are accepted before the snapshot is ready and wait for it on its
+/// host; each is the source's machine, as for any create `from_snapshot`.
+/// Every part is an ordinary command with ids derived from this request's,
+/// so a retry with the same idempotency key makes no second snapshot or clone.
+pub async fn fork(app: &App, who: &Principal, alloc: Allocation, vm: VmId, name: String, count: u32) -> AppResult<Forked> {
+    if !(1..=MAX_FORK).contains(&count) {
+        return Err(AppError::Invalid("validation_failed", format!("count: 1 to {MAX_FORK}")));
+    }
+    let names: Vec<String> = if count == 1 { vec![name.clone()] } else { (1..=count).map(|i| format!("{name}-{i}")).collect() };
+    if let Some(bad) = names.iter().find(|n| !is_dns_label(n)) {
+        return Err(AppError::Invalid(
+            "validation_failed",
+            format!("name: `{bad}` is not a DNS label (1-63 of a-z, 0-9 and '-', the clones' numbers included)"),
+        ));
+    }
+    let source = super::vms::get(app, who, vm)?;
+    let snapshot = take(app, who, alloc, vm, name).await?;
+    // The clones' creates look the snapshot up: wait until its host's worker took it up.
+    let op = snapshot.operation.id;
+    let started = wait_for(app, op, FORK_WAIT, |o| o.status != OpStatus::Pending).await?;
+    if app.proj.snapshot(snapshot.resource.id)?.is_none() {
+        let status = started.map_or("unknown", |o| if o.status == OpStatus::Failed { "failed" } else { "pending" });
+        return Err(AppError::Unavailable(format!(
+            "the snapshot's operation {op} is {status}: its host did not take it up; no clone was created (retry with the same Idempotency-Key)"
+        )));
+    }
+    let mut clones = Vec::with_capacity(names.len());
+    for (i, clone_name) in (1..).zip(names) {
+        let mut spec = VmSpec::named(clone_name);
+        spec.from_snapshot = Some(snapshot.resource.id);
+        let unset: BTreeSet<Field> = Field::ALL.into_iter().collect();
+        snapshot::fit_clone(&source.spec, &mut spec, &unset)?;
+        let new = NewVm { spec, unset, ssh_key_ids: Vec::new(), placement: Placement::default() };
+        clones.push(super::vms::create(app, who, alloc.derived(i), new).await?);
+    }
+    Ok(Forked { snapshot, clones })
+}
+
+/// The snapshot a create resumes from: the caller's, and being taken or
+/// ready (a clone of one still being taken waits for it on its host).
 pub fn to_resume(app: &App, who: &Principal, id: SnapshotId) -> AppResult<Snapshot> {
     let s = get(app, who, id)?;
     match s.status {
-        SnapshotStatus::Ready => Ok(s),
-        SnapshotStatus::Creating => Err(AppError::Conflict("snapshot_not_ready", format!("snapshot {id} is still being taken"))),
+        SnapshotStatus::Ready | SnapshotStatus::Creating => Ok(s),
         SnapshotStatus::Failed => Err(AppError::Conflict("snapshot_failed", format!("snapshot {id} failed: {}", s.message.unwrap_or_default()))),
         SnapshotStatus::Deleting | SnapshotStatus::Deleted => Err(AppError::Conflict("invalid_state", format!("snapshot {id} is being deleted"))),
     }

@@ -374,7 +374,8 @@ impl Driver for SimDriver {
         let resume = vm.spec.from_snapshot.filter(|_| vm.started_at.is_none());
         if let Some(snap) = resume {
             if !self.snapshot_path(snap).exists() {
-                return Err(DriverError::Fatal(format!("snapshot {snap} is not on this host")));
+                // As the qemu driver: a fork's clones wait for their snapshot.
+                return Err(DriverError::Retryable(format!("snapshot {snap} is not ready on this host yet")));
             }
         } else {
             tokio::time::sleep(self.cfg.boot_delay).await;

@@ -3,6 +3,7 @@
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{Json, PathId, Query};
 use super::pagination::{Page, PageQuery};
+use super::vms::{VmAccepted, VmView};
 use crate::AppState;
 use crate::app::snapshots;
 use crate::app::{Accepted, Allocation, Operation, Principal};
@@ -17,7 +18,7 @@ use vmplane_domain::{HostId, ProjectId, SnapshotId, VmId};
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(take_snapshot)).routes(routes!(list_snapshots)).routes(routes!(get_snapshot, delete_snapshot))
+    OpenApiRouter::new().routes(routes!(take_snapshot)).routes(routes!(fork_vm)).routes(routes!(list_snapshots)).routes(routes!(get_snapshot, delete_snapshot))
 }
 
 /// A snapshot as the API shows it.
@@ -161,4 +162,49 @@ async fn delete_snapshot(
     PathId(id): PathId<SnapshotId>,
 ) -> ApiResult<(StatusCode, axum::Json<SnapshotAccepted>)> {
     Ok((StatusCode::ACCEPTED, axum::Json(snapshots::delete(&state.app, &who, alloc, id).await?.into())))
+}
+
+/// `POST /v1/vms/{id}/fork` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkRequest {
+    /// The snapshot's name, and the clones': `name` for one, `name-1` ...
+    /// `name-<count>` for more (each a DNS label).
+    #[schema(value_type = vmplane_domain::spec::DnsLabel)]
+    pub name: String,
+    /// How many VMs to create from the snapshot. Default 1.
+    #[schema(minimum = 1, maximum = 16)]
+    pub count: Option<u32>,
+}
+
+/// A fork: its snapshot with the snapshot's operation, and the clones, each
+/// with its create operation (the clones are `running` once theirs succeeded).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ForkAccepted {
+    pub snapshot: SnapshotView,
+    pub operation: Operation,
+    pub vms: Vec<VmAccepted>,
+}
+
+/// Snapshot a running or standby VM and create `count` VMs that resume from
+/// it (as `POST /v1/vms/{id}/snapshots`, then `POST /v1/vms` with
+/// `from_snapshot` for each, in one request). The clones wait on the
+/// snapshot's host until it is ready.
+#[utoipa::path(post, path = "/v1/vms/{id}/fork", tag = "snapshots", request_body = ForkRequest,
+    params(("id" = vmplane_domain::VmId, Path, description = "VM id")),
+    responses((status = 202, body = ForkAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn fork_vm(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<VmId>,
+    Json(req): Json<ForkRequest>,
+) -> ApiResult<(StatusCode, axum::Json<ForkAccepted>)> {
+    let forked = snapshots::fork(&state.app, &who, alloc, id, req.name, req.count.unwrap_or(1)).await?;
+    let vms = forked
+        .clones
+        .into_iter()
+        .map(|a| Ok(VmAccepted { vm: VmView::read(&state.app, a.resource)?, operation: a.operation }))
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok((StatusCode::ACCEPTED, axum::Json(ForkAccepted { snapshot: forked.snapshot.resource.into(), operation: forked.snapshot.operation, vms })))
 }

@@ -30,9 +30,11 @@ pub fn resumes_from(vm: &Vm) -> Option<SnapshotId> {
 }
 
 impl SnapshotDir {
-    /// This snapshot, if it was completed on this host.
+    /// This snapshot, once it was completed on this host. Until then the
+    /// step is retried: a fork's clones are created while it is being taken
+    /// (the gateway never lets a clone name a snapshot of another host).
     pub fn ready(self) -> Result<Self, DriverError> {
-        if self.info().exists() { Ok(self) } else { Err(fatal(format!("snapshot {} is not on this host", snapshot_name(&self)))) }
+        if self.info().exists() { Ok(self) } else { Err(retry(format!("snapshot {} is not ready on this host yet", snapshot_name(&self)))) }
     }
 }
 
