@@ -130,6 +130,7 @@ impl QemuDriver {
         let (tx, rx) = mpsc::unbounded_channel();
         let driver = Self { cfg, user_net, ports: Mutex::new(()), gpus: Mutex::new(()), watched: Arc::default(), exits: Mutex::new(Some(rx)) };
         driver.adopt();
+        snapshot::sweep_templates(&driver.cfg.dir);
         tokio::spawn(watch(driver.watched.clone(), driver.cfg.dir.clone(), tx));
         Ok(driver)
     }

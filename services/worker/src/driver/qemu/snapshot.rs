@@ -186,6 +186,31 @@ impl QemuDriver {
     }
 }
 
+/// At start, no snapshot is being taken on this host: stop any templating
+/// qemu a crashed worker left (by the pid file in its `work` directory,
+/// checked against `/proc` to be a vmplane qemu) and remove its directory.
+/// The snapshot itself is made again if its operation is retried.
+pub fn sweep_templates(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root.join("snapshots")) else { return };
+    for entry in entries.flatten() {
+        let work = VmDir::at(entry.path().join("work"));
+        if !work.path().exists() {
+            continue;
+        }
+        let pid = std::fs::read_to_string(work.pid()).ok().and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(pid) = pid.filter(|pid| is_vmplane_qemu(*pid)) {
+            tracing::warn!(pid, dir = %work.path().display(), "stopping a templating qemu left by an earlier worker");
+            super::signal(pid, libc::SIGKILL);
+        }
+        let _ = std::fs::remove_dir_all(work.path());
+    }
+}
+
+/// Whether `pid` is a live qemu that vmplane started (its `-name` says so).
+fn is_vmplane_qemu(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|a| a.starts_with(b"vmplane-vm_")))
+}
+
 /// Tell a clone's guest agent who it is now (instance id, hostname, MAC,
 /// fresh entropy): the clone is `running` once the agent says it is done.
 pub async fn take_identity(vm: &Vm, dir: &VmDir, patience: Duration) -> Result<(), DriverError> {
@@ -203,5 +228,38 @@ pub async fn take_identity(vm: &Vm, dir: &VmDir, patience: Duration) -> Result<(
             }
             done => return done,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_left_templating_directory_is_removed_and_only_a_vmplane_qemu_is_killed() {
+        let root = tempfile::tempdir().unwrap();
+        let work = root.path().join("snapshots").join(SnapshotId::new().to_string()).join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        // Our own pid: alive, but not a vmplane qemu, so it must survive the sweep.
+        std::fs::write(work.join("qemu.pid"), std::process::id().to_string()).unwrap();
+        assert!(!is_vmplane_qemu(std::process::id() as i32));
+        sweep_templates(root.path());
+        assert!(!work.exists(), "the work directory is gone");
+        assert!(work.parent().unwrap().exists(), "the snapshot's own files stay");
+    }
+
+    #[test]
+    fn only_a_clones_first_start_resumes() {
+        let created = vmplane_domain::vm::VmEvent::Created {
+            org: vmplane_domain::OrgId::DEFAULT,
+            project: vmplane_domain::ProjectId::DEFAULT,
+            spec: Box::new(vmplane_domain::spec::VmSpec { from_snapshot: Some(SnapshotId::new()), ..vmplane_domain::spec::VmSpec::named("c") }),
+            host: vmplane_domain::HostId::new(),
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let vm = vmplane_domain::vm::evolve(None, vmplane_domain::VmId::new(), None, now, &created).unwrap();
+        assert!(resumes_from(&vm).is_some());
+        let ready = vmplane_domain::vm::evolve(Some(vm), vmplane_domain::VmId::new(), None, now, &vmplane_domain::vm::VmEvent::Ready).unwrap();
+        assert_eq!(resumes_from(&ready), None, "once ready, a clone boots from its own disk");
     }
 }
