@@ -74,9 +74,11 @@ pub async fn delete(app: &App, who: &Principal, alloc: Allocation, id: SnapshotI
         }
     }
     let accepted = super::vms::command(app, who, alloc, s.source_vm, VmCommand::DeleteSnapshot { snapshot: id }).await?;
-    let now = OffsetDateTime::now_utc();
-    let resource = snapshot::evolve(Some(s), &accepted.resource, None, now, &VmEvent::SnapshotDeleteRequested { snapshot: id }).expect("a snapshot stays one");
-    Ok(Accepted { resource: app.proj.snapshot(id)?.filter(|p| p.status != SnapshotStatus::Ready).unwrap_or(resource), operation: accepted.operation })
+    // As the command leaves it, unless the projection has seen more.
+    let requested = VmEvent::SnapshotDeleteRequested { snapshot: id };
+    let projected = app.proj.snapshot(id)?.filter(|p| p.status != SnapshotStatus::Ready);
+    let resource = projected.or_else(|| snapshot::evolve(Some(s), &accepted.resource, None, OffsetDateTime::now_utc(), &requested));
+    Ok(Accepted { resource: resource.ok_or_else(|| AppError::Internal("a snapshot delete left no snapshot".into()))?, operation: accepted.operation })
 }
 
 /// How long a fork waits for its snapshot to be taken up by the source's host.

@@ -268,6 +268,36 @@ impl Projections {
         self.tree.scan_prefix(prefix).keys()
     }
 
+    /// The ids an index holds: the last part of each key under `prefix`.
+    fn indexed<I: std::str::FromStr>(&self, prefix: &[u8]) -> impl Iterator<Item = sled::Result<I>> + '_ {
+        self.scan_keys(prefix).filter_map(|k| match k {
+            Ok(k) => std::str::from_utf8(&k).ok().and_then(|s| s.rsplit('/').next()).and_then(|s| s.parse().ok()).map(Ok),
+            Err(e) => Some(Err(e)),
+        })
+    }
+
+    /// One page of the views an index under `prefix` names (read by `view`),
+    /// those `keep` keeps, oldest first, and their total.
+    fn page<I: std::str::FromStr, T>(
+        &self,
+        prefix: &[u8],
+        view: impl Fn(I) -> sled::Result<Option<T>>,
+        keep: impl Fn(&T) -> bool,
+        offset: usize,
+        limit: usize,
+    ) -> sled::Result<(Vec<T>, usize)> {
+        let mut page = Vec::new();
+        let mut total = 0;
+        for id in self.indexed(prefix) {
+            let Some(item) = view(id?)?.filter(&keep) else { continue };
+            if total >= offset && page.len() < limit {
+                page.push(item);
+            }
+            total += 1;
+        }
+        Ok((page, total))
+    }
+
     /// Insert `value` at `key` only if absent: used for records the gateway
     /// itself creates on accepting a command, which events later overwrite.
     fn insert_if_absent<T: Serialize>(&self, key: &[u8], value: &T) -> sled::Result<bool> {

@@ -29,32 +29,11 @@ impl Projections {
     /// The VMs created from a snapshot that are not deleted: they resume
     /// from its memory file or sit on its disk.
     pub fn snapshot_clones(&self, id: SnapshotId) -> sled::Result<Vec<VmId>> {
-        let mut clones = Vec::new();
-        for k in self.scan_keys(&key(&[&"snapclone", &id, &""])) {
-            let k = k?;
-            if let Some(vm) = std::str::from_utf8(&k).ok().and_then(|s| s.rsplit('/').next()).and_then(|s| s.parse().ok()) {
-                clones.push(vm);
-            }
-        }
-        Ok(clones)
+        self.indexed(&key(&[&"snapclone", &id, &""])).collect()
     }
 
     /// An org's snapshots that `keep` keeps, oldest first: one page and the total.
     pub fn list_snapshots(&self, org: OrgId, keep: impl Fn(&Snapshot) -> bool, offset: usize, limit: usize) -> sled::Result<(Vec<Snapshot>, usize)> {
-        let mut page = Vec::new();
-        let mut total = 0;
-        for k in self.scan_keys(&key(&[&"snapidx", &org, &""])) {
-            let k = k?;
-            let Some(id) = std::str::from_utf8(&k).ok().and_then(|s| s.rsplit('/').next()).and_then(|s| s.parse::<SnapshotId>().ok()) else { continue };
-            let Some(s) = self.snapshot(id)? else { continue };
-            if !keep(&s) {
-                continue;
-            }
-            if total >= offset && page.len() < limit {
-                page.push(s);
-            }
-            total += 1;
-        }
-        Ok((page, total))
+        self.page(&key(&[&"snapidx", &org, &""]), |id: SnapshotId| self.snapshot(id), keep, offset, limit)
     }
 }

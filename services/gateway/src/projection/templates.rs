@@ -27,17 +27,6 @@ impl Projections {
 
     /// An org's templates, oldest first: one page and the total.
     pub fn list_templates(&self, org: OrgId, offset: usize, limit: usize) -> sled::Result<(Vec<Template>, usize)> {
-        let mut page = Vec::new();
-        let mut total = 0;
-        for k in self.scan_keys(&key(&[&"tplidx", &org, &""])) {
-            let k = k?;
-            let Some(id) = std::str::from_utf8(&k).ok().and_then(|s| s.rsplit('/').next()).and_then(|s| s.parse::<TemplateId>().ok()) else { continue };
-            let Some(t) = self.template(id)? else { continue };
-            if total >= offset && page.len() < limit {
-                page.push(t);
-            }
-            total += 1;
-        }
-        Ok((page, total))
+        self.page(&key(&[&"tplidx", &org, &""]), |id: TemplateId| self.template(id), |_| true, offset, limit)
     }
 }

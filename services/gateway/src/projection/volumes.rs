@@ -41,20 +41,7 @@ impl Projections {
     /// An org's volumes that are not deleted and that `keep` keeps, oldest
     /// first: one page and the total.
     pub fn list_volumes(&self, org: OrgId, keep: impl Fn(&Volume) -> bool, offset: usize, limit: usize) -> sled::Result<(Vec<Volume>, usize)> {
-        let mut page = Vec::new();
-        let mut total = 0;
-        for k in self.scan_keys(&key(&[&"volidx", &org, &""])) {
-            let k = k?;
-            let Some(id) = std::str::from_utf8(&k).ok().and_then(|s| s.rsplit('/').next()).and_then(|s| s.parse::<VolumeId>().ok()) else { continue };
-            let Some(v) = self.volume(id)? else { continue };
-            if v.status == VolumeStatus::Deleted || !keep(&v) {
-                continue;
-            }
-            if total >= offset && page.len() < limit {
-                page.push(v);
-            }
-            total += 1;
-        }
-        Ok((page, total))
+        let live = |v: &Volume| v.status != VolumeStatus::Deleted && keep(v);
+        self.page(&key(&[&"volidx", &org, &""]), |id: VolumeId| self.volume(id), live, offset, limit)
     }
 }

@@ -26,12 +26,7 @@ impl VmDir {
     }
     /// Create the directory (and `vms/`), private to the worker's user.
     pub fn create(&self) -> std::io::Result<()> {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.0)?;
-        // An existing directory keeps its mode: tighten it (and `vms/`).
-        for dir in [self.0.as_path(), self.0.parent().unwrap_or(&self.0)] {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
-        Ok(())
+        create_private(&self.0)
     }
     /// The qcow2 overlay over the image's root filesystem.
     pub fn root_disk(&self) -> PathBuf {
@@ -99,11 +94,7 @@ impl SnapshotDir {
     }
     /// Create the directory (and `snapshots/`), private to the worker's user.
     pub fn create(&self) -> std::io::Result<()> {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.0)?;
-        for dir in [self.0.as_path(), self.0.parent().unwrap_or(&self.0)] {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
-        Ok(())
+        create_private(&self.0)
     }
     /// The root disk as it was at the snapshot (clones' overlays sit on it).
     pub fn disk(&self) -> PathBuf {
@@ -129,6 +120,16 @@ impl SnapshotDir {
     pub fn info(&self) -> PathBuf {
         self.0.join("info.json")
     }
+}
+
+/// Create `dir` and its parent (mode 0700); an existing one keeps its
+/// mode, so both are tightened.
+fn create_private(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    for d in [dir, dir.parent().unwrap_or(dir)] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// Write a file only its owner can read or write, whatever the umask.
