@@ -54,6 +54,10 @@ async fn health_metrics_and_every_documented_route_is_served() {
         (s, b) => Err(format!("{s} {b}")),
     })
     .await;
+    let (st, snapshot) = c.post(&format!("/v1/vms/{vm_id}/snapshots"), &json!({ "name": "probe-snap" })).await;
+    assert_eq!(st, 202, "{snapshot}");
+    let snapshot_id = str_of(&snapshot["id"]).to_owned();
+    c.wait_op_succeeded(str_of(&snapshot["operation"]["id"])).await;
     let host_id = str_of(&stack.wait_host_online().await["id"]).to_owned();
     let ids = Ids {
         host: &host_id,
@@ -66,6 +70,7 @@ async fn health_metrics_and_every_documented_route_is_served() {
         ssh_key: &ssh_key_id,
         webhook: &webhook_id,
         delivery: &delivery_id,
+        snapshot: &snapshot_id,
     };
 
     let (s, doc) = anon.get("/openapi.json").await;
@@ -161,6 +166,7 @@ struct Ids<'a> {
     ssh_key: &'a str,
     webhook: &'a str,
     delivery: &'a str,
+    snapshot: &'a str,
 }
 
 /// A delivery to endpoint `wh` of `org`, recorded as the deliverer records
@@ -206,6 +212,7 @@ fn substitute(path: &str, ids: &Ids) -> String {
             Some("id") if path.starts_with("/v1/templates/") => ids.template.to_owned(),
             Some("id") if path.starts_with("/v1/ssh-keys/") => ids.ssh_key.to_owned(),
             Some("id") if path.starts_with("/v1/webhooks/") => ids.webhook.to_owned(),
+            Some("id") if path.starts_with("/v1/snapshots/") => ids.snapshot.to_owned(),
             Some("volume_id") => ids.volume.to_owned(),
             Some("delivery_id") => ids.delivery.to_owned(),
             Some("org") => ids.org.to_owned(),

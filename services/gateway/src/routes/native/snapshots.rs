@@ -1,6 +1,6 @@
 //! Snapshots: `/v1/snapshots`, and taking one at `/v1/vms/{id}/snapshots`.
 
-use super::error::{ApiError, ApiResult, ErrorBody};
+use super::error::{ApiResult, ErrorBody};
 use super::extract::{Json, PathId, Query};
 use super::pagination::{Page, PageQuery};
 use super::vms::{VmAccepted, VmView};
@@ -127,8 +127,7 @@ pub struct ListSnapshotsQuery {
     #[param(value_type = super::pagination::PageLimit, inline, required = false)]
     pub limit: Option<u64>,
     /// Only snapshots of this VM.
-    #[param(value_type = Option<String>, required = false)]
-    pub vm_id: Option<String>,
+    pub vm_id: Option<VmId>,
 }
 
 /// The caller's snapshots (of the project it names, if any), oldest first.
@@ -136,11 +135,7 @@ pub struct ListSnapshotsQuery {
     responses((status = 200, body = Page<SnapshotView>), (status = "4XX", body = ErrorBody)))]
 async fn list_snapshots(State(state): State<AppState>, who: Principal, Query(q): Query<ListSnapshotsQuery>) -> ApiResult<axum::Json<Page<SnapshotView>>> {
     let pq = PageQuery::new(q.page, q.limit)?;
-    let of = match q.vm_id.as_deref() {
-        Some(v) => Some(v.parse::<VmId>().map_err(|e| ApiError::BadRequest("invalid_query", format!("vm_id `{v}`: {e}")))?),
-        None => None,
-    };
-    let listed = snapshots::list(&state.app, &who, of, pq.window())?;
+    let listed = snapshots::list(&state.app, &who, q.vm_id, pq.window())?;
     Ok(axum::Json(pq.page(listed.items.into_iter().map(SnapshotView::from).collect(), listed.total)))
 }
 
