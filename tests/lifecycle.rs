@@ -305,3 +305,27 @@ async fn a_fork_snapshots_a_vm_and_creates_its_clones_in_one_request() {
     assert_eq!(c.vm_total("?name=f-2").await, 1);
     assert_eq!(c.vm(&id).await["status"], "running", "the source runs on");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_failed_leaves_its_vm_running_cannot_be_cloned_and_can_be_deleted() {
+    let stack = Stack::start().await;
+    let c = &stack.admin;
+    let vm = c.create_vm(json!({"name": "src", "labels": {"sim.fail": "take_snapshot"}})).await;
+    let id = str_of(&vm["id"]).to_owned();
+    c.wait_op_succeeded(str_of(&vm["operation"]["id"])).await;
+    let (s, b) = c.post(&format!("/v1/vms/{id}/snapshots"), &json!({"name": "doomed"})).await;
+    assert_eq!(s, 202, "{b}");
+    let snap = str_of(&b["id"]).to_owned();
+    let op = c.wait_op(str_of(&b["operation"]["id"])).await;
+    assert_eq!(op["status"], "failed", "{op}");
+    let (_, got) = c.get(&format!("/v1/snapshots/{snap}")).await;
+    assert_eq!(got["status"], "failed", "{got}");
+    assert!(str_of(&got["message"]).contains("injected failure"), "{got}");
+    assert_eq!(c.vm(&id).await["status"], "running", "a failed snapshot leaves the guest as it was");
+    let (s, b) = c.post("/v1/vms", &json!({"name": "clone", "from_snapshot": snap})).await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("snapshot_failed")), "{b}");
+    let (s, b) = c.delete(&format!("/v1/snapshots/{snap}")).await;
+    assert_eq!(s, 202, "{b}");
+    c.wait_op_succeeded(str_of(&b["operation"]["id"])).await;
+    assert_eq!(c.get(&format!("/v1/snapshots/{snap}")).await.0, 404);
+}

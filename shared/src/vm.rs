@@ -155,9 +155,10 @@ pub enum VmCommand {
         snapshot: SnapshotId,
         name: String,
     },
-    /// Delete a snapshot of this VM and free its files; allowed whatever the
-    /// VM's status, deleted included (a snapshot outlives its VM). The
-    /// gateway refuses it while VMs created from the snapshot exist.
+    /// Delete a snapshot of this VM and free its files, or what a failed
+    /// one left; allowed whatever the VM's status, deleted included (a
+    /// snapshot outlives its VM). The gateway refuses it while VMs created
+    /// from the snapshot exist.
     DeleteSnapshot {
         snapshot: SnapshotId,
     },
@@ -608,7 +609,9 @@ pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmComman
         if let Some(p) = &vm.pending_op {
             return Err(DecideError::Busy(p.kind));
         }
-        return if vm.snapshots.contains(snapshot) { Ok(vec![VmEvent::SnapshotDeleteRequested { snapshot: *snapshot }]) } else { noop() };
+        // Also for one whose taking failed (it may have left files) or that
+        // is gone already: removing nothing is harmless.
+        return Ok(vec![VmEvent::SnapshotDeleteRequested { snapshot: *snapshot }]);
     }
     if vm.status == Deleted {
         return if *cmd == VmCommand::Delete { noop() } else { Err(DecideError::NotFound) };
