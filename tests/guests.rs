@@ -259,8 +259,15 @@ impl GuestStack {
         std::fs::read_to_string(self.key.with_extension("pub")).expect("public key").trim().to_owned()
     }
 
-    /// Create a VM and wait until it runs.
-    async fn running_vm(&self, body: Value) -> Value {
+    /// Create a VM and wait until it runs. Without a `disk_gb` (or a snapshot
+    /// that fixes it) the root disk is 2 GB: disks are sparse, but placement
+    /// counts their full size against the free space the worker measured at
+    /// start, and a CI machine may have little (16 GB was seen, which five
+    /// default 10 GB guests of one test exceed).
+    async fn running_vm(&self, mut body: Value) -> Value {
+        if body.get("disk_gb").is_none() && body.get("from_snapshot").is_none() {
+            body["disk_gb"] = json!(2);
+        }
         let (s, b) = self.admin.post("/v1/vms", &body).await;
         assert_eq!(s, 202, "{b}");
         let op = str_of(&b["operation"]["id"]).to_owned();
@@ -864,6 +871,9 @@ async fn standby_keeps_memory_and_the_lifecycle_leaves_nothing_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clones_resume_a_snapshots_memory_each_as_a_machine_of_its_own() {
     guests_or_skip!();
+    // "Outside", for the clones to reach: a listener in a namespace of the test's own.
+    let ns = Netns::create();
+    let outside = serve(ns.enter(|| TcpListener::bind((ns.addr.as_str(), 0))).expect("bind in the namespace"), "outside-ok");
     let g = GuestStack::start().await;
     let src = g.running_vm(json!({"name": "source", "memory_mib": 256, "ssh_keys": [g.public_key()]})).await;
     let src_id = str_of(&src["id"]).to_owned();
@@ -915,6 +925,11 @@ async fn clones_resume_a_snapshots_memory_each_as_a_machine_of_its_own() {
     macs.insert(str_of(&src["mac"]).to_owned());
     assert_eq!(macs.len(), 3, "each machine has its own MAC: {macs:?}");
     assert_ne!(clones[0]["ssh_port"], clones[1]["ssh_port"], "each clone has its own forward");
+    // Each reaches out through its own network, set up again after the resume.
+    for vm in &clones {
+        let got = g.probe(vm, &[("outside", ns.addr.clone(), outside)]);
+        assert_eq!(got.get("outside").map(String::as_str), Some("outside-ok"), "clone {}: {got:?}", str_of(&vm["id"]));
+    }
 
     // Disks part: a file one clone writes is in neither the other nor a later clone.
     g.ssh(&clones[0], "echo mine > /root/only-a && sync");

@@ -111,7 +111,6 @@ pub async fn fork(app: &App, who: &Principal, alloc: Allocation, vm: VmId, name:
             format!("name: `{bad}` is not a DNS label (1-63 of a-z, 0-9 and '-', the clones' numbers included)"),
         ));
     }
-    let source = super::vms::get(app, who, vm)?;
     let snapshot = take(app, who, alloc, vm, name).await?;
     // The clones' creates look the snapshot up: wait until its host's worker took it up.
     let op = snapshot.operation.id;
@@ -124,10 +123,10 @@ pub async fn fork(app: &App, who: &Principal, alloc: Allocation, vm: VmId, name:
     }
     let mut clones = Vec::with_capacity(names.len());
     for (i, clone_name) in (1..).zip(names) {
+        // Everything but the name is unset: the create fits the snapshot's machine.
         let mut spec = VmSpec::named(clone_name);
         spec.from_snapshot = Some(snapshot.resource.id);
         let unset: BTreeSet<Field> = Field::ALL.into_iter().collect();
-        snapshot::fit_clone(&source.spec, &mut spec, &unset)?;
         let new = NewVm { spec, unset, ssh_key_ids: Vec::new(), placement: Placement::default() };
         clones.push(super::vms::create(app, who, alloc.derived(i), new).await?);
     }

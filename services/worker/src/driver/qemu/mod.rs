@@ -386,6 +386,10 @@ async fn watch(watched: Arc<Mutex<HashMap<VmId, (i32, OrgId)>>>, root: PathBuf, 
 /// How long saving or loading a guest's state may take.
 const MIGRATION_LIMIT: Duration = Duration::from_secs(300);
 
+/// How long a clone's disk step watches for its snapshot to complete on
+/// this host before handing the wait back to the executor's backoff.
+const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(15);
+
 /// Resume a paused guest, on a fresh QMP connection (the old one may have broken).
 async fn resume(dir: &VmDir) -> Result<(), qmp::QmpError> {
     Qmp::connect(&dir.qmp()).await?.execute("cont", None).await.map(drop)
@@ -572,7 +576,7 @@ impl Driver for QemuDriver {
             let size = format!("{}G", vm.spec.disk_gb);
             // A clone's disk starts as the snapshot's frozen disk; any other as the image.
             let (backing, format) = match vm.spec.from_snapshot {
-                Some(snap) => (self.snapshot_dir(snap).ready()?.disk(), "qcow2"),
+                Some(snap) => (self.snapshot_dir(snap).ready_within(SNAPSHOT_PATIENCE).await?.disk(), "qcow2"),
                 None => (image.rootfs.clone(), "raw"),
             };
             qemu_img(

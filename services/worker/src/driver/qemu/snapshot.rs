@@ -36,6 +36,17 @@ impl SnapshotDir {
     pub fn ready(self) -> Result<Self, DriverError> {
         if self.info().exists() { Ok(self) } else { Err(retry(format!("snapshot {} is not ready on this host yet", snapshot_name(&self)))) }
     }
+
+    /// [`Self::ready`], watched for a while first: a fork's clone starts as
+    /// soon as its snapshot is complete, not at the executor's next backoff
+    /// (which grows to seconds while a snapshot takes one or two).
+    pub async fn ready_within(self, patience: Duration) -> Result<Self, DriverError> {
+        let deadline = Instant::now() + patience;
+        while !self.info().exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        self.ready()
+    }
 }
 
 fn snapshot_name(dir: &SnapshotDir) -> String {
@@ -131,17 +142,22 @@ impl QemuDriver {
         let image = self.image(vm)?;
         let network = vm.network.clone().unwrap_or_default();
         let start = Start::Template { memory: sd.memory() };
+        let t0 = Instant::now();
         self.launch(&template, &image, &work, &network, start).await?.spawn().await.map_err(fatal)?;
+        let launched = t0.elapsed();
         let devices = sd.devices().with_extension("partial");
         let converted = async {
             let mut q = Qmp::connect(&work.qmp()).await?;
             q.load_state(&sd.full_state(), MIGRATION_LIMIT).await?;
+            let loaded = t0.elapsed();
             q.ignore_shared(true).await?;
-            q.save_state(&devices, MIGRATION_LIMIT).await
+            q.save_state(&devices, MIGRATION_LIMIT).await.map(|()| loaded)
         }
         .await;
+        let converted_at = t0.elapsed();
         self.stop_template(vm, &work).await;
-        converted.map_err(|e| fatal(format!("turning the saved state into a template failed: {e}")))?;
+        let loaded = converted.map_err(|e| fatal(format!("turning the saved state into a template failed: {e}")))?;
+        let stopped = t0.elapsed();
         // qemu's daemon created `memory` with its own umask (027): it holds guest RAM.
         std::fs::set_permissions(sd.memory(), std::fs::Permissions::from_mode(0o600)).map_err(retry)?;
         for file in [&devices, &sd.memory()] {
@@ -149,6 +165,16 @@ impl QemuDriver {
         }
         std::fs::rename(&devices, sd.devices()).map_err(retry)?;
         let _ = std::fs::remove_file(sd.full_state());
+        let ms = |d: Duration| d.as_millis() as u64;
+        tracing::info!(
+            vm = %vm.id,
+            launch_ms = ms(launched),
+            load_ms = ms(loaded - launched),
+            save_ms = ms(converted_at - loaded),
+            stop_ms = ms(stopped - converted_at),
+            sync_ms = ms(t0.elapsed() - stopped),
+            "snapshot template made"
+        );
         Ok(())
     }
 
