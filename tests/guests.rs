@@ -984,6 +984,76 @@ async fn clones_resume_a_snapshots_memory_each_as_a_machine_of_its_own() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_while_a_fork_of_three_is_templated_ends_with_three_clones_and_nothing_left() {
+    guests_or_skip!();
+    let mut g = GuestStack::start().await;
+    let src = g.running_vm(json!({"name": "source", "memory_mib": 256, "ssh_keys": [g.public_key()]})).await;
+    let src_id = str_of(&src["id"]).to_owned();
+    g.ssh(&src, "mkdir -p /mem && mount -t tmpfs tmpfs /mem && echo 4242 > /mem/value");
+
+    // The worker dies (SIGKILL) as soon as its templating qemu has started:
+    // the snapshot half-made, the three clones' creates waiting on it.
+    let snapshots = g.data.join("worker/qemu/snapshots");
+    let templating = || std::fs::read_dir(&snapshots).into_iter().flatten().flatten().any(|e| e.path().join("work").join("qemu.pid").exists());
+    let (admin, worker) = (&g.admin, &mut g.worker);
+    let (path, body) = (format!("/v1/vms/{src_id}/fork"), json!({"name": "kid", "count": 3}));
+    let ((s, f), templating_survived) = tokio::join!(admin.post(&path, &body), async {
+        wait_for("the templating qemu", BOOT, async || if templating() { Ok(()) } else { Err("not yet".to_owned()) }).await;
+        worker.kill9();
+        // It outlives the worker (qemu daemonizes) unless it had just finished.
+        qemu_processes(&src_id) == 2
+    });
+    assert_eq!(s, 202, "{f}");
+    let snap = str_of(&f["snapshot"]["id"]).to_owned();
+    g.worker.respawn();
+
+    // The operations finish once, as if nothing happened.
+    g.wait_op(str_of(&f["operation"]["id"])).await;
+    let kids: Vec<Value> = f["vms"].as_array().expect("the clones").clone();
+    assert_eq!(kids.len(), 3, "{f}");
+    for kid in &kids {
+        g.wait_op(str_of(&kid["operation"]["id"])).await;
+    }
+    if templating_survived {
+        let log = std::fs::read_to_string(&g.worker.log).unwrap_or_default();
+        assert!(log.contains("stopping a templating qemu left by an earlier worker"), "{}", g.worker.log_tail(40));
+    }
+    let (_, all) = g.admin.get("/v1/vms?limit=100").await;
+    let mut names: Vec<&str> = all["data"].as_array().unwrap().iter().map(|v| str_of(&v["name"])).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["kid-1", "kid-2", "kid-3", "source"], "exactly three clones: {all}");
+    assert_eq!(count(&g.admin.event_types(&src_id).await, "snapshot_taken"), 1);
+    for kid in &kids {
+        let id = str_of(&kid["id"]);
+        let vm = g.admin.vm(id).await;
+        assert_eq!(vm["status"], "running", "{vm}");
+        assert_eq!(g.ssh(&vm, "cat /mem/value; hostname").trim(), format!("4242\n{}", str_of(&vm["name"])));
+        assert_eq!(count(&g.admin.event_types(id).await, "booted"), 1, "{id} booted once");
+        assert_eq!(qemu_processes(id), 1, "{id}: one qemu");
+    }
+    // No orphan qemu, no half-made file: the snapshot is whole, nothing of its making remains.
+    assert_eq!(qemu_processes(&src_id), 1, "the source's qemu alone (no templating qemu)");
+    assert_eq!(g.ssh(&src, "cat /mem/value").trim(), "4242", "the source runs on, memory intact");
+    let mut files: Vec<String> = std::fs::read_dir(snapshots.join(&snap)).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    assert_eq!(files, ["devices.vmstate", "disk.qcow2", "info.json", "memory"]);
+    for kid in &kids {
+        let dir = g.vm_dir(str_of(&kid["id"]));
+        let partial: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp") || n.ends_with(".partial"))
+            .collect();
+        assert!(partial.is_empty(), "{}: {partial:?}", dir.display());
+        // Its disk is an overlay on the snapshot's whole disk, made once.
+        let out = Command::new("qemu-img").args(["info", "-U", "--output=json"]).arg(dir.join("root.qcow2")).output().expect("qemu-img");
+        let info: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+        assert_eq!(info["backing-filename"].as_str(), Some(snapshots.join(&snap).join("disk.qcow2").to_str().unwrap()), "{info}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_adopts_its_running_guests_without_duplicates() {
     guests_or_skip!();
     let mut g = GuestStack::start().await;

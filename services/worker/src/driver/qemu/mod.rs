@@ -351,7 +351,7 @@ async fn wait_gone(dir: &VmDir, vm: &Vm, limit: Duration) -> bool {
         if running_pid(dir, vm).is_none() {
             return true;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     running_pid(dir, vm).is_none()
 }
