@@ -17,7 +17,6 @@ use super::qmp::Qmp;
 use super::{MIGRATION_LIMIT, QemuDriver, agent, fatal, resume, retry, wait_gone};
 use crate::driver::{Driver, DriverError};
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use vmplane_domain::SnapshotId;
@@ -63,6 +62,26 @@ fn copy_whole(from: &Path, to: &Path) -> Result<(), DriverError> {
     std::fs::copy(from, &tmp).map_err(|e| retry(format!("copying {}: {e}", from.display())))?;
     std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(retry)?;
     std::fs::rename(&tmp, to).map_err(retry)
+}
+
+/// A fresh private file of `bytes`, its blocks allocated: the templating
+/// qemu writes all of guest RAM through a shared mapping of it, and on a
+/// sparse file each page's first write also allocates its block (ext4: about
+/// four times slower here, 0.45 s against 0.11 s for 256 MiB). The price is
+/// that RAM the guest never touched takes disk space too.
+fn preallocate(path: &Path, bytes: u64) -> Result<(), DriverError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(retry)?;
+    let len = libc::off_t::try_from(bytes).map_err(fatal)?;
+    // SAFETY: a valid descriptor we own for the call's duration; no memory is passed.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        // A filesystem without fallocate (EOPNOTSUPP): a sparse file of the size works, slower.
+        libc::EOPNOTSUPP => file.set_len(bytes).map_err(retry),
+        e => Err(retry(format!("allocating {} for the snapshot's memory: {}", path.display(), std::io::Error::from_raw_os_error(e)))),
+    }
 }
 
 fn file_size(path: &Path) -> u64 {
@@ -136,7 +155,7 @@ impl QemuDriver {
         let work = sd.work();
         work.create().map_err(retry)?;
         copy_whole(&dir.seed(), &work.seed())?;
-        let _ = std::fs::remove_file(sd.memory());
+        preallocate(&sd.memory(), vm.spec.memory_mib << 20)?;
         let mut template = vm.clone();
         template.root_disk = Some(DiskInfo { location: sd.disk().display().to_string(), size_gb: vm.spec.disk_gb });
         let image = self.image(vm)?;
@@ -158,8 +177,6 @@ impl QemuDriver {
         self.stop_template(vm, &work).await;
         let loaded = converted.map_err(|e| fatal(format!("turning the saved state into a template failed: {e}")))?;
         let stopped = t0.elapsed();
-        // qemu's daemon created `memory` with its own umask (027): it holds guest RAM.
-        std::fs::set_permissions(sd.memory(), std::fs::Permissions::from_mode(0o600)).map_err(retry)?;
         for file in [&devices, &sd.memory()] {
             std::fs::File::open(file).and_then(|f| f.sync_all()).map_err(retry)?;
         }
@@ -272,6 +289,19 @@ mod tests {
         sweep_templates(root.path());
         assert!(!work.exists(), "the work directory is gone");
         assert!(work.parent().unwrap().exists(), "the snapshot's own files stay");
+    }
+
+    #[test]
+    fn the_memory_file_is_private_allocated_and_replaces_a_left_one() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        std::fs::write(&path, b"left by an interrupted attempt").unwrap();
+        preallocate(&path, 4 << 20).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!((m.len(), m.permissions().mode() & 0o777), (4 << 20, 0o600));
+        assert!(m.blocks() * 512 >= 4 << 20, "blocks allocated: {}", m.blocks());
+        assert!(std::fs::read(&path).unwrap().iter().all(|b| *b == 0), "nothing of the old file is left");
     }
 
     #[test]
