@@ -67,8 +67,11 @@ struct Netns {
 
 impl Netns {
     fn create() -> Self {
-        let n = std::process::id() % 200 + 20;
-        let (name, veth) = (format!("vmpl{}", std::process::id()), format!("vmpv{}", std::process::id()));
+        // One per test; `cargo test` runs several tests in one process.
+        static CREATED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let (pid, k) = (std::process::id(), CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10);
+        let n = (pid + 23 * k) % 200 + 20;
+        let (name, veth) = (format!("vmpl{pid}{k}"), format!("vmpv{pid}{k}"));
         run_ip(&format!("netns add {name}"));
         let ns = Self {
             name: name.clone(),
@@ -333,6 +336,32 @@ impl GuestStack {
             std::thread::sleep(Duration::from_secs(1));
         }
         panic!("ssh `{cmd}` kept failing: {last}");
+    }
+
+    /// The ed25519 host key a user-mode guest's SSH server presented to a
+    /// login on its forward (as ssh recorded it in a known-hosts file).
+    fn host_key(&self, vm: &Value) -> String {
+        let port = vm["ssh_port"].as_u64().expect("ssh_port").to_string();
+        let known = tempfile::NamedTempFile::new().expect("a known-hosts file");
+        let mut last = String::new();
+        for _ in 0..20 {
+            let out = Command::new("ssh")
+                .args(["-q", "-o", "StrictHostKeyChecking=no", "-o", "HostKeyAlgorithms=ssh-ed25519", "-o", "ConnectTimeout=10", "-o", "BatchMode=yes"])
+                .arg("-o")
+                .arg(format!("UserKnownHostsFile={}", known.path().display()))
+                .arg("-i")
+                .arg(&self.key)
+                .args(["-p", &port, "root@127.0.0.1", "true"])
+                .output()
+                .expect("running ssh");
+            let text = std::fs::read_to_string(known.path()).unwrap_or_default();
+            if let Some(key) = text.lines().find_map(|l| l.split_whitespace().nth(2)).filter(|_| out.status.success()) {
+                return key.to_owned();
+            }
+            last = format!("{out:?}");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        panic!("ssh kept failing: {last}");
     }
 
     /// SIGTERM the worker and wait for it to exit (stopping guests under TCG takes a while).
@@ -814,7 +843,7 @@ async fn disks_given_at_create_are_there_at_first_boot_and_a_kept_root_disk_beco
     let vols = list["data"].as_array().unwrap();
     assert_eq!(vols.len(), 2, "{list}");
     let kept = vols.iter().find(|v| v["image"] == "debian-minimal").unwrap_or_else(|| panic!("no root disk kept: {list}"));
-    assert_eq!((kept["status"].as_str(), kept["size_gb"].as_u64()), (Some("available"), Some(10)), "{kept}");
+    assert_eq!((kept["status"].as_str(), kept["size_gb"].as_u64()), (Some("available"), Some(2)), "the root disk's size (`running_vm`'s): {kept}");
     let file = g.data.join("worker").join("qemu").join("volumes").join(format!("{}.qcow2", str_of(&kept["id"])));
     let info = Command::new("qemu-img").args(["info", "--output=json"]).arg(&file).output().expect("qemu-img");
     let info: Value = serde_json::from_slice(&info.stdout).unwrap_or_else(|_| panic!("{} is not a disk: {info:?}", file.display()));
@@ -925,6 +954,8 @@ async fn clones_resume_a_snapshots_memory_each_as_a_machine_of_its_own() {
     macs.insert(str_of(&src["mac"]).to_owned());
     assert_eq!(macs.len(), 3, "each machine has its own MAC: {macs:?}");
     assert_ne!(clones[0]["ssh_port"], clones[1]["ssh_port"], "each clone has its own forward");
+    let keys: Vec<String> = [&src, &clones[0], &clones[1]].iter().map(|vm| g.host_key(vm)).collect();
+    assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), 3, "each machine presents its own SSH host key: {keys:?}");
     // Each reaches out through its own network, set up again after the resume.
     for vm in &clones {
         let got = g.probe(vm, &[("outside", ns.addr.clone(), outside)]);
@@ -942,6 +973,7 @@ async fn clones_resume_a_snapshots_memory_each_as_a_machine_of_its_own() {
     g.act(&id, "stop").await;
     let again = g.act(&id, "start").await;
     assert_eq!(g.ssh(&again, "cat /root/only-a; cat /mem/value 2>/dev/null || echo cold").trim(), "mine\ncold");
+    assert_eq!(g.host_key(&again), keys[1], "a clone's own host key is on its disk");
     // A VM in standby is snapshotted from its saved state, without running it.
     assert_eq!(g.act(&src_id, "standby").await["status"], "standby");
     let (s, b) = g.admin.post(&format!("/v1/vms/{src_id}/snapshots"), &json!({"name": "asleep"})).await;

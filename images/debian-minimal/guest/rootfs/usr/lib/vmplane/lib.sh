@@ -100,3 +100,38 @@ vm_umount() {
 	fi
 	return 0
 }
+
+# sshd_start: make the SSH host keys that are missing, then start dropbear
+# (-s: no password logins at all, key only; port 22 on all addresses).
+sshd_start() {
+	mkdir -p /etc/dropbear
+	for _t in ed25519 ecdsa; do
+		_k=/etc/dropbear/dropbear_${_t}_host_key
+		if [ ! -s "$_k" ]; then
+			rm -f "$_k"
+			dropbearkey -t "$_t" -f "$_k" >/dev/null 2>&1 || { say "dropbearkey -t $_t failed"; return 1; }
+		fi
+	done
+	# It logs to syslog; holding the caller's output (the agent reads it
+	# through a pipe) or the agent's port (fd 3) would block the caller.
+	dropbear -s -p 22 -P /run/dropbear.pid \
+		-r /etc/dropbear/dropbear_ed25519_host_key \
+		-r /etc/dropbear/dropbear_ecdsa_host_key </dev/null >/dev/null 2>&1 3>&- || { say "dropbear failed to start"; return 1; }
+}
+
+# sshd_rekey: new host keys and a dropbear that presents them (a clone must
+# not present its snapshot's keys); sessions already open are left alone.
+sshd_rekey() {
+	rm -f /etc/dropbear/dropbear_*_host_key
+	if [ -s /run/dropbear.pid ]; then
+		_p=$(cat /run/dropbear.pid)
+		kill "$_p" 2>/dev/null
+		_n=0
+		# the new one binds port 22 once the old one let go of it (at most 2 s)
+		while kill -0 "$_p" 2>/dev/null && [ "$_n" -lt 100 ]; do
+			usleep 20000
+			_n=$((_n + 1))
+		done
+	fi
+	sshd_start
+}
