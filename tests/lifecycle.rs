@@ -293,9 +293,13 @@ async fn a_fork_snapshots_a_vm_and_creates_its_clones_in_one_request() {
     // A retry with the same key answers the same fork and makes nothing more.
     let (s, again) = c.with_header("Idempotency-Key", "fork-1").post(&format!("/v1/vms/{id}/fork"), &body).await;
     assert_eq!((s, &again["snapshot"]["id"], &again["vms"][2]["id"]), (202, &b["snapshot"]["id"], &b["vms"][2]["id"]), "{again}");
-    c.wait_op_succeeded(str_of(&b["operation"]["id"])).await;
+    // The fork is one operation: once it succeeded, every clone runs.
+    assert_eq!(b["operation"]["kind"], "fork", "{b}");
+    let fork = c.wait_op_succeeded(str_of(&b["operation"]["id"])).await;
+    assert_eq!(fork["kind"], "fork", "{fork}");
     for clone in b["vms"].as_array().unwrap() {
-        c.wait_op_succeeded(str_of(&clone["operation"]["id"])).await;
+        let (_, op) = c.get(&format!("/v1/operations/{}", str_of(&clone["operation"]["id"]))).await;
+        assert_eq!(op["status"], "succeeded", "the fork ended before its clone {clone}: {op}");
         let id = str_of(&clone["id"]);
         let running = c.vm(id).await;
         assert_eq!((running["status"].as_str(), running["from_snapshot"].as_str()), (Some("running"), Some(snap.as_str())), "{running}");

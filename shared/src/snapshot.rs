@@ -4,6 +4,11 @@
 //! Taking one is an operation of its VM (`VmCommand::TakeSnapshot`), so the
 //! events that make a snapshot are VM events; a [`Snapshot`] is the read
 //! model folded from them, kept after its VM is gone.
+//!
+//! A fork is a snapshot taken with the create operations of its clones named
+//! (`clones` of `snapshot_requested`): its operation, of kind [`FORK_KIND`],
+//! ends once the snapshot and every clone's create have ended, so one
+//! operation says when the whole fork is done.
 
 use crate::ids::{HostId, OpId, OrgId, ProjectId, SnapshotId, VmId};
 use crate::spec::{SpecError, VmSpec};
@@ -13,6 +18,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
+
+/// The kind of a snapshot's operation when it was taken for a fork.
+pub const FORK_KIND: &str = "fork";
 
 /// Where a snapshot stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -73,7 +81,7 @@ pub fn concerned(vm: &Vm, ev: &VmEvent) -> Option<SnapshotId> {
 /// [`concerned`] names; `None` when the event does not make one.
 pub fn evolve(state: Option<Snapshot>, vm: &Vm, op: Option<OpId>, at: OffsetDateTime, ev: &VmEvent) -> Option<Snapshot> {
     match (state, ev) {
-        (None, VmEvent::SnapshotRequested { snapshot, name }) => Some(Snapshot {
+        (None, VmEvent::SnapshotRequested { snapshot, name, .. }) => Some(Snapshot {
             id: *snapshot,
             name: name.clone(),
             org: vm.org,
@@ -176,7 +184,7 @@ mod tests {
     #[test]
     fn a_snapshot_is_creating_then_ready_or_failed() {
         let (mut source, id, now) = (vm(), SnapshotId::new(), OffsetDateTime::now_utc());
-        let requested = VmEvent::SnapshotRequested { snapshot: id, name: "base".into() };
+        let requested = VmEvent::SnapshotRequested { snapshot: id, name: "base".into(), clones: Vec::new() };
         assert_eq!(concerned(&source, &requested), Some(id));
         let s = evolve(None, &source, None, now, &requested).unwrap();
         assert_eq!((s.status, s.source_vm, s.name.as_str(), s.spec.name.as_str()), (SnapshotStatus::Creating, source.id, "base", "src"));

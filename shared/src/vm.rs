@@ -154,6 +154,10 @@ pub enum VmCommand {
     TakeSnapshot {
         snapshot: SnapshotId,
         name: String,
+        /// When taken for a fork: the create operations of its clones, which
+        /// the fork's operation (this command's) waits for as well.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        clones: Vec<OpId>,
     },
     /// Delete a snapshot of this VM and free its files, or what a failed
     /// one left; allowed whatever the VM's status, deleted included (a
@@ -181,6 +185,15 @@ impl VmCommand {
             Self::Move { .. } | Self::ResumeMove => OpKind::Move,
             Self::TakeSnapshot { .. } => OpKind::Snapshot,
             Self::DeleteSnapshot { .. } => OpKind::DeleteSnapshot,
+        }
+    }
+
+    /// The kind its operation shows: the step sequence's, but `fork` for a
+    /// snapshot taken for clones (its operation waits for them too).
+    pub fn operation_kind(&self) -> &'static str {
+        match self {
+            Self::TakeSnapshot { clones, .. } if !clones.is_empty() => crate::snapshot::FORK_KIND,
+            other => other.kind().as_str(),
         }
     }
 }
@@ -328,6 +341,11 @@ pub enum VmEvent {
     SnapshotRequested {
         snapshot: SnapshotId,
         name: String,
+        /// Taken for a fork: the create operations of its clones. This
+        /// event's operation is then the fork's (kind `fork`), which ends
+        /// once the snapshot and every clone's create have ended.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        clones: Vec<OpId>,
     },
     /// The snapshot exists: new VMs can resume from it.
     SnapshotTaken {
@@ -704,8 +722,8 @@ pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmComman
             Err(DecideError::InvalidState { action: "snapshot (a bridge-mode vm)", status: vm.status.as_str() })
         }
         VmCommand::DeleteSnapshot { .. } => unreachable!("handled above"),
-        VmCommand::TakeSnapshot { snapshot, name } => match vm.status {
-            Running | Standby => Ok(vec![VmEvent::SnapshotRequested { snapshot: *snapshot, name: name.clone() }]),
+        VmCommand::TakeSnapshot { snapshot, name, clones } => match vm.status {
+            Running | Standby => Ok(vec![VmEvent::SnapshotRequested { snapshot: *snapshot, name: name.clone(), clones: clones.clone() }]),
             _ => refuse("snapshot"),
         },
         VmCommand::DetachVolume { volume } => match vm.status {

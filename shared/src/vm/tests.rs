@@ -522,7 +522,7 @@ fn a_stopped_vm_moves_with_its_disk_and_gets_new_addresses_at_its_next_start() {
 fn a_snapshot_leaves_the_vm_as_it_was_and_only_machines_it_can_resume_are_taken() {
     let (mut vm, id) = (None, VmId::new());
     run(&mut vm, id, VmCommand::Create { spec: Box::new(VmSpec::named("a")), host: HostId::new() }).unwrap();
-    let snap = |name: &str| VmCommand::TakeSnapshot { snapshot: SnapshotId::new(), name: name.into() };
+    let snap = |name: &str| VmCommand::TakeSnapshot { snapshot: SnapshotId::new(), name: name.into(), clones: Vec::new() };
     assert_eq!(types(&run(&mut vm, id, snap("a")).unwrap()), ["snapshot_requested", "snapshot_taken", "operation_finished"]);
     let v = vm.clone().unwrap();
     assert_eq!((v.status, v.snapshotting), (VmStatus::Running, None));
@@ -559,7 +559,7 @@ fn a_snapshot_is_deleted_whatever_its_vm_became_and_pins_the_vm_to_its_host() {
     let (mut vm, id) = (None, VmId::new());
     run(&mut vm, id, VmCommand::Create { spec: Box::new(VmSpec::named("a")), host: HostId::new() }).unwrap();
     let snapshot = SnapshotId::new();
-    run(&mut vm, id, VmCommand::TakeSnapshot { snapshot, name: "s".into() }).unwrap();
+    run(&mut vm, id, VmCommand::TakeSnapshot { snapshot, name: "s".into(), clones: Vec::new() }).unwrap();
     assert!(vm.as_ref().unwrap().snapshots.contains(&snapshot));
     run(&mut vm, id, VmCommand::Stop).unwrap();
     assert!(matches!(run(&mut vm, id, VmCommand::Move { to: HostId::new() }), Err(DecideError::InvalidState { .. })), "its snapshot stays here");

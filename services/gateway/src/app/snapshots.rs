@@ -15,7 +15,7 @@ use vmplane_domain::placement::Placement;
 use vmplane_domain::spec::VmSpec;
 use vmplane_domain::template::Field;
 use vmplane_domain::vm::Vm;
-use vmplane_domain::{SnapshotId, VmId};
+use vmplane_domain::{OpId, SnapshotId, VmId};
 
 /// A snapshot the caller may see (not deleted).
 pub fn get(app: &App, who: &Principal, id: SnapshotId) -> AppResult<Snapshot> {
@@ -33,6 +33,12 @@ pub fn list(app: &App, who: &Principal, of: Option<VmId>, window: Window) -> App
 /// Snapshot a running or standby VM as `name`; its operation ends when the
 /// snapshot is ready (or failed, the VM going on as it was).
 pub async fn take(app: &App, who: &Principal, alloc: Allocation, vm: VmId, name: String) -> AppResult<Accepted<Snapshot>> {
+    take_for(app, who, alloc, vm, name, Vec::new()).await
+}
+
+/// [`take`], for a fork when `clones` names its clones' create operations:
+/// the operation then also waits for those.
+async fn take_for(app: &App, who: &Principal, alloc: Allocation, vm: VmId, name: String, clones: Vec<OpId>) -> AppResult<Accepted<Snapshot>> {
     if !is_dns_label(&name) {
         return Err(AppError::Invalid("validation_failed", "name: must be a DNS label: 1-63 of a-z, 0-9 and '-', not starting or ending with '-'".into()));
     }
@@ -44,9 +50,9 @@ pub async fn take(app: &App, who: &Principal, alloc: Allocation, vm: VmId, name:
         return Ok(Accepted { resource: s, operation });
     }
     let before = super::vms::get(app, who, vm)?;
-    let command = VmCommand::TakeSnapshot { snapshot: id, name: name.clone() };
+    let command = VmCommand::TakeSnapshot { snapshot: id, name: name.clone(), clones: clones.clone() };
     let accepted = super::vms::command(app, who, alloc, vm, command).await?;
-    let requested = VmEvent::SnapshotRequested { snapshot: id, name };
+    let requested = VmEvent::SnapshotRequested { snapshot: id, name, clones };
     let fresh = snapshot::evolve(None, &before, Some(accepted.operation.id), OffsetDateTime::now_utc(), &requested);
     let resource = match app.proj.snapshot(id)? {
         Some(s) => s,
@@ -87,8 +93,9 @@ const FORK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// At most this many clones in one fork.
 pub const MAX_FORK: u32 = 16;
 
-/// What a fork accepted: the snapshot (with its operation) and its clones
-/// (each with its create operation).
+/// What a fork accepted: the snapshot with the fork's operation (which ends
+/// once the snapshot and every clone's create have ended), and its clones,
+/// each with its own create operation.
 pub struct Forked {
     pub snapshot: Accepted<Snapshot>,
     pub clones: Vec<Accepted<Vm>>,
@@ -100,6 +107,13 @@ pub struct Forked {
 /// host; each is the source's machine, as for any create `from_snapshot`.
 /// Every part is an ordinary command with ids derived from this request's,
 /// so a retry with the same idempotency key makes no second snapshot or clone.
+/// The snapshot's command names the clones' create operations, which makes
+/// its operation the fork's: one operation for the whole.
+///
+/// A clone refused here (the host filled up since the snapshot was accepted)
+/// fails the request after the snapshot was taken: the fork's operation
+/// then waits for that clone until the request is retried with the same
+/// idempotency key.
 pub async fn fork(app: &App, who: &Principal, alloc: Allocation, vm: VmId, name: String, count: u32) -> AppResult<Forked> {
     if !(1..=MAX_FORK).contains(&count) {
         return Err(AppError::Invalid("validation_failed", format!("count: 1 to {MAX_FORK}")));
@@ -111,7 +125,8 @@ pub async fn fork(app: &App, who: &Principal, alloc: Allocation, vm: VmId, name:
             format!("name: `{bad}` is not a DNS label (1-63 of a-z, 0-9 and '-', the clones' numbers included)"),
         ));
     }
-    let snapshot = take(app, who, alloc, vm, name).await?;
+    let clone_ops = (1..=count).map(|i| alloc.derived(i).op()).collect();
+    let snapshot = take_for(app, who, alloc, vm, name, clone_ops).await?;
     // The clones' creates look the snapshot up: wait until its host's worker took it up.
     let op = snapshot.operation.id;
     let started = wait_for(app, op, FORK_WAIT, |o| o.status != OpStatus::Pending).await?;

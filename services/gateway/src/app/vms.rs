@@ -229,7 +229,7 @@ async fn accept(
     let sub = Submission {
         op: alloc.op(),
         subject: subjects::vm_command(host, id),
-        kind: command.kind().as_str(),
+        kind: command.operation_kind(),
         target_id: id.to_string(),
         project,
         command: Command::Vm { vm: id, command },

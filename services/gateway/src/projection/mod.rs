@@ -143,7 +143,7 @@ impl Projections {
                         // Operations have no view but their own (below).
                         Event::Operation(_) => {}
                     }
-                    operations::apply(&mut txn, &env);
+                    operations.extend(operations::apply(&mut txn, &env));
                     metrics::counter!("vmplane_projection_events_applied_total", "type" => env.event.type_name()).increment(1);
                 }
                 Err(e) => tracing::error!(seq, error = %e, "skipping undecodable event"),
@@ -537,6 +537,81 @@ mod tests {
         assert_eq!(proj.hosts_shared().unwrap()[0].info.name, "renamed");
         drop(proj);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A fork's operation ends once its snapshot and every clone's create
+    /// have (in whichever order they end), waking its waiters when a clone
+    /// ends it; it fails as soon as a part failed; replayed, it ends the same.
+    #[test]
+    fn a_fork_operation_ends_with_its_snapshot_and_every_clone() {
+        use crate::projection::operations::OpStatus;
+        use futures::FutureExt as _;
+        use vmplane_domain::vm::{Outcome, VmEvent};
+        use vmplane_domain::{OpId, OrgId, SnapshotId, VmId};
+        let dir = std::env::temp_dir().join(format!("vmplane-proj-test-{}", ulid::Ulid::new()));
+        let proj = reopen(&dir);
+        let seq = std::cell::Cell::new(0);
+        let mut log: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut apply = |op: OpId, ev: VmEvent| {
+            seq.set(seq.get() + 1);
+            let env = Envelope::new(OrgId::DEFAULT, None, VmId::new().to_string(), Some(op), Event::Vm(ev), time::OffsetDateTime::now_utc());
+            let bytes = event::encode(&env).unwrap();
+            proj.apply(seq.get(), &bytes).unwrap();
+            log.push((seq.get(), bytes));
+        };
+        let status = |proj: &Projections, op: OpId| proj.operation(op).unwrap().map(|o| o.status);
+        let finished = |outcome| VmEvent::OperationFinished { outcome };
+        let failed = || Outcome::Failed { code: "driver_error".into(), message: "no room".into() };
+        let requested = |clones: &[OpId]| VmEvent::SnapshotRequested { snapshot: SnapshotId::new(), name: "f".into(), clones: clones.to_vec() };
+
+        // Both clones end before the snapshot's own end, the second after it.
+        let (fork, c1, c2) = (OpId::new(), OpId::new(), OpId::new());
+        apply(fork, requested(&[c1, c2]));
+        let op = proj.operation(fork).unwrap().unwrap();
+        assert_eq!((op.status, op.kind.as_deref()), (OpStatus::Running, Some("fork")));
+        apply(c1, VmEvent::ProvisioningStarted);
+        apply(c1, finished(Outcome::Succeeded));
+        assert_eq!(status(&proj, fork), Some(OpStatus::Running), "a clone is left");
+        apply(fork, finished(Outcome::Succeeded));
+        assert_eq!(status(&proj, fork), Some(OpStatus::Running), "the snapshot is taken, a clone is left");
+        let mut woken = proj.watch_operation(fork);
+        assert!(woken.changed().now_or_never().is_none());
+        apply(c2, finished(Outcome::Succeeded));
+        assert_eq!(status(&proj, fork), Some(OpStatus::Succeeded), "the last clone ended it");
+        assert!(woken.changed().now_or_never().is_some(), "the fork's waiters are woken by its last clone");
+
+        // A clone that fails fails the fork, which stays failed.
+        let (fork2, d1, d2) = (OpId::new(), OpId::new(), OpId::new());
+        apply(fork2, requested(&[d1, d2]));
+        apply(d1, finished(failed()));
+        let op = proj.operation(fork2).unwrap().unwrap();
+        assert_eq!(op.status, OpStatus::Failed);
+        let error = op.error.unwrap();
+        assert!(error.code == "driver_error" && error.message.contains(&d1.to_string()) && error.message.ends_with("no room"), "{error:?}");
+        apply(fork2, finished(Outcome::Succeeded));
+        apply(d2, finished(Outcome::Succeeded));
+        assert_eq!(status(&proj, fork2), Some(OpStatus::Failed));
+
+        // A snapshot that fails fails the fork; a plain snapshot ends with itself.
+        let (fork3, e1, plain) = (OpId::new(), OpId::new(), OpId::new());
+        apply(fork3, requested(&[e1]));
+        apply(fork3, finished(failed()));
+        assert_eq!(status(&proj, fork3), Some(OpStatus::Failed));
+        apply(plain, requested(&[]));
+        assert_eq!(proj.operation(plain).unwrap().unwrap().kind.as_deref(), Some("snapshot"));
+        apply(plain, finished(Outcome::Succeeded));
+        assert_eq!(status(&proj, plain), Some(OpStatus::Succeeded));
+
+        // The same events replayed into an empty store in one batch end the same.
+        drop(woken);
+        let replay_dir = std::env::temp_dir().join(format!("vmplane-proj-test-{}", ulid::Ulid::new()));
+        let replayed = reopen(&replay_dir);
+        replayed.apply_all(log.iter().map(|(s, b)| (*s, b.as_slice()))).unwrap();
+        for op in [fork, fork2, fork3, plain, c1, c2, d1] {
+            assert_eq!(replayed.operation(op).unwrap(), proj.operation(op).unwrap(), "{op}");
+        }
+        drop((proj, replayed));
+        let _ = (std::fs::remove_dir_all(&dir), std::fs::remove_dir_all(&replay_dir));
     }
 
     /// Opens the store once the last holder's lock is gone: sled's flusher

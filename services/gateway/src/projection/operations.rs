@@ -12,7 +12,8 @@ use utoipa::ToSchema;
 use vmplane_domain::event::{Envelope, Event};
 use vmplane_domain::host::HostEvent;
 use vmplane_domain::operation::OperationEvent;
-use vmplane_domain::vm::{Outcome, Vm, VmEvent};
+use vmplane_domain::snapshot::FORK_KIND;
+use vmplane_domain::vm::{OpKind, Outcome, Vm, VmEvent};
 use vmplane_domain::volume::VolumeEvent;
 use vmplane_domain::{OpId, OrgId};
 
@@ -59,8 +60,11 @@ pub struct Operation {
     pub updated_at: OffsetDateTime,
 }
 
-pub(super) fn apply(txn: &mut Txn, env: &Envelope) {
-    let Some(id) = env.operation else { return };
+/// Apply an event to the view of the operation it names. Returns the fork
+/// operation the event also settled (one of whose clones ended), so that
+/// the fork's waiters are woken too.
+pub(super) fn apply(txn: &mut Txn, env: &Envelope) -> Option<OpId> {
+    let id = env.operation?;
     let k = key(&[&"op", &id]);
     // An operation's own events name their target in the event; every other
     // event belongs to the target's aggregate.
@@ -79,7 +83,7 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope) {
         updated_at: env.time,
     });
     if op.status.is_terminal() {
-        return;
+        return None;
     }
     if op.kind.is_none() {
         let vm: Option<Vm> = txn.get(&key(&[&"vm", target]));
@@ -106,7 +110,74 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope) {
         }
         Event::Vm(_) | Event::Volume(_) => op.status = OpStatus::Running,
     }
+    // The event says whether its snapshot is a fork's, and what else the
+    // fork waits for.
+    if let Event::Vm(VmEvent::SnapshotRequested { clones, .. }) = &env.event {
+        op.kind = Some(if clones.is_empty() { OpKind::Snapshot.as_str() } else { FORK_KIND }.to_owned());
+        if !clones.is_empty() {
+            for clone in clones {
+                txn.put(key(&[&"forkof", clone]), id);
+            }
+            txn.put(key(&[&"fork", &id]), Fork { clones: clones.clone(), snapshot_taken: false });
+        }
+    }
+    if !op.status.is_terminal() {
+        txn.put(k, op);
+        return None;
+    }
+    // A fork's snapshot is taken: the fork ends with its clones.
+    if op.status == OpStatus::Succeeded
+        && let Some(mut fork) = txn.get::<Fork>(&key(&[&"fork", &id]))
+    {
+        fork.snapshot_taken = true;
+        settle(txn, &mut op, &fork);
+        txn.put(key(&[&"fork", &id]), fork);
+    }
     txn.put(k, op);
+    // A clone's create ended: so may its fork.
+    let parent: OpId = txn.get(&key(&[&"forkof", &id]))?;
+    let mut fork_op = txn.get::<Operation>(&key(&[&"op", &parent]))?;
+    let fork = txn.get::<Fork>(&key(&[&"fork", &parent]))?;
+    if fork_op.status.is_terminal() {
+        return None;
+    }
+    settle(txn, &mut fork_op, &fork);
+    if !fork_op.status.is_terminal() {
+        return None;
+    }
+    fork_op.updated_at = env.time;
+    txn.put(key(&[&"op", &parent]), fork_op);
+    Some(parent)
+}
+
+/// What a fork's operation waits for besides its own snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Fork {
+    /// The create operations of its clones.
+    clones: Vec<OpId>,
+    /// Whether its snapshot was taken (its own part succeeded).
+    snapshot_taken: bool,
+}
+
+/// The status of a fork's operation from its parts: failed as soon as a
+/// clone's create failed, succeeded once the snapshot and every clone are.
+fn settle(txn: &Txn, op: &mut Operation, fork: &Fork) {
+    let mut all_done = fork.snapshot_taken;
+    for clone in &fork.clones {
+        let part: Option<Operation> = txn.get(&key(&[&"op", clone]));
+        match part {
+            Some(p) if p.status == OpStatus::Failed => {
+                let why = p.error.unwrap_or_else(|| OpError { code: "clone_failed".into(), message: String::new() });
+                op.status = OpStatus::Failed;
+                op.error =
+                    Some(OpError { code: why.code, message: format!("the create of clone {} (operation {clone}) failed: {}", p.target_id, why.message) });
+                return;
+            }
+            Some(p) if p.status == OpStatus::Succeeded => {}
+            _ => all_done = false,
+        }
+    }
+    op.status = if all_done { OpStatus::Succeeded } else { OpStatus::Running };
 }
 
 /// Requests waiting for operations to change, each woken only by its own

@@ -172,19 +172,21 @@ pub struct ForkRequest {
     pub count: Option<u32>,
 }
 
-/// A fork: its snapshot with the snapshot's operation, and the clones, each
-/// with its create operation (the clones are `running` once theirs succeeded).
+/// A fork: its snapshot, the fork's operation, and the clones, each with
+/// its create operation.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ForkAccepted {
     pub snapshot: SnapshotView,
+    /// The fork's operation (kind `fork`): it succeeds once the snapshot is
+    /// ready and every clone is `running`, and fails as soon as one of them failed.
     pub operation: Operation,
     pub vms: Vec<VmAccepted>,
 }
 
 /// Snapshot a running or standby VM and create `count` VMs that resume from
 /// it (as `POST /v1/vms/{id}/snapshots`, then `POST /v1/vms` with
-/// `from_snapshot` for each, in one request). The clones wait on the
-/// snapshot's host until it is ready.
+/// `from_snapshot` for each, in one request), as one operation that ends
+/// when they all have. The clones wait on the snapshot's host until it is ready.
 #[utoipa::path(post, path = "/v1/vms/{id}/fork", tag = "snapshots", request_body = ForkRequest,
     params(("id" = vmplane_domain::VmId, Path, description = "VM id")),
     responses((status = 202, body = ForkAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
