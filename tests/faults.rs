@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vmplane_bus::async_nats::{self, HeaderMap, jetstream};
+use vmplane_domain::spec::VmSpec;
 use vmplane_domain::tenancy::TenancyCommand;
+use vmplane_domain::vm::VmCommand;
 use vmplane_domain::{Command, CommandEnvelope, HostId, OpId, OrgId, ProjectId, VmId, subjects};
 
 /// The event history of a VM provisioned once, without a fault showing.
@@ -180,6 +182,42 @@ async fn an_operation_whose_command_was_lost_is_resumed_when_the_worker_starts()
     assert_eq!(stack.sim_guest(&id).unwrap()["boots"], 1);
     assert_eq!(c.event_types(&id).await, PROVISIONED);
     assert!(stack.worker.log_mentions("its command is gone; resuming it"), "{}", stack.worker.log_tail(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_naming_a_vm_that_exists_changes_nothing() {
+    let mut stack = Stack::start().await;
+    let c = stack.admin.clone();
+    let host = host_id(&stack).await;
+    let vm = c.create_running_vm("first").await;
+    let id: VmId = str_of(&vm["id"]).parse().unwrap();
+    c.act_and_wait(&id.to_string(), "delete", "deleted").await;
+    // A worker that never held the VM (deleted, it has no guest to check at
+    // start): it presumes a create's VM new, and the append's expected
+    // sequence tells it otherwise.
+    stack.worker.kill9();
+    stack.worker.respawn();
+    stack.wait_host_online().await;
+    let js = jetstream::new(stack.nats_client().await);
+    let op = OpId::new();
+    let command = VmCommand::Create { spec: Box::new(VmSpec::named("second")), host };
+    let env = CommandEnvelope {
+        op,
+        org: OrgId::DEFAULT,
+        project: ProjectId::DEFAULT,
+        actor: "admin".into(),
+        issued_at: time::OffsetDateTime::now_utc(),
+        command: Command::Vm { vm: id, command },
+    };
+    publish(&js, subjects::vm_command(host, id), op, vmplane_domain::event::encode(&env).unwrap()).await;
+    let o = c.wait_op(&op.to_string()).await;
+    assert_eq!((o["status"].as_str(), o["error"]["code"].as_str()), (Some("failed"), Some("conflict")), "{o}");
+    let types = c.event_types(&id.to_string()).await;
+    assert_eq!(types.iter().filter(|t| *t == "created").count(), 1, "{types:?}");
+    assert_eq!(types.last().map(String::as_str), Some("operation_finished"), "nothing but the refusal after the delete: {types:?}");
+    let after = c.vm(&id.to_string()).await;
+    assert_eq!((after["name"].as_str(), after["status"].as_str()), (Some("first"), Some("deleted")), "{after}");
+    assert!(stack.worker.log_mentions("append conflict; reloading"), "the presumption was not put to the test: {}", stack.worker.log_tail(30));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

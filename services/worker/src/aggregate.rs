@@ -147,10 +147,16 @@ pub type TemplateAggregate = Aggregate<TemplateKind>;
 pub type HostAggregate = Aggregate<HostKind>;
 
 impl<K: Kind> Aggregate<K> {
+    /// An aggregate presumed to have no event yet (one a create names): its
+    /// first append expects the subject empty, so a wrong guess is a
+    /// [`BusError::Conflict`], after which the caller loads it.
+    pub fn presumed_new(org: OrgId, id: K::Id) -> Self {
+        Self { id, org, subject: K::subject(org, id), state: None, seq: 0 }
+    }
+
     /// Fold the aggregate's events from the stream.
     pub async fn load(bus: &Bus, org: OrgId, id: K::Id) -> Result<Self, BusError> {
-        let subject = K::subject(org, id);
-        let mut agg = Self { id, org, subject, state: None, seq: 0 };
+        let mut agg = Self::presumed_new(org, id);
         for (seq, env) in bus.load(&agg.subject).await? {
             if let Some(ev) = K::unwrap(&env.event) {
                 agg.state = K::evolve(agg.state.take(), id, env.operation, env.time, ev);

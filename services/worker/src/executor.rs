@@ -447,9 +447,12 @@ impl Executor {
     /// Run `action` against the VM, reloading and retrying when another writer
     /// got there first. Returns the VM when the action failed it.
     async fn on_vm(&self, agg: &mut Option<VmAggregate>, org: OrgId, vm: VmId, action: &VmAction<'_>) -> Result<Option<Vm>, BusError> {
-        for _ in 0..MAX_CONFLICT_RETRIES {
+        for attempt in 0..MAX_CONFLICT_RETRIES {
             if agg.is_none() {
-                *agg = Some(VmAggregate::load(&self.bus, org, vm).await?);
+                // A create's VM is new unless the command is redelivered, which
+                // its first append finds out (a conflict): skip the read then.
+                let creates = matches!(action, VmAction::Execute(VmJob { command: VmCommand::Create { .. }, .. }));
+                *agg = Some(if attempt == 0 && creates { VmAggregate::presumed_new(org, vm) } else { VmAggregate::load(&self.bus, org, vm).await? });
             }
             let a = agg.as_mut().expect("loaded above");
             let result = match action {
