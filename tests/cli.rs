@@ -21,6 +21,7 @@ const NOT_FOUND: i32 = 3;
 const CONFLICT: i32 = 4;
 const AUTH: i32 = 5;
 const UNAVAILABLE: i32 = 6;
+const OTHER: i32 = 1;
 
 /// A person's shell: an empty home and config dir, no vmplane variables, a
 /// working directory without a `.vmplane` data dir.
@@ -239,6 +240,12 @@ async fn vms_volumes_logs_and_events_from_the_command_line() {
     ok(&admin(&sh, &stack, &["vm", "rm", "clone-1", "--wait"]).await);
     ok(&admin(&sh, &stack, &["snapshot", "rm", &snap_id, "--wait"]).await);
     assert!(!ok(&admin(&sh, &stack, &["snapshot", "ls", "-q"]).await).contains(&snap_id));
+    // A fork: one snapshot and its clones, printed once the fork's operation ended.
+    let kids = json(&admin(&sh, &stack, &["vm", "fork", "web-1", "kid", "--count", "2", "--wait", "-o", "json"]).await);
+    let seen: Vec<(&str, &str)> = kids.as_array().unwrap().iter().map(|k| (str_of(&k["name"]), str_of(&k["status"]))).collect();
+    assert_eq!(seen, [("kid-1", "running"), ("kid-2", "running")], "{kids}");
+    assert_eq!(kids[0]["from_snapshot"], kids[1]["from_snapshot"], "{kids}");
+    fails(&admin(&sh, &stack, &["vm", "fork", "web-1", "Bad_Name"]).await, OTHER, "validation_failed");
 
     // `vm ssh` runs the system ssh with the VM's forwarded port: a stand-in on PATH prints its arguments.
     let bin = sh.path().join("bin");

@@ -39,6 +39,19 @@ pub enum VmCmd {
     Standby(ActionArgs),
     /// Resume a VM in standby from its snapshot.
     Restore(ActionArgs),
+    /// Snapshot a running or standby VM and create clones that resume from
+    /// it (<name>-1 ... <name>-<count>), as one operation; prints the clones.
+    Fork {
+        /// VM id or name.
+        vm: String,
+        /// The snapshot's name, and the clones' names' stem (a DNS label).
+        name: String,
+        /// How many clones (1-16).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Delete a VM (and its root disk unless it was created to keep it).
     #[command(visible_alias = "delete")]
     Rm(ActionArgs),
@@ -217,6 +230,7 @@ pub async fn run(ctx: &Ctx, cmd: VmCmd) -> Result<()> {
         VmCmd::Standby(a) => act(ctx, &a, "standby").await,
         VmCmd::Restore(a) => act(ctx, &a, "restore").await,
         VmCmd::Rm(a) => act(ctx, &a, "delete").await,
+        VmCmd::Fork { vm, name, count, wait } => fork(ctx, &vm, &name, count, &wait).await,
         VmCmd::Logs { vm, follow, tail } => logs(ctx, &vm, follow, tail).await,
         VmCmd::Console(a) => {
             let id = resolve::vm(&ctx.api, &a.vm).await?;
@@ -241,6 +255,25 @@ pub async fn run(ctx: &Ctx, cmd: VmCmd) -> Result<()> {
             if vm.is_null() { Ok(()) } else { emit(&ctx.out.row(&vm, LIST)) }
         }
     }
+}
+
+/// `vm fork`: the clones as accepted, or with --wait, once the fork's one
+/// operation (snapshot and every clone) has succeeded, as they are then.
+async fn fork(ctx: &Ctx, vm: &str, name: &str, count: u32, wait: &WaitArgs) -> Result<()> {
+    let id = resolve::vm(&ctx.api, vm).await?;
+    let accepted = ctx.api.post(&format!("/v1/vms/{id}/fork"), Some(&json!({"name": name, "count": count}))).await?;
+    let clones = accepted.get("vms").and_then(Value::as_array).cloned().unwrap_or_default();
+    if !wait.wait {
+        return emit(&ctx.out.list(&clones, LIST));
+    }
+    let op = str_at(&accepted, "/operation/id")?;
+    let snapshot = format!("/v1/snapshots/{}", str_at(&accepted, "/snapshot/id")?);
+    wait::operation(&ctx.api, op, wait.timeout, &wait::Watch { label: name, path: Some(snapshot) }).await?;
+    let mut now = Vec::with_capacity(clones.len());
+    for clone in &clones {
+        now.push(ctx.api.get(&format!("/v1/vms/{}", str_at(clone, "/id")?)).await?);
+    }
+    emit(&ctx.out.list(&now, LIST))
 }
 
 async fn create(ctx: &Ctx, mut a: CreateArgs) -> Result<()> {
