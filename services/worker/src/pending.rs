@@ -17,6 +17,9 @@
 //! cost under VM churn. The journal is rewritten (temp file and rename) when
 //! it opens and whenever it has grown to several times its live entries; the
 //! per-aggregate files of the old layout are read into it on open and removed.
+//! An append cut short (a full disk) is cut off again, so the next change
+//! starts a line of its own; a temp file left by a compaction that was
+//! interrupted is removed on open.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -65,6 +68,11 @@ enum Change {
 }
 
 const JOURNAL: &str = "pending.log";
+/// The prefix of a compaction's temp file (before the rename).
+const COMPACTING: &str = ".pending.log.compacting-";
+/// The prefix of the temp files of compactions before [`COMPACTING`] was
+/// named (`tempfile`'s default).
+const COMPACTING_BEFORE: &str = ".tmp";
 /// The journal is compacted once it has this many lines and more than
 /// [`GROWTH`] times its live entries.
 const COMPACT_AFTER: usize = 4096;
@@ -80,6 +88,11 @@ pub struct PendingIndex {
 struct Journal {
     dir: PathBuf,
     file: File,
+    /// The journal's length after the last whole line.
+    len: u64,
+    /// An append failed part-way and could not be cut off: the next line
+    /// starts with a newline so it is not read as the end of the torn one.
+    torn: bool,
     live: HashMap<Target, Entry>,
     lines: usize,
 }
@@ -108,12 +121,13 @@ impl PendingIndex {
             Err(e) => return Err(e),
         }
         let legacy = legacy_entries(&dir, &mut live)?;
-        let file = compact(&dir, &live)?;
+        remove_interrupted_compactions(&dir)?;
+        let (file, len) = compact(&dir, &live)?;
         for path in legacy {
             std::fs::remove_file(path)?;
         }
         let lines = live.len();
-        Ok(Self { inner: Arc::new(Mutex::new(Journal { dir, file, live, lines })) })
+        Ok(Self { inner: Arc::new(Mutex::new(Journal { dir, file, len, torn: false, live, lines })) })
     }
 
     fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
@@ -153,9 +167,20 @@ impl PendingIndex {
 impl Journal {
     /// Record `change` (one write of one line), then apply it in memory.
     fn append(&mut self, change: Change) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(&change).map_err(std::io::Error::other)?;
+        let mut line = Vec::with_capacity(128);
+        if self.torn {
+            line.push(b'\n');
+        }
+        serde_json::to_writer(&mut line, &change).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        self.file.write_all(&line)?;
+        if let Err(e) = self.file.write_all(&line) {
+            // Part of the line may be written: cut it off, or failing that
+            // make sure the next line does not continue it.
+            self.torn = self.file.set_len(self.len).is_err() || self.torn;
+            return Err(e);
+        }
+        self.len += line.len() as u64;
+        self.torn = false;
         self.lines += 1;
         match change {
             Change::Set(entry) => {
@@ -166,7 +191,7 @@ impl Journal {
             }
         }
         if self.lines > COMPACT_AFTER && self.lines > GROWTH * self.live.len() {
-            self.file = compact(&self.dir, &self.live)?;
+            (self.file, self.len) = compact(&self.dir, &self.live)?;
             self.lines = self.live.len();
         }
         Ok(())
@@ -174,9 +199,10 @@ impl Journal {
 }
 
 /// Rewrite the journal as the live entries only (a temp file renamed over
-/// it: a crash leaves the old journal or the new one) and open it to append.
-fn compact(dir: &Path, live: &HashMap<Target, Entry>) -> std::io::Result<File> {
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+/// it: a crash leaves the old journal or the new one) and open it to
+/// append; returns it with its length.
+fn compact(dir: &Path, live: &HashMap<Target, Entry>) -> std::io::Result<(File, u64)> {
+    let mut tmp = tempfile::Builder::new().prefix(COMPACTING).tempfile_in(dir)?;
     let mut out = Vec::with_capacity(live.len() * 128);
     for entry in live.values() {
         serde_json::to_writer(&mut out, &Change::Set(entry.clone())).map_err(std::io::Error::other)?;
@@ -186,7 +212,21 @@ fn compact(dir: &Path, live: &HashMap<Target, Entry>) -> std::io::Result<File> {
     tmp.as_file().sync_all()?;
     let path = dir.join(JOURNAL);
     tmp.persist(&path).map_err(|e| e.error)?;
-    OpenOptions::new().append(true).open(path)
+    Ok((OpenOptions::new().append(true).open(path)?, out.len() as u64))
+}
+
+/// Remove the temp files of compactions a killed worker did not finish
+/// (their journal is the one still in place).
+fn remove_interrupted_compactions(dir: &Path) -> std::io::Result<()> {
+    for file in std::fs::read_dir(dir)? {
+        let file = file?;
+        let name = file.file_name();
+        let name = name.to_string_lossy();
+        if (name.starts_with(COMPACTING) || name.starts_with(COMPACTING_BEFORE)) && file.file_type()?.is_file() {
+            std::fs::remove_file(file.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// The entries of the layout before the journal (`<dir>/<id>.json`, `null`
@@ -262,13 +302,42 @@ mod tests {
         assert!(lines < COMPACT_AFTER, "compacted while churning: {lines} lines");
         let mut torn = OpenOptions::new().append(true).open(path.join(JOURNAL)).unwrap();
         torn.write_all(br#"{"clear":{"kind":"vm","#).unwrap();
+        // A compaction killed before its rename leaves its temp file (named
+        // as now, or as before it was named).
+        let left = [path.join(format!("{COMPACTING}x1")), path.join(format!("{COMPACTING_BEFORE}x2"))];
+        for f in &left {
+            std::fs::write(f, b"{\"set\":").unwrap();
+        }
         let index = PendingIndex::open(path.clone()).unwrap();
+        assert!(left.iter().all(|f| !f.exists()), "a killed compaction's temp files are removed");
         let mut got = index.entries().unwrap();
         got.sort_by_key(|e| e.target.key());
         let mut want: Vec<Entry> = kept.iter().map(|t| Entry { org, target: *t, resumes: if *t == kept[0] { 3 } else { 0 } }).collect();
         want.sort_by_key(|e| e.target.key());
         assert_eq!(got, want);
         assert_eq!(std::fs::read(path.join(JOURNAL)).unwrap().split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(), 3, "rewritten on open");
+    }
+
+    /// A change whose write failed (a full disk) is not applied, and when
+    /// its torn part cannot be cut off, the next change still starts a line
+    /// of its own, so a reopened index reads it.
+    #[test]
+    fn a_failed_append_is_not_applied_and_the_next_line_stands_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pending");
+        let index = PendingIndex::open(path.clone()).unwrap();
+        let (org, vm) = (OrgId::new(), Target::Vm(VmId::new()));
+        // `/dev/full` refuses every write, and cannot be truncated either.
+        let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
+        let mut journal = std::mem::replace(&mut index.journal().file, full);
+        assert!(index.note(org, vm).is_err());
+        assert_eq!(index.entries().unwrap(), vec![], "a change not written is not applied");
+        // What a write cut short by a full disk leaves at the end of the journal.
+        journal.write_all(br#"{"set":{"org":"#).unwrap();
+        index.journal().file = journal;
+        index.note(org, vm).unwrap();
+        drop(index);
+        assert_eq!(PendingIndex::open(path).unwrap().entries().unwrap(), vec![Entry { org, target: vm, resumes: 0 }]);
     }
 
     /// A data dir of the layout before the journal (a file per aggregate,
