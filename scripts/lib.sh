@@ -42,6 +42,7 @@ ensure_base() {
   command -v cargo >/dev/null || { echo "cargo (Rust) is required: https://rustup.rs" >&2; exit 1; }
   ensure_package nats-server nats-server
   # The Debian package enables a system service on port 4222; vmplane runs its own.
+  ensure_package make make   # builds jemalloc, vmplane's allocator (tikv-jemalloc-sys)
 }
 
 # What the qemu driver needs: the emulator and qemu-img of this Debian

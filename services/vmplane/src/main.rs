@@ -425,6 +425,15 @@ struct WorkerArgs {
     fleet: FleetOpts,
 }
 
+/// jemalloc instead of glibc's allocator: sled's pages and the codec
+/// allocate and free small buffers for every event, and glibc's malloc,
+/// free and chunk consolidation were ~12% of the gateway's samples under
+/// load; jemalloc took a fifth off the gateway's CPU per create for
+/// ~17 MiB more resident memory (BENCHMARKS.md, issue 10; mimalloc saved
+/// as much CPU for ~65 MiB more).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() {
     // SAFETY: umask(2) only sets this process's file creation mask; it is set
