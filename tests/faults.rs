@@ -39,6 +39,16 @@ async fn publish(js: &jetstream::Context, subject: String, op: OpId, payload: Ve
     js.publish_with_headers(subject, msg_id(op), payload.into()).await.expect("publishing").await.expect("stored by JetStream");
 }
 
+/// Publish `command` on `subject` as the admin's, in the default org and
+/// project, as a gateway that accepted it would; returns its operation.
+async fn publish_command(js: &jetstream::Context, subject: String, command: Command) -> OpId {
+    let op = OpId::new();
+    let env =
+        CommandEnvelope { op, org: OrgId::DEFAULT, project: ProjectId::DEFAULT, actor: "admin".into(), issued_at: time::OffsetDateTime::now_utc(), command };
+    publish(js, subject, op, vmplane_domain::event::encode(&env).unwrap()).await;
+    op
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_past_its_delivery_limit_fails_its_operation_and_leaves_the_vm_usable() {
     let mut stack = Stack::start().await;
@@ -104,16 +114,9 @@ async fn a_tenancy_command_the_domain_refuses_fails_its_operation() {
     // A project in an org that does not exist (the gateway refuses that
     // early; a command racing the org's creation, or another client of the
     // command stream, reaches the worker).
-    let (op, org, project) = (OpId::new(), OrgId::new(), ProjectId::new());
-    let env = CommandEnvelope {
-        op,
-        org: OrgId::DEFAULT,
-        project: ProjectId::DEFAULT,
-        actor: "admin".into(),
-        issued_at: time::OffsetDateTime::now_utc(),
-        command: Command::Tenancy { command: TenancyCommand::CreateProject { id: project, org, name: "web".into() } },
-    };
-    publish(&js, subjects::tenancy_command(org), op, vmplane_domain::event::encode(&env).unwrap()).await;
+    let (org, project) = (OrgId::new(), ProjectId::new());
+    let command = Command::Tenancy { command: TenancyCommand::CreateProject { id: project, org, name: "web".into() } };
+    let op = publish_command(&js, subjects::tenancy_command(org), command).await;
     let o = c.wait_op(&op.to_string()).await;
     assert_eq!(o["status"], "failed", "{o}");
     assert_eq!(o["error"]["code"], "not_found", "{o}");
@@ -199,17 +202,8 @@ async fn a_create_naming_a_vm_that_exists_changes_nothing() {
     stack.worker.respawn();
     stack.wait_host_online().await;
     let js = jetstream::new(stack.nats_client().await);
-    let op = OpId::new();
     let command = VmCommand::Create { spec: Box::new(VmSpec::named("second")), host };
-    let env = CommandEnvelope {
-        op,
-        org: OrgId::DEFAULT,
-        project: ProjectId::DEFAULT,
-        actor: "admin".into(),
-        issued_at: time::OffsetDateTime::now_utc(),
-        command: Command::Vm { vm: id, command },
-    };
-    publish(&js, subjects::vm_command(host, id), op, vmplane_domain::event::encode(&env).unwrap()).await;
+    let op = publish_command(&js, subjects::vm_command(host, id), Command::Vm { vm: id, command }).await;
     let o = c.wait_op(&op.to_string()).await;
     assert_eq!((o["status"].as_str(), o["error"]["code"].as_str()), (Some("failed"), Some("conflict")), "{o}");
     let types = c.event_types(&id.to_string()).await;
