@@ -289,16 +289,6 @@ async fn a_publish_whose_acknowledgement_is_lost_makes_one_vm() {
     stack.admin.wait_vm_status(&second, "running").await;
 }
 
-/// Wait until the host announces what a restarted worker was given.
-async fn wait_host(stack: &Stack, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let c = &stack.admin;
-    wait_for(what, WAIT, async || match c.try_get("/v1/hosts").await {
-        Some((200, hosts)) => hosts.as_array().and_then(|a| a.iter().find(|h| h["status"] == "online" && ok(h))).cloned().ok_or_else(|| hosts.to_string()),
-        other => Err(format!("{other:?}")),
-    })
-    .await
-}
-
 /// POST every body at once, spread over the given gateways in turn.
 async fn parallel_creates(gateways: &[&Client], bodies: Vec<Value>) -> Vec<(u16, Value)> {
     futures::future::join_all(bodies.into_iter().enumerate().map(|(i, b)| {
@@ -312,7 +302,7 @@ async fn parallel_creates(gateways: &[&Client], bodies: Vec<Value>) -> Vec<(u16,
 async fn parallel_creates_never_overcommit_a_host() {
     let mut stack = Stack::start().await;
     stack.restart_worker_with(&["--sim-memory-mib", "2048"]).await;
-    wait_host(&stack, "the host to announce 2048 MiB", |h| h["memory_mib"] == 2048).await;
+    stack.wait_host("the host to announce 2048 MiB", |h| h["memory_mib"] == 2048).await;
     let admin = &stack.admin;
     // Two gateways accept at once: each sees the other's claims only through NATS.
     let (_gw2, admin2) = stack.start_gateway("gateway-2", &stack.nats.url()).await;
@@ -336,7 +326,7 @@ async fn parallel_creates_never_overcommit_a_host() {
         admin.wait_op_succeeded(str_of(&b["operation"]["id"])).await;
     }
     assert_eq!(admin.vm_total("?status=running").await, 4);
-    let host = wait_host(&stack, "the host's usage", |h| h["used"]["memory_mib"] == 128 + 3 * 512).await;
+    let host = stack.wait_host("the host's usage", |h| h["used"]["memory_mib"] == 128 + 3 * 512).await;
     assert!(host["available"]["memory_mib"].as_u64().unwrap() < 512, "{host}");
     // Nothing more fits until something is deleted.
     let (s, b) = admin.post("/v1/vms", &json!({ "name": "one-more", "memory_mib": 512 })).await;
@@ -363,7 +353,7 @@ async fn host_ports_stay_in_the_operators_range_and_bridge_addresses_are_unique(
 
     // Bridge mode: a guest IP or MAC is one VM's only.
     stack.restart_worker_with(&["--bridge", "br-sim", "--bridge-cidr", "10.99.0.0/24"]).await;
-    wait_host(&stack, "the host to announce its bridge", |h| h["bridge_cidr"] == "10.99.0.0/24").await;
+    stack.wait_host("the host to announce its bridge", |h| h["bridge_cidr"] == "10.99.0.0/24").await;
     let net = |ip: &str, mac: &str| json!({ "mode": "bridge", "guest_ip": ip, "guest_mac": mac });
     let first = admin.create_vm(json!({ "name": "b1", "network": net("10.99.0.10", "02:fc:00:00:00:0a") })).await;
     for (what, network) in [

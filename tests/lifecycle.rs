@@ -311,6 +311,52 @@ async fn a_fork_snapshots_a_vm_and_creates_its_clones_in_one_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_refused_part_way_cancels_its_remaining_clones_and_fails_its_operation() {
+    let mut stack = Stack::start().await;
+    stack.restart_worker_with(&["--sim-memory-mib", "2048"]).await;
+    stack.wait_host("the host to announce 2048 MiB", |h| h["memory_mib"] == 2048).await;
+    let c = &stack.admin;
+    let vm = c.create_vm(json!({"name": "src", "memory_mib": 512})).await;
+    let id = str_of(&vm["id"]).to_owned();
+    c.wait_op_succeeded(str_of(&vm["operation"]["id"])).await;
+
+    // The snapshot is accepted, then three clones of 512 MiB fill the host and the fourth is refused.
+    let body = json!({"name": "f", "count": 4});
+    let (s, b) = c.with_header("Idempotency-Key", "fork-full").post(&format!("/v1/vms/{id}/fork"), &body).await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("insufficient_capacity")), "{b}");
+    let message = str_of(&b["message"]);
+    let fork_op = message.split("the fork's operation ").nth(1).and_then(|m| m.split_whitespace().next()).expect("the message names the fork's operation");
+    assert!(message.contains("3 of its 4 clone(s) created"), "{b}");
+
+    // Nothing waits for the refused clone: the fork's operation fails on it.
+    let fork = c.wait_op(fork_op).await;
+    assert_eq!(
+        (fork["kind"].as_str(), fork["status"].as_str(), fork["error"]["code"].as_str()),
+        (Some("fork"), Some("failed"), Some("create_refused")),
+        "{fork}"
+    );
+    assert!(str_of(&fork["error"]["message"]).contains("short of memory"), "the refusal is the reason: {fork}");
+    let clone_op =
+        str_of(&fork["error"]["message"]).split("(operation ").nth(1).and_then(|m| m.split(')').next()).expect("names the clone's operation").to_owned();
+    let cancelled = c.wait_op(&clone_op).await;
+    assert_eq!((cancelled["kind"].as_str(), cancelled["status"].as_str()), (Some("create"), Some("failed")), "{cancelled}");
+    for name in ["f-1", "f-2", "f-3"] {
+        let (_, list) = c.get(&format!("/v1/vms?name={name}")).await;
+        let clone = str_of(&list["data"][0]["id"]).to_owned();
+        c.wait_vm_status(&clone, "running").await;
+    }
+    assert_eq!(c.vm_total("?name=f-4").await, 0, "the cancelled clone was never created");
+
+    // A retry with the same key fails the same way and creates nothing more.
+    let (s, again) = c.with_header("Idempotency-Key", "fork-full").post(&format!("/v1/vms/{id}/fork"), &body).await;
+    assert_eq!((s, again["code"].as_str()), (409, Some("fork_failed")), "{again}");
+    assert_eq!(c.vm_total("?name=f-4").await, 0);
+    assert_eq!(c.get("/v1/snapshots").await.1["pagination"]["total_items"], 1, "one snapshot, taken once");
+    let cancelled_again = c.get(&format!("/v1/operations/{clone_op}")).await.1;
+    assert_eq!(cancelled_again["status"], "failed", "{cancelled_again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_that_failed_leaves_its_vm_running_cannot_be_cloned_and_can_be_deleted() {
     let stack = Stack::start().await;
     let c = &stack.admin;

@@ -166,13 +166,21 @@ pub enum VmCommand {
     DeleteSnapshot {
         snapshot: SnapshotId,
     },
+    /// End a create the gateway promised and then had to refuse: a fork's
+    /// clone refused after the fork's snapshot was accepted (its operation
+    /// is part of the fork's). Sent under the create's own operation id, so
+    /// JetStream keeps whichever of the two came first; it fails that
+    /// operation `create_refused` with `reason`, and changes no VM.
+    CancelCreate {
+        reason: String,
+    },
 }
 
 impl VmCommand {
     /// The operation kind this command starts.
     pub fn kind(&self) -> OpKind {
         match self {
-            Self::Create { .. } => OpKind::Create,
+            Self::Create { .. } | Self::CancelCreate { .. } => OpKind::Create,
             Self::Start => OpKind::Start,
             Self::Stop => OpKind::Stop,
             Self::Restart => OpKind::Restart,
@@ -593,6 +601,9 @@ pub enum DecideError {
     VolumeNotAttached,
     #[error("{0}")]
     MemoryOutOfRange(String),
+    /// A create cancelled by [`VmCommand::CancelCreate`].
+    #[error("{0}")]
+    CreateRefused(String),
 }
 
 impl DecideError {
@@ -605,6 +616,7 @@ impl DecideError {
             Self::VolumeConflict => "volume_conflict",
             Self::VolumeNotAttached => "volume_not_attached",
             Self::MemoryOutOfRange(_) => "memory_out_of_range",
+            Self::CreateRefused(_) => "create_refused",
         }
     }
 }
@@ -617,10 +629,11 @@ pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmComman
     let Some(vm) = state else {
         return match cmd {
             VmCommand::Create { spec, host } => Ok(vec![VmEvent::Created { org, project, spec: spec.clone(), host: *host }]),
+            VmCommand::CancelCreate { reason } => Err(DecideError::CreateRefused(reason.clone())),
             _ => Err(DecideError::NotFound),
         };
     };
-    if let VmCommand::Create { .. } = cmd {
+    if let VmCommand::Create { .. } | VmCommand::CancelCreate { .. } = cmd {
         return Err(DecideError::AlreadyExists);
     }
     if let VmCommand::DeleteSnapshot { snapshot } = cmd {
@@ -641,7 +654,7 @@ pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmComman
     }
     let refuse = |action| Err(DecideError::InvalidState { action, status: vm.status.as_str() });
     match cmd {
-        VmCommand::Create { .. } => unreachable!("handled above"),
+        VmCommand::Create { .. } | VmCommand::CancelCreate { .. } => unreachable!("handled above"),
         VmCommand::Start => match vm.status {
             Running | Starting | Pending | Provisioning | Restarting | Restoring => noop(),
             Stopped | Failed => Ok(vec![VmEvent::StartRequested]),

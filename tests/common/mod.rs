@@ -452,6 +452,16 @@ impl Stack {
         .await
     }
 
+    /// An online host in `GET /v1/hosts` for which `ok` holds (waiting for `what`).
+    pub async fn wait_host(&self, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let c = &self.admin;
+        wait_for(what, WAIT, async || match c.try_get("/v1/hosts").await {
+            Some((200, hosts)) => hosts.as_array().and_then(|a| a.iter().find(|h| h["status"] == "online" && ok(h))).cloned().ok_or_else(|| hosts.to_string()),
+            other => Err(format!("{other:?}")),
+        })
+        .await
+    }
+
     /// `vmplane projections rebuild` against this stack's NATS and data dir.
     pub fn rebuild_projections(&self) -> std::process::Output {
         Command::new(BIN)

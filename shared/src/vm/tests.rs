@@ -573,3 +573,16 @@ fn a_snapshot_is_deleted_whatever_its_vm_became_and_pins_the_vm_to_its_host() {
     assert_eq!(types(&run(&mut vm, id, delete).unwrap()), ["snapshot_delete_requested", "snapshot_deleted", "operation_finished"]);
     assert!(vm.as_ref().unwrap().snapshots.is_empty());
 }
+
+#[test]
+fn a_cancelled_create_fails_with_its_reason_and_leaves_an_existing_vm_alone() {
+    let (mut vm, id) = (None, VmId::new());
+    let cancel = VmCommand::CancelCreate { reason: "insufficient capacity".into() };
+    assert_eq!(cancel.kind(), OpKind::Create, "it ends a create's operation");
+    let refused = run(&mut vm, id, cancel.clone()).unwrap_err();
+    assert_eq!((refused.code(), refused.to_string().as_str()), ("create_refused", "insufficient capacity"));
+    assert!(vm.is_none(), "no VM comes of it");
+    run(&mut vm, id, VmCommand::Create { spec: Box::new(VmSpec::named("a")), host: HostId::new() }).unwrap();
+    assert!(matches!(run(&mut vm, id, cancel), Err(DecideError::AlreadyExists)), "a VM that exists is not cancelled");
+    assert_eq!(vm.unwrap().status, VmStatus::Running);
+}

@@ -40,6 +40,21 @@ pub enum AppError {
     Internal(String),
 }
 
+impl AppError {
+    /// The same error, its message followed by `more`: what else a request
+    /// refused part-way did (a fork whose snapshot was already accepted).
+    pub fn adding(self, more: &str) -> Self {
+        match self {
+            Self::Invalid(code, m) => Self::Invalid(code, format!("{m}; {more}")),
+            Self::Conflict(code, m) => Self::Conflict(code, format!("{m}; {more}")),
+            Self::Forbidden(m) => Self::Forbidden(format!("{m}; {more}")),
+            Self::TooManySessions(m) => Self::TooManySessions(format!("{m}; {more}")),
+            Self::Unavailable(m) => Self::Unavailable(format!("{m}; {more}")),
+            other @ (Self::NotFound(_) | Self::Unauthenticated | Self::RateLimited { .. } | Self::Internal(_)) => other,
+        }
+    }
+}
+
 /// Shorthand for use case results.
 pub type AppResult<T> = Result<T, AppError>;
 

@@ -110,10 +110,12 @@ pub struct Forked {
 /// The snapshot's command names the clones' create operations, which makes
 /// its operation the fork's: one operation for the whole.
 ///
-/// A clone refused here (the host filled up since the snapshot was accepted)
-/// fails the request after the snapshot was taken: the fork's operation
-/// then waits for that clone until the request is retried with the same
-/// idempotency key.
+/// A clone refused here once the snapshot was accepted (the host filled up
+/// meanwhile, or never took the snapshot up) cannot be taken back from the
+/// fork's operation: it and every clone after it are cancelled instead
+/// ([`VmCommand::CancelCreate`]), so the fork's operation fails rather than
+/// wait for them, and the request fails with the refusal. A retry with the
+/// same idempotency key then fails the same way (`fork_failed`).
 pub async fn fork(app: &App, who: &Principal, alloc: Allocation, vm: VmId, name: String, count: u32) -> AppResult<Forked> {
     if !(1..=MAX_FORK).contains(&count) {
         return Err(AppError::Invalid("validation_failed", format!("count: 1 to {MAX_FORK}")));
@@ -127,25 +129,61 @@ pub async fn fork(app: &App, who: &Principal, alloc: Allocation, vm: VmId, name:
     }
     let clone_ops = (1..=count).map(|i| alloc.derived(i).op()).collect();
     let snapshot = take_for(app, who, alloc, vm, name, clone_ops).await?;
+    let mut clones = Vec::with_capacity(names.len());
+    let refusal = match create_clones(app, who, alloc, &snapshot, &names, &mut clones).await {
+        Ok(()) => return Ok(Forked { snapshot, clones }),
+        Err(e) => e,
+    };
+    let (op, snap, host) = (snapshot.operation.id, snapshot.resource.id, snapshot.resource.host);
+    let reason = format!("the fork's clone was not created: {refusal}");
+    for i in (clones.len() as u32 + 1)..=count {
+        let part = alloc.derived(i);
+        super::vms::cancel_create(app, who, part, VmId(part.resource()), host, reason.clone()).await?;
+    }
+    tracing::info!(fork = %op, snapshot = %snap, created = clones.len(), count, error = %refusal, "fork refused part-way; its remaining clones are cancelled");
+    Err(refusal.adding(&format!(
+        "the fork's operation {op} fails: snapshot {snap} was accepted and {} of its {count} clone(s) created; the others are cancelled",
+        clones.len()
+    )))
+}
+
+/// Create a fork's clones in order into `clones`, stopping at the first one
+/// refused (or cancelled by an earlier attempt of the same request).
+async fn create_clones(
+    app: &App,
+    who: &Principal,
+    alloc: Allocation,
+    snapshot: &Accepted<Snapshot>,
+    names: &[String],
+    clones: &mut Vec<Accepted<Vm>>,
+) -> AppResult<()> {
     // The clones' creates look the snapshot up: wait until its host's worker took it up.
     let op = snapshot.operation.id;
     let started = wait_for(app, op, FORK_WAIT, |o| o.status != OpStatus::Pending).await?;
     if app.proj.snapshot(snapshot.resource.id)?.is_none() {
-        let status = started.map_or("unknown", |o| if o.status == OpStatus::Failed { "failed" } else { "pending" });
-        return Err(AppError::Unavailable(format!(
-            "the snapshot's operation {op} is {status}: its host did not take it up; no clone was created (retry with the same Idempotency-Key)"
-        )));
+        return Err(match started.filter(|o| o.status == OpStatus::Failed) {
+            Some(failed) => {
+                AppError::Conflict("snapshot_failed", format!("the fork's snapshot was refused: {}", failed.error.map(|e| e.message).unwrap_or_default()))
+            }
+            None => AppError::Unavailable(format!("the snapshot's operation {op} is still pending: its host did not take it up")),
+        });
     }
-    let mut clones = Vec::with_capacity(names.len());
     for (i, clone_name) in (1..).zip(names) {
+        let part = alloc.derived(i);
+        if let Some(earlier) = accepted_before(app, part.op())?.filter(|o| o.status == OpStatus::Failed)
+            && app.proj.vm(VmId(part.resource()))?.is_none()
+        {
+            let why = earlier.error.map(|e| e.message).unwrap_or_default();
+            return Err(AppError::Conflict("fork_failed", format!("an earlier attempt of this request cancelled clone `{clone_name}` ({why})")));
+        }
         // Everything but the name is unset: the create fits the snapshot's machine.
-        let mut spec = VmSpec::named(clone_name);
+        let mut spec = VmSpec::named(clone_name.clone());
         spec.from_snapshot = Some(snapshot.resource.id);
         let unset: BTreeSet<Field> = Field::ALL.into_iter().collect();
         let new = NewVm { spec, unset, ssh_key_ids: Vec::new(), placement: Placement::default() };
-        clones.push(super::vms::create(app, who, alloc.derived(i), new).await?);
+        clones.push(super::vms::create(app, who, part, new).await?);
     }
-    Ok(Forked { snapshot, clones })
+    Ok(())
 }
 
 /// The snapshot a create resumes from: the caller's, and being taken or

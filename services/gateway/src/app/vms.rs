@@ -5,6 +5,7 @@
 use super::accept::{Submission, accepted_before, submit, wait_for};
 use super::placement::place;
 use super::{Accepted, Allocation, App, AppError, AppResult, Listed, Principal, Window};
+use crate::projection::operations::Operation;
 use crate::projection::vms::VmFilter;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -156,6 +157,22 @@ pub async fn create(app: &App, who: &Principal, alloc: Allocation, new: impl Int
     let host = place_vm(app, id, &spec, volumes_host, &placement, strategy).await?;
     let command = VmCommand::Create { spec: Box::new(spec), host };
     accept(app, who, alloc, None, id, project, host, command).await
+}
+
+/// Fail the create operation of VM `id` on `host` that was promised and
+/// then refused (a fork's clone: see [`VmCommand::CancelCreate`]), with
+/// `reason`. Not decided here: the VM does not exist, which is the point.
+pub(super) async fn cancel_create(app: &App, who: &Principal, alloc: Allocation, id: VmId, host: HostId, reason: String) -> AppResult<Operation> {
+    let command = VmCommand::CancelCreate { reason };
+    let sub = Submission {
+        op: alloc.op(),
+        subject: subjects::vm_command(host, id),
+        kind: command.operation_kind(),
+        target_id: id.to_string(),
+        project: who.project_or_default(),
+        command: Command::Vm { vm: id, command },
+    };
+    submit(app, who, sub).await
 }
 
 /// Start, stop, restart, standby, restore or delete a VM.

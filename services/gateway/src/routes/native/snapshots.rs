@@ -187,6 +187,9 @@ pub struct ForkAccepted {
 /// it (as `POST /v1/vms/{id}/snapshots`, then `POST /v1/vms` with
 /// `from_snapshot` for each, in one request), as one operation that ends
 /// when they all have. The clones wait on the snapshot's host until it is ready.
+/// A clone refused after the snapshot was accepted fails the request with
+/// that refusal; it and the clones after it are cancelled, so the fork's
+/// operation fails (its message names it).
 #[utoipa::path(post, path = "/v1/vms/{id}/fork", tag = "snapshots", request_body = ForkRequest,
     params(("id" = vmplane_domain::VmId, Path, description = "VM id")),
     responses((status = 202, body = ForkAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
