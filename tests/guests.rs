@@ -299,6 +299,14 @@ impl GuestStack {
         vm
     }
 
+    /// A fresh snapshot of running VM `id`, ready.
+    async fn snapshot(&self, id: &str) -> String {
+        let (s, b) = self.admin.post(&format!("/v1/vms/{id}/snapshots"), &json!({"name": "snap"})).await;
+        assert_eq!(s, 202, "{b}");
+        self.wait_op(str_of(&b["operation"]["id"])).await;
+        str_of(&b["id"]).to_owned()
+    }
+
     /// Wait for an operation to succeed, however long guests take here.
     async fn wait_op(&self, op: &str) -> Value {
         let b = self.wait_op_outcome(op).await;
@@ -1414,6 +1422,24 @@ async fn bridge_mode_guests_get_addresses_from_the_bridge_cidr() {
         ("nats-via-veth", ns.addr.clone(), g.nats_port),
     ];
     only_outside_answers(&g.probe(&a, &targets));
+
+    // A clone of a bridge-mode VM is a machine of its own on the bridge: the
+    // next free address, a new MAC and hostname, which its agent takes on
+    // (the source's address is dropped); the source keeps its own.
+    let b_id = str_of(&b["id"]).to_owned();
+    let clone = g.running_vm(json!({"name": "br-clone", "from_snapshot": g.snapshot(&b_id).await})).await;
+    let clone_ip = format!("{prefix}.3");
+    assert_eq!(clone["ip"].as_str(), Some(clone_ip.as_str()), "{clone}");
+    assert_ne!(clone["mac"], b["mac"], "{clone}");
+    let seen = g.ssh(&clone, "hostname; cat /sys/class/net/eth0/address; ip -4 -o addr show eth0; ip route show default");
+    let mac = str_of(&clone["mac"]).to_ascii_lowercase();
+    assert!(seen.starts_with(&format!("br-clone\n{mac}\n")), "{seen}");
+    assert!(seen.contains(&format!("{clone_ip}/24")) && !seen.contains(&format!("{prefix}.2/")), "{seen}");
+    assert!(seen.contains(&format!("default via {prefix}.1")), "{seen}");
+    assert_eq!(g.ssh(&clone, &format!("ping -c 1 -W 5 {chosen} >/dev/null && echo reached")).trim(), "reached");
+    assert_eq!(g.ssh(&b, &format!("ping -c 1 -W 5 {clone_ip} >/dev/null && echo reached")).trim(), "reached");
+    assert!(g.ssh(&b, "ip -4 -o addr show eth0").contains(&format!("{prefix}.2/24")));
+    only_outside_answers(&g.probe(&clone, &targets));
 
     // An address or MAC another guest of the host holds is refused at once.
     for network in [json!({"mode": "bridge", "guest_ip": chosen}), json!({"mode": "bridge", "guest_mac": "02:FC:00:00:00:0A"})] {

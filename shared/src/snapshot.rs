@@ -11,7 +11,7 @@
 //! operation says when the whole fork is done.
 
 use crate::ids::{HostId, OpId, OrgId, ProjectId, SnapshotId, VmId};
-use crate::spec::{SpecError, VmSpec};
+use crate::spec::{NetworkSpec, SpecError, VmSpec};
 use crate::template::Field;
 use crate::vm::{Outcome, Vm, VmEvent};
 use serde::{Deserialize, Serialize};
@@ -153,7 +153,9 @@ pub fn fit_clone(source: &VmSpec, spec: &mut VmSpec, unset: &BTreeSet<Field>) ->
             Field::UserData => ("user_data", spec.user_data == source.user_data),
             Field::SshKeys => ("ssh_keys", spec.ssh_keys == source.ssh_keys),
             Field::Env => ("env", spec.env == source.env),
-            _ => ("network", spec.network.enabled == source.network.enabled),
+            // The mode too: a guest on a tap (bridge) may have taken NIC
+            // offloads that user networking does not offer, and back.
+            _ => ("network", spec.network.enabled == source.network.enabled && spec.network.mode == source.network.mode),
         };
         if !same && !unset.contains(&field) {
             return Err(SpecError::new(name, "must be the snapshot's (or left out): a clone resumes the snapshot's machine"));
@@ -166,7 +168,8 @@ pub fn fit_clone(source: &VmSpec, spec: &mut VmSpec, unset: &BTreeSet<Field>) ->
     spec.ssh_keys.clone_from(&source.ssh_keys);
     spec.env.clone_from(&source.env);
     if unset.contains(&Field::EnableNetwork) {
-        spec.network = source.network.clone();
+        // The source's mode, not its address or MAC: a clone gets its own.
+        spec.network = NetworkSpec { guest_ip: None, guest_mac: None, ..source.network.clone() };
     }
     Ok(())
 }
@@ -174,6 +177,7 @@ pub fn fit_clone(source: &VmSpec, spec: &mut VmSpec, unset: &BTreeSet<Field>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::NetworkMode;
     use crate::vm::SnapshotTaken;
 
     fn vm() -> Vm {
@@ -211,6 +215,16 @@ mod tests {
         fit_clone(&source, &mut spec, &unset).unwrap();
         assert_eq!((spec.vcpus, spec.memory_mib, spec.ssh_keys.len(), spec.name.as_str()), (2, 256, 1, "clone"));
         assert_eq!(spec.labels.len(), 1);
+
+        // A bridge-mode source's mode is the clone's; its chosen address and MAC are not.
+        source.network =
+            NetworkSpec { mode: NetworkMode::Bridge, guest_ip: Some([10, 0, 0, 9].into()), guest_mac: Some("02:00:00:00:00:09".into()), ..source.network };
+        let mut spec = VmSpec::named("clone");
+        fit_clone(&source, &mut spec, &unset).unwrap();
+        assert_eq!((spec.network.mode, spec.network.guest_ip, spec.network.guest_mac), (NetworkMode::Bridge, None, None));
+        let mut spec = VmSpec::named("clone");
+        let given: BTreeSet<Field> = unset.iter().copied().filter(|f| *f != Field::EnableNetwork).collect();
+        assert_eq!(fit_clone(&source, &mut spec, &given).unwrap_err().field, "network", "user networking for a bridge-mode snapshot");
 
         let mut spec = VmSpec::named("clone");
         spec.memory_mib = 1024;

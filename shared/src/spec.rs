@@ -101,7 +101,8 @@ fn yes() -> bool {
 
 impl VmSpec {
     /// A clone resumes the snapshot's machine as it was: no disks, GPUs or
-    /// bridge address can be added to it (its devices must be the snapshot's).
+    /// hot-pluggable memory can be added to it (its devices must be the
+    /// snapshot's). Its network is checked against the snapshot's (`snapshot::fit_clone`).
     fn validate_clone(&self) -> Result<(), SpecError> {
         if self.from_snapshot.is_none() {
             return Ok(());
@@ -113,12 +114,9 @@ impl VmSpec {
             ("data_disks", !self.data_disks.is_empty()),
             ("volumes", !self.volumes.is_empty()),
             ("gpu", self.gpu.is_some()),
-            ("network", self.network.enabled && self.network.mode == NetworkMode::Bridge),
         ];
         match refused.into_iter().find(|(_, set)| *set) {
-            Some((field, _)) => {
-                Err(SpecError::new(field, "cannot be given with from_snapshot: a clone has the snapshot's devices (user-mode networking only)"))
-            }
+            Some((field, _)) => Err(SpecError::new(field, "cannot be given with from_snapshot: a clone has the snapshot's devices")),
             None => Ok(()),
         }
     }

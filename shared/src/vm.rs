@@ -731,9 +731,6 @@ pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmComman
         VmCommand::TakeSnapshot { .. } if !vm.volumes.is_empty() || vm.spec.gpu.is_some() => {
             Err(DecideError::InvalidState { action: "snapshot (a vm with volumes or GPUs; detach its volumes first)", status: vm.status.as_str() })
         }
-        VmCommand::TakeSnapshot { .. } if vm.spec.network.enabled && vm.spec.network.mode == crate::spec::NetworkMode::Bridge => {
-            Err(DecideError::InvalidState { action: "snapshot (a bridge-mode vm)", status: vm.status.as_str() })
-        }
         VmCommand::DeleteSnapshot { .. } => unreachable!("handled above"),
         VmCommand::TakeSnapshot { snapshot, name, clones } => match vm.status {
             Running | Standby => Ok(vec![VmEvent::SnapshotRequested { snapshot: *snapshot, name: name.clone(), clones: clones.clone() }]),

@@ -621,7 +621,9 @@ impl Driver for QemuDriver {
         let dir = self.dir(vm.id);
         if snapshot::resumes_from(vm).is_some() {
             // A resumed clone printed its readiness line long ago, as its source.
-            return snapshot::take_identity(vm, &dir, self.cfg.ready_timeout).await;
+            // In bridge mode, its address too (there is no DHCP server on the bridge).
+            let static_net = allocated(&dir).and_then(|a| a.tap).map(|(_, address)| address);
+            return snapshot::take_identity(vm, &dir, static_net.as_deref(), self.cfg.ready_timeout).await;
         }
         let from: u64 = std::fs::read_to_string(dir.ready_mark()).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
         let mut scan = Scan::new(READY_LINE, from);

@@ -49,8 +49,12 @@ pub enum Start {
     /// Snapshot templating: wait for a full saved state, loaded into guest
     /// RAM that is the shared file `memory`, so that saving again with
     /// `x-ignore-shared` writes the device state alone. Nothing runs the
-    /// guest, so its NIC has no backend.
-    Template { memory: std::path::PathBuf },
+    /// guest, so its NIC has no backend, except for a source on a tap: the
+    /// NIC then offers the offloads a tap's vnet header allows, which its
+    /// guest may have taken (a state that took them loads only where they
+    /// are offered). That tap, `tap`, is qemu's own, on no bridge and never
+    /// up, and goes when qemu does.
+    Template { memory: std::path::PathBuf, tap: Option<String> },
     /// A clone: guest RAM maps the snapshot's `memory` privately (pages
     /// shared with the other clones until written), waiting for the device state.
     Clone { memory: std::path::PathBuf },
@@ -60,7 +64,7 @@ impl Start {
     /// The file guest RAM lives in and whether writes go back to it.
     fn memory_file(&self) -> Option<(&Path, bool)> {
         match self {
-            Self::Template { memory } => Some((memory, true)),
+            Self::Template { memory, .. } => Some((memory, true)),
             Self::Clone { memory } => Some((memory, false)),
             Self::Boot | Self::Incoming => None,
         }
@@ -164,8 +168,11 @@ impl Launch<'_> {
             a.extend(["-object".into(), format!("memory-backend-file,id={RAM_ID},size={}M,mem-path={},share={share}", vm.spec.memory_mib, opt(p(memory)))]);
         }
         let mac = opt(self.network.mac.as_deref().unwrap_or("52:54:00:12:34:56"));
-        let netdev = if matches!(self.start, Start::Template { .. }) {
-            vm.spec.network.enabled.then(|| "hubport,id=net0,hubid=0".to_owned())
+        let netdev = if let Start::Template { tap, .. } = &self.start {
+            vm.spec.network.enabled.then(|| match tap {
+                Some(tap) => format!("tap,id=net0,ifname={},script=no,downscript=no", opt(tap)),
+                None => "hubport,id=net0,hubid=0".to_owned(),
+            })
         } else if let Some(t) = &self.tap {
             Some(format!("tap,id=net0,ifname={},script=no,downscript=no", opt(&t.device)))
         } else if self.uses_passt() {
@@ -408,11 +415,13 @@ mod tests {
         assert!(values(&boot, "-device").contains(&"vmgenid,guid=auto"), "{boot:?}");
 
         let memory = PathBuf::from("/s/snap,x/memory");
-        let template = launch_args_starting(&v, &dir, &passt, None, Vec::new(), Start::Template { memory: memory.clone() });
+        let template = launch_args_starting(&v, &dir, &passt, None, Vec::new(), Start::Template { memory: memory.clone(), tap: None });
         assert_eq!(values(&template, "-machine"), ["q35,memory-backend=pc.ram"]);
         assert_eq!(values(&template, "-object"), ["memory-backend-file,id=pc.ram,size=512M,mem-path=/s/snap,,x/memory,share=on"]);
         assert_eq!(values(&template, "-netdev"), ["hubport,id=net0,hubid=0"], "a template's NIC has no backend, never passt");
         assert_eq!(values(&template, "-incoming"), ["defer"]);
+        let tapped = launch_args_starting(&v, &dir, &passt, None, Vec::new(), Start::Template { memory: memory.clone(), tap: Some("vs1".into()) });
+        assert_eq!(values(&tapped, "-netdev"), ["tap,id=net0,ifname=vs1,script=no,downscript=no"], "a tap source's template offers a tap's offloads");
 
         let clone = launch_args_starting(&v, &dir, &passt, None, Vec::new(), Start::Clone { memory });
         assert_eq!(values(&clone, "-object"), ["memory-backend-file,id=pc.ram,size=512M,mem-path=/s/snap,,x/memory,share=off"]);

@@ -48,6 +48,13 @@ impl SnapshotDir {
     }
 }
 
+/// The name of a templating qemu's tap: `vs` and the end of the snapshot
+/// id, within IFNAMSIZ and apart from VMs' taps (`vt...`).
+fn template_tap(dir: &SnapshotDir) -> String {
+    let name = snapshot_name(dir);
+    format!("vs{}", &name[name.len().saturating_sub(12)..])
+}
+
 fn snapshot_name(dir: &SnapshotDir) -> String {
     dir.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
@@ -149,7 +156,9 @@ impl QemuDriver {
         template.root_disk = Some(DiskInfo { location: sd.disk().display().to_string(), size_gb: vm.spec.disk_gb });
         let image = self.image(vm)?;
         let network = vm.network.clone().unwrap_or_default();
-        let start = Start::Template { memory: sd.memory() };
+        // A source on a tap (bridge mode): a detached tap of the template's own.
+        let tap = super::allocated(dir).and_then(|a| a.tap).map(|_| template_tap(sd));
+        let start = Start::Template { memory: sd.memory(), tap };
         let t0 = Instant::now();
         self.launch(&template, &image, &work, &network, start).await?.spawn().await.map_err(fatal)?;
         let launched = t0.elapsed();
@@ -244,13 +253,18 @@ fn is_vmplane_qemu(pid: i32) -> bool {
 }
 
 /// Tell a clone's guest agent who it is now (instance id, hostname, MAC,
-/// fresh entropy): the clone is `running` once the agent says it is done.
-pub async fn take_identity(vm: &Vm, dir: &VmDir, patience: Duration) -> Result<(), DriverError> {
+/// fresh entropy, and in bridge mode its static `ADDR/PREFIX,GATEWAY`; else
+/// the agent asks DHCP): the clone is `running` once the agent says it is done.
+pub async fn take_identity(vm: &Vm, dir: &VmDir, static_net: Option<&str>, patience: Duration) -> Result<(), DriverError> {
     let mut seed = [0u8; 32];
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed)).map_err(retry)?;
     let seed: String = seed.iter().map(|b| format!("{b:02x}")).collect();
     let mac = vm.network.as_ref().and_then(|n| n.mac.clone()).filter(|_| vm.spec.network.enabled).unwrap_or_else(|| "-".into());
-    let command = format!("identity {} {} {} {seed}", vm.id, vm.spec.name, mac.to_ascii_lowercase());
+    let mut command = format!("identity {} {} {} {seed}", vm.id, vm.spec.name, mac.to_ascii_lowercase());
+    if let Some(net) = static_net.filter(|_| vm.spec.network.enabled) {
+        command.push(' ');
+        command.push_str(net);
+    }
     let deadline = tokio::time::Instant::now() + patience;
     loop {
         match agent::call(dir, &command, Duration::from_secs(10)).await {
