@@ -1041,15 +1041,35 @@ async fn clones_resume_a_snapshots_memory_each_as_a_machine_of_its_own() {
 
     let (s, b) = g.admin.delete(&format!("/v1/snapshots/{snap}")).await;
     assert_eq!((s, b["code"].as_str()), (409, Some("snapshot_in_use")), "live clones read its files: {b}");
-    for vm in clones.iter().chain([&late, &src]) {
+    // Flattened (two running, streamed live; one stopped, rebased), no clone
+    // reads the snapshot: it can go while they live on.
+    let stopped = str_of(&clones[1]["id"]).to_owned();
+    g.act(&stopped, "stop").await;
+    for vm in [&clones[0], &clones[1], &late] {
         let id = str_of(&vm["id"]);
-        assert_eq!(g.act(id, "delete").await["status"], "deleted");
-        assert_eq!(qemu_processes(id), 0, "qemu left behind");
+        let (s, b) = g.admin.post(&format!("/v1/vms/{id}/flatten"), &json!({})).await;
+        assert_eq!(s, 202, "{b}");
+        g.wait_op(str_of(&b["operation"]["id"])).await;
+        assert_eq!(g.admin.vm(id).await["flattened"], true);
+        let disk = g.data.join("worker/qemu/vms").join(id).join("root.qcow2");
+        let info = Command::new("qemu-img").args(["info", "-U", "--output=json"]).arg(&disk).output().expect("qemu-img info");
+        let info: Value = serde_json::from_slice(&info.stdout).unwrap_or_else(|e| panic!("{} {e}", disk.display()));
+        assert!(info.get("backing-filename").is_none(), "{id}'s disk still reads the snapshot's: {info}");
     }
     let (s, b) = g.admin.delete(&format!("/v1/snapshots/{snap}")).await;
     assert_eq!(s, 202, "{b}");
     g.wait_op(str_of(&b["operation"]["id"])).await;
     assert!(!snap_dir.exists(), "{} left behind", snap_dir.display());
+    // The running clones go on with their memory and disks; the stopped one boots from its own disk.
+    assert_eq!(g.ssh(&late, "cat /mem/value; sync; cat /etc/hostname").trim(), "737373\nclone-c");
+    assert_eq!(g.ssh(&g.admin.vm(str_of(&clones[0]["id"])).await, "cat /root/only-a").trim(), "mine");
+    let booted = g.act(&stopped, "start").await;
+    assert_eq!(g.ssh(&booted, "hostname; cat /mem/value 2>/dev/null || echo cold").trim(), "clone-b\ncold");
+    for vm in clones.iter().chain([&late, &src]) {
+        let id = str_of(&vm["id"]);
+        assert_eq!(g.act(id, "delete").await["status"], "deleted");
+        assert_eq!(qemu_processes(id), 0, "qemu left behind");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -253,12 +253,23 @@ async fn snapshots_are_taken_of_running_vms_and_clones_resume_them_on_their_host
     c.act_and_wait(&id, "delete", "deleted").await;
     assert_eq!(c.get(&format!("/v1/snapshots/{snap}")).await.1["status"], "ready");
 
-    // Deleting it waits for its clones to go; then its files go.
+    // Deleting it waits for its clones to go or be flattened; then its files go.
     let (s, b) = c.delete(&format!("/v1/snapshots/{snap}")).await;
     assert_eq!((s, b["code"].as_str()), (409, Some("snapshot_in_use")), "{b}");
     assert!(str_of(&b["message"]).contains(clone_id), "{b}");
     assert_eq!(other.delete(&format!("/v1/snapshots/{snap}")).await.0, 404);
-    c.act_and_wait(clone_id, "delete", "deleted").await;
+    assert_eq!(other.post(&format!("/v1/vms/{clone_id}/flatten"), &json!({})).await.0, 404, "another org's clone");
+    assert_eq!(c.post(&format!("/v1/vms/{id}/flatten"), &json!({})).await.0, 404, "a deleted VM");
+    assert_eq!(running["flattened"], false, "{running}");
+    let (s, b) = c.post(&format!("/v1/vms/{clone_id}/flatten"), &json!({})).await;
+    assert_eq!((s, b["operation"]["kind"].as_str()), (202, Some("flatten")), "{b}");
+    c.wait_op_succeeded(str_of(&b["operation"]["id"])).await;
+    let flat = c.vm(clone_id).await;
+    assert_eq!((flat["status"].as_str(), flat["flattened"].as_bool()), (Some("running"), Some(true)), "{flat}");
+    assert_eq!(stack.sim_guest(clone_id).expect("sim guest")["flattened"], true, "the driver flattened its disk");
+    let (s, b) = c.post(&format!("/v1/vms/{clone_id}/flatten"), &json!({})).await;
+    assert_eq!(s, 202, "{b}");
+    c.wait_op_succeeded(str_of(&b["operation"]["id"])).await;
     let file = stack.data_dir().join("worker").join("sim").join(format!("{snap}.snapshot"));
     assert!(file.exists(), "{}", file.display());
     let (s, b) = c.delete(&format!("/v1/snapshots/{snap}")).await;
@@ -269,6 +280,9 @@ async fn snapshots_are_taken_of_running_vms_and_clones_resume_them_on_their_host
     assert!(!file.exists(), "the snapshot's files were not freed");
     let (s, b) = c.post("/v1/vms", &json!({"name": "late", "from_snapshot": snap})).await;
     assert_eq!(s, 404, "{b}");
+    // The flattened clone lives on without it.
+    assert_eq!(c.vm(clone_id).await["status"], "running");
+    c.act_and_wait(clone_id, "delete", "deleted").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,6 +92,7 @@ pub enum OpKind {
     Move,
     Snapshot,
     DeleteSnapshot,
+    Flatten,
 }
 
 impl OpKind {
@@ -111,6 +112,7 @@ impl OpKind {
             Self::ResizeMemory => "resize_memory",
             Self::Snapshot => "snapshot",
             Self::DeleteSnapshot => "delete_snapshot",
+            Self::Flatten => "flatten",
         }
     }
 }
@@ -166,6 +168,10 @@ pub enum VmCommand {
     DeleteSnapshot {
         snapshot: SnapshotId,
     },
+    /// Copy into a clone's own root disk what it still reads from its
+    /// snapshot's disk, so that the snapshot can be deleted while the clone
+    /// lives (a clone that has run never needs the snapshot's memory again).
+    Flatten,
     /// End a create the gateway promised and then had to refuse: a fork's
     /// clone refused after the fork's snapshot was accepted (its operation
     /// is part of the fork's). Sent under the create's own operation id, so
@@ -193,6 +199,7 @@ impl VmCommand {
             Self::Move { .. } | Self::ResumeMove => OpKind::Move,
             Self::TakeSnapshot { .. } => OpKind::Snapshot,
             Self::DeleteSnapshot { .. } => OpKind::DeleteSnapshot,
+            Self::Flatten => OpKind::Flatten,
         }
     }
 
@@ -368,6 +375,10 @@ pub enum VmEvent {
     SnapshotDeleted {
         snapshot: SnapshotId,
     },
+    /// Flattening a clone's root disk began.
+    FlattenRequested,
+    /// The clone's root disk holds all its data: it no longer depends on its snapshot.
+    DiskFlattened,
     /// The operation that the envelope names ended.
     OperationFinished {
         outcome: Outcome,
@@ -411,6 +422,8 @@ impl VmEvent {
             Self::SnapshotTaken { .. } => "snapshot_taken",
             Self::SnapshotDeleteRequested { .. } => "snapshot_delete_requested",
             Self::SnapshotDeleted { .. } => "snapshot_deleted",
+            Self::FlattenRequested => "flatten_requested",
+            Self::DiskFlattened => "disk_flattened",
             Self::OperationFinished { .. } => "operation_finished",
         }
     }
@@ -471,6 +484,9 @@ pub struct Vm {
     /// Its snapshots that exist (taken, not deleted).
     #[serde(default)]
     pub snapshots: BTreeSet<SnapshotId>,
+    /// A clone whose root disk no longer reads its snapshot's (`disk_flattened`).
+    #[serde(default)]
+    pub flattened: bool,
     pub pending_op: Option<PendingOp>,
     pub finished_ops: VecDeque<OpId>,
     #[serde(with = "time::serde::rfc3339")]
@@ -732,6 +748,14 @@ pub fn decide(state: Option<&Vm>, org: OrgId, project: ProjectId, cmd: &VmComman
             Err(DecideError::InvalidState { action: "snapshot (a vm with volumes or GPUs; detach its volumes first)", status: vm.status.as_str() })
         }
         VmCommand::DeleteSnapshot { .. } => unreachable!("handled above"),
+        VmCommand::Flatten if vm.spec.from_snapshot.is_none() => refuse("flatten (a vm not created from a snapshot)"),
+        VmCommand::Flatten if vm.flattened => noop(),
+        // Its first start still resumes the snapshot's memory.
+        VmCommand::Flatten if vm.started_at.is_none() => refuse("flatten (a clone that has not run yet)"),
+        VmCommand::Flatten => match vm.status {
+            Running | Stopped | Standby => Ok(vec![VmEvent::FlattenRequested]),
+            _ => refuse("flatten"),
+        },
         VmCommand::TakeSnapshot { snapshot, name, clones } => match vm.status {
             Running | Standby => Ok(vec![VmEvent::SnapshotRequested { snapshot: *snapshot, name: name.clone(), clones: clones.clone() }]),
             _ => refuse("snapshot"),
@@ -773,6 +797,7 @@ pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime,
             moving: None,
             snapshotting: None,
             snapshots: BTreeSet::new(),
+            flattened: false,
             pending_op: op.map(|id| PendingOp { id, kind: OpKind::Create }),
             finished_ops: VecDeque::new(),
             created_at: at,
@@ -924,6 +949,12 @@ pub fn evolve(state: Option<Vm>, id: VmId, op: Option<OpId>, at: OffsetDateTime,
             vm.snapshotting = None;
             vm.snapshots.remove(snapshot);
         }
+        VmEvent::FlattenRequested => {
+            if let Some(id) = op {
+                vm.pending_op = Some(PendingOp { id, kind: OpKind::Flatten });
+            }
+        }
+        VmEvent::DiskFlattened => vm.flattened = true,
         VmEvent::OperationFinished { .. } => {
             // A queued command that failed before it began (its host was
             // unavailable) ends its own operation, not the one in progress.
@@ -1002,6 +1033,9 @@ pub enum Step {
     TakeSnapshot(SnapshotId),
     /// Remove this snapshot's files.
     DeleteSnapshot(SnapshotId),
+    /// Copy what a clone's root disk reads from its snapshot's into it, and
+    /// drop the snapshot as its backing file.
+    FlattenDisk,
     /// Nothing left to do: finish the operation.
     Finish(Outcome),
 }
@@ -1031,6 +1065,7 @@ impl Step {
             Self::ImportDisk => "import_disk",
             Self::TakeSnapshot(_) => "take_snapshot",
             Self::DeleteSnapshot(_) => "delete_snapshot",
+            Self::FlattenDisk => "flatten_disk",
             Self::Finish(_) => "finish",
         }
     }
@@ -1048,6 +1083,7 @@ impl Step {
                 | Self::Snapshot
                 | Self::TakeSnapshot(_)
                 | Self::DeleteSnapshot(_)
+                | Self::FlattenDisk
                 | Self::ExportDisk
                 | Self::HandOver { .. }
         )
@@ -1107,6 +1143,13 @@ pub fn next_step(vm: &Vm) -> Option<Step> {
             Some(snapshot) => Step::TakeSnapshot(snapshot),
             None => Step::Finish(Outcome::Succeeded),
         },
+        (OpKind::Flatten, Running | Stopped | Standby) => {
+            if vm.flattened {
+                Step::Finish(Outcome::Succeeded)
+            } else {
+                Step::FlattenDisk
+            }
+        }
         (OpKind::DetachVolume, Running | Stopped) => match vm.detaching {
             Some(volume) => Step::DetachVolume(volume),
             None => Step::Finish(Outcome::Succeeded),
@@ -1140,6 +1183,7 @@ pub fn step_event(step: &Step) -> Option<VmEvent> {
         Step::ExportDisk => VmEvent::DiskExported,
         Step::HandOver { from, to } => VmEvent::Moved { from: *from, to: *to },
         Step::DeleteSnapshot(snapshot) => VmEvent::SnapshotDeleted { snapshot: *snapshot },
+        Step::FlattenDisk => VmEvent::DiskFlattened,
         Step::Finish(outcome) => VmEvent::OperationFinished { outcome: outcome.clone() },
         Step::AllocateNetwork | Step::PrepareDisk | Step::ImportDisk | Step::TakeSnapshot(_) => return None,
     })

@@ -221,6 +221,7 @@ impl Executor {
             Step::Snapshot => d.snapshot(vm).await?,
             Step::RestoreSnapshot => d.restore(vm).await?,
             Step::DeleteSnapshot(snapshot) => d.delete_snapshot(*snapshot).await?,
+            Step::FlattenDisk => d.flatten_disk(vm).await?,
             Step::TakeSnapshot(snapshot) => return Ok(VmEvent::SnapshotTaken { snapshot: *snapshot, taken: d.take_snapshot(vm, *snapshot).await? }),
             Step::Destroy => {
                 d.destroy(vm).await?;

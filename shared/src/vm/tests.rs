@@ -206,6 +206,7 @@ fn any_command() -> impl Strategy<Value = VmCommand> {
         Just(VmCommand::AttachVolume { mount: test_mount() }),
         Just(VmCommand::DetachVolume { volume: test_mount().volume_id }),
         Just(VmCommand::ResizeMemory { memory_mib: 768 }),
+        Just(VmCommand::Flatten),
     ]
 }
 
@@ -585,4 +586,33 @@ fn a_cancelled_create_fails_with_its_reason_and_leaves_an_existing_vm_alone() {
     run(&mut vm, id, VmCommand::Create { spec: Box::new(VmSpec::named("a")), host: HostId::new() }).unwrap();
     assert!(matches!(run(&mut vm, id, cancel), Err(DecideError::AlreadyExists)), "a VM that exists is not cancelled");
     assert_eq!(vm.unwrap().status, VmStatus::Running);
+}
+
+#[test]
+fn a_clone_that_has_run_is_flattened_once_and_nothing_else_is() {
+    let (mut vm, id) = (None, VmId::new());
+    run(&mut vm, id, VmCommand::Create { spec: Box::new(VmSpec::named("plain")), host: HostId::new() }).unwrap();
+    assert!(matches!(run(&mut vm, id, VmCommand::Flatten), Err(DecideError::InvalidState { .. })), "not a clone");
+
+    // A clone whose create failed before it ran: its next start still resumes the snapshot.
+    let spec = Box::new(VmSpec { from_snapshot: Some(SnapshotId::new()), ..VmSpec::named("clone") });
+    let (op, id) = (Some(OpId::new()), VmId::new());
+    let created = VmEvent::Created { org: OrgId::DEFAULT, project: ProjectId::DEFAULT, spec: spec.clone(), host: HostId::new() };
+    let mut unstarted = evolve(None, id, op, t0(), &created);
+    for e in [
+        VmEvent::Failed { message: "no room".into() },
+        VmEvent::OperationFinished { outcome: Outcome::Failed { code: "failed".into(), message: "no room".into() } },
+    ] {
+        unstarted = evolve(unstarted, id, op, t0(), &e);
+    }
+    assert!(matches!(run(&mut unstarted, id, VmCommand::Flatten), Err(DecideError::InvalidState { .. })), "its first start needs the snapshot");
+
+    let (mut clone, id) = (None, VmId::new());
+    run(&mut clone, id, VmCommand::Create { spec, host: HostId::new() }).unwrap();
+    assert_eq!(clone.as_ref().unwrap().status, VmStatus::Running);
+    assert_eq!(types(&run(&mut clone, id, VmCommand::Flatten).unwrap()), ["flatten_requested", "disk_flattened", "operation_finished"]);
+    assert!(clone.as_ref().unwrap().flattened);
+    assert_eq!(types(&run(&mut clone, id, VmCommand::Flatten).unwrap()), ["operation_finished"], "a second flatten changes nothing");
+    run(&mut clone, id, VmCommand::Stop).unwrap();
+    assert_eq!(types(&run(&mut clone, id, VmCommand::Flatten).unwrap()), ["operation_finished"]);
 }

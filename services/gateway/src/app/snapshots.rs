@@ -62,7 +62,8 @@ async fn take_for(app: &App, who: &Principal, alloc: Allocation, vm: VmId, name:
 }
 
 /// Delete a snapshot and its files: 409 `snapshot_in_use` while VMs created
-/// from it exist (they read its memory file and disk), 409 while it is still
+/// from it and not flattened exist (they read its disk, and until they first
+/// ran its memory file), 409 while it is still
 /// being taken. Carried out by the worker of its host, as an operation of
 /// the VM it was taken of (deleted or not).
 pub async fn delete(app: &App, who: &Principal, alloc: Allocation, id: SnapshotId) -> AppResult<Accepted<Snapshot>> {
@@ -75,7 +76,10 @@ pub async fn delete(app: &App, who: &Principal, alloc: Allocation, id: SnapshotI
         if let Some(first) = clones.first() {
             return Err(AppError::Conflict(
                 "snapshot_in_use",
-                format!("{} VM(s) created from snapshot {id} still exist ({first}, ...): delete them first", clones.len()),
+                format!(
+                    "{} VM(s) created from snapshot {id} still read it ({first}, ...): flatten them (POST /v1/vms/{{id}}/flatten) or delete them first",
+                    clones.len()
+                ),
             ));
         }
     }
@@ -85,6 +89,14 @@ pub async fn delete(app: &App, who: &Principal, alloc: Allocation, id: SnapshotI
     let projected = app.proj.snapshot(id)?.filter(|p| p.status != SnapshotStatus::Ready);
     let resource = projected.or_else(|| snapshot::evolve(Some(s), &accepted.resource, None, OffsetDateTime::now_utc(), &requested));
     Ok(Accepted { resource: resource.ok_or_else(|| AppError::Internal("a snapshot delete left no snapshot".into()))?, operation: accepted.operation })
+}
+
+/// Flatten a clone: copy into its own root disk what it reads from its
+/// snapshot's, so that the snapshot can be deleted while the clone lives.
+/// The clone must have run (its first start resumes the snapshot's memory);
+/// a clone already flattened is left as it is.
+pub async fn flatten(app: &App, who: &Principal, alloc: Allocation, vm: VmId) -> AppResult<Accepted<Vm>> {
+    super::vms::command(app, who, alloc, vm, VmCommand::Flatten).await
 }
 
 /// How long a fork waits for its snapshot to be taken up by the source's host.

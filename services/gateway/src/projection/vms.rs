@@ -25,6 +25,7 @@ pub(super) fn apply(txn: &mut Txn, seq: u64, env: &Envelope, ev: &VmEvent, paylo
     let before: Option<Vm> = txn.get(&key(&[&"vm", &id]));
     let existed = before.is_some();
     let was_deleted = before.as_ref().is_some_and(|v| v.status == VmStatus::Deleted);
+    let was_flattened = before.as_ref().is_some_and(|v| v.flattened);
     let host_before = before.as_ref().map(|v| v.host);
     let listed_before = before.as_ref().map(|v| (v.project, v.status));
     if let Some(vm) = &before {
@@ -54,7 +55,8 @@ pub(super) fn apply(txn: &mut Txn, seq: u64, env: &Envelope, ev: &VmEvent, paylo
     if let Some(snap) = after.spec.from_snapshot.filter(|_| !existed) {
         txn.put_raw(key(&[&"snapclone", &snap, &id]), Vec::new());
     }
-    if let Some(snap) = after.spec.from_snapshot.filter(|_| !was_deleted && after.status == VmStatus::Deleted) {
+    // Gone, or flattened: either way it no longer reads the snapshot's files.
+    if let Some(snap) = after.spec.from_snapshot.filter(|_| !was_deleted && !was_flattened && (after.status == VmStatus::Deleted || after.flattened)) {
         txn.remove(key(&[&"snapclone", &snap, &id]));
     }
     if !existed {

@@ -115,6 +115,9 @@ pub trait Driver: Send + Sync + 'static {
     async fn take_snapshot(&self, vm: &Vm, snapshot: SnapshotId) -> Result<SnapshotTaken, DriverError>;
     /// Remove a snapshot's files; already gone is success.
     async fn delete_snapshot(&self, snapshot: SnapshotId) -> Result<(), DriverError>;
+    /// Make a clone's root disk hold everything it reads from its snapshot's
+    /// disk, running or not; a disk without a backing file is success.
+    async fn flatten_disk(&self, vm: &Vm) -> Result<(), DriverError>;
     /// Stop the hypervisor process now, without asking the guest: a VM that
     /// failed keeps none. Saved state and disks stay; already gone is success.
     async fn halt(&self, vm: &Vm) -> Result<(), DriverError>;

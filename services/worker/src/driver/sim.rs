@@ -103,6 +103,9 @@ pub struct SimGuest {
     /// The snapshot its first boot resumed from, for a clone.
     #[serde(default)]
     pub resumed_from: Option<SnapshotId>,
+    /// Whether a clone's disk was flattened (no longer reads its snapshot's).
+    #[serde(default)]
+    pub flattened: bool,
 }
 
 /// The host ports the guests hold, by guest and all together, and where the
@@ -461,6 +464,13 @@ impl Driver for SimDriver {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DriverError::Retryable(e.to_string())),
             _ => Ok(()),
         }
+    }
+
+    async fn flatten_disk(&self, vm: &Vm) -> Result<(), DriverError> {
+        self.update(vm, "flatten_disk", |g| {
+            g.flattened = true;
+            Ok(())
+        })
     }
 
     async fn create_volume(&self, volume: &Volume) -> Result<String, DriverError> {

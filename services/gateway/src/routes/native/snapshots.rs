@@ -3,7 +3,7 @@
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{Json, PathId, Query};
 use super::pagination::{Page, PageQuery};
-use super::vms::{VmAccepted, VmView};
+use super::vms::{VmAccepted, VmView, accepted};
 use crate::AppState;
 use crate::app::snapshots;
 use crate::app::{Accepted, Allocation, Operation, Principal};
@@ -18,7 +18,12 @@ use vmplane_domain::{HostId, ProjectId, SnapshotId, VmId};
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(take_snapshot)).routes(routes!(fork_vm)).routes(routes!(list_snapshots)).routes(routes!(get_snapshot, delete_snapshot))
+    OpenApiRouter::new()
+        .routes(routes!(take_snapshot))
+        .routes(routes!(fork_vm))
+        .routes(routes!(flatten_vm))
+        .routes(routes!(list_snapshots))
+        .routes(routes!(get_snapshot, delete_snapshot))
 }
 
 /// A snapshot as the API shows it.
@@ -207,4 +212,20 @@ async fn fork_vm(
         .map(|a| Ok(VmAccepted { vm: VmView::read(&state.app, a.resource)?, operation: a.operation }))
         .collect::<ApiResult<Vec<_>>>()?;
     Ok((StatusCode::ACCEPTED, axum::Json(ForkAccepted { snapshot: forked.snapshot.resource.into(), operation: forked.snapshot.operation, vms })))
+}
+
+/// Flatten a clone: copy into its own root disk what it still reads from
+/// its snapshot's disk (live, while it runs), so that the snapshot can be
+/// deleted while the clone lives. For a VM created `from_snapshot` that has
+/// run (409 otherwise); a clone already flattened is left as it is. The
+/// VM's `flattened` says when it is done.
+#[utoipa::path(post, path = "/v1/vms/{id}/flatten", tag = "snapshots", params(("id" = vmplane_domain::VmId, Path, description = "VM id")),
+    responses((status = 202, body = VmAccepted), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn flatten_vm(
+    State(state): State<AppState>,
+    who: Principal,
+    alloc: Allocation,
+    PathId(id): PathId<VmId>,
+) -> ApiResult<(StatusCode, axum::Json<VmAccepted>)> {
+    accepted(&state.app, snapshots::flatten(&state.app, &who, alloc, id).await?)
 }

@@ -236,6 +236,8 @@ pub struct VmView {
     pub labels: BTreeMap<String, String>,
     /// The snapshot it was created from (a clone), if any.
     pub from_snapshot: Option<SnapshotId>,
+    /// A clone whose root disk no longer reads its snapshot's (`POST /v1/vms/{id}/flatten`).
+    pub flattened: bool,
     /// It is in standby: its memory and devices are saved, to be restored.
     pub has_snapshot: bool,
     #[serde(with = "time::serde::rfc3339")]
@@ -306,6 +308,7 @@ impl VmView {
             template: s.template,
             labels: s.labels,
             from_snapshot: s.from_snapshot,
+            flattened: vm.flattened,
             has_snapshot: vm.has_snapshot,
             created_at: vm.created_at,
             updated_at: vm.updated_at,

@@ -728,6 +728,10 @@ impl Driver for QemuDriver {
         }
     }
 
+    async fn flatten_disk(&self, vm: &Vm) -> Result<(), DriverError> {
+        self.flatten_clone(vm).await
+    }
+
     async fn halt(&self, vm: &Vm) -> Result<(), DriverError> {
         let dir = self.dir(vm.id);
         if dir.path().exists() {

@@ -208,6 +208,37 @@ impl Qmp {
         Ok(format!("fd:{STATE_FD}"))
     }
 
+    /// Copy into the top image of drive `device` everything it reads from
+    /// its backing chain, while the guest runs, and drop the chain
+    /// (`block-stream`); returns once the job has ended. A job of an earlier
+    /// call (a retried step) is waited for instead of started again.
+    pub async fn stream_disk(&mut self, device: &str, limit: Duration) -> Result<(), QmpError> {
+        const JOB: &str = "vmplane-flatten";
+        let job = async |q: &mut Self| -> Result<Option<Value>, QmpError> {
+            let jobs = q.execute("query-jobs", None).await?;
+            Ok(jobs.as_array().and_then(|a| a.iter().find(|j| j["id"] == JOB)).cloned())
+        };
+        if job(self).await?.is_none() {
+            // Kept once concluded (auto-dismiss off), so that its error can be read.
+            self.execute("block-stream", Some(json!({ "job-id": JOB, "device": device, "auto-dismiss": false }))).await?;
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match job(self).await? {
+                Some(j) if j["status"] == "concluded" => {
+                    self.execute("job-dismiss", Some(json!({ "id": JOB }))).await?;
+                    return match j.get("error").and_then(Value::as_str) {
+                        Some(e) => Err(QmpError::Command { class: "BlockJobFailed".into(), desc: e.to_owned() }),
+                        None => Ok(()),
+                    };
+                }
+                Some(_) if tokio::time::Instant::now() > deadline => return Err(QmpError::Timeout),
+                Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                None => return Err(QmpError::Protocol(format!("block job {JOB} vanished"))),
+            }
+        }
+    }
+
     /// Whether saving and loading skip guest RAM that lives in a shared file
     /// (`x-ignore-shared`, QEMU 4.0 and later): set on both ends, the state
     /// is the devices alone, the memory being the file itself.

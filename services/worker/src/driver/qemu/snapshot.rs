@@ -209,6 +209,33 @@ impl QemuDriver {
         let _ = std::fs::remove_dir_all(work.path());
     }
 
+    /// Flatten a clone's root disk: a running guest's qemu streams the
+    /// snapshot's data into the overlay and drops the backing file
+    /// (`block-stream`), else `qemu-img rebase` onto nothing does the same.
+    /// Its memory needs nothing: a running clone's mapping of the snapshot's
+    /// file outlives the file, and any later start boots from the disk.
+    pub(super) async fn flatten_clone(&self, vm: &Vm) -> Result<(), DriverError> {
+        let dir = self.dir(vm.id);
+        let disk = vm.root_disk.as_ref().map_or_else(|| dir.root_disk(), |d| PathBuf::from(&d.location));
+        if backing_file(&disk).await?.is_none() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        if running_pid(&dir, vm).is_some() {
+            let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
+            q.stream_disk("root", MIGRATION_LIMIT).await.map_err(|e| fatal(format!("streaming the snapshot's disk into the clone's failed: {e}")))?;
+        } else {
+            super::qemu_img(["rebase", "-f", "qcow2", "-b", ""].map(std::ffi::OsStr::new), [disk.as_os_str()]).await?;
+        }
+        match backing_file(&disk).await? {
+            None => {
+                tracing::info!(vm = %vm.id, ms = started.elapsed().as_millis() as u64, "clone's disk flattened");
+                Ok(())
+            }
+            Some(left) => Err(fatal(format!("the clone's disk still has a backing file ({left}) after flattening"))),
+        }
+    }
+
     /// Load a clone's device state (its RAM is the snapshot's file) and run
     /// it; a clone already loaded or running is left as it is.
     pub(super) async fn resume_clone(&self, dir: &VmDir, snap: SnapshotId) -> Result<(), DriverError> {
@@ -225,6 +252,21 @@ impl QemuDriver {
         }
         Ok(())
     }
+}
+
+/// The backing file a qcow2 image names, if any (read while a qemu may hold the image).
+async fn backing_file(image: &Path) -> Result<Option<String>, DriverError> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["info", "--output=json", "-U", "-f", "qcow2"])
+        .arg(image)
+        .output()
+        .await
+        .map_err(|e| fatal(format!("qemu-img: {e} (install qemu-utils)")))?;
+    if !out.status.success() {
+        return Err(retry(format!("qemu-img info {}: {}", image.display(), String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| fatal(format!("qemu-img info: {e}")))?;
+    Ok(info.get("backing-filename").and_then(|b| b.as_str()).map(str::to_owned))
 }
 
 /// At start, no snapshot is being taken on this host: stop any templating
