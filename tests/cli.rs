@@ -246,6 +246,10 @@ async fn vms_volumes_logs_and_events_from_the_command_line() {
     assert_eq!(seen, [("kid-1", "running"), ("kid-2", "running")], "{kids}");
     assert_eq!(kids[0]["from_snapshot"], kids[1]["from_snapshot"], "{kids}");
     fails(&admin(&sh, &stack, &["vm", "fork", "web-1", "Bad_Name"]).await, OTHER, "validation_failed");
+    // Flattened, a clone no longer holds its snapshot; the source VM is no clone.
+    let flat = json(&admin(&sh, &stack, &["vm", "flatten", "kid-1", "--wait", "-o", "json"]).await);
+    assert_eq!((flat["name"].as_str(), flat["flattened"].as_bool()), (Some("kid-1"), Some(true)), "{flat}");
+    fails(&admin(&sh, &stack, &["vm", "flatten", "web-1"]).await, CONFLICT, "invalid_state");
 
     // `vm ssh` runs the system ssh with the VM's forwarded port: a stand-in on PATH prints its arguments.
     let bin = sh.path().join("bin");

@@ -52,6 +52,9 @@ pub enum VmCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Copy into a clone's own disk what it reads from its snapshot's, so
+    /// that the snapshot can be deleted while the clone lives.
+    Flatten(ActionArgs),
     /// Delete a VM (and its root disk unless it was created to keep it).
     #[command(visible_alias = "delete")]
     Rm(ActionArgs),
@@ -229,6 +232,7 @@ pub async fn run(ctx: &Ctx, cmd: VmCmd) -> Result<()> {
         VmCmd::Restart(a) => act(ctx, &a, "restart").await,
         VmCmd::Standby(a) => act(ctx, &a, "standby").await,
         VmCmd::Restore(a) => act(ctx, &a, "restore").await,
+        VmCmd::Flatten(a) => act(ctx, &a, "flatten").await,
         VmCmd::Rm(a) => act(ctx, &a, "delete").await,
         VmCmd::Fork { vm, name, count, wait } => fork(ctx, &vm, &name, count, &wait).await,
         VmCmd::Logs { vm, follow, tail } => logs(ctx, &vm, follow, tail).await,
