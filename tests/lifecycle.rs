@@ -270,6 +270,15 @@ async fn snapshots_are_taken_of_running_vms_and_clones_resume_them_on_their_host
     let (s, b) = c.post(&format!("/v1/vms/{clone_id}/flatten"), &json!({})).await;
     assert_eq!(s, 202, "{b}");
     c.wait_op_succeeded(str_of(&b["operation"]["id"])).await;
+    // A clone deleted keeping its disk as a volume: that disk is flattened first.
+    let (s, keeper) = c.post("/v1/vms", &json!({"name": "keeper", "from_snapshot": snap, "delete_root_disk": false})).await;
+    assert_eq!(s, 202, "{keeper}");
+    c.wait_op_succeeded(str_of(&keeper["operation"]["id"])).await;
+    let keeper_id = str_of(&keeper["id"]);
+    c.act_and_wait(keeper_id, "delete", "deleted").await;
+    let types = c.event_types(keeper_id).await;
+    let at = |t: &str| types.iter().position(|x| x == t).unwrap_or_else(|| panic!("no {t}: {types:?}"));
+    assert!(at("disk_flattened") < at("root_disk_kept"), "{types:?}");
     let file = stack.data_dir().join("worker").join("sim").join(format!("{snap}.snapshot"));
     assert!(file.exists(), "{}", file.display());
     let (s, b) = c.delete(&format!("/v1/snapshots/{snap}")).await;

@@ -1124,7 +1124,11 @@ pub fn next_step(vm: &Vm) -> Option<Step> {
         (OpKind::Restart, Starting) => Step::AwaitReady,
         (OpKind::Standby, Stopping) => Step::Snapshot,
         (OpKind::Restore, Restoring) => Step::RestoreSnapshot,
-        (OpKind::Delete, Deleting) => vm.root_disk_to_keep().map_or(Step::Destroy, Step::KeepRootDisk),
+        // A clone's disk kept as a volume must not read its snapshot's, which may go once the clone has.
+        (OpKind::Delete, Deleting) => match vm.root_disk_to_keep() {
+            Some(_) if vm.spec.from_snapshot.is_some() && !vm.flattened => Step::FlattenDisk,
+            keep => keep.map_or(Step::Destroy, Step::KeepRootDisk),
+        },
         (OpKind::AttachVolume, Running | Stopped) => match &vm.attaching {
             Some(mount) => Step::AttachVolume(mount.clone()),
             None => Step::Finish(Outcome::Succeeded),

@@ -616,3 +616,18 @@ fn a_clone_that_has_run_is_flattened_once_and_nothing_else_is() {
     run(&mut clone, id, VmCommand::Stop).unwrap();
     assert_eq!(types(&run(&mut clone, id, VmCommand::Flatten).unwrap()), ["operation_finished"]);
 }
+
+#[test]
+fn a_clones_disk_kept_at_its_delete_is_flattened_first() {
+    let (mut clone, id) = (None, VmId::new());
+    let spec = VmSpec { from_snapshot: Some(SnapshotId::new()), delete_root_disk: false, ..VmSpec::named("clone") };
+    run(&mut clone, id, VmCommand::Create { spec: Box::new(spec), host: HostId::new() }).unwrap();
+    let events = types(&run(&mut clone, id, VmCommand::Delete).unwrap());
+    let at = |t: &str| events.iter().position(|e| *e == t).unwrap_or_else(|| panic!("no {t} in {events:?}"));
+    assert!(at("disk_flattened") < at("root_disk_kept") && at("root_disk_kept") < at("deleted"), "{events:?}");
+    // Its disk deleted with it, or flattened before: nothing to flatten.
+    let (mut plain, id) = (None, VmId::new());
+    let spec = VmSpec { from_snapshot: Some(SnapshotId::new()), ..VmSpec::named("clone") };
+    run(&mut plain, id, VmCommand::Create { spec: Box::new(spec), host: HostId::new() }).unwrap();
+    assert!(!types(&run(&mut plain, id, VmCommand::Delete).unwrap()).contains(&"disk_flattened"));
+}
