@@ -450,6 +450,13 @@ impl GuestStack {
     }
 }
 
+/// The backing file a qcow2 image names (read even while a qemu holds it).
+fn backing_file(image: &Path) -> Option<String> {
+    let out = Command::new("qemu-img").args(["info", "-U", "--output=json"]).arg(image).output().expect("qemu-img info");
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{}: {e} {}", image.display(), String::from_utf8_lossy(&out.stderr)));
+    info.get("backing-filename").and_then(Value::as_str).map(str::to_owned)
+}
+
 /// Assert that only the `outside` target answered, with its token.
 fn only_outside_answers(got: &BTreeMap<String, String>) {
     assert_eq!(got.get("outside").map(String::as_str), Some("outside-ok"), "outbound connections must keep working: {got:?}");
@@ -1019,9 +1026,13 @@ async fn clones_resume_a_snapshots_memory_each_as_a_machine_of_its_own() {
     g.wait_op(str_of(&b["operation"]["id"])).await;
     assert_eq!(g.admin.get(&format!("/v1/snapshots/{asleep}")).await.1["pause_ms"], 0);
     assert_eq!((g.admin.vm(&src_id).await["status"].as_str(), qemu_processes(&src_id)), (Some("standby"), 0));
-    let woken = g.running_vm(json!({"name": "from-standby", "from_snapshot": asleep})).await;
+    let woken = g.running_vm(json!({"name": "from-standby", "from_snapshot": asleep, "delete_root_disk": false})).await;
     assert_eq!(g.ssh(&woken, "cat /mem/value; hostname").trim(), "737373\nfrom-standby");
+    // Deleted keeping its disk as a volume: that disk no longer reads the snapshot's.
     assert_eq!(g.act(str_of(&woken["id"]), "delete").await["status"], "deleted");
+    let kept = g.data.join("worker/qemu/volumes");
+    assert_eq!(file_names(&kept).len(), 1, "{}", kept.display());
+    assert_eq!(backing_file(&kept.join(&file_names(&kept)[0])), None, "the kept disk still reads the snapshot's");
     let (s, b) = g.admin.delete(&format!("/v1/snapshots/{asleep}")).await;
     assert_eq!(s, 202, "{b}");
     g.wait_op(str_of(&b["operation"]["id"])).await;
@@ -1052,9 +1063,7 @@ async fn clones_resume_a_snapshots_memory_each_as_a_machine_of_its_own() {
         g.wait_op(str_of(&b["operation"]["id"])).await;
         assert_eq!(g.admin.vm(id).await["flattened"], true);
         let disk = g.data.join("worker/qemu/vms").join(id).join("root.qcow2");
-        let info = Command::new("qemu-img").args(["info", "-U", "--output=json"]).arg(&disk).output().expect("qemu-img info");
-        let info: Value = serde_json::from_slice(&info.stdout).unwrap_or_else(|e| panic!("{} {e}", disk.display()));
-        assert!(info.get("backing-filename").is_none(), "{id}'s disk still reads the snapshot's: {info}");
+        assert_eq!(backing_file(&disk), None, "{id}'s disk still reads the snapshot's");
     }
     let (s, b) = g.admin.delete(&format!("/v1/snapshots/{snap}")).await;
     assert_eq!(s, 202, "{b}");
