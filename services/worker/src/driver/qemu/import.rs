@@ -142,8 +142,7 @@ async fn link_missing_applets(root: &Path) -> Result<(), DriverError> {
 /// Refuse a qcow2 image that refers to other files (a backing file or an
 /// external data file): converting it would read those host files into the image.
 async fn standalone_qcow2(source: &Path) -> Result<(), DriverError> {
-    let out = run(Command::new("qemu-img").args(["info", "--output=json", "-f", "qcow2"]).arg(source)).await?;
-    let info: serde_json::Value = serde_json::from_slice(&out).map_err(|e| fatal(format!("qemu-img info: {e}")))?;
+    let info = super::qcow2_info(source).await?;
     if let Some(backing) = info.get("backing-filename").and_then(|b| b.as_str()) {
         return Err(fatal(format!("{} has a backing file ({backing}): import a standalone image (qemu-img convert)", source.display())));
     }

@@ -336,9 +336,20 @@ fn bridge_filter(bridge: &bridge::Bridge) -> String {
 
 /// Run `qemu-img` with `args` then `paths`; its complaint is the error.
 pub(crate) async fn qemu_img<'a>(args: impl IntoIterator<Item = &'a OsStr>, paths: impl IntoIterator<Item = &'a OsStr>) -> Result<(), DriverError> {
+    qemu_img_output(args, paths).await.map(drop)
+}
+
+/// `qemu-img info` of a qcow2 image, as JSON (`-U`: also while a qemu holds it).
+pub(crate) async fn qcow2_info(image: &Path) -> Result<serde_json::Value, DriverError> {
+    let out = qemu_img_output(["info", "--output=json", "-U", "-f", "qcow2"].map(OsStr::new), [image.as_os_str()]).await?;
+    serde_json::from_slice(&out).map_err(|e| fatal(format!("qemu-img info: {e}")))
+}
+
+/// [`qemu_img`], returning what it printed.
+async fn qemu_img_output<'a>(args: impl IntoIterator<Item = &'a OsStr>, paths: impl IntoIterator<Item = &'a OsStr>) -> Result<Vec<u8>, DriverError> {
     let out =
         tokio::process::Command::new("qemu-img").args(args).args(paths).output().await.map_err(|e| fatal(format!("qemu-img: {e} (install qemu-utils)")))?;
-    if out.status.success() { Ok(()) } else { Err(fatal(format!("qemu-img: {}", String::from_utf8_lossy(&out.stderr).trim()))) }
+    if out.status.success() { Ok(out.stdout) } else { Err(fatal(format!("qemu-img: {}", String::from_utf8_lossy(&out.stderr).trim()))) }
 }
 
 fn read_org(dir: &VmDir) -> Option<OrgId> {

@@ -254,19 +254,9 @@ impl QemuDriver {
     }
 }
 
-/// The backing file a qcow2 image names, if any (read while a qemu may hold the image).
+/// The backing file a qcow2 image names, if any.
 async fn backing_file(image: &Path) -> Result<Option<String>, DriverError> {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["info", "--output=json", "-U", "-f", "qcow2"])
-        .arg(image)
-        .output()
-        .await
-        .map_err(|e| fatal(format!("qemu-img: {e} (install qemu-utils)")))?;
-    if !out.status.success() {
-        return Err(retry(format!("qemu-img info {}: {}", image.display(), String::from_utf8_lossy(&out.stderr).trim())));
-    }
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| fatal(format!("qemu-img info: {e}")))?;
-    Ok(info.get("backing-filename").and_then(|b| b.as_str()).map(str::to_owned))
+    Ok(super::qcow2_info(image).await?.get("backing-filename").and_then(|b| b.as_str()).map(str::to_owned))
 }
 
 /// At start, no snapshot is being taken on this host: stop any templating
