@@ -44,6 +44,15 @@ use vmplane_domain::subjects;
 const APPLIED: &[u8] = b"meta/applied";
 /// At most this many events the consumer has ready are applied in one batch.
 const BURST: usize = 512;
+/// Events per second above which the stream is busy, and the projection
+/// waits [`LINGER`] for more events before it commits a batch.
+const BUSY_RATE: f64 = 2_000.0;
+/// How long a busy projection gathers events for one batch. Each sled batch
+/// has a fixed cost (two log writes and their `sync_file_range`, a global
+/// write lock) and rewrites every view its events touch once, so fewer,
+/// larger batches cost less per event. Below [`BUSY_RATE`] nothing is held,
+/// so a lone request's read-your-writes wait is not lengthened.
+const LINGER: Duration = Duration::from_millis(3);
 /// Events applied in one batch when replaying the stream.
 const REPLAY_BATCH: usize = 8_192;
 const VERSION: &[u8] = b"meta/version";
@@ -183,12 +192,22 @@ impl Projections {
         // it, and the client library takes ~15 s to say so, during which no
         // event is projected. Re-attach as soon as the client has reconnected.
         let mut check = tokio::time::interval(Duration::from_millis(250));
+        let mut rate = EventRate::default();
         loop {
             tokio::select! {
                 ready = messages.next() => {
                     let Some(ready) = ready else { return Ok(()) };
                     let mut events = Vec::with_capacity(ready.len());
                     sequence(ready, &mut events)?;
+                    if rate.busy(events.len()) {
+                        let until = tokio::time::Instant::now() + LINGER;
+                        while events.len() < BURST {
+                            match tokio::time::timeout_at(until, messages.next()).await {
+                                Ok(Some(more)) => sequence(more, &mut events)?,
+                                Ok(None) | Err(_) => break,
+                            }
+                        }
+                    }
                     self.apply_read(bus, events).await?;
                 }
                 _ = check.tick() => {
@@ -307,6 +326,38 @@ impl Projections {
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The rate of events the projection reads, over windows of at least 100 ms.
+struct EventRate {
+    since: std::time::Instant,
+    events: usize,
+    /// Events per second over the last whole window.
+    last: f64,
+}
+
+impl Default for EventRate {
+    fn default() -> Self {
+        Self { since: std::time::Instant::now(), events: 0, last: 0.0 }
+    }
+}
+
+impl EventRate {
+    /// Count `read` more events; whether the last whole window was above [`BUSY_RATE`].
+    fn busy(&mut self, read: usize) -> bool {
+        self.busy_at(std::time::Instant::now(), read)
+    }
+
+    fn busy_at(&mut self, now: std::time::Instant, read: usize) -> bool {
+        self.events += read;
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed >= Duration::from_millis(100) {
+            self.last = self.events as f64 / elapsed.as_secs_f64();
+            (self.since, self.events) = (now, 0);
+        }
+        self.last >= BUSY_RATE
+    }
+}
+
 /// A chunk of messages an ordered consumer had ready.
 type Ready = Vec<Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>>;
 /// Event payloads with their stream sequences, in stream order.
@@ -491,6 +542,25 @@ pub(crate) fn key(parts: &[&dyn std::fmt::Display]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The projection holds a batch back only while the stream is busy: a
+    /// lone event after a quiet spell, or a trickle, is applied at once.
+    #[test]
+    fn only_a_busy_stream_is_gathered_into_larger_batches() {
+        let t0 = std::time::Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut rate = EventRate { since: t0, events: 0, last: 0.0 };
+        // A trickle: 10 events a window of 100 ms (100/s).
+        for w in 1..=3 {
+            assert!(!rate.busy_at(ms(w * 100), 10), "100 events/s is not busy");
+        }
+        // A burst: 400 events within a window (4,000/s).
+        assert!(!rate.busy_at(ms(350), 200), "busy is judged on whole windows only");
+        assert!(rate.busy_at(ms(400), 200), "4,000 events/s is busy");
+        assert!(rate.busy_at(ms(450), 1), "busy until the next whole window");
+        // A quiet second, then one event: the window says 1/s.
+        assert!(!rate.busy_at(ms(1_450), 0), "a quiet window ends the busy spell");
+    }
 
     /// A store of another layout is emptied on open (the gateway then
     /// replays the stream into it); one of this layout is kept.
