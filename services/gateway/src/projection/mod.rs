@@ -13,12 +13,13 @@
 //! `vmname/<org>/<name>/<id>` (every VM a name was given),
 //! `vmhost/<id>` (a VM's host, read without the VM),
 //! `meta/applied` and `meta/version`. A second tree, `history`, holds each
-//! VM's events (key: the VM's ULID bytes then the stream sequence, big
-//! endian): large values that only one read wants, kept out of the views'
-//! tree so that its nodes stay small (sled copies a node on every write).
+//! VM's events (see `history.rs`): large values that only one read wants,
+//! kept out of the views' tree so that its nodes stay small (sled copies a
+//! node on every write).
 //! A store written by another version of this layout is emptied on open and
 //! rebuilt by replaying the stream.
 
+mod history;
 pub mod hosts;
 pub mod operations;
 pub mod snapshots;
@@ -57,7 +58,7 @@ const LINGER: Duration = Duration::from_millis(3);
 const REPLAY_BATCH: usize = 8_192;
 const VERSION: &[u8] = b"meta/version";
 /// The layout of the keys above; raised whenever a view or index changes shape.
-const LAYOUT: u64 = 4;
+const LAYOUT: u64 = 5;
 
 /// The gateway's read side.
 #[derive(Clone)]
@@ -421,8 +422,8 @@ pub(crate) struct Txn<'a> {
     tree: &'a sled::Tree,
     overlay: HashMap<Vec<u8>, Write>,
     history: &'a sled::Tree,
-    /// Events appended to VMs' histories, with their keys.
-    appended: Vec<([u8; 24], Vec<u8>)>,
+    /// Events appended to VMs' histories.
+    appended: history::Appended,
 }
 
 /// One pending write of a [`Txn`].
@@ -450,12 +451,12 @@ impl<T: Serialize + Any + Send> Stored for T {
 
 impl<'a> Txn<'a> {
     fn new(tree: &'a sled::Tree, history: &'a sled::Tree) -> Self {
-        Self { tree, overlay: HashMap::with_capacity(64), history, appended: Vec::new() }
+        Self { tree, overlay: HashMap::with_capacity(64), history, appended: history::Appended::default() }
     }
 
-    /// Append an event to a history (keys from [`history_key`]).
-    pub(crate) fn append_history(&mut self, key: [u8; 24], payload: &[u8]) {
-        self.appended.push((key, payload.to_vec()));
+    /// Append event `seq` to the history of aggregate `id`.
+    pub(crate) fn append_history(&mut self, id: ulid::Ulid, seq: u64, payload: &[u8]) {
+        self.appended.push(id, seq, payload);
     }
 
     pub(crate) fn get<T: DeserializeOwned + Clone + 'static>(&self, key: &[u8]) -> Option<T> {
@@ -495,14 +496,12 @@ impl<'a> Txn<'a> {
 
     /// The histories first, then the views with the cursor: a crash between
     /// the two leaves events past the cursor in a history, which the replay
-    /// writes again under the same keys. So the histories need no atomic
+    /// writes again (reads skip an event read twice). So the histories need no atomic
     /// batch, and get none: sled rolls its log buffer twice for each
     /// `apply_batch` (each roll a write and a `sync_file_range` on its I/O
     /// threads), the largest kernel cost of the gateway under load.
     fn commit(self) -> sled::Result<()> {
-        for (k, v) in self.appended {
-            self.history.insert(k, v)?;
-        }
+        self.appended.write(self.history)?;
         let mut batch = sled::Batch::default();
         for (k, v) in self.overlay {
             match v {
@@ -516,14 +515,6 @@ impl<'a> Txn<'a> {
         }
         self.tree.apply_batch(batch)
     }
-}
-
-/// The history key of event `seq` of aggregate `id`: sorted by aggregate, then stream order.
-pub(crate) fn history_key(id: ulid::Ulid, seq: u64) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..16].copy_from_slice(&id.to_bytes());
-    k[16..].copy_from_slice(&seq.to_be_bytes());
-    k
 }
 
 /// Build a key from parts joined by `/`.

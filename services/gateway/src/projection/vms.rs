@@ -8,7 +8,7 @@
 //! A list by name reads the org's index of that name (`vmname`), which
 //! holds every VM ever given it, so it costs the VMs of that name.
 
-use super::{Projections, Txn, history_key, key};
+use super::{Projections, Txn, history, key};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use vmplane_domain::event::Envelope;
@@ -70,7 +70,7 @@ pub(super) fn apply(txn: &mut Txn, seq: u64, env: &Envelope, ev: &VmEvent, paylo
         used -= after.spec.resources();
         txn.put(usage_key, used);
     }
-    txn.append_history(history_key(id.0, seq), payload);
+    txn.append_history(id.0, seq, payload);
     txn.put(key(&[&"vm", &id]), after);
 }
 
@@ -241,15 +241,7 @@ impl Projections {
 
     /// A VM's events in stream order, with their sequences.
     pub fn vm_events(&self, id: VmId) -> sled::Result<Vec<(u64, Envelope)>> {
-        let mut out = Vec::new();
-        for r in self.history.scan_prefix(id.0.to_bytes()) {
-            let (k, v) = r?;
-            let seq = k.get(16..24).and_then(|s| s.try_into().ok()).map_or(0, u64::from_be_bytes);
-            if let Ok(env) = Envelope::decode(&v) {
-                out.push((seq, env));
-            }
-        }
-        Ok(out)
+        history::read(&self.history, id.0)
     }
 }
 
