@@ -12,6 +12,7 @@
 //! `vmls/<org>[/<project>]/<status or all>/<id>` with counters `vmlsn/…`,
 //! `vmname/<org>/<name>/<id>` (every VM a name was given),
 //! `vmhost/<id>` (a VM's host, read without the VM),
+//! `fork/<op>` and `forkof/<clone op>` (a fork's parts, while it runs),
 //! `meta/applied` and `meta/version`. A second tree, `history`, holds each
 //! VM's events (see `history.rs`): large values that only one read wants,
 //! kept out of the views' tree so that its nodes stay small (sled copies a
@@ -663,6 +664,9 @@ mod tests {
         apply(plain, finished(Outcome::Succeeded));
         assert_eq!(status(&proj, plain), Some(OpStatus::Succeeded));
 
+        // An ended fork leaves no bookkeeping behind (its clones' later ends change nothing).
+        assert_eq!(proj.tree.scan_prefix(b"fork").count(), 0, "no fork/ or forkof/ keys are left");
+
         // The same events replayed into an empty store in one batch end the same.
         drop(woken);
         let replay_dir = std::env::temp_dir().join(format!("vmplane-proj-test-{}", ulid::Ulid::new()));
@@ -671,6 +675,7 @@ mod tests {
         for op in [fork, fork2, fork3, plain, c1, c2, d1] {
             assert_eq!(replayed.operation(op).unwrap(), proj.operation(op).unwrap(), "{op}");
         }
+        assert_eq!(replayed.tree.scan_prefix(b"fork").count(), 0);
         drop((proj, replayed));
         let _ = (std::fs::remove_dir_all(&dir), std::fs::remove_dir_all(&replay_dir));
     }

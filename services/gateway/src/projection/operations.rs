@@ -125,13 +125,18 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope) -> Option<OpId> {
         txn.put(k, op);
         return None;
     }
-    // A fork's snapshot is taken: the fork ends with its clones.
-    if op.status == OpStatus::Succeeded
-        && let Some(mut fork) = txn.get::<Fork>(&key(&[&"fork", &id]))
-    {
-        fork.snapshot_taken = true;
-        settle(txn, &mut op, &fork);
-        txn.put(key(&[&"fork", &id]), fork);
+    // A fork's snapshot is taken: the fork ends with its clones. A failed
+    // snapshot has ended it.
+    if let Some(mut fork) = txn.get::<Fork>(&key(&[&"fork", &id])) {
+        if op.status == OpStatus::Succeeded {
+            fork.snapshot_taken = true;
+            settle(txn, &mut op, &fork);
+        }
+        if op.status.is_terminal() {
+            forget(txn, id, &fork);
+        } else {
+            txn.put(key(&[&"fork", &id]), fork);
+        }
     }
     txn.put(k, op);
     // A clone's create ended: so may its fork.
@@ -147,7 +152,16 @@ pub(super) fn apply(txn: &mut Txn, env: &Envelope) -> Option<OpId> {
     }
     fork_op.updated_at = env.time;
     txn.put(key(&[&"op", &parent]), fork_op);
+    forget(txn, parent, &fork);
     Some(parent)
+}
+
+/// Drop an ended fork's bookkeeping: what its clones end later changes it no more.
+fn forget(txn: &mut Txn, fork_op: OpId, fork: &Fork) {
+    for clone in &fork.clones {
+        txn.remove(key(&[&"forkof", clone]));
+    }
+    txn.remove(key(&[&"fork", &fork_op]));
 }
 
 /// What a fork's operation waits for besides its own snapshot.
