@@ -5,8 +5,12 @@
 //! * Rounds, interleaved: a cold create -> running, then a create
 //!   `from_snapshot` -> running (the clone is running once its guest agent
 //!   took its new identity), each deleted after.
-//! * "Fork": a fresh snapshot of the running source plus one clone of it,
-//!   POST to running, end to end.
+//! * Fork: `POST /v1/vms/{id}/fork` of the running source into one clone,
+//!   POST until its operation succeeded (the snapshot ready and the clone
+//!   running), end to end; then the same as a client would do it without
+//!   the endpoint (snapshot, wait, create), for comparison.
+//! * Where a clone's time goes: the offsets of its events (its history)
+//!   from its `created` event.
 //! * Memory: the Pss (`/proc/<pid>/smaps_rollup`) of one cold-booted VM's
 //!   qemu, then of `--clones` clones running at once (the sum of their Pss
 //!   counts the pages they share from the snapshot's memory file once).
@@ -40,6 +44,20 @@ async fn delete_snapshot(api: &Api, id: &str, limit: Duration) -> Result<()> {
     Ok(())
 }
 
+/// A VM's events as `type +ms` from its first, oldest first.
+async fn timeline(api: &Api, vm: &str) -> Result<String> {
+    let (status, events) = call(api, reqwest::Method::GET, &format!("/v1/vms/{vm}/events"), None).await?;
+    ensure!(status == 200, "GET /v1/vms/{vm}/events: HTTP {status}: {events}");
+    let at = |e: &Value| e["time"].as_str().and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok());
+    let events = events.as_array().cloned().unwrap_or_default();
+    let Some(first) = events.first().and_then(at) else { return Ok(String::new()) };
+    Ok(events
+        .iter()
+        .map(|e| format!("{} +{}", e["type"].as_str().unwrap_or("?"), at(e).map_or(-1, |t| (t - first).whole_milliseconds())))
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
 fn pss_mib(qemu_dir: &Path, vm: &str) -> Option<f64> {
     let pid = read_pid(&qemu_dir.join("vms").join(vm).join("qemu.pid"))?;
     proc_pss_kib(pid).map(|k| k as f64 / 1024.0)
@@ -63,18 +81,33 @@ pub async fn phase(api: &Api, qemu_dir: &Path, memory_mib: u64, disk_gb: u32, ro
         vm_action(api, &vm, "delete", limit).await?;
         cold.push(total);
         let (vm, _, resumed) = vm_create(api, json!({ "name": format!("clone-{round}"), "from_snapshot": snap }), limit).await?;
+        if round == 0 {
+            eprintln!("vmplane-bench: the first clone's events: {}", timeline(api, &vm).await?);
+        }
         vm_action(api, &vm, "delete", limit).await?;
         warm.push(resumed);
         eprintln!("vmplane-bench: round {round}: cold {} s, from snapshot {} s", secs(total), secs(resumed));
     }
 
-    // Fork, as a client does it today: snapshot the running source, create one clone.
-    let mut forks = Vec::new();
+    // Fork: the endpoint, then by hand (snapshot, then a create from it).
+    let (mut forks, mut by_hand) = (Vec::new(), Vec::new());
     for round in 0..rounds.min(5) {
         let t0 = Instant::now();
-        let (fsnap, _, _) = snapshot(api, &source, &format!("fork-{round}"), limit).await?;
-        let (vm, _, _) = vm_create(api, json!({ "name": format!("fork-{round}"), "from_snapshot": fsnap }), limit).await?;
+        let (status, v) = call(api, reqwest::Method::POST, &format!("/v1/vms/{source}/fork"), Some(json!({ "name": format!("fork-{round}") }))).await?;
+        ensure!(status == 202, "POST /v1/vms/{source}/fork: HTTP {status}: {v}");
+        let done = op_wait(api, v["operation"]["id"].as_str().unwrap_or_default(), t0 + limit).await?;
+        ensure!(done["status"] == "succeeded", "fork of {source}: {}", done["error"]);
         forks.push(t0.elapsed());
+        let (vm, fsnap) = (v["vms"][0]["id"].as_str().unwrap_or_default().to_owned(), v["snapshot"]["id"].as_str().unwrap_or_default().to_owned());
+        if round == 0 {
+            eprintln!("vmplane-bench: fork {round}: {} s; the clone's events: {}", secs(forks[0]), timeline(api, &vm).await?);
+        }
+        vm_action(api, &vm, "delete", limit).await?;
+        delete_snapshot(api, &fsnap, limit).await?;
+        let t0 = Instant::now();
+        let (fsnap, _, _) = snapshot(api, &source, &format!("by-hand-{round}"), limit).await?;
+        let (vm, _, _) = vm_create(api, json!({ "name": format!("by-hand-{round}"), "from_snapshot": fsnap }), limit).await?;
+        by_hand.push(t0.elapsed());
         vm_action(api, &vm, "delete", limit).await?;
         delete_snapshot(api, &fsnap, limit).await?;
     }
@@ -97,7 +130,7 @@ pub async fn phase(api: &Api, qemu_dir: &Path, memory_mib: u64, disk_gb: u32, ro
     }
     delete_snapshot(api, &snap, limit).await?;
 
-    let (c, w, f) = (stats(cold), stats(warm), stats(forks));
+    let (c, w, f, h) = (stats(cold), stats(warm), stats(forks), stats(by_hand));
     let mut out = String::new();
     writeln!(out, "\nsnapshots and clones ({memory_mib} MiB, {disk_gb} GB root disk; {rounds} rounds, interleaved)")?;
     writeln!(
@@ -108,7 +141,12 @@ pub async fn phase(api: &Api, qemu_dir: &Path, memory_mib: u64, disk_gb: u32, ro
         info["size_bytes"].as_u64().unwrap_or(0) >> 20
     )?;
     writeln!(out, "seconds                                        n     min     p50     max")?;
-    for (name, s) in [("cold create: POST -> running", &c), ("from snapshot: POST -> running", &w), ("fork: snapshot + 1 clone, POST -> running", &f)] {
+    for (name, s) in [
+        ("cold create: POST -> running", &c),
+        ("from snapshot: POST -> running", &w),
+        ("fork (POST /fork, 1 clone) -> op succeeded", &f),
+        ("by hand: snapshot, then create from it", &h),
+    ] {
         let sorted = s.sorted();
         writeln!(out, "{name:<45} {:>2} {:>7} {:>7} {:>7}", sorted.len(), secs(p(s, 0.0)), secs(p(s, 50.0)), secs(p(s, 100.0)))?;
     }
