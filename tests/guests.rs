@@ -234,8 +234,6 @@ impl GuestStack {
         gw.extend(nats_args(&nats_dir, &nats_url, "gateway"));
         gw.extend([s("--data-dir"), data.display().to_string(), s("--listen"), listen.clone()]);
         let gateway = spawn("gateway", PathBuf::from(BIN), gw, admin_env.clone());
-        // A port range of our own, so stacks running side by side do not compete.
-        let first = 30000 + (free_port() % 300) * 100;
         let mut wk = vec![s("worker")];
         wk.extend(nats_args(&nats_dir, &nats_url, "worker"));
         wk.extend([
@@ -254,7 +252,7 @@ impl GuestStack {
             s("--forward-bind"),
             s("127.0.0.1"),
             s("--port-range"),
-            format!("{first}-{}", first + 99),
+            own_port_range(),
         ]);
         if let Some(ns) = &netns {
             wk.extend([s("--bridge"), s("br0"), s("--bridge-cidr"), ns.cidr.clone()]);
@@ -1267,6 +1265,16 @@ async fn bad_input_on_the_driver_path_is_refused_or_fails_cleanly() {
     assert!(!Path::new(&g.vm_dir(&id)).exists());
 }
 
+/// A worker's `--port-range` of its own, so stacks running side by side do
+/// not compete: 100 ports below 32768, where the kernel never hands out an
+/// ephemeral port (Linux's default range is 32768-60999). A range inside the
+/// ephemeral one could meet a client socket of a test running beside it,
+/// and a VM asking for that port would fail with "already in use".
+fn own_port_range() -> String {
+    let first = 10_000 + (free_port() % 220) * 100;
+    format!("{first}-{}", first + 99)
+}
+
 /// A gzip'd tar layer of `files` (path, content).
 fn layer_tar(files: &[(&str, &[u8])], gzip: bool) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -2012,7 +2020,6 @@ async fn a_stopped_guest_moves_to_another_qemu_worker_with_its_disk() {
     let g = GuestStack::start().await;
     let c = &g.admin;
     // The second worker: the stack's flags with its own data dir, port range and name.
-    let first = 30000 + (free_port() % 300) * 100;
     let mut args = Vec::new();
     let mut old = g.worker_args.iter();
     while let Some(a) = old.next() {
@@ -2024,7 +2031,7 @@ async fn a_stopped_guest_moves_to_another_qemu_worker_with_its_disk() {
         }
     }
     let second_dir = g.data.with_file_name("d2");
-    args.extend(["--data-dir".into(), second_dir.display().to_string(), "--port-range".into(), format!("{first}-{}", first + 99)]);
+    args.extend(["--data-dir".into(), second_dir.display().to_string(), "--port-range".into(), own_port_range()]);
     args.extend(["--host-name".to_owned(), "second".to_owned()]);
     let env = vec![("VMPLANE_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned())];
     let mut second = Proc::start("second worker", BIN, args, env, second_dir.with_extension("log"));
