@@ -492,6 +492,36 @@ async fn a_standby_deliverer_takes_over_without_double_delivery() {
     standby.terminate().await;
 }
 
+/// A clean stop while a delivery is in progress (the receiver has the
+/// request and has not answered yet): the stopping deliverer finishes it and
+/// acknowledges it before letting the lease go, so the deliverer that takes
+/// over does not send it again.
+#[tokio::test]
+async fn a_clean_stop_finishes_the_delivery_in_progress() {
+    let mut stack = stack(true, &["--webhook-retry-schedule", FAST]).await;
+    let mut args = vec!["webhooks".to_owned()];
+    args.extend(stack.nats.args("webhooks"));
+    args.extend(["--data-dir".to_owned(), stack.data_dir().display().to_string(), "--webhook-allow-private".to_owned()]);
+    let mut standby = Proc::start("webhooks-2", BIN, args, vec![], stack.root().join("webhooks-2.log"));
+    let rx = Receiver::start().await;
+    let (_, c) = tenant(&stack, "inflight").await;
+    // `hang…` paths answer 5 s after the request came.
+    endpoint(&c, &rx.url("hang-stop"), json!(["vm.created"])).await;
+    wait_for("the second deliverer standing by", WAIT, async || if standby.log_mentions("standing by") { Ok(()) } else { Err(standby.log_tail(5)) }).await;
+
+    let one = c.create_running_vm("one").await;
+    rx.wait("the first VM's created, in progress", "hang-stop", |g| g.len() == 1).await;
+    stack.webhooks.as_mut().unwrap().terminate().await;
+    wait_for("the standby active", WAIT, async || if standby.log_mentions("this deliverer is active") { Ok(()) } else { Err(standby.log_tail(5)) }).await;
+    let two = c.create_running_vm("two").await;
+    // The standby would send the first event again (it was never
+    // acknowledged) before the second VM's.
+    let got = rx.wait("the second VM's created", "hang-stop", |g| g.iter().any(|r| r.json["aggregate_id"] == two["id"])).await;
+    let kinds: Vec<String> = got.iter().map(kind).collect();
+    assert_eq!(kinds, [format!("{}:created", str_of(&one["id"])), format!("{}:created", str_of(&two["id"]))], "each event delivered once");
+    standby.terminate().await;
+}
+
 /// Deliveries parked behind a failing one live in JetStream: a deliverer
 /// killed while they wait is replaced by one that sends them all, in order.
 #[tokio::test]

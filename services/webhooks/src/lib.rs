@@ -6,7 +6,9 @@
 //!   consumer's acknowledgements are the cursor, and deliveries waiting
 //!   behind a failing one are in the queue bucket (see [`queue`]). A killed
 //!   deliverer loses nothing; the deliveries it had in flight are sent again
-//!   (at least once; receivers drop duplicates by `webhook-id`).
+//!   (at least once; receivers drop duplicates by `webhook-id`). A stopped
+//!   one (SIGTERM) first finishes the attempts it is making and
+//!   acknowledges them, so a clean handover sends nothing twice.
 //! - **Order**: one queue per endpoint and aggregate, drained one attempt at
 //!   a time, so an endpoint never sees a VM's `running` before its
 //!   `created`; a failing delivery holds back that queue only.
@@ -37,6 +39,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use vmplane_bus::Bus;
 use vmplane_domain::delivery::{self, RetrySchedule};
 use vmplane_domain::event::{Envelope, Event};
@@ -101,6 +104,11 @@ pub(crate) struct Shared {
     per_endpoint: Mutex<HashMap<WebhookId, Arc<Semaphore>>>,
     /// Cancelled when the turn ends: nothing is acknowledged after that.
     cancel: CancellationToken,
+    /// Cancelled by a clean stop: each queue ends after the attempt it is
+    /// making, and what it has not attempted is left unacknowledged.
+    stopping: CancellationToken,
+    /// The queues' tasks and the acknowledgements, which a clean stop waits for.
+    tasks: TaskTracker,
 }
 
 impl Shared {
@@ -122,14 +130,22 @@ pub async fn run(bus: Bus, cfg: DelivererConfig, shutdown: impl Future<Output = 
             () = &mut shutdown => return Ok(()),
         };
         tracing::info!(deliverer = %me, "this deliverer is active");
-        let cancel = CancellationToken::new();
+        let (cancel, stopping, tasks) = (CancellationToken::new(), CancellationToken::new(), TaskTracker::new());
         let ended = tokio::select! {
-            r = active(&bus, &cfg, cancel.clone()) => match r {
+            r = active(&bus, &cfg, cancel.clone(), stopping.clone(), tasks.clone()) => match r {
                 Ok(()) => "the event stream ended".to_owned(),
                 Err(e) => format!("{e:#}"),
             },
             lost = lease::hold(&queue_kv, me, cfg.lease, revision) => lost,
             () = &mut shutdown => {
+                // A clean stop: the attempts in progress end and are
+                // acknowledged before the lease is let go, so the next
+                // deliverer does not send them again.
+                stopping.cancel();
+                tasks.close();
+                if tokio::time::timeout(cfg.timeout + ACK_WAIT, tasks.wait()).await.is_err() {
+                    tracing::warn!("deliveries still in progress at the stop; the next deliverer sends them again");
+                }
                 cancel.cancel();
                 lease::release(&queue_kv, me).await;
                 tracing::info!("deliverer stopped");
@@ -144,7 +160,7 @@ pub async fn run(bus: Bus, cfg: DelivererConfig, shutdown: impl Future<Output = 
 
 /// One active turn: resume the waiting queues, learn the endpoints, then
 /// dispatch every event from the durable consumer's position on.
-async fn active(bus: &Bus, cfg: &DelivererConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+async fn active(bus: &Bus, cfg: &DelivererConfig, cancel: CancellationToken, stopping: CancellationToken, tasks: TaskTracker) -> anyhow::Result<()> {
     let events = bus.events_stream().await?;
     let shared = Arc::new(Shared {
         bus: bus.clone(),
@@ -160,6 +176,8 @@ async fn active(bus: &Bus, cfg: &DelivererConfig, cancel: CancellationToken) -> 
         total: Semaphore::new(cfg.max_in_flight.max(1)),
         per_endpoint: Mutex::default(),
         cancel,
+        stopping,
+        tasks,
     });
     let consumer_cfg = pull::Config {
         durable_name: Some(CONSUMER.into()),

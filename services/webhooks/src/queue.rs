@@ -80,6 +80,14 @@ impl AckGuard {
     }
 }
 
+impl AckGuard {
+    /// Leave the event unacknowledged whatever its other holders do: a
+    /// delivery of it was not attempted, so it must come again.
+    fn forsake(&self) {
+        self.msg.lock().expect("ack guard lock").take();
+    }
+}
+
 impl Drop for AckGuard {
     fn drop(&mut self) {
         let Some(shared) = self.shared.upgrade() else { return };
@@ -93,7 +101,7 @@ impl Drop for AckGuard {
             return;
         }
         if let Some(msg) = self.msg.lock().expect("ack guard lock").take() {
-            tokio::spawn(async move {
+            shared.tasks.spawn(async move {
                 if let Err(e) = msg.ack().await {
                     tracing::warn!(error = %e, "acknowledging an event failed; it comes again and is deduplicated");
                 }
@@ -164,7 +172,7 @@ fn start(shared: &Arc<Shared>, queues: &mut Queues, key: QueueKey, items: VecDeq
     let (tx, rx) = mpsc::unbounded_channel();
     queues.insert(key.clone(), tx);
     let shared = shared.clone();
-    tokio::spawn(async move {
+    shared.tasks.clone().spawn(async move {
         let cancel = shared.cancel.clone();
         let queue = Queue { shared, key, items, revision, rx };
         tokio::select! {
@@ -217,6 +225,9 @@ struct Queue {
 impl Queue {
     async fn run(mut self) {
         loop {
+            if self.shared.stopping.is_cancelled() {
+                return self.leave_unattempted();
+            }
             let mut arrived = false;
             while let Ok(item) = self.rx.try_recv() {
                 arrived |= self.take(item);
@@ -254,10 +265,23 @@ impl Queue {
                         self.persist().await;
                     },
                     () = tokio::time::sleep(wait) => {}
+                    () = self.shared.stopping.cancelled() => {}
                 }
                 continue;
             }
             self.attempt(&endpoint).await;
+        }
+    }
+
+    /// At a clean stop: what this queue holds and has not attempted stays
+    /// unacknowledged (the next deliverer gets it again); what the bucket
+    /// holds carries no acknowledgement anyway.
+    fn leave_unattempted(&mut self) {
+        while let Ok(item) = self.rx.try_recv() {
+            self.items.push_back(item);
+        }
+        for guard in self.items.iter_mut().filter_map(|i| i.ack.take()) {
+            guard.forsake();
         }
     }
 
