@@ -460,27 +460,38 @@ async fn an_endpoint_failing_for_the_disable_period_is_disabled() {
     rx.wait("a delivery after enabling it again", "down", |g| g.iter().any(|r| r.answered == 200)).await;
 }
 
+/// A second deliverer beside the stack's own, once it stands by.
+async fn standby_deliverer(stack: &Stack) -> Proc {
+    let mut args = vec!["webhooks".to_owned()];
+    args.extend(stack.nats.args("webhooks"));
+    args.extend(["--data-dir".to_owned(), stack.data_dir().display().to_string(), "--webhook-allow-private".to_owned()]);
+    let standby = Proc::start("webhooks-2", BIN, args, vec![], stack.root().join("webhooks-2.log"));
+    wait_for("the second deliverer standing by", WAIT, async || if standby.log_mentions("standing by") { Ok(()) } else { Err(standby.log_tail(5)) }).await;
+    standby
+}
+
+/// Stop the stack's deliverer (SIGTERM) and wait until `standby` is active.
+async fn hand_over(stack: &mut Stack, standby: &Proc) {
+    stack.webhooks.as_mut().unwrap().terminate().await;
+    wait_for("the standby active", WAIT, async || if standby.log_mentions("this deliverer is active") { Ok(()) } else { Err(standby.log_tail(5)) }).await;
+}
+
 /// Two deliverers: one is active, the other stands by, and nothing is sent
 /// twice; when the active one stops, the other takes over.
 #[tokio::test]
 async fn a_standby_deliverer_takes_over_without_double_delivery() {
     let mut stack = stack(true, &["--webhook-retry-schedule", FAST]).await;
-    let mut args = vec!["webhooks".to_owned()];
-    args.extend(stack.nats.args("webhooks"));
-    args.extend(["--data-dir".to_owned(), stack.data_dir().display().to_string(), "--webhook-allow-private".to_owned()]);
-    let mut standby = Proc::start("webhooks-2", BIN, args, vec![], stack.root().join("webhooks-2.log"));
+    let mut standby = standby_deliverer(&stack).await;
     let rx = Receiver::start().await;
     let (_, c) = tenant(&stack, "replicas").await;
     endpoint(&c, &rx.url("r"), json!(["vm.*"])).await;
-    wait_for("the second deliverer standing by", WAIT, async || if standby.log_mentions("standing by") { Ok(()) } else { Err(standby.log_tail(5)) }).await;
 
     let one = c.create_running_vm("one").await;
     let want_one = event_ids(&c, str_of(&one["id"])).await;
     rx.wait("the first VM's events", "r", |g| want_one.iter().all(|id| g.iter().any(|r| &r.id == id))).await;
 
     // A clean stop hands the lease over at once.
-    stack.webhooks.as_mut().unwrap().terminate().await;
-    wait_for("the standby active", WAIT, async || if standby.log_mentions("this deliverer is active") { Ok(()) } else { Err(standby.log_tail(5)) }).await;
+    hand_over(&mut stack, &standby).await;
     let two = c.create_running_vm("two").await;
     let want_two = event_ids(&c, str_of(&two["id"])).await;
     let got = rx.wait("the second VM's events", "r", |g| want_two.iter().all(|id| g.iter().any(|r| &r.id == id))).await;
@@ -499,20 +510,15 @@ async fn a_standby_deliverer_takes_over_without_double_delivery() {
 #[tokio::test]
 async fn a_clean_stop_finishes_the_delivery_in_progress() {
     let mut stack = stack(true, &["--webhook-retry-schedule", FAST]).await;
-    let mut args = vec!["webhooks".to_owned()];
-    args.extend(stack.nats.args("webhooks"));
-    args.extend(["--data-dir".to_owned(), stack.data_dir().display().to_string(), "--webhook-allow-private".to_owned()]);
-    let mut standby = Proc::start("webhooks-2", BIN, args, vec![], stack.root().join("webhooks-2.log"));
+    let mut standby = standby_deliverer(&stack).await;
     let rx = Receiver::start().await;
     let (_, c) = tenant(&stack, "inflight").await;
     // `hang…` paths answer 5 s after the request came.
     endpoint(&c, &rx.url("hang-stop"), json!(["vm.created"])).await;
-    wait_for("the second deliverer standing by", WAIT, async || if standby.log_mentions("standing by") { Ok(()) } else { Err(standby.log_tail(5)) }).await;
 
     let one = c.create_running_vm("one").await;
     rx.wait("the first VM's created, in progress", "hang-stop", |g| g.len() == 1).await;
-    stack.webhooks.as_mut().unwrap().terminate().await;
-    wait_for("the standby active", WAIT, async || if standby.log_mentions("this deliverer is active") { Ok(()) } else { Err(standby.log_tail(5)) }).await;
+    hand_over(&mut stack, &standby).await;
     let two = c.create_running_vm("two").await;
     // The standby would send the first event again (it was never
     // acknowledged) before the second VM's.

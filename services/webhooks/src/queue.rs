@@ -78,9 +78,7 @@ impl AckGuard {
             let _ = msg.ack_with(async_nats::jetstream::AckKind::Progress).await;
         }
     }
-}
 
-impl AckGuard {
     /// Leave the event unacknowledged whatever its other holders do: a
     /// delivery of it was not attempted, so it must come again.
     fn forsake(&self) {
