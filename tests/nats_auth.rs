@@ -299,11 +299,15 @@ async fn a_user_and_password_in_the_nats_url_are_used() {
     })
     .await;
     let (bad_proc, bad) = gateway("wrong", "bad");
-    // Refused by the server, so never ready.
-    wait_for("the server to refuse the wrong password", WAIT, async || {
-        if bad_proc.log_mentions("authorization violation") { Ok(()) } else { Err(bad_proc.log_tail(5)) }
+    // Refused by the server, so never ready. The refusal can be logged
+    // before the gateway listens (the bus connects in the background while
+    // the projections open), so wait for both before asking.
+    let (status, body) = wait_for("the server to refuse the wrong password", WAIT, async || {
+        if !bad_proc.log_mentions("authorization violation") {
+            return Err(bad_proc.log_tail(5));
+        }
+        bad.try_get("/readyz").await.ok_or_else(|| "the gateway is not listening yet".to_owned())
     })
     .await;
-    let (status, body) = bad.get("/readyz").await;
     assert_eq!(status, 503, "{body}");
 }
