@@ -501,7 +501,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let nats = nats::resolve(&common).await?;
             let bus = common.connect(&nats, Role::Gateway).await?;
             let proj = Projections::open(&dir)?;
-            let last = proj.catch_up(&bus).await.map_err(|e| anyhow::anyhow!("replay failed: {e}"))?;
+            let last = proj.rebuild(&bus).await.map_err(|e| anyhow::anyhow!("replay failed: {e}"))?;
             println!("rebuilt {} from {last} events", dir.display());
             Ok(())
         }

@@ -36,6 +36,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use std::any::Any;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -72,7 +73,7 @@ pub struct Projections {
     pub heartbeats: hosts::Heartbeats,
     /// Requests waiting for an operation's next event.
     ops: operations::OpWaiters,
-    hosts_cache: std::sync::Arc<hosts::HostsCache>,
+    hosts_cache: Arc<hosts::HostsCache>,
 }
 
 impl Projections {
@@ -97,7 +98,7 @@ impl Projections {
             applied: watch::Sender::new(applied),
             heartbeats: hosts::Heartbeats::default(),
             ops: operations::OpWaiters::default(),
-            hosts_cache: std::sync::Arc::default(),
+            hosts_cache: Arc::default(),
         })
     }
 
@@ -128,8 +129,18 @@ impl Projections {
     /// written once, which is what makes a replay or a burst cheap. Readers
     /// see none of them or all; waiters are woken after the commit.
     pub fn apply_all<'p>(&self, events: impl IntoIterator<Item = (u64, &'p [u8])>) -> sled::Result<()> {
-        let mut txn = Txn::new(&self.tree, &self.history);
-        let mut last = self.applied();
+        match self.fold(self.applied(), None, events) {
+            Some(folded) => self.commit(folded, Commit::Batch),
+            None => Ok(()),
+        }
+    }
+
+    /// Fold the events after sequence `after` into the writes they make,
+    /// reading the views as `base` (a batch folded before this one and not
+    /// yet committed) and the store leave them; `None` if none was new.
+    fn fold<'p>(&self, after: u64, base: Option<&Overlay>, events: impl IntoIterator<Item = (u64, &'p [u8])>) -> Option<Folded> {
+        let mut txn = Txn::new(&self.tree, base);
+        let mut last = after;
         let mut operations = Vec::new();
         let mut hosts_changed = false;
         for (seq, payload) in events {
@@ -160,17 +171,50 @@ impl Projections {
                 Err(e) => tracing::error!(seq, error = %e, "skipping undecodable event"),
             }
         }
-        if last == self.applied() {
-            return Ok(());
+        if last == after {
+            return None;
         }
         txn.put_raw(APPLIED.to_vec(), last.to_be_bytes().to_vec());
-        txn.commit()?;
-        if hosts_changed {
+        Some(Folded { overlay: Arc::new(txn.overlay), appended: txn.appended, last, operations, hosts_changed })
+    }
+
+    /// Commit a folded batch (see [`Txn`] for the order of its writes),
+    /// then tell whoever waits for it.
+    fn commit(&self, folded: Folded, how: Commit) -> sled::Result<()> {
+        folded.appended.write(&self.history)?;
+        match how {
+            Commit::Batch => {
+                let mut batch = sled::Batch::default();
+                for (k, v) in folded.overlay.iter() {
+                    match v {
+                        Write::Value(v) => batch.insert(k.as_slice(), v.encode()),
+                        Write::Bytes(v) => batch.insert(k.as_slice(), v.as_slice()),
+                        // A key put and removed within the batch (a VM listed
+                        // under a passing status) need not cost a write.
+                        Write::Removed if !self.tree.contains_key(k)? => {}
+                        Write::Removed => batch.remove(k.as_slice()),
+                    }
+                }
+                self.tree.apply_batch(batch)?;
+            }
+            Commit::Inserts => {
+                // The cursor last, once every write of the batch is in.
+                for (k, v) in folded.overlay.iter().filter(|(k, _)| k.as_slice() != APPLIED) {
+                    match v {
+                        Write::Value(v) => drop(self.tree.insert(k.as_slice(), v.encode())?),
+                        Write::Bytes(v) => drop(self.tree.insert(k.as_slice(), v.as_slice())?),
+                        Write::Removed => drop(self.tree.remove(k.as_slice())?),
+                    }
+                }
+                self.tree.insert(APPLIED, &folded.last.to_be_bytes())?;
+            }
+        }
+        if folded.hosts_changed {
             self.hosts_cache.invalidate();
         }
-        self.applied.send_replace(last);
-        metrics::gauge!("vmplane_projection_applied_sequence").set(last as f64);
-        for op in operations {
+        self.applied.send_replace(folded.last);
+        metrics::gauge!("vmplane_projection_applied_sequence").set(folded.last as f64);
+        for op in folded.operations {
             self.ops.wake(op);
         }
         Ok(())
@@ -221,11 +265,18 @@ impl Projections {
         }
     }
 
-    /// Replay the stream until the projection holds every event that existed
-    /// when the call began. Used by `vmplane projections rebuild`.
-    pub async fn catch_up(&self, bus: &Bus) -> Result<u64, BoxError> {
+    /// Replay the stream into an empty store until it holds every event that
+    /// existed when the call began. Used by `vmplane projections rebuild`.
+    ///
+    /// The store is marked as of no layout until the replay is complete and
+    /// flushed, so its batches need not be atomic: a replay cut short leaves
+    /// a store that the next open empties (see [`Commit::Inserts`]).
+    pub async fn rebuild(&self, bus: &Bus) -> Result<u64, BoxError> {
+        if self.applied() != 0 {
+            return Err("the projection store to rebuild is not empty".into());
+        }
         let last = bus.events_last_sequence().await?;
-        if self.applied() >= last {
+        if last == 0 {
             return Ok(last);
         }
         let messages = ordered_events(bus, subjects::EVENTS_ALL.into(), self.applied() + 1).await?;
@@ -254,17 +305,59 @@ impl Projections {
                 }
             }
         });
-        while let Some(batch) = ready.recv().await {
-            let batch = batch?;
-            let me = self.clone();
-            tokio::task::spawn_blocking(move || me.apply_all(batch.iter().map(|(seq, payload)| (*seq, payload.as_ref())))).await??;
-        }
+        let replayed = self.replay(&mut ready).await;
         reader.abort();
+        replayed?;
         if self.applied() < last {
             return Err(format!("the event stream ended at {} before {last}", self.applied()).into());
         }
-        self.flush().await?;
+        self.mark_complete().await?;
         Ok(last)
+    }
+
+    /// Apply batches of events in stream order into a store being rebuilt,
+    /// which is marked as of no layout first (see [`Self::mark_complete`]).
+    /// Each batch is folded while the one before is committed, reading
+    /// through that one's writes: folding and committing are a replay's
+    /// largest costs, and each gets a core.
+    async fn replay(&self, ready: &mut tokio::sync::mpsc::Receiver<Result<Sequenced, BoxError>>) -> Result<(), BoxError> {
+        self.tree.remove(VERSION)?;
+        let mut committing: Option<(Arc<Overlay>, tokio::task::JoinHandle<sled::Result<()>>)> = None;
+        let mut after = self.applied();
+        while let Some(batch) = ready.recv().await {
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(e) => {
+                    // The commit under way ends first: nothing is left writing.
+                    if let Some((_, commit)) = committing {
+                        commit.await??;
+                    }
+                    return Err(e);
+                }
+            };
+            let (me, base) = (self.clone(), committing.as_ref().map(|(overlay, _)| overlay.clone()));
+            let folded =
+                tokio::task::spawn_blocking(move || me.fold(after, base.as_deref(), batch.iter().map(|(seq, payload)| (*seq, payload.as_ref())))).await?;
+            if let Some((_, commit)) = committing.take() {
+                commit.await??;
+            }
+            let Some(folded) = folded else { continue };
+            after = folded.last;
+            let (me, overlay) = (self.clone(), folded.overlay.clone());
+            committing = Some((overlay, tokio::task::spawn_blocking(move || me.commit(folded, Commit::Inserts))));
+        }
+        if let Some((_, commit)) = committing {
+            commit.await??;
+        }
+        Ok(())
+    }
+
+    /// Mark a replayed store as of this layout, once all it holds is on
+    /// disk: until then, opening it empties it.
+    async fn mark_complete(&self) -> sled::Result<()> {
+        self.flush().await?;
+        self.tree.insert(VERSION, &LAYOUT.to_be_bytes())?;
+        self.flush().await
     }
 
     /// Apply events read from the stream in one batch, with any the reader
@@ -419,12 +512,47 @@ pub async fn ordered_events(bus: &Bus, filter: String, from: u64) -> Result<asyn
 /// as written (typed) until the commit, so a view that several events of a
 /// batch change (a VM's, its operation's, a list counter) is decoded once
 /// and encoded once per batch, not once per event.
+///
+/// The histories are written first, then the views with the cursor: a
+/// crash between the two leaves events past the cursor in a history, which
+/// the replay writes again (reads skip an event read twice). So the
+/// histories need no atomic batch, and get none: sled rolls its log buffer
+/// twice for each `apply_batch` (each roll a write and a `sync_file_range`
+/// on its I/O threads), the largest kernel cost of the gateway under load.
 pub(crate) struct Txn<'a> {
     tree: &'a sled::Tree,
-    overlay: HashMap<Vec<u8>, Write>,
-    history: &'a sled::Tree,
+    overlay: Overlay,
+    /// The writes of the batch before, while they are being committed.
+    base: Option<&'a Overlay>,
     /// Events appended to VMs' histories.
     appended: history::Appended,
+}
+
+/// A batch's pending writes by key.
+type Overlay = HashMap<Vec<u8>, Write>;
+
+/// A batch folded into its writes, not yet committed.
+struct Folded {
+    overlay: Arc<Overlay>,
+    appended: history::Appended,
+    /// The stream sequence of its last event: the cursor it commits.
+    last: u64,
+    /// The operations its events belong to, whose waiters it wakes.
+    operations: Vec<vmplane_domain::OpId>,
+    hosts_changed: bool,
+}
+
+/// How a folded batch is written to the store.
+#[derive(Clone, Copy)]
+enum Commit {
+    /// One atomic sled batch with the cursor: readers and a crash see all of
+    /// it or none, which a live projection needs.
+    Batch,
+    /// Key by key, the cursor last: only into a store marked as of no layout
+    /// until it is complete (a rebuild), which a crash leaves to be emptied.
+    /// sled's batch takes a lock that stops every read, the fold's of the
+    /// next batch too, for as long as it applies; plain inserts do not.
+    Inserts,
 }
 
 /// One pending write of a [`Txn`].
@@ -435,12 +563,12 @@ enum Write {
 }
 
 /// A projection value held typed until the commit encodes it.
-trait Stored: Send {
+trait Stored: Send + Sync {
     fn encode(&self) -> Vec<u8>;
     fn as_any(&self) -> &dyn Any;
 }
 
-impl<T: Serialize + Any + Send> Stored for T {
+impl<T: Serialize + Any + Send + Sync> Stored for T {
     fn encode(&self) -> Vec<u8> {
         event::encode(self).expect("projection values always encode")
     }
@@ -451,8 +579,8 @@ impl<T: Serialize + Any + Send> Stored for T {
 }
 
 impl<'a> Txn<'a> {
-    fn new(tree: &'a sled::Tree, history: &'a sled::Tree) -> Self {
-        Self { tree, overlay: HashMap::with_capacity(64), history, appended: history::Appended::default() }
+    fn new(tree: &'a sled::Tree, base: Option<&'a Overlay>) -> Self {
+        Self { tree, overlay: HashMap::with_capacity(64), base, appended: history::Appended::default() }
     }
 
     /// Append event `seq` to the history of aggregate `id`.
@@ -461,7 +589,7 @@ impl<'a> Txn<'a> {
     }
 
     pub(crate) fn get<T: DeserializeOwned + Clone + 'static>(&self, key: &[u8]) -> Option<T> {
-        match self.overlay.get(key) {
+        match self.overlay.get(key).or_else(|| self.base.and_then(|base| base.get(key))) {
             Some(Write::Removed) => None,
             Some(Write::Bytes(b)) => event::decode(b).ok(),
             Some(Write::Value(v)) => match v.as_any().downcast_ref::<T>() {
@@ -473,7 +601,7 @@ impl<'a> Txn<'a> {
         }
     }
 
-    pub(crate) fn put<T: Serialize + Send + 'static>(&mut self, key: Vec<u8>, value: T) {
+    pub(crate) fn put<T: Serialize + Send + Sync + 'static>(&mut self, key: Vec<u8>, value: T) {
         self.overlay.insert(key, Write::Value(Box::new(value)));
     }
 
@@ -485,36 +613,19 @@ impl<'a> Txn<'a> {
         self.overlay.insert(key, Write::Removed);
     }
 
-    /// Remove every key starting with `prefix`, committed or written in this batch.
+    /// Remove every key starting with `prefix`: committed, written by the
+    /// batch before, or written in this one.
     pub(crate) fn remove_prefix(&mut self, prefix: &[u8]) {
         for k in self.tree.scan_prefix(prefix).keys().flatten() {
             self.remove(k.to_vec());
         }
+        let base = self.base.into_iter().flat_map(|base| base.keys()).filter(|k| k.starts_with(prefix)).cloned().collect::<Vec<_>>();
+        for k in base {
+            self.remove(k);
+        }
         for v in self.overlay.iter_mut().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v) {
             *v = Write::Removed;
         }
-    }
-
-    /// The histories first, then the views with the cursor: a crash between
-    /// the two leaves events past the cursor in a history, which the replay
-    /// writes again (reads skip an event read twice). So the histories need no atomic
-    /// batch, and get none: sled rolls its log buffer twice for each
-    /// `apply_batch` (each roll a write and a `sync_file_range` on its I/O
-    /// threads), the largest kernel cost of the gateway under load.
-    fn commit(self) -> sled::Result<()> {
-        self.appended.write(self.history)?;
-        let mut batch = sled::Batch::default();
-        for (k, v) in self.overlay {
-            match v {
-                Write::Value(v) => batch.insert(k, v.encode()),
-                Write::Bytes(v) => batch.insert(k, v),
-                // A key put and removed within the batch (a VM listed
-                // under a passing status) need not cost a write.
-                Write::Removed if !self.tree.contains_key(&k)? => {}
-                Write::Removed => batch.remove(k),
-            }
-        }
-        self.tree.apply_batch(batch)
     }
 }
 
@@ -678,6 +789,129 @@ mod tests {
         assert_eq!(replayed.tree.scan_prefix(b"fork").count(), 0);
         drop((proj, replayed));
         let _ = (std::fs::remove_dir_all(&dir), std::fs::remove_dir_all(&replay_dir));
+    }
+
+    /// A replay folds each batch while the one before is still being
+    /// committed, key by key: the store it leaves is the one that applying
+    /// every event on its own leaves, however the events fall into batches
+    /// (a VM's life split across them, counters and list indexes moved by
+    /// both, a fork's bookkeeping made in one batch and removed in the
+    /// next); one cut short is emptied when the store is next opened.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replay_folding_while_it_commits_ends_as_one_event_at_a_time() {
+        use vmplane_domain::delivery::{AttemptOutcome, DeliveryAttempt};
+        use vmplane_domain::spec::VmSpec;
+        use vmplane_domain::vm::{Outcome, VmEvent};
+        use vmplane_domain::webhook::WebhookEvent;
+        use vmplane_domain::{DeliveryId, EventId, HostId, OpId, OrgId, ProjectId, SnapshotId, VmId, WebhookId};
+        let (org, project, host) = (OrgId::new(), ProjectId::new(), HostId::new());
+        let mut log: Vec<(u64, bytes::Bytes)> = Vec::new();
+        let mut push = |vm: VmId, op: Option<OpId>, ev: VmEvent| {
+            let seq = log.len() as u64 + 1;
+            let at = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000) + time::Duration::seconds(seq as i64);
+            let env = Envelope::new(org, None, vm.to_string(), op, Event::Vm(ev), at);
+            log.push((seq, event::encode(&env).unwrap().into()));
+        };
+        let vms: Vec<VmId> = (0..12).map(|_| VmId::new()).collect();
+        for (i, vm) in vms.iter().enumerate() {
+            let op = OpId::new();
+            push(*vm, Some(op), VmEvent::Created { org, project, spec: Box::new(VmSpec::named(format!("v{}", i % 4))), host });
+            push(*vm, Some(op), VmEvent::ProvisioningStarted);
+            push(*vm, Some(op), VmEvent::Booted);
+            push(*vm, Some(op), VmEvent::Ready);
+            push(*vm, Some(op), VmEvent::OperationFinished { outcome: Outcome::Succeeded });
+        }
+        for vm in &vms[..6] {
+            let op = OpId::new();
+            push(*vm, Some(op), VmEvent::StopRequested);
+            push(*vm, Some(op), VmEvent::Stopped { reason: "asked".into() });
+            push(*vm, Some(op), VmEvent::OperationFinished { outcome: Outcome::Succeeded });
+        }
+        for vm in &vms[..3] {
+            push(*vm, None, VmEvent::DeleteRequested);
+            push(*vm, None, VmEvent::Deleted);
+        }
+        let (fork, clone) = (OpId::new(), OpId::new());
+        push(vms[8], Some(fork), VmEvent::SnapshotRequested { snapshot: SnapshotId::new(), name: "f".into(), clones: vec![clone] });
+        push(vms[8], Some(fork), VmEvent::OperationFinished { outcome: Outcome::Succeeded });
+        push(vms[9], Some(clone), VmEvent::OperationFinished { outcome: Outcome::Succeeded });
+        // A webhook endpoint with two deliveries, then deleted with them.
+        let endpoint = WebhookId::new();
+        let mut webhook = |ev: WebhookEvent| {
+            let seq = log.len() as u64 + 1;
+            let env = Envelope::new(org, None, endpoint.to_string(), None, Event::Webhook(ev), time::OffsetDateTime::UNIX_EPOCH);
+            log.push((seq, event::encode(&env).unwrap().into()));
+        };
+        webhook(WebhookEvent::WebhookEndpointCreated { org, url: "https://example.test/h".into(), event_types: vec![], description: None });
+        for n in 0..2 {
+            let event_id = EventId::new();
+            webhook(WebhookEvent::DeliveryAttempted(Box::new(DeliveryAttempt {
+                delivery_id: DeliveryId::of(event_id),
+                event_id,
+                event_seq: n,
+                event_type: "vm.running".into(),
+                aggregate: vms[5].to_string(),
+                attempt: 1,
+                attempted_at: time::OffsetDateTime::UNIX_EPOCH,
+                status: Some(200),
+                error: None,
+                duration_ms: 3,
+                outcome: AttemptOutcome::Delivered,
+                next_retry_at: None,
+                manual: false,
+            })));
+        }
+        webhook(WebhookEvent::WebhookEndpointDeleted);
+
+        let contents = |proj: &Projections| {
+            let views = proj.tree.iter().map(|kv| kv.unwrap()).collect::<Vec<_>>();
+            let histories =
+                vms.iter().map(|vm| history::read(&proj.history, vm.0).unwrap().into_iter().map(|(seq, _)| seq).collect::<Vec<_>>()).collect::<Vec<_>>();
+            (views, histories)
+        };
+        let dir = std::env::temp_dir().join(format!("vmplane-proj-test-{}", ulid::Ulid::new()));
+        let one_by_one = reopen(&dir);
+        for (seq, payload) in &log {
+            one_by_one.apply(*seq, payload).unwrap();
+        }
+        let expected = contents(&one_by_one);
+        assert!(expected.0.iter().any(|(k, _)| k.starts_with(b"vmls/")), "the log fills the list indexes");
+        assert!(!expected.0.iter().any(|(k, _)| k.starts_with(b"whdlv/")), "the endpoint's deliveries went with it");
+        for size in [1, 2, 3, 7, 16, log.len()] {
+            let replay_dir = std::env::temp_dir().join(format!("vmplane-proj-test-{}", ulid::Ulid::new()));
+            let replayed = reopen(&replay_dir);
+            let (batches, mut ready) = tokio::sync::mpsc::channel(log.len());
+            for chunk in log.chunks(size) {
+                batches.send(Ok(chunk.to_vec())).await.unwrap();
+            }
+            drop(batches);
+            replayed.replay(&mut ready).await.unwrap();
+            replayed.mark_complete().await.unwrap();
+            assert_eq!(replayed.applied(), log.len() as u64);
+            assert!(contents(&replayed) == expected, "batches of {size} leave another store");
+            drop(replayed);
+            let reopened = reopen(&replay_dir);
+            assert!(contents(&reopened) == expected, "batches of {size}: the store is kept as it was");
+            drop(reopened);
+            let _ = std::fs::remove_dir_all(&replay_dir);
+        }
+        // A replay cut short leaves a store that the next open empties.
+        let cut_dir = std::env::temp_dir().join(format!("vmplane-proj-test-{}", ulid::Ulid::new()));
+        let cut = reopen(&cut_dir);
+        let (batches, mut ready) = tokio::sync::mpsc::channel(2);
+        batches.send(Ok(log[..log.len() / 2].to_vec())).await.unwrap();
+        batches.send(Err("the stream went away".into())).await.unwrap();
+        assert!(cut.replay(&mut ready).await.is_err());
+        assert!(cut.applied() > 0, "half of the log was applied");
+        cut.flush().await.unwrap();
+        drop(cut);
+        let reopened = reopen(&cut_dir);
+        assert_eq!(reopened.applied(), 0);
+        assert_eq!(reopened.tree.iter().count(), 1, "only the layout's mark is left");
+        drop(reopened);
+        let _ = std::fs::remove_dir_all(&cut_dir);
+        drop(one_by_one);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Opens the store once the last holder's lock is gone: sled's flusher
