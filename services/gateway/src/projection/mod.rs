@@ -337,11 +337,12 @@ impl Projections {
             };
             let (me, base) = (self.clone(), committing.as_ref().map(|(overlay, _)| overlay.clone()));
             let folded =
-                tokio::task::spawn_blocking(move || me.fold(after, base.as_deref(), batch.iter().map(|(seq, payload)| (*seq, payload.as_ref())))).await?;
+                tokio::task::spawn_blocking(move || me.fold(after, base.as_deref(), batch.iter().map(|(seq, payload)| (*seq, payload.as_ref())))).await;
+            // Even when the fold failed, the commit under way ends first.
             if let Some((_, commit)) = committing.take() {
                 commit.await??;
             }
-            let Some(folded) = folded else { continue };
+            let Some(folded) = folded? else { continue };
             after = folded.last;
             let (me, overlay) = (self.clone(), folded.overlay.clone());
             committing = Some((overlay, tokio::task::spawn_blocking(move || me.commit(folded, Commit::Inserts))));
