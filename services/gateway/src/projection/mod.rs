@@ -135,9 +135,10 @@ impl Projections {
         }
     }
 
-    /// Fold the events after sequence `after` into the writes they make,
-    /// reading the views as `base` (a batch folded before this one and not
-    /// yet committed) and the store leave them; `None` if none was new.
+    /// Fold the events after sequence `after` into the writes they make;
+    /// `None` if none was new. Views are read from this batch's own writes,
+    /// then from `base` (the batch before, folded and not yet committed),
+    /// then from the store.
     fn fold<'p>(&self, after: u64, base: Option<&Overlay>, events: impl IntoIterator<Item = (u64, &'p [u8])>) -> Option<Folded> {
         let mut txn = Txn::new(&self.tree, base);
         let mut last = after;
