@@ -326,20 +326,18 @@ impl Projections {
         let mut committing: Option<(Arc<Overlay>, tokio::task::JoinHandle<sled::Result<()>>)> = None;
         let mut after = self.applied();
         while let Some(batch) = ready.recv().await {
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(e) => {
-                    // The commit under way ends first: nothing is left writing.
-                    if let Some((_, commit)) = committing {
-                        commit.await??;
-                    }
-                    return Err(e);
+            let base = committing.as_ref().map(|(overlay, _)| overlay.clone());
+            let folded = match batch {
+                Ok(batch) => {
+                    let me = self.clone();
+                    tokio::task::spawn_blocking(move || me.fold(after, base.as_deref(), batch.iter().map(|(seq, payload)| (*seq, payload.as_ref()))))
+                        .await
+                        .map_err(BoxError::from)
                 }
+                Err(e) => Err(e),
             };
-            let (me, base) = (self.clone(), committing.as_ref().map(|(overlay, _)| overlay.clone()));
-            let folded =
-                tokio::task::spawn_blocking(move || me.fold(after, base.as_deref(), batch.iter().map(|(seq, payload)| (*seq, payload.as_ref())))).await;
-            // Even when the fold failed, the commit under way ends first.
+            // The commit under way ends first, even when this batch failed:
+            // nothing is left writing.
             if let Some((_, commit)) = committing.take() {
                 commit.await??;
             }
