@@ -17,7 +17,7 @@
 #   VMPLANE_FORCE=1    rebuild even when the manifest matches
 set -euo pipefail
 
-VERSION=4
+VERSION=5
 NAME=debian-minimal
 CMDLINE="console=ttyS0 root=/dev/vda rw quiet"
 ROOTFS_SIZE=${VMPLANE_ROOTFS_SIZE:-256M}
