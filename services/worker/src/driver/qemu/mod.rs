@@ -100,6 +100,9 @@ pub struct QemuDriver {
     /// Guests being watched for unasked exits: vm -> (pid, org).
     watched: Arc<Mutex<HashMap<VmId, (i32, OrgId)>>>,
     exits: Mutex<Option<mpsc::UnboundedReceiver<GuestExit>>>,
+    /// Clones' agent channels, connected before their state is loaded and
+    /// kept until they take their identity (see `agent::Held`).
+    held_agents: Mutex<HashMap<VmId, agent::Held>>,
 }
 
 fn fatal(e: impl std::fmt::Display) -> DriverError {
@@ -128,7 +131,15 @@ impl QemuDriver {
         }
         cfg.host.driver_detail = Some(detail.join("; "));
         let (tx, rx) = mpsc::unbounded_channel();
-        let driver = Self { cfg, user_net, ports: Mutex::new(()), gpus: Mutex::new(()), watched: Arc::default(), exits: Mutex::new(Some(rx)) };
+        let driver = Self {
+            cfg,
+            user_net,
+            ports: Mutex::new(()),
+            gpus: Mutex::new(()),
+            watched: Arc::default(),
+            exits: Mutex::new(Some(rx)),
+            held_agents: Mutex::default(),
+        };
         driver.adopt();
         snapshot::sweep_templates(&driver.cfg.dir);
         tokio::spawn(watch(driver.watched.clone(), driver.cfg.dir.clone(), tx));
@@ -178,6 +189,23 @@ impl QemuDriver {
 
     fn unwatch(&self, vm: VmId) {
         self.watched.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm);
+        self.held_agents.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm);
+    }
+
+    /// Connect a clone's agent channel before its state is loaded, once
+    /// (best effort: without it, the agent finds the host by polling).
+    async fn hold_agent(&self, vm: VmId, dir: &VmDir) {
+        if self.held_agents.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&vm) {
+            return;
+        }
+        match agent::Held::open(dir).await {
+            Ok(held) => drop(self.held_agents.lock().unwrap_or_else(|p| p.into_inner()).insert(vm, held)),
+            Err(e) => tracing::debug!(vm = %vm, error = %e, "clone's agent channel not held"),
+        }
+    }
+
+    fn take_held_agent(&self, vm: VmId) -> Option<agent::Held> {
+        self.held_agents.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm)
     }
 
     /// The GPUs the VM is given: those it holds (`gpus.json`), else free
@@ -606,6 +634,7 @@ impl Driver for QemuDriver {
         if running_pid(&dir, vm).is_some() {
             // A clone an earlier attempt started may still wait for its state.
             if let Some(snap) = snapshot::resumes_from(vm) {
+                self.hold_agent(vm.id, &dir).await;
                 self.resume_clone(&dir, snap).await?;
             }
             return self.watch_pid(vm, &dir);
@@ -623,6 +652,7 @@ impl Driver for QemuDriver {
         };
         self.launch(vm, &image, &dir, &network, start).await?.spawn().await.map_err(fatal)?;
         if let Some(snap) = snapshot::resumes_from(vm) {
+            self.hold_agent(vm.id, &dir).await;
             self.resume_clone(&dir, snap).await?;
         }
         self.watch_pid(vm, &dir)
@@ -634,7 +664,7 @@ impl Driver for QemuDriver {
             // A resumed clone printed its readiness line long ago, as its source.
             // In bridge mode, its address too (there is no DHCP server on the bridge).
             let static_net = allocated(&dir).and_then(|a| a.tap).map(|(_, address)| address);
-            return snapshot::take_identity(vm, &dir, static_net.as_deref(), self.cfg.ready_timeout).await;
+            return snapshot::take_identity(vm, &dir, static_net.as_deref(), self.take_held_agent(vm.id), self.cfg.ready_timeout).await;
         }
         let from: u64 = std::fs::read_to_string(dir.ready_mark()).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
         let mut scan = Scan::new(READY_LINE, from);

@@ -22,6 +22,12 @@ use std::time::{Duration, Instant};
 use vmplane_domain::SnapshotId;
 use vmplane_domain::vm::{DiskInfo, SnapshotTaken, Vm};
 
+/// How long a clone's agent may take to answer its identity.
+const AGENT_PATIENCE: Duration = Duration::from_secs(10);
+/// How long a snapshot waits for the source's agent to answer a `ping`
+/// (it polls every 0.25 s when no host is connected).
+const AGENT_SETTLE: Duration = Duration::from_secs(1);
+
 /// The snapshot a VM resumes from on this start: a clone's first start only;
 /// once it has been ready, a clone boots from its own disk like any VM.
 pub fn resumes_from(vm: &Vm) -> Option<SnapshotId> {
@@ -121,6 +127,17 @@ impl QemuDriver {
     /// on; returns how long it was paused, in ms.
     async fn capture_running(&self, vm: &Vm, dir: &VmDir, sd: &SnapshotDir, disk: &Path) -> Result<u64, DriverError> {
         let partial = sd.full_state().with_extension("partial");
+        // The guest agent, caught reading a connected channel, stays so in
+        // the saved state: a clone whose channel is connected before its
+        // state loads reads its identity at once instead of at its next
+        // poll (up to 0.25 s). Best effort: a busy agent is not waited for.
+        let agent = match agent::Held::waiting(dir, AGENT_SETTLE).await {
+            Ok(held) => Some(held),
+            Err(e) => {
+                tracing::debug!(vm = %vm.id, error = %e, "the agent was not caught reading; clones will find it polling");
+                None
+            }
+        };
         let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
         let paused_at = Instant::now();
         let saved = async {
@@ -130,6 +147,7 @@ impl QemuDriver {
         .await;
         // QEMU serves one QMP client at a time: let go of this one first.
         drop(q);
+        drop(agent);
         let copied = match &saved {
             Ok(()) => copy_whole(disk, &sd.disk()).and_then(|()| std::fs::rename(&partial, sd.full_state()).map_err(retry)),
             Err(_) => Ok(()),
@@ -287,7 +305,7 @@ fn is_vmplane_qemu(pid: i32) -> bool {
 /// Tell a clone's guest agent who it is now (instance id, hostname, MAC,
 /// fresh entropy, and in bridge mode its static `ADDR/PREFIX,GATEWAY`; else
 /// the agent asks DHCP): the clone is `running` once the agent says it is done.
-pub async fn take_identity(vm: &Vm, dir: &VmDir, static_net: Option<&str>, patience: Duration) -> Result<(), DriverError> {
+pub async fn take_identity(vm: &Vm, dir: &VmDir, static_net: Option<&str>, held: Option<agent::Held>, patience: Duration) -> Result<(), DriverError> {
     let mut seed = [0u8; 32];
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed)).map_err(retry)?;
     let seed: String = seed.iter().map(|b| format!("{b:02x}")).collect();
@@ -297,9 +315,15 @@ pub async fn take_identity(vm: &Vm, dir: &VmDir, static_net: Option<&str>, patie
         command.push(' ');
         command.push_str(net);
     }
+    if let Some(held) = held {
+        match held.call(&command, AGENT_PATIENCE).await {
+            Err(DriverError::Retryable(e)) => tracing::debug!(vm = %vm.id, error = %e, "clone's held agent channel failed; connecting again"),
+            done => return done,
+        }
+    }
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        match agent::call(dir, &command, Duration::from_secs(10)).await {
+        match agent::call(dir, &command, AGENT_PATIENCE).await {
             Err(DriverError::Retryable(e)) if tokio::time::Instant::now() < deadline => {
                 tracing::debug!(vm = %vm.id, error = %e, "clone's agent not reachable yet");
                 tokio::time::sleep(Duration::from_millis(100)).await;
