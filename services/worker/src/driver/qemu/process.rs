@@ -97,6 +97,16 @@ impl Launch<'_> {
 
     /// The root disk: the one the VM's disk step prepared (a root volume's
     /// file, or the VM's own overlay over its image).
+    /// A template's root drive is QEMU's null block driver of the disk's
+    /// size: nothing runs its guest, so the disk is never read, and the
+    /// qemu can start before the snapshot's copy of the disk exists.
+    fn root_drive(&self) -> String {
+        match self.start {
+            Start::Template { .. } => format!("if=none,id=root,driver=null-co,size={}G", self.vm.spec.disk_gb.max(1)),
+            _ => format!("if=none,id=root,file={},format=qcow2,cache=writeback,discard=unmap", opt(self.root_disk())),
+        }
+    }
+
     fn root_disk(&self) -> String {
         self.vm.root_disk.as_ref().map_or_else(|| self.dir.root_disk().display().to_string(), |d| d.location.clone())
     }
@@ -143,7 +153,7 @@ impl Launch<'_> {
             "-append".into(),
             cmdline(&self.image.cmdline, vm, self.tap.as_ref()),
             "-drive".into(),
-            format!("if=none,id=root,file={},format=qcow2,cache=writeback,discard=unmap", opt(self.root_disk())),
+            self.root_drive(),
             "-device".into(),
             "virtio-blk-pci,drive=root,serial=root".into(),
             "-drive".into(),
@@ -420,6 +430,8 @@ mod tests {
         assert_eq!(values(&template, "-object"), ["memory-backend-file,id=pc.ram,size=512M,mem-path=/s/snap,,x/memory,share=on"]);
         assert_eq!(values(&template, "-netdev"), ["hubport,id=net0,hubid=0"], "a template's NIC has no backend, never passt");
         assert_eq!(values(&template, "-incoming"), ["defer"]);
+        let root = values(&template, "-drive").into_iter().find(|d| d.starts_with("if=none,id=root,")).map(str::to_owned);
+        assert_eq!(root.as_deref(), Some("if=none,id=root,driver=null-co,size=10G"), "a template never reads a disk");
         let tapped = launch_args_starting(&v, &dir, &passt, None, Vec::new(), Start::Template { memory: memory.clone(), tap: Some("vs1".into()) });
         assert_eq!(values(&tapped, "-netdev"), ["tap,id=net0,ifname=vs1,script=no,downscript=no"], "a tap source's template offers a tap's offloads");
 

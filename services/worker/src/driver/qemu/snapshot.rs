@@ -20,7 +20,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use vmplane_domain::SnapshotId;
-use vmplane_domain::vm::{DiskInfo, SnapshotTaken, Vm};
+use vmplane_domain::vm::{SnapshotTaken, Vm};
 
 /// How long a clone's agent may take to answer its identity.
 const AGENT_PATIENCE: Duration = Duration::from_secs(10);
@@ -106,17 +106,28 @@ impl QemuDriver {
         self.stop_template(vm, &sd.work()).await;
         let dir = self.dir(vm.id);
         let disk = vm.root_disk.as_ref().map_or_else(|| dir.root_disk(), |d| PathBuf::from(&d.location));
-        let pause_ms = if running_pid(&dir, vm).is_some() {
-            self.capture_running(vm, &dir, &sd, &disk).await?
-        } else if dir.snapshot().exists() {
-            // In standby: its saved state is already a full one, its disk idle.
-            copy_whole(&dir.snapshot(), &sd.full_state())?;
-            copy_whole(&disk, &sd.disk())?;
-            0
-        } else {
-            return Err(fatal("the vm is neither running nor in standby"));
+        let captured = async {
+            if running_pid(&dir, vm).is_some() {
+                self.capture_running(vm, &dir, &sd, &disk).await
+            } else if dir.snapshot().exists() {
+                // In standby: its saved state is already a full one, its disk idle.
+                copy_whole(&dir.snapshot(), &sd.full_state())?;
+                copy_whole(&disk, &sd.disk())?;
+                Ok(0)
+            } else {
+                Err(fatal("the vm is neither running nor in standby"))
+            }
         };
-        self.make_template(vm, &dir, &sd).await?;
+        // The templating qemu waits for the state while it is being captured.
+        let (launched, captured) = tokio::join!(self.launch_template(vm, &dir, &sd), captured);
+        let (launch, pause_ms) = match (launched, captured) {
+            (Ok(launch), Ok(pause_ms)) => (launch, pause_ms),
+            (_, Err(e)) | (Err(e), Ok(_)) => {
+                self.stop_template(vm, &sd.work()).await;
+                return Err(e);
+            }
+        };
+        self.make_template(vm, &sd, launch).await?;
         let taken = SnapshotTaken { size_bytes: [sd.disk(), sd.memory(), sd.devices()].iter().map(|p| file_size(p)).sum(), pause_ms };
         write_private(&sd.info(), &serde_json::to_vec(&taken).map_err(fatal)?).map_err(retry)?;
         Ok(taken)
@@ -164,22 +175,28 @@ impl QemuDriver {
         Ok(pause_ms)
     }
 
-    /// Turn the full state into guest RAM in `memory` plus the device state.
-    async fn make_template(&self, vm: &Vm, dir: &VmDir, sd: &SnapshotDir) -> Result<(), DriverError> {
+    /// Start the network-less qemu that turns a full state into a template,
+    /// paused until the state is loaded; returns how long its start took.
+    async fn launch_template(&self, vm: &Vm, dir: &VmDir, sd: &SnapshotDir) -> Result<Duration, DriverError> {
         let work = sd.work();
         work.create().map_err(retry)?;
         copy_whole(&dir.seed(), &work.seed())?;
         create_private(&sd.memory())?;
-        let mut template = vm.clone();
-        template.root_disk = Some(DiskInfo { location: sd.disk().display().to_string(), size_gb: vm.spec.disk_gb });
         let image = self.image(vm)?;
         let network = vm.network.clone().unwrap_or_default();
         // A source on a tap (bridge mode): a detached tap of the template's own.
         let tap = super::allocated(dir).and_then(|a| a.tap).map(|_| template_tap(sd));
         let start = Start::Template { memory: sd.memory(), tap };
         let t0 = Instant::now();
-        self.launch(&template, &image, &work, &network, start).await?.spawn().await.map_err(fatal)?;
-        let launched = t0.elapsed();
+        self.launch(vm, &image, &work, &network, start).await?.spawn().await.map_err(fatal)?;
+        Ok(t0.elapsed())
+    }
+
+    /// Turn the full state into guest RAM in `memory` plus the device state,
+    /// in the templating qemu [`Self::launch_template`] started.
+    async fn make_template(&self, vm: &Vm, sd: &SnapshotDir, launch: Duration) -> Result<(), DriverError> {
+        let work = sd.work();
+        let t0 = Instant::now();
         let devices = sd.devices().with_extension("partial");
         let converted = async {
             let mut q = Qmp::connect(&work.qmp()).await?;
@@ -201,8 +218,8 @@ impl QemuDriver {
         let ms = |d: Duration| d.as_millis() as u64;
         tracing::info!(
             vm = %vm.id,
-            launch_ms = ms(launched),
-            load_ms = ms(loaded - launched),
+            launch_ms = ms(launch),
+            load_ms = ms(loaded),
             save_ms = ms(converted_at - loaded),
             stop_ms = ms(stopped - converted_at),
             sync_ms = ms(t0.elapsed() - stopped),
