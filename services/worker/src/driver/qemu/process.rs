@@ -95,8 +95,6 @@ impl Launch<'_> {
         !matches!(self.start, Start::Template { .. }) && self.tap.is_none() && self.vm.spec.network.enabled && matches!(self.user_net, UserNet::Passt { .. })
     }
 
-    /// The root disk: the one the VM's disk step prepared (a root volume's
-    /// file, or the VM's own overlay over its image).
     /// A template's root drive is QEMU's null block driver of the disk's
     /// size: nothing runs its guest, so the disk is never read, and the
     /// qemu can start before the snapshot's copy of the disk exists.
@@ -107,6 +105,8 @@ impl Launch<'_> {
         }
     }
 
+    /// The root disk: the one the VM's disk step prepared (a root volume's
+    /// file, or the VM's own overlay over its image).
     fn root_disk(&self) -> String {
         self.vm.root_disk.as_ref().map_or_else(|| self.dir.root_disk().display().to_string(), |d| d.location.clone())
     }

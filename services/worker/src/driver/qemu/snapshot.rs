@@ -321,7 +321,9 @@ fn is_vmplane_qemu(pid: i32) -> bool {
 
 /// Tell a clone's guest agent who it is now (instance id, hostname, MAC,
 /// fresh entropy, and in bridge mode its static `ADDR/PREFIX,GATEWAY`; else
-/// the agent asks DHCP): the clone is `running` once the agent says it is done.
+/// it keeps its source's address, the same on every user-mode guest): the
+/// clone is `running` once the agent says it is done. On the channel held
+/// since before its state loaded, if there is one.
 pub async fn take_identity(vm: &Vm, dir: &VmDir, static_net: Option<&str>, held: Option<agent::Held>, patience: Duration) -> Result<(), DriverError> {
     let mut seed = [0u8; 32];
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed)).map_err(retry)?;
