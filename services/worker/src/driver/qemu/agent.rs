@@ -59,7 +59,7 @@ impl Held {
 async fn exchange(stream: &mut UnixStream, command: &str) -> std::io::Result<Option<String>> {
     let (r, mut w) = stream.split();
     w.write_all(format!("{command}\n").as_bytes()).await?;
-    read_reply(r).await
+    read_reply(r, command).await
 }
 
 fn answered(r: Result<std::io::Result<Option<String>>, tokio::time::error::Elapsed>, patience: Duration) -> Result<(), DriverError> {
@@ -71,11 +71,23 @@ fn answered(r: Result<std::io::Result<Option<String>>, tokio::time::error::Elaps
     }
 }
 
-/// The first line, or `None` when none ends within [`MAX_REPLY`] bytes.
-async fn read_reply(r: impl tokio::io::AsyncRead + Unpin) -> std::io::Result<Option<String>> {
-    let mut line = Vec::new();
-    BufReader::new(r.take(MAX_REPLY)).read_until(b'\n', &mut line).await?;
-    Ok(line.ends_with(b"\n").then(|| String::from_utf8_lossy(&line).trim().to_owned()))
+/// The answer line to `command`, or `None` when none ends within
+/// [`MAX_REPLY`] bytes. A `pong` before the answer to anything but a
+/// `ping` answers a ping sent earlier and is skipped: a worker killed
+/// before it read one leaves it, and a snapshot can carry it to a clone.
+async fn read_reply(r: impl tokio::io::AsyncRead + Unpin, command: &str) -> std::io::Result<Option<String>> {
+    let mut reader = BufReader::new(r.take(MAX_REPLY));
+    loop {
+        let mut line = Vec::new();
+        reader.read_until(b'\n', &mut line).await?;
+        if !line.ends_with(b"\n") {
+            return Ok(None);
+        }
+        let line = String::from_utf8_lossy(&line).trim().to_owned();
+        if line != "pong" || command == "ping" {
+            return Ok(Some(line));
+        }
+    }
 }
 
 fn outcome(reply: &str) -> Result<(), DriverError> {
@@ -91,10 +103,14 @@ mod tests {
 
     #[tokio::test]
     async fn replies_are_read_with_a_bound() {
-        assert_eq!(read_reply(&b"ok\nmore"[..]).await.unwrap().as_deref(), Some("ok"));
+        assert_eq!(read_reply(&b"ok\nmore"[..], "mount a /b rw").await.unwrap().as_deref(), Some("ok"));
         let endless = tokio::io::repeat(b'x');
-        assert_eq!(read_reply(endless).await.unwrap(), None, "an endless line ends the read after the bound");
-        assert_eq!(read_reply(&b"no newline"[..]).await.unwrap(), None);
+        assert_eq!(read_reply(endless, "ping").await.unwrap(), None, "an endless line ends the read after the bound");
+        assert_eq!(read_reply(&b"no newline"[..], "ping").await.unwrap(), None);
+        assert_eq!(read_reply(&b"pong\npong\nok\n"[..], "identity a b - 00").await.unwrap().as_deref(), Some("ok"), "earlier pings' answers");
+        assert_eq!(read_reply(&b"pong\nok\n"[..], "ping").await.unwrap().as_deref(), Some("pong"));
+        let pongs = b"pong\n".repeat(2000);
+        assert_eq!(read_reply(&pongs[..], "winsize 80 24").await.unwrap(), None, "the bound holds across skipped lines");
         assert!(outcome("ok").is_ok());
         assert_eq!(outcome("err not a mount point"), Err(DriverError::Fatal("guest agent: not a mount point".into())));
     }

@@ -138,6 +138,14 @@ impl QemuDriver {
     /// on; returns how long it was paused, in ms.
     async fn capture_running(&self, vm: &Vm, dir: &VmDir, sd: &SnapshotDir, disk: &Path) -> Result<u64, DriverError> {
         let partial = sd.full_state().with_extension("partial");
+        let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
+        // A capture cut short (its worker killed after the save) left the
+        // guest paused after a completed migration, which QEMU will not
+        // migrate again: let it run first.
+        if q.status().await.map_err(retry)? == "postmigrate" {
+            tracing::warn!(vm = %vm.id, "resuming a guest an interrupted snapshot left paused");
+            q.execute("cont", None).await.map_err(retry)?;
+        }
         // The guest agent, caught reading a connected channel, stays so in
         // the saved state: a clone whose channel is connected before its
         // state loads reads its identity at once instead of at its next
@@ -149,7 +157,6 @@ impl QemuDriver {
                 None
             }
         };
-        let mut q = Qmp::connect(&dir.qmp()).await.map_err(retry)?;
         let paused_at = Instant::now();
         let saved = async {
             q.execute("stop", None).await?;
