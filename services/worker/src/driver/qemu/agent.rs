@@ -16,7 +16,7 @@ const MAX_REPLY: u64 = 4096;
 /// Waits at most `patience` for the channel (one client at a time) and the
 /// answer.
 pub async fn call(dir: &VmDir, command: &str, patience: Duration) -> Result<(), DriverError> {
-    let talk = async { exchange(&mut tokio::net::UnixStream::connect(dir.agent_socket()).await?, command).await };
+    let talk = async { exchange(&mut UnixStream::connect(dir.agent_socket()).await?, command).await };
     answered(tokio::time::timeout(patience, talk).await, patience)
 }
 
